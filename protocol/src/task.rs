@@ -1,0 +1,289 @@
+//! A Loom task and its result, as Loom's server and plugins exchanged them.
+//!
+//! The supervisor forwards the task object exactly as it was submitted; these owned types
+//! are a convenient typed view for plugins and tools. Unknown top-level members are kept in
+//! `extra`, so reading and writing a task or a result through them loses nothing.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::handshake::PluginKind;
+
+/// The ten Loom task names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskName {
+    /// Provider: ask the provider for a machine.
+    Create,
+    /// Provider: wait until the machine is ready; report its addresses.
+    Confirm,
+    /// Provider: destroy the machine. Idempotent.
+    Delete,
+    /// Automator: prepare a machine for the automator's later tasks. Idempotent.
+    Bootstrap,
+    /// Automator: run a service's install action.
+    Install,
+    /// Automator: run a service's configure action.
+    Configure,
+    /// Automator: run a service's initialize action.
+    Initialize,
+    /// Automator: run a service's start action.
+    Start,
+    /// Automator: run a service's stop action.
+    Stop,
+    /// Automator: run a service's remove action.
+    Remove,
+}
+
+impl TaskName {
+    /// Every task name, providers' first, in the order of a cluster's life.
+    pub const ALL: [TaskName; 10] = [
+        TaskName::Create,
+        TaskName::Confirm,
+        TaskName::Delete,
+        TaskName::Bootstrap,
+        TaskName::Install,
+        TaskName::Configure,
+        TaskName::Initialize,
+        TaskName::Start,
+        TaskName::Stop,
+        TaskName::Remove,
+    ];
+
+    /// The wire spelling, e.g. `"CREATE"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskName::Create => "CREATE",
+            TaskName::Confirm => "CONFIRM",
+            TaskName::Delete => "DELETE",
+            TaskName::Bootstrap => "BOOTSTRAP",
+            TaskName::Install => "INSTALL",
+            TaskName::Configure => "CONFIGURE",
+            TaskName::Initialize => "INITIALIZE",
+            TaskName::Start => "START",
+            TaskName::Stop => "STOP",
+            TaskName::Remove => "REMOVE",
+        }
+    }
+
+    /// Which kind of plugin handles this task.
+    pub fn kind(self) -> PluginKind {
+        match self {
+            TaskName::Create | TaskName::Confirm | TaskName::Delete => PluginKind::Provider,
+            _ => PluginKind::Automator,
+        }
+    }
+}
+
+impl fmt::Display for TaskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task name that is not one of the ten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown task name {name:?}; expected one of CREATE, CONFIRM, DELETE, BOOTSTRAP, INSTALL, CONFIGURE, INITIALIZE, START, STOP, REMOVE"
+)]
+pub struct UnknownTaskName {
+    /// The name as given, cut to 64 characters.
+    pub name: String,
+}
+
+impl FromStr for TaskName {
+    type Err = UnknownTaskName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskName::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownTaskName { name: s.chars().take(64).collect() })
+    }
+}
+
+/// A Loom task: `taskId, jobId, clusterId, taskName, nodeId, config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    /// Unique per task; the supervisor reports results under it.
+    pub task_id: String,
+    /// Which of the ten tasks this is.
+    pub task_name: TaskName,
+    /// The job (cluster operation) this task belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The cluster this task belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The node this task runs for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Everything the task needs: `provider`, `service`, `automators`, `ssh-auth`, and every
+    /// key that earlier tasks' results put there (`providerid`, `ipaddress`, ...).
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// Any other top-level members, kept as they came.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Task {
+    /// `config.provider.providertype`, else `config.provider.name`: the provider plugin
+    /// that Loom routed CREATE, CONFIRM and DELETE to.
+    pub fn provider_type(&self) -> Option<&str> {
+        let provider = self.config.get("provider")?;
+        provider.get("providertype").or_else(|| provider.get("name"))?.as_str()
+    }
+
+    /// The provider's own fields: `config.provider.provisioner` (Loom nested credentials
+    /// under its `auth`; Coopr kept them flat).
+    pub fn provider_fields(&self) -> Option<&Map<String, Value>> {
+        self.config.get("provider")?.get("provisioner")?.as_object()
+    }
+
+    /// `config.service.action`: Loom's `{type, script, data}` or Coopr's `{type, fields}`.
+    pub fn service_action(&self) -> Option<&Map<String, Value>> {
+        self.config.get("service")?.get("action")?.as_object()
+    }
+
+    /// `config.service.action.type`: the automator Loom routed service actions to.
+    pub fn automator_type(&self) -> Option<&str> {
+        self.service_action()?.get("type")?.as_str()
+    }
+
+    /// The action's script: Loom's `action.script`, else Coopr's `action.fields.script`.
+    pub fn action_script(&self) -> Option<&str> {
+        let action = self.service_action()?;
+        action.get("script").or_else(|| action.get("fields")?.get("script"))?.as_str()
+    }
+
+    /// The action's data: Loom's `action.data`, else Coopr's `action.fields.args` or
+    /// `action.fields.data`.
+    pub fn action_data(&self) -> Option<&str> {
+        let action = self.service_action()?;
+        let fields = action.get("fields");
+        action.get("data").or_else(|| fields?.get("args")).or_else(|| fields?.get("data"))?.as_str()
+    }
+
+    /// `config.ssh-auth`: `user` plus `password` or `identityfile`, as the provider left it.
+    pub fn ssh_auth(&self) -> Option<&Map<String, Value>> {
+        self.config.get("ssh-auth")?.as_object()
+    }
+
+    /// `config.automators`: the automators that BOOTSTRAP runs, in order.
+    pub fn automators(&self) -> Vec<&str> {
+        self.config
+            .get("automators")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What a plugin answers for a task: `status` (0 is success) plus what it learned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// 0 for success; anything else is a failure that still carries its result keys.
+    pub status: i64,
+    /// Keys that later tasks of the node see at the top level of their `config`.
+    #[serde(default)]
+    pub result: Map<String, Value>,
+    /// Captured standard output of what the task ran.
+    #[serde(default)]
+    pub stdout: String,
+    /// Captured standard error, or why the task failed.
+    #[serde(default)]
+    pub stderr: String,
+    /// The machine's hostname, when the task learned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The machine's addresses (`{"access_v4": ..., "bind_v4": ...}`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipaddresses: Option<Value>,
+    /// Any other top-level members, kept as they came.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl TaskResult {
+    /// A success with no result keys.
+    pub fn ok() -> Self {
+        TaskResult::default()
+    }
+
+    /// A failure with status 1 and the reason in `stderr`.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        TaskResult { status: 1, stderr: reason.into(), ..TaskResult::default() }
+    }
+
+    /// Whether `status` is 0.
+    pub fn is_success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// Sets `result[key] = value`, returning `self` for chaining.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.result.insert(key.into(), value.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: &str = include_str!("../tests/data/start-hbase-regionserver.json");
+    const BOOTSTRAP: &str = include_str!("../tests/data/bootstrap-coopr-fixture.json");
+
+    #[test]
+    fn real_loom_tasks_read_and_write_back_unchanged() {
+        for text in [START, BOOTSTRAP] {
+            let original: Value = serde_json::from_str(text).unwrap();
+            let task: Task = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_value(&task).unwrap(), original);
+        }
+    }
+
+    #[test]
+    fn loom_routing_fields() {
+        let start: Task = serde_json::from_str(START).unwrap();
+        assert_eq!(start.task_name, TaskName::Start);
+        assert_eq!(start.automator_type(), Some("chef"));
+        assert_eq!(start.provider_type(), Some("rackspace"));
+        assert!(start.action_script().is_some_and(|s| s.starts_with("recipe[hadoop_wrapper")));
+        assert!(start.action_data().is_some_and(|s| s.contains("hbase-regionserver")));
+        let boot: Task = serde_json::from_str(BOOTSTRAP).unwrap();
+        assert_eq!(boot.automators(), vec!["shell", "chef"]);
+        assert_eq!(boot.ssh_auth().and_then(|a| a.get("user")), Some(&Value::from("root")));
+    }
+
+    #[test]
+    fn coopr_action_fields() {
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "taskId": "t", "taskName": "INSTALL",
+            "config": {"service": {"name": "web", "action": {"type": "shell", "fields": {"script": "install.sh", "args": "--fast"}}}}
+        }))
+        .unwrap();
+        assert_eq!(task.action_script(), Some("install.sh"));
+        assert_eq!(task.action_data(), Some("--fast"));
+    }
+
+    #[test]
+    fn unknown_task_names_are_named_in_the_error() {
+        let err = "DESTROY".parse::<TaskName>().unwrap_err();
+        assert!(err.to_string().contains("\"DESTROY\""));
+        assert!(err.to_string().contains("INITIALIZE"));
+        assert!(serde_json::from_str::<TaskName>("\"create\"").is_err(), "names are upper case");
+    }
+
+    #[test]
+    fn result_keeps_unknown_members_and_requires_status() {
+        let r: TaskResult = serde_json::from_str(r#"{"status":0,"result":{"a":1},"workerId":"w1"}"#).unwrap();
+        assert_eq!(r.extra.get("workerId"), Some(&Value::from("w1")));
+        assert!(serde_json::from_str::<TaskResult>(r#"{"result":{}}"#).is_err());
+    }
+}

@@ -1,0 +1,689 @@
+//! The JSON-RPC channel to one plugin process: calls out, answers and notifications in.
+//!
+//! A [`Connection`] owns two tasks: a writer that batches outgoing lines into the plugin's
+//! stdin, and a tolerant reader of its stdout. The reader is where a misbehaving plugin
+//! meets the supervisor, so it gives up on nothing it can survive:
+//!
+//! - a line that is not JSON-RPC is logged (credentials scrubbed) and skipped;
+//! - an answer with an unknown id is logged and dropped;
+//! - a request from the plugin is answered with "method not found";
+//! - only a line over the size limit ends the channel ([`ReaderEnd::Violation`]), because
+//!   the framing can no longer be trusted; the instance then restarts the process.
+//!
+//! Calls in flight are kept in a map from request id to a oneshot sender. When the process
+//! ends, [`Connection::fail_all`] answers every one of them with the reason, so no caller
+//! ever waits on a dead process.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use loom_protocol::{
+    LineCodec, LogLevel, LogParams, Message, Notification, OutputParams, OutputStream, Overflow, ProgressParams,
+    Request, RequestId, Response, ResponseError, codes, methods,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+use crate::capture::{CapturedOutput, LastLines};
+use crate::envelope::TaskEnvelope;
+use crate::redact::Redactor;
+
+/// `tracing` target of everything a plugin says: log notifications, progress, stderr.
+pub const PLUGIN_TARGET: &str = "loom::plugin";
+
+/// Longest stderr line logged as one line; longer ones are cut.
+const STDERR_LINE_BYTES: usize = 16 * 1024;
+
+/// How much of a stray stdout line is quoted in the warning.
+const JUNK_QUOTE_CHARS: usize = 200;
+
+/// The channel to one plugin process.
+pub struct Connection {
+    plugin: Arc<str>,
+    pid: u32,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    state: Mutex<State>,
+    next_id: AtomicI64,
+    redactor: Arc<Redactor>,
+    stats: Stats,
+}
+
+/// Counters of what the reader put up with.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lines on stdout that were not JSON-RPC.
+    pub junk_lines: AtomicU64,
+    /// Answers whose id matched no call.
+    pub unknown_answers: AtomicU64,
+    /// Notifications whose params did not match their method.
+    pub bad_notifications: AtomicU64,
+    /// Requests the plugin sent to the supervisor.
+    pub plugin_requests: AtomicU64,
+}
+
+enum Outgoing {
+    Line(Vec<u8>),
+    CloseStdin,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<i64, Pending>,
+    /// taskId to request id, to route `output` and `progress` and to send `cancel`.
+    tasks: HashMap<String, i64>,
+    /// Set once the process is gone; later calls fail at once with it.
+    closed: Option<Arc<str>>,
+}
+
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    task: Option<TaskCall>,
+}
+
+struct TaskCall {
+    task_id: String,
+    secrets: Vec<String>,
+    output: CapturedOutput,
+    /// Dropped when the call ends, whichever way: holds the caller's slot.
+    _guard: Box<dyn Send>,
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub struct Reply {
+    /// The answer, or why there will be none.
+    pub outcome: Outcome,
+    /// For task calls: the live output the plugin streamed for the task.
+    pub output: Option<CapturedOutput>,
+}
+
+/// The answer to a call.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A `result`.
+    Result(Box<RawValue>),
+    /// An `error`.
+    Error(ResponseError),
+    /// The process went away first; the text says how.
+    Lost(Arc<str>),
+}
+
+/// Why the stdout reader stopped.
+#[derive(Debug)]
+pub enum ReaderEnd {
+    /// The plugin closed its stdout (usually: it exited).
+    Eof,
+    /// The plugin broke the framing; the process must be restarted.
+    Violation(String),
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+/// Why the stdin writer stopped.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// Stdin was closed on purpose.
+    Closed,
+    /// Writing failed: the plugin stopped reading its stdin or exited.
+    Failed(std::io::Error),
+}
+
+impl Connection {
+    /// Wraps a process's stdin; spawns the writer task (returned, to watch for its end).
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn new(
+        plugin: Arc<str>,
+        pid: u32,
+        stdin: impl AsyncWrite + Unpin + Send + 'static,
+        redactor: Arc<Redactor>,
+    ) -> (Arc<Connection>, JoinHandle<WriterEnd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Connection {
+            plugin,
+            pid,
+            outgoing: tx,
+            state: Mutex::new(State::default()),
+            next_id: AtomicI64::new(1),
+            redactor,
+            stats: Stats::default(),
+        });
+        (conn, tokio::spawn(write_loop(rx, stdin)))
+    }
+
+    /// Spawns the reader of the process's stdout, with lines limited to `max_line` bytes.
+    pub fn spawn_reader(
+        self: &Arc<Self>,
+        stdout: impl AsyncRead + Unpin + Send + 'static,
+        max_line: usize,
+    ) -> JoinHandle<ReaderEnd> {
+        let conn = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut lines = FramedRead::with_capacity(stdout, LineCodec::new(max_line, Overflow::Error), 64 * 1024);
+            while let Some(item) = lines.next().await {
+                match item {
+                    Ok(line) => conn.handle_line(&line),
+                    Err(loom_protocol::CodecError::LineTooLong { limit }) => {
+                        return ReaderEnd::Violation(format!(
+                            "protocol violation: wrote a line longer than {limit} bytes on stdout"
+                        ));
+                    }
+                    Err(loom_protocol::CodecError::Io(e)) => return ReaderEnd::Io(e),
+                }
+            }
+            ReaderEnd::Eof
+        })
+    }
+
+    /// Spawns the reader of the process's stderr: each line is logged at info level under
+    /// the plugin's name (credentials scrubbed) and the last ones are kept in `last`.
+    pub fn spawn_stderr_reader(
+        self: &Arc<Self>,
+        stderr: impl AsyncRead + Unpin + Send + 'static,
+        last: Arc<Mutex<LastLines>>,
+    ) -> JoinHandle<()> {
+        let conn = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut lines = FramedRead::new(stderr, LineCodec::new(STDERR_LINE_BYTES, Overflow::Truncate));
+            while let Some(Ok(line)) = lines.next().await {
+                let text = String::from_utf8_lossy(&line);
+                let text = conn.redactor.scrub(text.trim_end_matches('\r'));
+                tracing::info!(target: PLUGIN_TARGET, plugin = %conn.plugin, pid = conn.pid, stream = "stderr", "{text}");
+                if let Ok(mut last) = last.lock() {
+                    last.push(text.into_owned());
+                }
+            }
+        })
+    }
+
+    /// The plugin's registered name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The credential scrubber for this process's output.
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.redactor
+    }
+
+    /// What the reader has put up with so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Calls in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().calls.len()
+    }
+
+    /// Sends a request; the answer arrives through the returned [`Call`].
+    pub fn request(self: &Arc<Self>, method: &str, params: &impl Serialize) -> Call {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = Message::Request(Request::new(id, method, params)).to_line();
+        self.start_call(id, line, None)
+    }
+
+    /// Sends a `task` request with the task's bytes as they were submitted. `guard` is
+    /// dropped when the call ends (answered, or failed by [`Connection::fail_all`]), even
+    /// if the returned [`Call`] was dropped earlier.
+    pub fn request_task(self: &Arc<Self>, task: &TaskEnvelope, guard: Box<dyn Send>) -> Call {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let raw = task.raw().get();
+        let mut line = Vec::with_capacity(raw.len() + 64);
+        // Written by hand so the task is copied once, not parsed and re-serialized.
+        let _ = write!(line, r#"{{"jsonrpc":"2.0","id":{id},"method":"task","params":"#);
+        line.extend_from_slice(raw.as_bytes());
+        line.extend_from_slice(b"}\n");
+        self.redactor.add(&task.secrets);
+        let call = TaskCall {
+            task_id: task.task_id.clone(),
+            secrets: task.secrets.clone(),
+            output: CapturedOutput::default(),
+            _guard: guard,
+        };
+        self.start_call(id, line, Some(call))
+    }
+
+    /// Sends a notification.
+    pub fn notify(&self, method: &str, params: &impl Serialize) {
+        let line = Message::Notification(Notification::new(method, params)).to_line();
+        let _ = self.outgoing.send(Outgoing::Line(line));
+    }
+
+    /// Sends `cancel` for `task_id`.
+    pub fn cancel(&self, task_id: &str) {
+        self.notify(methods::CANCEL, &loom_protocol::CancelParams { task_id: task_id.to_owned() });
+    }
+
+    /// Closes the plugin's stdin once everything queued before has been written.
+    pub fn close_stdin(&self) {
+        let _ = self.outgoing.send(Outgoing::CloseStdin);
+    }
+
+    /// Ends every call in flight with `reason`, and every later call at once. Called when
+    /// the process is gone.
+    pub fn fail_all(&self, reason: &str) {
+        let reason: Arc<str> = Arc::from(reason);
+        let drained: Vec<Pending> = {
+            let mut st = self.lock();
+            st.closed = Some(reason.clone());
+            st.tasks.clear();
+            st.calls.drain().map(|(_, p)| p).collect()
+        };
+        for p in drained {
+            self.finish(p, Outcome::Lost(reason.clone()));
+        }
+    }
+
+    fn start_call(self: &Arc<Self>, id: i64, line: Vec<u8>, task: Option<TaskCall>) -> Call {
+        let (tx, rx) = oneshot::channel();
+        let task_id = task.as_ref().map(|t| t.task_id.clone());
+        let pending = Pending { reply: tx, task };
+        let refused = {
+            let mut st = self.lock();
+            match st.closed.clone() {
+                Some(reason) => Some((pending, reason)),
+                None => {
+                    if let Some(t) = &task_id {
+                        st.tasks.insert(t.clone(), id);
+                    }
+                    // Registered before the line is sent, so the answer cannot arrive first.
+                    st.calls.insert(id, pending);
+                    None
+                }
+            }
+        };
+        match refused {
+            Some((pending, reason)) => self.finish(pending, Outcome::Lost(reason)),
+            None => {
+                let _ = self.outgoing.send(Outgoing::Line(line));
+            }
+        }
+        Call { rx, conn: Arc::clone(self), task_id, done: false }
+    }
+
+    /// Delivers `outcome` for a call already removed from the map. Runs without the lock,
+    /// because dropping the guard may hand the caller's slot to another task.
+    fn finish(&self, pending: Pending, outcome: Outcome) {
+        let (output, guard) = match pending.task {
+            Some(t) => {
+                self.redactor.release(&t.secrets);
+                (Some(t.output), Some(t._guard))
+            }
+            None => (None, None),
+        };
+        let _ = pending.reply.send(Reply { outcome, output });
+        drop(guard);
+    }
+
+    fn handle_line(&self, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match Message::decode(line) {
+            Ok(Message::Response(r)) => self.handle_answer(r),
+            Ok(Message::Notification(n)) => self.handle_notification(n),
+            Ok(Message::Request(r)) => {
+                self.stats.plugin_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                    "sent a request ({:?}); plugins may only send notifications and answers", r.method);
+                let answer = Response::err(
+                    Some(r.id),
+                    ResponseError::new(codes::METHOD_NOT_FOUND, "the supervisor does not accept requests"),
+                );
+                let _ = self.outgoing.send(Outgoing::Line(Message::Response(answer).to_line()));
+            }
+            Err(e) => {
+                self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
+                let text = String::from_utf8_lossy(line);
+                let text = self.redactor.scrub(&text);
+                let quote: String = text.chars().take(JUNK_QUOTE_CHARS).collect();
+                let more = if text.chars().count() > JUNK_QUOTE_CHARS { "..." } else { "" };
+                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                    "ignored a line on stdout that is {e}: {quote:?}{more}");
+            }
+        }
+    }
+
+    fn handle_answer(&self, r: Response) {
+        let pending = match &r.id {
+            Some(RequestId::Number(id)) => {
+                let mut st = self.lock();
+                let p = st.calls.remove(id);
+                if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref())
+                    && st.tasks.get(&task.task_id) == Some(id)
+                {
+                    st.tasks.remove(&task.task_id);
+                }
+                p
+            }
+            _ => None,
+        };
+        let Some(pending) = pending else {
+            self.stats.unknown_answers.fetch_add(1, Ordering::Relaxed);
+            let id = r.id.map_or_else(|| "null".to_owned(), |id| id.to_string());
+            tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                "ignored an answer to unknown request id {id}");
+            return;
+        };
+        let outcome = match r.outcome {
+            Ok(result) => Outcome::Result(result),
+            Err(error) => Outcome::Error(error),
+        };
+        self.finish(pending, outcome);
+    }
+
+    fn handle_notification(&self, n: Notification) {
+        let params = n.params.as_deref().map_or("null", RawValue::get);
+        match n.method.as_str() {
+            methods::LOG => match serde_json::from_str::<LogParams>(params) {
+                Ok(p) => self.emit_log(&p),
+                Err(e) => self.bad_notification(&n.method, &e),
+            },
+            methods::PROGRESS => match serde_json::from_str::<ProgressParams>(params) {
+                Ok(p) => {
+                    let message = self.redactor.scrub(&p.message);
+                    tracing::info!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, task_id = %p.task_id,
+                        percent = p.percent, "progress: {message}");
+                }
+                Err(e) => self.bad_notification(&n.method, &e),
+            },
+            methods::OUTPUT => match serde_json::from_str::<OutputParams>(params) {
+                Ok(p) => self.capture_output(p),
+                Err(e) => self.bad_notification(&n.method, &e),
+            },
+            other => {
+                tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, "ignored unknown notification {other:?}");
+            }
+        }
+    }
+
+    fn capture_output(&self, p: OutputParams) {
+        let data = self.redactor.scrub(&p.data);
+        tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, task_id = %p.task_id,
+            stream = ?p.stream, "output: {}", data.trim_end());
+        let mut st = self.lock();
+        let Some(id) = st.tasks.get(&p.task_id).copied() else {
+            return;
+        };
+        if let Some(task) = st.calls.get_mut(&id).and_then(|c| c.task.as_mut()) {
+            match p.stream {
+                OutputStream::Stdout => task.output.stdout.push(&data),
+                OutputStream::Stderr => task.output.stderr.push(&data),
+            }
+        }
+    }
+
+    fn emit_log(&self, p: &LogParams) {
+        let message = self.redactor.scrub(&p.message);
+        let fields = p.fields.as_ref().map(|f| {
+            let json = serde_json::Value::Object(f.clone()).to_string();
+            self.redactor.scrub(&json).into_owned()
+        });
+        let (plugin, pid, task_id) = (&*self.plugin, self.pid, p.task_id.as_deref());
+        macro_rules! emit {
+            ($level:expr) => {
+                tracing::event!(target: PLUGIN_TARGET, $level, plugin, pid, task_id, fields, "{message}")
+            };
+        }
+        match p.level {
+            LogLevel::Trace => emit!(tracing::Level::TRACE),
+            LogLevel::Debug => emit!(tracing::Level::DEBUG),
+            LogLevel::Info => emit!(tracing::Level::INFO),
+            LogLevel::Warn => emit!(tracing::Level::WARN),
+            LogLevel::Error => emit!(tracing::Level::ERROR),
+        }
+    }
+
+    fn bad_notification(&self, method: &str, e: &serde_json::Error) {
+        self.stats.bad_notifications.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+            "ignored a {method:?} notification with bad params (line {} column {})", e.line(), e.column());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing under this lock can panic half-way; recover rather than poison the plugin.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One call in flight. Await [`Call::wait`]; it can be awaited again after a timeout.
+///
+/// Dropping an unanswered task call sends `cancel` for the task; the call's slot stays
+/// taken until the plugin answers or the process ends.
+pub struct Call {
+    rx: oneshot::Receiver<Reply>,
+    conn: Arc<Connection>,
+    task_id: Option<String>,
+    done: bool,
+}
+
+impl Call {
+    /// Waits for the answer.
+    ///
+    /// # Cancellation
+    /// Cancel-safe: if the future is dropped (for example by a timeout), the call stays in
+    /// flight and `wait` can be called again.
+    pub async fn wait(&mut self) -> Reply {
+        if self.done {
+            return Reply { outcome: Outcome::Lost(Arc::from("the answer was already taken")), output: None };
+        }
+        let reply = (&mut self.rx).await.unwrap_or_else(|_| Reply {
+            outcome: Outcome::Lost(Arc::from("the connection to the plugin was dropped")),
+            output: None,
+        });
+        self.done = true;
+        reply
+    }
+
+    /// The connection the call went out on.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(task_id) = &self.task_id
+        {
+            self.conn.cancel(task_id);
+        }
+    }
+}
+
+/// Writes queued lines to the plugin's stdin, as many per `write` as are waiting.
+async fn write_loop(mut rx: mpsc::UnboundedReceiver<Outgoing>, mut stdin: impl AsyncWrite + Unpin) -> WriterEnd {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut closing = false;
+    while let Some(first) = rx.recv().await {
+        match first {
+            Outgoing::Line(line) => buf.extend_from_slice(&line),
+            Outgoing::CloseStdin => closing = true,
+        }
+        while !closing && buf.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(Outgoing::Line(line)) => buf.extend_from_slice(&line),
+                Ok(Outgoing::CloseStdin) => closing = true,
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = stdin.write_all(&buf).await {
+                return WriterEnd::Failed(e);
+            }
+            if let Err(e) = stdin.flush().await {
+                return WriterEnd::Failed(e);
+            }
+            buf.clear();
+        }
+        if closing {
+            break;
+        }
+    }
+    // Dropping stdin is what closes it.
+    drop(stdin);
+    WriterEnd::Closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    /// A connection whose "plugin" is the test: it reads what the supervisor wrote from
+    /// `from_sup` and writes the plugin's stdout into `to_sup`.
+    fn pair() -> (Arc<Connection>, BufReader<DuplexStream>, DuplexStream, JoinHandle<ReaderEnd>) {
+        let (sup_stdin, plugin_stdin) = tokio::io::duplex(1 << 16);
+        let (plugin_stdout, sup_stdout) = tokio::io::duplex(1 << 16);
+        let (conn, _writer) = Connection::new(Arc::from("test"), 1, sup_stdin, Arc::default());
+        let reader = conn.spawn_reader(sup_stdout, 1024);
+        (conn, BufReader::new(plugin_stdin), plugin_stdout, reader)
+    }
+
+    async fn next_request(from_sup: &mut BufReader<DuplexStream>) -> Request {
+        let mut line = String::new();
+        from_sup.read_line(&mut line).await.unwrap();
+        match Message::decode(line.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn result_text(reply: Reply) -> String {
+        match reply.outcome {
+            Outcome::Result(r) => r.get().to_owned(),
+            other => panic!("expected a result, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn junk_unknown_ids_and_plugin_requests_do_not_break_the_channel() {
+        let (conn, mut from_sup, mut to_sup, _reader) = pair();
+        let mut call = conn.request("ping", &serde_json::json!({}));
+        let req = next_request(&mut from_sup).await;
+        let id = match req.id {
+            RequestId::Number(n) => n,
+            RequestId::String(_) => panic!(),
+        };
+        let script = format!(
+            "oops: a stray debug print\n\
+             {{\"jsonrpc\":\"2.0\",\"id\":999999,\"result\":\"stray\"}}\n\
+             {{\"jsonrpc\":\"2.0\",\"id\":\"s1\",\"method\":\"log\",\"params\":{{}}}}\n\
+             \n\
+             {{\"jsonrpc\":\"2.0\",\"method\":\"log\",\"params\":{{\"level\":42}}}}\n\
+             {{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}\n"
+        );
+        to_sup.write_all(script.as_bytes()).await.unwrap();
+        assert_eq!(result_text(call.wait().await), "{}");
+        let s = conn.stats();
+        assert_eq!(s.junk_lines.load(Ordering::Relaxed), 1);
+        assert_eq!(s.unknown_answers.load(Ordering::Relaxed), 1);
+        assert_eq!(s.plugin_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(s.bad_notifications.load(Ordering::Relaxed), 1);
+        // The plugin's request was answered with "method not found".
+        let mut line = String::new();
+        from_sup.read_line(&mut line).await.unwrap();
+        let Message::Response(r) = Message::decode(line.as_bytes()).unwrap() else { panic!("{line}") };
+        assert_eq!(r.id, Some(RequestId::String("s1".into())));
+        assert_eq!(r.outcome.unwrap_err().code, codes::METHOD_NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn answers_out_of_order_reach_their_callers() {
+        let (conn, mut from_sup, mut to_sup, _reader) = pair();
+        let mut a = conn.request("ping", &1);
+        let mut b = conn.request("ping", &2);
+        let (ra, rb) = (next_request(&mut from_sup).await, next_request(&mut from_sup).await);
+        for (r, v) in [(rb, "\"b\""), (ra, "\"a\"")] {
+            to_sup
+                .write_all(
+                    &Message::Response(Response::ok(r.id, &serde_json::from_str::<serde_json::Value>(v).unwrap()))
+                        .to_line(),
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(result_text(a.wait().await), "\"a\"");
+        assert_eq!(result_text(b.wait().await), "\"b\"");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_ends_the_reader_with_a_violation() {
+        let (_conn, _from_sup, mut to_sup, reader) = pair();
+        to_sup.write_all(&vec![b'x'; 2000]).await.unwrap();
+        match reader.await.unwrap() {
+            ReaderEnd::Violation(why) => assert!(why.contains("longer than 1024 bytes"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_all_answers_every_call_and_later_ones_too() {
+        let (conn, _from_sup, _to_sup, _reader) = pair();
+        let released = Arc::new(AtomicU64::new(0));
+        struct Guard(Arc<AtomicU64>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let task = TaskEnvelope::parse(
+            RawValue::from_string(r#"{"taskId":"t1","taskName":"START","config":{}}"#.into()).unwrap(),
+        )
+        .unwrap();
+        let mut call = conn.request_task(&task, Box::new(Guard(released.clone())));
+        assert_eq!(conn.in_flight(), 1);
+        conn.fail_all("exited with code 3");
+        let reply = call.wait().await;
+        assert!(matches!(&reply.outcome, Outcome::Lost(why) if &**why == "exited with code 3"));
+        assert!(reply.output.is_some());
+        assert_eq!(released.load(Ordering::SeqCst), 1, "the slot guard was dropped");
+        let mut late = conn.request("ping", &());
+        assert!(matches!(late.wait().await.outcome, Outcome::Lost(_)));
+    }
+
+    #[tokio::test]
+    async fn output_notifications_are_captured_per_task_and_scrubbed() {
+        let (conn, mut from_sup, mut to_sup, _reader) = pair();
+        let task = TaskEnvelope::parse(
+            RawValue::from_string(
+                r#"{"taskId":"t9","taskName":"INSTALL","config":{"ssh-auth":{"password":"hunter2"}}}"#.into(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut call = conn.request_task(&task, Box::new(()));
+        let req = next_request(&mut from_sup).await;
+        assert_eq!(req.method, "task");
+        assert_eq!(req.params.unwrap().get(), task.raw().get(), "the task is forwarded byte for byte");
+        let lines = [
+            r#"{"jsonrpc":"2.0","method":"output","params":{"taskId":"t9","stream":"stdout","data":"installing\n"}}"#,
+            r#"{"jsonrpc":"2.0","method":"output","params":{"taskId":"t9","stream":"stderr","data":"pw hunter2\n"}}"#,
+            r#"{"jsonrpc":"2.0","method":"output","params":{"taskId":"other","stream":"stdout","data":"not mine\n"}}"#,
+        ];
+        for l in lines {
+            to_sup.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+        }
+        to_sup
+            .write_all(&Message::Response(Response::ok(req.id, &serde_json::json!({"status":0}))).to_line())
+            .await
+            .unwrap();
+        let reply = call.wait().await;
+        let out = reply.output.unwrap();
+        assert_eq!(out.stdout.into_string(), "installing\n");
+        assert_eq!(out.stderr.into_string(), "pw [redacted]\n");
+    }
+}

@@ -1,0 +1,39 @@
+//! The Loom provisioner's supervisor: runs every provider and automator plugin as a child
+//! process and sends it tasks as JSON-RPC calls over its stdin/stdout (protocol v1, see
+//! `protocol/PROTOCOL.md`). A plugin that crashes, hangs or misbehaves is killed and
+//! restarted; its failure becomes a failed task result, never a supervisor failure.
+//!
+//! Where things happen:
+//!
+//! | | |
+//! |---|---|
+//! | a task enters | [`Supervisor::run_task`] (`supervisor.rs`), read by [`envelope`] |
+//! | it is routed | [`router`]: Loom's rules, BOOTSTRAP fan-out |
+//! | it waits for and takes a slot | [`plugin::Plugin::run_task`] (`plugin.rs`): queue, timeouts |
+//! | it goes over the wire | [`connection`]: writer, tolerant reader, calls in flight |
+//! | a process starts and stops | [`process`] and [`spawn`]: process groups, parent-death signal |
+//! | a crash is handled | [`instance`]: the restart loop, with [`restart`]'s policy |
+//! | plugins are found | [`registry`] and [`manifest`] |
+//! | credentials are kept out of logs | [`redact`] |
+//! | plugin authors check their plugin | [`conformance`] |
+
+pub mod capture;
+pub mod cli;
+pub mod conformance;
+pub mod connection;
+pub mod envelope;
+pub mod instance;
+pub mod logging;
+pub mod manifest;
+pub mod plugin;
+pub mod process;
+pub mod redact;
+pub mod registry;
+pub mod restart;
+pub mod router;
+pub mod spawn;
+pub mod supervisor;
+
+pub use envelope::TaskEnvelope;
+pub use registry::Registry;
+pub use supervisor::{Options, Supervisor, TaskReport};

@@ -1,0 +1,541 @@
+//! One plugin's manifest: `{"<name>": {"executable": ..., ...}}`, read into a [`PluginSpec`].
+//!
+//! Manifests are read field by field rather than through `#[derive(Deserialize)]` so that
+//! every error names the key and says what was expected, and so that no error ever quotes
+//! a value (manifests hold `env` and `settings`, which may hold credentials).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loom_protocol::{PluginKind, TaskName};
+use serde_json::{Map, Value};
+
+/// Everything the supervisor needs to run one plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    /// The registered name; tasks are routed by it.
+    pub name: String,
+    /// Provider or automator.
+    pub kind: PluginKind,
+    /// The manifest file this came from.
+    pub manifest: PathBuf,
+    /// The plugin's folder: the manifest's folder, and the plugin's working directory.
+    pub dir: PathBuf,
+    /// The executable, resolved to a path.
+    pub executable: PathBuf,
+    /// Arguments passed to the executable.
+    pub args: Vec<String>,
+    /// Extra environment for the plugin, on top of the supervisor's small allowlist.
+    pub env: BTreeMap<String, String>,
+    /// How many processes to run.
+    pub instances: usize,
+    /// Tasks in flight per process (the handshake may lower it).
+    pub max_concurrency: usize,
+    /// Per-task timeouts.
+    pub timeouts: Timeouts,
+    /// How long the handshake may take.
+    pub handshake_timeout: Duration,
+    /// When and how fast to restart after a crash.
+    pub restart: RestartPolicy,
+    /// Sent in the handshake.
+    pub settings: Map<String, Value>,
+    /// Each step of a graceful stop (shutdown request, stdin EOF, SIGTERM) waits this long.
+    pub shutdown_grace: Duration,
+    /// After a timed-out task's `cancel`, how long to wait for its answer before killing.
+    pub cancel_grace: Duration,
+    /// How often to ping an idle process; `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    /// How long a ping may take before the process counts as hung.
+    pub ping_timeout: Duration,
+    /// How many tasks may wait when every process is busy; more submissions wait for room.
+    pub queue_capacity: usize,
+    /// The longest line the plugin may write on stdout.
+    pub max_line_bytes: usize,
+}
+
+/// Per-task timeouts: `{"default": 1800, "CREATE": 600, ...}` in the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    /// For tasks without their own entry.
+    pub default: Duration,
+    /// Per task name.
+    pub per_task: BTreeMap<TaskName, Duration>,
+}
+
+impl Timeouts {
+    /// The timeout for `task`.
+    pub fn get(&self, task: TaskName) -> Duration {
+        self.per_task.get(&task).copied().unwrap_or(self.default)
+    }
+}
+
+/// The restart policy: `{"maxRestarts", "withinSecs", "backoffInitialMs", "backoffMaxMs", "coolDownSecs"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `within` before the plugin is marked failed.
+    pub max_restarts: u32,
+    /// The window over which restarts are counted.
+    pub within: Duration,
+    /// Delay before the second restart in a row; the first is immediate.
+    pub backoff_initial: Duration,
+    /// Upper bound of the delay.
+    pub backoff_max: Duration,
+    /// How long a failed plugin stays failed before it is tried again.
+    pub cool_down: Duration,
+}
+
+/// Defaults, as documented in the README.
+pub mod defaults {
+    use std::time::Duration;
+    /// Loom's server timed tasks out after 1800 s.
+    pub const TASK_TIMEOUT: Duration = Duration::from_secs(1800);
+    /// Handshake timeout.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Each step of a graceful stop.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    /// Between `cancel` and kill for a timed-out task.
+    pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+    /// Ping interval for idle processes.
+    pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+    /// Ping timeout.
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Restarts allowed within the window.
+    pub const MAX_RESTARTS: u32 = 5;
+    /// The restart window.
+    pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+    /// First backoff delay.
+    pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    /// Largest backoff delay.
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// How long a failed plugin stays failed.
+    pub const COOL_DOWN: Duration = Duration::from_secs(60);
+    /// Waiting tasks per plugin.
+    pub const QUEUE_CAPACITY: usize = 1024;
+}
+
+/// What a manifest entry describes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// A plugin the supervisor can run.
+    Runnable(Box<PluginSpec>),
+    /// A seed-style plugin (`classname`, no `executable`): a Ruby class that Loom loaded
+    /// in process. Listed, not run.
+    RubyClass {
+        /// The Ruby class name.
+        classname: String,
+    },
+}
+
+/// A problem with one key of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    /// Dotted path of the key, e.g. `restart.maxRestarts`; empty for the entry itself.
+    pub key: String,
+    /// What is wrong, never quoting the value.
+    pub message: String,
+}
+
+/// The result of reading one manifest entry: the entry, or why it cannot be used, plus
+/// warnings (such as unknown keys) that do not stop it.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The entry, or the first error.
+    pub entry: Result<Entry, KeyProblem>,
+    /// Non-fatal findings.
+    pub warnings: Vec<KeyProblem>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "executable",
+    "args",
+    "env",
+    "instances",
+    "maxConcurrency",
+    "timeouts",
+    "handshakeTimeoutSecs",
+    "restart",
+    "settings",
+    "shutdownGraceSecs",
+    "cancelGraceSecs",
+    "pingIntervalSecs",
+    "pingTimeoutSecs",
+    "queueCapacity",
+    "maxLineBytes",
+    "classname",
+    "description",
+];
+
+const RESTART_KEYS: &[&str] = &["maxRestarts", "withinSecs", "backoffInitialMs", "backoffMaxMs", "coolDownSecs"];
+
+/// Reads one entry `name: body` of the manifest at `manifest`.
+pub fn parse_entry(name: &str, kind: PluginKind, manifest: &Path, body: &Value) -> Parsed {
+    let mut warnings = Vec::new();
+    let entry = parse_body(name, kind, manifest, body, &mut warnings);
+    Parsed { entry, warnings }
+}
+
+fn parse_body(
+    name: &str,
+    kind: PluginKind,
+    manifest: &Path,
+    body: &Value,
+    warnings: &mut Vec<KeyProblem>,
+) -> Result<Entry, KeyProblem> {
+    check_name(name)?;
+    let Some(obj) = body.as_object() else {
+        return Err(problem("", format!("the entry for {name:?} must be an object, found {}", type_name(body))));
+    };
+    warn_unknown(obj, KNOWN_KEYS, "", warnings);
+    let f = Fields { obj, prefix: "" };
+
+    let executable = f.string("executable")?;
+    let classname = f.string("classname")?;
+    let Some(executable) = executable else {
+        return match classname {
+            Some(classname) => Ok(Entry::RubyClass { classname }),
+            None => Err(problem("executable", "missing: a plugin needs an \"executable\" (or a Ruby \"classname\")")),
+        };
+    };
+    let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
+    let executable = resolve_executable(&dir, &executable)?;
+
+    let restart = match obj.get("restart") {
+        None => RestartPolicy::default(),
+        Some(Value::Object(r)) => {
+            warn_unknown(r, RESTART_KEYS, "restart.", warnings);
+            let rf = Fields { obj: r, prefix: "restart." };
+            let default = RestartPolicy::default();
+            RestartPolicy {
+                max_restarts: rf.count("maxRestarts", 0)?.map_or(default.max_restarts, |n| n as u32),
+                within: rf.secs("withinSecs")?.unwrap_or(default.within),
+                backoff_initial: rf.millis("backoffInitialMs")?.unwrap_or(default.backoff_initial),
+                backoff_max: rf.millis("backoffMaxMs")?.unwrap_or(default.backoff_max),
+                cool_down: rf.secs("coolDownSecs")?.unwrap_or(default.cool_down),
+            }
+        }
+        Some(other) => {
+            return Err(problem("restart", format!("expected an object, found {}", type_name(other))));
+        }
+    };
+
+    Ok(Entry::Runnable(Box::new(PluginSpec {
+        name: name.to_owned(),
+        kind,
+        manifest: manifest.to_path_buf(),
+        executable,
+        args: f.string_list("args")?,
+        env: f.string_map("env")?,
+        instances: f.count("instances", 1)?.unwrap_or(1),
+        max_concurrency: f.count("maxConcurrency", 1)?.unwrap_or(1),
+        timeouts: f.timeouts("timeouts", kind)?,
+        handshake_timeout: f.secs("handshakeTimeoutSecs")?.unwrap_or(defaults::HANDSHAKE_TIMEOUT),
+        restart,
+        settings: match obj.get("settings") {
+            None => Map::new(),
+            Some(Value::Object(s)) => s.clone(),
+            Some(other) => {
+                return Err(problem("settings", format!("expected an object, found {}", type_name(other))));
+            }
+        },
+        shutdown_grace: f.secs("shutdownGraceSecs")?.unwrap_or(defaults::SHUTDOWN_GRACE),
+        cancel_grace: f.secs("cancelGraceSecs")?.unwrap_or(defaults::CANCEL_GRACE),
+        ping_interval: match f.secs("pingIntervalSecs")? {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => Some(defaults::PING_INTERVAL),
+        },
+        ping_timeout: f.secs("pingTimeoutSecs")?.unwrap_or(defaults::PING_TIMEOUT),
+        queue_capacity: f.count("queueCapacity", 1)?.unwrap_or(defaults::QUEUE_CAPACITY),
+        max_line_bytes: f.count("maxLineBytes", 1024)?.unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
+        dir,
+    })))
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: defaults::MAX_RESTARTS,
+            within: defaults::RESTART_WINDOW,
+            backoff_initial: defaults::BACKOFF_INITIAL,
+            backoff_max: defaults::BACKOFF_MAX,
+            cool_down: defaults::COOL_DOWN,
+        }
+    }
+}
+
+/// Plugin names end up in log fields, environment variables and error messages: keep them
+/// to a safe alphabet.
+fn check_name(name: &str) -> Result<(), KeyProblem> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(problem(
+            "",
+            "the plugin name must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.', not starting with '.'",
+        ))
+    }
+}
+
+/// `executable` is relative to the manifest's folder when a file of that name is there,
+/// else (when it has no slash) looked up on PATH.
+fn resolve_executable(dir: &Path, executable: &str) -> Result<PathBuf, KeyProblem> {
+    use std::os::unix::fs::PermissionsExt;
+    if executable.is_empty() {
+        return Err(problem("executable", "is empty"));
+    }
+    let local = dir.join(executable);
+    let path = if local.is_file() {
+        local
+    } else if !executable.contains('/') {
+        which::which(executable)
+            .map_err(|_| problem("executable", format!("{executable:?} is neither in {} nor on PATH", dir.display())))?
+    } else {
+        return Err(problem("executable", format!("{} does not exist", local.display())));
+    };
+    let mode = std::fs::metadata(&path)
+        .map_err(|e| problem("executable", format!("cannot read {}: {e}", path.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o111 == 0 {
+        return Err(problem("executable", format!("{} is not executable (chmod +x it)", path.display())));
+    }
+    Ok(path)
+}
+
+fn problem(key: &str, message: impl Into<String>) -> KeyProblem {
+    KeyProblem { key: key.to_owned(), message: message.into() }
+}
+
+fn warn_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str, warnings: &mut Vec<KeyProblem>) {
+    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        let hint = known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(key))
+            .map(|k| format!("; did you mean {k:?}?"))
+            .unwrap_or_default();
+        warnings.push(problem(&format!("{prefix}{key}"), format!("unknown key, ignored{hint}")));
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed access to the keys of one JSON object, with errors naming `prefix + key`.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    prefix: &'a str,
+}
+
+impl Fields<'_> {
+    fn err(&self, key: &str, expected: &str, found: &Value) -> KeyProblem {
+        problem(&format!("{}{key}", self.prefix), format!("expected {expected}, found {}", type_name(found)))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, KeyProblem> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.err(key, "a string", v)),
+        }
+    }
+
+    fn string_list(&self, key: &str) -> Result<Vec<String>, KeyProblem> {
+        match self.obj.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| self.err(&format!("{key}[{i}]"), "a string", v))
+                })
+                .collect(),
+            Some(v) => Err(self.err(key, "an array of strings", v)),
+        }
+    }
+
+    fn string_map(&self, key: &str) -> Result<BTreeMap<String, String>, KeyProblem> {
+        match self.obj.get(key) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Err(self.err(&format!("{key}.{k}"), "a string", other)),
+                })
+                .collect(),
+            Some(v) => Err(self.err(key, "an object of strings", v)),
+        }
+    }
+
+    /// A whole number of at least `min`.
+    fn count(&self, key: &str, min: u64) -> Result<Option<usize>, KeyProblem> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= min => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+                _ => Err(self.err(key, &format!("a whole number of at least {min}"), v)),
+            },
+        }
+    }
+
+    /// Seconds, whole or fractional, at least 0.
+    fn secs(&self, key: &str) -> Result<Option<Duration>, KeyProblem> {
+        self.duration(key, 1.0)
+    }
+
+    fn millis(&self, key: &str) -> Result<Option<Duration>, KeyProblem> {
+        self.duration(key, 0.001)
+    }
+
+    fn duration(&self, key: &str, unit_secs: f64) -> Result<Option<Duration>, KeyProblem> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .and_then(|n| Duration::try_from_secs_f64(n * unit_secs).ok())
+                .map(Some)
+                .ok_or_else(|| self.err(key, "a number of at least 0", v)),
+        }
+    }
+
+    fn timeouts(&self, key: &str, kind: PluginKind) -> Result<Timeouts, KeyProblem> {
+        let mut t = Timeouts { default: defaults::TASK_TIMEOUT, per_task: BTreeMap::new() };
+        let m = match self.obj.get(key) {
+            None => return Ok(t),
+            Some(Value::Object(m)) => m,
+            Some(v) => return Err(self.err(key, "an object of seconds per task name", v)),
+        };
+        let inner = Fields { obj: m, prefix: "timeouts." };
+        for name in m.keys() {
+            let d = inner.secs(name)?.unwrap_or(defaults::TASK_TIMEOUT);
+            if d.is_zero() {
+                return Err(problem(&format!("timeouts.{name}"), "must be more than 0 seconds"));
+            }
+            if name == "default" {
+                t.default = d;
+                continue;
+            }
+            let task: TaskName = name
+                .parse()
+                .map_err(|e: loom_protocol::UnknownTaskName| problem(&format!("timeouts.{name}"), e.to_string()))?;
+            if task.kind() != kind {
+                return Err(problem(
+                    &format!("timeouts.{name}"),
+                    format!("{task} is a {} task, and this plugin is a {kind}", task.kind()),
+                ));
+            }
+            t.per_task.insert(task, d);
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: Value) -> Parsed {
+        // `sh` is on PATH everywhere.
+        parse_entry("demo", PluginKind::Automator, Path::new("/nonexistent/demo/demo.json"), &body)
+    }
+
+    fn spec(body: Value) -> PluginSpec {
+        match parse(body).entry {
+            Ok(Entry::Runnable(s)) => *s,
+            other => panic!("not runnable: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_loom() {
+        let s = spec(json!({"executable": "sh"}));
+        assert_eq!(s.instances, 1);
+        assert_eq!(s.max_concurrency, 1);
+        assert_eq!(s.timeouts.get(TaskName::Install), Duration::from_secs(1800));
+        assert_eq!(s.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.restart.max_restarts, 5);
+        assert_eq!(s.restart.within, Duration::from_secs(60));
+        assert!(s.executable.is_absolute());
+        assert_eq!(s.dir, Path::new("/nonexistent/demo"));
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let s = spec(json!({
+            "executable": "sh", "args": ["-c", "x"], "env": {"A": "1"}, "instances": 3,
+            "maxConcurrency": 8, "timeouts": {"default": 60, "INSTALL": 0.5},
+            "handshakeTimeoutSecs": 2, "settings": {"k": "v"}, "shutdownGraceSecs": 1,
+            "cancelGraceSecs": 0.25, "pingIntervalSecs": 0, "pingTimeoutSecs": 3, "queueCapacity": 7,
+            "maxLineBytes": 4096,
+            "restart": {"maxRestarts": 2, "withinSecs": 10, "backoffInitialMs": 5, "backoffMaxMs": 50, "coolDownSecs": 1}
+        }));
+        assert_eq!(s.args, ["-c", "x"]);
+        assert_eq!(s.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!((s.instances, s.max_concurrency, s.queue_capacity, s.max_line_bytes), (3, 8, 7, 4096));
+        assert_eq!(s.timeouts.get(TaskName::Install), Duration::from_millis(500));
+        assert_eq!(s.timeouts.get(TaskName::Start), Duration::from_secs(60));
+        assert_eq!(s.ping_interval, None);
+        assert_eq!(s.cancel_grace, Duration::from_millis(250));
+        assert_eq!(s.restart.backoff_max, Duration::from_millis(50));
+        assert_eq!(s.restart.cool_down, Duration::from_secs(1));
+        assert_eq!(s.settings.get("k"), Some(&json!("v")));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_the_value() {
+        let cases = [
+            (json!({"executable": "sh", "instances": "hunter2"}), "instances", "whole number"),
+            (json!({"executable": "sh", "instances": 0}), "instances", "at least 1"),
+            (json!({"executable": "sh", "env": {"TOKEN": 42}}), "env.TOKEN", "a string"),
+            (json!({"executable": "sh", "restart": {"maxRestarts": -1}}), "restart.maxRestarts", "whole number"),
+            (json!({"executable": "sh", "timeouts": {"CREATE": 5}}), "timeouts.CREATE", "is a provider task"),
+            (json!({"executable": "sh", "timeouts": {"BUILD": 5}}), "timeouts.BUILD", "unknown task name"),
+            (json!({"executable": "no-such-binary-hunter2"}), "executable", "nor on PATH"),
+            (json!({"args": []}), "executable", "missing"),
+            (json!({"executable": "sh", "settings": "hunter2"}), "settings", "an object"),
+        ];
+        for (body, key, text) in cases {
+            let err = parse(body.clone()).entry.expect_err(&body.to_string());
+            assert_eq!(err.key, key, "{body}");
+            assert!(err.message.contains(text), "{body}: {}", err.message);
+            assert!(!err.message.contains("hunter2") || key == "executable", "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_a_hint_but_load() {
+        let p = parse(json!({"executable": "sh", "maxconcurrency": 4, "restart": {"max": 1}}));
+        assert!(matches!(p.entry, Ok(Entry::Runnable(_))));
+        let keys: Vec<_> = p.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["maxconcurrency", "restart.max"]);
+        assert!(p.warnings[0].message.contains("did you mean \"maxConcurrency\""));
+    }
+
+    #[test]
+    fn seed_style_ruby_entries_are_recognised() {
+        let p = parse(json!({"classname": "MyProvider"}));
+        assert_eq!(p.entry, Ok(Entry::RubyClass { classname: "MyProvider".into() }));
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for name in ["", "a b", "../x", ".hidden", "x;rm"] {
+            let p = parse_entry(name, PluginKind::Provider, Path::new("/x/y.json"), &json!({"executable": "sh"}));
+            assert!(p.entry.is_err(), "{name:?}");
+        }
+    }
+}

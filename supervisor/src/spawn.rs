@@ -1,0 +1,116 @@
+//! Starting a plugin process so that it can always be cleaned up.
+//!
+//! - Each plugin leads its own process group, so one signal reaches everything it started.
+//! - Each plugin gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies with the supervisor even when
+//!   the supervisor is killed with SIGKILL. Linux sends that signal when the *thread* that
+//!   forked the child exits, not the process; a tokio worker or blocking-pool thread can
+//!   exit while the plugin should live on. So every plugin is forked by one dedicated
+//!   thread that lives as long as the process.
+//! - The environment is cleared to a small allowlist plus the manifest's `env`.
+
+use std::ffi::OsString;
+use std::io;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::mpsc as std_mpsc;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::manifest::PluginSpec;
+
+/// Variables passed through from the supervisor's environment; everything else is dropped.
+pub const ENV_ALLOWLIST: &[&str] =
+    &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "RUST_BACKTRACE"];
+
+/// Builds the command for one plugin process: piped stdio, cleared environment, the
+/// plugin's folder as working directory.
+pub fn command(spec: &PluginSpec) -> Command {
+    let mut cmd = Command::new(&spec.executable);
+    cmd.args(&spec.args)
+        .current_dir(&spec.dir)
+        .env_clear()
+        .envs(allowed_env())
+        .env(loom_protocol::ENV_PROTOCOL, "1")
+        .env(loom_protocol::ENV_PLUGIN_NAME, &spec.name)
+        .envs(&spec.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn allowed_env() -> Vec<(OsString, OsString)> {
+    ENV_ALLOWLIST.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))).collect()
+}
+
+/// Spawns `cmd` as the leader of a new process group with the parent-death signal set,
+/// on the long-lived spawner thread.
+///
+/// # Errors
+/// The spawn error (executable missing, not executable, ...), or an error if the spawner
+/// thread is gone (it only ends with the process).
+///
+/// # Cancellation
+/// If the returned future is dropped after the spawn happened, the child is killed by
+/// `kill_on_drop` and reaped by tokio.
+pub async fn spawn(mut cmd: Command) -> io::Result<Child> {
+    let supervisor_pid = std::process::id();
+    cmd.process_group(0).kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The supervisor may have died between fork and prctl: then nobody would kill us.
+            if nix::unistd::getppid().as_raw() as u32 != supervisor_pid {
+                return Err(io::Error::other("the supervisor exited while the plugin was starting"));
+            }
+            Ok(())
+        });
+    }
+    let (reply, answer) = oneshot::channel();
+    let request = SpawnRequest { cmd, runtime: tokio::runtime::Handle::current(), reply };
+    spawner().send(request).map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+}
+
+struct SpawnRequest {
+    cmd: Command,
+    runtime: tokio::runtime::Handle,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+/// The sender half lives in a static, so the thread's loop never ends before the process.
+fn spawner() -> &'static std_mpsc::Sender<SpawnRequest> {
+    static SPAWNER: OnceLock<std_mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std_mpsc::channel::<SpawnRequest>();
+        let thread = std::thread::Builder::new().name("loom-spawner".into()).spawn(move || {
+            for mut req in rx {
+                // Register the child's pipes and exit watcher with the caller's runtime.
+                let _guard = req.runtime.enter();
+                let result = req.cmd.spawn();
+                // If the caller went away, dropping the child kills it (kill_on_drop).
+                let _ = req.reply.send(result);
+            }
+        });
+        if let Err(e) = thread {
+            // Without the thread every spawn fails with "the spawner thread is gone".
+            tracing::error!("cannot start the plugin spawner thread: {e}");
+        }
+        tx
+    })
+}
+
+/// Sends `signal` to the process group led by `pid`. A group that no longer exists is
+/// not an error.
+pub fn signal_group(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, "cannot send {signal} to process group {pid}: {e}"),
+    }
+}
