@@ -7,7 +7,8 @@
 //!   [`Message::decode`] and [`Message::encode`]. Params and results stay raw JSON
 //!   ([`serde_json::value::RawValue`]) so that a task is forwarded byte for byte and only
 //!   the side that needs a typed view pays for one.
-//! - [`codec`]: the newline framing with a line-length limit, as a `tokio-util` codec.
+//! - [`codec`]: the newline framing with a line-length limit, as a `tokio-util` codec, and
+//!   [`writer`]: one task that batches queued lines into as few writes as possible.
 //! - [`handshake`], [`task`], [`notification`]: the typed params and results of each method.
 //! - [`methods`] and [`codes`]: method names and error codes.
 //!
@@ -18,6 +19,7 @@ pub mod handshake;
 pub mod message;
 pub mod notification;
 pub mod task;
+pub mod writer;
 
 pub use codec::{CodecError, LineCodec, Overflow};
 pub use handshake::{HandshakeParams, HandshakeResult, PluginKind};

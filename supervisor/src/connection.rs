@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
+use loom_protocol::writer::{Outgoing, write_lines};
 use loom_protocol::{
     LineCodec, LogLevel, LogParams, Message, Notification, OutputParams, OutputStream, Overflow, ProgressParams,
     Request, RequestId, Response, ResponseError, codes, methods,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
@@ -66,11 +67,6 @@ pub struct Stats {
     pub bad_notifications: AtomicU64,
     /// Requests the plugin sent to the supervisor.
     pub plugin_requests: AtomicU64,
-}
-
-enum Outgoing {
-    Line(Vec<u8>),
-    CloseStdin,
 }
 
 #[derive(Default)]
@@ -155,7 +151,13 @@ impl Connection {
             redactor,
             stats: Stats::default(),
         });
-        (conn, tokio::spawn(write_loop(rx, stdin)))
+        let writer = tokio::spawn(async move {
+            match write_lines(rx, stdin).await {
+                Ok(()) => WriterEnd::Closed,
+                Err(e) => WriterEnd::Failed(e),
+            }
+        });
+        (conn, writer)
     }
 
     /// Spawns the reader of the process's stdout, with lines limited to `max_line` bytes.
@@ -269,7 +271,7 @@ impl Connection {
 
     /// Closes the plugin's stdin once everything queued before has been written.
     pub fn close_stdin(&self) {
-        let _ = self.outgoing.send(Outgoing::CloseStdin);
+        let _ = self.outgoing.send(Outgoing::Close);
     }
 
     /// Ends every call in flight with `reason`, and every later call at once. Called when
@@ -432,10 +434,12 @@ impl Connection {
             let json = serde_json::Value::Object(f.clone()).to_string();
             self.redactor.scrub(&json).into_owned()
         });
-        let (plugin, pid, task_id) = (&*self.plugin, self.pid, p.task_id.as_deref());
+        let (plugin, pid) = (&*self.plugin, self.pid);
+        let task_id = p.task_id.as_deref().map(tracing::field::display);
+        let fields = fields.as_deref().map(tracing::field::display);
         macro_rules! emit {
             ($level:expr) => {
-                tracing::event!(target: PLUGIN_TARGET, $level, plugin, pid, task_id, fields, "{message}")
+                tracing::event!(target: PLUGIN_TARGET, $level, plugin = %plugin, pid, task_id, fields, "{message}")
             };
         }
         match p.level {
@@ -504,44 +508,10 @@ impl Drop for Call {
     }
 }
 
-/// Writes queued lines to the plugin's stdin, as many per `write` as are waiting.
-async fn write_loop(mut rx: mpsc::UnboundedReceiver<Outgoing>, mut stdin: impl AsyncWrite + Unpin) -> WriterEnd {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut closing = false;
-    while let Some(first) = rx.recv().await {
-        match first {
-            Outgoing::Line(line) => buf.extend_from_slice(&line),
-            Outgoing::CloseStdin => closing = true,
-        }
-        while !closing && buf.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(Outgoing::Line(line)) => buf.extend_from_slice(&line),
-                Ok(Outgoing::CloseStdin) => closing = true,
-                Err(_) => break,
-            }
-        }
-        if !buf.is_empty() {
-            if let Err(e) = stdin.write_all(&buf).await {
-                return WriterEnd::Failed(e);
-            }
-            if let Err(e) = stdin.flush().await {
-                return WriterEnd::Failed(e);
-            }
-            buf.clear();
-        }
-        if closing {
-            break;
-        }
-    }
-    // Dropping stdin is what closes it.
-    drop(stdin);
-    WriterEnd::Closed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
     /// A connection whose "plugin" is the test: it reads what the supervisor wrote from
     /// `from_sup` and writes the plugin's stdout into `to_sup`.

@@ -197,7 +197,9 @@ fn parse_body(
             None => Err(problem("executable", "missing: a plugin needs an \"executable\" (or a Ruby \"classname\")")),
         };
     };
+    // Absolute, because the plugin runs with its folder as working directory.
     let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     let executable = resolve_executable(&dir, &executable)?;
 
     let restart = match obj.get("restart") {

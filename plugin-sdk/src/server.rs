@@ -1,0 +1,297 @@
+//! The plugin's side of the protocol: read requests, run tasks concurrently, answer.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{FutureExt, StreamExt};
+use loom_protocol::writer::{Outgoing, write_lines};
+use loom_protocol::{
+    CancelParams, HandshakeParams, HandshakeResult, LineCodec, Message, Overflow, PROTOCOL_VERSIONS, PluginKind,
+    Request, Response, ResponseError, Task, TaskName, TaskResult, codes, methods,
+};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::context::{Context, Outbox};
+use crate::plugin::{Automator, Provider, TaskOutcome};
+use crate::{Plugin, forward, stdio};
+
+pub(crate) type BoxFuture = Pin<Box<dyn std::future::Future<Output = TaskOutcome> + Send>>;
+
+/// A provider or an automator, behind one interface.
+pub(crate) trait Dispatch: Send + Sync + 'static {
+    const KIND: PluginKind;
+    fn setup(&mut self, settings: &Map<String, Value>) -> Result<(), crate::TaskError>;
+    fn run(self: Arc<Self>, task: Task, ctx: Context) -> BoxFuture;
+}
+
+pub(crate) struct AsProvider<P>(pub P);
+pub(crate) struct AsAutomator<A>(pub A);
+
+impl<P: Provider> Dispatch for AsProvider<P> {
+    const KIND: PluginKind = PluginKind::Provider;
+    fn setup(&mut self, settings: &Map<String, Value>) -> Result<(), crate::TaskError> {
+        self.0.setup(settings)
+    }
+    fn run(self: Arc<Self>, task: Task, ctx: Context) -> BoxFuture {
+        Box::pin(async move {
+            match task.task_name {
+                TaskName::Create => self.0.create(task, ctx).await,
+                TaskName::Confirm => self.0.confirm(task, ctx).await,
+                TaskName::Delete => self.0.delete(task, ctx).await,
+                other => Err(crate::TaskError::new(format!("a provider does not handle {other}"))),
+            }
+        })
+    }
+}
+
+impl<A: Automator> Dispatch for AsAutomator<A> {
+    const KIND: PluginKind = PluginKind::Automator;
+    fn setup(&mut self, settings: &Map<String, Value>) -> Result<(), crate::TaskError> {
+        self.0.setup(settings)
+    }
+    fn run(self: Arc<Self>, task: Task, ctx: Context) -> BoxFuture {
+        Box::pin(async move {
+            match task.task_name {
+                TaskName::Bootstrap => self.0.bootstrap(task, ctx).await,
+                TaskName::Install => self.0.install(task, ctx).await,
+                TaskName::Configure => self.0.configure(task, ctx).await,
+                TaskName::Initialize => self.0.initialize(task, ctx).await,
+                TaskName::Start => self.0.start(task, ctx).await,
+                TaskName::Stop => self.0.stop(task, ctx).await,
+                TaskName::Remove => self.0.remove(task, ctx).await,
+                other => Err(crate::TaskError::new(format!("an automator does not handle {other}"))),
+            }
+        })
+    }
+}
+
+enum Phase<D> {
+    /// Before the handshake; the handler has not been set up.
+    Waiting(D),
+    /// Serving tasks.
+    Serving { handler: Arc<D>, settings: Arc<Map<String, Value>> },
+    /// A setup error made the handshake fail; the process should exit.
+    Broken,
+}
+
+/// Serves the protocol on the process's stdio until stdin closes. Returns the exit code.
+pub(crate) async fn serve<D: Dispatch>(info: Plugin, handler: D) -> std::process::ExitCode {
+    let io = match stdio::take() {
+        Ok(io) => io,
+        Err(e) => {
+            eprintln!("{}: cannot set up the protocol on stdin/stdout: {e}", info.name);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_lines(rx, io.output));
+    let outbox = Outbox::new(tx.clone());
+    if info.forward_tracing {
+        forward::connect(outbox.clone());
+        use tracing_subscriber::layer::SubscriberExt;
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(forward::ForwardLayer));
+    }
+
+    let mut server = Server {
+        info,
+        outbox,
+        phase: Phase::Waiting(handler),
+        running: Arc::new(Mutex::new(HashMap::new())),
+        tracker: TaskTracker::new(),
+        shutting_down: false,
+    };
+    let mut lines = FramedRead::new(io.input, LineCodec::new(loom_protocol::DEFAULT_MAX_LINE_BYTES, Overflow::Error));
+    while let Some(line) = lines.next().await {
+        match line {
+            Ok(line) => server.handle_line(&line),
+            Err(loom_protocol::CodecError::LineTooLong { limit }) => {
+                eprintln!("{}: skipped a message longer than {limit} bytes", server.info.name);
+            }
+            Err(loom_protocol::CodecError::Io(e)) => {
+                eprintln!("{}: reading stdin failed: {e}", server.info.name);
+                break;
+            }
+        }
+    }
+    // Stdin is closed: the supervisor is done with us. Cancel what still runs, let it
+    // answer, flush, exit.
+    server.cancel_all();
+    server.tracker.close();
+    server.tracker.wait().await;
+    drop(server);
+    let _ = tx.send(Outgoing::Close);
+    drop(tx);
+    let _ = writer.await;
+    std::process::ExitCode::SUCCESS
+}
+
+struct Server<D> {
+    info: Plugin,
+    outbox: Outbox,
+    phase: Phase<D>,
+    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    tracker: TaskTracker,
+    shutting_down: bool,
+}
+
+impl<D: Dispatch> Server<D> {
+    fn handle_line(&mut self, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match Message::decode(line) {
+            Ok(Message::Request(req)) => self.handle_request(req),
+            Ok(Message::Notification(n)) if n.method == methods::CANCEL => {
+                let params = n.params.as_deref().map_or("null", |p| p.get());
+                if let Ok(p) = serde_json::from_str::<CancelParams>(params)
+                    && let Some(token) = lock(&self.running).get(&p.task_id)
+                {
+                    token.cancel();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("{}: ignored a line on stdin that is {e}", self.info.name);
+                self.reply(Response::err(None, ResponseError::new(codes::PARSE_ERROR, e.to_string())));
+            }
+        }
+    }
+
+    fn reply(&self, response: Response) {
+        self.outbox.send(Message::Response(response));
+    }
+
+    fn handle_request(&mut self, req: Request) {
+        let params = req.params.as_deref().map_or("null", |p| p.get());
+        let id = req.id.clone();
+        match req.method.as_str() {
+            methods::HANDSHAKE => {
+                let answer = self.handshake(params);
+                self.reply(match answer {
+                    Ok(result) => Response::ok(id, &result),
+                    Err(e) => Response::err(Some(id), e),
+                });
+            }
+            methods::TASK => self.start_task(id, params),
+            methods::PING => self.reply(Response::ok(id, &json!({}))),
+            methods::SHUTDOWN => {
+                self.shutting_down = true;
+                self.reply(Response::ok(id, &json!({})));
+            }
+            other => self.reply(Response::err(
+                Some(id),
+                ResponseError::new(codes::METHOD_NOT_FOUND, format!("unknown method {other:?}")),
+            )),
+        }
+    }
+
+    fn handshake(&mut self, params: &str) -> Result<HandshakeResult, ResponseError> {
+        let p: HandshakeParams = serde_json::from_str(params).map_err(|e| {
+            ResponseError::new(
+                codes::INVALID_PARAMS,
+                format!("bad handshake params at line {} column {}", e.line(), e.column()),
+            )
+        })?;
+        let Some(version) = p.protocol_versions.iter().copied().filter(|v| PROTOCOL_VERSIONS.contains(v)).max() else {
+            return Err(ResponseError::new(
+                codes::UNSUPPORTED_PROTOCOL,
+                format!(
+                    "this plugin speaks protocol versions {PROTOCOL_VERSIONS:?}, the supervisor offered {:?}",
+                    p.protocol_versions
+                ),
+            ));
+        };
+        self.outbox.set_level(p.log_level);
+        let phase = std::mem::replace(&mut self.phase, Phase::Broken);
+        let (handler, settings) = match phase {
+            Phase::Waiting(mut handler) => {
+                if let Err(e) = handler.setup(&p.settings) {
+                    return Err(ResponseError::new(codes::INTERNAL_ERROR, format!("setup failed: {}", e.message)));
+                }
+                (Arc::new(handler), Arc::new(p.settings))
+            }
+            // A second handshake: keep serving with the first setup.
+            Phase::Serving { handler, settings } => (handler, settings),
+            Phase::Broken => {
+                return Err(ResponseError::new(codes::INTERNAL_ERROR, "an earlier setup failed; restart the plugin"));
+            }
+        };
+        self.phase = Phase::Serving { handler, settings };
+        Ok(HandshakeResult {
+            protocol_version: version,
+            name: self.info.name.clone(),
+            version: self.info.version.clone(),
+            tasks: self.declared(),
+            max_concurrency: self.info.max_concurrency,
+        })
+    }
+
+    fn declared(&self) -> Vec<TaskName> {
+        self.info.tasks.clone().unwrap_or_else(|| D::KIND.tasks().to_vec())
+    }
+
+    fn start_task(&mut self, id: loom_protocol::RequestId, params: &str) {
+        let Phase::Serving { handler, settings } = &self.phase else {
+            return self
+                .reply(Response::err(Some(id), ResponseError::new(codes::NOT_INITIALIZED, "task before handshake")));
+        };
+        if self.shutting_down {
+            return self.reply(Response::err(Some(id), ResponseError::new(codes::SHUTTING_DOWN, "shutting down")));
+        }
+        let task: Task = match serde_json::from_str(params) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("invalid task at line {} column {}", e.line(), e.column());
+                return self.reply(Response::err(Some(id), ResponseError::new(codes::INVALID_PARAMS, why)));
+            }
+        };
+        if !self.declared().contains(&task.task_name) {
+            let why = format!("this plugin does not handle {}", task.task_name);
+            return self.reply(Response::err(Some(id), ResponseError::new(codes::TASK_NOT_SUPPORTED, why)));
+        }
+        let token = CancellationToken::new();
+        lock(&self.running).insert(task.task_id.clone(), token.clone());
+        let task_id = task.task_id.clone();
+        let ctx = Context::new(task_id.clone(), Arc::clone(settings), self.outbox.clone(), token);
+        let (handler, outbox, running) = (Arc::clone(handler), self.outbox.clone(), Arc::clone(&self.running));
+        let span = tracing::info_span!("task", task_id = %task_id);
+        self.tracker.spawn(
+            async move {
+                let outcome = AssertUnwindSafe(handler.run(task, ctx)).catch_unwind().await;
+                let result = match outcome {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => e.into_result(),
+                    Err(panic) => TaskResult::failed(format!("the plugin panicked: {}", panic_message(&panic))),
+                };
+                lock(&running).remove(&task_id);
+                outbox.send(Message::Response(Response::ok(id, &result)));
+            }
+            .instrument(span),
+        );
+    }
+
+    fn cancel_all(&self) {
+        for token in lock(&self.running).values() {
+            token.cancel();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
