@@ -51,6 +51,7 @@ impl TaskEnvelope {
     /// [`InvalidTask`] when `raw` is not an object, or `taskId`/`taskName` are missing or
     /// not strings, or `taskName` is not one of the ten, or `config` is not an object.
     pub fn parse(raw: Box<RawValue>) -> Result<TaskEnvelope, InvalidTask> {
+        let raw = one_line(raw);
         let mut de = serde_json::Deserializer::from_str(raw.get());
         let fields =
             de.deserialize_any(TopVisitor).map_err(|e| InvalidTask { task_id: None, message: describe(&e) })?;
@@ -85,10 +86,22 @@ impl TaskEnvelope {
         })
     }
 
-    /// The task exactly as submitted.
+    /// The task as submitted, on one line: line breaks between JSON tokens (as in a
+    /// pretty-printed file) are turned into spaces, since the protocol frames messages by
+    /// line. JSON strings cannot contain raw line breaks, so nothing else changes.
     pub fn raw(&self) -> &RawValue {
         &self.raw
     }
+}
+
+/// `raw` with its line breaks (all of them whitespace between tokens) made spaces.
+fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
+    if !raw.get().contains(['\n', '\r']) {
+        return raw;
+    }
+    let flat = raw.get().replace(['\n', '\r'], " ");
+    // Replacing whitespace with whitespace keeps the JSON valid.
+    RawValue::from_string(flat).unwrap_or(raw)
 }
 
 /// Shortest credential value worth scrubbing: shorter ones would garble ordinary text.
@@ -446,7 +459,7 @@ mod tests {
         assert_eq!(t.automator.as_deref(), Some("chef"));
         assert_eq!(t.provider.as_deref(), Some("rackspace"));
         assert_eq!(t.automators, Some(vec!["chef".to_owned()]));
-        assert_eq!(t.raw().get(), START.trim_end(), "kept byte for byte");
+        assert_eq!(t.raw().get(), START.trim_end().replace('\n', " "), "kept byte for byte, on one line");
         assert_eq!(t.secrets, ["API_KEY"]);
 
         let b = parse(BOOTSTRAP).unwrap();

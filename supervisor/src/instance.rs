@@ -103,8 +103,7 @@ async fn back_off(
         Decision::GiveUp { crashes, until } => {
             let policy = restarts.policy();
             let why = format!(
-                "{} {name:?} is marked failed after {crashes} crashes within {} (maxRestarts {}); the last: {reason}",
-                plugin.kind(),
+                "the plugin is marked failed after {crashes} crashes within {} (maxRestarts {}); the last: {reason}",
                 secs(policy.within),
                 policy.max_restarts
             );

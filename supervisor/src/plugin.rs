@@ -187,7 +187,7 @@ impl Plugin {
         {
             let mut st = self.lock();
             st.stopping = true;
-            let reason = format!("plugin {:?} is shutting down", self.spec.name);
+            let reason = "the plugin is shutting down".to_owned();
             fail_waiters(&mut st, &reason);
         }
         self.queue_room.close();
@@ -381,7 +381,7 @@ impl Plugin {
         }
         // Bounded queue: wait for room, then for a slot.
         let _room =
-            self.queue_room.acquire().await.map_err(|_| format!("plugin {:?} is shutting down", self.spec.name))?;
+            self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
         let waiting = {
             let mut st = self.lock();
             if let Some(why) = self.refusal(&st) {
@@ -396,13 +396,13 @@ impl Plugin {
             st.waiters.push_back(tx);
             rx
         };
-        waiting.await.unwrap_or_else(|_| Err(format!("plugin {:?} stopped", self.spec.name)))
+        waiting.await.unwrap_or_else(|_| Err("the plugin stopped".to_owned()))
     }
 
     /// Why a task must fail now rather than wait: shutting down, or every instance failed.
     fn refusal(&self, st: &PoolState) -> Option<String> {
         if st.stopping {
-            return Some(format!("plugin {:?} is shutting down", self.spec.name));
+            return Some("the plugin is shutting down".to_owned());
         }
         let now = Instant::now();
         let mut reasons = st.slots.iter().map(|s| match &s.phase {
@@ -520,7 +520,7 @@ impl Plugin {
         // tasks waiting for it fail with the reason rather than wait on, unless another
         // instance is serving.
         if during_start && !st.slots.iter().any(|s| s.phase == Phase::Ready) {
-            fail_waiters(&mut st, &format!("{} {:?} could not start: {reason}", self.spec.kind, self.spec.name));
+            fail_waiters(&mut st, &format!("the plugin could not start: {reason}"));
         }
         drop(st);
         self.set_phase(slot, Phase::Restarting);

@@ -26,6 +26,9 @@ use crate::plugin::secs;
 use crate::redact::Redactor;
 use crate::spawn;
 
+/// After a pipe closes, how long to wait for the process's exit status.
+const EXIT_AFTER_PIPE_CLOSED: Duration = Duration::from_millis(500);
+
 /// How long to keep reading a dead process's pipes for its last words.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -286,17 +289,17 @@ impl PluginProcess {
                 }
             }
         };
-        tokio::select! {
+        let end = tokio::select! {
             status = child.wait() => match status {
                 Ok(status) => {
                     *exit = Some(status);
-                    End::Exited(status)
+                    return End::Exited(status);
                 }
-                Err(e) => End::StdoutFailed(format!("cannot wait for the process: {e}")),
+                Err(e) => return End::StdoutFailed(format!("cannot wait for the process: {e}")),
             },
             end = reader_end => match end {
                 Ok(ReaderEnd::Eof) => End::StdoutClosed,
-                Ok(ReaderEnd::Violation(v)) => End::Violation(v),
+                Ok(ReaderEnd::Violation(v)) => return End::Violation(v),
                 Ok(ReaderEnd::Io(e)) => End::StdoutFailed(e.to_string()),
                 Err(e) => End::StdoutFailed(format!("the reader task failed: {e}")),
             },
@@ -305,7 +308,15 @@ impl PluginProcess {
                 Ok(WriterEnd::Closed) => End::StdinFailed("stdin was closed".into()),
                 Err(e) => End::StdinFailed(format!("the writer task failed: {e}")),
             },
-            end = control_end => end,
+            end = control_end => return end,
+        };
+        // A closed pipe usually means the process is exiting: its exit status says more.
+        match tokio::time::timeout(EXIT_AFTER_PIPE_CLOSED, child.wait()).await {
+            Ok(Ok(status)) => {
+                *exit = Some(status);
+                End::Exited(status)
+            }
+            _ => end,
         }
     }
 

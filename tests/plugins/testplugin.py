@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""A plugin for the end-to-end tests: well-behaved by default, misbehaving on request.
+
+Registered under several names; it answers as whatever LOOM_PLUGIN_NAME says.
+
+At start (environment, from the manifest's "env"):
+  TESTPLUGIN_PIDFILE=path        append "<pid>\n" to path
+  TESTPLUGIN_EXIT_AT_START=code  exit at once with that code
+
+At the handshake (the manifest's "settings"):
+  "handshake": "never" | "error" | "exit"   do not answer / answer an error / exit 3
+  "ignoreSigterm": true                      ignore SIGTERM
+  "ignoreEof": true                          keep running after stdin closes
+  "grandchild": true                         start `sleep 600` holding our stdout/stderr
+
+Per task (config.test, and config.test.byPlugin[<name>] on top of it):
+  "action": "ok" (default) | "crash" | "hang" | "junk" | "longline" | "log" | "secret" | "sleep"
+  "status", "stdout", "stderr", "result": what "ok" answers
+  "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
+  "honorCancel": for "hang", answer when cancelled
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+NAME = os.environ.get("LOOM_PLUGIN_NAME", "testplugin")
+PID = os.getpid()
+
+if os.environ.get("TESTPLUGIN_PIDFILE"):
+    with open(os.environ["TESTPLUGIN_PIDFILE"], "a") as f:
+        f.write("%d\n" % PID)
+if os.environ.get("TESTPLUGIN_EXIT_AT_START"):
+    sys.stderr.write("testplugin %s: exiting at start as asked\n" % NAME)
+    sys.exit(int(os.environ["TESTPLUGIN_EXIT_AT_START"]))
+
+out = sys.stdout
+lock = threading.Lock()
+cancels = {}
+settings = {}
+inflight = [0]
+
+
+def send(msg):
+    with lock:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+
+def raw(text):
+    with lock:
+        out.write(text + "\n")
+        out.flush()
+
+
+def notify(method, params):
+    send({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def handshake(rid, params):
+    global settings
+    settings = params.get("settings") or {}
+    mode = settings.get("handshake", "answer")
+    if settings.get("ignoreSigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if settings.get("grandchild"):
+        subprocess.Popen(["sleep", "600"])  # inherits our stdout and stderr
+    if mode == "never":
+        return
+    if mode == "exit":
+        sys.stderr.write("testplugin: exiting during the handshake\n")
+        sys.stderr.flush()
+        os._exit(3)
+    if mode == "error":
+        return send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": "setup failed: bad settings"}})
+    tasks = ["CREATE", "CONFIRM", "DELETE"] if params.get("kind") == "provider" else \
+        ["BOOTSTRAP", "INSTALL", "CONFIGURE", "INITIALIZE", "START", "STOP", "REMOVE"]
+    send({"jsonrpc": "2.0", "id": rid, "result": {"protocolVersion": 1, "name": "testplugin", "version": "0",
+                                                   "tasks": tasks, "maxConcurrency": int(settings.get("maxConcurrency", 8))}})
+
+
+def run_task(rid, task):
+    with lock:
+        inflight[0] += 1
+        seen = inflight[0]
+    try:
+        _run_task(rid, task, seen)
+    finally:
+        with lock:
+            inflight[0] -= 1
+
+
+def _run_task(rid, task, seen):
+    config = task.get("config") or {}
+    spec = dict(config.get("test") or {})
+    spec.update((spec.pop("byPlugin", None) or {}).get(NAME, {}))
+    action = spec.get("action", "ok")
+    task_id = task["taskId"]
+    if action == "crash":
+        sys.stderr.write("testplugin pid=%d: about to crash: boom\n" % PID)
+        sys.stderr.flush()
+        os._exit(int(spec.get("code", 3)))
+    if action == "hang":
+        event = cancels.setdefault(task_id, threading.Event())
+        if spec.get("honorCancel"):
+            event.wait()
+            return send({"jsonrpc": "2.0", "id": rid, "result": {"status": 2, "stderr": "cancelled as asked\n"}})
+        while True:
+            time.sleep(3600)
+    if action == "junk":
+        raw("this is not json, just a stray debug print")
+    if action == "longline":
+        raw("x" * int(spec.get("bytes", 100000)))
+    if action == "sleep":
+        time.sleep(int(spec.get("ms", 100)) / 1000.0)
+    if action == "log":
+        for level in ["debug", "info", "warn", "error"]:
+            notify("log", {"level": level, "message": "%s says %s" % (NAME, level), "taskId": task_id,
+                           "fields": {"level_seen": level}})
+        notify("progress", {"taskId": task_id, "message": "halfway", "percent": 50})
+        sys.stderr.write("testplugin %s: a line on stderr\n" % NAME)
+        sys.stderr.flush()
+    if action == "secret":
+        password = (config.get("ssh-auth") or {}).get("password", "")
+        notify("log", {"level": "info", "message": "logging in with " + password, "taskId": task_id})
+        sys.stderr.write("stderr has the password " + password + "\n")
+        sys.stderr.flush()
+        raw("junk with the password " + password)
+        notify("output", {"taskId": task_id, "stream": "stdout", "data": "output with " + password + "\n"})
+    result = {
+        "status": spec.get("status", 0),
+        "result": dict({"handledBy": NAME, "taskName": task["taskName"], "pid": PID, "inflight": seen},
+                       **(spec.get("result") or {})),
+        "stdout": spec.get("stdout", ""),
+        "stderr": spec.get("stderr", ""),
+    }
+    send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def main():
+    for line in sys.stdin:
+        msg = json.loads(line)
+        method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
+        if rid is None:
+            if method == "cancel":
+                cancels.setdefault(params.get("taskId"), threading.Event()).set()
+            continue
+        if method == "handshake":
+            handshake(rid, params)
+        elif method == "task":
+            threading.Thread(target=run_task, args=(rid, params), daemon=True).start()
+        elif method in ("ping", "shutdown"):
+            send({"jsonrpc": "2.0", "id": rid, "result": {}})
+        else:
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "unknown"}})
+    if settings.get("ignoreEof"):
+        while True:
+            time.sleep(3600)
+
+
+main()

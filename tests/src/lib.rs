@@ -1,0 +1,265 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+//! Harness for the end-to-end tests: builds the real binaries, lays out plugin folders,
+//! runs `loom-provisioner` as a process, and finds processes a test left behind.
+//!
+//! Every plugin a test registers gets `LOOM_TEST_MARKER=<unique>` in its environment,
+//! which its children inherit; [`Plugins::leftovers`] scans /proc for that marker.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The folder with the workspace's binaries, built (or rebuilt) once per test process so
+/// that tests never run stale binaries.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bins", "-p", "loom-supervisor", "-p", "loom-plugin-examples"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    })
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// The `loom-provisioner` binary.
+pub fn provisioner() -> PathBuf {
+    bin_dir().join("loom-provisioner")
+}
+
+/// The misbehaving test plugin.
+pub fn test_plugin() -> PathBuf {
+    workspace().join("tests/plugins/testplugin.py")
+}
+
+/// A task as Loom sent it, with `config`.
+pub fn task(id: &str, name: &str, config: Value) -> Value {
+    json!({"taskId": id, "jobId": "job-1", "clusterId": "cluster-1", "taskName": name, "nodeId": "node-1", "config": config})
+}
+
+/// A service-action task for automator `automator`, with `test` behaviour for the test plugin.
+pub fn action(id: &str, name: &str, automator: &str, test: Value) -> Value {
+    task(id, name, json!({"service": {"name": "svc", "action": {"type": automator, "script": "true", "data": ""}}, "test": test}))
+}
+
+/// A temporary plugins folder.
+pub struct Plugins {
+    dir: tempfile::TempDir,
+    marker: String,
+}
+
+/// What a `run` printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    /// The exit code.
+    pub code: Option<i32>,
+    /// The result lines, parsed, in the order printed.
+    pub results: Vec<Value>,
+    /// The supervisor's log.
+    pub stderr: String,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The result for `task_id`.
+    pub fn result(&self, task_id: &str) -> &Value {
+        self.results
+            .iter()
+            .find(|r| r["taskId"] == task_id)
+            .unwrap_or_else(|| panic!("no result for {task_id}; results {:#?}\nlog:\n{}", self.results, self.stderr))
+    }
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Plugins {
+    /// An empty plugins folder with a unique marker.
+    pub fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let marker = format!("{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos());
+        Plugins { dir: tempfile::tempdir().expect("tempdir"), marker }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Registers a plugin of `kind` ("provider"/"automator") named `name` with `manifest`;
+    /// the test marker is added to its `env`.
+    pub fn add(&self, kind: &str, name: &str, mut manifest: Value) -> PathBuf {
+        let folder = self.dir.path().join(format!("{kind}s")).join(name);
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        let env = manifest.as_object_mut().expect("object").entry("env").or_insert_with(|| json!({}));
+        env["LOOM_TEST_MARKER"] = json!(self.marker);
+        let path = folder.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&json!({ name: manifest })).expect("json")).expect("write");
+        path
+    }
+
+    /// Registers the test plugin under `name`, with `extra` manifest keys.
+    pub fn add_test_plugin(&self, kind: &str, name: &str, extra: Value) -> PathBuf {
+        let mut manifest = json!({"executable": test_plugin(), "maxConcurrency": 8, "shutdownGraceSecs": 2});
+        merge(&mut manifest, extra);
+        self.add(kind, name, manifest)
+    }
+
+    /// A file in the plugins folder (for pid files).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `loom-provisioner run` on `tasks` (one JSON object per line on stdin).
+    pub fn run(&self, tasks: &[Value], args: &[&str]) -> Run {
+        let input: String = tasks.iter().map(|t| format!("{t}\n")).collect();
+        self.run_input(&input, args)
+    }
+
+    /// Runs `loom-provisioner run` with `input` on stdin. Panics after 60 s.
+    pub fn run_input(&self, input: &str, args: &[&str]) -> Run {
+        let mut cmd = Command::new(provisioner());
+        cmd.arg("run").arg("--plugins-dir").arg(self.path()).args(args);
+        let started = Instant::now();
+        let out = run_with_input(cmd, input, Duration::from_secs(60));
+        Run {
+            code: out.status.code(),
+            results: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("result line {l:?}: {e}")))
+                .collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Processes still alive (zombies included) that carry this folder's marker.
+    pub fn leftovers(&self) -> Vec<String> {
+        processes_with_env("LOOM_TEST_MARKER", &self.marker)
+    }
+
+    /// Asserts that no process of this folder's plugins is left.
+    pub fn assert_no_leftovers(&self) {
+        let left = self.leftovers();
+        assert!(left.is_empty(), "processes left behind: {left:#?}");
+    }
+}
+
+/// Runs `cmd` with `input` on stdin and waits up to `limit`; kills it and panics after.
+pub fn run_with_input(mut cmd: Command, input: &str, limit: Duration) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn loom-provisioner");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            panic!("loom-provisioner did not finish within {limit:?}");
+        }
+    };
+    let _ = writer.join();
+    out
+}
+
+/// Pids and command lines of live processes whose environment has `key=value`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<String> {
+    let needle = format!("{key}={value}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|s| s.chars().all(|c| c.is_ascii_digit())) else { continue };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let state = std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next().unwrap_or('?')))
+                .unwrap_or('?');
+            found.push(format!("pid {pid} state {state}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Zombie children of this process.
+pub fn zombie_children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for e in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit(')').next() else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str()) {
+            found.push(stat);
+        }
+    }
+    found
+}
+
+/// Polls `cond` until it holds or `limit` passes. For conditions no signal reports, such
+/// as a process that is not our child disappearing.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process with this pid exists (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| !r.trim().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Shallow-merges the members of `extra` into `base`.
+pub fn merge(base: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            b.insert(k, v);
+        }
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}

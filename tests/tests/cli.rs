@@ -1,0 +1,141 @@
+//! The command line: exit codes, `plugins`, `check`, and bad input.
+
+use std::process::Command;
+
+use loom_e2e::{Plugins, action, bin_dir, provisioner, run_with_input, workspace};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn cli(args: &[&str], input: &str) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(provisioner());
+    cmd.args(args);
+    // The bundled examples name their executables by command name: put ours on PATH.
+    let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    cmd.env("PATH", path);
+    let out = run_with_input(cmd, input, Duration::from_secs(60));
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn the_python_example_passes_check() {
+    let dir = workspace().join("plugins/examples/automators/pyexample");
+    let (code, out, err) = cli(&["check", dir.to_str().unwrap()], "");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("17 passed, 0 failed"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn the_rust_examples_pass_check_by_name() {
+    let dir = workspace().join("plugins/examples");
+    for kind in ["provider", "automator"] {
+        let (code, out, err) = cli(&["check", "example", "--kind", kind, "--plugins-dir", dir.to_str().unwrap(), "--json"], "");
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["passed"], true, "{report:#}");
+        assert_eq!(report["kind"], kind);
+    }
+}
+
+#[test]
+fn check_fails_a_plugin_that_writes_junk_and_says_why() {
+    let plugins = Plugins::new();
+    let manifest = plugins.add_test_plugin("automator", "junky", json!({}));
+    let sample = plugins.file("install.json");
+    std::fs::write(&sample, action("s1", "INSTALL", "junky", json!({"action": "junk"})).to_string()).unwrap();
+    let (code, out, _) = cli(&["check", manifest.to_str().unwrap(), "--task", sample.to_str().unwrap()], "");
+    assert_eq!(code, Some(1), "{out}");
+    let stdout_line = out.lines().find(|l| l.contains("stdout:")).unwrap();
+    assert!(stdout_line.contains("FAIL") && stdout_line.contains("1 line(s) that are not JSON-RPC"), "{out}");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn the_quick_start_runs_the_bundled_examples() {
+    let dir = workspace().join("plugins/examples");
+    let tasks = [
+        json!({"taskId": "q1", "taskName": "CREATE", "config": {"hostname": "demo-1", "provider": {"providertype": "example"}}}),
+        action("q2", "INSTALL", "example", json!({})),
+        action("q3", "START", "pyexample", json!({})),
+    ];
+    let input: String = tasks.iter().map(|t| format!("{t}\n")).collect();
+    let (code, out, err) = cli(&["run", "--plugins-dir", dir.to_str().unwrap()], &input);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let results: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r["status"] == 0), "{results:#?}");
+}
+
+#[test]
+fn plugins_lists_what_is_registered_and_why_some_cannot_run() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "fine", json!({}));
+    plugins.add("provider", "legacy", json!({"classname": "MyProvider"}));
+    plugins.add("automator", "broken", json!({"executable": "sh", "instances": "many"}));
+    let dir = plugins.path().to_str().unwrap().to_owned();
+
+    let (code, out, _) = cli(&["plugins", "--plugins-dir", &dir], "");
+    assert_eq!(code, Some(0));
+    assert!(out.lines().any(|l| l.contains("fine") && l.contains("runnable")), "{out}");
+    assert!(out.lines().any(|l| l.contains("legacy") && l.contains("not runnable") && l.contains("MyProvider")), "{out}");
+    assert!(out.contains("key \"instances\": expected a whole number of at least 1, found a string"), "{out}");
+
+    let (code, out, _) = cli(&["plugins", "--plugins-dir", &dir, "--json"], "");
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<_> = v["plugins"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap(), p["runnable"].as_bool().unwrap())).collect();
+    assert_eq!(names, [("broken", false), ("fine", true), ("legacy", false)]);
+    let problem = &v["problems"][0];
+    assert_eq!((problem["plugin"].as_str(), problem["key"].as_str(), problem["severity"].as_str()), (Some("broken"), Some("instances"), Some("error")));
+}
+
+#[test]
+fn a_bad_manifest_does_not_stop_the_others() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "good", json!({}));
+    plugins.add("automator", "bad", json!({"executable": "no-such-plugin-binary"}));
+    let run = plugins.run(&[action("t1", "INSTALL", "good", json!({})), action("t2", "INSTALL", "bad", json!({}))], &[]);
+    assert_eq!(run.result("t1")["status"], 0);
+    let why = run.result("t2")["stderr"].as_str().unwrap();
+    assert!(why.contains("automator \"bad\" is registered but cannot run") && why.contains("bad.json"), "{why}");
+    assert!(run.stderr.contains("bad.json: plugin \"bad\": key \"executable\""), "{}", run.stderr);
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn bad_input_is_a_usage_error_that_names_the_line_and_runs_nothing() {
+    let plugins = Plugins::new();
+    let pidfile = plugins.file("pids");
+    plugins.add_test_plugin("automator", "a1", json!({"env": {"TESTPLUGIN_PIDFILE": pidfile}}));
+    let input = format!("{}\n{{\"taskId\": \"t2\", \"taskName\": \"UPGRADE\"}}\n", action("t1", "INSTALL", "a1", json!({})));
+    let run = plugins.run_input(&input, &[]);
+    assert_eq!(run.code, Some(2));
+    assert!(run.results.is_empty());
+    assert!(run.stderr.contains("<stdin>: line 2: task t2: \"taskName\": unknown task name \"UPGRADE\""), "{}", run.stderr);
+    assert!(!pidfile.exists(), "no plugin was started");
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2() {
+    let (code, _, err) = cli(&["run", "--plugins-dir", "/no/such/folder"], "{}");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/no/such/folder"), "{err}");
+    let (code, _, err) = cli(&["run"], "");
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = cli(&["--log-level", "loud", "plugins", "--plugins-dir", "."], "");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("\"loud\" is not a level"), "{err}");
+    let (code, _, err) = cli(&["check", "/bin/true"], "");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--kind"), "{err}");
+}
+
+#[test]
+fn exit_code_is_1_when_any_task_fails() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "a1", json!({}));
+    let run = plugins.run(&[action("ok", "INSTALL", "a1", json!({})), action("no", "INSTALL", "a1", json!({"status": 4}))], &[]);
+    assert_eq!(run.code, Some(1));
+    assert_eq!(run.result("no")["status"], 4);
+    assert_eq!(run.result("ok")["status"], 0);
+}

@@ -1,0 +1,112 @@
+//! The supervisor library driven directly, in this process: concurrency limits, state,
+//! and no zombie children after shutdown.
+
+use std::sync::Arc;
+
+use loom_e2e::{Plugins, action, zombie_children};
+use loom_protocol::PluginKind;
+use loom_supervisor::plugin::Phase;
+use loom_supervisor::{Options, Registry, Supervisor, TaskEnvelope};
+use serde_json::{Value, json};
+
+fn envelope(task: &Value) -> TaskEnvelope {
+    TaskEnvelope::parse(serde_json::value::to_raw_value(task).unwrap()).unwrap()
+}
+
+fn supervisor(plugins: &Plugins, eager: bool) -> Arc<Supervisor> {
+    let registry = Registry::load(&[plugins.path().to_path_buf()]).unwrap();
+    Arc::new(Supervisor::new(registry, Options { eager, ..Options::default() }))
+}
+
+async fn run_all(sup: &Arc<Supervisor>, tasks: Vec<Value>) -> Vec<loom_protocol::TaskResult> {
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|t| {
+            let sup = Arc::clone(sup);
+            tokio::spawn(async move { sup.run(&envelope(&t)).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+fn max_inflight(results: &[loom_protocol::TaskResult]) -> i64 {
+    results.iter().map(|r| r.result["inflight"].as_i64().unwrap()).max().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_is_never_exceeded_and_the_handshake_may_lower_it() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "two", json!({"maxConcurrency": 2}));
+    plugins.add_test_plugin("automator", "lowered", json!({"maxConcurrency": 4, "settings": {"maxConcurrency": 1}}));
+    let sup = supervisor(&plugins, false);
+    let sleepy = |name: &str, i: usize| action(&format!("{name}-{i}"), "INSTALL", name, json!({"action": "sleep", "ms": 100}));
+
+    let two = run_all(&sup, (0..6).map(|i| sleepy("two", i)).collect()).await;
+    assert!(two.iter().all(|r| r.status == 0), "{two:?}");
+    assert_eq!(max_inflight(&two), 2, "two at a time, never more");
+
+    let lowered = run_all(&sup, (0..4).map(|i| sleepy("lowered", i)).collect()).await;
+    assert_eq!(max_inflight(&lowered), 1, "the handshake's maxConcurrency 1 wins over the manifest's 4");
+
+    sup.shutdown().await;
+    assert!(zombie_children().is_empty(), "{:?}", zombie_children());
+    plugins.assert_no_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_report_their_state_and_leave_no_zombies_after_crashes() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "crashy", json!({"instances": 2, "timeouts": {"STOP": 0.5}, "cancelGraceSecs": 0.1}));
+    let sup = supervisor(&plugins, true);
+    sup.wait_settled().await;
+    let plugin = sup.plugin(PluginKind::Automator, "crashy").unwrap();
+    let status = plugin.status();
+    assert_eq!(status.len(), 2);
+    assert!(status.iter().all(|s| s.phase == Phase::Ready && s.pid.is_some()), "{status:?}");
+
+    let results = run_all(
+        &sup,
+        vec![
+            action("c1", "INSTALL", "crashy", json!({"action": "crash"})),
+            action("h1", "STOP", "crashy", json!({"action": "hang"})),
+            action("c2", "INSTALL", "crashy", json!({"action": "crash"})),
+        ],
+    )
+    .await;
+    assert!(results.iter().all(|r| r.status != 0));
+    sup.wait_settled().await;
+    let status = plugin.status();
+    assert!(status.iter().all(|s| s.phase == Phase::Ready), "restarted: {status:?}");
+    assert!(status.iter().map(|s| s.restarts).sum::<u64>() >= 2, "{status:?}");
+    assert!(status.iter().any(|s| s.last_error.as_deref().is_some_and(|e| e.contains("exited with code 3"))), "{status:?}");
+
+    let after = sup.run(&envelope(&action("ok", "START", "crashy", json!({})))).await;
+    assert_eq!(after.status, 0, "{after:?}");
+
+    sup.shutdown().await;
+    assert!(plugin.status().iter().all(|s| s.phase == Phase::Stopped));
+    assert!(zombie_children().is_empty(), "{:?}", zombie_children());
+    plugins.assert_no_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_task_is_cancelled_at_the_plugin() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "polite", json!({"maxConcurrency": 1}));
+    let sup = supervisor(&plugins, true);
+    sup.wait_settled().await;
+    let hang = envelope(&action("h", "INSTALL", "polite", json!({"action": "hang", "honorCancel": true})));
+    // Abandon the task after it is sent: the plugin gets `cancel`, answers, and its slot
+    // (the only one) is free again for the next task.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(300), sup.run(&hang)).await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), sup.run(&envelope(&action("n", "START", "polite", json!({})))))
+        .await
+        .expect("the abandoned task's slot was never freed: no cancel reached the plugin");
+    assert_eq!(next.status, 0, "{next:?}");
+    sup.shutdown().await;
+    plugins.assert_no_leftovers();
+}
