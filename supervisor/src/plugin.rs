@@ -380,8 +380,7 @@ impl Plugin {
             }
         }
         // Bounded queue: wait for room, then for a slot.
-        let _room =
-            self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
+        let _room = self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
         let waiting = {
             let mut st = self.lock();
             if let Some(why) = self.refusal(&st) {

@@ -54,7 +54,11 @@ pub fn task(id: &str, name: &str, config: Value) -> Value {
 
 /// A service-action task for automator `automator`, with `test` behaviour for the test plugin.
 pub fn action(id: &str, name: &str, automator: &str, test: Value) -> Value {
-    task(id, name, json!({"service": {"name": "svc", "action": {"type": automator, "script": "true", "data": ""}}, "test": test}))
+    task(
+        id,
+        name,
+        json!({"service": {"name": "svc", "action": {"type": automator, "script": "true", "data": ""}}, "test": test}),
+    )
 }
 
 /// A temporary plugins folder.

@@ -13,7 +13,11 @@ fn cli(args: &[&str], input: &str) -> (Option<i32>, String, String) {
     let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path);
     let out = run_with_input(cmd, input, Duration::from_secs(60));
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -29,7 +33,8 @@ fn the_python_example_passes_check() {
 fn the_rust_examples_pass_check_by_name() {
     let dir = workspace().join("plugins/examples");
     for kind in ["provider", "automator"] {
-        let (code, out, err) = cli(&["check", "example", "--kind", kind, "--plugins-dir", dir.to_str().unwrap(), "--json"], "");
+        let (code, out, err) =
+            cli(&["check", "example", "--kind", kind, "--plugins-dir", dir.to_str().unwrap(), "--json"], "");
         assert_eq!(code, Some(0), "{out}\n{err}");
         let report: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(report["passed"], true, "{report:#}");
@@ -77,16 +82,27 @@ fn plugins_lists_what_is_registered_and_why_some_cannot_run() {
     let (code, out, _) = cli(&["plugins", "--plugins-dir", &dir], "");
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|l| l.contains("fine") && l.contains("runnable")), "{out}");
-    assert!(out.lines().any(|l| l.contains("legacy") && l.contains("not runnable") && l.contains("MyProvider")), "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("legacy") && l.contains("not runnable") && l.contains("MyProvider")),
+        "{out}"
+    );
     assert!(out.contains("key \"instances\": expected a whole number of at least 1, found a string"), "{out}");
 
     let (code, out, _) = cli(&["plugins", "--plugins-dir", &dir, "--json"], "");
     assert_eq!(code, Some(0));
     let v: Value = serde_json::from_str(&out).unwrap();
-    let names: Vec<_> = v["plugins"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap(), p["runnable"].as_bool().unwrap())).collect();
+    let names: Vec<_> = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["runnable"].as_bool().unwrap()))
+        .collect();
     assert_eq!(names, [("broken", false), ("fine", true), ("legacy", false)]);
     let problem = &v["problems"][0];
-    assert_eq!((problem["plugin"].as_str(), problem["key"].as_str(), problem["severity"].as_str()), (Some("broken"), Some("instances"), Some("error")));
+    assert_eq!(
+        (problem["plugin"].as_str(), problem["key"].as_str(), problem["severity"].as_str()),
+        (Some("broken"), Some("instances"), Some("error"))
+    );
 }
 
 #[test]
@@ -94,7 +110,8 @@ fn a_bad_manifest_does_not_stop_the_others() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "good", json!({}));
     plugins.add("automator", "bad", json!({"executable": "no-such-plugin-binary"}));
-    let run = plugins.run(&[action("t1", "INSTALL", "good", json!({})), action("t2", "INSTALL", "bad", json!({}))], &[]);
+    let run =
+        plugins.run(&[action("t1", "INSTALL", "good", json!({})), action("t2", "INSTALL", "bad", json!({}))], &[]);
     assert_eq!(run.result("t1")["status"], 0);
     let why = run.result("t2")["stderr"].as_str().unwrap();
     assert!(why.contains("automator \"bad\" is registered but cannot run") && why.contains("bad.json"), "{why}");
@@ -107,11 +124,16 @@ fn bad_input_is_a_usage_error_that_names_the_line_and_runs_nothing() {
     let plugins = Plugins::new();
     let pidfile = plugins.file("pids");
     plugins.add_test_plugin("automator", "a1", json!({"env": {"TESTPLUGIN_PIDFILE": pidfile}}));
-    let input = format!("{}\n{{\"taskId\": \"t2\", \"taskName\": \"UPGRADE\"}}\n", action("t1", "INSTALL", "a1", json!({})));
+    let input =
+        format!("{}\n{{\"taskId\": \"t2\", \"taskName\": \"UPGRADE\"}}\n", action("t1", "INSTALL", "a1", json!({})));
     let run = plugins.run_input(&input, &[]);
     assert_eq!(run.code, Some(2));
     assert!(run.results.is_empty());
-    assert!(run.stderr.contains("<stdin>: line 2: task t2: \"taskName\": unknown task name \"UPGRADE\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("<stdin>: line 2: task t2: \"taskName\": unknown task name \"UPGRADE\""),
+        "{}",
+        run.stderr
+    );
     assert!(!pidfile.exists(), "no plugin was started");
 }
 
@@ -134,7 +156,8 @@ fn usage_and_configuration_errors_exit_2() {
 fn exit_code_is_1_when_any_task_fails() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "a1", json!({}));
-    let run = plugins.run(&[action("ok", "INSTALL", "a1", json!({})), action("no", "INSTALL", "a1", json!({"status": 4}))], &[]);
+    let run = plugins
+        .run(&[action("ok", "INSTALL", "a1", json!({})), action("no", "INSTALL", "a1", json!({"status": 4}))], &[]);
     assert_eq!(run.code, Some(1));
     assert_eq!(run.result("no")["status"], 4);
     assert_eq!(run.result("ok")["status"], 0);

@@ -43,7 +43,8 @@ async fn max_concurrency_is_never_exceeded_and_the_handshake_may_lower_it() {
     plugins.add_test_plugin("automator", "two", json!({"maxConcurrency": 2}));
     plugins.add_test_plugin("automator", "lowered", json!({"maxConcurrency": 4, "settings": {"maxConcurrency": 1}}));
     let sup = supervisor(&plugins, false);
-    let sleepy = |name: &str, i: usize| action(&format!("{name}-{i}"), "INSTALL", name, json!({"action": "sleep", "ms": 100}));
+    let sleepy =
+        |name: &str, i: usize| action(&format!("{name}-{i}"), "INSTALL", name, json!({"action": "sleep", "ms": 100}));
 
     let two = run_all(&sup, (0..6).map(|i| sleepy("two", i)).collect()).await;
     assert!(two.iter().all(|r| r.status == 0), "{two:?}");
@@ -60,7 +61,11 @@ async fn max_concurrency_is_never_exceeded_and_the_handshake_may_lower_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_report_their_state_and_leave_no_zombies_after_crashes() {
     let plugins = Plugins::new();
-    plugins.add_test_plugin("automator", "crashy", json!({"instances": 2, "timeouts": {"STOP": 0.5}, "cancelGraceSecs": 0.1}));
+    plugins.add_test_plugin(
+        "automator",
+        "crashy",
+        json!({"instances": 2, "timeouts": {"STOP": 0.5}, "cancelGraceSecs": 0.1}),
+    );
     let sup = supervisor(&plugins, true);
     sup.wait_settled().await;
     let plugin = sup.plugin(PluginKind::Automator, "crashy").unwrap();
@@ -82,7 +87,10 @@ async fn instances_report_their_state_and_leave_no_zombies_after_crashes() {
     let status = plugin.status();
     assert!(status.iter().all(|s| s.phase == Phase::Ready), "restarted: {status:?}");
     assert!(status.iter().map(|s| s.restarts).sum::<u64>() >= 2, "{status:?}");
-    assert!(status.iter().any(|s| s.last_error.as_deref().is_some_and(|e| e.contains("exited with code 3"))), "{status:?}");
+    assert!(
+        status.iter().any(|s| s.last_error.as_deref().is_some_and(|e| e.contains("exited with code 3"))),
+        "{status:?}"
+    );
 
     let after = sup.run(&envelope(&action("ok", "START", "crashy", json!({})))).await;
     assert_eq!(after.status, 0, "{after:?}");
@@ -103,9 +111,12 @@ async fn a_dropped_task_is_cancelled_at_the_plugin() {
     // Abandon the task after it is sent: the plugin gets `cancel`, answers, and its slot
     // (the only one) is free again for the next task.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(300), sup.run(&hang)).await;
-    let next = tokio::time::timeout(std::time::Duration::from_secs(20), sup.run(&envelope(&action("n", "START", "polite", json!({})))))
-        .await
-        .expect("the abandoned task's slot was never freed: no cancel reached the plugin");
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        sup.run(&envelope(&action("n", "START", "polite", json!({})))),
+    )
+    .await
+    .expect("the abandoned task's slot was never freed: no cancel reached the plugin");
     assert_eq!(next.status, 0, "{next:?}");
     sup.shutdown().await;
     plugins.assert_no_leftovers();

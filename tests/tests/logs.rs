@@ -9,12 +9,22 @@ fn log_notifications_and_stderr_appear_in_the_supervisor_log_with_plugin_and_tas
     plugins.add_test_plugin("automator", "chatty", json!({}));
     let run = plugins.run(&[action("t-log", "INSTALL", "chatty", json!({"action": "log"}))], &["--log-level", "debug"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    for (level, text) in [("DEBUG", "chatty says debug"), ("INFO", "chatty says info"), ("WARN", "chatty says warn"), ("ERROR", "chatty says error")] {
-        let line = run.stderr.lines().find(|l| l.contains(text)).unwrap_or_else(|| panic!("{text} missing:\n{}", run.stderr));
+    for (level, text) in [
+        ("DEBUG", "chatty says debug"),
+        ("INFO", "chatty says info"),
+        ("WARN", "chatty says warn"),
+        ("ERROR", "chatty says error"),
+    ] {
+        let line =
+            run.stderr.lines().find(|l| l.contains(text)).unwrap_or_else(|| panic!("{text} missing:\n{}", run.stderr));
         assert!(line.contains(level) && line.contains("plugin=chatty") && line.contains("task_id=t-log"), "{line}");
     }
     assert!(run.stderr.lines().any(|l| l.contains("progress: halfway") && l.contains("percent=50")), "{}", run.stderr);
-    assert!(run.stderr.lines().any(|l| l.contains("a line on stderr") && l.contains("plugin=chatty")), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().any(|l| l.contains("a line on stderr") && l.contains("plugin=chatty")),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -30,8 +40,10 @@ fn log_level_filters_plugin_events_too() {
 fn json_log_format_gives_one_object_per_line_with_the_fields() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "chatty", json!({}));
-    let run = plugins.run(&[action("t-json", "INSTALL", "chatty", json!({"action": "log"}))], &["--log-format", "json"]);
-    let events: Vec<Value> = run.stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    let run =
+        plugins.run(&[action("t-json", "INSTALL", "chatty", json!({"action": "log"}))], &["--log-format", "json"]);
+    let events: Vec<Value> =
+        run.stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
     let warn = events.iter().find(|e| e["message"] == "chatty says warn").expect("the warn event");
     assert_eq!(warn["level"], "WARN");
     assert_eq!(warn["plugin"], "chatty");
@@ -45,19 +57,29 @@ fn json_log_format_gives_one_object_per_line_with_the_fields() {
 fn credentials_in_a_task_never_reach_the_log() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "leaky", json!({}));
-    plugins.add_test_plugin("provider", "cloud", json!({"settings": {"handshake": "never"}, "handshakeTimeoutSecs": 0.3,
-        "restart": {"maxRestarts": 0}}));
+    plugins.add_test_plugin(
+        "provider",
+        "cloud",
+        json!({"settings": {"handshake": "never"}, "handshakeTimeoutSecs": 0.3,
+        "restart": {"maxRestarts": 0}}),
+    );
     let secret = "hunter2-Sup3rSecret";
     let api_key = "AKIA-api-key-0123456789";
     let mut t = action("t-secret", "INSTALL", "leaky", json!({"action": "secret"}));
     t["config"]["ssh-auth"] = json!({"user": "root", "password": secret});
-    let create = task("t-create", "CREATE", json!({"provider": {"providertype": "cloud", "provisioner": {"api_key": api_key}}}));
+    let create =
+        task("t-create", "CREATE", json!({"provider": {"providertype": "cloud", "provisioner": {"api_key": api_key}}}));
     let run = plugins.run(&[t, create], &["--log-level", "trace"]);
     assert_eq!(run.result("t-secret")["status"], 0, "{}", run.stderr);
     assert!(!run.stderr.contains(secret), "the password leaked into the log:\n{}", run.stderr);
     assert!(!run.stderr.contains(api_key), "the API key leaked into the log:\n{}", run.stderr);
     // Every channel was exercised and scrubbed: log notification, stderr, stray stdout, output.
-    for said in ["logging in with [redacted]", "stderr has the password [redacted]", "junk with the password [redacted]", "output with [redacted]"] {
+    for said in [
+        "logging in with [redacted]",
+        "stderr has the password [redacted]",
+        "junk with the password [redacted]",
+        "output with [redacted]",
+    ] {
         assert!(run.stderr.contains(said), "{said:?} missing:\n{}", run.stderr);
     }
     let results = serde_json::to_string(&run.results).unwrap();

@@ -150,7 +150,9 @@ fn bootstrap_runs_every_listed_automator_in_order_and_merges_their_results() {
 fn the_real_loom_start_task_goes_through_unchanged() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "chef", json!({}));
-    let start = std::fs::read_to_string(loom_e2e::workspace().join("protocol/tests/data/start-hbase-regionserver.json")).unwrap();
+    let start =
+        std::fs::read_to_string(loom_e2e::workspace().join("protocol/tests/data/start-hbase-regionserver.json"))
+            .unwrap();
     let run = plugins.run_input(&start, &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let r = run.result("00000001-002-071");
@@ -163,7 +165,8 @@ fn the_real_loom_start_task_goes_through_unchanged() {
 fn many_tasks_in_flight_are_each_answered_once() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "a1", json!({"instances": 2, "maxConcurrency": 4, "queueCapacity": 3}));
-    let tasks: Vec<_> = (0..40).map(|i| action(&format!("t{i}"), "INSTALL", "a1", json!({"action": "sleep", "ms": 20}))).collect();
+    let tasks: Vec<_> =
+        (0..40).map(|i| action(&format!("t{i}"), "INSTALL", "a1", json!({"action": "sleep", "ms": 20}))).collect();
     let run = plugins.run(&tasks, &["--concurrency", "40"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let mut ids: Vec<_> = run.results.iter().map(|r| r["taskId"].as_str().unwrap().to_owned()).collect();

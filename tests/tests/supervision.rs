@@ -75,7 +75,10 @@ fn a_task_that_stops_when_cancelled_fails_without_a_restart() {
     let stuck = run.result("stuck");
     assert_eq!(stuck["status"], 2, "the plugin's own status is kept: {stuck}");
     let why = stderr_of(stuck);
-    assert!(why.contains("cancelled as asked") && why.contains("timed out after 0.5 s; it stopped when cancelled"), "{why}");
+    assert!(
+        why.contains("cancelled as asked") && why.contains("timed out after 0.5 s; it stopped when cancelled"),
+        "{why}"
+    );
     assert_eq!(pid_of(run.result("before")), pid_of(run.result("after")), "no restart");
     plugins.assert_no_leftovers();
 }
@@ -144,10 +147,8 @@ fn a_handshake_error_or_exit_is_reported_with_the_plugins_words() {
     exits["settings"] = json!({"handshake": "exit"});
     plugins.add_test_plugin("automator", "refuses", refuses);
     plugins.add_test_plugin("automator", "exits", exits);
-    let run = plugins.run(
-        &[action("r", "INSTALL", "refuses", json!({})), action("e", "INSTALL", "exits", json!({}))],
-        &[],
-    );
+    let run =
+        plugins.run(&[action("r", "INSTALL", "refuses", json!({})), action("e", "INSTALL", "exits", json!({}))], &[]);
     let r = stderr_of(run.result("r"));
     assert!(r.contains("refused the handshake: setup failed: bad settings"), "{r}");
     let e = stderr_of(run.result("e"));
