@@ -213,14 +213,18 @@ impl Plugin {
 
     /// Waits until no instance is starting or restarting: each is ready, failed or stopped.
     pub async fn wait_settled(&self) {
-        let mut rx = self.changes.subscribe();
-        loop {
-            let settled = self
-                .lock()
-                .slots
-                .iter()
-                .all(|s| matches!(s.phase, Phase::Ready | Phase::Failed { .. } | Phase::Stopped));
-            if settled || rx.changed().await.is_err() {
+        self.wait_for(|instances| {
+            instances.iter().all(|s| matches!(s.phase, Phase::Ready | Phase::Failed { .. } | Phase::Stopped))
+        })
+        .await;
+    }
+
+    /// Waits until `condition` holds for the instances' status, checking after every
+    /// phase change.
+    pub async fn wait_for(&self, condition: impl Fn(&[InstanceStatus]) -> bool) {
+        let mut changes = self.changes.subscribe();
+        while !condition(&self.status()) {
+            if changes.changed().await.is_err() {
                 return;
             }
         }

@@ -8,13 +8,16 @@ At start (environment, from the manifest's "env"):
   TESTPLUGIN_EXIT_AT_START=code  exit at once with that code
 
 At the handshake (the manifest's "settings"):
-  "handshake": "never" | "error" | "exit"   do not answer / answer an error / exit 3
+  "handshake": "never" | "error" | "exit" | "version2"
+                                             do not answer / answer an error / exit 3 /
+                                             choose protocol version 2
+  "ignorePing": true                         never answer pings
   "ignoreSigterm": true                      ignore SIGTERM
   "ignoreEof": true                          keep running after stdin closes
   "grandchild": true                         start `sleep 600` holding our stdout/stderr
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
-  "action": "ok" (default) | "crash" | "hang" | "junk" | "longline" | "log" | "secret" | "sleep"
+  "action": "ok" (default) | "crash" | "hang" | "junk" | "longline" | "log" | "secret" | "sleep" | "env"
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
   "honorCancel": for "hang", answer when cancelled
@@ -75,6 +78,9 @@ def handshake(rid, params):
         sys.stderr.write("testplugin: exiting during the handshake\n")
         sys.stderr.flush()
         os._exit(3)
+    if mode == "version2":
+        return send({"jsonrpc": "2.0", "id": rid, "result": {"protocolVersion": 2, "name": "testplugin", "version": "0",
+                                                              "tasks": ["INSTALL"]}})
     if mode == "error":
         return send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": "setup failed: bad settings"}})
     tasks = ["CREATE", "CONFIRM", "DELETE"] if params.get("kind") == "provider" else \
@@ -131,6 +137,8 @@ def _run_task(rid, task, seen):
         sys.stderr.flush()
         raw("junk with the password " + password)
         notify("output", {"taskId": task_id, "stream": "stdout", "data": "output with " + password + "\n"})
+    if action == "env":
+        spec.setdefault("result", {})["env"] = dict(os.environ)
     result = {
         "status": spec.get("status", 0),
         "result": dict({"handledBy": NAME, "taskName": task["taskName"], "pid": PID, "inflight": seen},
@@ -153,6 +161,8 @@ def main():
             handshake(rid, params)
         elif method == "task":
             threading.Thread(target=run_task, args=(rid, params), daemon=True).start()
+        elif method == "ping" and settings.get("ignorePing"):
+            continue
         elif method in ("ping", "shutdown"):
             send({"jsonrpc": "2.0", "id": rid, "result": {}})
         else:

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
-
 //! Harness for the end-to-end tests: builds the real binaries, lays out plugin folders,
 //! runs `loom-provisioner` as a process, and finds processes a test left behind.
 //!
@@ -21,7 +19,17 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bins", "-p", "loom-supervisor", "-p", "loom-plugin-examples"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "loom-supervisor",
+                "-p",
+                "loom-plugin-examples",
+                "-p",
+                "loom-e2e",
+            ])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
@@ -141,8 +149,13 @@ impl Plugins {
 
     /// Runs `loom-provisioner run` with `input` on stdin. Panics after 60 s.
     pub fn run_input(&self, input: &str, args: &[&str]) -> Run {
+        self.run_env(input, args, &[])
+    }
+
+    /// Like [`Plugins::run_input`], with extra environment for the supervisor.
+    pub fn run_env(&self, input: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(provisioner());
-        cmd.arg("run").arg("--plugins-dir").arg(self.path()).args(args);
+        cmd.arg("run").arg("--plugins-dir").arg(self.path()).args(args).envs(env.iter().copied());
         let started = Instant::now();
         let out = run_with_input(cmd, input, Duration::from_secs(60));
         Run {

@@ -121,3 +121,31 @@ async fn a_dropped_task_is_cancelled_at_the_plugin() {
     sup.shutdown().await;
     plugins.assert_no_leftovers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_plugin_that_stops_answering_pings_is_restarted() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin(
+        "automator",
+        "deaf",
+        json!({"pingIntervalSecs": 0.2, "pingTimeoutSecs": 0.3, "settings": {"ignorePing": true},
+               "restart": {"maxRestarts": 100}}),
+    );
+    let sup = supervisor(&plugins, false);
+    let first = sup.run(&envelope(&action("t1", "INSTALL", "deaf", json!({})))).await;
+    assert_eq!(first.status, 0);
+    let plugin = sup.plugin(PluginKind::Automator, "deaf").unwrap();
+    let restarted = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        plugin.wait_for(|s| s[0].restarts >= 1 && s[0].phase == Phase::Ready),
+    )
+    .await;
+    assert!(restarted.is_ok(), "never restarted: {:?}", plugin.status());
+    let why = plugin.status()[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("did not answer a ping within 0.3 s"), "{why}");
+    let second = sup.run(&envelope(&action("t2", "INSTALL", "deaf", json!({})))).await;
+    assert_eq!(second.status, 0);
+    assert_ne!(first.result["pid"], second.result["pid"]);
+    sup.shutdown().await;
+    plugins.assert_no_leftovers();
+}

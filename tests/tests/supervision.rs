@@ -157,6 +157,35 @@ fn a_handshake_error_or_exit_is_reported_with_the_plugins_words() {
 }
 
 #[test]
+fn a_plugin_choosing_an_unknown_protocol_version_is_refused() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin(
+        "automator",
+        "future",
+        json!({"settings": {"handshake": "version2"}, "restart": {"maxRestarts": 0}}),
+    );
+    let run = plugins.run(&[action("t", "INSTALL", "future", json!({}))], &[]);
+    let why = stderr_of(run.result("t"));
+    assert!(why.contains("chose protocol version 2, which the supervisor does not speak (it offered [1])"), "{why}");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn plugins_see_only_the_allowlisted_environment_plus_their_manifests() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "envy", json!({"env": {"FROM_MANIFEST": "yes"}}));
+    let input = format!("{}\n", action("t", "INSTALL", "envy", json!({"action": "env"})));
+    let run = plugins.run_env(&input, &[], &[("AWS_SECRET_ACCESS_KEY", "leak-me"), ("LOOM_TEST_UNLISTED", "1")]);
+    let env = &run.result("t")["result"]["env"];
+    assert_eq!(env["LOOM_PLUGIN_PROTOCOL"], "1");
+    assert_eq!(env["LOOM_PLUGIN_NAME"], "envy");
+    assert_eq!(env["FROM_MANIFEST"], "yes");
+    assert!(env["HOME"].is_string() && env["PATH"].is_string(), "{env}");
+    assert!(env.get("AWS_SECRET_ACCESS_KEY").is_none() && env.get("LOOM_TEST_UNLISTED").is_none(), "{env}");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
 fn a_plugin_that_ignores_sigterm_is_killed_at_shutdown() {
     let plugins = Plugins::new();
     plugins.add_test_plugin(
@@ -221,7 +250,13 @@ fn a_crash_loop_reaches_the_restart_limit_and_tasks_then_fail_fast() {
 fn plugins_die_with_a_killed_supervisor() {
     let plugins = Plugins::new();
     let pidfile = plugins.file("pids");
-    plugins.add_test_plugin("automator", "orphan", json!({"env": {"TESTPLUGIN_PIDFILE": pidfile}}));
+    // A plugin that would outlive stdin EOF and SIGTERM: only the parent-death signal
+    // (SIGKILL) can end it when the supervisor dies.
+    plugins.add_test_plugin(
+        "automator",
+        "orphan",
+        json!({"env": {"TESTPLUGIN_PIDFILE": pidfile}, "settings": {"ignoreEof": true, "ignoreSigterm": true}}),
+    );
     let mut child = std::process::Command::new(loom_e2e::provisioner())
         .args(["run", "--plugins-dir"])
         .arg(plugins.path())
@@ -241,5 +276,40 @@ fn plugins_die_with_a_killed_supervisor() {
     child.kill().unwrap(); // SIGKILL: no clean-up code runs in the supervisor
     child.wait().unwrap();
     assert!(wait_until(Duration::from_secs(10), || !alive(pid)), "plugin {pid} outlived its supervisor");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn sigterm_during_run_reports_unfinished_tasks_and_stops_the_plugins() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "slow", json!({"cancelGraceSecs": 0.2}));
+    let mut child = std::process::Command::new(loom_e2e::provisioner())
+        .args(["run", "--plugins-dir"])
+        .arg(plugins.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", action("quick", "START", "slow", json!({}))).unwrap();
+        writeln!(stdin, "{}", action("stuck", "INSTALL", "slow", json!({"action": "hang"}))).unwrap();
+    }
+    // Once the quick task is answered, the plugin is up and the stuck task is in flight.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("\"quick\""), "{first}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let stuck: Value = serde_json::from_str(rest.trim()).unwrap();
+    assert_eq!(stuck["taskId"], "stuck");
+    assert_eq!(stuck["status"], 1);
+    assert!(stuck["stderr"].as_str().unwrap().contains("interrupted by SIGTERM"), "{stuck}");
     plugins.assert_no_leftovers();
 }
