@@ -372,34 +372,30 @@ impl Plugin {
     /// Takes a slot, waiting in the queue if none is free.
     async fn acquire(self: &Arc<Self>) -> Result<Lease, String> {
         self.start();
-        {
-            let mut st = self.lock();
-            if let Some(why) = self.refusal(&st) {
-                return Err(why);
-            }
-            if st.waiters.is_empty()
-                && let Some(lease) = self.take_slot(&mut st)
-            {
-                return Ok(lease);
-            }
+        if let Some(now) = self.acquire_now(&mut self.lock()) {
+            return now;
         }
         // Bounded queue: wait for room, then for a slot.
         let _room = self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
         let waiting = {
             let mut st = self.lock();
-            if let Some(why) = self.refusal(&st) {
-                return Err(why);
-            }
-            if st.waiters.is_empty()
-                && let Some(lease) = self.take_slot(&mut st)
-            {
-                return Ok(lease);
+            if let Some(now) = self.acquire_now(&mut st) {
+                return now;
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.push_back(tx);
             rx
         };
         waiting.await.unwrap_or_else(|_| Err("the plugin stopped".to_owned()))
+    }
+
+    /// A slot, or the reason to fail, if either is known without waiting. Tasks already
+    /// waiting go first.
+    fn acquire_now(self: &Arc<Self>, st: &mut PoolState) -> Option<Result<Lease, String>> {
+        if let Some(why) = self.refusal(st) {
+            return Some(Err(why));
+        }
+        if st.waiters.is_empty() { self.take_slot(st).map(Ok) } else { None }
     }
 
     /// Why a task must fail now rather than wait: shutting down, or every instance failed.

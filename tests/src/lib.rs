@@ -169,6 +169,24 @@ impl Plugins {
         }
     }
 
+    /// Starts `loom-provisioner run` on `tasks` without waiting for it; stdin is written
+    /// and closed, stdout is piped, stderr discarded.
+    pub fn spawn_run(&self, tasks: &[Value]) -> std::process::Child {
+        let mut child = Command::new(provisioner())
+            .args(["run", "--plugins-dir"])
+            .arg(self.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn loom-provisioner");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for t in tasks {
+            writeln!(stdin, "{t}").expect("write a task");
+        }
+        child
+    }
+
     /// Processes still alive (zombies included) that carry this folder's marker.
     pub fn leftovers(&self) -> Vec<String> {
         processes_with_env("LOOM_TEST_MARKER", &self.marker)

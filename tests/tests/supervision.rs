@@ -257,19 +257,7 @@ fn plugins_die_with_a_killed_supervisor() {
         "orphan",
         json!({"env": {"TESTPLUGIN_PIDFILE": pidfile}, "settings": {"ignoreEof": true, "ignoreSigterm": true}}),
     );
-    let mut child = std::process::Command::new(loom_e2e::provisioner())
-        .args(["run", "--plugins-dir"])
-        .arg(plugins.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{}", action("t1", "INSTALL", "orphan", json!({"action": "hang"}))).unwrap();
-    }
+    let mut child = plugins.spawn_run(&[action("t1", "INSTALL", "orphan", json!({"action": "hang"}))]);
     assert!(wait_until(Duration::from_secs(20), || pidfile.exists()), "the plugin never started");
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     assert!(alive(pid));
@@ -283,20 +271,10 @@ fn plugins_die_with_a_killed_supervisor() {
 fn sigterm_during_run_reports_unfinished_tasks_and_stops_the_plugins() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "slow", json!({"cancelGraceSecs": 0.2}));
-    let mut child = std::process::Command::new(loom_e2e::provisioner())
-        .args(["run", "--plugins-dir"])
-        .arg(plugins.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{}", action("quick", "START", "slow", json!({}))).unwrap();
-        writeln!(stdin, "{}", action("stuck", "INSTALL", "slow", json!({"action": "hang"}))).unwrap();
-    }
+    let mut child = plugins.spawn_run(&[
+        action("quick", "START", "slow", json!({})),
+        action("stuck", "INSTALL", "slow", json!({"action": "hang"})),
+    ]);
     // Once the quick task is answered, the plugin is up and the stuck task is in flight.
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
