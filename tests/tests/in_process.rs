@@ -149,3 +149,40 @@ async fn an_idle_plugin_that_stops_answering_pings_is_restarted() {
     sup.shutdown().await;
     plugins.assert_no_leftovers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_misbehaviour_leaves_neither_orphans_nor_zombies() {
+    let plugins = Plugins::new();
+    let quick = json!({"timeouts": {"INSTALL": 0.5}, "cancelGraceSecs": 0.1, "shutdownGraceSecs": 0.3,
+                       "handshakeTimeoutSecs": 0.5, "maxLineBytes": 1024,
+                       "restart": {"maxRestarts": 1, "backoffInitialMs": 5, "coolDownSecs": 60}});
+    let with = |settings: Value| {
+        let mut m = quick.clone();
+        m["settings"] = settings;
+        m
+    };
+    plugins.add_test_plugin("automator", "crash", with(json!({})));
+    plugins.add_test_plugin("automator", "hang", with(json!({})));
+    plugins.add_test_plugin("automator", "long", with(json!({})));
+    plugins.add_test_plugin("automator", "mute", with(json!({"handshake": "never"})));
+    plugins.add_test_plugin("automator", "family", with(json!({"grandchild": true})));
+    plugins.add_test_plugin("automator", "stubborn", with(json!({"ignoreSigterm": true, "ignoreEof": true})));
+    let sup = supervisor(&plugins, true);
+    let results = run_all(
+        &sup,
+        vec![
+            action("c", "INSTALL", "crash", json!({"action": "crash"})),
+            action("h", "INSTALL", "hang", json!({"action": "hang"})),
+            action("l", "INSTALL", "long", json!({"action": "longline", "bytes": 5000})),
+            action("m", "INSTALL", "mute", json!({})),
+            action("f", "INSTALL", "family", json!({"action": "crash"})),
+            action("s", "INSTALL", "stubborn", json!({})),
+        ],
+    )
+    .await;
+    let statuses: Vec<i64> = results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [1, 1, 1, 1, 1, 0], "{results:#?}");
+    sup.shutdown().await;
+    assert!(zombie_children().is_empty(), "{:?}", zombie_children());
+    plugins.assert_no_leftovers();
+}

@@ -25,6 +25,7 @@ fn log_notifications_and_stderr_appear_in_the_supervisor_log_with_plugin_and_tas
         "{}",
         run.stderr
     );
+    plugins.assert_no_leftovers();
 }
 
 #[test]
@@ -34,6 +35,7 @@ fn log_level_filters_plugin_events_too() {
     let run = plugins.run(&[action("t-log", "INSTALL", "chatty", json!({"action": "log"}))], &["--log-level", "warn"]);
     assert!(run.stderr.contains("chatty says warn") && run.stderr.contains("chatty says error"));
     assert!(!run.stderr.contains("chatty says info") && !run.stderr.contains("chatty says debug"), "{}", run.stderr);
+    plugins.assert_no_leftovers();
 }
 
 #[test]
@@ -51,6 +53,7 @@ fn json_log_format_gives_one_object_per_line_with_the_fields() {
     assert_eq!(warn["target"], "loom::plugin");
     let fields: Value = serde_json::from_str(warn["fields"].as_str().unwrap()).unwrap();
     assert_eq!(fields["level_seen"], "warn");
+    plugins.assert_no_leftovers();
 }
 
 #[test]
@@ -84,4 +87,5 @@ fn credentials_in_a_task_never_reach_the_log() {
     }
     let results = serde_json::to_string(&run.results).unwrap();
     assert!(!results.contains(api_key), "error messages must not quote task fields: {results}");
+    plugins.assert_no_leftovers();
 }

@@ -56,6 +56,7 @@ fn tracing_events_are_forwarded_with_the_task_id() {
         .find(|l| l.contains("a tracing event from inside the task"))
         .unwrap_or_else(|| panic!("{}", run.stderr));
     assert!(line.contains("WARN") && line.contains("task_id=traced") && line.contains("\"answer\":42"), "{line}");
+    p.assert_no_leftovers();
 }
 
 #[test]
@@ -70,6 +71,7 @@ fn cancel_reaches_the_task_and_its_error_keeps_status_and_result_keys() {
         why.contains("stopped: cancelled") && why.contains("timed out after 0.5 s; it stopped when cancelled"),
         "{why}"
     );
+    p.assert_no_leftovers();
 }
 
 #[test]
@@ -86,4 +88,5 @@ fn errors_become_failed_results_and_undeclared_tasks_are_refused() {
     assert!(io.contains("No such file or directory"), "{io}");
     let r = run.result("r")["stderr"].as_str().unwrap().to_owned();
     assert!(r.contains("does not handle REMOVE") && r.contains("BOOTSTRAP, INSTALL"), "{r}");
+    p.assert_no_leftovers();
 }
