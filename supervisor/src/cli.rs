@@ -223,7 +223,14 @@ fn read_tasks(source: Option<&Path>) -> Result<Vec<TaskEnvelope>, Vec<String>> {
 /// Splits `data` into JSON documents (whitespace- or newline-separated) and reads each as
 /// a task.
 pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<String>> {
-    let line_at = |offset: usize| data[..offset.min(data.len())].iter().filter(|b| **b == b'\n').count() + 1;
+    // Line numbers for messages, counted incrementally (the input may be large).
+    let (mut counted_to, mut line) = (0usize, 1usize);
+    let mut line_at = |offset: usize| {
+        let offset = offset.min(data.len()).max(counted_to);
+        line += data[counted_to..offset].iter().filter(|b| **b == b'\n').count();
+        counted_to = offset;
+        line
+    };
     let mut tasks = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();

@@ -6,6 +6,7 @@ Registered under several names; it answers as whatever LOOM_PLUGIN_NAME says.
 At start (environment, from the manifest's "env"):
   TESTPLUGIN_PIDFILE=path        append "<pid>\n" to path
   TESTPLUGIN_EXIT_AT_START=code  exit at once with that code
+  TESTPLUGIN_CRASH_STARTS=n      exit 1 at the first n starts (needs TESTPLUGIN_PIDFILE)
 
 At the handshake (the manifest's "settings"):
   "handshake": "never" | "error" | "exit" | "version2"
@@ -37,6 +38,12 @@ PID = os.getpid()
 if os.environ.get("TESTPLUGIN_PIDFILE"):
     with open(os.environ["TESTPLUGIN_PIDFILE"], "a") as f:
         f.write("%d\n" % PID)
+if os.environ.get("TESTPLUGIN_CRASH_STARTS"):
+    # Crash at start this many times (counted in the pid file), then behave.
+    with open(os.environ["TESTPLUGIN_PIDFILE"]) as f:
+        if len(f.readlines()) <= int(os.environ["TESTPLUGIN_CRASH_STARTS"]):
+            sys.stderr.write("testplugin %s: crashing at start\n" % NAME)
+            sys.exit(1)
 if os.environ.get("TESTPLUGIN_EXIT_AT_START"):
     sys.stderr.write("testplugin %s: exiting at start as asked\n" % NAME)
     sys.exit(int(os.environ["TESTPLUGIN_EXIT_AT_START"]))

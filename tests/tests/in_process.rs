@@ -186,3 +186,30 @@ async fn every_misbehaviour_leaves_neither_orphans_nor_zombies() {
     assert!(zombie_children().is_empty(), "{:?}", zombie_children());
     plugins.assert_no_leftovers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_plugin_is_tried_again_after_its_cool_down() {
+    let plugins = Plugins::new();
+    let pidfile = plugins.file("pids");
+    plugins.add_test_plugin(
+        "automator",
+        "flaky",
+        json!({"env": {"TESTPLUGIN_PIDFILE": pidfile, "TESTPLUGIN_CRASH_STARTS": "2"},
+               "restart": {"maxRestarts": 1, "backoffInitialMs": 5, "coolDownSecs": 1}}),
+    );
+    let sup = supervisor(&plugins, false);
+    let first = sup.run(&envelope(&action("t1", "INSTALL", "flaky", json!({})))).await;
+    assert!(first.stderr.contains("could not start") && first.stderr.contains("crashing at start"), "{first:?}");
+    let plugin = sup.plugin(PluginKind::Automator, "flaky").unwrap();
+    plugin.wait_for(|s| matches!(s[0].phase, Phase::Failed { .. })).await;
+    let refused = sup.run(&envelope(&action("t2", "INSTALL", "flaky", json!({})))).await;
+    assert!(refused.stderr.contains("marked failed after 2 crashes"), "{refused:?}");
+    // After the cool-down it starts again, and this time it comes up.
+    tokio::time::timeout(std::time::Duration::from_secs(20), plugin.wait_for(|s| s[0].phase == Phase::Ready))
+        .await
+        .expect("not tried again after the cool-down");
+    let later = sup.run(&envelope(&action("t3", "INSTALL", "flaky", json!({})))).await;
+    assert_eq!(later.status, 0, "{later:?}");
+    sup.shutdown().await;
+    plugins.assert_no_leftovers();
+}
