@@ -44,7 +44,7 @@ async fn max_concurrency_is_never_exceeded_and_the_handshake_may_lower_it() {
     plugins.add_test_plugin("automator", "lowered", json!({"maxConcurrency": 4, "settings": {"maxConcurrency": 1}}));
     let sup = supervisor(&plugins, false);
     let sleepy =
-        |name: &str, i: usize| action(&format!("{name}-{i}"), "INSTALL", name, json!({"action": "sleep", "ms": 100}));
+        |name: &str, i: usize| action(&format!("{name}-{i}"), "INSTALL", name, json!({"action": "sleep", "ms": 300}));
 
     let two = run_all(&sup, (0..6).map(|i| sleepy("two", i)).collect()).await;
     assert!(two.iter().all(|r| r.status == 0), "{two:?}");

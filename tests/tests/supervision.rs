@@ -39,6 +39,26 @@ fn a_crash_mid_task_fails_that_task_and_the_next_task_runs_on_a_new_process() {
 }
 
 #[test]
+fn a_crash_fails_every_task_in_flight_on_that_process_at_once() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "crashy", json!({"maxConcurrency": 8, "timeouts": {"START": 20}}));
+    let sleeper = |id: &str| action(id, "START", "crashy", json!({"action": "hang"}));
+    let run = plugins.run(
+        &[sleeper("s1"), sleeper("s2"), action("boom", "INSTALL", "crashy", json!({"action": "crash", "code": 9}))],
+        &["--concurrency", "3"],
+    );
+    for id in ["s1", "s2", "boom"] {
+        let r = run.result(id);
+        assert_eq!(r["status"], 1, "{r}");
+        let why = stderr_of(r);
+        assert!(why.contains(&format!("task {id} (")) && why.contains("exited with code 9"), "{why}");
+        assert!(why.contains("about to crash: boom"), "the last stderr lines: {why}");
+    }
+    assert!(run.elapsed < Duration::from_secs(30), "failed at once, not by timeout: {:?}", run.elapsed);
+    plugins.assert_no_leftovers();
+}
+
+#[test]
 fn a_hung_task_times_out_then_the_plugin_is_killed_and_restarted() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "hangs", json!({"timeouts": {"INSTALL": 1}, "cancelGraceSecs": 0.3}));
