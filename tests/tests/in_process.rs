@@ -213,3 +213,21 @@ async fn a_failed_plugin_is_tried_again_after_its_cool_down() {
     sup.shutdown().await;
     plugins.assert_no_leftovers();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_replaces_the_process_without_counting_a_crash() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "steady", json!({}));
+    let sup = supervisor(&plugins, true);
+    let plugin = sup.plugin(PluginKind::Automator, "steady").unwrap();
+    plugin.wait_settled().await;
+    let before = plugin.status()[0].pid.unwrap();
+    plugin.restart();
+    plugin.wait_for(|s| s[0].phase == Phase::Ready && s[0].pid != Some(before)).await;
+    assert_eq!(plugin.status()[0].restarts, 0, "not a crash");
+    let r = sup.run(&envelope(&action("t", "INSTALL", "steady", json!({})))).await;
+    assert_eq!(r.status, 0);
+    assert_ne!(r.result["pid"], json!(before));
+    sup.shutdown().await;
+    plugins.assert_no_leftovers();
+}
