@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use loom_protocol::{LogLevel, PluginKind, TaskName, TaskResult, codes, methods};
 use serde::Serialize;
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
 
 use crate::cli::{kind_of_folder, load_registry};
 use crate::connection::Outcome;
@@ -235,9 +235,10 @@ fn read_sample(path: &Path) -> Result<(TaskName, Box<RawValue>), String> {
     Ok((task.task_name, raw))
 }
 
-/// A plausible task of `name` for `plugin`, shaped as Loom sent them.
-pub fn sample_task(plugin: &str, name: TaskName, task_id: &str) -> Box<RawValue> {
-    let task = json!({
+/// A plausible task of `name` for `plugin`, shaped as Loom sent them, with `learned`
+/// (earlier results) on top of its config.
+pub fn sample_task(plugin: &str, name: TaskName, task_id: &str, learned: &Map<String, Value>) -> Box<RawValue> {
+    let mut task = json!({
         "taskId": task_id,
         "jobId": "check-job",
         "clusterId": "check-cluster",
@@ -257,6 +258,9 @@ pub fn sample_task(plugin: &str, name: TaskName, task_id: &str) -> Box<RawValue>
             "nodes": {}
         }
     });
+    if let Some(config) = task["config"].as_object_mut() {
+        config.extend(learned.clone());
+    }
     serde_json::value::to_raw_value(&task).unwrap_or_else(|_| unreachable!("a json! value serializes"))
 }
 
@@ -350,18 +354,29 @@ async fn session(
     let after = ask!(conn.request(methods::PING, &json!({})));
     report.record("unknown notification", after.map(|_| "ignored; the next ping was answered".into()));
 
+    // What earlier tasks returned flows into later ones, as Loom's server did: CONFIRM
+    // and DELETE get the machine CREATE made, so the check leaves nothing behind.
+    let mut learned = Map::new();
     for (i, &name) in declared.iter().enumerate() {
         let id = format!("check-{}-{i}", name.as_str().to_lowercase());
-        let raw = samples.get(&name).map_or_else(|| sample_task(&spec.name, name, &id), |r| r.clone());
+        let raw = samples.get(&name).map_or_else(|| sample_task(&spec.name, name, &id, &learned), |r| r.clone());
         let Ok(task) = TaskEnvelope::parse(raw) else {
             continue;
         };
         let answer = ask!(conn.request_task(&task, Box::new(())));
+        if let Ok(Outcome::Result(raw)) = &answer
+            && let Ok(r) = serde_json::from_str::<TaskResult>(raw.get())
+            && r.status == 0
+        {
+            learned.extend(r.result);
+            learned.extend(r.hostname.map(|h| ("hostname".to_owned(), Value::String(h))));
+            learned.extend(r.ipaddresses.map(|a| ("ipaddresses".to_owned(), a)));
+        }
         report.record(format!("task {name}"), answer.and_then(describe_task_answer));
     }
 
     if let Some(undeclared) = spec.kind.tasks().iter().find(|t| !declared.contains(t)) {
-        let raw = sample_task(&spec.name, *undeclared, "check-undeclared");
+        let raw = sample_task(&spec.name, *undeclared, "check-undeclared", &Map::new());
         if let Ok(task) = TaskEnvelope::parse(raw) {
             let answer = ask!(conn.request_task(&task, Box::new(())));
             report.record(
@@ -379,9 +394,10 @@ async fn session(
         }
     }
 
-    if let Some(&first) = declared.first() {
+    // The last declared task (DELETE, for a provider: it must not create anything).
+    if let Some(&last) = declared.last() {
         let id = "check-cancel";
-        let raw = samples.get(&first).cloned().unwrap_or_else(|| sample_task(&spec.name, first, id));
+        let raw = samples.get(&last).cloned().unwrap_or_else(|| sample_task(&spec.name, last, id, &learned));
         if let Ok(task) = TaskEnvelope::parse(raw) {
             let call = conn.request_task(&task, Box::new(()));
             conn.cancel(&task.task_id);
