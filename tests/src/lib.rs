@@ -19,17 +19,7 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--bins",
-                "-p",
-                "loom-supervisor",
-                "-p",
-                "loom-plugin-examples",
-                "-p",
-                "loom-e2e",
-            ])
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
@@ -297,4 +287,97 @@ pub fn merge(base: &mut Value, extra: Value) {
 
 fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// Per-node configs built up from results the way Loom's server did: each result's
+/// `result` keys overwrite the node's config at the top level; `hostname` and
+/// `ipaddresses` update it on success.
+pub struct Nodes {
+    /// Each node's config.
+    pub configs: Vec<Value>,
+}
+
+impl Nodes {
+    /// `n` nodes, node `i` starting from `base(i)`.
+    pub fn new(n: usize, base: impl Fn(usize) -> Value) -> Nodes {
+        Nodes { configs: (0..n).map(base).collect() }
+    }
+
+    /// One `name` task per node, id `<prefix>-<i>`, with `extra(i)` on top of its config.
+    pub fn tasks(&self, prefix: &str, name: &str, extra: impl Fn(usize) -> Value) -> Vec<Value> {
+        self.configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut config = c.clone();
+                merge(&mut config, extra(i));
+                task(&format!("{prefix}-{i}"), name, config)
+            })
+            .collect()
+    }
+
+    /// Merges the results of the tasks `<prefix>-<i>` of `run` into the nodes.
+    pub fn absorb(&mut self, run: &Run, prefix: &str) {
+        for (i, config) in self.configs.iter_mut().enumerate() {
+            let r = run.result(&format!("{prefix}-{i}"));
+            if let Some(keys) = r["result"].as_object() {
+                for (k, v) in keys {
+                    config[k] = v.clone();
+                }
+            }
+            if r["status"] == 0 {
+                for k in ["hostname", "ipaddresses"] {
+                    if !r[k].is_null() {
+                        config[k] = r[k].clone();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one phase on every node and merges the results; panics unless all succeed.
+    pub fn phase(&mut self, plugins: &Plugins, prefix: &str, name: &str, extra: impl Fn(usize) -> Value) -> Run {
+        let run = plugins.run(&self.tasks(prefix, name, extra), &[]);
+        for (i, _) in self.configs.iter().enumerate() {
+            let r = run.result(&format!("{prefix}-{i}"));
+            assert_eq!(r["status"], 0, "{name} on node {i} failed: {r:#}\nlog:\n{}", run.stderr);
+        }
+        self.absorb(&run, prefix);
+        run
+    }
+}
+
+/// `GET /` on `addr`, the body.
+pub fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+/// Registers the `local` provider (state in `state_dir`) and the `shell` automator with
+/// the test web app's scripts.
+pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: Value) {
+    let mut settings = json!({"stateDir": state_dir});
+    merge(&mut settings, local_settings);
+    plugins.add(
+        "provider",
+        "local",
+        json!({"executable": bin_dir().join("loom-plugin-local"), "maxConcurrency": 8, "settings": settings}),
+    );
+    plugins.add(
+        "automator",
+        "shell",
+        json!({"executable": bin_dir().join("loom-plugin-shell"), "maxConcurrency": 16,
+               "settings": {"scripts": workspace().join("tests/fixtures/webapp"), "workDir": state_dir.join("work"),
+                            "connectTimeoutSecs": 5}}),
+    );
+}
+
+/// Live processes started inside local machine `id`.
+pub fn machine_processes(id: &str) -> Vec<String> {
+    processes_with_env("LOOM_LOCAL_MACHINE", id)
 }

@@ -1,0 +1,196 @@
+//! The `local` provider and the `shell` automator against real sshd processes: three
+//! machines run a real web service; every failure mode says what went wrong.
+
+use std::time::Duration;
+
+use loom_e2e::{Nodes, Plugins, add_local_and_shell, http_get, machine_processes};
+use serde_json::{Value, json};
+
+fn service(script: &str, port: u16) -> Value {
+    json!({"service": {"name": "webapp", "action": {"type": "shell", "script": script, "data": port.to_string()}}})
+}
+
+fn base(i: usize) -> Value {
+    json!({"hostname": format!("node-{i}.local"), "provider": {"name": "local", "providertype": "local"}, "automators": ["shell"]})
+}
+
+/// CREATE and CONFIRM `n` machines; returns their configs.
+fn machines(plugins: &Plugins, n: usize) -> Nodes {
+    let mut nodes = Nodes::new(n, base);
+    nodes.phase(plugins, "create", "CREATE", |_| json!({}));
+    nodes.phase(plugins, "confirm", "CONFIRM", |_| json!({}));
+    nodes
+}
+
+fn ids(nodes: &Nodes) -> Vec<String> {
+    nodes.configs.iter().map(|c| c["providerid"].as_str().unwrap().to_owned()).collect()
+}
+
+fn delete_all(plugins: &Plugins, nodes: &mut Nodes) {
+    nodes.phase(plugins, "delete", "DELETE", |_| json!({}));
+}
+
+#[test]
+fn three_local_machines_run_a_web_service_installed_by_the_shell_automator() {
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    add_local_and_shell(&plugins, state.path(), json!({}));
+    let mut nodes = machines(&plugins, 3);
+    let ids = ids(&nodes);
+    for c in &nodes.configs {
+        assert_eq!(c["ipaddresses"]["access_v4"], "127.0.0.1");
+        assert!(c["ssh_host_keys"]["ed25519"].as_str().unwrap().starts_with("ssh-ed25519 "), "{c}");
+    }
+    let port = |i: usize| 18080 + u16::try_from(i).unwrap();
+
+    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+    for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
+        let run = nodes.phase(&plugins, step, &step.to_uppercase(), |i| service(script, port(i)));
+        // The command's output came back, and was streamed live into the log too.
+        assert!(run.results.iter().all(|r| !r["stdout"].as_str().unwrap().is_empty()), "{:#?}", run.results);
+    }
+    for i in 0..3 {
+        let body = http_get(&format!("127.0.0.1:{}", port(i))).unwrap();
+        assert_eq!(body.trim(), format!("hello from node-{i}.local"));
+    }
+    nodes.phase(&plugins, "stop", "STOP", |i| service("stop.sh", port(i)));
+    for i in 0..3 {
+        assert!(http_get(&format!("127.0.0.1:{}", port(i))).is_err(), "node {i} still serves after STOP");
+    }
+    nodes.phase(&plugins, "remove", "REMOVE", |i| service("remove.sh", port(i)));
+    delete_all(&plugins, &mut nodes);
+
+    for id in &ids {
+        assert!(machine_processes(id).is_empty(), "{id}: {:?}", machine_processes(id));
+    }
+    let machine_dirs = std::fs::read_dir(state.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("local-"));
+    assert_eq!(machine_dirs.count(), 0, "DELETE removes each machine's folder");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn delete_stops_whatever_the_machine_still_runs() {
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    add_local_and_shell(&plugins, state.path(), json!({}));
+    let mut nodes = machines(&plugins, 1);
+    let id = ids(&nodes).remove(0);
+    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+    nodes.phase(&plugins, "install", "INSTALL", |_| service("install.sh", 18190));
+    nodes.phase(&plugins, "configure", "CONFIGURE", |_| service("configure.sh", 18190));
+    nodes.phase(&plugins, "start", "START", |_| service("start.sh", 18190));
+    assert!(!machine_processes(&id).is_empty(), "the server runs inside the machine");
+    // No STOP: DELETE alone must leave nothing running.
+    delete_all(&plugins, &mut nodes);
+    assert!(machine_processes(&id).is_empty(), "{:?}", machine_processes(&id));
+    assert!(http_get("127.0.0.1:18190").is_err());
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn each_ssh_failure_has_its_own_message() {
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    add_local_and_shell(&plugins, state.path(), json!({}));
+    let mut nodes = machines(&plugins, 1);
+    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+    let node = nodes.configs[0].clone();
+    let port = node["ssh-auth"]["port"].as_u64().unwrap();
+
+    // A port nobody listens on, and one that accepts but never speaks SSH.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+
+    let with = |id: &str, script: &str, patch: Value| {
+        let mut config = node.clone();
+        loom_e2e::merge(&mut config, service(script, 0));
+        loom_e2e::merge(&mut config, patch);
+        loom_e2e::task(id, "INSTALL", config)
+    };
+    let other_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let tasks = vec![
+        with(
+            "password",
+            "install.sh",
+            json!({"ssh-auth": {"user": node["ssh-auth"]["user"], "password": "not-the-password", "port": port}}),
+        ),
+        with("refused", "install.sh", json!({"ssh-auth": {"user": "root", "password": "x", "port": closed}})),
+        with("timeout", "install.sh", json!({"ssh-auth": {"user": "root", "password": "x", "port": mute_port}})),
+        with("missing", "no-such-script.sh", json!({})),
+        with("exit", "fail.sh", json!({})),
+        with("hostkey", "install.sh", json!({"ssh_host_keys": {"ed25519": other_key}})),
+        with("noaddr", "install.sh", json!({"ipaddress": null, "ipaddresses": null})),
+    ];
+    let run = plugins.run(&tasks, &[]);
+    let stderr = |id: &str| run.result(id)["stderr"].as_str().unwrap().to_owned();
+    let addr = format!("127.0.0.1:{port}");
+    let expect = [
+        (
+            "password",
+            format!(
+                "authentication as {} on {addr} failed: the server refused the password (it accepts: publickey)",
+                node["ssh-auth"]["user"].as_str().unwrap()
+            ),
+        ),
+        ("refused", format!("cannot connect to 127.0.0.1:{closed}: connection refused")),
+        ("timeout", format!("no SSH answer from 127.0.0.1:{mute_port} within 5 s")),
+        ("missing", "INSTALL: script".to_owned()),
+        ("exit", "INSTALL: script fail.sh exited with code 3".to_owned()),
+        ("hostkey", format!("the host key of {addr} changed: expected SHA256:")),
+        ("noaddr", "the task has no address".to_owned()),
+    ];
+    for (id, text) in expect {
+        assert!(stderr(id).contains(&text), "{id}: expected {text:?} in {:?}", stderr(id));
+        assert_ne!(run.result(id)["status"], 0, "{id}");
+    }
+    assert!(stderr("missing").contains("no-such-script.sh not found on"), "{}", stderr("missing"));
+    assert_eq!(run.result("exit")["status"], 3, "the exit code is the status");
+    assert!(
+        stderr("exit").starts_with("something went wrong\n"),
+        "the command's stderr comes first: {}",
+        stderr("exit")
+    );
+    assert_eq!(run.result("exit")["stdout"], "doing the work\n");
+    assert!(!run.stderr.contains("not-the-password"), "a password reached the log");
+    drop(mute);
+    delete_all(&plugins, &mut nodes);
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn a_cancelled_action_kills_the_remote_command_and_its_children() {
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    add_local_and_shell(&plugins, state.path(), json!({}));
+    // A short INSTALL timeout: the supervisor cancels the task after 2 s.
+    plugins.add(
+        "automator",
+        "shell",
+        json!({"executable": loom_e2e::bin_dir().join("loom-plugin-shell"), "timeouts": {"INSTALL": 2}, "cancelGraceSecs": 15,
+               "settings": {"scripts": loom_e2e::workspace().join("tests/fixtures/webapp"), "workDir": state.path().join("work")}}),
+    );
+    let mut nodes = machines(&plugins, 1);
+    let id = ids(&nodes).remove(0);
+    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+    let run = plugins.run(&nodes.tasks("slow", "INSTALL", |_| service("slow.sh", 0)), &[]);
+    let r = run.result("slow-0");
+    assert_ne!(r["status"], 0);
+    let why = r["stderr"].as_str().unwrap();
+    assert!(
+        why.contains("cancelled: stopped slow.sh") && why.contains("timed out after 2 s; it stopped when cancelled"),
+        "{why}"
+    );
+    assert!(
+        loom_e2e::wait_until(Duration::from_secs(5), || machine_processes(&id)
+            .iter()
+            .all(|p| !p.contains("sleep 300"))),
+        "the remote sleep survived: {:?}",
+        machine_processes(&id)
+    );
+    delete_all(&plugins, &mut nodes);
+    plugins.assert_no_leftovers();
+}
