@@ -63,6 +63,8 @@ pub fn action(id: &str, name: &str, automator: &str, test: Value) -> Value {
 pub struct Plugins {
     dir: tempfile::TempDir,
     marker: String,
+    /// State folders of `local` providers, to clean up after a failed test.
+    local_states: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// What a `run` printed and how it exited.
@@ -99,7 +101,7 @@ impl Plugins {
     pub fn new() -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let marker = format!("{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos());
-        Plugins { dir: tempfile::tempdir().expect("tempdir"), marker }
+        Plugins { dir: tempfile::tempdir().expect("tempdir"), marker, local_states: Default::default() }
     }
 
     /// The folder.
@@ -187,6 +189,26 @@ impl Plugins {
         let left = self.leftovers();
         assert!(left.is_empty(), "processes left behind: {left:#?}");
     }
+}
+
+impl Drop for Plugins {
+    /// After a failed test, kills what it left behind so later tests start clean. (A
+    /// passing test has already asserted that nothing is left.)
+    fn drop(&mut self) {
+        let mut pids = pids_with_env("LOOM_TEST_MARKER", &self.marker);
+        for state in self.local_states.lock().map(|s| s.clone()).unwrap_or_default() {
+            for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
+                pids.extend(pids_with_env("LOOM_LOCAL_MACHINE", &e.file_name().to_string_lossy()));
+            }
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn pids_with_env(key: &str, value: &str) -> Vec<i32> {
+    processes_with_env(key, value).iter().filter_map(|p| p.split_whitespace().nth(1)?.parse().ok()).collect()
 }
 
 /// Runs `cmd` with `input` on stdin and waits up to `limit`; kills it and panics after.
@@ -311,7 +333,9 @@ impl Nodes {
             .map(|(i, c)| {
                 let mut config = c.clone();
                 merge(&mut config, extra(i));
-                task(&format!("{prefix}-{i}"), name, config)
+                let mut t = task(&format!("{prefix}-{i}"), name, config);
+                t["nodeId"] = json!(format!("node-{i}"));
+                t
             })
             .collect()
     }
@@ -361,6 +385,9 @@ pub fn http_get(addr: &str) -> std::io::Result<String> {
 /// Registers the `local` provider (state in `state_dir`) and the `shell` automator with
 /// the test web app's scripts.
 pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: Value) {
+    if let Ok(mut states) = plugins.local_states.lock() {
+        states.push(state_dir.to_path_buf());
+    }
     let mut settings = json!({"stateDir": state_dir});
     merge(&mut settings, local_settings);
     plugins.add(
