@@ -196,13 +196,29 @@ impl Drop for Plugins {
     /// passing test has already asserted that nothing is left.)
     fn drop(&mut self) {
         let mut pids = pids_with_env("LOOM_TEST_MARKER", &self.marker);
+        let mut namespaces = Vec::new();
         for state in self.local_states.lock().map(|s| s.clone()).unwrap_or_default() {
             for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
                 pids.extend(pids_with_env("LOOM_LOCAL_MACHINE", &e.file_name().to_string_lossy()));
+                let record: Option<Value> =
+                    std::fs::read(e.path().join("machine.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some(ns) = record.as_ref().and_then(|r| r["netns"].as_str()) {
+                    let out = Command::new("ip").args(["netns", "pids", ns]).output();
+                    pids.extend(out.iter().flat_map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .filter_map(|p| p.parse().ok())
+                            .collect::<Vec<i32>>()
+                    }));
+                    namespaces.push(ns.to_owned());
+                }
             }
         }
         for pid in pids {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        for ns in namespaces {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
     }
 }
@@ -407,4 +423,50 @@ pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: 
 /// Live processes started inside local machine `id`.
 pub fn machine_processes(id: &str) -> Vec<String> {
     processes_with_env("LOOM_LOCAL_MACHINE", id)
+}
+
+/// A `moto_server` (PyPI `moto[server]`) on a free loopback port, for the EC2 API.
+/// Stopped when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT/`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts moto with extra environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0` to check
+    /// credentials) and waits until it says it is serving.
+    pub fn start(env: &[(&str, &str)]) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server on PATH (pip install 'moto[server]')");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Running on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("moto_server did not start within 60 s");
+        }
+        Moto { child, endpoint: format!("http://127.0.0.1:{port}/") }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

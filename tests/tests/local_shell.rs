@@ -194,3 +194,53 @@ fn a_cancelled_action_kills_the_remote_command_and_its_children() {
     delete_all(&plugins, &mut nodes);
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn as_root_netns_machines_are_separate_hosts_on_a_bridge() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: network namespaces need root (CI runs as root)");
+        return;
+    }
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    // A bridge and subnet of this test's own, so parallel runs do not meet.
+    let n = std::process::id() % 200 + 20;
+    let bridge = format!("loomt{n}");
+    add_local_and_shell(
+        &plugins,
+        state.path(),
+        json!({"network": "netns", "bridge": bridge, "subnet": format!("10.{n}.0.0/16")}),
+    );
+    let mut nodes = machines(&plugins, 3);
+    let addrs: Vec<String> =
+        nodes.configs.iter().map(|c| c["ipaddresses"]["access_v4"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(addrs.iter().collect::<std::collections::HashSet<_>>().len(), 3, "one address each: {addrs:?}");
+    assert!(addrs.iter().all(|a| a.starts_with(&format!("10.{n}."))), "{addrs:?}");
+    assert!(nodes.configs.iter().all(|c| c["ssh-auth"]["port"] == 22), "sshd on port 22 in each");
+
+    // The same port on every machine: they are separate hosts.
+    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+    for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
+        nodes.phase(&plugins, step, &step.to_uppercase(), |_| service(script, 8080));
+    }
+    for (i, a) in addrs.iter().enumerate() {
+        assert_eq!(http_get(&format!("{a}:8080")).unwrap().trim(), format!("hello from node-{i}.local"));
+    }
+    let namespaces = || {
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .into_owned()
+    };
+    let ids = ids(&nodes);
+    assert!(ids.iter().all(|id| namespaces().contains(&format!("loom-{}", id.trim_start_matches("local-")))));
+    delete_all(&plugins, &mut nodes);
+    for id in &ids {
+        assert!(
+            !namespaces().contains(&format!("loom-{}", id.trim_start_matches("local-"))),
+            "{id}'s namespace outlived DELETE"
+        );
+    }
+    let bridge_left =
+        std::process::Command::new("ip").args(["link", "show", &bridge]).output().unwrap().status.success();
+    assert!(!bridge_left, "the bridge goes with the last machine");
+    plugins.assert_no_leftovers();
+}

@@ -249,6 +249,18 @@ impl Local {
             netns::destroy(ns, veth).await;
         }
         let _ = std::fs::remove_dir_all(&folder.dir);
+        if self.network == Network::Netns {
+            self.remove_bridge_if_unused().await;
+        }
+    }
+
+    /// The bridge goes with the last netns machine.
+    async fn remove_bridge_if_unused(&self) {
+        let _here = self.allocating.lock().await;
+        let Ok(_everywhere) = lock_file(&self.state_dir).await else { return };
+        if machine::all(&self.state_dir).iter().all(|m| m.network != Network::Netns) {
+            netns::remove_bridge(&self.net.bridge).await;
+        }
     }
 
     fn folder_of(&self, id: &str) -> Result<Folder, TaskError> {

@@ -76,6 +76,11 @@ pub async fn destroy(ns: &str, veth: &str) {
     let _ = ip(&["netns", "del", ns]).await;
 }
 
+/// Removes the bridge.
+pub async fn remove_bridge(bridge: &str) {
+    let _ = ip(&["link", "del", bridge]).await;
+}
+
 /// Runs `ip ARGS`; the error carries ip's own message.
 async fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
