@@ -404,6 +404,14 @@ pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: 
     if let Ok(mut states) = plugins.local_states.lock() {
         states.push(state_dir.to_path_buf());
     }
+    // The example web app's scripts plus the tests' own (a failing one, a slow one).
+    let scripts = plugins.path().join("scripts");
+    std::fs::create_dir_all(&scripts).expect("mkdir scripts");
+    for dir in ["examples/webapp", "tests/fixtures/scripts"] {
+        for e in std::fs::read_dir(workspace().join(dir)).expect("scripts folder").flatten() {
+            std::fs::copy(e.path(), scripts.join(e.file_name())).expect("copy a script");
+        }
+    }
     let mut settings = json!({"stateDir": state_dir});
     merge(&mut settings, local_settings);
     plugins.add(
@@ -415,7 +423,7 @@ pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: 
         "automator",
         "shell",
         json!({"executable": bin_dir().join("loom-plugin-shell"), "maxConcurrency": 16,
-               "settings": {"scripts": workspace().join("tests/fixtures/webapp"), "workDir": state_dir.join("work"),
+               "settings": {"scripts": scripts, "workDir": state_dir.join("work"),
                             "connectTimeoutSecs": 5}}),
     );
 }

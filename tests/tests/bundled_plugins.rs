@@ -69,3 +69,17 @@ fn each_bundled_plugin_passes_check() {
     assert_eq!(left, 0);
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn the_readme_demo_brings_machines_up_and_down() {
+    let out = Command::new("python3")
+        .arg(workspace().join("examples/local-webapp.py"))
+        .args(["--nodes", "2"])
+        .env("PATH", format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("-> hello from web-0.local") && stdout.contains("-> hello from web-1.local"), "{stdout}");
+    assert!(stdout.contains("DELETE     ok on 2 node(s)"), "{stdout}");
+}

@@ -171,7 +171,7 @@ fn a_cancelled_action_kills_the_remote_command_and_its_children() {
         "automator",
         "shell",
         json!({"executable": loom_e2e::bin_dir().join("loom-plugin-shell"), "timeouts": {"INSTALL": 2}, "cancelGraceSecs": 15,
-               "settings": {"scripts": loom_e2e::workspace().join("tests/fixtures/webapp"), "workDir": state.path().join("work")}}),
+               "settings": {"scripts": plugins.path().join("scripts"), "workDir": state.path().join("work")}}),
     );
     let mut nodes = machines(&plugins, 1);
     let id = ids(&nodes).remove(0);
