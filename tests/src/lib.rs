@@ -478,3 +478,98 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// An sshd that accepts password logins for one user, on a free loopback port. Needs
+/// root. Stopped when dropped.
+pub struct PasswordSshd {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    /// Its port.
+    pub port: u16,
+    /// Its host public key, `ssh-ed25519 AAAA...`.
+    pub host_key: String,
+}
+
+impl PasswordSshd {
+    /// Starts it for `user` and waits until it accepts connections.
+    pub fn start(user: &str) -> PasswordSshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("host_key");
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen");
+        assert!(ok.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile {}\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\nUsePAM no\nAllowUsers {user}\n",
+                key.display(),
+                dir.path().join("pid").display()
+            ),
+        )
+        .expect("write sshd_config");
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(&config)
+            .arg("-E")
+            .arg(dir.path().join("log"))
+            .spawn()
+            .expect("start sshd (install openssh-server)");
+        let listening =
+            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(
+            listening,
+            "sshd did not listen: {}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        let host_key = std::fs::read_to_string(key.with_extension("pub")).expect("host key");
+        let host_key = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        PasswordSshd { child, _dir: dir, port, host_key }
+    }
+}
+
+impl Drop for PasswordSshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A system user with a password and password-less sudo, for the tests' lifetime. Needs
+/// root. Removed (with its home) when dropped.
+pub struct SudoUser {
+    /// The name.
+    pub name: String,
+    /// The password.
+    pub password: String,
+}
+
+impl SudoUser {
+    /// Creates `name` with a random password and `NOPASSWD: ALL` in /etc/sudoers.d.
+    pub fn create(name: &str) -> SudoUser {
+        let _ = Command::new("userdel").args(["-r", name]).output();
+        let ok = Command::new("useradd").args(["-m", "-s", "/bin/sh", name]).status().expect("useradd");
+        assert!(ok.success(), "useradd {name}");
+        let password = format!("Pw-{}-{}", std::process::id(), nanos() % 1_000_000);
+        let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn().expect("chpasswd");
+        writeln!(chpasswd.stdin.take().expect("stdin"), "{name}:{password}").expect("write");
+        assert!(chpasswd.wait().expect("chpasswd").success());
+        let sudoers = format!("/etc/sudoers.d/loom-test-{name}");
+        std::fs::write(&sudoers, format!("{name} ALL=(ALL) NOPASSWD: ALL\n")).expect("sudoers");
+        SudoUser { name: name.to_owned(), password }
+    }
+}
+
+impl Drop for SudoUser {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/etc/sudoers.d/loom-test-{}", self.name));
+        let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).status();
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+    }
+}

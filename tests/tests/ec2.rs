@@ -115,3 +115,98 @@ fn bad_credentials_unknown_instances_and_missing_fields_are_named() {
     assert!(!run.stderr.contains(SECRET) && !serde_json::to_string(&run.results).unwrap().contains(SECRET));
     plugins.assert_no_leftovers();
 }
+
+/// A proxy in front of moto that answers the first `refuse` requests the way EC2 answers
+/// when it throttles (HTTP 503, `RequestLimitExceeded`) and forwards the rest.
+fn throttling_proxy(upstream: &str, refuse: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}/", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (upstream, counter) = (upstream.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                // Read one request: the head, then Content-Length bytes of body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    let n = conn.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + length {
+                    let n = conn.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                if counter.fetch_add(1, Ordering::SeqCst) < refuse {
+                    let body = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors></Response>";
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
+                // One request per connection upstream, so the answer ends with the connection.
+                let head = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                up.write_all(head.as_bytes()).unwrap();
+                up.write_all(&buf[head_end..]).unwrap();
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let _ = conn.write_all(&answer);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn throttling_is_retried_with_backoff_and_gives_up_after_max_attempts() {
+    let moto = Moto::start(&[]);
+    let plugins = Plugins::new();
+    add_ec2(&plugins); // maxAttempts 2
+    plugins.add(
+        "provider",
+        "patient",
+        json!({"executable": bin_dir().join("loom-plugin-ec2"), "settings": {"pollSecs": 0.2, "maxAttempts": 5}}),
+    );
+    let (throttled_twice, seen_twice) = throttling_proxy(&moto.endpoint, 2);
+    let (always_throttled, _) = throttling_proxy(&moto.endpoint, usize::MAX);
+    let create = |id: &str, plugin: &str, endpoint: &str| {
+        let mut p = provider(endpoint, "AKIAIOSFODNN7EXAMPLE");
+        p["providertype"] = json!(plugin);
+        task(id, "CREATE", json!({"hostname": "h", "flavor": "t3.small", "image": "ami-12c6146b", "provider": p}))
+    };
+    let run = plugins
+        .run(&[create("patient", "patient", &throttled_twice), create("gives-up", "ec2", &always_throttled)], &[]);
+    let patient = run.result("patient");
+    assert_eq!(patient["status"], 0, "two throttled answers, then success: {patient}");
+    assert!(patient["result"]["providerid"].as_str().unwrap().starts_with("i-"));
+    assert_eq!(seen_twice.load(std::sync::atomic::Ordering::SeqCst), 3, "two refused, the third went through");
+    let gave_up = run.result("gives-up");
+    assert_eq!(gave_up["status"], 1, "a throttled CREATE may not have been refused outright: {gave_up}");
+    let why = gave_up["stderr"].as_str().unwrap();
+    assert!(why.contains("Request limit exceeded. (RequestLimitExceeded)"), "{why}");
+    plugins.assert_no_leftovers();
+}

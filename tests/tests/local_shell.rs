@@ -125,8 +125,14 @@ fn each_ssh_failure_has_its_own_message() {
         with("hostkey", "install.sh", json!({"ssh_host_keys": {"ed25519": other_key}})),
         with("noaddr", "install.sh", json!({"ipaddress": null, "ipaddresses": null})),
     ];
-    let run = plugins.run(&tasks, &[]);
+    let run = plugins.run(&tasks, &["--log-level", "info,loom::plugin=debug"]);
     let stderr = |id: &str| run.result(id)["stderr"].as_str().unwrap().to_owned();
+    // The command's output was streamed live into the log, under its task.
+    assert!(
+        run.stderr.lines().any(|l| l.contains("output: doing the work") && l.contains("task_id=exit")),
+        "{}",
+        run.stderr
+    );
     let addr = format!("127.0.0.1:{port}");
     let expect = [
         (
@@ -242,5 +248,41 @@ fn as_root_netns_machines_are_separate_hosts_on_a_bridge() {
     let bridge_left =
         std::process::Command::new("ip").args(["link", "show", &bridge]).output().unwrap().status.success();
     assert!(!bridge_left, "the bridge goes with the last machine");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn as_root_password_logins_work_and_other_users_run_scripts_through_sudo() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: creating a user and an sshd with password logins needs root (CI runs as root)");
+        return;
+    }
+    let user = loom_e2e::SudoUser::create("loomtest");
+    let sshd = loom_e2e::PasswordSshd::start(&user.name);
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    add_local_and_shell(&plugins, state.path(), json!({}));
+    // The default work folder for a non-root user: in the user's home.
+    plugins.add(
+        "automator",
+        "shell",
+        json!({"executable": loom_e2e::bin_dir().join("loom-plugin-shell"), "settings": {"scripts": plugins.path().join("scripts")}}),
+    );
+    let config = json!({"automators": ["shell"], "ipaddress": "127.0.0.1",
+                        "ssh-auth": {"user": user.name, "password": user.password, "port": sshd.port},
+                        "service": {"name": "s", "action": {"type": "shell", "script": "whoami.sh"}}});
+    let boot = |id: &str| loom_e2e::task(id, "BOOTSTRAP", config.clone());
+    let run = plugins
+        .run(&[boot("b1"), boot("b2"), loom_e2e::task("who", "INSTALL", config.clone())], &["--concurrency", "1"]);
+    for id in ["b1", "b2"] {
+        assert_eq!(run.result(id)["status"], 0, "BOOTSTRAP is idempotent: {}", run.result(id));
+    }
+    let who = run.result("who");
+    assert_eq!(who["status"], 0, "{who}");
+    let out = who["stdout"].as_str().unwrap();
+    assert!(out.starts_with("user=root task=/home/loomtest/.cache/loom/tasks/who.json"), "{out}");
+    // No key was pinned, so the one seen on first contact comes back.
+    assert_eq!(who["result"]["ssh_host_keys"]["ed25519"], sshd.host_key);
+    assert!(!run.stderr.contains(&user.password), "the password reached the log");
     plugins.assert_no_leftovers();
 }

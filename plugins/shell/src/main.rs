@@ -73,7 +73,7 @@ impl Automator for Shell {
             Some(dir) => Some(pack(dir)?),
             None => None,
         };
-        ctx.info(format!("bootstrapping {} on {}", remote.work_dir, session.addr()));
+        ctx.info(format!("bootstrapping {} on {}", remote.display(""), session.addr()));
         let (exit, out, err) = session.run(&remote.bootstrap_command(archive.is_some()), archive.as_deref()).await?;
         if !exit.success() {
             return Err(TaskError::new(format!(
@@ -84,8 +84,8 @@ impl Automator for Shell {
         }
         let mut result = TaskResult { stdout: out, stderr: err, ..TaskResult::default() };
         result.stdout.push_str(&match &self.scripts {
-            Some(dir) => format!("uploaded {} to {}/scripts\n", dir.display(), remote.work_dir),
-            None => format!("created {} (no scripts folder configured)\n", remote.work_dir),
+            Some(dir) => format!("uploaded {} to {}\n", dir.display(), remote.display("scripts")),
+            None => format!("created {} (no scripts folder configured)\n", remote.display("")),
         });
         finish(result, &target, session).await
     }
@@ -143,8 +143,8 @@ impl Shell {
                 err.trim()
             )));
         }
-        let script = remote.script_path(&action.script);
-        let (exit, _, _) = session.run(&format!("test -f {}", loom_plugin_ssh::shell_quote(&script)), None).await?;
+        let script = remote.script_display(&action.script);
+        let (exit, _, _) = session.run(&remote.check_script_command(&action.script), None).await?;
         if !exit.success() {
             let hint = match &self.scripts {
                 Some(dir) => {
@@ -159,7 +159,7 @@ impl Shell {
         }
 
         ctx.info(format!("{}: running {} on {}", task.task_name, action.script, session.addr()));
-        let command = remote.run_command(&task.task_id, &script, &action.args);
+        let command = remote.run_command(&task.task_id, &action.script, &action.args);
         let (mut out, mut err) = (Tail::default(), Tail::default());
         let cancel = ctx.cancellation_token();
         let ran = session

@@ -4,6 +4,9 @@
 //! - `scripts/`: the uploaded scripts folder;
 //! - `tasks/<taskId>.json`: each action's task, readable by the login user only;
 //! - `run/<taskId>.pid`: the process group of a running script, to kill it on cancel.
+//!
+//! A relative work folder is under the login user's home; every path handed to the remote
+//! shell is made absolute there (`"$HOME"/...`), so changing directory never breaks one.
 
 use loom_plugin_ssh::shell_quote;
 
@@ -15,65 +18,83 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn dir(&self, sub: &str) -> String {
-        shell_quote(&format!("{}/{sub}", self.work_dir.trim_end_matches('/')))
+    /// `sub` under the work folder, as one absolute shell word.
+    fn path(&self, sub: &str) -> String {
+        let rel = join(&self.work_dir, sub);
+        if rel.starts_with('/') { shell_quote(&rel) } else { format!("\"$HOME\"/{}", shell_quote(&rel)) }
+    }
+
+    /// `sub` under the work folder, for people.
+    pub fn display(&self, sub: &str) -> String {
+        let rel = join(&self.work_dir, sub);
+        if rel.starts_with('/') { rel } else { format!("~/{rel}") }
     }
 
     /// Creates the folders and, with `upload`, replaces `scripts/` with the tar archive on
     /// stdin. `flock` keeps concurrent BOOTSTRAPs of one host from interleaving.
     pub fn bootstrap_command(&self, upload: bool) -> String {
-        let work = shell_quote(&self.work_dir);
+        let work = self.path("");
         let prepare = format!(
             "umask 022 && mkdir -p {work} {run} && mkdir -p -m 700 {tasks}",
-            run = self.dir("run"),
-            tasks = self.dir("tasks")
+            run = self.path("run"),
+            tasks = self.path("tasks")
         );
         if !upload {
             return prepare;
         }
         format!(
             "{prepare} && flock {lock} sh -c 'rm -rf \"$1/scripts\" && tar -xf - -C \"$1\"' sh {work}",
-            lock = self.dir(".bootstrap.lock")
+            lock = self.path(".bootstrap.lock")
         )
     }
 
     /// Writes stdin to `tasks/<taskId>.json`, readable by the login user only.
     pub fn upload_task_command(&self, task_id: &str) -> String {
-        format!(
-            "umask 077 && mkdir -p {tasks} && cat > {file}",
-            tasks = self.dir("tasks"),
-            file = self.task_file(task_id)
-        )
+        format!("umask 077 && mkdir -p {} && cat > {}", self.path("tasks"), self.task_file(task_id))
     }
 
     fn task_file(&self, task_id: &str) -> String {
-        self.dir(&format!("tasks/{}.json", file_name(task_id)))
+        self.path(&format!("tasks/{}.json", file_name(task_id)))
     }
 
     fn pid_file(&self, task_id: &str) -> String {
-        self.dir(&format!("run/{}.pid", file_name(task_id)))
+        self.path(&format!("run/{}.pid", file_name(task_id)))
     }
 
-    /// Absolute scripts stay; others are relative to `scripts/`.
-    pub fn script_path(&self, script: &str) -> String {
+    /// The script as a shell word: absolute scripts stay; others are in `scripts/`.
+    pub fn script_word(&self, script: &str) -> String {
+        if script.starts_with('/') {
+            shell_quote(script)
+        } else {
+            self.path(&format!("scripts/{}", script.trim_start_matches("./")))
+        }
+    }
+
+    /// The script's path, for people.
+    pub fn script_display(&self, script: &str) -> String {
         if script.starts_with('/') {
             script.to_owned()
         } else {
-            format!("{}/scripts/{}", self.work_dir.trim_end_matches('/'), script.trim_start_matches("./"))
+            self.display(&format!("scripts/{}", script.trim_start_matches("./")))
         }
+    }
+
+    /// Tests that the script exists.
+    pub fn check_script_command(&self, script: &str) -> String {
+        format!("test -f {}", self.script_word(script))
     }
 
     /// Runs the script from the scripts folder, recording the shell's process group
     /// (sshd makes it a session leader) so that a cancel can kill everything it started.
     pub fn run_command(&self, task_id: &str, script: &str, args: &str) -> String {
         let sudo = if self.sudo { "sudo -E -n " } else { "" };
-        let quoted = shell_quote(script);
-        let run = format!("if [ -x {quoted} ]; then {sudo}{quoted} {args}; else {sudo}sh {quoted} {args}; fi");
+        let word = self.script_word(script);
+        let run = format!("if [ -x {word} ]; then {sudo}{word} {args}; else {sudo}sh {word} {args}; fi");
         format!(
             "echo $$ > {pid}; cd {scripts} 2>/dev/null || cd {work}; export LOOM_TASK_JSON={task} LOOM_TASK_ID={id}; {run}; rc=$?; rm -f {pid}; exit $rc",
             pid = self.pid_file(task_id),
-            scripts = self.dir("scripts"),
-            work = shell_quote(&self.work_dir),
+            scripts = self.path("scripts"),
+            work = self.path(""),
             task = self.task_file(task_id),
             id = shell_quote(task_id),
         )
@@ -89,6 +110,11 @@ impl Remote {
     }
 }
 
+fn join(dir: &str, sub: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    if sub.is_empty() { dir.to_owned() } else { format!("{dir}/{sub}") }
+}
+
 /// A task id made safe for a file name.
 fn file_name(task_id: &str) -> String {
     task_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
@@ -101,14 +127,17 @@ mod tests {
     #[test]
     fn paths_and_commands() {
         let r = Remote { work_dir: "/var/cache/loom".into(), sudo: true };
-        assert_eq!(r.script_path("install.sh"), "/var/cache/loom/scripts/install.sh");
-        assert_eq!(r.script_path("/opt/x.sh"), "/opt/x.sh");
-        let cmd = r.run_command("t/1 x", "/var/cache/loom/scripts/a.sh", "'8080'");
+        assert_eq!(r.script_word("install.sh"), "/var/cache/loom/scripts/install.sh");
+        assert_eq!(r.script_word("/opt/x.sh"), "/opt/x.sh");
+        let cmd = r.run_command("t/1 x", "a.sh", "'8080'");
         assert!(cmd.contains("sudo -E -n /var/cache/loom/scripts/a.sh '8080'"), "{cmd}");
         assert!(cmd.contains("run/t_1_x.pid"), "{cmd}");
         assert!(r.kill_command("t").contains("sudo -n kill -TERM"));
-        let root = Remote { work_dir: ".cache/loom".into(), sudo: false };
-        assert!(!root.run_command("t", "a", "").contains("sudo"));
-        assert!(root.bootstrap_command(true).contains("flock"));
+        let home = Remote { work_dir: ".cache/loom".into(), sudo: false };
+        assert_eq!(home.script_word("a.sh"), "\"$HOME\"/.cache/loom/scripts/a.sh");
+        assert_eq!(home.script_display("a.sh"), "~/.cache/loom/scripts/a.sh");
+        assert!(!home.run_command("t", "a", "").contains("sudo"));
+        assert!(home.run_command("t", "a", "").contains("LOOM_TASK_JSON=\"$HOME\"/.cache/loom/tasks/t.json"));
+        assert!(home.bootstrap_command(true).contains("flock"));
     }
 }
