@@ -38,6 +38,10 @@ pub trait Provider: Send + Sync + 'static {
 ///
 /// Same rules as [`Provider`]. [`Task::action_script`] and [`Task::action_data`] read
 /// the action in both Loom's and Coopr's shape; [`Task::ssh_auth`] the credentials.
+///
+/// The six service actions (INSTALL to REMOVE) call [`Automator::action`] unless they are
+/// overridden: an automator that runs every action the same way (a script, a recipe)
+/// implements `bootstrap` and `action` only.
 pub trait Automator: Send + Sync + 'static {
     /// Called once, with the manifest's `settings`, before any task.
     fn setup(&mut self, settings: &Map<String, Value>) -> Result<(), TaskError> {
@@ -47,18 +51,35 @@ pub trait Automator: Send + Sync + 'static {
     /// Prepare the machine for later tasks. Must be idempotent and leave other automators'
     /// work alone: it runs again whenever a cluster is reconfigured.
     fn bootstrap(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    /// Run a service action (the task's name says which). The default fails the task.
+    fn action(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        let _ = ctx;
+        async move { Err(TaskError::new(format!("this automator does not implement {}", task.task_name))) }
+    }
     /// Run the service's install action.
-    fn install(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    fn install(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        self.action(task, ctx)
+    }
     /// Run the service's configure action.
-    fn configure(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    fn configure(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        self.action(task, ctx)
+    }
     /// Run the service's initialize action.
-    fn initialize(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    fn initialize(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        self.action(task, ctx)
+    }
     /// Run the service's start action.
-    fn start(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    fn start(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        self.action(task, ctx)
+    }
     /// Run the service's stop action.
-    fn stop(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    fn stop(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        self.action(task, ctx)
+    }
     /// Run the service's remove action.
-    fn remove(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send;
+    fn remove(&self, task: Task, ctx: Context) -> impl Future<Output = TaskOutcome> + Send {
+        self.action(task, ctx)
+    }
 }
 
 /// A task failure: a message for `stderr`, a status (1 unless set), and any result keys

@@ -387,6 +387,34 @@ impl Nodes {
     }
 }
 
+/// A service action of the example web app (`examples/webapp`) for the `shell` automator.
+pub fn webapp(script: &str, port: u16) -> Value {
+    json!({"service": {"name": "webapp", "action": {"type": "shell", "script": script, "data": port.to_string()}}})
+}
+
+impl Nodes {
+    /// BOOTSTRAP, then INSTALL, CONFIGURE and START of the example web app on port
+    /// `port(i)` of node `i`; panics unless every step succeeds.
+    pub fn start_webapp(&mut self, plugins: &Plugins, port: impl Fn(usize) -> u16) {
+        self.phase(plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+        for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
+            let run = self.phase(plugins, step, &step.to_uppercase(), |i| webapp(script, port(i)));
+            // The command's output comes back in the result.
+            assert!(
+                run.results.iter().all(|r| !r["stdout"].as_str().unwrap_or_default().is_empty()),
+                "{:#?}",
+                run.results
+            );
+        }
+    }
+
+    /// STOP and REMOVE of the web app.
+    pub fn remove_webapp(&mut self, plugins: &Plugins, port: impl Fn(usize) -> u16) {
+        self.phase(plugins, "stop", "STOP", |i| webapp("stop.sh", port(i)));
+        self.phase(plugins, "remove", "REMOVE", |i| webapp("remove.sh", port(i)));
+    }
+}
+
 /// `GET /` on `addr`, the body.
 pub fn http_get(addr: &str) -> std::io::Result<String> {
     use std::io::Read;

@@ -96,20 +96,15 @@ fn hosts_you_own_run_the_web_service_and_bad_logins_are_named() {
     names.sort();
     assert_eq!(names, ["owned-0.example", "owned-1.example"], "CONFIRM names each host as listed");
     assert!(nodes.configs.iter().all(|c| c["ssh_host_keys"]["ed25519"].is_string()));
-    let service = |script: &str, port: u16| json!({"service": {"name": "webapp", "action": {"type": "shell", "script": script, "data": port.to_string()}}});
     let port = |i: usize| 18280 + u16::try_from(i).unwrap();
-    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
-    for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
-        nodes.phase(&plugins, step, &step.to_uppercase(), |i| service(script, port(i)));
-    }
+    nodes.start_webapp(&plugins, port);
     for i in 0..2 {
         assert_eq!(
             http_get(&format!("127.0.0.1:{}", port(i))).unwrap().trim(),
             format!("hello from owned-{i}.example")
         );
     }
-    nodes.phase(&plugins, "stop", "STOP", |i| service("stop.sh", port(i)));
-    nodes.phase(&plugins, "remove", "REMOVE", |i| service("remove.sh", port(i)));
+    nodes.remove_webapp(&plugins, port);
     nodes.phase(&plugins, "delete", "DELETE", |_| json!({}));
 
     // A host whose password is wrong, and one where nothing listens.

@@ -3,12 +3,8 @@
 
 use std::time::Duration;
 
-use loom_e2e::{Nodes, Plugins, add_local_and_shell, http_get, machine_processes};
+use loom_e2e::{Nodes, Plugins, add_local_and_shell, http_get, machine_processes, webapp};
 use serde_json::{Value, json};
-
-fn service(script: &str, port: u16) -> Value {
-    json!({"service": {"name": "webapp", "action": {"type": "shell", "script": script, "data": port.to_string()}}})
-}
 
 fn base(i: usize) -> Value {
     json!({"hostname": format!("node-{i}.local"), "provider": {"name": "local", "providertype": "local"}, "automators": ["shell"]})
@@ -43,21 +39,15 @@ fn three_local_machines_run_a_web_service_installed_by_the_shell_automator() {
     }
     let port = |i: usize| 18080 + u16::try_from(i).unwrap();
 
-    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
-    for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
-        let run = nodes.phase(&plugins, step, &step.to_uppercase(), |i| service(script, port(i)));
-        // The command's output came back, and was streamed live into the log too.
-        assert!(run.results.iter().all(|r| !r["stdout"].as_str().unwrap().is_empty()), "{:#?}", run.results);
-    }
+    nodes.start_webapp(&plugins, port);
     for i in 0..3 {
         let body = http_get(&format!("127.0.0.1:{}", port(i))).unwrap();
         assert_eq!(body.trim(), format!("hello from node-{i}.local"));
     }
-    nodes.phase(&plugins, "stop", "STOP", |i| service("stop.sh", port(i)));
+    nodes.remove_webapp(&plugins, port);
     for i in 0..3 {
         assert!(http_get(&format!("127.0.0.1:{}", port(i))).is_err(), "node {i} still serves after STOP");
     }
-    nodes.phase(&plugins, "remove", "REMOVE", |i| service("remove.sh", port(i)));
     delete_all(&plugins, &mut nodes);
 
     for id in &ids {
@@ -78,10 +68,7 @@ fn delete_stops_whatever_the_machine_still_runs() {
     add_local_and_shell(&plugins, state.path(), json!({}));
     let mut nodes = machines(&plugins, 1);
     let id = ids(&nodes).remove(0);
-    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
-    nodes.phase(&plugins, "install", "INSTALL", |_| service("install.sh", 18190));
-    nodes.phase(&plugins, "configure", "CONFIGURE", |_| service("configure.sh", 18190));
-    nodes.phase(&plugins, "start", "START", |_| service("start.sh", 18190));
+    nodes.start_webapp(&plugins, |_| 18190);
     assert!(!machine_processes(&id).is_empty(), "the server runs inside the machine");
     // No STOP: DELETE alone must leave nothing running.
     delete_all(&plugins, &mut nodes);
@@ -107,7 +94,7 @@ fn each_ssh_failure_has_its_own_message() {
 
     let with = |id: &str, script: &str, patch: Value| {
         let mut config = node.clone();
-        loom_e2e::merge(&mut config, service(script, 0));
+        loom_e2e::merge(&mut config, webapp(script, 0));
         loom_e2e::merge(&mut config, patch);
         loom_e2e::task(id, "INSTALL", config)
     };
@@ -182,7 +169,7 @@ fn a_cancelled_action_kills_the_remote_command_and_its_children() {
     let mut nodes = machines(&plugins, 1);
     let id = ids(&nodes).remove(0);
     nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
-    let run = plugins.run(&nodes.tasks("slow", "INSTALL", |_| service("slow.sh", 0)), &[]);
+    let run = plugins.run(&nodes.tasks("slow", "INSTALL", |_| webapp("slow.sh", 0)), &[]);
     let r = run.result("slow-0");
     assert_ne!(r["status"], 0);
     let why = r["stderr"].as_str().unwrap();
@@ -225,10 +212,7 @@ fn as_root_netns_machines_are_separate_hosts_on_a_bridge() {
     assert!(nodes.configs.iter().all(|c| c["ssh-auth"]["port"] == 22), "sshd on port 22 in each");
 
     // The same port on every machine: they are separate hosts.
-    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
-    for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
-        nodes.phase(&plugins, step, &step.to_uppercase(), |_| service(script, 8080));
-    }
+    nodes.start_webapp(&plugins, |_| 8080);
     for (i, a) in addrs.iter().enumerate() {
         assert_eq!(http_get(&format!("{a}:8080")).unwrap().trim(), format!("hello from node-{i}.local"));
     }

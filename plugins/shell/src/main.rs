@@ -78,7 +78,7 @@ impl Automator for Shell {
         if !exit.success() {
             return Err(TaskError::new(format!(
                 "BOOTSTRAP on {target:?} failed: preparing {} {exit}: {}",
-                remote.work_dir,
+                remote.display(""),
                 err.trim()
             )));
         }
@@ -90,23 +90,9 @@ impl Automator for Shell {
         finish(result, &target, session).await
     }
 
-    async fn install(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.action(task, ctx).await
-    }
-    async fn configure(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.action(task, ctx).await
-    }
-    async fn initialize(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.action(task, ctx).await
-    }
-    async fn start(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.action(task, ctx).await
-    }
-    async fn stop(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.action(task, ctx).await
-    }
-    async fn remove(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.action(task, ctx).await
+    /// INSTALL to REMOVE alike: upload the task, run the script, stream its output.
+    async fn action(&self, task: Task, ctx: Context) -> TaskOutcome {
+        self.run_action(task, ctx).await
     }
 }
 
@@ -129,8 +115,7 @@ impl Shell {
         Ok((target, session))
     }
 
-    /// INSTALL to REMOVE: upload the task, run the script, stream its output.
-    async fn action(&self, task: Task, ctx: Context) -> TaskOutcome {
+    async fn run_action(&self, task: Task, ctx: Context) -> TaskOutcome {
         let action = Action::from_task(&task)?;
         let (target, session) = self.connect(&task, &ctx).await?;
         let remote = self.remote(&target);

@@ -90,8 +90,11 @@ impl Session {
 
         // Scripts may run silently for a long time: no inactivity limit, but keepalives so
         // that a host that vanished is noticed (after three unanswered ones).
-        let mut config =
-            client::Config { inactivity_timeout: None, keepalive_interval: Some(Duration::from_secs(30)), ..Default::default() };
+        let mut config = client::Config {
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Default::default()
+        };
         if !target.host_keys.0.is_empty() {
             // Ask for the kind of key that was pinned, so a server with several host keys
             // presents the one we know.

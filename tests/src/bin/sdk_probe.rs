@@ -36,22 +36,7 @@ impl Automator for Probe {
     async fn bootstrap(&self, task: Task, ctx: Context) -> TaskOutcome {
         act(task, ctx).await
     }
-    async fn install(&self, task: Task, ctx: Context) -> TaskOutcome {
-        act(task, ctx).await
-    }
-    async fn configure(&self, task: Task, ctx: Context) -> TaskOutcome {
-        act(task, ctx).await
-    }
-    async fn initialize(&self, task: Task, ctx: Context) -> TaskOutcome {
-        act(task, ctx).await
-    }
-    async fn start(&self, task: Task, ctx: Context) -> TaskOutcome {
-        act(task, ctx).await
-    }
-    async fn stop(&self, task: Task, ctx: Context) -> TaskOutcome {
-        act(task, ctx).await
-    }
-    async fn remove(&self, task: Task, ctx: Context) -> TaskOutcome {
+    async fn action(&self, task: Task, ctx: Context) -> TaskOutcome {
         act(task, ctx).await
     }
 }

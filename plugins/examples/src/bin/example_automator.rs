@@ -88,22 +88,9 @@ impl Automator for ExampleAutomator {
         ctx.info(format!("work folder {} is ready", self.work_dir.display()));
         Ok(TaskResult::ok().with("example_workdir", self.work_dir.display().to_string()))
     }
-    async fn install(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.run_action(task, ctx).await
-    }
-    async fn configure(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.run_action(task, ctx).await
-    }
-    async fn initialize(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.run_action(task, ctx).await
-    }
-    async fn start(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.run_action(task, ctx).await
-    }
-    async fn stop(&self, task: Task, ctx: Context) -> TaskOutcome {
-        self.run_action(task, ctx).await
-    }
-    async fn remove(&self, task: Task, ctx: Context) -> TaskOutcome {
+
+    /// INSTALL to REMOVE alike: run the action's script.
+    async fn action(&self, task: Task, ctx: Context) -> TaskOutcome {
         self.run_action(task, ctx).await
     }
 }
