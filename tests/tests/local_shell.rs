@@ -18,6 +18,16 @@ fn machines(plugins: &Plugins, n: usize) -> Nodes {
     nodes
 }
 
+/// A plugins folder with `local` (state in the returned folder) and `shell`, and `n`
+/// machines created and confirmed.
+fn local_machines(n: usize, local_settings: Value) -> (Plugins, tempfile::TempDir, Nodes) {
+    let plugins = Plugins::new();
+    let state = tempfile::tempdir().unwrap();
+    add_local_and_shell(&plugins, state.path(), local_settings);
+    let nodes = machines(&plugins, n);
+    (plugins, state, nodes)
+}
+
 fn ids(nodes: &Nodes) -> Vec<String> {
     nodes.configs.iter().map(|c| c["providerid"].as_str().unwrap().to_owned()).collect()
 }
@@ -28,10 +38,7 @@ fn delete_all(plugins: &Plugins, nodes: &mut Nodes) {
 
 #[test]
 fn three_local_machines_run_a_web_service_installed_by_the_shell_automator() {
-    let plugins = Plugins::new();
-    let state = tempfile::tempdir().unwrap();
-    add_local_and_shell(&plugins, state.path(), json!({}));
-    let mut nodes = machines(&plugins, 3);
+    let (plugins, state, mut nodes) = local_machines(3, json!({}));
     let ids = ids(&nodes);
     for c in &nodes.configs {
         assert_eq!(c["ipaddresses"]["access_v4"], "127.0.0.1");
@@ -63,10 +70,7 @@ fn three_local_machines_run_a_web_service_installed_by_the_shell_automator() {
 
 #[test]
 fn delete_stops_whatever_the_machine_still_runs() {
-    let plugins = Plugins::new();
-    let state = tempfile::tempdir().unwrap();
-    add_local_and_shell(&plugins, state.path(), json!({}));
-    let mut nodes = machines(&plugins, 1);
+    let (plugins, _state, mut nodes) = local_machines(1, json!({}));
     let id = ids(&nodes).remove(0);
     nodes.start_webapp(&plugins, |_| 18190);
     assert!(!machine_processes(&id).is_empty(), "the server runs inside the machine");
@@ -79,10 +83,7 @@ fn delete_stops_whatever_the_machine_still_runs() {
 
 #[test]
 fn each_ssh_failure_has_its_own_message() {
-    let plugins = Plugins::new();
-    let state = tempfile::tempdir().unwrap();
-    add_local_and_shell(&plugins, state.path(), json!({}));
-    let mut nodes = machines(&plugins, 1);
+    let (plugins, _state, mut nodes) = local_machines(1, json!({}));
     nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
     let node = nodes.configs[0].clone();
     let port = node["ssh-auth"]["port"].as_u64().unwrap();
