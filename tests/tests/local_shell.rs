@@ -271,3 +271,26 @@ fn as_root_password_logins_work_and_other_users_run_scripts_through_sudo() {
     assert!(!run.stderr.contains(&user.password), "the password reached the log");
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn many_concurrent_actions_on_one_host_get_past_sshds_maxstartups() {
+    // sshd drops unauthenticated connections beyond MaxStartups: with 2, twelve tasks at
+    // once would mostly fail without the automator's retries.
+    let (plugins, _state, mut nodes) = local_machines(1, json!({"sshdOptions": ["MaxStartups 2"]}));
+    nodes.phase(&plugins, "bootstrap", "BOOTSTRAP", |_| json!({}));
+    let one = nodes.tasks("x", "INSTALL", |_| webapp("fail.sh", 0)).remove(0);
+    let tasks: Vec<Value> = (0..12)
+        .map(|i| {
+            let mut t = one.clone();
+            t["taskId"] = json!(format!("many-{i}"));
+            t
+        })
+        .collect();
+    let run = plugins.run(&tasks, &["--concurrency", "12"]);
+    for i in 0..12 {
+        let r = run.result(&format!("many-{i}"));
+        assert_eq!(r["status"], 3, "every task reached its script (fail.sh exits 3): {r}");
+    }
+    delete_all(&plugins, &mut nodes);
+    plugins.assert_no_leftovers();
+}

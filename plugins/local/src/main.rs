@@ -36,6 +36,8 @@ struct Local {
     keygen: PathBuf,
     user: String,
     confirm_timeout: Duration,
+    /// Extra sshd_config lines.
+    sshd_options: Vec<String>,
     /// Serialises address allocation in netns mode within this process; a lock file does
     /// it across processes.
     allocating: Mutex<()>,
@@ -51,6 +53,7 @@ impl Default for Local {
             keygen: PathBuf::from("ssh-keygen"),
             user: String::new(),
             confirm_timeout: CONFIRM_TIMEOUT,
+            sshd_options: Vec::new(),
             allocating: Mutex::new(()),
         }
     }
@@ -120,6 +123,17 @@ impl Provider for Local {
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .ok_or_else(|| TaskError::new("settings.confirmTimeoutSecs must be a number of seconds"))?;
         }
+        self.sshd_options = match settings.get("sshdOptions") {
+            None => Vec::new(),
+            Some(Value::Array(lines)) => lines
+                .iter()
+                .map(|l| match l.as_str() {
+                    Some(s) if !s.contains('\n') => Ok(s.to_owned()),
+                    _ => Err(TaskError::new("settings.sshdOptions must be an array of sshd_config lines")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(TaskError::new("settings.sshdOptions must be an array of sshd_config lines")),
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -225,7 +239,8 @@ impl Local {
             }
         }
         folder.save(&m).map_err(|e| e.to_string())?;
-        std::fs::write(folder.sshd_config(), sshd::config(folder, &m)).map_err(|e| e.to_string())?;
+        std::fs::write(folder.sshd_config(), sshd::config(folder, &m, &self.sshd_options))
+            .map_err(|e| e.to_string())?;
         ctx.debug(format!("starting {} for {id}", self.sshd.display()));
         sshd::start(&self.sshd, folder, &prefix).await?;
         Ok(m)

@@ -31,33 +31,40 @@ pub async fn make_keys(keygen: &Path, folder: &Folder) -> Result<(), String> {
 }
 
 /// The sshd configuration: key login only, for the machine's user, on its address.
-pub fn config(folder: &Folder, m: &Machine) -> String {
+/// An `extra` line replaces the default with the same keyword (sshd takes the first value
+/// of some keywords and the last of others, so each keyword appears once).
+pub fn config(folder: &Folder, m: &Machine, extra: &[String]) -> String {
     let listen = match m.network {
         Network::Loopback => format!("{}:{}", m.address, m.port),
         Network::Netns => format!("0.0.0.0:{}", m.port),
     };
-    format!(
-        "# Written by loom-plugin-local for machine {id}.\n\
-         ListenAddress {listen}\n\
-         HostKey {host_key}\n\
-         PidFile {pid}\n\
-         AuthorizedKeysFile {authorized}\n\
-         AllowUsers {user}\n\
-         PasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\n\
-         PubkeyAuthentication yes\n\
-         PermitRootLogin prohibit-password\n\
-         UsePAM no\n\
-         StrictModes no\n\
-         SetEnv {MACHINE_ENV}={id}\n\
-         Subsystem sftp internal-sftp\n\
-         LogLevel INFO\n",
-        id = m.id,
-        host_key = folder.host_key().display(),
-        pid = folder.pid_file().display(),
-        authorized = folder.authorized_keys().display(),
-        user = m.user,
-    )
+    let defaults = [
+        format!("ListenAddress {listen}"),
+        format!("HostKey {}", folder.host_key().display()),
+        format!("PidFile {}", folder.pid_file().display()),
+        format!("AuthorizedKeysFile {}", folder.authorized_keys().display()),
+        format!("AllowUsers {}", m.user),
+        "PasswordAuthentication no".into(),
+        "KbdInteractiveAuthentication no".into(),
+        "PubkeyAuthentication yes".into(),
+        "PermitRootLogin prohibit-password".into(),
+        "UsePAM no".into(),
+        "StrictModes no".into(),
+        format!("SetEnv {MACHINE_ENV}={}", m.id),
+        // Many tasks log in at once; sshd's default of 10 drops the rest.
+        "MaxStartups 100".into(),
+        "MaxSessions 100".into(),
+        "Subsystem sftp internal-sftp".into(),
+        "LogLevel INFO".into(),
+    ];
+    let keyword = |line: &str| line.split_whitespace().next().unwrap_or_default().to_ascii_lowercase();
+    let overridden: Vec<String> = extra.iter().map(|l| keyword(l)).collect();
+    let mut text = format!("# Written by loom-plugin-local for machine {}.\n", m.id);
+    for line in defaults.iter().filter(|l| !overridden.contains(&keyword(l))).chain(extra) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 /// Starts sshd (it detaches into the background once its configuration checks out).

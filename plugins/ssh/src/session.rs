@@ -74,18 +74,41 @@ impl client::Handler for Checker {
 }
 
 impl Session {
-    /// Connects, checks the host key and logs in, all within `limit`.
+    /// Connects, checks the host key and logs in, all within `limit`. A connection the
+    /// server drops during the handshake is tried again, with backoff (100 ms doubling to
+    /// 2 s, jittered), until `limit`: sshd drops new connections at random beyond its
+    /// `MaxStartups` (10 by default), which many concurrent tasks to one host easily reach.
     ///
     /// # Errors
     /// A distinct [`SshError`] for: connection refused, unreachable, no answer in time,
     /// host key changed, credentials refused, unusable private key.
     pub async fn connect(target: &Target, limit: Duration) -> Result<Session, SshError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Session::connect_once(target, limit, deadline).await {
+                Err(SshError::Session { .. }) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::debug!("{target:?}: connection dropped during the handshake; trying again");
+                    tokio::time::sleep(delay.mul_f64(0.5 + jitter())).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(
+        target: &Target,
+        limit: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Session, SshError> {
         let addr = target.addr();
         let timeout = || SshError::Timeout { addr: addr.clone(), secs: limit.as_secs().max(1) };
-        let stream = tokio::time::timeout(limit, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
-            .await
-            .map_err(|_| timeout())?
-            .map_err(|e| connect_error(&addr, &e))?;
+        let stream =
+            tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
+                .await
+                .map_err(|_| timeout())?
+                .map_err(|e| connect_error(&addr, &e))?;
         let _ = stream.set_nodelay(true);
 
         // Scripts may run silently for a long time: no inactivity limit, but keepalives so
@@ -104,7 +127,7 @@ impl Session {
         let seen = Arc::new(Mutex::new(None));
         let checker = Checker { pinned: target.host_keys.clone(), seen: Arc::clone(&seen) };
         let handshake = client::connect_stream(Arc::new(config), stream, checker);
-        let mut handle = match tokio::time::timeout(limit, handshake).await {
+        let mut handle = match tokio::time::timeout_at(deadline, handshake).await {
             Err(_) => return Err(timeout()),
             Ok(Ok(h)) => h,
             Ok(Err(russh::Error::UnknownKey)) => {
@@ -117,7 +140,7 @@ impl Session {
             addr: addr.clone(),
             reason: "the server presented no host key".into(),
         })?;
-        tokio::time::timeout(limit, authenticate(&mut handle, target, &addr)).await.map_err(|_| timeout())??;
+        tokio::time::timeout_at(deadline, authenticate(&mut handle, target, &addr)).await.map_err(|_| timeout())??;
         Ok(Session { handle, addr, host_key })
     }
 
@@ -249,6 +272,13 @@ fn describe(e: &russh::Error) -> String {
         russh::Error::IO(io) => io.to_string(),
         other => other.to_string(),
     }
+}
+
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Turns a byte stream into text without splitting a UTF-8 character across chunks.
