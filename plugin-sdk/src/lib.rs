@@ -55,6 +55,7 @@ pub struct Plugin {
     version: String,
     max_concurrency: Option<u32>,
     tasks: Option<Vec<TaskName>>,
+    idempotent: Vec<TaskName>,
     forward_tracing: bool,
 }
 
@@ -62,7 +63,14 @@ impl Plugin {
     /// A plugin called `name` (informational; the supervisor routes by the registered
     /// name) at `version`.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
-        Plugin { name: name.into(), version: version.into(), max_concurrency: None, tasks: None, forward_tracing: true }
+        Plugin {
+            name: name.into(),
+            version: version.into(),
+            max_concurrency: None,
+            tasks: None,
+            idempotent: Vec::new(),
+            forward_tracing: true,
+        }
     }
 
     /// At most `n` tasks at once (declared in the handshake; the supervisor's manifest
@@ -75,6 +83,13 @@ impl Plugin {
     /// Declare only these tasks (default: every task of the plugin's kind).
     pub fn tasks(mut self, tasks: impl IntoIterator<Item = TaskName>) -> Self {
         self.tasks = Some(tasks.into_iter().collect());
+        self
+    }
+
+    /// Declares tasks that are safe to run twice (CONFIRM, DELETE, BOOTSTRAP usually are):
+    /// a daemon restarted while one ran runs it again rather than failing it.
+    pub fn idempotent(mut self, tasks: impl IntoIterator<Item = TaskName>) -> Self {
+        self.idempotent = tasks.into_iter().collect();
         self
     }
 

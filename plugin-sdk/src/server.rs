@@ -230,6 +230,7 @@ impl<D: Dispatch> Server<D> {
             version: self.info.version.clone(),
             tasks: self.declared(),
             max_concurrency: self.info.max_concurrency,
+            idempotent_tasks: self.info.idempotent.clone(),
         })
     }
 

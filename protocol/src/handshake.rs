@@ -75,6 +75,10 @@ pub struct HandshakeResult {
     /// How many tasks it runs at once; lowers the manifest's `maxConcurrency`, never raises it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Tasks that are safe to run twice: a daemon restarted while one ran re-runs it
+    /// instead of failing it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotent_tasks: Vec<TaskName>,
 }
 
 #[cfg(test)]

@@ -30,12 +30,12 @@ const USAGE: u8 = 2;
 )]
 struct Cli {
     /// Log filter: a level (trace, debug, info, warn, error), optionally with per-target
-    /// levels, e.g. "warn,loom::plugin=debug".
-    #[arg(long, global = true, env = "LOOM_LOG", default_value = "info")]
-    log_level: String,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
-    log_format: Format,
+    /// levels, e.g. "warn,loom::plugin=debug" [default: info, or the daemon's log.level].
+    #[arg(long, global = true, env = "LOOM_LOG")]
+    log_level: Option<String>,
+    /// Log format on stderr [default: human, or the daemon's log.format].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<Format>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +48,43 @@ enum Command {
     Plugins(PluginsArgs),
     /// Run the protocol conformance suite against one plugin.
     Check(conformance::CheckArgs),
+    /// Run the daemon: the HTTP task API, a durable journal, systemd notifications.
+    Serve(ServeArgs),
+    /// Send tasks to a running daemon (one JSON document, or one object per line).
+    Submit(SubmitArgs),
+    /// Show a running daemon's plugins, or one task.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE", default_value = "/etc/loom-provisioner/config.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct SubmitArgs {
+    /// The tasks; "-" or nothing for stdin.
+    #[arg(value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Wait for each task and print its result line (as `run` does); exit 1 if any failed.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    api: crate::client::ApiArgs,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// A task id: show that task instead of the plugins.
+    #[arg(value_name = "TASK_ID")]
+    task: Option<String>,
+    /// Print the daemon's JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: crate::client::ApiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -83,7 +120,24 @@ pub fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(USAGE) } else { ExitCode::SUCCESS };
         }
     };
-    let filter = match logging::parse_filter(&cli.log_level) {
+    // The daemon's configuration is read first: it may set the log level and format.
+    let config = match &cli.command {
+        Command::Serve(args) => match crate::config::load(&args.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("loom-provisioner: {e}");
+                return ExitCode::from(USAGE);
+            }
+        },
+        _ => None,
+    };
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.log_level.clone()))
+        .unwrap_or_else(|| "info".into());
+    let format = cli.log_format.or_else(|| config.as_ref().and_then(|c| c.log_format)).unwrap_or_default();
+    let filter = match logging::parse_filter(&level) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("loom-provisioner: {e}");
@@ -91,7 +145,7 @@ pub fn main() -> ExitCode {
         }
     };
     let plugin_level = logging::plugin_level(&filter);
-    logging::init(cli.log_format, filter);
+    logging::init(format, filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -104,6 +158,18 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run(args, plugin_level).await,
             Command::Plugins(args) => plugins(&args),
             Command::Check(args) => conformance::main(args, plugin_level).await,
+            Command::Serve(_) => match config {
+                Some(config) => crate::serve::serve(config, plugin_level).await,
+                None => ExitCode::from(USAGE),
+            },
+            Command::Submit(args) => submit(args).await,
+            Command::Status(args) => match crate::client::Api::resolve(&args.api) {
+                Ok(api) => crate::client::status(&api, args.task.as_deref(), args.json).await,
+                Err(e) => {
+                    eprintln!("loom-provisioner: {e}");
+                    ExitCode::from(USAGE)
+                }
+            },
         }
     })
 }
@@ -183,6 +249,26 @@ async fn run(args: RunArgs, plugin_level: LogLevel) -> ExitCode {
     }
     sup.shutdown().await;
     if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+async fn submit(args: SubmitArgs) -> ExitCode {
+    let api = match crate::client::Api::resolve(&args.api) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("loom-provisioner: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let source = args.input.as_deref().filter(|p| *p != Path::new("-"));
+    match read_tasks(source) {
+        Ok(tasks) => crate::client::submit(&api, tasks, args.wait).await,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("loom-provisioner: {e}");
+            }
+            ExitCode::from(USAGE)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM with the signal's name.

@@ -48,7 +48,13 @@ pub(crate) async fn supervise(plugin: Arc<Plugin>, slot: usize, mut control: mps
         tracing::info!(plugin = %spec.name, pid = process.pid(), version = %handshake.version,
             "ready: {} tasks at once, handles {}", capacity,
             handshake.tasks.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" "));
-        let generation = plugin.set_ready(slot, Arc::clone(process.connection()), capacity, handshake.tasks);
+        let generation = plugin.set_ready(
+            slot,
+            Arc::clone(process.connection()),
+            capacity,
+            handshake.tasks,
+            handshake.idempotent_tasks,
+        );
 
         let end = process.serve(&mut control, generation, &spec).await;
         // No new task may take this process from here on.

@@ -16,21 +16,31 @@
 //! | plugins are found | [`registry`] and [`manifest`] |
 //! | credentials are kept out of logs | [`redact`] |
 //! | plugin authors check their plugin | [`conformance`] |
+//! | the daemon: config, journal, API, systemd | [`config`], [`journal`], [`daemon`], [`http`], [`serve`], [`notify`], [`metrics`] |
+//! | the daemon's client (`submit`, `status`) | [`client`] |
 
 pub mod capture;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod conformance;
 pub mod connection;
+pub mod daemon;
 pub mod envelope;
+pub mod http;
 pub mod instance;
+pub mod journal;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
+pub mod notify;
 pub mod plugin;
 pub mod process;
 pub mod redact;
 pub mod registry;
 pub mod restart;
 pub mod router;
+pub mod serve;
 pub mod spawn;
 pub mod supervisor;
 

@@ -114,6 +114,43 @@ pub mod defaults {
     pub const QUEUE_CAPACITY: usize = 1024;
 }
 
+/// Values for keys a manifest leaves out: the built-in defaults, or the daemon's
+/// configuration (`[defaults]` in config.toml).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    /// Per-task timeout.
+    pub task_timeout: Duration,
+    /// Handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Each step of a graceful stop.
+    pub shutdown_grace: Duration,
+    /// Between a timed-out task's cancel and the kill.
+    pub cancel_grace: Duration,
+    /// Idle ping interval; `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    /// Ping timeout.
+    pub ping_timeout: Duration,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Waiting tasks per plugin.
+    pub queue_capacity: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            task_timeout: defaults::TASK_TIMEOUT,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            cancel_grace: defaults::CANCEL_GRACE,
+            ping_interval: Some(defaults::PING_INTERVAL),
+            ping_timeout: defaults::PING_TIMEOUT,
+            restart: RestartPolicy::default(),
+            queue_capacity: defaults::QUEUE_CAPACITY,
+        }
+    }
+}
+
 /// What a manifest entry describes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
@@ -168,10 +205,16 @@ const KNOWN_KEYS: &[&str] = &[
 
 const RESTART_KEYS: &[&str] = &["maxRestarts", "withinSecs", "backoffInitialMs", "backoffMaxMs", "coolDownSecs"];
 
-/// Reads one entry `name: body` of the manifest at `manifest`.
+/// Reads one entry `name: body` of the manifest at `manifest`, with the built-in defaults.
 pub fn parse_entry(name: &str, kind: PluginKind, manifest: &Path, body: &Value) -> Parsed {
+    parse_entry_with(name, kind, manifest, body, &Defaults::default())
+}
+
+/// Reads one entry `name: body` of the manifest at `manifest`; keys it leaves out take
+/// their values from `d`.
+pub fn parse_entry_with(name: &str, kind: PluginKind, manifest: &Path, body: &Value, d: &Defaults) -> Parsed {
     let mut warnings = Vec::new();
-    let entry = parse_body(name, kind, manifest, body, &mut warnings);
+    let entry = parse_body(name, kind, manifest, body, d, &mut warnings);
     Parsed { entry, warnings }
 }
 
@@ -180,6 +223,7 @@ fn parse_body(
     kind: PluginKind,
     manifest: &Path,
     body: &Value,
+    d: &Defaults,
     warnings: &mut Vec<KeyProblem>,
 ) -> Result<Entry, KeyProblem> {
     check_name(name)?;
@@ -203,11 +247,11 @@ fn parse_body(
     let executable = resolve_executable(&dir, &executable)?;
 
     let restart = match obj.get("restart") {
-        None => RestartPolicy::default(),
+        None => d.restart.clone(),
         Some(Value::Object(r)) => {
             warn_unknown(r, RESTART_KEYS, "restart.", warnings);
             let rf = Fields { obj: r, prefix: "restart." };
-            let default = RestartPolicy::default();
+            let default = d.restart.clone();
             RestartPolicy {
                 max_restarts: rf.count("maxRestarts", 0)?.map_or(default.max_restarts, |n| n as u32),
                 within: rf.secs("withinSecs")?.unwrap_or(default.within),
@@ -230,8 +274,8 @@ fn parse_body(
         env: f.string_map("env")?,
         instances: f.count("instances", 1)?.unwrap_or(1),
         max_concurrency: f.count("maxConcurrency", 1)?.unwrap_or(1),
-        timeouts: f.timeouts("timeouts", kind)?,
-        handshake_timeout: f.secs("handshakeTimeoutSecs")?.unwrap_or(defaults::HANDSHAKE_TIMEOUT),
+        timeouts: f.timeouts("timeouts", kind, d.task_timeout)?,
+        handshake_timeout: f.secs("handshakeTimeoutSecs")?.unwrap_or(d.handshake_timeout),
         restart,
         settings: match obj.get("settings") {
             None => Map::new(),
@@ -240,15 +284,15 @@ fn parse_body(
                 return Err(problem("settings", format!("expected an object, found {}", type_name(other))));
             }
         },
-        shutdown_grace: f.secs("shutdownGraceSecs")?.unwrap_or(defaults::SHUTDOWN_GRACE),
-        cancel_grace: f.secs("cancelGraceSecs")?.unwrap_or(defaults::CANCEL_GRACE),
+        shutdown_grace: f.secs("shutdownGraceSecs")?.unwrap_or(d.shutdown_grace),
+        cancel_grace: f.secs("cancelGraceSecs")?.unwrap_or(d.cancel_grace),
         ping_interval: match f.secs("pingIntervalSecs")? {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d),
-            None => Some(defaults::PING_INTERVAL),
+            Some(i) if i.is_zero() => None,
+            Some(i) => Some(i),
+            None => d.ping_interval,
         },
-        ping_timeout: f.secs("pingTimeoutSecs")?.unwrap_or(defaults::PING_TIMEOUT),
-        queue_capacity: f.count("queueCapacity", 1)?.unwrap_or(defaults::QUEUE_CAPACITY),
+        ping_timeout: f.secs("pingTimeoutSecs")?.unwrap_or(d.ping_timeout),
+        queue_capacity: f.count("queueCapacity", 1)?.unwrap_or(d.queue_capacity),
         max_line_bytes: f.count("maxLineBytes", 1024)?.unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
         dir,
     })))
@@ -413,8 +457,8 @@ impl Fields<'_> {
         }
     }
 
-    fn timeouts(&self, key: &str, kind: PluginKind) -> Result<Timeouts, KeyProblem> {
-        let mut t = Timeouts { default: defaults::TASK_TIMEOUT, per_task: BTreeMap::new() };
+    fn timeouts(&self, key: &str, kind: PluginKind, default: Duration) -> Result<Timeouts, KeyProblem> {
+        let mut t = Timeouts { default, per_task: BTreeMap::new() };
         let m = match self.obj.get(key) {
             None => return Ok(t),
             Some(Value::Object(m)) => m,
@@ -422,7 +466,7 @@ impl Fields<'_> {
         };
         let inner = Fields { obj: m, prefix: "timeouts." };
         for name in m.keys() {
-            let d = inner.secs(name)?.unwrap_or(defaults::TASK_TIMEOUT);
+            let d = inner.secs(name)?.unwrap_or(default);
             if d.is_zero() {
                 return Err(problem(&format!("timeouts.{name}"), "must be more than 0 seconds"));
             }

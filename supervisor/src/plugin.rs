@@ -37,6 +37,12 @@ pub struct Plugin {
     /// Bumped on every phase change, for [`Plugin::wait_settled`].
     changes: watch::Sender<u64>,
     runtime: Mutex<Runtime>,
+    /// Tasks inside [`Plugin::run_task`] (waiting or running).
+    active: std::sync::atomic::AtomicUsize,
+    /// Signalled when `active` drops to 0.
+    idle: tokio::sync::Notify,
+    /// What the last handshake declared safe to run twice.
+    idempotent: Mutex<Vec<TaskName>>,
 }
 
 #[derive(Default)]
@@ -104,6 +110,11 @@ pub struct InstanceStatus {
     pub last_error: Option<String>,
 }
 
+/// Called once a task has a slot, just before it is sent; an error keeps it from being sent.
+pub type BeforeSend<'a> = Box<
+    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> + Send + 'a,
+>;
+
 /// The right to send one task to one instance. Dropping it gives the slot back.
 pub(crate) struct Lease {
     plugin: Arc<Plugin>,
@@ -145,6 +156,9 @@ impl Plugin {
             state: Mutex::new(PoolState { slots, waiters: VecDeque::new(), stopping: false }),
             changes: watch::Sender::new(0),
             runtime: Mutex::new(Runtime::default()),
+            active: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            idempotent: Mutex::new(Vec::new()),
         })
     }
 
@@ -203,6 +217,35 @@ impl Plugin {
         }
     }
 
+    /// Takes the plugin out of service without dropping a task: waits until every task
+    /// already handed to it has finished (those still queued included), at most `grace`,
+    /// then stops it. Tasks left after `grace` fail with "the plugin is shutting down".
+    /// The caller makes sure no new task reaches it (a reload swaps it out first).
+    pub async fn retire(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(plugin = %self.spec.name, "{} tasks still running after {}; stopping anyway", self.active(), secs(grace));
+                break;
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Tasks handed to the plugin and not finished.
+    pub fn active(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the plugin's last handshake declared `task` safe to run twice.
+    pub fn is_idempotent(&self, task: TaskName) -> bool {
+        self.idempotent.lock().map(|v| v.contains(&task)).unwrap_or(false)
+    }
+
     /// Asks every instance to stop and start again (not counted as a crash).
     pub fn restart(&self) {
         let rt = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -258,10 +301,27 @@ impl Plugin {
     /// Dropping the future before the answer sends `cancel` for the task; its slot stays
     /// taken until the plugin answers it or the process ends.
     pub async fn run_task(self: &Arc<Self>, task: &TaskEnvelope) -> TaskResult {
+        self.run_task_with(task, None).await
+    }
+
+    /// [`Plugin::run_task`], calling `before_send` once a slot is taken and just before the
+    /// task goes out: the daemon journals the task as running there. If it fails, the task
+    /// is not sent and fails with its reason.
+    pub async fn run_task_with(
+        self: &Arc<Self>,
+        task: &TaskEnvelope,
+        before_send: Option<BeforeSend<'_>>,
+    ) -> TaskResult {
+        let _active = Active::enter(self);
         let lease = match self.acquire().await {
             Ok(lease) => lease,
             Err(why) => return self.failure(task, &why, None),
         };
+        if let Some(hook) = before_send
+            && let Err(why) = hook().await
+        {
+            return self.failure(task, &format!("the task was not sent: {why}"), None);
+        }
         if !lease.declared.contains(&task.task_name) {
             let declared: Vec<&str> = lease.declared.iter().map(|t| t.as_str()).collect();
             let why = format!(
@@ -489,7 +549,11 @@ impl Plugin {
         conn: Arc<Connection>,
         capacity: usize,
         declared: Vec<TaskName>,
+        idempotent: Vec<TaskName>,
     ) -> u64 {
+        if let Ok(mut i) = self.idempotent.lock() {
+            *i = idempotent;
+        }
         let mut st = self.lock();
         let Some(s) = st.slots.get_mut(slot) else {
             return 0;
@@ -541,6 +605,25 @@ impl Plugin {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         // The pool's invariants hold between statements; recover from a poisoned lock.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counts a task in [`Plugin::run_task`] while it lives; wakes a retiring plugin when the
+/// last one leaves (also when the task's future is dropped).
+struct Active<'a>(&'a Plugin);
+
+impl<'a> Active<'a> {
+    fn enter(p: &'a Plugin) -> Self {
+        p.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active(p)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use loom_protocol::PluginKind;
 use serde_json::Value;
 
-use crate::manifest::{self, Entry, PluginSpec};
+use crate::manifest::{self, Defaults, Entry, PluginSpec};
 
 /// Every plugin found, runnable or not, and every problem met on the way.
 #[derive(Debug, Default)]
@@ -18,6 +18,7 @@ pub struct Registry {
     pub plugins: Vec<Registered>,
     /// Bad files and keys, in the order they were found.
     pub problems: Vec<Problem>,
+    defaults: Defaults,
 }
 
 /// One registered plugin.
@@ -96,7 +97,15 @@ impl Registry {
     /// Only when one of `dirs` cannot be read at all; problems inside it are collected in
     /// [`Registry::problems`].
     pub fn load(dirs: &[PathBuf]) -> Result<Registry, LoadError> {
-        let mut reg = Registry::default();
+        Registry::load_with(dirs, &Defaults::default())
+    }
+
+    /// [`Registry::load`], with `defaults` for the keys manifests leave out.
+    ///
+    /// # Errors
+    /// As [`Registry::load`].
+    pub fn load_with(dirs: &[PathBuf], defaults: &Defaults) -> Result<Registry, LoadError> {
+        let mut reg = Registry { defaults: defaults.clone(), ..Registry::default() };
         for dir in dirs {
             std::fs::read_dir(dir).map_err(|source| LoadError { dir: dir.clone(), source })?;
             let mut found_any = false;
@@ -165,7 +174,7 @@ impl Registry {
             return self.error(path, None, None, "expected an object {\"<plugin name>\": {...}}".into());
         };
         for (name, body) in entries {
-            let parsed = manifest::parse_entry(name, kind, path, body);
+            let parsed = manifest::parse_entry_with(name, kind, path, body, &self.defaults);
             for w in parsed.warnings {
                 self.problems.push(Problem {
                     file: path.to_path_buf(),

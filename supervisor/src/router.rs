@@ -13,9 +13,9 @@ use std::sync::Arc;
 use loom_protocol::{PluginKind, TaskName, TaskResult};
 
 use crate::envelope::TaskEnvelope;
-use crate::plugin::Plugin;
+use crate::plugin::{BeforeSend, Plugin};
 use crate::registry::Availability;
-use crate::supervisor::Supervisor;
+use crate::supervisor::Table;
 
 /// Where a task goes.
 pub(crate) enum Route {
@@ -27,7 +27,7 @@ pub(crate) enum Route {
     Refused(String),
 }
 
-pub(crate) fn route(sup: &Supervisor, task: &TaskEnvelope) -> Route {
+pub(crate) fn route(sup: &Table, task: &TaskEnvelope) -> Route {
     let context = format!("task {} ({})", task.task_id, task.task_name);
     match task.task_name {
         TaskName::Create | TaskName::Confirm | TaskName::Delete => match &task.provider {
@@ -42,7 +42,7 @@ pub(crate) fn route(sup: &Supervisor, task: &TaskEnvelope) -> Route {
         TaskName::Bootstrap => {
             let names: Vec<String> = match &task.automators {
                 Some(list) => list.clone(),
-                None => sup.registry().names(PluginKind::Automator).into_iter().map(str::to_owned).collect(),
+                None => sup.registry.names(PluginKind::Automator).into_iter().map(str::to_owned).collect(),
             };
             let targets = names
                 .into_iter()
@@ -64,16 +64,16 @@ pub(crate) fn route(sup: &Supervisor, task: &TaskEnvelope) -> Route {
 }
 
 /// The runnable plugin, or why there is none, listing what is registered.
-fn find(sup: &Supervisor, kind: PluginKind, name: &str) -> Result<Arc<Plugin>, String> {
+fn find(sup: &Table, kind: PluginKind, name: &str) -> Result<Arc<Plugin>, String> {
     if let Some(p) = sup.plugin(kind, name) {
         return Ok(Arc::clone(p));
     }
-    if let Some(reg) = sup.registry().get(kind, name)
+    if let Some(reg) = sup.registry.get(kind, name)
         && let Availability::NotRunnable(why) = &reg.availability
     {
         return Err(format!("{kind} {name:?} is registered but cannot run: {why}"));
     }
-    let known = sup.registry().names(kind);
+    let known = sup.registry.names(kind);
     let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
     Err(format!("no {kind} named {name:?} is registered (registered {kind}s: {known})"))
 }
@@ -81,7 +81,11 @@ fn find(sup: &Supervisor, kind: PluginKind, name: &str) -> Result<Arc<Plugin>, S
 /// Runs BOOTSTRAP on each automator in order and merges the results: result keys by
 /// shallow overwrite in order, output concatenated under a header per automator, the
 /// first non-zero status.
-pub(crate) async fn bootstrap(task: &TaskEnvelope, targets: Vec<(String, Result<Arc<Plugin>, String>)>) -> TaskResult {
+pub(crate) async fn bootstrap(
+    task: &TaskEnvelope,
+    targets: Vec<(String, Result<Arc<Plugin>, String>)>,
+    mut before_send: Option<BeforeSend<'_>>,
+) -> TaskResult {
     let mut merged = TaskResult::ok();
     if targets.is_empty() {
         merged.stdout = "no automators to bootstrap\n".into();
@@ -90,7 +94,8 @@ pub(crate) async fn bootstrap(task: &TaskEnvelope, targets: Vec<(String, Result<
     let several = targets.len() > 1;
     for (name, target) in targets {
         let r = match target {
-            Ok(plugin) => plugin.run_task(task).await,
+            // The hook runs before the first automator only: the task has started then.
+            Ok(plugin) => plugin.run_task_with(task, before_send.take()).await,
             Err(why) => TaskResult::failed(why),
         };
         if merged.status == 0 && r.status != 0 {

@@ -7,18 +7,23 @@ At start (environment, from the manifest's "env"):
   TESTPLUGIN_PIDFILE=path        append "<pid>\n" to path
   TESTPLUGIN_EXIT_AT_START=code  exit at once with that code
   TESTPLUGIN_CRASH_STARTS=n      exit 1 at the first n starts (needs TESTPLUGIN_PIDFILE)
+  TESTPLUGIN_RUNLOG=path         append "<taskId> <name> <pid>" to path for every task started
 
 At the handshake (the manifest's "settings"):
   "handshake": "never" | "error" | "exit" | "version2"
                                              do not answer / answer an error / exit 3 /
                                              choose protocol version 2
   "ignorePing": true                         never answer pings
+  "handshakeDelayMs": n                      answer the handshake after n ms
+  "idempotentTasks": [...]                   declared in the handshake
   "ignoreSigterm": true                      ignore SIGTERM
   "ignoreEof": true                          keep running after stdin closes
   "grandchild": true                         start `sleep 600` holding our stdout/stderr
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
-  "action": "ok" (default) | "crash" | "hang" | "junk" | "longline" | "log" | "secret" | "sleep" | "env"
+  "action": "ok" (default) | "crash" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
+            | "sleep" | "env"
+  "marker": a file path, for "hang-once": hang if it does not exist (creating it)
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
   "honorCancel": for "hang", answer when cancelled
@@ -90,10 +95,13 @@ def handshake(rid, params):
                                                               "tasks": ["INSTALL"]}})
     if mode == "error":
         return send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": "setup failed: bad settings"}})
+    if settings.get("handshakeDelayMs"):
+        time.sleep(int(settings["handshakeDelayMs"]) / 1000.0)
     tasks = ["CREATE", "CONFIRM", "DELETE"] if params.get("kind") == "provider" else \
         ["BOOTSTRAP", "INSTALL", "CONFIGURE", "INITIALIZE", "START", "STOP", "REMOVE"]
     send({"jsonrpc": "2.0", "id": rid, "result": {"protocolVersion": 1, "name": "testplugin", "version": "0",
-                                                   "tasks": tasks, "maxConcurrency": int(settings.get("maxConcurrency", 8))}})
+                                                   "tasks": tasks, "maxConcurrency": int(settings.get("maxConcurrency", 8)),
+                                                   "idempotentTasks": settings.get("idempotentTasks", [])}})
 
 
 def run_task(rid, task):
@@ -108,6 +116,9 @@ def run_task(rid, task):
 
 
 def _run_task(rid, task, seen):
+    if os.environ.get("TESTPLUGIN_RUNLOG"):
+        with lock, open(os.environ["TESTPLUGIN_RUNLOG"], "a") as f:
+            f.write("%s %s %d\n" % (task["taskId"], NAME, PID))
     config = task.get("config") or {}
     spec = dict(config.get("test") or {})
     spec.update((spec.pop("byPlugin", None) or {}).get(NAME, {}))
@@ -117,6 +128,13 @@ def _run_task(rid, task, seen):
         sys.stderr.write("testplugin pid=%d: about to crash: boom\n" % PID)
         sys.stderr.flush()
         os._exit(int(spec.get("code", 3)))
+    if action == "hang-once":
+        # Hangs the first time (when the marker file is missing), answers after that.
+        marker = spec["marker"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            while True:
+                time.sleep(3600)
     if action == "hang":
         event = cancels.setdefault(task_id, threading.Event())
         if spec.get("honorCancel"):

@@ -601,3 +601,203 @@ impl Drop for SudoUser {
         let _ = Command::new("userdel").args(["-r", &self.name]).output();
     }
 }
+
+/// `loom-provisioner serve` as a real process, with a notify socket of its own. Killed
+/// when dropped.
+pub struct Serve {
+    child: Option<std::process::Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its data folder.
+    pub data_dir: PathBuf,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    notify: std::os::unix::net::UnixDatagram,
+    notify_path: PathBuf,
+    token: Option<String>,
+    env: Vec<(String, String)>,
+    agent: ureq::Agent,
+}
+
+impl Serve {
+    /// Starts `serve` on the plugins of `plugins` with `extra` lines appended to its
+    /// configuration, and waits for READY=1 on its notify socket.
+    pub fn start(plugins: &Plugins, extra: &str) -> Serve {
+        Serve::start_with(plugins, extra, &[])
+    }
+
+    /// [`Serve::start`] with extra environment.
+    pub fn start_with(plugins: &Plugins, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let dir = plugins.path().join("serve");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let config = dir.join("config.toml");
+        let data_dir = dir.join("data");
+        let text = format!(
+            "plugin_dirs = [{:?}]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n{extra}\n",
+            plugins.path().display().to_string(),
+            data_dir.display().to_string()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let token = extra
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token_file = "))
+            .map(|f| std::fs::read_to_string(f.trim().trim_matches('"')).expect("token file").trim().to_owned());
+        let notify_path = dir.join(format!("notify-{}", nanos()));
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut serve = Serve {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            config,
+            data_dir,
+            log: dir.join("serve.log"),
+            notify,
+            notify_path,
+            token,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            agent,
+        };
+        serve.spawn();
+        serve
+    }
+
+    /// Starts the process (again) and waits for READY=1.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(provisioner())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start loom-provisioner serve");
+        self.child = Some(child);
+        self.wait_notification(|m| m.contains("READY=1"), Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no READY=1 within 60 s; log:\n{}", self.log_text()));
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    /// The next notification, within `limit`.
+    pub fn next_notification(&self, limit: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(limit)).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Notifications until one satisfies `pred` (returned), or `None` after `limit`.
+    pub fn wait_notification(&self, pred: impl Fn(&str) -> bool, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let m = self.next_notification(left)?;
+            if pred(&m) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// An HTTP request with the configured token; the status and the JSON body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.request_with(method, path, body, self.token.as_deref())
+    }
+
+    /// An HTTP request with `token` (or none).
+    pub fn request_with(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let result = match method {
+            "GET" => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.send(body.unwrap_or_default())
+            }
+        };
+        let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POST /v1/tasks.
+    pub fn submit(&self, task: &Value, wait: bool) -> (u16, Value) {
+        let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };
+        self.request("POST", path, Some(&task.to_string()))
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the daemon");
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit (at most `limit`) and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(status) => status.ok().and_then(|s| s.code()),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log_text());
+            }
+        }
+    }
+}
+
+impl Drop for Serve {
+    /// Stops the daemon as systemd would (SIGTERM), so that it stops its plugins before
+    /// the test looks for leftovers; SIGKILL if it does not exit within 30 s.
+    fn drop(&mut self) {
+        let Some(child) = self.child.as_ref() else { return };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().expect("checked above");
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

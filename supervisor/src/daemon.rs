@@ -1,0 +1,351 @@
+//! The daemon's core, under `loom-provisioner serve`: accepts tasks, journals them before
+//! saying so, runs them on the supervisor, journals their results, and recovers what a
+//! crash interrupted. The HTTP layer ([`crate::http`]) and the signal handling
+//! ([`crate::cli`]) sit on top.
+//!
+//! A task's life here: [`Daemon::submit`] journals it as queued (or finds it there: a
+//! second submission never runs it twice) and spawns [`Daemon::execute`], which journals
+//! it as running, runs it, journals the result, and wakes whoever waits for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use loom_protocol::{LogLevel, TaskResult};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::envelope::TaskEnvelope;
+use crate::journal::{Journal, JournalError, Record, State};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::plugin::Phase;
+use crate::registry::{Registry, Severity};
+use crate::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
+
+/// What a restart says about a task that was running when the daemon stopped.
+pub const RESTARTED: &str = "supervisor restarted while the task ran";
+
+/// The running daemon.
+pub struct Daemon {
+    config: RwLock<Config>,
+    /// The plugins.
+    pub supervisor: Supervisor,
+    /// The journal.
+    pub journal: Journal,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// systemd.
+    pub notifier: Notifier,
+    /// Tasks accepted and not finished: their result, once there is one.
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<()>>>>,
+    /// Tasks being executed (journal writes included).
+    active: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Not a task (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Shutting down (503).
+    #[error("the daemon is shutting down and accepts no new tasks")]
+    Draining,
+    /// The journal failed (500): the task was not accepted.
+    #[error("the task was not accepted: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// A submission's outcome.
+pub enum Submitted {
+    /// New: accepted, queued.
+    New(String),
+    /// A task with this id exists; nothing new was run.
+    Existing(Record),
+}
+
+impl Daemon {
+    /// Opens the journal, loads the plugins and starts them.
+    ///
+    /// # Errors
+    /// When the journal cannot be opened or a plugins folder read; the text says which.
+    pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, String> {
+        let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
+        let registry = load_registry(&config)?;
+        let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
+        Ok(Arc::new(Daemon {
+            config: RwLock::new(config),
+            supervisor,
+            journal,
+            metrics: Metrics::default(),
+            notifier: Notifier::from_env(),
+            inflight: Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Whether SIGTERM has been received.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Tasks accepted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.lock_inflight().len()
+    }
+
+    /// Accepts a task: journals it (committed) before answering, then runs it. A task
+    /// whose id is known is returned as it is and not run again.
+    ///
+    /// # Errors
+    /// [`SubmitError`]: not a task, shutting down, or the journal failed.
+    pub async fn submit(self: &Arc<Self>, raw: Box<RawValue>) -> Result<Submitted, SubmitError> {
+        if self.draining() {
+            return Err(SubmitError::Draining);
+        }
+        let task = TaskEnvelope::parse(raw).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let id = task.task_id.clone();
+        // Claim the id in memory first, so two submissions racing never both run it.
+        let claimed = {
+            let mut inflight = self.lock_inflight();
+            if inflight.contains_key(&id) {
+                None
+            } else {
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(id.clone(), rx);
+                Some(tx)
+            }
+        };
+        let Some(tx) = claimed else { return self.existing(&id).await };
+        match self.journal.accept(&id, task.task_name.as_str(), task.raw().get()).await {
+            Ok(None) => {
+                self.spawn(task, tx);
+                Ok(Submitted::New(id))
+            }
+            Ok(Some(existing)) => {
+                self.lock_inflight().remove(&id);
+                Ok(Submitted::Existing(existing))
+            }
+            Err(e) => {
+                self.lock_inflight().remove(&id);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn existing(&self, id: &str) -> Result<Submitted, SubmitError> {
+        match self.journal.get(id).await? {
+            Some(r) => Ok(Submitted::Existing(r)),
+            None => Err(SubmitError::Invalid(format!("task {id} is being accepted; try again"))),
+        }
+    }
+
+    /// The task, as the journal has it.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn get(&self, id: &str) -> Result<Option<Record>, JournalError> {
+        self.journal.get(id).await
+    }
+
+    /// Waits until task `id` is done and returns it (at once if it is; `None` if unknown).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn wait(&self, id: &str) -> Result<Option<Record>, JournalError> {
+        let rx = self.lock_inflight().get(id).cloned();
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+        self.journal.get(id).await
+    }
+
+    fn spawn(self: &Arc<Self>, task: TaskEnvelope, done: watch::Sender<Option<()>>) {
+        let daemon = Arc::clone(self);
+        self.active.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            daemon.execute(&task).await;
+            daemon.lock_inflight().remove(&task.task_id);
+            let _ = done.send(Some(()));
+            if daemon.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+                daemon.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Runs a journaled task and journals its result. The task is journaled as running
+    /// when it leaves the queue for its plugin (committed before it is sent), so after a
+    /// crash a task still waiting in a queue is known never to have run.
+    async fn execute(&self, task: &TaskEnvelope) {
+        let began = Instant::now();
+        let journal = &self.journal;
+        let id = task.task_id.clone();
+        let mark_running: crate::plugin::BeforeSend<'_> =
+            Box::new(move || Box::pin(async move { journal.start(&id).await.map_err(|e| e.to_string()) }));
+        let result = self.supervisor.run_with(task, Some(mark_running)).await;
+        self.metrics.task(&self.supervisor.target(task), task.task_name.as_str(), result.status, began.elapsed());
+        self.finish(task, result).await;
+    }
+
+    async fn finish(&self, task: &TaskEnvelope, result: TaskResult) {
+        let report = TaskReport { task_id: Some(task.task_id.clone()), result };
+        let value = serde_json::to_value(&report).unwrap_or(Value::Null);
+        // A result that cannot be written is retried: it must not be lost.
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.journal.finish(&task.task_id, &value).await {
+            tracing::error!(task_id = %task.task_id, "cannot record the result: {e}; trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// After a restart: runs again what was queued, and what was running if its plugin
+    /// declared that task idempotent; fails the rest with [`RESTARTED`]. Call once the
+    /// plugins have finished their handshakes. Returns (re-run, failed).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), JournalError> {
+        let (mut rerun, mut failed) = (0, 0);
+        for u in self.journal.unfinished().await? {
+            let parsed = RawValue::from_string(u.raw.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()));
+            let task = match parsed {
+                Ok(t) => t,
+                Err(why) => {
+                    let report = TaskReport {
+                        task_id: Some(u.task_id.clone()),
+                        result: TaskResult::failed(format!(
+                            "{RESTARTED}, and the journaled task cannot be read again: {why}"
+                        )),
+                    };
+                    self.journal.finish(&u.task_id, &serde_json::to_value(&report).unwrap_or(Value::Null)).await?;
+                    failed += 1;
+                    continue;
+                }
+            };
+            let run_again = match u.state {
+                State::Queued => true,
+                _ => self.supervisor.is_idempotent(&task),
+            };
+            if run_again {
+                tracing::info!(task_id = %task.task_id, "running again after the restart ({:?} before it)", u.state);
+                self.journal.requeue(&task.task_id).await?;
+                let (tx, rx) = watch::channel(None);
+                self.lock_inflight().insert(task.task_id.clone(), rx);
+                self.spawn(task, tx);
+                rerun += 1;
+            } else {
+                let why = format!(
+                    "{RESTARTED}: {} {} was running on {} when the supervisor stopped, and that plugin does not declare {} idempotent, so it was not run again",
+                    task.task_name,
+                    task.task_id,
+                    self.supervisor.target(&task),
+                    task.task_name
+                );
+                tracing::warn!(task_id = %task.task_id, "{why}");
+                self.finish(&task, TaskResult::failed(why)).await;
+                failed += 1;
+            }
+        }
+        Ok((rerun, failed))
+    }
+
+    /// Stops taking tasks, waits for those in flight (at most `grace`), then stops the
+    /// plugins; tasks still running then fail, and their results are journaled.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        if !self.wait_idle(grace).await {
+            tracing::warn!(
+                "{} tasks still in flight after {} s; stopping the plugins",
+                self.in_flight(),
+                grace.as_secs()
+            );
+        }
+        self.supervisor.shutdown().await;
+        // The plugins' answers (or failures) still have to reach the journal.
+        self.wait_idle(Duration::from_secs(30)).await;
+    }
+
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Re-reads the configuration and the plugins folders and applies them: new plugins
+    /// start, removed ones drain and stop, changed ones are replaced, and no task is
+    /// dropped. The listen address and the data folder need a restart to change.
+    ///
+    /// # Errors
+    /// A bad configuration or unreadable plugins folder: nothing changes then.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let path = self.config().path;
+        let config = crate::config::load(&path).map_err(|e| e.to_string())?;
+        let registry = load_registry(&config)?;
+        let old = self.config();
+        if config.listen != old.listen || config.data_dir != old.data_dir {
+            tracing::warn!("listen and data_dir changes take effect at the next restart");
+        }
+        let report = self.supervisor.reload(registry, config.drain_grace);
+        *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(report)
+    }
+
+    /// A one-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let table = self.supervisor.table();
+        let (mut ready, mut failed, mut starting) = (0, 0, 0);
+        for p in table.plugins() {
+            let phases: Vec<Phase> = p.status().into_iter().map(|s| s.phase).collect();
+            if phases.iter().all(|ph| *ph == Phase::Ready) {
+                ready += 1;
+            } else if phases.iter().any(|ph| matches!(ph, Phase::Failed { .. })) {
+                failed += 1;
+            } else {
+                starting += 1;
+            }
+        }
+        let draining = if self.draining() { "; draining" } else { "" };
+        format!(
+            "{ready} plugins ready, {starting} starting, {failed} failed; {} tasks in flight{draining}",
+            self.in_flight()
+        )
+    }
+
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<()>>>> {
+        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn load_registry(config: &Config) -> Result<Registry, String> {
+    let registry = Registry::load_with(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
+    for p in &registry.problems {
+        match p.severity {
+            Severity::Error => tracing::error!("{p}"),
+            Severity::Warning => tracing::warn!("{p}"),
+        }
+    }
+    Ok(registry)
+}

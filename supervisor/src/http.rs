@@ -1,0 +1,338 @@
+//! The daemon's HTTP API (JSON), on TCP or a Unix socket.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `POST /v1/tasks[?wait=true]` | 202 `{"taskId","state":"queued"}`, or with `wait` 200 and the finished task; a known id: 200 and that task, never a second run |
+//! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
+//! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error) |
+//! | `POST /v1/plugins/{name}/restart` | 202, 404 |
+//! | `GET /healthz` | 200, or 503 while draining (no token needed) |
+//! | `GET /metrics` | 200 Prometheus text |
+//!
+//! With a token configured every path but `/healthz` needs `Authorization: Bearer <token>`
+//! (401 without). Bodies over `max_body_bytes` get 413; JSON that does not parse gets 400
+//! with the parser's position; a task that is not valid gets 400 saying why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Listen;
+use crate::daemon::{Daemon, SubmitError, Submitted};
+use crate::registry::Availability;
+
+/// A bound listener.
+pub enum Listener {
+    /// TCP.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix socket (the path is removed when the daemon stops).
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    /// Binds `listen`. A stale Unix socket file (nobody accepting on it) is replaced.
+    ///
+    /// # Errors
+    /// The address is in use or not allowed; the text names it.
+    pub async fn bind(listen: &Listen) -> Result<Listener, String> {
+        match listen {
+            Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Listener::Tcp)
+                .map_err(|e| format!("cannot listen on {addr}: {e}")),
+            Listen::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if let Ok(meta) = std::fs::symlink_metadata(path)
+                    && meta.file_type().is_socket()
+                {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(format!("cannot listen on {}: another daemon is answering there", path.display()));
+                    }
+                    let _ = std::fs::remove_file(path);
+                }
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let l = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+                // The owner and its group may talk to the daemon.
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+                Ok(Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+}
+
+/// Serves the API until `stop` fires, then waits (briefly) for open requests.
+pub async fn serve(listener: Listener, daemon: Arc<Daemon>, stop: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = accept(&listener) => a,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!("accepting a connection failed: {e}");
+                continue;
+            }
+        };
+        let daemon = Arc::clone(&daemon);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let daemon = Arc::clone(&daemon);
+                async move { Ok::<_, std::convert::Infallible>(handle(&daemon, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+}
+
+type Io = TokioIo<Box<dyn AsyncIo>>;
+
+/// A connection's stream, TCP or Unix.
+pub trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+async fn accept(listener: &Listener) -> std::io::Result<Io> {
+    Ok(match listener {
+        Listener::Tcp(l) => {
+            let (s, _) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            TokioIo::new(Box::new(s))
+        }
+        Listener::Unix(l, _) => TokioIo::new(Box::new(l.accept().await?.0)),
+    })
+}
+
+async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let response = route(daemon, req).await;
+    daemon.metrics.http(response.status().as_u16());
+    response
+}
+
+async fn route(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.as_slice() != ["healthz"] && !authorized(daemon, &req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required: Authorization: Bearer <token>");
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer realm=\"loom-provisioner\""));
+        return r;
+    }
+    let wait =
+        req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "wait=true" || kv == "wait=1" || kv == "wait"));
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => health(daemon),
+        (&Method::GET, ["metrics"]) => metrics(daemon).await,
+        (&Method::POST, ["v1", "tasks"]) => submit(daemon, req, wait).await,
+        (&Method::GET, ["v1", "tasks", id]) => match daemon.get(id).await {
+            Ok(Some(r)) => json_response(StatusCode::OK, &r),
+            Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        (&Method::GET, ["v1", "plugins"]) => json_response(StatusCode::OK, &plugins(daemon)),
+        (&Method::POST, ["v1", "plugins", name, "restart"]) => restart(daemon, name),
+        (
+            _,
+            ["healthz"]
+            | ["metrics"]
+            | ["v1", "tasks"]
+            | ["v1", "tasks", _]
+            | ["v1", "plugins"]
+            | ["v1", "plugins", _, "restart"],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, &format!("{} is not allowed on {path}", req.method())),
+        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+    }
+}
+
+fn authorized(daemon: &Daemon, req: &Request<Incoming>) -> bool {
+    let Some(token) = daemon.config().token else { return true };
+    let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Compares without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
+    if daemon.draining() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
+    }
+    json_response(StatusCode::OK, &json!({"status": "ok", "summary": daemon.status_line()}))
+}
+
+async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
+    let counts = daemon.journal.counts().await.ok();
+    let text = daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.in_flight());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+async fn submit(daemon: &Arc<Daemon>, req: Request<Incoming>, wait: bool) -> Response<Full<Bytes>> {
+    let limit = daemon.config().max_body_bytes;
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")),
+    };
+    let raw: Box<RawValue> = match serde_json::from_slice(&body) {
+        Ok(raw) => raw,
+        // serde_json's syntax messages name a position, never the content.
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}")),
+    };
+    match daemon.submit(raw).await {
+        Ok(Submitted::New(id)) if wait => finished(daemon, &id).await,
+        Ok(Submitted::New(id)) => {
+            let mut r = json_response(StatusCode::ACCEPTED, &json!({"taskId": id, "state": "queued"}));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{id}")) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            r
+        }
+        Ok(Submitted::Existing(record)) if wait => finished(daemon, &record.task_id).await,
+        Ok(Submitted::Existing(record)) => json_response(StatusCode::OK, &record),
+        Err(e @ SubmitError::Invalid(_)) => error(StatusCode::BAD_REQUEST, &format!("invalid task: {e}")),
+        Err(e @ SubmitError::Draining) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e @ SubmitError::Journal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
+    match daemon.wait(id).await {
+        Ok(Some(r)) => json_response(StatusCode::OK, &r),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn plugins(daemon: &Daemon) -> Value {
+    let table = daemon.supervisor.table();
+    let list: Vec<Value> = table
+        .registry
+        .plugins
+        .iter()
+        .map(|r| {
+            let mut v = json!({"name": r.name, "kind": r.kind, "manifest": r.manifest});
+            match (&r.availability, table.plugin(r.kind, &r.name)) {
+                (Availability::Runnable(spec), Some(p)) => {
+                    v["runnable"] = json!(true);
+                    v["executable"] = json!(spec.executable);
+                    v["queued"] = json!(p.queued());
+                    v["instances"] = p
+                        .status()
+                        .into_iter()
+                        .map(|s| {
+                            json!({"phase": phase_name(&s.phase), "pid": s.pid, "restarts": s.restarts,
+                                   "inFlight": s.in_flight, "lastError": s.last_error})
+                        })
+                        .collect();
+                }
+                (Availability::NotRunnable(why), _) => {
+                    v["runnable"] = json!(false);
+                    v["reason"] = json!(why);
+                }
+                (Availability::Runnable(_), None) => {
+                    v["runnable"] = json!(false);
+                    v["reason"] = json!("not started");
+                }
+            }
+            v
+        })
+        .collect();
+    json!({"plugins": list})
+}
+
+fn phase_name(p: &crate::plugin::Phase) -> &'static str {
+    use crate::plugin::Phase;
+    match p {
+        Phase::NotStarted => "not started",
+        Phase::Starting => "starting",
+        Phase::Ready => "ready",
+        Phase::Restarting => "restarting",
+        Phase::Failed { .. } => "failed",
+        Phase::Stopping => "stopping",
+        Phase::Stopped => "stopped",
+    }
+}
+
+fn restart(daemon: &Daemon, name: &str) -> Response<Full<Bytes>> {
+    let table = daemon.supervisor.table();
+    let matching: Vec<_> = table.plugins().filter(|p| p.name() == name).collect();
+    if matching.is_empty() {
+        return error(StatusCode::NOT_FOUND, &format!("no runnable plugin named {name:?}"));
+    }
+    for p in &matching {
+        tracing::info!(plugin = %p.name(), "restart requested over the API");
+        p.restart();
+    }
+    let which: Vec<String> = matching.iter().map(|p| format!("{} {}", p.kind(), p.name())).collect();
+    json_response(StatusCode::ACCEPTED, &json!({"restarting": which}))
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    text.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
