@@ -189,13 +189,27 @@ impl Daemon {
     /// Runs a journaled task and journals its result. The task is journaled as running
     /// when it leaves the queue for its plugin (committed before it is sent), so after a
     /// crash a task still waiting in a queue is known never to have run.
+    ///
+    /// A task that never reached a plugin because the daemon is stopping stays queued in
+    /// the journal, and the next start runs it.
     async fn execute(&self, task: &TaskEnvelope) {
         let began = Instant::now();
         let journal = &self.journal;
         let id = task.task_id.clone();
-        let mark_running: crate::plugin::BeforeSend<'_> =
-            Box::new(move || Box::pin(async move { journal.start(&id).await.map_err(|e| e.to_string()) }));
+        let sent = AtomicBool::new(false);
+        let sent_flag = &sent;
+        let mark_running: crate::plugin::BeforeSend<'_> = Box::new(move || {
+            Box::pin(async move {
+                journal.start(&id).await.map_err(|e| e.to_string())?;
+                sent_flag.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+        });
         let result = self.supervisor.run_with(task, Some(mark_running)).await;
+        if self.draining() && !sent.load(Ordering::SeqCst) {
+            tracing::info!(task_id = %task.task_id, "not started before the shutdown; it stays queued for the next start");
+            return;
+        }
         self.metrics.task(&self.supervisor.target(task), task.task_name.as_str(), result.status, began.elapsed());
         self.finish(task, result).await;
     }

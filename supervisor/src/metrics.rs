@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::journal::Counts;
 use crate::supervisor::Table;
 
+/// A per-plugin series: name, type, help, and how to read it off a plugin.
+type PluginGauge = (&'static str, &'static str, &'static str, fn(&crate::plugin::Plugin) -> u64);
+
 /// Upper bounds of the duration buckets, in seconds: from a no-op to Loom's 1800 s.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
@@ -87,7 +90,7 @@ impl Metrics {
             let _ = writeln!(out, "loom_task_duration_seconds_count{{{labels}}} {}", h.count);
         }
         // Per plugin, read now.
-        let gauges: [(&str, &str, &str, fn(&crate::plugin::Plugin) -> u64); 4] = [
+        let gauges: [PluginGauge; 4] = [
             ("loom_plugin_restarts_total", "counter", "Plugin process restarts after crashes.", |p| {
                 p.status().iter().map(|s| s.restarts).sum()
             }),

@@ -630,13 +630,19 @@ impl Serve {
 
     /// [`Serve::start`] with extra environment.
     pub fn start_with(plugins: &Plugins, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        Serve::start_listening(plugins, &format!("127.0.0.1:{port}"), extra, env)
+    }
+
+    /// [`Serve::start_with`], listening on `listen` (an address or `unix:/path`; then
+    /// [`Serve::request`] is not available).
+    pub fn start_listening(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
         let dir = plugins.path().join("serve");
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let config = dir.join("config.toml");
         let data_dir = dir.join("data");
         let text = format!(
-            "plugin_dirs = [{:?}]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n{extra}\n",
+            "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n{extra}\n",
             plugins.path().display().to_string(),
             data_dir.display().to_string()
         );
@@ -654,7 +660,7 @@ impl Serve {
             .into();
         let mut serve = Serve {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{listen}"),
             config,
             data_dir,
             log: dir.join("serve.log"),
@@ -789,7 +795,8 @@ impl Drop for Serve {
     /// the test looks for leftovers; SIGKILL if it does not exit within 30 s.
     fn drop(&mut self) {
         let Some(child) = self.child.as_ref() else { return };
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let mut child = self.child.take().expect("checked above");
         let pid = child.id() as i32;
         let (tx, rx) = std::sync::mpsc::channel();

@@ -202,6 +202,26 @@ fn sigterm_drains_tasks_in_flight_then_stops() {
 }
 
 #[test]
+fn a_task_still_queued_when_the_grace_runs_out_runs_after_the_next_start() {
+    let plugins = Plugins::new();
+    test_plugin(&plugins, "automator", "one", json!({"maxConcurrency": 1, "timeouts": {"INSTALL": 60}}));
+    let mut serve = Serve::start(&plugins, "drain_grace_secs = 0.5");
+    serve.submit(&action("busy", "INSTALL", "one", json!({"action": "hang"})), false);
+    serve.submit(&action("waiting", "START", "one", json!({})), false);
+    assert!(wait_until(Duration::from_secs(20), || runs(&plugins).contains_key("busy")));
+    serve.signal(Signal::SIGTERM);
+    assert_eq!(serve.wait_exit(Duration::from_secs(60)), Some(0));
+    serve.spawn();
+    let (_, busy) = serve.request("GET", "/v1/tasks/busy", None);
+    assert_eq!(busy["result"]["status"], 1, "it was running when the plugins stopped: {busy}");
+    let (_, waiting) = serve.submit(&action("waiting", "START", "one", json!({})), true);
+    assert_eq!((waiting["result"]["status"].as_i64(), waiting["attempts"].as_u64()), (Some(0), Some(1)), "{waiting}");
+    assert_eq!(runs(&plugins).get("waiting"), Some(&1));
+    drop(serve);
+    plugins.assert_no_leftovers();
+}
+
+#[test]
 fn ready_follows_every_handshake_and_the_watchdog_is_fed() {
     let plugins = Plugins::new();
     test_plugin(&plugins, "automator", "slow1", json!({"settings": {"handshakeDelayMs": 700}}));
@@ -332,26 +352,7 @@ fn submit_and_status_talk_to_the_daemon_over_a_unix_socket() {
     let plugins = Plugins::new();
     test_plugin(&plugins, "automator", "a1", json!({}));
     let socket = plugins.path().join("api.sock");
-    let serve = Serve::start(&plugins, "");
-    // The same daemon's settings, but on a Unix socket: a second daemon, its own data.
-    drop(serve);
-    let extra = format!("listen = \"unix:{}\"", socket.display());
-    let text = std::fs::read_to_string(plugins.path().join("serve/config.toml")).unwrap();
-    let text: String = text.lines().filter(|l| !l.starts_with("listen")).map(|l| format!("{l}\n")).collect();
-    std::fs::write(plugins.path().join("serve/config.toml"), format!("{text}{extra}\n")).unwrap();
-    let notify = plugins.path().join("notify-unix");
-    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    let mut child = std::process::Command::new(provisioner())
-        .args(["serve", "--config"])
-        .arg(plugins.path().join("serve/config.toml"))
-        .env("NOTIFY_SOCKET", &notify)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    listener.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut buf = [0u8; 512];
-    let n = listener.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    let mut serve = Serve::start_listening(&plugins, &format!("unix:{}", socket.display()), "", &[]);
 
     let api = format!("unix:{}", socket.display());
     let input = format!(
@@ -384,8 +385,8 @@ fn submit_and_status_talk_to_the_daemon_over_a_unix_socket() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon at http://127.0.0.1:1"));
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    serve.signal(Signal::SIGTERM);
+    assert_eq!(serve.wait_exit(Duration::from_secs(30)), Some(0));
     assert!(!socket.exists(), "the socket is removed on exit");
     plugins.assert_no_leftovers();
 }
