@@ -616,6 +616,8 @@ pub struct Serve {
     pub log: PathBuf,
     notify: std::os::unix::net::UnixDatagram,
     notify_path: PathBuf,
+    /// The READY=1 notification of the last start.
+    pub ready_message: String,
     token: Option<String>,
     env: Vec<(String, String)>,
     agent: ureq::Agent,
@@ -666,6 +668,7 @@ impl Serve {
             log: dir.join("serve.log"),
             notify,
             notify_path,
+            ready_message: String::new(),
             token,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             agent,
@@ -688,7 +691,8 @@ impl Serve {
             .spawn()
             .expect("start loom-provisioner serve");
         self.child = Some(child);
-        self.wait_notification(|m| m.contains("READY=1"), Duration::from_secs(60))
+        self.ready_message = self
+            .wait_notification(|m| m.contains("READY=1"), Duration::from_secs(60))
             .unwrap_or_else(|| panic!("no READY=1 within 60 s; log:\n{}", self.log_text()));
     }
 

@@ -237,6 +237,7 @@ fn ready_follows_every_handshake_and_the_watchdog_is_fed() {
         .map(|i| i["phase"].as_str().unwrap())
         .collect();
     assert_eq!(phases, ["ready", "ready", "ready"]);
+    assert!(serve.ready_message.contains("STATUS=2 plugins ready, 0 starting, 0 failed"), "{}", serve.ready_message);
     assert!(
         serve.wait_notification(|m| m == "WATCHDOG=1", Duration::from_secs(5)).is_some(),
         "watchdog pings every 100 ms"
