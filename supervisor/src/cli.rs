@@ -370,15 +370,20 @@ fn plugins_table(reg: &Registry) -> String {
     }
     for p in &reg.plugins {
         match &p.availability {
-            Availability::Runnable(spec) => s.push_str(&format!(
-                "{:<10} {:<24} runnable      {} (instances {}, maxConcurrency {})\n             manifest {}\n",
-                p.kind.as_str(),
-                p.name,
-                spec.executable.display(),
-                spec.instances,
-                spec.max_concurrency,
-                p.manifest.display()
-            )),
+            Availability::Runnable(spec) => {
+                let what = match &spec.ruby_class {
+                    Some(class) => format!("Ruby class {class}, through loom-ruby-host"),
+                    None => spec.executable.display().to_string(),
+                };
+                s.push_str(&format!(
+                    "{:<10} {:<24} runnable      {what} (instances {}, maxConcurrency {})\n             manifest {}\n",
+                    p.kind.as_str(),
+                    p.name,
+                    spec.instances,
+                    spec.max_concurrency,
+                    p.manifest.display()
+                ));
+            }
             Availability::NotRunnable(why) => s.push_str(&format!(
                 "{:<10} {:<24} not runnable  {why}\n             manifest {}\n",
                 p.kind.as_str(),
@@ -406,7 +411,7 @@ fn plugins_json(reg: &Registry) -> String {
             Availability::Runnable(spec) => json!({
                 "name": p.name, "kind": p.kind, "manifest": p.manifest, "runnable": true,
                 "executable": spec.executable, "args": spec.args, "instances": spec.instances,
-                "maxConcurrency": spec.max_concurrency,
+                "maxConcurrency": spec.max_concurrency, "rubyClass": spec.ruby_class,
             }),
             Availability::NotRunnable(why) => json!({
                 "name": p.name, "kind": p.kind, "manifest": p.manifest, "runnable": false, "reason": why,

@@ -197,7 +197,7 @@ fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
             let parsed = manifest::parse_entry(&name, kind, &dir.join(format!("{name}.json")), &body);
             match parsed.entry {
                 Ok(Entry::Runnable(spec)) => Ok(*spec),
-                Ok(Entry::RubyClass { .. }) => Err("not an executable".into()),
+                Ok(Entry::NotRunnable(why)) => Err(why),
                 Err(p) => Err(format!("{}: {}", path.display(), p.message)),
             }
         }
@@ -218,10 +218,7 @@ fn spec_from_manifest(path: &Path, kind: Option<PluginKind>) -> Result<PluginSpe
     };
     match manifest::parse_entry(name, kind, path, body).entry {
         Ok(Entry::Runnable(spec)) => Ok(*spec),
-        Ok(Entry::RubyClass { classname }) => Err(format!(
-            "{}: {name:?} is a seed-style Ruby plugin (classname {classname:?}); running Ruby plugins is not supported yet",
-            path.display()
-        )),
+        Ok(Entry::NotRunnable(why)) => Err(format!("{}: {name:?}: {why}", path.display())),
         Err(p) => Err(format!("{}: key {:?}: {}", path.display(), p.key, p.message)),
     }
 }

@@ -250,7 +250,7 @@ impl Journal {
     /// Deletes finished tasks older than `retention`; returns how many.
     pub async fn prune(&self, retention: Duration) -> Result<usize, JournalError> {
         let before = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        self.run(move |c| c.execute("DELETE FROM tasks WHERE state = 'done' AND finished_at < ?1", params![before]))
+        self.run(move |c| c.execute("DELETE FROM tasks WHERE state = 'done' AND finished_at <= ?1", params![before]))
             .await
     }
 

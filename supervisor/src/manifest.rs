@@ -52,6 +52,8 @@ pub struct PluginSpec {
     pub queue_capacity: usize,
     /// The longest line the plugin may write on stdout.
     pub max_line_bytes: usize,
+    /// For a seed-style Ruby plugin run through the Ruby host: its class.
+    pub ruby_class: Option<String>,
 }
 
 /// Per-task timeouts: `{"default": 1800, "CREATE": 600, ...}` in the manifest.
@@ -154,14 +156,11 @@ impl Default for Defaults {
 /// What a manifest entry describes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    /// A plugin the supervisor can run.
+    /// A plugin the supervisor can run (seed-style Ruby plugins included: they run
+    /// through the Ruby host).
     Runnable(Box<PluginSpec>),
-    /// A seed-style plugin (`classname`, no `executable`): a Ruby class that Loom loaded
-    /// in process. Listed, not run.
-    RubyClass {
-        /// The Ruby class name.
-        classname: String,
-    },
+    /// A well-formed entry that cannot run here; the text says why (no Ruby, say).
+    NotRunnable(String),
 }
 
 /// A problem with one key of a manifest.
@@ -235,16 +234,20 @@ fn parse_body(
 
     let executable = f.string("executable")?;
     let classname = f.string("classname")?;
-    let Some(executable) = executable else {
-        return match classname {
-            Some(classname) => Ok(Entry::RubyClass { classname }),
-            None => Err(problem("executable", "missing: a plugin needs an \"executable\" (or a Ruby \"classname\")")),
-        };
-    };
     // Absolute, because the plugin runs with its folder as working directory.
     let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    let executable = resolve_executable(&dir, &executable)?;
+    let max_concurrency = f.count("maxConcurrency", 1)?.unwrap_or(1);
+    let (executable, args, ruby_class) = match (executable, classname) {
+        (Some(executable), _) => (resolve_executable(&dir, &executable)?, f.string_list("args")?, None),
+        (None, Some(classname)) => match ruby_command(&dir, &classname, max_concurrency) {
+            Ok((ruby, args)) => (ruby, args, Some(classname)),
+            Err(why) => return Ok(Entry::NotRunnable(why)),
+        },
+        (None, None) => {
+            return Err(problem("executable", "missing: a plugin needs an \"executable\" (or a Ruby \"classname\")"));
+        }
+    };
 
     let restart = match obj.get("restart") {
         None => d.restart.clone(),
@@ -270,10 +273,10 @@ fn parse_body(
         kind,
         manifest: manifest.to_path_buf(),
         executable,
-        args: f.string_list("args")?,
+        args,
         env: f.string_map("env")?,
         instances: f.count("instances", 1)?.unwrap_or(1),
-        max_concurrency: f.count("maxConcurrency", 1)?.unwrap_or(1),
+        max_concurrency,
         timeouts: f.timeouts("timeouts", kind, d.task_timeout)?,
         handshake_timeout: f.secs("handshakeTimeoutSecs")?.unwrap_or(d.handshake_timeout),
         restart,
@@ -295,7 +298,51 @@ fn parse_body(
         queue_capacity: f.count("queueCapacity", 1)?.unwrap_or(d.queue_capacity),
         max_line_bytes: f.count("maxLineBytes", 1024)?.unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
         dir,
+        ruby_class,
     })))
+}
+
+/// The command that runs a seed-style Ruby plugin: `ruby loom-ruby-host --class C --dir D`,
+/// or why it cannot run here.
+fn ruby_command(dir: &Path, classname: &str, concurrency: usize) -> Result<(PathBuf, Vec<String>), String> {
+    let ruby = which::which("ruby").map_err(|_| {
+        format!("seed-style Ruby plugin (classname {classname:?}): `ruby` is not on PATH; install Ruby (apt-get install ruby)")
+    })?;
+    let host = ruby_host().ok_or_else(|| {
+        format!(
+            "seed-style Ruby plugin (classname {classname:?}): the Ruby host loom-ruby-host was not found next to loom-provisioner, \
+             in ../share/loom-provisioner/, in the checkout's plugins/ruby-host/ or on PATH; set $LOOM_RUBY_HOST"
+        )
+    })?;
+    let args = vec![
+        host.display().to_string(),
+        "--class".into(),
+        classname.to_owned(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--concurrency".into(),
+        concurrency.to_string(),
+    ];
+    Ok((ruby, args))
+}
+
+/// Where `loom-ruby-host` is: `$LOOM_RUBY_HOST`, next to this binary, in
+/// `../share/loom-provisioner/` from it, in a checkout's `plugins/ruby-host/` (from
+/// `target/<profile>/`), or on PATH.
+pub fn ruby_host() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LOOM_RUBY_HOST").map(PathBuf::from) {
+        return p.is_file().then_some(p);
+    }
+    let exe_dir = std::env::current_exe().ok()?.parent()?.to_path_buf();
+    [
+        exe_dir.join("loom-ruby-host"),
+        exe_dir.join("../share/loom-provisioner/loom-ruby-host"),
+        exe_dir.join("../../plugins/ruby-host/loom-ruby-host"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .map(|p| std::path::absolute(&p).unwrap_or(p))
+    .or_else(|| which::which("loom-ruby-host").ok())
 }
 
 impl Default for RestartPolicy {
@@ -572,9 +619,17 @@ mod tests {
     }
 
     #[test]
-    fn seed_style_ruby_entries_are_recognised() {
-        let p = parse(json!({"classname": "MyProvider"}));
-        assert_eq!(p.entry, Ok(Entry::RubyClass { classname: "MyProvider".into() }));
+    fn seed_style_ruby_entries_run_through_the_ruby_host() {
+        // Where Ruby and the host are found it runs through them; elsewhere it says why not.
+        match parse(json!({"classname": "MyProvider", "maxConcurrency": 2})).entry {
+            Ok(Entry::Runnable(s)) => {
+                assert_eq!(s.ruby_class.as_deref(), Some("MyProvider"));
+                assert!(s.executable.ends_with("ruby"), "{:?}", s.executable);
+                assert_eq!(s.args[1..], ["--class", "MyProvider", "--dir", "/nonexistent/demo", "--concurrency", "2"]);
+            }
+            Ok(Entry::NotRunnable(why)) => assert!(why.contains("MyProvider") && why.contains("Ruby"), "{why}"),
+            Err(e) => panic!("{e:?}"),
+        }
     }
 
     #[test]

@@ -194,9 +194,10 @@ impl Registry {
             }
             let availability = match parsed.entry {
                 Ok(Entry::Runnable(spec)) => Availability::Runnable(Arc::from(spec)),
-                Ok(Entry::RubyClass { classname }) => Availability::NotRunnable(format!(
-                    "seed-style Ruby plugin (classname {classname:?}, no \"executable\"): running Ruby plugins is not supported yet"
-                )),
+                Ok(Entry::NotRunnable(why)) => {
+                    self.error(path, Some(name), None, why.clone());
+                    Availability::NotRunnable(why)
+                }
                 Err(p) => {
                     let key = (!p.key.is_empty()).then_some(p.key.clone());
                     self.problems.push(Problem {
@@ -276,10 +277,11 @@ mod tests {
         assert!(runnable(PluginKind::Provider, "good"));
         assert!(runnable(PluginKind::Automator, "shell"));
         assert!(runnable(PluginKind::Automator, "odd"));
-        let Availability::NotRunnable(why) = &reg.get(PluginKind::Provider, "ruby").unwrap().availability else {
-            panic!()
-        };
-        assert!(why.contains("MyProvider") && why.contains("Ruby"), "{why}");
+        // Runs through the Ruby host where Ruby and the host are found; says why not where not.
+        match &reg.get(PluginKind::Provider, "ruby").unwrap().availability {
+            Availability::Runnable(spec) => assert_eq!(spec.ruby_class.as_deref(), Some("MyProvider")),
+            Availability::NotRunnable(why) => assert!(why.contains("MyProvider") && why.contains("Ruby"), "{why}"),
+        }
         let Availability::NotRunnable(why) = &reg.get(PluginKind::Automator, "bad").unwrap().availability else {
             panic!()
         };
