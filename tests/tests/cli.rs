@@ -83,8 +83,8 @@ fn plugins_lists_what_is_registered_and_why_some_cannot_run() {
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|l| l.contains("fine") && l.contains("runnable")), "{out}");
     assert!(
-        out.lines().any(|l| l.contains("legacy") && l.contains("not runnable") && l.contains("MyProvider")),
-        "{out}"
+        out.lines().any(|l| l.contains("legacy") && l.contains(" runnable ") && l.contains("Ruby class MyProvider")),
+        "a seed-style manifest runs through the Ruby host: {out}"
     );
     assert!(out.contains("key \"instances\": expected a whole number of at least 1, found a string"), "{out}");
 
@@ -97,7 +97,7 @@ fn plugins_lists_what_is_registered_and_why_some_cannot_run() {
         .iter()
         .map(|p| (p["name"].as_str().unwrap(), p["runnable"].as_bool().unwrap()))
         .collect();
-    assert_eq!(names, [("broken", false), ("fine", true), ("legacy", false)]);
+    assert_eq!(names, [("broken", false), ("fine", true), ("legacy", true)]);
     let problem = &v["problems"][0];
     assert_eq!(
         (problem["plugin"].as_str(), problem["key"].as_str(), problem["severity"].as_str()),
