@@ -54,6 +54,8 @@ enum Command {
     Submit(SubmitArgs),
     /// Show a running daemon's plugins, or one task.
     Status(StatusArgs),
+    /// Bring clusters up and down from a spec: machines, then services, in order.
+    Cluster(crate::cluster::cli::ClusterArgs),
 }
 
 #[derive(Args, Debug)]
@@ -135,7 +137,8 @@ pub fn main() -> ExitCode {
         .log_level
         .clone()
         .or_else(|| config.as_ref().and_then(|c| c.log_level.clone()))
-        .unwrap_or_else(|| "info".into());
+        // A cluster operation shows its progress; the log is for what goes wrong.
+        .unwrap_or_else(|| if matches!(cli.command, Command::Cluster(_)) { "warn".into() } else { "info".into() });
     let format = cli.log_format.or_else(|| config.as_ref().and_then(|c| c.log_format)).unwrap_or_default();
     let filter = match logging::parse_filter(&level) {
         Ok(f) => f,
@@ -163,6 +166,7 @@ pub fn main() -> ExitCode {
                 None => ExitCode::from(USAGE),
             },
             Command::Submit(args) => submit(args).await,
+            Command::Cluster(args) => crate::cluster::cli::main(args, plugin_level).await,
             Command::Status(args) => match crate::client::Api::resolve(&args.api) {
                 Ok(api) => crate::client::status(&api, args.task.as_deref(), args.json).await,
                 Err(e) => {
@@ -272,7 +276,7 @@ async fn submit(args: SubmitArgs) -> ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM with the signal's name.
-async fn interrupt() -> &'static str {
+pub(crate) async fn interrupt() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return std::future::pending().await;

@@ -56,6 +56,27 @@ pub struct Connection {
     stats: Stats,
 }
 
+/// A piece of a task's live output (credentials scrubbed), for [`watch_output`].
+#[derive(Debug, Clone)]
+pub struct OutputLine {
+    /// The task.
+    pub task_id: String,
+    /// Which stream.
+    pub stream: OutputStream,
+    /// The text, as the plugin sent it (usually whole lines).
+    pub data: String,
+}
+
+static OUTPUT_WATCHERS: std::sync::OnceLock<tokio::sync::broadcast::Sender<Arc<OutputLine>>> =
+    std::sync::OnceLock::new();
+
+/// Every task's live output, from every plugin, from now on; `cluster up` shows each
+/// node's latest line. A watcher that falls behind misses lines (it gets `Lagged`), and
+/// nothing is sent while nobody watches.
+pub fn watch_output() -> tokio::sync::broadcast::Receiver<Arc<OutputLine>> {
+    OUTPUT_WATCHERS.get_or_init(|| tokio::sync::broadcast::channel(1024).0).subscribe()
+}
+
 /// Counters of what the reader put up with.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -414,6 +435,12 @@ impl Connection {
 
     fn capture_output(&self, p: OutputParams) {
         let data = self.redactor.scrub(&p.data);
+        if let Some(tx) = OUTPUT_WATCHERS.get()
+            && tx.receiver_count() > 0
+        {
+            let _ =
+                tx.send(Arc::new(OutputLine { task_id: p.task_id.clone(), stream: p.stream, data: data.to_string() }));
+        }
         tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, task_id = %p.task_id,
             stream = ?p.stream, "output: {}", data.trim_end());
         let mut st = self.lock();

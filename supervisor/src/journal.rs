@@ -18,8 +18,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// Schema version, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version, in `PRAGMA user_version`. 2 added the cluster tables
+/// ([`crate::cluster::store::SCHEMA`]); a version 1 file gains them when opened.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Most operations applied in one transaction.
 const BATCH: usize = 512;
@@ -149,6 +150,7 @@ impl Journal {
              );
              CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, finished_at);",
         )
+        .and_then(|()| conn.execute_batch(crate::cluster::store::SCHEMA))
         .map_err(|e| fail(e.to_string()))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
         if version > SCHEMA_VERSION {
@@ -274,7 +276,8 @@ impl Journal {
     }
 
     /// Runs `f` on the journal thread inside the next batch; answers after the commit.
-    async fn run<T: Send + 'static>(
+    /// Everything `f` does commits (or fails) together.
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, JournalError> {
@@ -340,7 +343,7 @@ fn get(c: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
     .optional()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 

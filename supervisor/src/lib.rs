@@ -18,10 +18,12 @@
 //! | plugin authors check their plugin | [`conformance`] |
 //! | the daemon: config, journal, API, systemd | [`config`], [`journal`], [`daemon`], [`http`], [`serve`], [`notify`], [`metrics`] |
 //! | the daemon's client (`submit`, `status`) | [`client`] |
+//! | clusters: spec, plans, `cluster up`/`down` | [`cluster`] |
 
 pub mod capture;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conformance;
 pub mod connection;

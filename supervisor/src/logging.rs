@@ -3,8 +3,9 @@
 //! Plugins' log notifications and stderr lines arrive as events with target
 //! [`crate::connection::PLUGIN_TARGET`] and the fields `plugin`, `pid` and `task_id`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 use loom_protocol::LogLevel;
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -43,12 +44,54 @@ pub fn parse_filter(directive: &str) -> Result<Targets, BadLevel> {
     Targets::from_str(directive).map_err(|e| BadLevel { directive: directive.to_owned(), reason: e.to_string() })
 }
 
+/// Where log lines go instead of straight to stderr (progress bars redraw around them).
+type Route = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+static ROUTE: RwLock<Option<Route>> = RwLock::new(None);
+
+/// Sends every log line through `route` (or, with `None`, straight to stderr again).
+pub fn route_stderr(route: Option<Route>) {
+    *ROUTE.write().unwrap_or_else(std::sync::PoisonError::into_inner) = route;
+}
+
+/// A log event's bytes, written to stderr (or through the route) in one piece when the
+/// formatter is done with it.
+#[derive(Default)]
+struct EventWriter {
+    buf: Vec<u8>,
+}
+
+impl Write for EventWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        let route = ROUTE.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match route {
+            Some(route) => route(&self.buf),
+            None => {
+                let _ = std::io::stderr().lock().write_all(&self.buf);
+            }
+        }
+    }
+}
+
 /// Installs the global subscriber. Does nothing if one is installed already (tests).
 pub fn init(format: Format, filter: Targets) {
     let ansi = std::io::stderr().is_terminal();
     let result = match format {
         Format::Human => tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer().with_writer(EventWriter::default).with_ansi(ansi).with_filter(filter),
+            )
             .try_init(),
         Format::Json => tracing_subscriber::registry()
             .with(
@@ -57,7 +100,7 @@ pub fn init(format: Format, filter: Targets) {
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr)
+                    .with_writer(EventWriter::default)
                     .with_filter(filter),
             )
             .try_init(),

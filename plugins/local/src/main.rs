@@ -14,6 +14,7 @@ mod netns;
 mod procs;
 mod sshd;
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ struct Local {
     confirm_timeout: Duration,
     /// Extra sshd_config lines.
     sshd_options: Vec<String>,
+    /// For exercising retries: how many times each task fails on purpose, per hostname.
+    fail_first: HashMap<String, u64>,
     /// Serialises address allocation in netns mode within this process; a lock file does
     /// it across processes.
     allocating: Mutex<()>,
@@ -54,6 +57,7 @@ impl Default for Local {
             user: String::new(),
             confirm_timeout: CONFIRM_TIMEOUT,
             sshd_options: Vec::new(),
+            fail_first: HashMap::new(),
             allocating: Mutex::new(()),
         }
     }
@@ -134,6 +138,19 @@ impl Provider for Local {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(TaskError::new("settings.sshdOptions must be an array of sshd_config lines")),
         };
+        self.fail_first = match settings.get("failFirst") {
+            None => HashMap::new(),
+            Some(Value::Object(o)) => o
+                .iter()
+                .map(|(task, n)| match (task.as_str(), n.as_u64()) {
+                    ("CREATE" | "CONFIRM" | "DELETE", Some(n)) => Ok((task.clone(), n)),
+                    _ => Err(TaskError::new(
+                        "settings.failFirst must map CREATE, CONFIRM or DELETE to a count, e.g. {\"CONFIRM\": 1}",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(TaskError::new("settings.failFirst must be an object, e.g. {\"CONFIRM\": 1}")),
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -147,6 +164,7 @@ impl Provider for Local {
     }
 
     async fn create(&self, task: Task, ctx: Context) -> TaskOutcome {
+        self.planned_failure("CREATE", &task)?;
         let id = new_id();
         let folder = Folder::new(&self.state_dir, &id);
         std::fs::DirBuilder::new()
@@ -168,6 +186,7 @@ impl Provider for Local {
     }
 
     async fn confirm(&self, task: Task, ctx: Context) -> TaskOutcome {
+        self.planned_failure("CONFIRM", &task)?;
         let (folder, m) = self.machine(&task)?;
         let addr = format!("{}:{}", m.address, m.port);
         ctx.progress(format!("waiting for sshd on {addr}"), Some(0.0));
@@ -187,6 +206,7 @@ impl Provider for Local {
     }
 
     async fn delete(&self, task: Task, ctx: Context) -> TaskOutcome {
+        self.planned_failure("DELETE", &task)?;
         let Some(id) = task.config.get("providerid").and_then(Value::as_str) else {
             return Ok(TaskResult { stdout: "no providerid: nothing to delete\n".into(), ..TaskResult::ok() });
         };
@@ -202,6 +222,24 @@ impl Provider for Local {
 }
 
 impl Local {
+    /// `settings.failFirst`: fails the first N `task`s of each hostname, counting in
+    /// `<stateDir>/faults/`, so that tests can watch retries happen.
+    fn planned_failure(&self, task: &str, t: &Task) -> Result<(), TaskError> {
+        let Some(&limit) = self.fail_first.get(task) else { return Ok(()) };
+        let host = t.config.get("hostname").and_then(Value::as_str).unwrap_or("unnamed");
+        let host: String =
+            host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        let dir = self.state_dir.join("faults");
+        let file = dir.join(format!("{task}-{host}"));
+        let done: u64 = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        if done >= limit {
+            return Ok(());
+        }
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(&file, (done + 1).to_string());
+        Err(TaskError::new(format!("{task} of {host} failed on purpose ({} of {limit}, settings.failFirst)", done + 1)))
+    }
+
     /// Everything CREATE does after making the folder.
     async fn build(&self, task: &Task, folder: &Folder, id: &str, ctx: &Context) -> Result<Machine, String> {
         sshd::make_keys(&self.keygen, folder).await?;

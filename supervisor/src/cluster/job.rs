@@ -1,0 +1,831 @@
+//! Running one cluster operation: the plan's steps on the supervisor, as many at once
+//! as `parallel` allows and their order permits, each up to `attempts` times.
+//!
+//! For every task sent: its node's config is built from the spec and what the node's
+//! earlier tasks returned ([`merge`]); its start is journaled just before it goes out
+//! (so after a crash it is known to have been sent, and is sent again with the same id:
+//! a provider that deduplicates by task id, like `ec2`, does not make a second machine);
+//! its answer, the node's merged config and the step's mark are journaled together.
+//!
+//! A failed step is tried again. A failed CONFIRM is retried as DELETE, CREATE, CONFIRM;
+//! a failed CREATE that reported a `providerid` is deleted before it is tried again. A
+//! CREATE answering a 2xx status created nothing and is not retried (Coopr's "refused").
+//! When a step fails for good, no new step starts; the running ones finish; the cluster
+//! is left `incomplete` with a report of what failed and what to do.
+//!
+//! # Cancellation
+//! Dropping [`run`]'s future cancels the tasks in flight (each gets a `cancel`). Their
+//! journal entries stay `running`: the next operation sends them again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use loom_protocol::{PluginKind, TaskName, TaskResult};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::lock::ClusterLock;
+use super::plan::{self, JobKind, Mark, Marks, Plan, StepKey};
+use super::progress::{Event, Progress};
+use super::spec::{ClusterSpec, NodeSpec};
+use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
+use crate::envelope::TaskEnvelope;
+use crate::journal::JournalError;
+use crate::redact::Redactor;
+use crate::registry::Availability;
+use crate::supervisor::{Supervisor, Table};
+
+/// Tasks run at once unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 8;
+/// Attempts per step unless told otherwise (Loom's).
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// Most bytes of a failed task's stdout and stderr in a report.
+const REPORT_TAIL: usize = 4096;
+
+/// How an operation runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Most tasks at once.
+    pub parallel: usize,
+    /// Attempts per step.
+    pub attempts: u32,
+}
+
+impl Options {
+    /// The spec's settings, overridden by the caller's.
+    pub fn resolve(spec: &ClusterSpec, parallel: Option<usize>, attempts: Option<u32>) -> Options {
+        Options {
+            parallel: parallel.or(spec.parallel).unwrap_or(DEFAULT_PARALLEL).max(1),
+            attempts: attempts.or(spec.attempts).unwrap_or(DEFAULT_ATTEMPTS).max(1),
+        }
+    }
+}
+
+/// What an operation needs: the plugins, the journal, the folder of the cluster locks.
+pub struct Engine<'a> {
+    /// Runs the tasks.
+    pub supervisor: &'a Supervisor,
+    /// Records everything.
+    pub store: &'a ClusterStore,
+    /// Where the per-cluster lock files are.
+    pub lock_dir: PathBuf,
+}
+
+/// Why an operation did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No such cluster.
+    #[error("no cluster named {0:?}")]
+    Unknown(String),
+    /// Another operation holds the cluster.
+    #[error("{0}")]
+    Busy(String),
+    /// The plugins or the recorded state do not allow it; nothing was sent.
+    #[error("{}", .0.join("\n"))]
+    Refused(Vec<String>),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// A step that failed for good.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// `INSTALL web on demo-web-1`.
+    pub step: String,
+    /// The last task sent for it.
+    pub task_id: String,
+    /// That task's name (a CONFIRM's retry may end in DELETE or CREATE).
+    pub task_name: String,
+    /// The node.
+    pub node: String,
+    /// The service, for service actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last status.
+    pub status: i64,
+    /// The end of the last attempt's stdout.
+    pub stdout: String,
+    /// The end of the last attempt's stderr.
+    pub stderr: String,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The cluster.
+    pub cluster: String,
+    /// `<cluster>.j<N>`.
+    pub job_id: String,
+    /// `up`, `down`, ...
+    pub operation: &'static str,
+    /// The cluster's state now.
+    pub state: ClusterState,
+    /// Steps in the plan.
+    pub steps: usize,
+    /// Steps that succeeded.
+    pub succeeded: usize,
+    /// Steps not started because of a failure.
+    pub not_run: usize,
+    /// Steps that failed for good.
+    pub failed: Vec<Failure>,
+    /// Things the operator should know.
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether everything succeeded.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.not_run == 0
+    }
+
+    /// The report stored with an incomplete cluster: what failed and what to do next.
+    pub fn report(&self) -> Value {
+        let next = next_steps(&self.cluster, self.operation, self.failed.first().map(|f| f.step.as_str()));
+        json!({
+            "job": self.job_id, "operation": self.operation, "failed": self.failed,
+            "notRun": self.not_run, "notes": self.notes, "next": next,
+        })
+    }
+}
+
+/// What to do after `operation` failed at `step` (or was interrupted).
+pub fn next_steps(cluster: &str, operation: &str, step: Option<&str>) -> String {
+    let cause = step.map_or_else(|| "the interruption".to_owned(), |s| format!("what made {s} fail"));
+    match operation {
+        "up" => format!(
+            "Fix {cause}, then run `loom-provisioner cluster up` with the spec again: it resumes where it stopped, and finished tasks are not run again. `loom-provisioner cluster down {cluster}` removes whatever was created."
+        ),
+        "down" => format!(
+            "Fix {cause}, then run `loom-provisioner cluster down {cluster}` again; `--force` deletes the machines without stopping their services."
+        ),
+        other => format!(
+            "Fix {cause}, then run `loom-provisioner cluster {other} {cluster}` again; `loom-provisioner cluster down {cluster}` removes the cluster."
+        ),
+    }
+}
+
+/// Runs `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
+/// the others, the stored one, which [`stored_spec`] reads). Locks the cluster for the
+/// duration; fails at once if another operation holds it.
+///
+/// # Errors
+/// [`JobError`]: nothing was sent.
+pub async fn run(
+    engine: &Engine<'_>,
+    spec: &ClusterSpec,
+    kind: JobKind,
+    options: Options,
+    progress: &dyn Progress,
+) -> Result<Outcome, JobError> {
+    let _lock = ClusterLock::acquire(&engine.lock_dir, &spec.name).map_err(JobError::Busy)?;
+    let snapshot = engine.store.snapshot(&spec.name).await?;
+    if kind != JobKind::Up && snapshot.is_none() {
+        return Err(JobError::Unknown(spec.name.clone()));
+    }
+    let (learned, marks, interrupted) = match snapshot {
+        Some(s) if s.cluster.state != ClusterState::Terminated || kind != JobKind::Up => {
+            (s.learned, s.marks, s.interrupted)
+        }
+        _ => Default::default(),
+    };
+    check_nodes(spec, &learned)?;
+    let plan = plan::build(kind, spec, &marks, &learned);
+    check_plugins(spec, &plan, &engine.supervisor.table())?;
+
+    let job_id = engine.store.begin(&spec.name, &spec.to_value(), kind).await?;
+    let mut interrupted_by_step = HashMap::new();
+    for row in interrupted {
+        if plan.find(&row.step).is_some() {
+            interrupted_by_step.insert(row.step.clone(), row);
+        } else {
+            // Sent by an operation that was interrupted, and not part of this one.
+            engine.store.abandon(&row.task_id).await?;
+        }
+    }
+    let runner = Runner {
+        engine,
+        spec,
+        nodes: spec.nodes(),
+        job_id: job_id.clone(),
+        options,
+        progress,
+        learned: Mutex::new(learned),
+        marks: Mutex::new(marks),
+        interrupted: Mutex::new(interrupted_by_step),
+    };
+    progress.event(&Event::Planned { cluster: &spec.name, job_id: &job_id, kind, plan: &plan });
+    let (succeeded, failed) = runner.execute(&plan).await;
+    let not_run = plan.steps.len() - succeeded - failed.len();
+    let state = match (failed.is_empty() && not_run == 0, kind) {
+        (false, _) => ClusterState::Incomplete,
+        (true, JobKind::Down { .. }) => ClusterState::Terminated,
+        (true, _) => ClusterState::Active,
+    };
+    let outcome = Outcome {
+        cluster: spec.name.clone(),
+        job_id,
+        operation: kind.as_str(),
+        state,
+        steps: plan.steps.len(),
+        succeeded,
+        not_run,
+        failed,
+        notes: plan.notes,
+    };
+    let report = (!outcome.ok()).then(|| outcome.report());
+    engine.store.end(&spec.name, state, report.as_ref()).await?;
+    progress.event(&Event::Finished { outcome: &outcome });
+    Ok(outcome)
+}
+
+/// The spec a cluster was last run with.
+///
+/// # Errors
+/// [`JobError::Unknown`], or the journal failed, or the stored spec is unreadable.
+pub async fn stored_spec(store: &ClusterStore, name: &str) -> Result<ClusterSpec, JobError> {
+    let record = store.get(name).await?.ok_or_else(|| JobError::Unknown(name.to_owned()))?;
+    ClusterSpec::from_value(&record.spec, &format!("the stored spec of cluster {name}"), Path::new("/"))
+        .map_err(|e| JobError::Refused(vec![e.to_string()]))
+}
+
+/// A spec may add nodes to a cluster, but not drop machines that exist.
+fn check_nodes(spec: &ClusterSpec, learned: &HashMap<String, Map<String, Value>>) -> Result<(), JobError> {
+    let ids: BTreeSet<String> = spec.nodes().into_iter().map(|n| n.id).collect();
+    let dropped: Vec<&String> =
+        learned.iter().filter(|(id, l)| !ids.contains(*id) && l.contains_key("providerid")).map(|(id, _)| id).collect();
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let mut dropped: Vec<&str> = dropped.into_iter().map(String::as_str).collect();
+    dropped.sort_unstable();
+    Err(JobError::Refused(vec![format!(
+        "nodeGroups: cluster {} has machines this spec no longer has ({}); removing nodes is not supported: take the cluster down first, or restore the node groups",
+        spec.name,
+        dropped.join(", ")
+    )]))
+}
+
+/// Every plugin the plan needs is registered and runnable; else nothing runs.
+fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table) -> Result<(), JobError> {
+    let mut needed: BTreeSet<(PluginKind, String, String)> = BTreeSet::new();
+    for step in &plan.steps {
+        let k = &step.key;
+        match (k.task.kind(), &k.service) {
+            (PluginKind::Provider, _) => {
+                needed.insert((PluginKind::Provider, spec.provider.name.clone(), "provider.name".into()));
+            }
+            (PluginKind::Automator, Some(s)) => {
+                if let Some(t) = spec.services.get(s).and_then(|svc| svc.automator(k.task)) {
+                    needed.insert((PluginKind::Automator, t.to_owned(), type_path(spec, t)));
+                }
+            }
+            (PluginKind::Automator, None) => {
+                if let Some(node) = spec.nodes().into_iter().find(|n| n.id == k.node) {
+                    for a in spec.automators_of(&node) {
+                        let at = type_path(spec, &a);
+                        needed.insert((PluginKind::Automator, a, at));
+                    }
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut reported = BTreeSet::new();
+    for (kind, name, at) in needed {
+        if table.plugin(kind, &name).is_some() || !reported.insert((kind, name.clone())) {
+            continue;
+        }
+        let registered = table.registry.plugins.iter().find(|r| r.kind == kind && r.name == name);
+        let why = match registered.map(|r| &r.availability) {
+            Some(Availability::NotRunnable(why)) => {
+                format!("{kind} plugin {name:?} is registered but cannot run: {why}")
+            }
+            _ => {
+                let names: Vec<&str> =
+                    table.registry.plugins.iter().filter(|r| r.kind == kind).map(|r| r.name.as_str()).collect();
+                let list = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+                format!("no {kind} plugin named {name:?} is registered (registered {kind}s: {list})")
+            }
+        };
+        problems.push(format!("{at}: {why}"));
+    }
+    if problems.is_empty() { Ok(()) } else { Err(JobError::Refused(problems)) }
+}
+
+/// Where the spec first names automator `automator`: `services.web.actions.start.type`.
+fn type_path(spec: &ClusterSpec, automator: &str) -> String {
+    spec.services
+        .iter()
+        .flat_map(|(name, s)| s.actions.iter().map(move |(task, a)| (name, task, a)))
+        .find(|(_, _, a)| a.get("type").and_then(Value::as_str) == Some(automator))
+        .map_or_else(
+            || "services".to_owned(),
+            |(name, task, _)| format!("services.{name}.actions.{}.type", task.as_str().to_ascii_lowercase()),
+        )
+}
+
+/// Merges a task's result into its node's learned config as Loom's server did: result
+/// keys by shallow overwrite (also when the task failed); `hostname` and `ipaddresses`
+/// only on success. A DELETE that succeeded leaves nothing; a CREATE answering a 2xx
+/// status created nothing and changes nothing.
+pub fn merge(learned: &mut Map<String, Value>, task: TaskName, result: &TaskResult) {
+    if task == TaskName::Delete && result.is_success() {
+        learned.clear();
+        return;
+    }
+    if task == TaskName::Create && created_nothing(result) {
+        return;
+    }
+    for (k, v) in &result.result {
+        learned.insert(k.clone(), v.clone());
+    }
+    if result.is_success() {
+        if let Some(h) = &result.hostname {
+            learned.insert("hostname".into(), Value::String(h.clone()));
+        }
+        if let Some(ip) = &result.ipaddresses {
+            learned.insert("ipaddresses".into(), ip.clone());
+        }
+    }
+}
+
+/// Coopr's CREATE convention: a 2xx status means the provider made nothing (it refused).
+fn created_nothing(result: &TaskResult) -> bool {
+    (200..300).contains(&result.status)
+}
+
+struct Runner<'a> {
+    engine: &'a Engine<'a>,
+    spec: &'a ClusterSpec,
+    nodes: Vec<NodeSpec>,
+    job_id: String,
+    options: Options,
+    progress: &'a dyn Progress,
+    learned: Mutex<HashMap<String, Map<String, Value>>>,
+    marks: Mutex<Marks>,
+    interrupted: Mutex<HashMap<StepKey, TaskRow>>,
+}
+
+/// One send's outcome.
+struct Sent {
+    task_id: String,
+    status: i64,
+    stdout: String,
+    stderr: String,
+    /// Not worth trying again.
+    fatal: bool,
+}
+
+impl Runner<'_> {
+    /// Runs the steps; returns how many succeeded and the failures.
+    async fn execute(&self, plan: &Plan) -> (usize, Vec<Failure>) {
+        let n = plan.steps.len();
+        let mut waiting: Vec<usize> = plan.steps.iter().map(|s| s.after.len()).collect();
+        let mut followers = vec![Vec::new(); n];
+        for (i, s) in plan.steps.iter().enumerate() {
+            for &a in &s.after {
+                followers[a].push(i);
+            }
+        }
+        let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut running = FuturesUnordered::new();
+        let (mut succeeded, mut failures) = (0, Vec::new());
+        loop {
+            while failures.is_empty() && running.len() < self.options.parallel {
+                let Some(i) = ready.pop_first() else { break };
+                running.push(async move { (i, self.run_step(&plan.steps[i].key).await) });
+            }
+            let Some((i, outcome)) = running.next().await else { break };
+            match outcome {
+                Ok(()) => {
+                    succeeded += 1;
+                    for &f in &followers[i] {
+                        waiting[f] -= 1;
+                        if waiting[f] == 0 {
+                            ready.insert(f);
+                        }
+                    }
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        (succeeded, failures)
+    }
+
+    /// Runs one step, with its retries.
+    async fn run_step(&self, key: &StepKey) -> Result<(), Failure> {
+        let resumed = self.lock_interrupted().remove(key);
+        let mut last: Option<(Sent, TaskName)> = None;
+        let mut attempts = 0;
+        for attempt in 1..=self.options.attempts {
+            attempts = attempt;
+            let sequence = self.sequence(key, attempt);
+            // An interrupted send picks up where it was, with its task id.
+            let (start, mut reuse) = match &resumed {
+                Some(row) if attempt == 1 => {
+                    let at = sequence.iter().position(|t| t.as_str() == row.task_name).unwrap_or(0);
+                    (at, Some(row.task_id.clone()))
+                }
+                _ => (0, None),
+            };
+            let mut all_ok = true;
+            for &task in &sequence[start..] {
+                let sent = self.send(key, task, attempt, reuse.take()).await;
+                let (ok, fatal) = (sent.status == 0, sent.fatal);
+                last = Some((sent, task));
+                if !ok {
+                    all_ok = false;
+                    if fatal {
+                        return Err(self.failure(key, last, attempts));
+                    }
+                    break;
+                }
+            }
+            if all_ok {
+                return Ok(());
+            }
+        }
+        Err(self.failure(key, last, attempts))
+    }
+
+    /// The tasks one attempt of a step sends.
+    fn sequence(&self, key: &StepKey, attempt: u32) -> Vec<TaskName> {
+        let has_machine = || self.lock_learned().get(&key.node).is_some_and(|l| l.contains_key("providerid"));
+        match key.task {
+            TaskName::Confirm if attempt > 1 => {
+                if has_machine() {
+                    vec![TaskName::Delete, TaskName::Create, TaskName::Confirm]
+                } else {
+                    vec![TaskName::Create, TaskName::Confirm]
+                }
+            }
+            TaskName::Create if attempt > 1 && has_machine() => vec![TaskName::Delete, TaskName::Create],
+            t => vec![t],
+        }
+    }
+
+    fn failure(&self, key: &StepKey, last: Option<(Sent, TaskName)>, attempts: u32) -> Failure {
+        let (sent, task) = last.unwrap_or_else(|| {
+            let never = Sent {
+                task_id: String::new(),
+                status: 1,
+                stdout: String::new(),
+                stderr: "never sent".into(),
+                fatal: true,
+            };
+            (never, key.task)
+        });
+        Failure {
+            step: key.to_string(),
+            task_id: sent.task_id,
+            task_name: task.as_str().to_owned(),
+            node: key.node.clone(),
+            service: key.service.clone(),
+            attempts,
+            status: sent.status,
+            stdout: super::store::tail(&sent.stdout, REPORT_TAIL).to_owned(),
+            stderr: super::store::tail(&sent.stderr, REPORT_TAIL).to_owned(),
+        }
+    }
+
+    /// `demo-web-1.INSTALL.web.j3a1`: unique, readable, usable as a file name.
+    fn task_id(&self, key: &StepKey, task: TaskName, attempt: u32) -> String {
+        let job = self.job_id.rsplit('.').next().unwrap_or(&self.job_id);
+        match &key.service {
+            Some(s) => format!("{}.{task}.{s}.{job}a{attempt}", key.node),
+            None => format!("{}.{task}.{job}a{attempt}", key.node),
+        }
+    }
+
+    /// Sends one task and records everything about it.
+    async fn send(&self, key: &StepKey, task: TaskName, attempt: u32, reuse_id: Option<String>) -> Sent {
+        let task_id = reuse_id.unwrap_or_else(|| self.task_id(key, task, attempt));
+        let body = self.task_json(key, task, &task_id);
+        let envelope = match RawValue::from_string(body.to_string())
+            .map_err(|e| e.to_string())
+            .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()))
+        {
+            Ok(e) => e,
+            Err(why) => {
+                let stderr = format!("loom-provisioner built an invalid task: {why}");
+                return Sent { task_id, status: 1, stdout: String::new(), stderr, fatal: true };
+            }
+        };
+        let store = self.engine.store;
+        let cluster = &self.spec.name;
+        let recorded = std::sync::atomic::AtomicBool::new(false);
+        let began = Mutex::new(Instant::now());
+        let (id, job, flag, began_at) = (&task_id, &self.job_id, &recorded, &began);
+        let before_send: crate::plugin::BeforeSend<'_> = Box::new(move || {
+            Box::pin(async move {
+                store.started(cluster, job, id, key, task.as_str(), attempt).await.map_err(|e| e.to_string())?;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                *began_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+                Ok(())
+            })
+        });
+        self.progress.event(&Event::TaskStarted { key, task_id: &task_id, task, attempt });
+        let result = self.engine.supervisor.run_with(&envelope, Some(before_send)).await;
+        if !recorded.load(std::sync::atomic::Ordering::SeqCst) {
+            // Refused before it was sent (no plugin, or the journal failed): still recorded.
+            let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
+        }
+        let elapsed = began.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed();
+        self.record(key, task, &task_id, attempt, &envelope, result, elapsed).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        key: &StepKey,
+        task: TaskName,
+        task_id: &str,
+        attempt: u32,
+        envelope: &TaskEnvelope,
+        result: TaskResult,
+        elapsed: Duration,
+    ) -> Sent {
+        // A script may print a credential it was given; it never reaches the journal.
+        let redactor = Redactor::default();
+        redactor.add(&envelope.secrets);
+        let stdout = redactor.scrub(&result.stdout).into_owned();
+        let stderr = redactor.scrub(&result.stderr).into_owned();
+        let fatal = task == TaskName::Create && created_nothing(&result);
+        let status = result.status;
+        // A CONFIRM retried as DELETE, CREATE, CONFIRM remakes the machine: its CREATE
+        // counts as the node's CREATE.
+        let done: Vec<StepKey> = match (status, task == key.task, task) {
+            (0, true, _) => vec![key.clone()],
+            (0, false, TaskName::Create) => vec![StepKey::node(TaskName::Create, &key.node)],
+            _ => Vec::new(),
+        };
+        let (learned, undo) = {
+            let mut all = self.lock_learned();
+            let node = all.entry(key.node.clone()).or_default();
+            let before = node.clone();
+            merge(node, task, &result);
+            let changed = (*node != before).then(|| node.clone());
+            let mut marks = self.lock_marks();
+            let undo = if status == 0 {
+                let as_key = StepKey { task, ..key.clone() };
+                plan::undone_by(&as_key, &marks)
+            } else {
+                Vec::new()
+            };
+            for k in &undo {
+                marks.remove(k);
+            }
+            marks.entry(key.clone()).or_insert(Mark::Attempted);
+            for k in &done {
+                marks.insert(k.clone(), Mark::Done);
+            }
+            (changed, undo)
+        };
+        let finished = Finished {
+            task_id: task_id.to_owned(),
+            step: key.clone(),
+            status,
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+            learned,
+            done,
+            undo,
+        };
+        self.persist(finished).await;
+        let retrying = status != 0 && !fatal && attempt < self.options.attempts;
+        self.progress.event(&Event::TaskFinished {
+            key,
+            task_id,
+            task,
+            attempt,
+            status,
+            elapsed,
+            stderr: &stderr,
+            retrying,
+        });
+        Sent { task_id: task_id.to_owned(), status, stdout, stderr, fatal }
+    }
+
+    /// Journals a result; a result that cannot be written is retried: it must not be lost.
+    async fn persist(&self, finished: Finished) {
+        let cluster = &self.spec.name;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.engine.store.finished(cluster, finished.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(task_id = %finished.task_id, "cannot record the result: {e}; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// The task as Loom's server sent it: `taskId, jobId, clusterId, taskName, nodeId,
+    /// config`, where `config` is the node's spec-given config, overwritten by what its
+    /// tasks returned, plus `nodes` (every node) and `service` (for service actions).
+    fn task_json(&self, key: &StepKey, task: TaskName, task_id: &str) -> Value {
+        let learned = self.lock_learned().clone();
+        let node = self.nodes.iter().find(|n| n.id == key.node);
+        let mut config = match node {
+            Some(n) => node_config(self.spec, n, learned.get(&n.id)),
+            None => Map::new(),
+        };
+        config.insert("nodes".into(), nodes_view(self.spec, &self.nodes, &learned));
+        if let (Some(service), Some(n)) = (&key.service, node) {
+            let action = self
+                .spec
+                .services
+                .get(service)
+                .and_then(|s| s.actions.get(&task))
+                .map(|a| render_action(self.spec, n, a, learned.get(&n.id)))
+                .unwrap_or_default();
+            config.insert("service".into(), json!({"name": service, "action": Value::Object(action)}));
+        }
+        json!({
+            "taskId": task_id,
+            "jobId": self.job_id,
+            "clusterId": self.spec.name,
+            "taskName": task.as_str(),
+            "nodeId": key.node,
+            "config": Value::Object(config),
+        })
+    }
+
+    fn lock_learned(&self) -> std::sync::MutexGuard<'_, HashMap<String, Map<String, Value>>> {
+        self.learned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_interrupted(&self) -> std::sync::MutexGuard<'_, HashMap<StepKey, TaskRow>> {
+        self.interrupted.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A node's `config` before `nodes` and `service`: what the spec gives it, then what its
+/// tasks returned on top.
+pub fn node_config(spec: &ClusterSpec, node: &NodeSpec, learned: Option<&Map<String, Value>>) -> Map<String, Value> {
+    let mut c = Map::new();
+    if let Some(g) = spec.node_groups.get(node.group) {
+        c.extend(g.config.clone());
+        if let Some(f) = &g.flavor {
+            c.insert("flavor".into(), f.clone().into());
+            c.insert("hardwaretype".into(), json!({"name": f, "flavor": f}));
+        }
+        if let Some(i) = &g.image {
+            c.insert("image".into(), i.clone().into());
+            c.insert("imagetype".into(), json!({"name": i, "image": i}));
+        }
+    }
+    c.insert("hostname".into(), node.hostname.clone().into());
+    c.insert("nodenum".into(), node.nodenum.to_string().into());
+    c.insert("services".into(), spec.services_of(node).to_vec().into());
+    c.insert("automators".into(), spec.automators_of(node).into());
+    c.insert(
+        "provider".into(),
+        json!({
+            "name": spec.provider.name,
+            "providertype": spec.provider.name,
+            "provisioner": Value::Object(spec.provider.fields.clone()),
+        }),
+    );
+    c.insert("cluster".into(), Value::Object(spec.config.clone()));
+    if let Some(l) = learned {
+        for (k, v) in l {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+/// `config.nodes`: every node's hostname, number, addresses and services, by id.
+fn nodes_view(spec: &ClusterSpec, nodes: &[NodeSpec], learned: &HashMap<String, Map<String, Value>>) -> Value {
+    let mut all = Map::new();
+    for n in nodes {
+        let l = learned.get(&n.id);
+        let mut o = Map::new();
+        let hostname = l.and_then(|l| l.get("hostname")).cloned().unwrap_or_else(|| n.hostname.clone().into());
+        o.insert("hostname".into(), hostname);
+        o.insert("nodenum".into(), n.nodenum.to_string().into());
+        for key in ["ipaddress", "ipaddresses"] {
+            if let Some(v) = l.and_then(|l| l.get(key)) {
+                o.insert(key.into(), v.clone());
+            }
+        }
+        o.insert("services".into(), spec.services_of(n).to_vec().into());
+        o.insert("automators".into(), spec.automators_of(n).into());
+        all.insert(n.id.clone(), Value::Object(o));
+    }
+    Value::Object(all)
+}
+
+/// The action with its placeholders filled for `node` (`data`, `script` and string
+/// `fields`, including arrays of strings).
+fn render_action(
+    spec: &ClusterSpec,
+    node: &NodeSpec,
+    action: &Map<String, Value>,
+    learned: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let empty = Map::new();
+    let learned = learned.unwrap_or(&empty);
+    let var = |k: &str| spec.var(node, k, learned);
+    let fill = |v: &Value| -> Value {
+        match v {
+            Value::String(s) => Value::String(super::spec::render(s, &var)),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.clone(), |s| Value::String(super::spec::render(s, &var))))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    };
+    action
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("type", _) => v.clone(),
+                ("fields", Value::Object(f)) => {
+                    Value::Object(f.iter().map(|(fk, fv)| (fk.clone(), fill(fv))).collect())
+                }
+                _ => fill(v),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_merge_shallowly_even_on_failure_and_addresses_only_on_success() {
+        let mut learned = Map::new();
+        let created = TaskResult::ok().with("providerid", "p-1").with("ssh-auth", json!({"user": "u"}));
+        merge(&mut learned, TaskName::Create, &created);
+        let mut failed = TaskResult::failed("boom").with("ssh-auth", json!({"user": "v"}));
+        failed.hostname = Some("h".into());
+        merge(&mut learned, TaskName::Confirm, &failed);
+        assert_eq!(Value::Object(learned.clone()), json!({"providerid": "p-1", "ssh-auth": {"user": "v"}}));
+        let mut ok = TaskResult::ok().with("ipaddress", "10.0.0.5");
+        ok.ipaddresses = Some(json!({"access_v4": "10.0.0.5"}));
+        merge(&mut learned, TaskName::Confirm, &ok);
+        assert_eq!(learned["ipaddresses"]["access_v4"], "10.0.0.5");
+        let mut refused = TaskResult::ok().with("providerid", "p-2");
+        refused.status = 201;
+        merge(&mut learned, TaskName::Create, &refused);
+        assert_eq!(learned["providerid"], "p-1");
+        merge(&mut learned, TaskName::Delete, &TaskResult::ok());
+        assert!(learned.is_empty());
+    }
+
+    #[test]
+    fn a_task_carries_what_loom_sent() {
+        let spec = ClusterSpec::from_value(
+            &json!({
+                "name": "demo",
+                "provider": {"name": "local", "fields": {"network": "loopback"}},
+                "config": {"greeting": "hi"},
+                "nodeGroups": [{"name": "web", "count": 2, "flavor": "small", "services": ["web"]}],
+                "services": {"web": {"actions": {"start": {"type": "shell", "script": "web.sh", "data": "{ipaddress}:{n+8080}"}}}}
+            }),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        let nodes = spec.nodes();
+        let learned: Map<String, Value> =
+            json!({"providerid": "p", "ipaddress": "127.0.0.1"}).as_object().cloned().unwrap_or_default();
+        let config = node_config(&spec, &nodes[1], Some(&learned));
+        assert_eq!(
+            config["provider"],
+            json!({"name": "local", "providertype": "local", "provisioner": {"network": "loopback"}})
+        );
+        assert_eq!(config["cluster"], json!({"greeting": "hi"}));
+        assert_eq!((config["nodenum"].as_str(), config["providerid"].as_str()), (Some("1001"), Some("p")));
+        assert_eq!(config["hardwaretype"]["flavor"], "small");
+        let action = render_action(&spec, &nodes[1], &spec.services["web"].actions[&TaskName::Start], Some(&learned));
+        assert_eq!(Value::Object(action), json!({"type": "shell", "script": "web.sh", "data": "127.0.0.1:8082"}));
+        let all: HashMap<String, Map<String, Value>> = [(nodes[1].id.clone(), learned)].into();
+        let view = nodes_view(&spec, &nodes, &all);
+        assert_eq!(view["demo-web-2"]["ipaddress"], "127.0.0.1");
+        assert_eq!(view["demo-web-1"]["hostname"], "demo-web-1");
+    }
+}

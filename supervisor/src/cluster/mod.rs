@@ -1,0 +1,49 @@
+//! Clusters: describe one ([`spec`]), and `cluster up` provisions its machines and
+//! installs, configures and starts its services, as Loom's server planned them and its
+//! provisioner ran them; `cluster down` takes it all away.
+//!
+//! | | |
+//! |---|---|
+//! | the description, checked | [`spec`] |
+//! | which tasks, in which order | [`plan`] (pure) |
+//! | running them: retries, results flowing into later tasks | [`job`] |
+//! | what is recorded (in the daemon's journal) | [`store`] |
+//! | one operation per cluster at a time | [`lock`] |
+//! | showing progress, showing a cluster | [`progress`], [`view`] |
+//! | the `cluster` commands | [`cli`] |
+
+pub mod cli;
+pub mod job;
+pub mod lock;
+pub mod plan;
+pub mod progress;
+pub mod spec;
+pub mod store;
+pub mod view;
+
+use std::path::PathBuf;
+
+pub use job::{Engine, JobError, Options, Outcome};
+pub use plan::JobKind;
+pub use spec::ClusterSpec;
+pub use store::{ClusterState, ClusterStore};
+
+/// Where `cluster` commands keep their journal unless told: the daemon's folder for root
+/// (`/var/lib/loom-provisioner`), else `$XDG_STATE_HOME/loom-provisioner`
+/// (`~/.local/state/loom-provisioner`).
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/loom-provisioner");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("loom-provisioner")
+}
+
+/// The folder of the cluster locks, inside the data folder.
+pub fn lock_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("clusters")
+}

@@ -1,0 +1,620 @@
+//! Plans: which tasks a cluster operation runs, and which must finish before which.
+//! Pure functions of the spec and of what is recorded about each step; [`super::job`]
+//! runs them.
+//!
+//! The orders are Loom's server's:
+//!
+//! - **up**: per node CREATE, CONFIRM; every node's BOOTSTRAP after every CONFIRM (so each
+//!   task from BOOTSTRAP on carries every node's address in `config.nodes`); per service
+//!   and node INSTALL, CONFIGURE, INITIALIZE, START (those it defines), after its node's
+//!   BOOTSTRAP; INSTALL after the INSTALL of every required service on every node, and
+//!   INITIALIZE and START after the START (or last action) of every required service.
+//!   Steps already done are left out, so an `up` after a failure resumes; a node with
+//!   steps left gets its BOOTSTRAP again (idempotent), so fixed scripts are uploaded.
+//! - **down**: STOP of each started service, dependents first; REMOVE where the service
+//!   defines it; then DELETE of each machine the provider made.
+//! - **restart-services**: STOP (dependents first), then START (requirements first).
+//! - **reconfigure**: BOOTSTRAP, CONFIGURE; with restart BOOTSTRAP, STOP, CONFIGURE, START.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use loom_protocol::TaskName;
+use serde_json::{Map, Value};
+
+use super::spec::{ClusterSpec, NodeSpec};
+
+/// One task of one node (and service, for service actions).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StepKey {
+    /// The task.
+    pub task: TaskName,
+    /// The node's id.
+    pub node: String,
+    /// The service, for INSTALL..REMOVE.
+    pub service: Option<String>,
+}
+
+impl StepKey {
+    /// A node task.
+    pub fn node(task: TaskName, node: &str) -> StepKey {
+        StepKey { task, node: node.to_owned(), service: None }
+    }
+
+    /// A service task.
+    pub fn service(task: TaskName, node: &str, service: &str) -> StepKey {
+        StepKey { task, node: node.to_owned(), service: Some(service.to_owned()) }
+    }
+
+    /// How it is stored: `INSTALL demo-web-1 web`.
+    pub fn encode(&self) -> String {
+        match &self.service {
+            Some(s) => format!("{} {} {s}", self.task, self.node),
+            None => format!("{} {}", self.task, self.node),
+        }
+    }
+
+    /// Reads [`StepKey::encode`]'s form.
+    pub fn decode(s: &str) -> Option<StepKey> {
+        let mut parts = s.split(' ');
+        let task = TaskName::from_str(parts.next()?).ok()?;
+        let node = parts.next()?.to_owned();
+        let service = parts.next().map(str::to_owned);
+        parts.next().is_none().then_some(StepKey { task, node, service })
+    }
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.service {
+            Some(s) => write!(f, "{} {s} on {}", self.task, self.node),
+            None => write!(f, "{} {}", self.task, self.node),
+        }
+    }
+}
+
+/// A cluster operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Create or resume.
+    Up,
+    /// Stop and delete (with `force`, delete only).
+    Down {
+        /// Skip STOP and REMOVE.
+        force: bool,
+    },
+    /// STOP, then START.
+    RestartServices,
+    /// BOOTSTRAP, CONFIGURE (with `restart`: BOOTSTRAP, STOP, CONFIGURE, START).
+    Reconfigure {
+        /// Stop and start the services around CONFIGURE.
+        restart: bool,
+    },
+}
+
+impl JobKind {
+    /// `up`, `down`, `restart-services`, `reconfigure`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Up => "up",
+            JobKind::Down { .. } => "down",
+            JobKind::RestartServices => "restart-services",
+            JobKind::Reconfigure { .. } => "reconfigure",
+        }
+    }
+}
+
+/// What is recorded about a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Sent at least once, never succeeded.
+    Attempted,
+    /// Succeeded (and not undone since: a STOP undoes START, a REMOVE the service, a
+    /// DELETE the node).
+    Done,
+}
+
+/// Marks of every step of a cluster.
+pub type Marks = HashMap<StepKey, Mark>;
+
+/// The steps of one operation.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// In an order that respects `after`.
+    pub steps: Vec<Step>,
+    /// Things the operator should know (e.g. a machine that cannot be deleted).
+    pub notes: Vec<String>,
+}
+
+/// One step and what must finish before it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The task.
+    pub key: StepKey,
+    /// Indexes (in [`Plan::steps`]) of the steps it waits for.
+    pub after: Vec<usize>,
+}
+
+impl Plan {
+    /// The step with `key`.
+    pub fn find(&self, key: &StepKey) -> Option<usize> {
+        self.steps.iter().position(|s| s.key == *key)
+    }
+}
+
+/// Builds a plan: steps added in order, edges between them.
+#[derive(Default)]
+struct Graph {
+    plan: Plan,
+    index: HashMap<StepKey, usize>,
+}
+
+impl Graph {
+    fn add(&mut self, key: StepKey) {
+        if !self.index.contains_key(&key) {
+            self.index.insert(key.clone(), self.plan.steps.len());
+            self.plan.steps.push(Step { key, after: Vec::new() });
+        }
+    }
+
+    /// `later` waits for `first`, when both are in the plan.
+    fn edge(&mut self, first: &StepKey, later: &StepKey) {
+        if let (Some(&f), Some(&l)) = (self.index.get(first), self.index.get(later))
+            && f != l
+            && !self.plan.steps[l].after.contains(&f)
+        {
+            self.plan.steps[l].after.push(f);
+        }
+    }
+
+    /// The plan, its steps sorted so that each comes after those it waits for (keeping
+    /// the order they were added in otherwise).
+    fn finish(self) -> Plan {
+        let Graph { plan, .. } = self;
+        let n = plan.steps.len();
+        let mut waiting: Vec<usize> = plan.steps.iter().map(|s| s.after.len()).collect();
+        let mut followers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, s) in plan.steps.iter().enumerate() {
+            for &a in &s.after {
+                followers[a].push(i);
+            }
+        }
+        // Kahn's algorithm, always taking the earliest-added ready step.
+        let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &f in &followers[i] {
+                waiting[f] -= 1;
+                if waiting[f] == 0 {
+                    ready.insert(f);
+                }
+            }
+        }
+        // The builders add edges only forward in dependency order, so there is no cycle;
+        // were there one, its steps are kept at the end rather than lost.
+        let mut placed = vec![false; n];
+        order.iter().for_each(|&i| placed[i] = true);
+        order.extend((0..n).filter(|&i| !placed[i]));
+        let mut new_index = vec![0; n];
+        for (new, &old) in order.iter().enumerate() {
+            new_index[old] = new;
+        }
+        let mut steps: Vec<Option<Step>> = plan.steps.into_iter().map(Some).collect();
+        let sorted = order
+            .iter()
+            .filter_map(|&old| steps[old].take())
+            .map(|mut s| {
+                s.after = s.after.iter().map(|&a| new_index[a]).collect();
+                s.after.sort_unstable();
+                s
+            })
+            .collect();
+        Plan { steps: sorted, notes: plan.notes }
+    }
+
+    /// Every step whose task is `then` waits for every step whose task is `first`.
+    fn stage(&mut self, first: TaskName, then: TaskName) {
+        let firsts: Vec<StepKey> =
+            self.plan.steps.iter().filter(|s| s.key.task == first).map(|s| s.key.clone()).collect();
+        let thens: Vec<StepKey> =
+            self.plan.steps.iter().filter(|s| s.key.task == then).map(|s| s.key.clone()).collect();
+        for t in &thens {
+            for f in &firsts {
+                self.edge(f, t);
+            }
+        }
+    }
+}
+
+/// The service actions `up` runs, in order.
+const UP_ACTIONS: [TaskName; 4] = [TaskName::Install, TaskName::Configure, TaskName::Initialize, TaskName::Start];
+
+/// Where each service runs: service name -> nodes.
+fn placement(spec: &ClusterSpec, nodes: &[NodeSpec]) -> HashMap<String, Vec<String>> {
+    let mut at: HashMap<String, Vec<String>> = HashMap::new();
+    for n in nodes {
+        for s in spec.services_of(n) {
+            at.entry(s.clone()).or_default().push(n.id.clone());
+        }
+    }
+    at
+}
+
+/// Services that require `service`.
+fn dependents<'a>(spec: &'a ClusterSpec, service: &str) -> impl Iterator<Item = &'a String> {
+    spec.services.iter().filter(move |(_, s)| s.requires.iter().any(|r| r == service)).map(|(name, _)| name)
+}
+
+/// The last action `up` runs for `service`: what "started" means for its dependents.
+fn ready_action(spec: &ClusterSpec, service: &str) -> Option<TaskName> {
+    let s = spec.services.get(service)?;
+    UP_ACTIONS.into_iter().rev().find(|t| s.actions.contains_key(t))
+}
+
+/// Bringing the cluster up, leaving out what is done.
+pub fn up(spec: &ClusterSpec, marks: &Marks) -> Plan {
+    let nodes = spec.nodes();
+    let at = placement(spec, &nodes);
+    let done = |k: &StepKey| marks.get(k) == Some(&Mark::Done);
+    let mut g = Graph::default();
+    let mut service_steps: Vec<StepKey> = Vec::new();
+    for n in &nodes {
+        for s in spec.services_of(n) {
+            let Some(svc) = spec.services.get(s) else { continue };
+            for t in UP_ACTIONS.into_iter().filter(|t| svc.actions.contains_key(t)) {
+                service_steps.push(StepKey::service(t, &n.id, s));
+            }
+        }
+    }
+    let pending_services: HashSet<&String> = service_steps.iter().filter(|k| !done(k)).map(|k| &k.node).collect();
+    for n in &nodes {
+        for t in [TaskName::Create, TaskName::Confirm] {
+            let k = StepKey::node(t, &n.id);
+            if !done(&k) {
+                g.add(k);
+            }
+        }
+    }
+    for n in &nodes {
+        let confirm = StepKey::node(TaskName::Confirm, &n.id);
+        if !done(&confirm) || pending_services.contains(&n.id) {
+            g.add(StepKey::node(TaskName::Bootstrap, &n.id));
+        }
+    }
+    for k in service_steps.iter().filter(|k| !done(k)) {
+        g.add(k.clone());
+    }
+    for n in &nodes {
+        let create = StepKey::node(TaskName::Create, &n.id);
+        let confirm = StepKey::node(TaskName::Confirm, &n.id);
+        let bootstrap = StepKey::node(TaskName::Bootstrap, &n.id);
+        g.edge(&create, &confirm);
+        for m in &nodes {
+            g.edge(&StepKey::node(TaskName::Confirm, &m.id), &bootstrap);
+        }
+        for s in spec.services_of(n) {
+            let Some(svc) = spec.services.get(s) else { continue };
+            let mut previous: Option<StepKey> = None;
+            for t in UP_ACTIONS.into_iter().filter(|t| svc.actions.contains_key(t)) {
+                let key = StepKey::service(t, &n.id, s);
+                g.edge(&bootstrap, &key);
+                if let Some(p) = &previous {
+                    g.edge(p, &key);
+                }
+                for r in &svc.requires {
+                    let on = at.get(r).map(Vec::as_slice).unwrap_or_default();
+                    let needed = match t {
+                        TaskName::Install => Some(TaskName::Install),
+                        TaskName::Initialize | TaskName::Start => ready_action(spec, r),
+                        _ => None,
+                    };
+                    for (m, needed) in on.iter().flat_map(|m| needed.map(|t| (m, t))) {
+                        g.edge(&StepKey::service(needed, m, r), &key);
+                    }
+                }
+                previous = Some(key);
+            }
+        }
+    }
+    g.finish()
+}
+
+/// Whether any service step of (`service`, `node`) is recorded.
+fn touched(marks: &Marks, node: &str, service: &str) -> bool {
+    marks.keys().any(|k| k.node == node && k.service.as_deref() == Some(service))
+}
+
+/// Taking the cluster down: STOP and REMOVE what ran (unless `force`), then DELETE every
+/// machine whose CREATE answered with a `providerid`.
+pub fn down(spec: &ClusterSpec, marks: &Marks, learned: &HashMap<String, Map<String, Value>>, force: bool) -> Plan {
+    let nodes = spec.nodes();
+    let at = placement(spec, &nodes);
+    let mut g = Graph::default();
+    if !force {
+        for n in &nodes {
+            for s in spec.services_of(n) {
+                let Some(svc) = spec.services.get(s) else { continue };
+                let started = if svc.actions.contains_key(&TaskName::Start) {
+                    marks.contains_key(&StepKey::service(TaskName::Start, &n.id, s))
+                } else {
+                    touched(marks, &n.id, s)
+                };
+                if started && svc.actions.contains_key(&TaskName::Stop) {
+                    g.add(StepKey::service(TaskName::Stop, &n.id, s));
+                }
+                if touched(marks, &n.id, s) && svc.actions.contains_key(&TaskName::Remove) {
+                    g.add(StepKey::service(TaskName::Remove, &n.id, s));
+                }
+            }
+        }
+    }
+    for n in &nodes {
+        if learned.get(&n.id).is_some_and(|l| l.contains_key("providerid")) {
+            g.add(StepKey::node(TaskName::Delete, &n.id));
+        } else if marks.contains_key(&StepKey::node(TaskName::Create, &n.id)) {
+            g.plan.notes.push(format!(
+                "CREATE of {} never answered with a providerid, so there is nothing to DELETE for it; if the provider made a machine anyway, look for hostname {}",
+                n.id, n.hostname
+            ));
+        }
+    }
+    for n in &nodes {
+        let delete = StepKey::node(TaskName::Delete, &n.id);
+        for s in spec.services_of(n) {
+            let stop = StepKey::service(TaskName::Stop, &n.id, s);
+            let remove = StepKey::service(TaskName::Remove, &n.id, s);
+            g.edge(&stop, &remove);
+            g.edge(&stop, &delete);
+            g.edge(&remove, &delete);
+            for d in dependents(spec, s) {
+                for m in at.get(d).map(Vec::as_slice).unwrap_or_default() {
+                    g.edge(&StepKey::service(TaskName::Stop, m, d), &stop);
+                    g.edge(&StepKey::service(TaskName::Stop, m, d), &remove);
+                    g.edge(&StepKey::service(TaskName::Remove, m, d), &remove);
+                }
+            }
+        }
+    }
+    g.finish()
+}
+
+/// Services that are started (START done) and can be stopped and started.
+fn started(spec: &ClusterSpec, marks: &Marks) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for n in spec.nodes() {
+        for s in spec.services_of(&n) {
+            let Some(svc) = spec.services.get(s) else { continue };
+            let start = StepKey::service(TaskName::Start, &n.id, s);
+            if marks.get(&start) == Some(&Mark::Done) && svc.actions.contains_key(&TaskName::Stop) {
+                out.push((n.id.clone(), s.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Orders STOPs (dependents first) and STARTs (requirements first) among `pairs`.
+fn stop_start_edges(g: &mut Graph, spec: &ClusterSpec, pairs: &[(String, String)]) {
+    for (n, s) in pairs {
+        let Some(svc) = spec.services.get(s) else { continue };
+        for (m, d) in pairs.iter().filter(|(_, d)| dependents(spec, s).any(|x| x == d)) {
+            g.edge(&StepKey::service(TaskName::Stop, m, d), &StepKey::service(TaskName::Stop, n, s));
+        }
+        for (m, r) in pairs.iter().filter(|(_, r)| svc.requires.contains(r)) {
+            g.edge(&StepKey::service(TaskName::Start, m, r), &StepKey::service(TaskName::Start, n, s));
+        }
+    }
+}
+
+/// STOP every started service, then START them again.
+pub fn restart_services(spec: &ClusterSpec, marks: &Marks) -> Plan {
+    let pairs = started(spec, marks);
+    let mut g = Graph::default();
+    for (n, s) in &pairs {
+        g.add(StepKey::service(TaskName::Stop, n, s));
+    }
+    for (n, s) in &pairs {
+        g.add(StepKey::service(TaskName::Start, n, s));
+    }
+    g.stage(TaskName::Stop, TaskName::Start);
+    stop_start_edges(&mut g, spec, &pairs);
+    g.finish()
+}
+
+/// BOOTSTRAP every confirmed node and CONFIGURE every installed service; with
+/// `restart`, stop the started services before and start them after.
+pub fn reconfigure(spec: &ClusterSpec, marks: &Marks, restart: bool) -> Plan {
+    let mut g = Graph::default();
+    let nodes: Vec<NodeSpec> = spec
+        .nodes()
+        .into_iter()
+        .filter(|n| marks.get(&StepKey::node(TaskName::Confirm, &n.id)) == Some(&Mark::Done))
+        .collect();
+    for n in &nodes {
+        g.add(StepKey::node(TaskName::Bootstrap, &n.id));
+    }
+    let pairs: Vec<(String, String)> = if restart {
+        started(spec, marks).into_iter().filter(|(n, _)| nodes.iter().any(|x| x.id == *n)).collect()
+    } else {
+        Vec::new()
+    };
+    for (n, s) in &pairs {
+        g.add(StepKey::service(TaskName::Stop, n, s));
+    }
+    for n in &nodes {
+        for s in spec.services_of(n) {
+            let configurable = spec.services.get(s).is_some_and(|svc| svc.actions.contains_key(&TaskName::Configure));
+            if configurable && touched(marks, &n.id, s) {
+                g.add(StepKey::service(TaskName::Configure, &n.id, s));
+            }
+        }
+    }
+    for (n, s) in &pairs {
+        g.add(StepKey::service(TaskName::Start, n, s));
+    }
+    g.stage(TaskName::Bootstrap, TaskName::Stop);
+    g.stage(TaskName::Bootstrap, TaskName::Configure);
+    g.stage(TaskName::Stop, TaskName::Configure);
+    g.stage(TaskName::Configure, TaskName::Start);
+    g.stage(TaskName::Stop, TaskName::Start);
+    stop_start_edges(&mut g, spec, &pairs);
+    g.finish()
+}
+
+/// The plan for `kind`.
+pub fn build(kind: JobKind, spec: &ClusterSpec, marks: &Marks, learned: &HashMap<String, Map<String, Value>>) -> Plan {
+    match kind {
+        JobKind::Up => up(spec, marks),
+        JobKind::Down { force } => down(spec, marks, learned, force),
+        JobKind::RestartServices => restart_services(spec, marks),
+        JobKind::Reconfigure { restart } => reconfigure(spec, marks, restart),
+    }
+}
+
+/// What a successful step undoes: keys whose marks go (a STOP un-starts, a REMOVE
+/// un-installs, a DELETE forgets the node).
+pub fn undone_by(key: &StepKey, marks: &Marks) -> Vec<StepKey> {
+    match (key.task, &key.service) {
+        (TaskName::Stop, Some(s)) => vec![StepKey::service(TaskName::Start, &key.node, s)],
+        (TaskName::Remove, Some(s)) => {
+            marks.keys().filter(|k| k.node == key.node && k.service.as_deref() == Some(s.as_str())).cloned().collect()
+        }
+        (TaskName::Delete, _) => marks.keys().filter(|k| k.node == key.node).cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn spec() -> ClusterSpec {
+        let sh = |script: &str| json!({"type": "shell", "script": script});
+        ClusterSpec::from_value(
+            &json!({
+                "name": "c",
+                "provider": {"name": "local"},
+                "nodeGroups": [
+                    {"name": "db", "services": ["db"]},
+                    {"name": "app", "count": 2, "services": ["app"]}
+                ],
+                "services": {
+                    "db": {"actions": {"install": sh("i"), "configure": sh("c"), "start": sh("s"), "stop": sh("x"), "remove": sh("r")}},
+                    "app": {"requires": ["db"], "actions": {"install": sh("i"), "initialize": sh("n"), "start": sh("s"), "stop": sh("x")}}
+                }
+            }),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    fn k(s: &str) -> StepKey {
+        StepKey::decode(s).unwrap()
+    }
+
+    /// Whether `later` waits, directly or not, for `first`.
+    fn waits(plan: &Plan, later: &str, first: &str) -> bool {
+        let (Some(l), Some(f)) = (plan.find(&k(later)), plan.find(&k(first))) else {
+            panic!("{later} or {first} not in the plan");
+        };
+        let mut stack = vec![l];
+        let mut seen = HashSet::new();
+        while let Some(i) = stack.pop() {
+            if i == f {
+                return true;
+            }
+            if seen.insert(i) {
+                stack.extend(&plan.steps[i].after);
+            }
+        }
+        false
+    }
+
+    fn all_done(plan: &Plan) -> Marks {
+        plan.steps.iter().map(|s| (s.key.clone(), Mark::Done)).collect()
+    }
+
+    #[test]
+    fn up_orders_tasks_as_loom_did() {
+        let plan = up(&spec(), &Marks::new());
+        assert_eq!(plan.steps.len(), 3 * 3 + 3 + 2 * 3);
+        assert!(waits(&plan, "BOOTSTRAP c-db-1", "CONFIRM c-app-2"));
+        assert!(waits(&plan, "CONFIRM c-app-1", "CREATE c-app-1"));
+        assert!(!waits(&plan, "CONFIRM c-app-1", "CREATE c-app-2"));
+        assert!(waits(&plan, "INSTALL c-app-1 app", "INSTALL c-db-1 db"));
+        assert!(waits(&plan, "INITIALIZE c-app-2 app", "START c-db-1 db"));
+        assert!(waits(&plan, "START c-app-2 app", "INITIALIZE c-app-2 app"));
+        assert!(!waits(&plan, "INSTALL c-app-1 app", "START c-db-1 db"));
+        assert!(!waits(&plan, "START c-app-1 app", "START c-app-2 app"));
+        // Every step comes after the ones it waits for.
+        for (i, s) in plan.steps.iter().enumerate() {
+            assert!(s.after.iter().all(|a| *a < i), "{} is before one of its requirements", s.key);
+        }
+    }
+
+    #[test]
+    fn up_after_a_failure_leaves_out_what_is_done_and_bootstraps_again() {
+        let full = up(&spec(), &Marks::new());
+        let mut marks = all_done(&full);
+        marks.insert(k("CONFIGURE c-db-1 db"), Mark::Attempted);
+        marks.remove(&k("START c-db-1 db"));
+        let plan = up(&spec(), &marks);
+        let keys: Vec<String> = plan.steps.iter().map(|s| s.key.encode()).collect();
+        assert_eq!(keys, ["BOOTSTRAP c-db-1", "CONFIGURE c-db-1 db", "START c-db-1 db"]);
+        assert!(waits(&plan, "CONFIGURE c-db-1 db", "BOOTSTRAP c-db-1"));
+        assert!(up(&spec(), &all_done(&full)).steps.is_empty());
+    }
+
+    #[test]
+    fn down_stops_dependents_first_then_deletes_machines_with_a_providerid() {
+        let full = up(&spec(), &Marks::new());
+        let mut marks = all_done(&full);
+        marks.remove(&k("START c-app-2 app"));
+        let learned: HashMap<String, Map<String, Value>> = ["c-db-1", "c-app-1"]
+            .iter()
+            .map(|n| ((*n).to_owned(), json!({"providerid": "x"}).as_object().unwrap().clone()))
+            .collect();
+        let plan = down(&spec(), &marks, &learned, false);
+        let keys: HashSet<String> = plan.steps.iter().map(|s| s.key.encode()).collect();
+        let expected: HashSet<String> =
+            ["STOP c-db-1 db", "REMOVE c-db-1 db", "STOP c-app-1 app", "DELETE c-db-1", "DELETE c-app-1"]
+                .map(str::to_owned)
+                .into();
+        assert_eq!(keys, expected);
+        assert!(waits(&plan, "STOP c-db-1 db", "STOP c-app-1 app"));
+        assert!(waits(&plan, "DELETE c-db-1", "REMOVE c-db-1 db"));
+        assert_eq!(plan.notes.len(), 1, "c-app-2 was created but has no providerid: {:?}", plan.notes);
+        let forced = down(&spec(), &marks, &learned, true);
+        assert!(forced.steps.iter().all(|s| s.key.task == TaskName::Delete));
+    }
+
+    #[test]
+    fn restart_and_reconfigure_are_staged() {
+        let marks = all_done(&up(&spec(), &Marks::new()));
+        let plan = restart_services(&spec(), &marks);
+        assert_eq!(plan.steps.len(), 6);
+        assert!(waits(&plan, "START c-db-1 db", "STOP c-app-2 app"));
+        assert!(waits(&plan, "STOP c-db-1 db", "STOP c-app-1 app"));
+        assert!(waits(&plan, "START c-app-1 app", "START c-db-1 db"));
+        let plan = reconfigure(&spec(), &marks, false);
+        let keys: Vec<String> = plan.steps.iter().map(|s| s.key.encode()).collect();
+        assert_eq!(keys, ["BOOTSTRAP c-db-1", "BOOTSTRAP c-app-1", "BOOTSTRAP c-app-2", "CONFIGURE c-db-1 db"]);
+        let plan = reconfigure(&spec(), &marks, true);
+        assert!(waits(&plan, "CONFIGURE c-db-1 db", "STOP c-app-1 app"));
+        assert!(waits(&plan, "START c-app-2 app", "CONFIGURE c-db-1 db"));
+    }
+
+    #[test]
+    fn what_a_step_undoes() {
+        let marks = all_done(&up(&spec(), &Marks::new()));
+        assert_eq!(undone_by(&k("STOP c-db-1 db"), &marks), [k("START c-db-1 db")]);
+        assert_eq!(undone_by(&k("REMOVE c-db-1 db"), &marks).len(), 3);
+        assert_eq!(undone_by(&k("DELETE c-app-1"), &marks).len(), 3 + 3);
+        assert_eq!(k("INSTALL c-db-1 db").to_string(), "INSTALL db on c-db-1");
+    }
+}

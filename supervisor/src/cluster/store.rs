@@ -1,0 +1,588 @@
+//! Clusters in the journal: each cluster's spec and state, each node's learned config
+//! (its tasks' results, merged), the mark of each step, and every task attempt with its
+//! result. A task's start is committed before it is sent, and its result, the node's
+//! merged config and the step's mark commit together, so a supervisor killed at any
+//! point leaves a state that `cluster up` can resume from.
+//!
+//! The tables live in the daemon's journal file (`journal.sqlite3`, mode 0600): node
+//! configs hold `ssh-auth` and specs hold provider fields.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::plan::{JobKind, Mark, Marks, StepKey};
+use crate::journal::{Journal, JournalError, now_ms, rfc3339};
+
+/// The cluster tables; created by [`Journal::open`].
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS clusters (
+    name        TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    jobs        INTEGER NOT NULL DEFAULT 0,
+    last_job    TEXT,
+    report      TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cluster_nodes (
+    cluster     TEXT NOT NULL,
+    node_id     TEXT NOT NULL,
+    learned     TEXT NOT NULL,
+    PRIMARY KEY (cluster, node_id)
+);
+CREATE TABLE IF NOT EXISTS cluster_steps (
+    cluster     TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    mark        TEXT NOT NULL CHECK (mark IN ('attempted', 'done')),
+    PRIMARY KEY (cluster, step)
+);
+CREATE TABLE IF NOT EXISTS cluster_tasks (
+    task_id     TEXT PRIMARY KEY,
+    cluster     TEXT NOT NULL,
+    job_id      TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    task_name   TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('running', 'done')),
+    status      INTEGER,
+    stdout      TEXT,
+    stderr      TEXT,
+    sends       INTEGER NOT NULL DEFAULT 1,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS cluster_tasks_by_cluster ON cluster_tasks (cluster, started_at);
+";
+
+/// Where a cluster is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// `up` is running (or was, when its process died).
+    Creating,
+    /// Every service is up.
+    Active,
+    /// An operation failed or was interrupted: see the report.
+    Incomplete,
+    /// `down` is running.
+    Deleting,
+    /// `restart-services` or `reconfigure` is running.
+    Updating,
+    /// `down` finished: nothing is left.
+    Terminated,
+}
+
+impl ClusterState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Creating => "creating",
+            ClusterState::Active => "active",
+            ClusterState::Incomplete => "incomplete",
+            ClusterState::Deleting => "deleting",
+            ClusterState::Updating => "updating",
+            ClusterState::Terminated => "terminated",
+        }
+    }
+
+    fn parse(s: &str) -> ClusterState {
+        match s {
+            "creating" => ClusterState::Creating,
+            "active" => ClusterState::Active,
+            "deleting" => ClusterState::Deleting,
+            "updating" => ClusterState::Updating,
+            "terminated" => ClusterState::Terminated,
+            _ => ClusterState::Incomplete,
+        }
+    }
+
+    /// The state while `kind` runs.
+    pub fn during(kind: JobKind) -> ClusterState {
+        match kind {
+            JobKind::Up => ClusterState::Creating,
+            JobKind::Down { .. } => ClusterState::Deleting,
+            JobKind::RestartServices | JobKind::Reconfigure { .. } => ClusterState::Updating,
+        }
+    }
+
+    /// Whether an operation was running in this state.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ClusterState::Creating | ClusterState::Deleting | ClusterState::Updating)
+    }
+}
+
+/// A cluster as stored.
+#[derive(Debug, Clone)]
+pub struct ClusterRecord {
+    /// Its name.
+    pub name: String,
+    /// Its spec, in stored form ([`super::spec::ClusterSpec::to_value`]).
+    pub spec: Value,
+    /// Where it is.
+    pub state: ClusterState,
+    /// How many operations it has had.
+    pub jobs: u32,
+    /// The last operation's id.
+    pub last_job: Option<String>,
+    /// Why the last operation failed, when it did.
+    pub report: Option<Value>,
+    /// When it was first brought up (RFC 3339).
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+}
+
+/// One task attempt.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRow {
+    /// Its id (sent to the plugin).
+    pub task_id: String,
+    /// The operation that sent it.
+    pub job_id: String,
+    /// The step it belongs to.
+    #[serde(serialize_with = "as_encoded")]
+    pub step: StepKey,
+    /// The task sent (differs from the step's for a CONFIRM retried as DELETE, CREATE).
+    pub task_name: String,
+    /// 1, 2, 3 ...
+    pub attempt: u32,
+    /// `running` until it answered (a `running` task with no operation running was
+    /// interrupted and is sent again, with the same id, by the next operation).
+    pub state: String,
+    /// Its exit status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    /// The last part of its stdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// The last part of its stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// How many times it was sent (more than 1 after an interruption).
+    pub sends: u32,
+    /// When it was (last) sent, RFC 3339.
+    pub started_at: String,
+    /// When it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// `started_at` in milliseconds since the epoch.
+    pub started_ms: i64,
+    /// `finished_at` in milliseconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+}
+
+fn as_encoded<S: serde::Serializer>(k: &StepKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&k.encode())
+}
+
+/// Everything known about a cluster.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The cluster.
+    pub cluster: ClusterRecord,
+    /// Each node's learned config.
+    pub learned: HashMap<String, Map<String, Value>>,
+    /// Each step's mark.
+    pub marks: Marks,
+    /// Tasks sent and never answered (the process died), oldest first.
+    pub interrupted: Vec<TaskRow>,
+}
+
+/// What a finished task changes, committed at once.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The task.
+    pub task_id: String,
+    /// Its step.
+    pub step: StepKey,
+    /// Its status.
+    pub status: i64,
+    /// Its stdout (tail).
+    pub stdout: String,
+    /// Its stderr (tail).
+    pub stderr: String,
+    /// The node's learned config after merging the result (`None`: unchanged).
+    pub learned: Option<Map<String, Value>>,
+    /// Steps to mark done.
+    pub done: Vec<StepKey>,
+    /// Marks this success undoes.
+    pub undo: Vec<StepKey>,
+}
+
+/// The cluster tables of a journal.
+#[derive(Clone)]
+pub struct ClusterStore {
+    journal: Journal,
+}
+
+/// Most characters of a task's stdout or stderr kept.
+pub const OUTPUT_TAIL: usize = 16 * 1024;
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+impl ClusterStore {
+    /// The cluster tables of `journal`.
+    pub fn new(journal: Journal) -> ClusterStore {
+        ClusterStore { journal }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// One cluster.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn get(&self, name: &str) -> Result<Option<ClusterRecord>, JournalError> {
+        let name = name.to_owned();
+        self.journal.run(move |c| cluster(c, &name)).await
+    }
+
+    /// Every cluster, by name.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn list(&self) -> Result<Vec<ClusterRecord>, JournalError> {
+        self.journal
+            .run(|c| {
+                let mut q = c.prepare(&format!("{SELECT_CLUSTER} ORDER BY name"))?;
+                let rows = q.query_map([], read_cluster)?;
+                rows.collect()
+            })
+            .await
+    }
+
+    /// Everything known about a cluster.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn snapshot(&self, name: &str) -> Result<Option<Snapshot>, JournalError> {
+        let name = name.to_owned();
+        self.journal
+            .run(move |c| {
+                let Some(cluster) = cluster(c, &name)? else { return Ok(None) };
+                let mut learned = HashMap::new();
+                let mut q = c.prepare("SELECT node_id, learned FROM cluster_nodes WHERE cluster = ?1")?;
+                for row in q.query_map(params![name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                    let (node, text) = row?;
+                    let map = serde_json::from_str::<Map<String, Value>>(&text).unwrap_or_default();
+                    learned.insert(node, map);
+                }
+                let mut marks = Marks::new();
+                let mut q = c.prepare("SELECT step, mark FROM cluster_steps WHERE cluster = ?1")?;
+                for row in q.query_map(params![name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                    let (step, mark) = row?;
+                    if let Some(key) = StepKey::decode(&step) {
+                        marks.insert(key, if mark == "done" { Mark::Done } else { Mark::Attempted });
+                    }
+                }
+                let interrupted = tasks_where(c, &name, "AND state = 'running'")?;
+                Ok(Some(Snapshot { cluster, learned, marks, interrupted }))
+            })
+            .await
+    }
+
+    /// Every task attempt of a cluster, in the order they were sent.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn tasks(&self, name: &str) -> Result<Vec<TaskRow>, JournalError> {
+        let name = name.to_owned();
+        self.journal.run(move |c| tasks_where(c, &name, "")).await
+    }
+
+    /// Starts an operation: records the spec, the state and the job; returns the job's
+    /// id (`<cluster>.j<N>`). An `up` of a terminated cluster starts it afresh.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn begin(&self, name: &str, spec: &Value, kind: JobKind) -> Result<String, JournalError> {
+        let (name, spec) = (name.to_owned(), spec.to_string());
+        let state = ClusterState::during(kind).as_str();
+        self.journal
+            .run(move |c| {
+                let now = now_ms();
+                let existing = cluster(c, &name)?;
+                if existing.as_ref().is_some_and(|e| e.state == ClusterState::Terminated) && kind == JobKind::Up {
+                    for table in ["cluster_nodes", "cluster_steps"] {
+                        c.execute(&format!("DELETE FROM {table} WHERE cluster = ?1"), params![name])?;
+                    }
+                }
+                let jobs = existing.map_or(0, |e| e.jobs) + 1;
+                let job = format!("{name}.j{jobs}");
+                c.execute(
+                    "INSERT INTO clusters (name, spec, state, jobs, last_job, report, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)
+                     ON CONFLICT (name) DO UPDATE SET spec = ?2, state = ?3, jobs = ?4, last_job = ?5,
+                         report = NULL, updated_at = ?6",
+                    params![name, spec, state, jobs, job, now],
+                )?;
+                Ok(job)
+            })
+            .await
+    }
+
+    /// Records that a task is being sent (committed before it is). A task id seen before
+    /// (an interrupted attempt sent again) counts one more send.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn started(
+        &self,
+        cluster: &str,
+        job: &str,
+        task_id: &str,
+        step: &StepKey,
+        task_name: &str,
+        attempt: u32,
+    ) -> Result<(), JournalError> {
+        let (cluster, job, id, step, name) =
+            (cluster.to_owned(), job.to_owned(), task_id.to_owned(), step.encode(), task_name.to_owned());
+        self.journal
+            .run(move |c| {
+                let now = now_ms();
+                c.execute(
+                    "INSERT INTO cluster_tasks (task_id, cluster, job_id, step, task_name, attempt, state, started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)
+                     ON CONFLICT (task_id) DO UPDATE SET state = 'running', sends = sends + 1, started_at = ?7",
+                    params![id, cluster, job, step, name, attempt, now],
+                )?;
+                c.execute(
+                    "INSERT OR IGNORE INTO cluster_steps (cluster, step, mark) VALUES (?1, ?2, 'attempted')",
+                    params![cluster, step],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records a task's answer, the node's merged config and the step's mark, together.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn finished(&self, cluster: &str, f: Finished) -> Result<(), JournalError> {
+        let cluster = cluster.to_owned();
+        self.journal
+            .run(move |c| {
+                let now = now_ms();
+                c.execute(
+                    "UPDATE cluster_tasks SET state = 'done', status = ?2, stdout = ?3, stderr = ?4, finished_at = ?5
+                     WHERE task_id = ?1",
+                    params![f.task_id, f.status, tail(&f.stdout, OUTPUT_TAIL), tail(&f.stderr, OUTPUT_TAIL), now],
+                )?;
+                for k in &f.undo {
+                    c.execute(
+                        "DELETE FROM cluster_steps WHERE cluster = ?1 AND step = ?2",
+                        params![cluster, k.encode()],
+                    )?;
+                }
+                for k in &f.done {
+                    c.execute(
+                        "INSERT INTO cluster_steps (cluster, step, mark) VALUES (?1, ?2, 'done')
+                         ON CONFLICT (cluster, step) DO UPDATE SET mark = 'done'",
+                        params![cluster, k.encode()],
+                    )?;
+                }
+                if let Some(learned) = &f.learned {
+                    let text = Value::Object(learned.clone()).to_string();
+                    c.execute(
+                        "INSERT INTO cluster_nodes (cluster, node_id, learned) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (cluster, node_id) DO UPDATE SET learned = ?3",
+                        params![cluster, f.step.node, text],
+                    )?;
+                }
+                c.execute("UPDATE clusters SET updated_at = ?2 WHERE name = ?1", params![cluster, now])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Closes a task that was interrupted and that the next operation does not send
+    /// again (it was part of another kind of operation).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn abandon(&self, task_id: &str) -> Result<(), JournalError> {
+        let id = task_id.to_owned();
+        self.journal
+            .run(move |c| {
+                c.execute(
+                    "UPDATE cluster_tasks SET state = 'done', status = -1, finished_at = ?2,
+                         stderr = 'interrupted: the operation that sent it stopped, and the next operation was a different one'
+                     WHERE task_id = ?1",
+                    params![id, now_ms()],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    /// Ends an operation with the cluster's new state and, on failure, the report.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn end(&self, name: &str, state: ClusterState, report: Option<&Value>) -> Result<(), JournalError> {
+        let (name, report) = (name.to_owned(), report.map(Value::to_string));
+        self.journal
+            .run(move |c| {
+                c.execute(
+                    "UPDATE clusters SET state = ?2, report = ?3, updated_at = ?4 WHERE name = ?1",
+                    params![name, state.as_str(), report, now_ms()],
+                )?;
+                if state == ClusterState::Terminated {
+                    c.execute("DELETE FROM cluster_nodes WHERE cluster = ?1", params![name])?;
+                    c.execute("DELETE FROM cluster_steps WHERE cluster = ?1", params![name])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Forgets a terminated cluster and its history. Returns whether it was there.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn forget(&self, name: &str) -> Result<bool, JournalError> {
+        let name = name.to_owned();
+        self.journal
+            .run(move |c| {
+                for table in ["cluster_nodes", "cluster_steps", "cluster_tasks"] {
+                    c.execute(&format!("DELETE FROM {table} WHERE cluster = ?1"), params![name])?;
+                }
+                Ok(c.execute("DELETE FROM clusters WHERE name = ?1", params![name])? > 0)
+            })
+            .await
+    }
+}
+
+const SELECT_CLUSTER: &str = "SELECT name, spec, state, jobs, last_job, report, created_at, updated_at FROM clusters";
+
+fn cluster(c: &Connection, name: &str) -> rusqlite::Result<Option<ClusterRecord>> {
+    c.query_row(&format!("{SELECT_CLUSTER} WHERE name = ?1"), params![name], read_cluster).optional()
+}
+
+fn read_cluster(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
+    let spec: String = r.get(1)?;
+    let report: Option<String> = r.get(5)?;
+    Ok(ClusterRecord {
+        name: r.get(0)?,
+        spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
+        state: ClusterState::parse(&r.get::<_, String>(2)?),
+        jobs: r.get(3)?,
+        last_job: r.get(4)?,
+        report: report.and_then(|t| serde_json::from_str(&t).ok()),
+        created_at: rfc3339(r.get(6)?),
+        updated_at: rfc3339(r.get(7)?),
+    })
+}
+
+fn tasks_where(c: &Connection, cluster: &str, filter: &str) -> rusqlite::Result<Vec<TaskRow>> {
+    let mut q = c.prepare(&format!(
+        "SELECT task_id, job_id, step, task_name, attempt, state, status, stdout, stderr, sends, started_at, finished_at
+         FROM cluster_tasks WHERE cluster = ?1 {filter} ORDER BY started_at, rowid"
+    ))?;
+    let rows = q.query_map(params![cluster], |r| {
+        let step: String = r.get(2)?;
+        let started: i64 = r.get(10)?;
+        let finished: Option<i64> = r.get(11)?;
+        Ok(StepKey::decode(&step).map(|step| TaskRow {
+            task_id: r.get(0).unwrap_or_default(),
+            job_id: r.get(1).unwrap_or_default(),
+            step,
+            task_name: r.get(3).unwrap_or_default(),
+            attempt: r.get(4).unwrap_or_default(),
+            state: r.get(5).unwrap_or_default(),
+            status: r.get(6).unwrap_or_default(),
+            stdout: r.get(7).unwrap_or_default(),
+            stderr: r.get(8).unwrap_or_default(),
+            sends: r.get(9).unwrap_or_default(),
+            started_at: rfc3339(started),
+            finished_at: finished.map(rfc3339),
+            started_ms: started,
+            finished_ms: finished,
+        }))
+    })?;
+    rows.filter_map(Result::transpose).collect::<rusqlite::Result<Vec<_>>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loom_protocol::TaskName;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_job_records_tasks_marks_and_learned_config_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let create = StepKey::node(TaskName::Create, "c-a-1");
+        {
+            let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
+            let job = store.begin("c", &json!({"name": "c"}), JobKind::Up).await.unwrap();
+            assert_eq!(job, "c.j1");
+            store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
+            let learned = json!({"providerid": "p-1"}).as_object().cloned();
+            let f = Finished {
+                task_id: "t1".into(),
+                step: create.clone(),
+                status: 0,
+                stdout: "x".repeat(OUTPUT_TAIL + 10),
+                stderr: String::new(),
+                learned,
+                done: vec![create.clone()],
+                undo: vec![],
+            };
+            store.finished("c", f).await.unwrap();
+            let confirm = StepKey::node(TaskName::Confirm, "c-a-1");
+            store.started("c", &job, "t2", &confirm, "CONFIRM", 1).await.unwrap();
+        }
+        let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
+        let snap = store.snapshot("c").await.unwrap().unwrap();
+        assert_eq!(snap.cluster.state, ClusterState::Creating);
+        assert_eq!(snap.marks.get(&create), Some(&Mark::Done));
+        assert_eq!(snap.learned["c-a-1"]["providerid"], "p-1");
+        let interrupted: Vec<_> = snap.interrupted.iter().map(|t| t.task_id.as_str()).collect();
+        assert_eq!(interrupted, ["t2"]);
+        let tasks = store.tasks("c").await.unwrap();
+        assert_eq!(tasks[0].stdout.as_ref().map(String::len), Some(OUTPUT_TAIL));
+        // Sending the interrupted task again keeps its id and counts the send.
+        let job = store.begin("c", &json!({"name": "c"}), JobKind::Up).await.unwrap();
+        assert_eq!(job, "c.j2");
+        store.started("c", &job, "t2", &tasks[1].step, "CONFIRM", 1).await.unwrap();
+        assert_eq!(store.tasks("c").await.unwrap()[1].sends, 2);
+    }
+
+    #[tokio::test]
+    async fn terminated_clusters_forget_nodes_and_marks_and_start_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
+        let create = StepKey::node(TaskName::Create, "c-a-1");
+        let job = store.begin("c", &json!({}), JobKind::Up).await.unwrap();
+        store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
+        store.end("c", ClusterState::Terminated, None).await.unwrap();
+        let snap = store.snapshot("c").await.unwrap().unwrap();
+        assert!(snap.marks.is_empty());
+        assert_eq!(snap.cluster.state, ClusterState::Terminated);
+        store.begin("c", &json!({}), JobKind::Up).await.unwrap();
+        assert_eq!(store.get("c").await.unwrap().unwrap().state, ClusterState::Creating);
+        assert!(store.forget("c").await.unwrap());
+        assert!(store.list().await.unwrap().is_empty());
+    }
+}

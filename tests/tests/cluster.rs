@@ -1,0 +1,399 @@
+//! `loom-provisioner cluster`: whole clusters of `local` machines brought up and taken
+//! down with the `shell` automator, failures, retries, resuming after a failure and
+//! after the supervisor is killed.
+//!
+//! Tests run in parallel: each has its own cluster name, journal, machines and ports.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use loom_e2e::{ClusterRig, http_get, machine_processes, wait_until};
+use serde_json::{Value, json};
+
+/// Each task attempt of a status, by task id.
+fn tasks(status: &Value) -> Vec<Value> {
+    status["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+/// The attempts of one step (`"INSTALL demo-web-1 web"`), in order.
+fn attempts_of(status: &Value, step: &str) -> Vec<Value> {
+    tasks(status).into_iter().filter(|t| t["step"] == step).collect()
+}
+
+/// When a step's last successful attempt started and finished (ms).
+fn times(status: &Value) -> HashMap<String, (i64, i64)> {
+    let mut out = HashMap::new();
+    for t in tasks(status) {
+        if t["status"] == 0 && t["taskName"] == t["step"].as_str().unwrap_or("").split(' ').next().unwrap_or("") {
+            let (s, f) = (t["startedMs"].as_i64().unwrap(), t["finishedMs"].as_i64().unwrap());
+            out.insert(t["step"].as_str().unwrap().to_owned(), (s, f));
+        }
+    }
+    out
+}
+
+/// Asserts that `later` started after `first` finished.
+fn after(times: &HashMap<String, (i64, i64)>, later: &str, first: &str) {
+    let (Some(l), Some(f)) = (times.get(later), times.get(first)) else {
+        panic!("{later} or {first} did not run: {times:#?}");
+    };
+    assert!(l.0 >= f.1, "{later} started at {} before {first} finished at {}", l.0, f.1);
+}
+
+fn nodes(status: &Value) -> Vec<Value> {
+    status["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+fn endpoints(status: &Value) -> Vec<String> {
+    nodes(status)
+        .iter()
+        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["url"].as_str().unwrap().trim_start_matches("http://").to_owned())
+        .collect()
+}
+
+/// `GET` of `host:port/path`.
+fn get(url: &str) -> std::io::Result<String> {
+    let (addr, path) = url.split_once('/').unwrap_or((url, ""));
+    if path.is_empty() {
+        return http_get(addr);
+    }
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// After `cluster down`: no machine, no process, no service folder, nothing answering.
+fn assert_nothing_left(rig: &ClusterRig, providerids: &[String], urls: &[String]) {
+    assert!(rig.machines_left().is_empty(), "machines left: {:?}", rig.machines_left());
+    for id in providerids {
+        assert!(machine_processes(id).is_empty(), "processes of {id} left: {:?}", machine_processes(id));
+    }
+    let apps = rig.work.join("apps");
+    let left: Vec<_> = std::fs::read_dir(&apps).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "service folders left in {}: {left:?}", apps.display());
+    for u in urls {
+        assert!(get(u).is_err(), "{u} still answers");
+    }
+    rig.plugins.assert_no_leftovers();
+}
+
+#[test]
+fn the_example_comes_up_in_dependency_order_answers_and_goes_away() {
+    let rig = ClusterRig::new(json!({}));
+    let spec = rig.write_spec("demo.json", &ClusterRig::example(18100, 2));
+    let up = rig.cluster(&["up", spec.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "cluster up failed:\n{}", up.stderr);
+    assert_eq!(up.json["outcome"]["state"], "active", "{:#}", up.json);
+    assert_eq!(up.json["outcome"]["steps"], 18, "3 nodes x CREATE, CONFIRM, BOOTSTRAP + 3 x INSTALL, CONFIGURE, START");
+
+    // Every web server answers with the greeting it read from the store.
+    let status = rig.status("local-demo");
+    assert_eq!(status["state"], "active");
+    let urls = endpoints(&status);
+    assert_eq!(urls.len(), 3, "{status:#}");
+    assert_eq!(get(&urls[0]).unwrap().trim(), "Hello from a Loom cluster");
+    for (i, u) in urls[1..].iter().enumerate() {
+        assert_eq!(get(u).unwrap().trim(), format!("Hello from a Loom cluster, served by web-{}.local-demo", i + 1));
+    }
+
+    // The order, from the recorded times.
+    let t = times(&status);
+    for n in ["store-1", "web-1", "web-2"] {
+        after(&t, &format!("CONFIRM local-demo-{n}"), &format!("CREATE local-demo-{n}"));
+        for m in ["store-1", "web-1", "web-2"] {
+            after(&t, &format!("BOOTSTRAP local-demo-{n}"), &format!("CONFIRM local-demo-{m}"));
+        }
+    }
+    for w in ["web-1", "web-2"] {
+        after(&t, &format!("INSTALL local-demo-{w} web"), &format!("BOOTSTRAP local-demo-{w}"));
+        after(&t, &format!("INSTALL local-demo-{w} web"), "INSTALL local-demo-store-1 store");
+        after(&t, &format!("START local-demo-{w} web"), "START local-demo-store-1 store");
+        after(&t, &format!("START local-demo-{w} web"), &format!("CONFIGURE local-demo-{w} web"));
+    }
+    // Results flowed: the store's CONFIGURE saw every node's address in config.nodes
+    // (the web servers found the store through it, or they would not answer).
+    let ids: Vec<String> = nodes(&status).iter().map(|n| n["providerid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 3);
+
+    let down = rig.cluster(&["down", "local-demo"]);
+    assert_eq!(down.code, Some(0), "cluster down failed:\n{}", down.stderr);
+    let status = rig.status("local-demo");
+    assert_eq!(status["state"], "terminated");
+    let t = times(&status);
+    for w in ["web-1", "web-2"] {
+        after(&t, "STOP local-demo-store-1 store", &format!("STOP local-demo-{w} web"));
+        after(&t, &format!("DELETE local-demo-{w}"), &format!("REMOVE local-demo-{w} web"));
+    }
+    after(&t, "DELETE local-demo-store-1", "REMOVE local-demo-store-1 store");
+    assert_nothing_left(&rig, &ids, &urls);
+}
+
+/// A spec of `n` nodes running service `svc`, whose actions run `scripts[action]`.
+fn spec_with(name: &str, n: u32, actions: &[(&str, &str, &str)]) -> Value {
+    let actions: serde_json::Map<String, Value> = actions
+        .iter()
+        .map(|(action, script, data)| ((*action).to_owned(), json!({"type": "shell", "script": script, "data": data})))
+        .collect();
+    json!({
+        "name": name,
+        "provider": {"name": "local"},
+        "nodeGroups": [{"name": "n", "count": n, "services": ["svc"]}],
+        "services": {"svc": {"actions": actions}}
+    })
+}
+
+#[test]
+fn a_script_failing_once_is_retried_and_the_cluster_comes_up() {
+    let rig = ClusterRig::new(json!({}));
+    let spec = rig.write_spec(
+        "flaky.json",
+        &spec_with("flaky", 2, &[("install", "flaky.sh", "install"), ("start", "record.sh", "start")]),
+    );
+    let up = rig.cluster(&["up", spec.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let status = rig.status("flaky");
+    for n in ["flaky-n-1", "flaky-n-2"] {
+        let tries = attempts_of(&status, &format!("INSTALL {n} svc"));
+        let summary: Vec<_> = tries.iter().map(|t| (t["attempt"].as_u64(), t["status"].as_i64())).collect();
+        assert_eq!(summary, [(Some(1), Some(3)), (Some(2), Some(0))], "{n}: {tries:#?}");
+        assert!(tries[0]["stderr"].as_str().unwrap().contains("failing on purpose"), "{tries:#?}");
+    }
+    assert!(up.stderr.contains("FAILED with status 3") && up.stderr.contains("trying again"), "{}", up.stderr);
+    let down = rig.cluster(&["down", "flaky"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
+fn a_script_that_always_fails_leaves_the_cluster_incomplete_until_fixed_then_resumes() {
+    let rig = ClusterRig::new(json!({}));
+    let spec = rig.write_spec(
+        "broken.json",
+        &spec_with(
+            "broken",
+            2,
+            &[
+                ("install", "record.sh", "install"),
+                ("configure", "broken.sh", "configure"),
+                ("start", "record.sh", "start"),
+            ],
+        ),
+    );
+    let up = rig.cluster(&["up", spec.to_str().unwrap(), "--parallel", "1"]);
+    assert_eq!(up.code, Some(1), "{}", up.stderr);
+    let outcome = &up.json["outcome"];
+    assert_eq!(outcome["state"], "incomplete");
+    let failed = &outcome["failed"][0];
+    assert_eq!(failed["step"], "CONFIGURE svc on broken-n-1", "{outcome:#}");
+    assert_eq!((failed["attempts"].as_u64(), failed["status"].as_i64()), (Some(3), Some(4)));
+    assert!(failed["stderr"].as_str().unwrap().contains("broken.sh: this script is broken"), "{failed:#}");
+    assert!(failed["stdout"].as_str().unwrap().contains("configuring"), "{failed:#}");
+    // No new step started after the failure: START never ran.
+    let status = rig.status("broken");
+    assert!(tasks(&status).iter().all(|t| t["taskName"] != "START"), "{status:#}");
+    assert_eq!(status["state"], "incomplete");
+    let next = status["report"]["next"].as_str().unwrap();
+    assert!(next.contains("cluster up") && next.contains("cluster down broken"), "{next}");
+    // The human status shows the failure, its output and what to do.
+    let text = rig.command(&["status", "broken"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    for needle in
+        ["incomplete", "FAILED CONFIGURE svc on broken-n-1 after 3 attempt(s)", "this script is broken", "next:"]
+    {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+
+    // Fix the script; `up` again resumes: what finished is not run again (but BOOTSTRAP,
+    // idempotent, runs again on nodes with work left, so that fixed scripts are uploaded).
+    let finished: Vec<String> = tasks(&status)
+        .iter()
+        .filter(|t| t["status"] == 0 && !t["step"].as_str().unwrap().starts_with("BOOTSTRAP"))
+        .map(|t| t["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(finished.contains(&"INSTALL broken-n-1 svc".to_owned()), "{finished:?}");
+    let before = rig.runlog().len();
+    std::fs::write(
+        rig.scripts.join("broken.sh"),
+        "#!/bin/sh\necho \"$LOOM_TASK_ID $1\" >> \"$(dirname \"$0\")/../runlog\"\necho fixed\n",
+    )
+    .unwrap();
+    let up = rig.cluster(&["up", spec.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let status = rig.status("broken");
+    assert_eq!(status["state"], "active");
+    for step in &finished {
+        let ok = attempts_of(&status, step).iter().filter(|t| t["status"] == 0).count();
+        assert_eq!(ok, 1, "{step} ran again: {:#?}", attempts_of(&status, step));
+    }
+    let after_fix: Vec<String> = rig.runlog().into_iter().skip(before).collect();
+    for step in finished.iter().filter(|s| s.ends_with(" svc")) {
+        let mut parts = step.split(' ');
+        let (task, node) = (parts.next().unwrap(), parts.next().unwrap());
+        let prefix = format!("{node}.{task}.svc.");
+        assert!(!after_fix.iter().any(|l| l.starts_with(&prefix)), "{step} ran again: {after_fix:?}");
+    }
+    // The fixed script was uploaded (BOOTSTRAP again) and ran, on both nodes.
+    assert_eq!(after_fix.iter().filter(|l| l.ends_with(" configure")).count(), 2, "{after_fix:?}");
+
+    let ids: Vec<String> = nodes(&status).iter().map(|n| n["providerid"].as_str().unwrap().to_owned()).collect();
+    let down = rig.cluster(&["down", spec.to_str().unwrap()]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert_nothing_left(&rig, &ids, &[]);
+}
+
+#[test]
+fn a_confirm_failing_once_is_retried_as_delete_create_confirm() {
+    let rig = ClusterRig::new(json!({"failFirst": {"CONFIRM": 1}}));
+    let spec = rig.write_spec("confirm.json", &spec_with("confirm", 1, &[("start", "record.sh", "start")]));
+    let up = rig.cluster(&["up", spec.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let status = rig.status("confirm");
+    let sent: Vec<(String, u64, i64)> = tasks(&status)
+        .iter()
+        .filter(|t| t["step"].as_str().unwrap().split(' ').next() != Some("BOOTSTRAP"))
+        .filter(|t| ["CREATE", "CONFIRM", "DELETE"].contains(&t["taskName"].as_str().unwrap()))
+        .map(|t| {
+            (t["taskName"].as_str().unwrap().to_owned(), t["attempt"].as_u64().unwrap(), t["status"].as_i64().unwrap())
+        })
+        .collect();
+    let expected: Vec<(String, u64, i64)> =
+        [("CREATE", 1, 0), ("CONFIRM", 1, 1), ("DELETE", 2, 0), ("CREATE", 2, 0), ("CONFIRM", 2, 0)]
+            .iter()
+            .map(|(n, a, s)| ((*n).to_owned(), *a, *s))
+            .collect();
+    assert_eq!(sent, expected);
+    // The first machine was deleted; only the second one is left, and it works.
+    assert_eq!(rig.machines_left().len(), 1, "{:?}", rig.machines_left());
+    let node = &nodes(&status)[0];
+    assert_eq!(rig.machines_left()[0], node["providerid"].as_str().unwrap());
+    assert_eq!(attempts_of(&status, "START confirm-n-1 svc")[0]["status"], 0);
+    let down = rig.cluster(&["down", "confirm"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
+fn a_supervisor_killed_mid_job_resumes_without_running_a_finished_task_twice() {
+    let rig = ClusterRig::new(json!({}));
+    // Every CONFIGURE waits for a gate: the supervisor is killed meanwhile.
+    let spec = spec_with(
+        "killed",
+        3,
+        &[
+            ("install", "record.sh", "install"),
+            ("configure", "record.sh", "configure-{n} wait"),
+            ("start", "record.sh", "start"),
+        ],
+    );
+    let path = rig.write_spec("killed.json", &spec);
+    let mut child = rig
+        .command(&["up", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.runlog().iter().filter(|l| l.contains("configure-")).count() == 3),
+        "the CONFIGUREs did not start: {:?}",
+        rig.runlog()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = rig.status("killed");
+    assert!(status["interrupted"].as_bool().unwrap(), "{status:#}");
+    let interrupted: Vec<String> = tasks(&status)
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .map(|t| t["taskId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(interrupted.len(), 3, "the three CONFIGUREs were running: {status:#}");
+    let done_before: Vec<String> = tasks(&status)
+        .iter()
+        .filter(|t| t["state"] == "done")
+        .map(|t| t["taskId"].as_str().unwrap().to_owned())
+        .collect();
+
+    std::fs::write(rig.work.join("gate"), "").unwrap();
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let status = rig.status("killed");
+    assert_eq!(status["state"], "active");
+    for t in tasks(&status) {
+        let id = t["taskId"].as_str().unwrap();
+        let sends = t["sends"].as_u64().unwrap();
+        if interrupted.iter().any(|i| i == id) {
+            assert_eq!(sends, 2, "{id} was interrupted and sent again, with the same id");
+        } else {
+            assert_eq!(sends, 1, "{id} was sent twice");
+        }
+    }
+    // What had finished did not run again: each finished task id ran once in the scripts.
+    let log = rig.runlog();
+    for id in &done_before {
+        assert!(log.iter().filter(|l| l.starts_with(&format!("{id} "))).count() <= 1, "{id} ran twice: {log:#?}");
+    }
+    for step in ["INSTALL", "START"] {
+        assert_eq!(log.iter().filter(|l| l.contains(&format!(".{step}."))).count(), 3, "{log:#?}");
+    }
+    let ids: Vec<String> = nodes(&status).iter().map(|n| n["providerid"].as_str().unwrap().to_owned()).collect();
+    let down = rig.cluster(&["down", "killed"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert_nothing_left(&rig, &ids, &[]);
+}
+
+#[test]
+fn ten_local_machines_come_up_in_one_command() {
+    let rig = ClusterRig::new(json!({}));
+    let spec = rig.write_spec("ten.json", &ClusterRig::example(28100, 9));
+    let up = rig.cluster(&["up", spec.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let status = rig.status("local-demo");
+    assert_eq!(nodes(&status).len(), 10);
+    let urls = endpoints(&status);
+    assert_eq!(urls.len(), 10);
+    for u in &urls[1..] {
+        assert!(get(u).unwrap().starts_with("Hello from a Loom cluster, served by web-"), "{u}");
+    }
+    let ids: Vec<String> = nodes(&status).iter().map(|n| n["providerid"].as_str().unwrap().to_owned()).collect();
+    let down = rig.cluster(&["down", "local-demo"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert_nothing_left(&rig, &ids, &urls);
+}
+
+#[test]
+fn a_bad_spec_or_a_missing_plugin_is_refused_before_anything_is_created() {
+    let rig = ClusterRig::new(json!({}));
+    let mut spec = ClusterRig::example(28300, 1);
+    spec["nodeGroups"][0]["count"] = json!(0);
+    spec["services"]["web"]["requires"] = json!(["stor"]);
+    let path = rig.write_spec("bad.json", &spec);
+    let run = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2));
+    let file = path.display().to_string();
+    for line in [
+        format!("{file}: nodeGroups[0].count: must be an integer from 1 to 1000"),
+        format!("{file}: services.web.requires[0]: no service \"stor\" in services"),
+    ] {
+        assert!(run.stderr.contains(&line), "{line:?} not in:\n{}", run.stderr);
+    }
+    let mut spec = ClusterRig::example(28300, 1);
+    spec["provider"]["name"] = json!("nimbus");
+    spec["services"]["web"]["actions"]["start"]["type"] = json!("chef-solo");
+    let path = rig.write_spec("missing.json", &spec);
+    let run = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    for line in [
+        "provider.name: no provider plugin named \"nimbus\" is registered (registered providers: local)",
+        "services.web.actions.start.type: no automator plugin named \"chef-solo\" is registered",
+    ] {
+        assert!(run.stderr.contains(line), "{line:?} not in:\n{}", run.stderr);
+    }
+    assert!(rig.machines_left().is_empty());
+    let list = rig.command(&["list"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).starts_with("no clusters"), "{list:?}");
+}
