@@ -85,7 +85,7 @@ fn assert_nothing_left(rig: &ClusterRig, providerids: &[String], urls: &[String]
 #[test]
 fn the_example_comes_up_in_dependency_order_answers_and_goes_away() {
     let rig = ClusterRig::new(json!({}));
-    let spec = rig.write_spec("demo.json", &ClusterRig::example(18100, 2));
+    let spec = rig.write_spec("demo.json", &ClusterRig::example(18200, 2));
     let up = rig.cluster(&["up", spec.to_str().unwrap()]);
     assert_eq!(up.code, Some(0), "cluster up failed:\n{}", up.stderr);
     assert_eq!(up.json["outcome"]["state"], "active", "{:#}", up.json);
@@ -131,6 +131,71 @@ fn the_example_comes_up_in_dependency_order_answers_and_goes_away() {
     }
     after(&t, "DELETE local-demo-store-1", "REMOVE local-demo-store-1 store");
     assert_nothing_left(&rig, &ids, &urls);
+}
+
+#[test]
+fn reconfigure_and_restart_services_run_their_plans() {
+    let rig = ClusterRig::new(json!({}));
+    let mut spec = ClusterRig::example(18300, 1);
+    let path = rig.write_spec("demo.json", &spec);
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let pids = || -> Vec<String> {
+        ["local-demo-store-1/store", "local-demo-web-1/web"]
+            .iter()
+            .map(|a| std::fs::read_to_string(rig.work.join("apps/local-demo").join(a).join("server.pid")).unwrap())
+            .collect()
+    };
+    let first = pids();
+    assert_eq!(get("127.0.0.1:18301/").unwrap().trim(), "Hello from a Loom cluster, served by web-1.local-demo");
+
+    // A changed greeting, applied by CONFIGURE: the servers keep running.
+    spec["config"]["greeting"] = json!("Hello again");
+    rig.write_spec("demo.json", &spec);
+    let run = rig.cluster(&["reconfigure", path.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(get("127.0.0.1:18301/").unwrap().trim(), "Hello again, served by web-1.local-demo");
+    assert_eq!(pids(), first);
+    let job = run.json["outcome"]["jobId"].as_str().unwrap().to_owned();
+    let names = |status: &Value, job: &str| -> Vec<String> {
+        tasks(status).iter().filter(|t| t["jobId"] == job).map(|t| t["step"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut steps = names(&rig.status("local-demo"), &job);
+    steps.sort();
+    assert_eq!(
+        steps,
+        [
+            "BOOTSTRAP local-demo-store-1",
+            "BOOTSTRAP local-demo-web-1",
+            "CONFIGURE local-demo-store-1 store",
+            "CONFIGURE local-demo-web-1 web"
+        ]
+    );
+
+    // restart-services: every service stopped (dependents first), then started.
+    let run = rig.cluster(&["restart-services", "local-demo"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let second = pids();
+    assert!(second.iter().zip(&first).all(|(a, b)| a != b), "{first:?} {second:?}");
+    let t = times(&rig.status("local-demo"));
+    after(&t, "STOP local-demo-store-1 store", "STOP local-demo-web-1 web");
+    after(&t, "START local-demo-store-1 store", "STOP local-demo-store-1 store");
+    after(&t, "START local-demo-web-1 web", "START local-demo-store-1 store");
+    assert_eq!(get("127.0.0.1:18301/").unwrap().trim(), "Hello again, served by web-1.local-demo");
+
+    // reconfigure --restart: BOOTSTRAP, STOP, CONFIGURE, START.
+    let run = rig.cluster(&["reconfigure", "local-demo", "--restart"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(pids().iter().zip(&second).all(|(a, b)| a != b));
+    let t = times(&rig.status("local-demo"));
+    after(&t, "STOP local-demo-web-1 web", "BOOTSTRAP local-demo-web-1");
+    after(&t, "CONFIGURE local-demo-store-1 store", "STOP local-demo-store-1 store");
+    after(&t, "START local-demo-store-1 store", "CONFIGURE local-demo-web-1 web");
+    assert_eq!(get("127.0.0.1:18301/").unwrap().trim(), "Hello again, served by web-1.local-demo");
+
+    let down = rig.cluster(&["down", "local-demo"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
 }
 
 /// A spec of `n` nodes running service `svc`, whose actions run `scripts[action]`.
@@ -344,6 +409,37 @@ fn a_supervisor_killed_mid_job_resumes_without_running_a_finished_task_twice() {
     let down = rig.cluster(&["down", "killed"]);
     assert_eq!(down.code, Some(0), "{}", down.stderr);
     assert_nothing_left(&rig, &ids, &[]);
+}
+
+/// README's first command: the example script, as a user runs it (but with the debug
+/// build the tests already made, and a journal of its own).
+#[test]
+fn the_readme_example_script_brings_the_cluster_up_and_down() {
+    let data = tempfile::tempdir().unwrap();
+    let script = loom_e2e::workspace().join("examples/local-cluster.sh");
+    let run = |arg: &str| {
+        let mut cmd = std::process::Command::new(&script);
+        cmd.arg(arg).env("LOOM_BUILD_PROFILE", "debug").env("LOOM_DATA_DIR", data.path());
+        loom_e2e::run_with_input(cmd, "", Duration::from_secs(600))
+    };
+    loom_e2e::bin_dir();
+    let up = run("up");
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(up.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&up.stderr));
+    for line in [
+        "http://127.0.0.1:18100/greeting    -> Hello from a Loom cluster",
+        "http://127.0.0.1:18101/            -> Hello from a Loom cluster, served by web-1.local-demo",
+        "http://127.0.0.1:18102/            -> Hello from a Loom cluster, served by web-2.local-demo",
+        "Take it down with: examples/local-cluster.sh down",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+    let down = run("down");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("cluster local-demo: terminated"));
+    for port in [18100, 18101, 18102] {
+        assert!(http_get(&format!("127.0.0.1:{port}")).is_err(), "port {port} still answers");
+    }
 }
 
 #[test]

@@ -224,7 +224,10 @@ pub async fn run(
         interrupted: Mutex::new(interrupted_by_step),
     };
     progress.event(&Event::Planned { cluster: &spec.name, job_id: &job_id, kind, plan: &plan });
-    let (succeeded, failed) = runner.execute(&plan).await;
+    let (succeeded, failed) = tokio::select! {
+        done = runner.execute(&plan) => done,
+        never = forward_output(progress) => match never {},
+    };
     let not_run = plan.steps.len() - succeeded - failed.len();
     let state = match (failed.is_empty() && not_run == 0, kind) {
         (false, _) => ClusterState::Incomplete,
@@ -246,6 +249,21 @@ pub async fn run(
     engine.store.end(&spec.name, state, report.as_ref()).await?;
     progress.event(&Event::Finished { outcome: &outcome });
     Ok(outcome)
+}
+
+/// Passes every task's live output to `progress`, if it wants it; never returns.
+async fn forward_output(progress: &dyn Progress) -> std::convert::Infallible {
+    if progress.wants_output() {
+        let mut lines = crate::connection::watch_output();
+        loop {
+            match lines.recv().await {
+                Ok(line) => progress.event(&Event::Output { task_id: &line.task_id, data: &line.data }),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// The spec a cluster was last run with.
