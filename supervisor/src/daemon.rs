@@ -17,6 +17,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 
+use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome};
+use crate::cluster::progress::Log;
+use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
 use crate::config::Config;
 use crate::envelope::TaskEnvelope;
 use crate::journal::{Journal, JournalError, Record, State};
@@ -46,6 +49,12 @@ pub struct Daemon {
     active: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
+    /// The clusters, in the same journal.
+    pub clusters: ClusterStore,
+    /// Cluster operations running here, by cluster: their outcome once there is one.
+    cluster_runs: Mutex<ClusterRuns>,
+    cluster_stop: tokio_util::sync::CancellationToken,
+    cluster_tasks: tokio_util::task::TaskTracker,
 }
 
 /// Why a submission was refused.
@@ -60,6 +69,21 @@ pub enum SubmitError {
     /// The journal failed (500): the task was not accepted.
     #[error("the task was not accepted: {0}")]
     Journal(#[from] JournalError),
+}
+
+/// Cluster operations running, by cluster: a receiver of each one's outcome.
+type ClusterRuns = HashMap<String, watch::Receiver<Option<Result<Outcome, String>>>>;
+
+/// Why a cluster operation was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterOpError {
+    /// Shutting down (503).
+    #[error("the daemon is shutting down and starts no new operations")]
+    Draining,
+    /// Refused: unknown cluster (404), busy (409), bad spec or missing plugin (400),
+    /// journal (500).
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 /// A submission's outcome.
@@ -77,6 +101,7 @@ impl Daemon {
     /// When the journal cannot be opened or a plugins folder read; the text says which.
     pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, String> {
         let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
+        let clusters = ClusterStore::new(journal.clone());
         let registry = load_registry(&config)?;
         let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
         Ok(Arc::new(Daemon {
@@ -89,6 +114,10 @@ impl Daemon {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             draining: AtomicBool::new(false),
+            clusters,
+            cluster_runs: Mutex::new(HashMap::new()),
+            cluster_stop: tokio_util::sync::CancellationToken::new(),
+            cluster_tasks: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -279,10 +308,120 @@ impl Daemon {
         Ok((rerun, failed))
     }
 
+    /// Where the cluster locks are.
+    pub fn cluster_lock_dir(&self) -> std::path::PathBuf {
+        crate::cluster::lock_dir(&self.config().data_dir)
+    }
+
+    /// Starts a cluster operation with this daemon's plugins, in the background; returns
+    /// its job id once it is recorded, or why it was refused (then nothing was sent).
+    ///
+    /// # Errors
+    /// [`ClusterOpError`].
+    pub async fn start_cluster_op(
+        self: &Arc<Self>,
+        spec: ClusterSpec,
+        kind: JobKind,
+    ) -> Result<String, ClusterOpError> {
+        if self.draining() {
+            return Err(ClusterOpError::Draining);
+        }
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let daemon = Arc::clone(self);
+        self.cluster_tasks.spawn(async move {
+            let engine =
+                Engine { supervisor: &daemon.supervisor, store: &daemon.clusters, lock_dir: daemon.cluster_lock_dir() };
+            let name = spec.name.clone();
+            let options = JobOptions::resolve(&spec, None, None);
+            let prepared = match job::prepare(&engine, spec, kind, options).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(ClusterOpError::Job(e)));
+                    return;
+                }
+            };
+            let (done_tx, done_rx) = watch::channel(None);
+            daemon.lock_cluster_runs().insert(name.clone(), done_rx);
+            let _ = ready_tx.send(Ok(prepared.job_id().to_owned()));
+            let outcome = tokio::select! {
+                r = prepared.execute(&Log) => Some(r.map_err(|e| e.to_string())),
+                // Shutting down: the tasks in flight are cancelled and stay recorded as
+                // running; the next start resumes the operation.
+                () = daemon.cluster_stop.cancelled() => None,
+            };
+            if let Some(outcome) = outcome {
+                let _ = done_tx.send(Some(outcome));
+            }
+            daemon.lock_cluster_runs().remove(&name);
+        });
+        ready_rx.await.unwrap_or(Err(ClusterOpError::Draining))
+    }
+
+    /// Waits for the operation running on cluster `name`, if one runs here; `None` when
+    /// none does (or it was cut short by a shutdown).
+    pub async fn wait_cluster(&self, name: &str) -> Option<Result<Outcome, String>> {
+        let mut rx = self.lock_cluster_runs().get(name).cloned()?;
+        rx.wait_for(Option::is_some).await.ok().and_then(|done| done.clone())
+    }
+
+    /// After a restart: resumes the `up` and `down` operations that were running when the
+    /// daemon (or a `cluster` command using this journal) stopped; marks interrupted
+    /// `restart-services` and `reconfigure` incomplete. Returns how many were resumed.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn resume_clusters(self: &Arc<Self>) -> Result<usize, JournalError> {
+        let mut resumed = 0;
+        for record in self.clusters.list().await? {
+            if !record.state.is_transient()
+                || crate::cluster::lock::ClusterLock::is_held(&self.cluster_lock_dir(), &record.name)
+            {
+                continue;
+            }
+            let kind = match record.state {
+                ClusterState::Creating => JobKind::Up,
+                ClusterState::Deleting => JobKind::Down { force: false },
+                _ => {
+                    let report = serde_json::json!({
+                        "job": record.last_job, "interrupted": "the daemon restarted", "failed": [],
+                        "next": format!("Run the operation on cluster {} again.", record.name),
+                    });
+                    self.clusters.end(&record.name, ClusterState::Incomplete, Some(&report)).await?;
+                    continue;
+                }
+            };
+            let spec = match job::stored_spec(&self.clusters, &record.name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(cluster = %record.name, "cannot resume: {e}");
+                    continue;
+                }
+            };
+            match self.start_cluster_op(spec, kind).await {
+                Ok(job) => {
+                    tracing::info!(cluster = %record.name, job, "resuming {} after a restart", kind.as_str());
+                    resumed += 1;
+                }
+                Err(e) => tracing::error!(cluster = %record.name, "cannot resume {}: {e}", kind.as_str()),
+            }
+        }
+        Ok(resumed)
+    }
+
+    fn lock_cluster_runs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, ClusterRuns> {
+        self.cluster_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Stops taking tasks, waits for those in flight (at most `grace`), then stops the
-    /// plugins; tasks still running then fail, and their results are journaled.
+    /// plugins; tasks still running then fail, and their results are journaled. Cluster
+    /// operations are cut short first: they resume at the next start.
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
+        self.cluster_stop.cancel();
+        self.cluster_tasks.close();
+        self.cluster_tasks.wait().await;
         if !self.wait_idle(grace).await {
             tracing::warn!(
                 "{} tasks still in flight after {} s; stopping the plugins",

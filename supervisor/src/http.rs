@@ -6,6 +6,12 @@
 //! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
 //! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error) |
 //! | `POST /v1/plugins/{name}/restart` | 202, 404 |
+//! | `POST /v1/clusters[?wait=true]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec or a missing plugin (with `problems`), 409 busy |
+//! | `GET /v1/clusters` | 200 `{"clusters": [...]}` |
+//! | `GET /v1/clusters/{name}[?tasks=true]` | 200 the cluster (as `cluster status --json`), 404 |
+//! | `DELETE /v1/clusters/{name}[?force=true][&wait=true]` | 202 `down` started (as POST), 404, 409 |
+//! | `POST /v1/clusters/{name}/restart-services[?wait=true]` | 202, 404, 409 |
+//! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true]` (body: optionally the changed spec) | 202, 400, 404, 409 |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
@@ -27,8 +33,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::view::ClusterView;
+use crate::cluster::{ClusterSpec, JobError, JobKind};
 use crate::config::Listen;
-use crate::daemon::{Daemon, SubmitError, Submitted};
+use crate::daemon::{ClusterOpError, Daemon, SubmitError, Submitted};
 use crate::registry::Availability;
 
 /// A bound listener.
@@ -145,8 +153,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<By
             .insert(WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer realm=\"loom-provisioner\""));
         return r;
     }
-    let wait =
-        req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "wait=true" || kv == "wait=1" || kv == "wait"));
+    let wait = flag(&req, "wait");
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => health(daemon),
         (&Method::GET, ["metrics"]) => metrics(daemon).await,
@@ -158,6 +165,35 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<By
         },
         (&Method::GET, ["v1", "plugins"]) => json_response(StatusCode::OK, &plugins(daemon)),
         (&Method::POST, ["v1", "plugins", name, "restart"]) => restart(daemon, name),
+        (&Method::POST, ["v1", "clusters"]) => match read_spec(daemon, req, None).await {
+            Ok(spec) => cluster_op(daemon, spec, JobKind::Up, wait).await,
+            Err(r) => r,
+        },
+        (&Method::GET, ["v1", "clusters"]) => cluster_list(daemon).await,
+        (&Method::GET, ["v1", "clusters", name]) => cluster_get(daemon, name, flag(&req, "tasks")).await,
+        (&Method::DELETE, ["v1", "clusters", name]) => match stored(daemon, name).await {
+            Ok(spec) => cluster_op(daemon, spec, JobKind::Down { force: flag(&req, "force") }, wait).await,
+            Err(r) => r,
+        },
+        (&Method::POST, ["v1", "clusters", name, "restart-services"]) => match stored(daemon, name).await {
+            Ok(spec) => cluster_op(daemon, spec, JobKind::RestartServices, wait).await,
+            Err(r) => r,
+        },
+        (&Method::POST, ["v1", "clusters", name, "reconfigure"]) => {
+            let kind = JobKind::Reconfigure { restart: flag(&req, "restart") };
+            let name = (*name).to_owned();
+            let spec = match stored(daemon, &name).await {
+                Ok(spec) => read_spec(daemon, req, Some(spec)).await,
+                Err(r) => Err(r),
+            };
+            match spec {
+                Ok(spec) if spec.name == name => cluster_op(daemon, spec, kind, wait).await,
+                Ok(spec) => {
+                    error(StatusCode::BAD_REQUEST, &format!("the spec is for cluster {:?}, not {name:?}", spec.name))
+                }
+                Err(r) => r,
+            }
+        }
         (
             _,
             ["healthz"]
@@ -165,7 +201,10 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<By
             | ["v1", "tasks"]
             | ["v1", "tasks", _]
             | ["v1", "plugins"]
-            | ["v1", "plugins", _, "restart"],
+            | ["v1", "plugins", _, "restart"]
+            | ["v1", "clusters"]
+            | ["v1", "clusters", _]
+            | ["v1", "clusters", _, "restart-services" | "reconfigure"],
         ) => error(StatusCode::METHOD_NOT_ALLOWED, &format!("{} is not allowed on {path}", req.method())),
         _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     }
@@ -198,25 +237,38 @@ async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
     r
 }
 
-async fn submit(daemon: &Arc<Daemon>, req: Request<Incoming>, wait: bool) -> Response<Full<Bytes>> {
+/// Whether the query has `name`, `name=true` or `name=1`.
+fn flag(req: &Request<Incoming>, name: &str) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1")))
+}
+
+/// The body, within `max_body_bytes`; else the answer to give.
+async fn read_body(daemon: &Daemon, req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
     let limit = daemon.config().max_body_bytes;
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return error(
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
-        );
+        ));
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
-            );
-        }
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")),
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
+        )),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
+    }
+}
+
+async fn submit(daemon: &Arc<Daemon>, req: Request<Incoming>, wait: bool) -> Response<Full<Bytes>> {
+    let body = match read_body(daemon, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let raw: Box<RawValue> = match serde_json::from_slice(&body) {
         Ok(raw) => raw,
@@ -244,6 +296,104 @@ async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
     match daemon.wait(id).await {
         Ok(Some(r)) => json_response(StatusCode::OK, &r),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// A cluster spec from the body; an empty body gives `default` (when there is one). Its
+/// plugins are the daemon's, whatever `pluginDirs` says.
+async fn read_spec(
+    daemon: &Daemon,
+    req: Request<Incoming>,
+    default: Option<ClusterSpec>,
+) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+    let body = read_body(daemon, req).await?;
+    let mut spec = match (body.iter().all(u8::is_ascii_whitespace), default) {
+        (true, Some(spec)) => spec,
+        _ => {
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}")))?;
+            ClusterSpec::from_value(&value, "request body", std::path::Path::new("/")).map_err(|e| {
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "invalid cluster spec", "problems": e.problems}),
+                )
+            })?
+        }
+    };
+    spec.plugin_dirs = daemon.config().plugin_dirs;
+    Ok(spec)
+}
+
+/// The spec cluster `name` last ran with.
+async fn stored(daemon: &Daemon, name: &str) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+    crate::cluster::job::stored_spec(&daemon.clusters, name).await.map_err(|e| job_error(&e))
+}
+
+fn job_error(e: &JobError) -> Response<Full<Bytes>> {
+    match e {
+        JobError::Unknown(_) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        JobError::Busy(_) => error(StatusCode::CONFLICT, &e.to_string()),
+        JobError::Refused(problems) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "the operation cannot run; nothing was done", "problems": problems}),
+        ),
+        JobError::Journal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait: bool) -> Response<Full<Bytes>> {
+    let name = spec.name.clone();
+    let job = match daemon.start_cluster_op(spec, kind).await {
+        Ok(job) => job,
+        Err(ClusterOpError::Draining) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, &ClusterOpError::Draining.to_string());
+        }
+        Err(ClusterOpError::Job(e)) => return job_error(&e),
+    };
+    if wait {
+        let outcome = daemon.wait_cluster(&name).await;
+        let view = ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &name, false).await.ok().flatten();
+        return match outcome {
+            Some(Ok(outcome)) => json_response(StatusCode::OK, &json!({"outcome": outcome, "cluster": view})),
+            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the operation was cut short by a shutdown; it resumes at the next start",
+            ),
+        };
+    }
+    let state = crate::cluster::ClusterState::during(kind).as_str();
+    let mut r = json_response(
+        StatusCode::ACCEPTED,
+        &json!({"cluster": name, "jobId": job, "operation": kind.as_str(), "state": state}),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/clusters/{name}")) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
+    let records = match daemon.clusters.list().await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut views = Vec::new();
+    for r in records {
+        match ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &r.name, false).await {
+            Ok(Some(v)) => views.push(v),
+            Ok(None) => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+    json_response(StatusCode::OK, &json!({"clusters": views}))
+}
+
+async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<Bytes>> {
+    match ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), name, tasks).await {
+        Ok(Some(v)) => json_response(StatusCode::OK, &v),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

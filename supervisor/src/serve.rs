@@ -57,6 +57,11 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> ExitCode {
         }
         Err(e) => tracing::error!("cannot recover the journal's unfinished tasks: {e}"),
     }
+    match daemon.resume_clusters().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("after the restart: {n} cluster operations resumed"),
+        Err(e) => tracing::error!("cannot resume the clusters' operations: {e}"),
+    }
     let retention = daemon.config().retention;
     prune(&daemon, retention).await;
     daemon.notifier.ready(&daemon.status_line());

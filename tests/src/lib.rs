@@ -743,6 +743,13 @@ impl Serve {
                 }
                 r.call()
             }
+            "DELETE" => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
             _ => {
                 let mut r = self.agent.post(&url);
                 if let Some(a) = &auth {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use loom_e2e::{ClusterRig, http_get, machine_processes, wait_until};
+use loom_e2e::{ClusterRig, Serve, http_get, machine_processes, wait_until};
 use serde_json::{Value, json};
 
 /// Each task attempt of a status, by task id.
@@ -492,4 +492,70 @@ fn a_bad_spec_or_a_missing_plugin_is_refused_before_anything_is_created() {
     assert!(rig.machines_left().is_empty());
     let list = rig.command(&["list"]).output().unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).starts_with("no clusters"), "{list:?}");
+}
+
+#[test]
+fn the_daemon_runs_cluster_operations_over_its_api_and_resumes_them_after_a_crash() {
+    let rig = ClusterRig::new(json!({}));
+    let mut serve = Serve::start(&rig.plugins, "");
+    let spec = ClusterRig::example(18400, 1);
+    let (code, body) = serve.request("POST", "/v1/clusters?wait=true", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{body:#}\n{}", serve.log_text());
+    assert_eq!(body["outcome"]["state"], "active", "{body:#}");
+    let (code, cluster) = serve.request("GET", "/v1/clusters/local-demo", None);
+    assert_eq!(code, 200);
+    assert_eq!(endpoints(&cluster).len(), 2, "{cluster:#}");
+    assert_eq!(get("127.0.0.1:18401/").unwrap().trim(), "Hello from a Loom cluster, served by web-1.local-demo");
+    let (_, list) = serve.request("GET", "/v1/clusters", None);
+    assert_eq!(list["clusters"][0]["name"], "local-demo");
+
+    // Refusals: a bad spec, an unknown cluster, a cluster that is busy.
+    let (code, body) = serve.request("POST", "/v1/clusters", Some(r#"{"name": "x", "nodeGroups": []}"#));
+    assert_eq!(code, 400);
+    let problems = body["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|p| p == "provider: is missing"), "{body:#}");
+    assert_eq!(serve.request("GET", "/v1/clusters/nope", None).0, 404);
+    assert_eq!(serve.request("DELETE", "/v1/clusters/nope", None).0, 404);
+    let (code, body) = serve.request("DELETE", "/v1/clusters/local-demo", None);
+    assert_eq!((code, body["operation"].as_str()), (202, Some("down")), "{body:#}");
+    let (code, body) = serve.request("POST", "/v1/clusters/local-demo/restart-services", None);
+    assert_eq!(code, 409, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("is busy"), "{body:#}");
+    assert!(
+        wait_until(Duration::from_secs(120), || serve.request("GET", "/v1/clusters/local-demo", None).1["state"]
+            == "terminated"),
+        "down did not finish: {}",
+        serve.log_text()
+    );
+    assert!(rig.machines_left().is_empty());
+
+    // A daemon killed in the middle of `up` resumes it when it starts again.
+    let gated = spec_with(
+        "resumed",
+        2,
+        &[("install", "record.sh", "install"), ("configure", "record.sh", "configure-{n} wait")],
+    );
+    let (code, body) = serve.request("POST", "/v1/clusters", Some(&gated.to_string()));
+    assert_eq!(code, 202, "{body:#}");
+    assert!(
+        wait_until(Duration::from_secs(120), || rig.runlog().iter().filter(|l| l.contains("configure-")).count() == 2),
+        "{:?}",
+        rig.runlog()
+    );
+    serve.kill9();
+    std::fs::write(rig.work.join("gate"), "").unwrap();
+    serve.spawn();
+    assert!(
+        wait_until(Duration::from_secs(120), || serve.request("GET", "/v1/clusters/resumed", None).1["state"]
+            == "active"),
+        "not resumed: {}",
+        serve.log_text()
+    );
+    assert!(serve.log_text().contains("resuming up after a restart"), "{}", serve.log_text());
+    let (_, status) = serve.request("GET", "/v1/clusters/resumed?tasks=true", None);
+    let installs = tasks(&status).iter().filter(|t| t["taskName"] == "INSTALL").count();
+    assert_eq!(installs, 2, "INSTALL ran once per node: {status:#}");
+    let (code, _) = serve.request("DELETE", "/v1/clusters/resumed?wait=true", None);
+    assert_eq!(code, 200);
+    assert!(rig.machines_left().is_empty());
 }

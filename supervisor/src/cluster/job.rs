@@ -175,8 +175,8 @@ pub fn next_steps(cluster: &str, operation: &str, step: Option<&str>) -> String 
 }
 
 /// Runs `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
-/// the others, the stored one, which [`stored_spec`] reads). Locks the cluster for the
-/// duration; fails at once if another operation holds it.
+/// the others, usually the stored one, which [`stored_spec`] reads): [`prepare`], then
+/// [`Prepared::execute`].
 ///
 /// # Errors
 /// [`JobError`]: nothing was sent.
@@ -187,7 +187,37 @@ pub async fn run(
     options: Options,
     progress: &dyn Progress,
 ) -> Result<Outcome, JobError> {
-    let _lock = ClusterLock::acquire(&engine.lock_dir, &spec.name).map_err(JobError::Busy)?;
+    prepare(engine, spec.clone(), kind, options).await?.execute(progress).await
+}
+
+/// An operation that has started (its job is recorded and the cluster locked) and has
+/// not sent anything yet.
+pub struct Prepared<'a> {
+    engine: &'a Engine<'a>,
+    spec: ClusterSpec,
+    kind: JobKind,
+    options: Options,
+    plan: Plan,
+    job_id: String,
+    learned: HashMap<String, Map<String, Value>>,
+    marks: Marks,
+    interrupted: HashMap<StepKey, TaskRow>,
+    _lock: ClusterLock,
+}
+
+/// Locks the cluster, plans the operation and checks that it can run (the spec's nodes,
+/// the plugins), then records its start. Fails at once if another operation holds the
+/// cluster.
+///
+/// # Errors
+/// [`JobError`]: nothing was sent, and nothing recorded.
+pub async fn prepare<'a>(
+    engine: &'a Engine<'a>,
+    spec: ClusterSpec,
+    kind: JobKind,
+    options: Options,
+) -> Result<Prepared<'a>, JobError> {
+    let lock = ClusterLock::acquire(&engine.lock_dir, &spec.name).map_err(JobError::Busy)?;
     let snapshot = engine.store.snapshot(&spec.name).await?;
     if kind != JobKind::Up && snapshot.is_none() {
         return Err(JobError::Unknown(spec.name.clone()));
@@ -198,9 +228,9 @@ pub async fn run(
         }
         _ => Default::default(),
     };
-    check_nodes(spec, &learned)?;
-    let plan = plan::build(kind, spec, &marks, &learned);
-    check_plugins(spec, &plan, &engine.supervisor.table())?;
+    check_nodes(&spec, &learned)?;
+    let plan = plan::build(kind, &spec, &marks, &learned);
+    check_plugins(&spec, &plan, &engine.supervisor.table())?;
 
     let job_id = engine.store.begin(&spec.name, &spec.to_value(), kind).await?;
     let mut interrupted_by_step = HashMap::new();
@@ -212,43 +242,75 @@ pub async fn run(
             engine.store.abandon(&row.task_id).await?;
         }
     }
-    let runner = Runner {
+    Ok(Prepared {
         engine,
         spec,
-        nodes: spec.nodes(),
-        job_id: job_id.clone(),
+        kind,
         options,
-        progress,
-        learned: Mutex::new(learned),
-        marks: Mutex::new(marks),
-        interrupted: Mutex::new(interrupted_by_step),
-    };
-    progress.event(&Event::Planned { cluster: &spec.name, job_id: &job_id, kind, plan: &plan });
-    let (succeeded, failed) = tokio::select! {
-        done = runner.execute(&plan) => done,
-        never = forward_output(progress) => match never {},
-    };
-    let not_run = plan.steps.len() - succeeded - failed.len();
-    let state = match (failed.is_empty() && not_run == 0, kind) {
-        (false, _) => ClusterState::Incomplete,
-        (true, JobKind::Down { .. }) => ClusterState::Terminated,
-        (true, _) => ClusterState::Active,
-    };
-    let outcome = Outcome {
-        cluster: spec.name.clone(),
+        plan,
         job_id,
-        operation: kind.as_str(),
-        state,
-        steps: plan.steps.len(),
-        succeeded,
-        not_run,
-        failed,
-        notes: plan.notes,
-    };
-    let report = (!outcome.ok()).then(|| outcome.report());
-    engine.store.end(&spec.name, state, report.as_ref()).await?;
-    progress.event(&Event::Finished { outcome: &outcome });
-    Ok(outcome)
+        learned,
+        marks,
+        interrupted: interrupted_by_step,
+        _lock: lock,
+    })
+}
+
+impl Prepared<'_> {
+    /// The operation's id.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// The cluster's name.
+    pub fn cluster(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Runs the plan, records the outcome and releases the cluster.
+    ///
+    /// # Errors
+    /// The journal failed at the end (every task's result was recorded before).
+    pub async fn execute(self, progress: &dyn Progress) -> Result<Outcome, JobError> {
+        let Prepared { engine, spec, kind, options, plan, job_id, learned, marks, interrupted, _lock } = self;
+        let runner = Runner {
+            engine,
+            spec: &spec,
+            nodes: spec.nodes(),
+            job_id: job_id.clone(),
+            options,
+            progress,
+            learned: Mutex::new(learned),
+            marks: Mutex::new(marks),
+            interrupted: Mutex::new(interrupted),
+        };
+        progress.event(&Event::Planned { cluster: &spec.name, job_id: &job_id, kind, plan: &plan });
+        let (succeeded, failed) = tokio::select! {
+            done = runner.execute(&plan) => done,
+            never = forward_output(progress) => match never {},
+        };
+        let not_run = plan.steps.len() - succeeded - failed.len();
+        let state = match (failed.is_empty() && not_run == 0, kind) {
+            (false, _) => ClusterState::Incomplete,
+            (true, JobKind::Down { .. }) => ClusterState::Terminated,
+            (true, _) => ClusterState::Active,
+        };
+        let outcome = Outcome {
+            cluster: spec.name.clone(),
+            job_id,
+            operation: kind.as_str(),
+            state,
+            steps: plan.steps.len(),
+            succeeded,
+            not_run,
+            failed,
+            notes: plan.notes,
+        };
+        let report = (!outcome.ok()).then(|| outcome.report());
+        engine.store.end(&spec.name, state, report.as_ref()).await?;
+        progress.event(&Event::Finished { outcome: &outcome });
+        Ok(outcome)
+    }
 }
 
 /// Passes every task's live output to `progress`, if it wants it; never returns.
