@@ -408,9 +408,7 @@ impl Daemon {
         Ok(resumed)
     }
 
-    fn lock_cluster_runs(
-        &self,
-    ) -> std::sync::MutexGuard<'_, ClusterRuns> {
+    fn lock_cluster_runs(&self) -> std::sync::MutexGuard<'_, ClusterRuns> {
         self.cluster_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

@@ -312,6 +312,33 @@ fn a_script_that_always_fails_leaves_the_cluster_incomplete_until_fixed_then_res
 }
 
 #[test]
+fn credentials_in_the_spec_never_reach_the_output_the_report_or_the_log() {
+    let rig = ClusterRig::new(json!({}));
+    let mut spec = spec_with("secret", 1, &[("install", "leak.sh", "install")]);
+    spec["provider"]["fields"] = json!({"api_user": "me", "api_password": "hunter2-very-secret"});
+    spec["attempts"] = json!(1);
+    let path = rig.write_spec("secret.json", &spec);
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(1), "{}", up.stderr);
+    let failed = &up.json["outcome"]["failed"][0];
+    // The script printed the task: the provider's fields are there, the password is not.
+    assert!(failed["stdout"].as_str().unwrap().contains("\"api_user\""), "{failed:#}");
+    let status = rig.status("secret");
+    let text = rig.command(&["status", "secret"]).output().unwrap();
+    for (what, out) in [
+        ("stdout", up.json.to_string()),
+        ("stderr", up.stderr.clone()),
+        ("status", status.to_string()),
+        ("status text", String::from_utf8_lossy(&text.stdout).into_owned()),
+    ] {
+        assert!(!out.contains("hunter2-very-secret"), "the password is in {what}:\n{out}");
+        assert!(out.contains("[redacted]") || what == "status text" || what == "stderr", "{what}: {out}");
+    }
+    let down = rig.cluster(&["down", "secret"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+}
+
+#[test]
 fn a_confirm_failing_once_is_retried_as_delete_create_confirm() {
     let rig = ClusterRig::new(json!({"failFirst": {"CONFIRM": 1}}));
     let spec = rig.write_spec("confirm.json", &spec_with("confirm", 1, &[("start", "record.sh", "start")]));

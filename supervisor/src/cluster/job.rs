@@ -877,6 +877,25 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_may_add_nodes_but_not_drop_machines_that_exist() {
+        let spec = |count: u32| {
+            ClusterSpec::from_value(
+                &json!({"name": "c", "provider": {"name": "local"},
+                        "nodeGroups": [{"name": "a", "count": count, "services": []}], "services": {}}),
+                "t",
+                Path::new("/"),
+            )
+            .unwrap()
+        };
+        let made = |ids: &[&str]| -> HashMap<String, Map<String, Value>> {
+            ids.iter().map(|id| ((*id).to_owned(), json!({"providerid": "p"}).as_object().cloned().unwrap())).collect()
+        };
+        assert!(check_nodes(&spec(3), &made(&["c-a-1", "c-a-2"])).is_ok());
+        let e = check_nodes(&spec(1), &made(&["c-a-1", "c-a-2"])).unwrap_err().to_string();
+        assert!(e.starts_with("nodeGroups: cluster c has machines this spec no longer has (c-a-2)"), "{e}");
+    }
+
+    #[test]
     fn a_task_carries_what_loom_sent() {
         let spec = ClusterSpec::from_value(
             &json!({
