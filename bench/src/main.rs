@@ -30,6 +30,11 @@ struct Args {
     /// Fewer rounds and calls: a smoke test (well under a minute).
     #[arg(long)]
     quick: bool,
+    /// Run everything on one core (this process, its threads and its children), as
+    /// `../shared/peers/run.sh --pin` does: unpinned round trips on a 2-core machine
+    /// are bimodal.
+    #[arg(long)]
+    pin: bool,
     /// Write the report (Markdown) here.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -85,6 +90,14 @@ fn main() -> ExitCode {
     } else {
         Size { rounds: 7, calls: 20_000, pipelined: 200_000, restarts: 21 }
     };
+    if args.pin {
+        // Before any thread is made: threads and children inherit the mask.
+        let mut one = nix::sched::CpuSet::new();
+        if let Err(e) = one.set(0).and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one)) {
+            eprintln!("loom-bench: cannot pin to core 0: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -121,7 +134,7 @@ fn plugin_exe() -> Result<PathBuf, String> {
 async fn run(size: &Size) -> Result<Vec<Figure>, String> {
     let exe = plugin_exe()?;
     let mut floor = Figure { name: "raw pipe ping-pong, 100-byte line (floor)", unit: "us", rounds: vec![] };
-    let mut tiny = Figure { name: "sequential no-op task, tiny", unit: "us", rounds: vec![] };
+    let mut tiny = Figure { name: TINY, unit: "us", rounds: vec![] };
     let mut start = Figure { name: "sequential no-op task, Loom's START task", unit: "us", rounds: vec![] };
     for _ in 0..size.rounds {
         // Side by side: each round measures the floor and the supervisor back to back.
@@ -131,8 +144,8 @@ async fn run(size: &Size) -> Result<Vec<Figure>, String> {
         start.rounds.push(one.sequential(&start_task, size.calls).await?);
         one.sup.shutdown().await;
     }
-    let mut piped_one = Figure { name: "pipelined no-op tasks, 1 process", unit: "tasks/s", rounds: vec![] };
-    let mut piped_start = Figure { name: "pipelined START tasks, 1 process", unit: "tasks/s", rounds: vec![] };
+    let mut piped_one = Figure { name: PIPED, unit: "tasks/s", rounds: vec![] };
+    let mut piped_start = Figure { name: PIPED_START, unit: "tasks/s", rounds: vec![] };
     let mut piped_two = Figure { name: "pipelined no-op tasks, 2 processes", unit: "tasks/s", rounds: vec![] };
     for _ in 0..size.rounds {
         let one = Bench::new(&exe, 1)?;
@@ -214,6 +227,9 @@ impl Bench {
         std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
         let manifest = serde_json::json!({"noop": {
             "executable": exe, "instances": instances, "maxConcurrency": 4096, "queueCapacity": 1_000_000,
+            // Crashes more than a second apart each count as the first in a while: the
+            // restart measured is the immediate one, not the backoff of a crash loop.
+            "restart": {"withinSecs": 1},
         }});
         std::fs::write(folder.join("noop.json"), manifest.to_string()).map_err(|e| e.to_string())?;
         let registry = Registry::load(std::slice::from_ref(&dir)).map_err(|e| e.to_string())?;
@@ -273,7 +289,7 @@ impl Bench {
             }
             out.push(began.elapsed().as_secs_f64() * 1e3);
             // Past the restart policy's window, so that every restart is an immediate one.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         Ok(out)
     }
@@ -301,10 +317,14 @@ fn report(figures: &[Figure], args: &Args) -> String {
             c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    // Counted from /proc: with --pin, this process may use only one of them.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map_or(0, |c| c.lines().filter(|l| l.starts_with("processor")).count());
     s.push_str(&format!(
-        "Run by `loom-bench{}` on {cores} cores ({host}); unix time {}. Figures are min / median / max over rounds; ratios use medians of this run.\n\n",
+        "Run by `loom-bench{}{}`{} on a {cores}-core machine ({host}); unix time {}. Figures are min / median / max over rounds; ratios use medians of this run.\n\n",
         if args.quick { " --quick" } else { "" },
+        if args.pin { " --pin" } else { "" },
+        if args.pin { " (everything pinned to core 0)" } else { "" },
         nanos() / 1_000_000_000
     ));
     s.push_str("| measurement | unit | min | median | max | ratio |\n|---|---|---|---|---|---|\n");
@@ -319,5 +339,41 @@ fn report(figures: &[Figure], args: &Args) -> String {
             f.max()
         ));
     }
+    s.push_str("\n## Goals\n\n| goal | this run | met |\n|---|---|---|\n");
+    let median = |name: &str| figures.iter().find(|f| f.name == name).map_or(f64::NAN, Figure::median);
+    let goals: [(&str, String, bool); 4] = [
+        (
+            "sequential no-op round trip at most 2.0x the floor",
+            format!("{:.2}x", median(TINY) / floor),
+            median(TINY) / floor <= 2.0,
+        ),
+        (
+            "pipelined no-op tasks to one process, at least 250,000/s",
+            format!("{:.0}/s", median(PIPED)),
+            median(PIPED) >= 250_000.0,
+        ),
+        (
+            "pipelined START tasks to one process, at least 100,000/s",
+            format!("{:.0}/s", median(PIPED_START)),
+            median(PIPED_START) >= 100_000.0,
+        ),
+        (
+            "restart of a Rust SDK plugin, median under 5 ms",
+            format!("{:.1} ms", median(RESTART)),
+            median(RESTART) < 5.0,
+        ),
+    ];
+    for (goal, value, met) in goals {
+        s.push_str(&format!("| {goal} | {value} | {} |\n", if met { "yes" } else { "**no**" }));
+    }
+    s.push_str(
+        "\nNot measured yet by this harness: the peers (rmcp, TypeScript MCP, vscode-jsonrpc, Python MCP) in the same run, \
+         footprint with 100 instances, the log flood, and `cluster up` against ansible-playbook.\n",
+    );
     s
 }
+
+const TINY: &str = "sequential no-op task, tiny";
+const PIPED: &str = "pipelined no-op tasks, 1 process";
+const PIPED_START: &str = "pipelined START tasks, 1 process";
+const RESTART: &str = "restart: SIGKILL to the next task answered";
