@@ -415,7 +415,8 @@ fn warn_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str, warnings
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// "a string", "an object", ...: a JSON value's type, for messages that must not quote it.
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

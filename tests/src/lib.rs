@@ -429,13 +429,27 @@ pub fn http_get(addr: &str) -> std::io::Result<String> {
 /// Registers the `local` provider (state in `state_dir`) and the `shell` automator with
 /// the test web app's scripts.
 pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: Value) {
+    let scripts = plugins.path().join("scripts");
+    let shell = json!({"scripts": scripts, "workDir": state_dir.join("work"), "connectTimeoutSecs": 5});
+    register_local_and_shell(plugins, state_dir, &["examples/webapp", "tests/fixtures/scripts"], local_settings, shell);
+}
+
+/// Registers the `local` provider (state in `state_dir`, `local_settings` on top) and
+/// the `shell` automator (`shell_settings`), with the scripts of the workspace folders
+/// `script_dirs` copied into `<plugins>/scripts`.
+fn register_local_and_shell(
+    plugins: &Plugins,
+    state_dir: &Path,
+    script_dirs: &[&str],
+    local_settings: Value,
+    shell_settings: Value,
+) {
     if let Ok(mut states) = plugins.local_states.lock() {
         states.push(state_dir.to_path_buf());
     }
-    // The example web app's scripts plus the tests' own (a failing one, a slow one).
     let scripts = plugins.path().join("scripts");
     std::fs::create_dir_all(&scripts).expect("mkdir scripts");
-    for dir in ["examples/webapp", "tests/fixtures/scripts"] {
+    for dir in script_dirs {
         for e in std::fs::read_dir(workspace().join(dir)).expect("scripts folder").flatten() {
             std::fs::copy(e.path(), scripts.join(e.file_name())).expect("copy a script");
         }
@@ -445,14 +459,12 @@ pub fn add_local_and_shell(plugins: &Plugins, state_dir: &Path, local_settings: 
     plugins.add(
         "provider",
         "local",
-        json!({"executable": bin_dir().join("loom-plugin-local"), "maxConcurrency": 8, "settings": settings}),
+        json!({"executable": bin_dir().join("loom-plugin-local"), "maxConcurrency": 16, "settings": settings}),
     );
     plugins.add(
         "automator",
         "shell",
-        json!({"executable": bin_dir().join("loom-plugin-shell"), "maxConcurrency": 16,
-               "settings": {"scripts": scripts, "workDir": state_dir.join("work"),
-                            "connectTimeoutSecs": 5}}),
+        json!({"executable": bin_dir().join("loom-plugin-shell"), "maxConcurrency": 32, "settings": shell_settings}),
     );
 }
 
@@ -888,29 +900,15 @@ impl ClusterRig {
     pub fn new(local_settings: Value) -> ClusterRig {
         let plugins = Plugins::new();
         let machines = plugins.path().join("machines");
-        if let Ok(mut states) = plugins.local_states.lock() {
-            states.push(machines.clone());
-        }
         let scripts = plugins.path().join("scripts");
-        std::fs::create_dir_all(&scripts).expect("mkdir scripts");
-        for dir in ["examples/local-cluster/scripts", "tests/fixtures/cluster"] {
-            for e in std::fs::read_dir(workspace().join(dir)).expect("scripts folder").flatten() {
-                std::fs::copy(e.path(), scripts.join(e.file_name())).expect("copy a script");
-            }
-        }
         let work = machines.join("work");
-        let mut settings = json!({"stateDir": machines});
-        merge(&mut settings, local_settings);
-        plugins.add(
-            "provider",
-            "local",
-            json!({"executable": bin_dir().join("loom-plugin-local"), "maxConcurrency": 16, "settings": settings}),
-        );
-        plugins.add(
-            "automator",
-            "shell",
-            json!({"executable": bin_dir().join("loom-plugin-shell"), "maxConcurrency": 32,
-                   "settings": {"scripts": scripts, "workDir": work, "sudo": false, "connectTimeoutSecs": 20}}),
+        let shell = json!({"scripts": scripts, "workDir": work, "sudo": false, "connectTimeoutSecs": 20});
+        register_local_and_shell(
+            &plugins,
+            &machines,
+            &["examples/local-cluster/scripts", "tests/fixtures/cluster"],
+            local_settings,
+            shell,
         );
         let data = plugins.path().join("data");
         ClusterRig { plugins, data, scripts, work, machines }

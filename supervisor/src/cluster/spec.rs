@@ -417,16 +417,7 @@ struct Checker {
     problems: Vec<String>,
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::manifest::type_name as kind;
 
 /// A name usable in ids, hostnames and file names.
 fn is_label(s: &str, max: usize) -> bool {
