@@ -198,6 +198,9 @@ impl Drop for Plugins {
         let mut pids = pids_with_env("LOOM_TEST_MARKER", &self.marker);
         let mut namespaces = Vec::new();
         for state in self.local_states.lock().map(|s| s.clone()).unwrap_or_default() {
+            // The machines' own sshd listeners carry neither marker: find them by their
+            // configuration's path.
+            pids.extend(pids_with_cmdline(&state.display().to_string()));
             for e in std::fs::read_dir(state).into_iter().flatten().flatten() {
                 pids.extend(pids_with_env("LOOM_LOCAL_MACHINE", &e.file_name().to_string_lossy()));
                 let record: Option<Value> =
@@ -272,6 +275,19 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// Processes whose command line contains `needle`.
+fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline).contains(needle).then_some(pid)
+        })
+        .collect()
 }
 
 /// Zombie children of this process.
