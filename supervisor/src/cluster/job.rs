@@ -358,6 +358,7 @@ fn check_nodes(spec: &ClusterSpec, learned: &HashMap<String, Map<String, Value>>
 /// Every plugin the plan needs is registered and runnable; else nothing runs.
 fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table) -> Result<(), JobError> {
     let mut needed: BTreeSet<(PluginKind, String, String)> = BTreeSet::new();
+    let nodes = spec.nodes();
     for step in &plan.steps {
         let k = &step.key;
         match (k.task.kind(), &k.service) {
@@ -370,8 +371,8 @@ fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table) -> Result<(), J
                 }
             }
             (PluginKind::Automator, None) => {
-                if let Some(node) = spec.nodes().into_iter().find(|n| n.id == k.node) {
-                    for a in spec.automators_of(&node) {
+                if let Some(node) = nodes.iter().find(|n| n.id == k.node) {
+                    for a in spec.automators_of(node) {
                         let at = type_path(spec, &a);
                         needed.insert((PluginKind::Automator, a, at));
                     }
@@ -716,7 +717,8 @@ impl Runner<'_> {
     /// config`, where `config` is the node's spec-given config, overwritten by what its
     /// tasks returned, plus `nodes` (every node) and `service` (for service actions).
     fn task_json(&self, key: &StepKey, task: TaskName, task_id: &str) -> Value {
-        let learned = self.lock_learned().clone();
+        // Built under the lock, from the live configs: no copy of every node's config.
+        let learned = self.lock_learned();
         let node = self.nodes.iter().find(|n| n.id == key.node);
         let mut config = match node {
             Some(n) => node_config(self.spec, n, learned.get(&n.id)),
