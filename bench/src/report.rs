@@ -1,0 +1,113 @@
+//! BENCHMARKS.md: the machine, every figure (min / median / max) and the goals.
+
+use crate::figure::{Better, Figure, Figures, Goal, Verdict};
+
+pub const FLOOR: &str = "raw pipe ping-pong, 100-byte line (floor)";
+pub const TINY: &str = "sequential no-op task, tiny";
+pub const START: &str = "sequential no-op task, Loom's START task";
+pub const PIPED: &str = "pipelined no-op tasks, 1 process";
+pub const PIPED_START: &str = "pipelined START tasks, 1 process";
+pub const PIPED_TWO: &str = "pipelined no-op tasks, 2 processes";
+pub const RESTART: &str = "restart: SIGKILL to the next task answered";
+
+/// The goals of issue 7, valued from this run's medians.
+pub fn goals(f: &Figures) -> Vec<Goal> {
+    let ratio = |a: f64, b: f64| a / b;
+    let floor = ratio(f.median(TINY), f.median(FLOOR));
+    vec![
+        Goal {
+            text: "sequential no-op round trip at most 2.0x the raw pipe floor",
+            value: floor,
+            shown: format!("{floor:.2}x"),
+            bound: 2.0,
+            better: Better::Lower,
+        },
+        Goal {
+            text: "pipelined no-op tasks to one process: at least 250,000/s",
+            value: f.median(PIPED),
+            shown: format!("{:.0}/s", f.median(PIPED)),
+            bound: 250_000.0,
+            better: Better::Higher,
+        },
+        Goal {
+            text: "pipelined START tasks to one process: at least 100,000/s",
+            value: f.median(PIPED_START),
+            shown: format!("{:.0}/s", f.median(PIPED_START)),
+            bound: 100_000.0,
+            better: Better::Higher,
+        },
+        Goal {
+            text: "restart of a Rust SDK plugin: median under 5 ms",
+            value: f.median(RESTART),
+            shown: format!("{:.1} ms", f.median(RESTART)),
+            bound: 5.0,
+            better: Better::Lower,
+        },
+    ]
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "unknown CPU".to_owned(), |m| m.trim().to_owned());
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cores} cores ({model}), Linux {}, load average {} at the end", kernel.trim(), load.join(" "))
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown date".to_owned(), |s| s.trim().to_owned())
+}
+
+fn row(f: &Figure, floor: f64) -> String {
+    let ratio = if f.unit == "us" && !floor.is_nan() { format!("{:.2}x", f.median() / floor) } else { String::new() };
+    let digits = if f.median().abs() >= 1000.0 { 0 } else { 1 };
+    format!(
+        "| {}{} | {} | {:.digits$} | {:.digits$} | {:.digits$} | {ratio} |\n",
+        f.name,
+        if f.note.is_empty() { String::new() } else { format!(" ({})", f.note) },
+        f.unit,
+        f.min(),
+        f.median(),
+        f.max(),
+    )
+}
+
+/// The whole report.
+pub fn markdown(figures: &Figures, goals: &[Goal], quick: bool) -> String {
+    let floor = figures.median(FLOOR);
+    let mut s = String::from("# Benchmarks\n\n");
+    s.push_str(&format!(
+        "Written by `loom-bench{}` on {}; {}. Latency figures are taken with the benchmark, the supervisor \
+         and the plugins pinned to core 0 (unpinned back-to-back round trips on a 2-core machine are \
+         bimodal); throughput figures use every core. Each figure is min / median / max over rounds; \
+         ratios use medians of this run.\n\n",
+        if quick { " --quick" } else { "" },
+        date(),
+        machine(),
+    ));
+    s.push_str("| measurement | unit | min | median | max | median / floor |\n|---|---|---|---|---|---|\n");
+    for f in &figures.0 {
+        s.push_str(&row(f, floor));
+    }
+    s.push_str("\n## Goals\n\n| goal | this run | met |\n|---|---|---|\n");
+    for g in goals {
+        let verdict = match g.verdict(f64::INFINITY) {
+            Verdict::Met => "yes",
+            Verdict::NotMeasured => "not measured",
+            Verdict::Missed | Verdict::Gross => "**no**",
+        };
+        s.push_str(&format!("| {} | {} | {verdict} |\n", g.text, if g.value.is_nan() { "-" } else { &g.shown }));
+    }
+    s
+}
