@@ -13,6 +13,7 @@
 
 mod affinity;
 mod figure;
+mod flood;
 mod floor;
 mod report;
 mod supervised;
@@ -48,6 +49,8 @@ enum Section {
     Pipelined,
     /// SIGKILL of a plugin to its next answer (pinned).
     Restart,
+    /// Task latency while the plugin floods the log; lines lost (every core).
+    Flood,
 }
 
 /// How much each measurement does.
@@ -56,6 +59,7 @@ pub struct Size {
     calls: usize,
     pipelined: usize,
     restarts: usize,
+    flood_lines: u64,
 }
 
 /// How far off a goal a `--quick` run may be before it fails.
@@ -64,10 +68,14 @@ const GROSS: f64 = 3.0;
 fn main() -> ExitCode {
     let args = Args::parse();
     let size = if args.quick {
-        Size { rounds: 3, calls: 2_000, pipelined: 20_000, restarts: 5 }
+        Size { rounds: 3, calls: 2_000, pipelined: 20_000, restarts: 5, flood_lines: 20_000 }
     } else {
-        Size { rounds: 7, calls: 20_000, pipelined: 200_000, restarts: 21 }
+        Size { rounds: 7, calls: 20_000, pipelined: 200_000, restarts: 21, flood_lines: 100_000 }
     };
+    if let Err(e) = flood::install_log_sink() {
+        eprintln!("loom-bench: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -76,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     let sections = if args.only.is_empty() {
-        vec![Section::Latency, Section::Pipelined, Section::Restart]
+        vec![Section::Latency, Section::Pipelined, Section::Restart, Section::Flood]
     } else {
         args.only.clone()
     };
@@ -134,6 +142,12 @@ async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
                 affinity::pin(None, &all_cores)?;
                 result?;
             }
+            Section::Flood => {
+                affinity::pin(Some(0), &all_cores)?;
+                let result = log_flood(&exe, size, &mut figures).await;
+                affinity::pin(None, &all_cores)?;
+                result?;
+            }
         }
     }
     Ok(figures)
@@ -182,5 +196,25 @@ async fn restart(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
     rust.rounds = one.restarts(size.restarts).await?;
     one.sup.shutdown().await;
     figures.push(rust);
+    Ok(())
+}
+
+async fn log_flood(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), String> {
+    let mut quiet = Figure::new(report::FLOOD_QUIET, "us");
+    let mut flooded = Figure::new(report::FLOODED, "us");
+    let mut lost = Figure::new(report::FLOOD_LOST, "lines");
+    let mut rate = Figure::new(report::FLOOD_RATE, "lines/s");
+    let mut during = Figure::new(report::FLOOD_CALLS, "tasks");
+    for _ in 0..size.rounds {
+        let r = flood::round(exe, size.flood_lines, size.calls).await?;
+        quiet.rounds.push(r.quiet_us);
+        flooded.rounds.push(r.flooded_us);
+        lost.rounds.push(size.flood_lines.saturating_sub(r.received) as f64);
+        rate.rounds.push(r.lines_per_sec);
+        during.rounds.push(r.calls_during as f64);
+    }
+    for f in [quiet, flooded, lost, rate, during] {
+        figures.push(f);
+    }
     Ok(())
 }

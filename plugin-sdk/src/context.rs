@@ -11,24 +11,37 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-/// The channel to the supervisor: queues notifications for the writer task.
+/// The channel to the supervisor, in two lanes. The task lane carries answers and
+/// `output` notifications, in order (a task's streamed output must arrive before its
+/// answer); the log lane carries `log` and `progress`. The log lane goes to the log
+/// channel when the supervisor gave one (`LOOM_LOG_FD`), else it shares stdout and the
+/// task lane goes first (see `loom_protocol::writer::write_prioritized`). Either way a
+/// task that logs heavily cannot hold back other tasks' answers.
 #[derive(Clone, Debug)]
 pub(crate) struct Outbox {
-    tx: UnboundedSender<Outgoing>,
+    tasks: UnboundedSender<Outgoing>,
+    logs: UnboundedSender<Outgoing>,
     level: Arc<AtomicU8>,
 }
 
 impl Outbox {
-    pub(crate) fn new(tx: UnboundedSender<Outgoing>) -> Self {
-        Outbox { tx, level: Arc::new(AtomicU8::new(LogLevel::Info as u8)) }
+    pub(crate) fn new(tasks: UnboundedSender<Outgoing>, logs: UnboundedSender<Outgoing>) -> Self {
+        Outbox { tasks, logs, level: Arc::new(AtomicU8::new(LogLevel::Info as u8)) }
     }
 
-    pub(crate) fn send(&self, msg: Message) {
-        let _ = self.tx.send(Outgoing::Line(msg.to_line()));
+    /// Queues an answer on the task lane.
+    pub(crate) fn answer(&self, response: loom_protocol::Response) {
+        let _ = self.tasks.send(Outgoing::Line(Message::Response(response).to_line()));
     }
 
+    /// Queues a notification on the task lane (it stays in order with answers).
+    pub(crate) fn notify_in_order(&self, method: &str, params: &impl Serialize) {
+        let _ = self.tasks.send(Outgoing::Line(Message::Notification(Notification::new(method, params)).to_line()));
+    }
+
+    /// Queues a notification on the log lane.
     pub(crate) fn notify(&self, method: &str, params: &impl Serialize) {
-        self.send(Message::Notification(Notification::new(method, params)));
+        let _ = self.logs.send(Outgoing::Line(Message::Notification(Notification::new(method, params)).to_line()));
     }
 
     /// Sets the most detailed level worth sending (from the handshake).
@@ -128,7 +141,7 @@ impl Context {
     /// result's own `stdout`/`stderr` is empty, fills it with the streamed text (the tail).
     pub fn output(&self, stream: OutputStream, data: impl Into<String>) {
         let params = OutputParams { task_id: self.inner.task_id.clone(), stream, data: data.into() };
-        self.inner.outbox.notify(methods::OUTPUT, &params);
+        self.inner.outbox.notify_in_order(methods::OUTPUT, &params);
     }
 
     /// Whether the supervisor asked to cancel this task (it timed out, or was abandoned).

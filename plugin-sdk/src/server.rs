@@ -1,12 +1,14 @@
 //! The plugin's side of the protocol: read requests, run tasks concurrently, answer.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use futures_util::{FutureExt, StreamExt};
-use loom_protocol::writer::{Outgoing, write_lines};
+use loom_protocol::writer::{Outgoing, write_lines, write_prioritized};
 use loom_protocol::{
     CancelParams, HandshakeParams, HandshakeResult, LineCodec, Message, Overflow, PROTOCOL_VERSIONS, PluginKind,
     Request, Response, ResponseError, Task, TaskName, TaskResult, codes, methods,
@@ -90,9 +92,14 @@ pub(crate) async fn serve<D: Dispatch>(info: Plugin, handler: D) -> std::process
             return std::process::ExitCode::FAILURE;
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_lines(rx, io.output));
-    let outbox = Outbox::new(tx.clone());
+    let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
+    let (logs_tx, logs_rx) = mpsc::unbounded_channel();
+    let writers = match io.log {
+        // Log lines on their own pipe: they never share stdout with answers.
+        Some(log) => vec![tokio::spawn(write_lines(tasks_rx, io.output)), tokio::spawn(write_lines(logs_rx, log))],
+        None => vec![tokio::spawn(write_prioritized(tasks_rx, logs_rx, io.output))],
+    };
+    let outbox = Outbox::new(tasks_tx.clone(), logs_tx.clone());
     if info.forward_tracing {
         forward::connect(outbox.clone());
         use tracing_subscriber::layer::SubscriberExt;
@@ -126,9 +133,12 @@ pub(crate) async fn serve<D: Dispatch>(info: Plugin, handler: D) -> std::process
     server.tracker.close();
     server.tracker.wait().await;
     drop(server);
-    let _ = tx.send(Outgoing::Close);
-    drop(tx);
-    let _ = writer.await;
+    // Answers first (the writer sharing stdout drains the task lane before it closes).
+    let _ = tasks_tx.send(Outgoing::Close);
+    let _ = logs_tx.send(Outgoing::Close);
+    for writer in writers {
+        let _ = writer.await;
+    }
     std::process::ExitCode::SUCCESS
 }
 
@@ -165,7 +175,7 @@ impl<D: Dispatch> Server<D> {
     }
 
     fn reply(&self, response: Response) {
-        self.outbox.send(Message::Response(response));
+        self.outbox.answer(response);
     }
 
     fn handle_request(&mut self, req: Request) {
@@ -258,30 +268,40 @@ impl<D: Dispatch> Server<D> {
             return self.reply(Response::err(Some(id), ResponseError::new(codes::TASK_NOT_SUPPORTED, why)));
         }
         let token = CancellationToken::new();
-        lock(&self.running).insert(task.task_id.clone(), token.clone());
         let task_id = task.task_id.clone();
-        let ctx = Context::new(task_id.clone(), Arc::clone(settings), self.outbox.clone(), token);
-        let (handler, outbox, running) = (Arc::clone(handler), self.outbox.clone(), Arc::clone(&self.running));
+        let ctx = Context::new(task_id.clone(), Arc::clone(settings), self.outbox.clone(), token.clone());
         let span = tracing::info_span!("task", task_id = %task_id);
-        self.tracker.spawn(
-            async move {
-                let outcome = AssertUnwindSafe(handler.run(task, ctx)).catch_unwind().await;
-                let result = match outcome {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(e)) => e.into_result(),
-                    Err(panic) => TaskResult::failed(format!("the plugin panicked: {}", panic_message(&panic))),
-                };
-                lock(&running).remove(&task_id);
-                outbox.send(Message::Response(Response::ok(id, &result)));
-            }
-            .instrument(span),
-        );
+        let mut run = Box::pin(AssertUnwindSafe(Arc::clone(handler).run(task, ctx)).catch_unwind().instrument(span));
+        // Polled once here first: a task that needs no I/O (a no-op, a quick check) is
+        // answered without a spawn or a trip through the scheduler. One that is not done
+        // is spawned; its first poll there registers the real waker (the no-op one used
+        // here is never woken, and readiness is checked again on every poll).
+        let first = run.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        if let Poll::Ready(outcome) = first {
+            return self.outbox.answer(Response::ok(id, &result_of(outcome)));
+        }
+        lock(&self.running).insert(task_id.clone(), token);
+        let (outbox, running) = (self.outbox.clone(), Arc::clone(&self.running));
+        self.tracker.spawn(async move {
+            let result = result_of(run.await);
+            lock(&running).remove(&task_id);
+            outbox.answer(Response::ok(id, &result));
+        });
     }
 
     fn cancel_all(&self) {
         for token in lock(&self.running).values() {
             token.cancel();
         }
+    }
+}
+
+/// The task's result: its own, its error's, or a failure saying it panicked.
+fn result_of(outcome: Result<TaskOutcome, Box<dyn std::any::Any + Send>>) -> TaskResult {
+    match outcome {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => e.into_result(),
+        Err(panic) => TaskResult::failed(format!("the plugin panicked: {}", panic_message(&panic))),
     }
 }
 

@@ -21,10 +21,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use nix::sys::stat::{SFlag, fstat};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The protocol's input and output.
+/// The protocol's input and output, and the log channel when the supervisor gave one.
 pub(crate) struct ProtocolIo {
     pub input: Box<dyn AsyncRead + Unpin + Send>,
     pub output: Box<dyn AsyncWrite + Unpin + Send>,
+    pub log: Option<Box<dyn AsyncWrite + Unpin + Send>>,
 }
 
 /// Takes fds 0 and 1 for the protocol and points them at /dev/null and stderr.
@@ -35,7 +36,25 @@ pub(crate) fn take() -> io::Result<ProtocolIo> {
     let devnull = File::open("/dev/null")?;
     redirect(devnull.as_fd(), 0)?;
     redirect(io::stderr().as_fd(), 1)?;
-    Ok(ProtocolIo { input: reader(input, input_private)?, output: writer(output, output_private)? })
+    Ok(ProtocolIo { input: reader(input, input_private)?, output: writer(output, output_private)?, log: log_channel() })
+}
+
+/// The pipe named by `LOOM_LOG_FD` (see PROTOCOL.md, "The log channel"), reopened as a
+/// private description like stdout; the inherited descriptor is closed so that programs
+/// this plugin starts do not hold the pipe open. `None` when the variable is unset or does
+/// not name a pipe: then log lines share stdout.
+fn log_channel() -> Option<Box<dyn AsyncWrite + Unpin + Send>> {
+    let fd: i32 = std::env::var(loom_protocol::ENV_LOG_FD).ok()?.parse().ok().filter(|fd| *fd > 2)?;
+    // SAFETY: only borrowed to check it; nothing else in this process owns this number.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if !is_fifo(borrowed) {
+        return None;
+    }
+    let file = File::options().write(true).open(format!("/proc/self/fd/{fd}")).ok()?;
+    // SAFETY: the inherited descriptor was handed to this process for this use and is
+    // owned by nothing else; the reopened one above stays valid.
+    unsafe { nix::libc::close(fd) };
+    tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(file)).ok().map(|s| Box::new(s) as _)
 }
 
 /// An fd for the same file as `fd`: a fresh open file description when `fd` is a pipe

@@ -34,6 +34,12 @@ pub const PROTOCOL_VERSIONS: &[u32] = &[1];
 pub const ENV_PROTOCOL: &str = "LOOM_PLUGIN_PROTOCOL";
 /// The environment variable that carries the plugin's registered name.
 pub const ENV_PLUGIN_NAME: &str = "LOOM_PLUGIN_NAME";
+/// The environment variable that names the log channel's file descriptor (always 3 from
+/// this supervisor): a pipe on which a plugin may send its `log` and `progress`
+/// notifications instead of stdout, so that they never queue in front of answers.
+pub const ENV_LOG_FD: &str = "LOOM_LOG_FD";
+/// The log channel's file descriptor in the plugin.
+pub const LOG_FD: i32 = 3;
 
 /// Default limit on one line (one message), in bytes, excluding the newline.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;

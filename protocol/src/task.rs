@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::handshake::PluginKind;
 
+mod de;
+
 /// The ten Loom task names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -106,7 +108,9 @@ impl FromStr for TaskName {
 }
 
 /// A Loom task: `taskId, jobId, clusterId, taskName, nodeId, config`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialized by hand (see `task/de.rs`), in one pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     /// Unique per task; the supervisor reports results under it.
@@ -185,7 +189,9 @@ impl Task {
 }
 
 /// What a plugin answers for a task: `status` (0 is success) plus what it learned.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialized by hand (see `task/de.rs`), in one pass.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TaskResult {
     /// 0 for success; anything else is a failure that still carries its result keys.
     pub status: i64,

@@ -156,7 +156,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run(args, plugin_level).await,
             Command::Plugins(args) => plugins(&args),
@@ -175,7 +175,10 @@ pub fn main() -> ExitCode {
                 }
             },
         }
-    })
+    });
+    // Plugin log lines still queued for the log thread are written before exit.
+    crate::logpump::flush(std::time::Duration::from_secs(5));
+    code
 }
 
 /// Loads the registry, logging each problem; `None` (after saying why) when a folder

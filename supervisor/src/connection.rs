@@ -34,6 +34,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::capture::{CapturedOutput, LastLines};
 use crate::envelope::TaskEnvelope;
+use crate::logpump::{self, Kind};
 use crate::redact::Redactor;
 
 /// `tracing` target of everything a plugin says: log notifications, progress, stderr.
@@ -88,6 +89,10 @@ pub struct Stats {
     pub bad_notifications: AtomicU64,
     /// Requests the plugin sent to the supervisor.
     pub plugin_requests: AtomicU64,
+    /// Log lines dropped because the log could not keep up (see [`crate::logpump`]).
+    pub dropped_log_lines: AtomicU64,
+    /// Dropped lines not yet reported in the log.
+    unreported_drops: AtomicU64,
 }
 
 #[derive(Default)]
@@ -215,12 +220,39 @@ impl Connection {
         let conn = Arc::clone(self);
         tokio::spawn(async move {
             let mut lines = FramedRead::new(stderr, LineCodec::new(STDERR_LINE_BYTES, Overflow::Truncate));
+            let logged = logpump::enabled(LogLevel::Info);
             while let Some(Ok(line)) = lines.next().await {
                 let text = String::from_utf8_lossy(&line);
-                let text = conn.redactor.scrub(text.trim_end_matches('\r'));
-                tracing::info!(target: PLUGIN_TARGET, plugin = %conn.plugin, pid = conn.pid, stream = "stderr", "{text}");
+                let text = conn.redactor.scrub(text.trim_end_matches('\r')).into_owned();
                 if let Ok(mut last) = last.lock() {
-                    last.push(text.into_owned());
+                    last.push(text.clone());
+                }
+                if logged {
+                    conn.log(LogLevel::Info, Kind::Stderr, text, None, None);
+                }
+            }
+        })
+    }
+
+    /// Spawns the reader of the log channel (the plugin's fd 3): `log` and `progress`
+    /// notifications, handled as on stdout. Anything else there is logged and skipped; an
+    /// over-long line ends this reader only (the task channel is not affected).
+    pub fn spawn_log_reader(
+        self: &Arc<Self>,
+        log: impl AsyncRead + Unpin + Send + 'static,
+        max_line: usize,
+    ) -> JoinHandle<()> {
+        let conn = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut lines = FramedRead::with_capacity(log, LineCodec::new(max_line, Overflow::Error), 64 * 1024);
+            while let Some(item) = lines.next().await {
+                match item {
+                    Ok(line) => conn.handle_log_line(&line),
+                    Err(e) => {
+                        tracing::warn!(target: PLUGIN_TARGET, plugin = %conn.plugin, pid = conn.pid,
+                            "stopped reading the log channel: {e}");
+                        return;
+                    }
                 }
             }
         })
@@ -380,6 +412,25 @@ impl Connection {
         }
     }
 
+    fn handle_log_line(&self, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match Message::decode(line) {
+            Ok(Message::Notification(n)) => self.handle_notification(n),
+            Ok(_) => {
+                self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                    "ignored a request or answer on the log channel: only notifications belong there");
+            }
+            Err(e) => {
+                self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                    "ignored a line on the log channel that is {e}");
+            }
+        }
+    }
+
     fn handle_answer(&self, r: Response) {
         let pending = match &r.id {
             Some(RequestId::Number(id)) => {
@@ -412,15 +463,16 @@ impl Connection {
         let params = n.params.as_deref().map_or("null", RawValue::get);
         match n.method.as_str() {
             methods::LOG => match serde_json::from_str::<LogParams>(params) {
-                Ok(p) => self.emit_log(&p),
+                Ok(p) => self.emit_log(p),
                 Err(e) => self.bad_notification(&n.method, &e),
             },
             methods::PROGRESS => match serde_json::from_str::<ProgressParams>(params) {
-                Ok(p) => {
-                    let message = self.redactor.scrub(&p.message);
-                    tracing::info!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, task_id = %p.task_id,
-                        percent = p.percent, "progress: {message}");
+                Ok(p) if logpump::enabled(LogLevel::Info) => {
+                    let message = self.redactor.scrub(&p.message).into_owned();
+                    let line = self.line(LogLevel::Info, Kind::Progress, message, Some(p.task_id), None);
+                    self.submit(logpump::Line { percent: p.percent, ..line });
                 }
+                Ok(_) => {}
                 Err(e) => self.bad_notification(&n.method, &e),
             },
             methods::OUTPUT => match serde_json::from_str::<OutputParams>(params) {
@@ -441,8 +493,15 @@ impl Connection {
             let _ =
                 tx.send(Arc::new(OutputLine { task_id: p.task_id.clone(), stream: p.stream, data: data.to_string() }));
         }
-        tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, task_id = %p.task_id,
-            stream = ?p.stream, "output: {}", data.trim_end());
+        if logpump::enabled(LogLevel::Debug) {
+            let stream = match p.stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            };
+            let line =
+                self.line(LogLevel::Debug, Kind::Output, data.trim_end().to_owned(), Some(p.task_id.clone()), None);
+            self.submit(logpump::Line { stream: Some(stream), ..line });
+        }
         let mut st = self.lock();
         let Some(id) = st.tasks.get(&p.task_id).copied() else {
             return;
@@ -455,26 +514,52 @@ impl Connection {
         }
     }
 
-    fn emit_log(&self, p: &LogParams) {
-        let message = self.redactor.scrub(&p.message);
-        let fields = p.fields.as_ref().map(|f| {
-            let json = serde_json::Value::Object(f.clone()).to_string();
+    fn emit_log(&self, p: LogParams) {
+        if !logpump::enabled(p.level) {
+            return;
+        }
+        let message = self.redactor.scrub(&p.message).into_owned();
+        let fields = p.fields.map(|f| {
+            let json = serde_json::Value::Object(f).to_string();
             self.redactor.scrub(&json).into_owned()
         });
-        let (plugin, pid) = (&*self.plugin, self.pid);
-        let task_id = p.task_id.as_deref().map(tracing::field::display);
-        let fields = fields.as_deref().map(tracing::field::display);
-        macro_rules! emit {
-            ($level:expr) => {
-                tracing::event!(target: PLUGIN_TARGET, $level, plugin = %plugin, pid, task_id, fields, "{message}")
-            };
+        self.log(p.level, Kind::Log, message, p.task_id, fields);
+    }
+
+    /// Hands a scrubbed line to the log thread.
+    fn log(&self, level: LogLevel, kind: Kind, message: String, task_id: Option<String>, fields: Option<String>) {
+        self.submit(self.line(level, kind, message, task_id, fields));
+    }
+
+    fn line(
+        &self,
+        level: LogLevel,
+        kind: Kind,
+        message: String,
+        task_id: Option<String>,
+        fields: Option<String>,
+    ) -> logpump::Line {
+        logpump::Line {
+            plugin: Arc::clone(&self.plugin),
+            pid: self.pid,
+            level,
+            task_id,
+            fields,
+            kind,
+            message,
+            percent: None,
+            stream: None,
+            dropped_before: 0,
         }
-        match p.level {
-            LogLevel::Trace => emit!(tracing::Level::TRACE),
-            LogLevel::Debug => emit!(tracing::Level::DEBUG),
-            LogLevel::Info => emit!(tracing::Level::INFO),
-            LogLevel::Warn => emit!(tracing::Level::WARN),
-            LogLevel::Error => emit!(tracing::Level::ERROR),
+    }
+
+    /// Queues a line for the log; counts it if the log is too far behind to take it.
+    fn submit(&self, mut line: logpump::Line) {
+        line.dropped_before = self.stats.unreported_drops.swap(0, Ordering::Relaxed);
+        let dropped_before = line.dropped_before;
+        if !logpump::submit(line) {
+            self.stats.dropped_log_lines.fetch_add(1, Ordering::Relaxed);
+            self.stats.unreported_drops.fetch_add(dropped_before + 1, Ordering::Relaxed);
         }
     }
 

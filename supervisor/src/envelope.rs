@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use loom_protocol::TaskName;
-use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 /// A task ready to route.
@@ -104,16 +104,47 @@ fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
     RawValue::from_string(flat).unwrap_or(raw)
 }
 
+/// A member name, borrowed from the task's text when it has no escapes. (serde's own
+/// `Cow<str>` always allocates, and this runs for every key of every task.)
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 /// Shortest credential value worth scrubbing: shorter ones would garble ordinary text.
 pub const MIN_SECRET_LEN: usize = 3;
 
 /// Whether a key names a credential: `password`, `api_key`, `rackspace_api_key`,
 /// `secret_access_key`, `token`, `private_key`, `credentials`, ...
 pub fn is_secret_key(key: &str) -> bool {
-    const MARKERS: &[&[u8]] = &[b"pass", b"secret", b"token", b"credential", b"private", b"key"];
-    // Case-insensitive, without allocating: this runs for every key of every task.
+    // Case-insensitive, without allocating, in one pass over the key (each marker is tried
+    // only where its first letter is): this runs for every key of every task.
     let key = key.as_bytes();
-    MARKERS.iter().any(|m| key.windows(m.len()).any(|w| w.eq_ignore_ascii_case(m)))
+    let at = |i: usize, m: &[u8]| key.get(i..i + m.len()).is_some_and(|w| w.eq_ignore_ascii_case(m));
+    (0..key.len()).any(|i| match key[i].to_ascii_lowercase() {
+        b'p' => at(i, b"pass") || at(i, b"private"),
+        b's' => at(i, b"secret"),
+        b't' => at(i, b"token"),
+        b'c' => at(i, b"credential"),
+        b'k' => at(i, b"key"),
+        _ => false,
+    })
 }
 
 #[derive(Default)]
@@ -170,7 +201,7 @@ impl<'de> Visitor<'de> for TopVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
         let mut out = Fields::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
             match key.as_ref() {
                 "taskId" => out.task_id = Some(map.next_value_seed(Loose)?),
                 "taskName" => out.task_name = Some(map.next_value_seed(Loose)?),
@@ -265,7 +296,7 @@ impl<'de> Visitor<'de> for Scan<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
             map.next_value_seed(Scan { secrets: &mut *self.secrets, secret: is_secret_key(&key) })?;
         }
         Ok(())
@@ -291,7 +322,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let out = self.out;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
             match key.as_ref() {
                 "provider" => map.next_value_seed(Object {
                     secrets: &mut out.secrets,
@@ -343,7 +374,7 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let Object { secrets, wanted, mut nested } = self;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
             if let Some((_, slot)) = wanted.iter_mut().find(|(k, _)| *k == key.as_ref()) {
                 if let Ok(s) = map.next_value_seed(Loose)? {
                     **slot = Some(s);
@@ -454,6 +485,22 @@ mod tests {
         }
         for s in ["AKIAEXAMPLE", "root", "not-secret", "default", "ec2"] {
             assert!(!t.secrets.iter().any(|x| x == s), "{s} in {:?}", t.secrets);
+        }
+    }
+
+    #[test]
+    fn keys_with_escapes_and_any_case_are_read_too() {
+        let t = parse(
+            r#"{"task\u0049d":"t","taskName":"CREATE","config":{"x":{"API_\u004bEY":"k-one","PassPhrase":"p-two","tokenish":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.task_id, "t");
+        assert_eq!(t.secrets, ["k-one", "p-two"]);
+        for (key, secret) in [("api_key", true), ("Private_Key", true), ("oauthToken", true), ("monkey", true)] {
+            assert_eq!(is_secret_key(key), secret, "{key}");
+        }
+        for key in ["name", "hostname", "ipaddress", "k", "pas", "secre", ""] {
+            assert!(!is_secret_key(key), "{key}");
         }
     }
 

@@ -15,6 +15,7 @@
 //! | a crash is handled | [`instance`]: the restart loop, with [`restart`]'s policy |
 //! | plugins are found | [`registry`] and [`manifest`] |
 //! | credentials are kept out of logs | [`redact`] |
+//! | plugin log lines reach the log without blocking | [`logpump`] |
 //! | plugin authors check their plugin | [`conformance`] |
 //! | the daemon: config, journal, API, systemd | [`config`], [`journal`], [`daemon`], [`http`], [`serve`], [`notify`], [`metrics`] |
 //! | the daemon's client (`submit`, `status`) | [`client`] |
@@ -33,6 +34,7 @@ pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod logging;
+pub mod logpump;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;

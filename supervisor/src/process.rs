@@ -41,6 +41,8 @@ pub struct PluginProcess {
     reader: Option<JoinHandle<ReaderEnd>>,
     writer: Option<JoinHandle<WriterEnd>>,
     stderr: Option<JoinHandle<()>>,
+    /// The reader of the log channel (fd 3).
+    log: Option<JoinHandle<()>>,
     last_stderr: Arc<Mutex<LastLines>>,
     exit: Option<ExitStatus>,
 }
@@ -106,7 +108,10 @@ impl PluginProcess {
     /// # Errors
     /// When the executable cannot be started.
     pub async fn spawn(spec: &PluginSpec) -> io::Result<PluginProcess> {
-        let mut child = spawn::spawn(spawn::command(spec)).await?;
+        // The log channel: a pipe whose write end becomes the plugin's fd 3.
+        let (log_read, log_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let mut child = spawn::spawn(spawn::command(spec), Some(std::os::fd::AsFd::as_fd(&log_write))).await?;
+        drop(log_write);
         let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -117,6 +122,8 @@ impl PluginProcess {
         let reader = conn.spawn_reader(stdout, spec.max_line_bytes);
         let last_stderr = Arc::new(Mutex::new(LastLines::default()));
         let stderr = conn.spawn_stderr_reader(stderr, Arc::clone(&last_stderr));
+        let log =
+            conn.spawn_log_reader(tokio::net::unix::pipe::Receiver::from_owned_fd(log_read)?, spec.max_line_bytes);
         tracing::debug!(plugin = %name, pid, "started {}", spec.executable.display());
         Ok(PluginProcess {
             name,
@@ -126,6 +133,7 @@ impl PluginProcess {
             reader: Some(reader),
             writer: Some(writer),
             stderr: Some(stderr),
+            log: Some(log),
             last_stderr,
             exit: None,
         })
@@ -357,13 +365,13 @@ impl PluginProcess {
         }
         // The leader is gone; anything left in its group is an orphan to be.
         spawn::signal_group(self.pid, Signal::SIGKILL);
-        let (mut reader, mut stderr) = (self.reader.take(), self.stderr.take());
+        let (mut reader, mut stderr, mut log) = (self.reader.take(), self.stderr.take(), self.log.take());
         let drained = tokio::time::timeout(DRAIN_LIMIT, async {
             if let Some(r) = reader.as_mut() {
                 let _ = r.await;
             }
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.await;
+            for side in [stderr.as_mut(), log.as_mut()].into_iter().flatten() {
+                let _ = side.await;
             }
         })
         .await;
@@ -372,7 +380,8 @@ impl PluginProcess {
                 "a process outside the plugin's group still holds its pipes open; stopped reading them");
         }
         // Stop whichever reader is still blocked on a pipe held open elsewhere.
-        for h in [reader.map(|h| h.abort_handle()), stderr.map(|h| h.abort_handle())].into_iter().flatten() {
+        let sides = [stderr, log].into_iter().flatten().map(|h| h.abort_handle());
+        for h in reader.map(|h| h.abort_handle()).into_iter().chain(sides) {
             h.abort();
         }
         if let Some(w) = self.writer.take() {

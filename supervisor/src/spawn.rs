@@ -10,6 +10,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::sync::mpsc as std_mpsc;
@@ -56,17 +57,35 @@ fn allowed_env() -> Vec<(OsString, OsString)> {
 /// # Cancellation
 /// If the returned future is dropped after the spawn happened, the child is killed by
 /// `kill_on_drop` and reaped by tokio.
-pub async fn spawn(mut cmd: Command) -> io::Result<Child> {
+///
+/// `log_fd`, when given, becomes the child's fd [`loom_protocol::LOG_FD`] (the log
+/// channel); the caller keeps it open until this returns and then closes its copy.
+pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Result<Child> {
     let supervisor_pid = std::process::id();
     cmd.process_group(0).kill_on_drop(true);
+    let log_fd = log_fd.map(|fd| fd.as_raw_fd());
+    if log_fd.is_some() {
+        cmd.env(loom_protocol::ENV_LOG_FD, loom_protocol::LOG_FD.to_string());
+    }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid).
+    // async-signal-safe system calls (prctl, getppid, dup2, fcntl).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             // The supervisor may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid().as_raw() as u32 != supervisor_pid {
                 return Err(io::Error::other("the supervisor exited while the plugin was starting"));
+            }
+            if let Some(fd) = log_fd {
+                // dup2 onto the same number would keep close-on-exec set: clear it instead.
+                let rc = if fd == loom_protocol::LOG_FD {
+                    nix::libc::fcntl(fd, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd, loom_protocol::LOG_FD)
+                };
+                if rc < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -1,5 +1,7 @@
 //! `bench-noop-plugin`: the benchmark's plugin. As a plugin (no arguments), an automator
-//! on the Rust SDK that answers every task at once with status 0 and logs nothing. With
+//! on the Rust SDK that answers every task at once with status 0 and logs nothing, except
+//! INSTALL with `config.flood: N`, which sends N info log lines (yielding to other tasks
+//! every 64 lines, as a task doing real work between its log lines would). With
 //! `--echo`, no protocol at all: it copies each stdin line to stdout, with blocking std
 //! I/O, for the raw pipe floor.
 
@@ -16,6 +18,17 @@ impl Automator for Noop {
     }
 
     async fn action(&self, _task: Task, _ctx: Context) -> TaskOutcome {
+        Ok(TaskResult::ok())
+    }
+
+    async fn install(&self, task: Task, ctx: Context) -> TaskOutcome {
+        let lines = task.config.get("flood").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        for i in 0..lines {
+            ctx.info(format!("flood line {i} of {lines}: the quick brown fox jumps over the lazy dog"));
+            if i % 64 == 63 {
+                tokio::task::yield_now().await;
+            }
+        }
         Ok(TaskResult::ok())
     }
 }

@@ -360,6 +360,8 @@ impl Progress for Bars {
 
 impl Drop for Bars {
     fn drop(&mut self) {
+        // Lines queued while the bars were up are printed above them, not after.
+        crate::logpump::flush(std::time::Duration::from_secs(2));
         crate::logging::route_stderr(None);
     }
 }
