@@ -39,7 +39,8 @@ const ORDINARY_BATCH_BYTES: usize = 16 * 1024;
 /// `urgent` is written before anything more from `ordinary`. A plugin answers on the
 /// urgent lane and logs on the ordinary one, so a flood of log lines cannot hold back an
 /// answer by more than one batch. Ends when `ordinary` is closed or says
-/// [`Outgoing::Close`]; `urgent` closing early is fine.
+/// [`Outgoing::Close`] (everything queued on `urgent` before that is written first); a
+/// `Close` on `urgent` is ignored, and `urgent` closing early is fine.
 ///
 /// # Errors
 /// The first write error; the stream is dropped and the rest of both queues discarded.
@@ -53,11 +54,13 @@ pub async fn write_prioritized(
     let mut urgent_open = true;
     loop {
         let first = std::future::poll_fn(|cx| {
-            if urgent_open {
+            while urgent_open {
                 match urgent.poll_recv(cx) {
+                    // Only the ordinary lane ends the stream.
+                    Poll::Ready(Some(Outgoing::Close)) => {}
                     Poll::Ready(Some(m)) => return Poll::Ready(Some(m)),
                     Poll::Ready(None) => urgent_open = false,
-                    Poll::Pending => {}
+                    Poll::Pending => break,
                 }
             }
             ordinary.poll_recv(cx)
@@ -69,9 +72,8 @@ pub async fn write_prioritized(
             Outgoing::Close => closing = true,
         }
         while let Ok(m) = urgent.try_recv() {
-            match m {
-                Outgoing::Line(line) => buf.extend_from_slice(&line),
-                Outgoing::Close => closing = true,
+            if let Outgoing::Line(line) = m {
+                buf.extend_from_slice(&line);
             }
         }
         while !closing && buf.len() < BATCH_BYTES {
@@ -127,6 +129,8 @@ mod tests {
         for i in 0..10_000 {
             tx.send(Outgoing::Line(format!("log {i:05} {}\n", "x".repeat(40)).into_bytes())).unwrap();
         }
+        // A Close on the urgent lane does not end the stream.
+        urgent_tx.send(Outgoing::Close).unwrap();
         urgent_tx.send(Outgoing::Line(b"answer\n".to_vec())).unwrap();
         tx.send(Outgoing::Close).unwrap();
         let (a, mut b) = tokio::io::duplex(1 << 24);

@@ -90,3 +90,49 @@ fn errors_become_failed_results_and_undeclared_tasks_are_refused() {
     assert!(r.contains("does not handle REMOVE") && r.contains("BOOTSTRAP, INSTALL"), "{r}");
     p.assert_no_leftovers();
 }
+
+/// Runs `sdk-probe` by hand (no supervisor): a handshake and one "tracing" task, stdin
+/// then closed. Returns what it wrote on stdout and on fd 3.
+fn talk_to_probe(with_log_channel: bool) -> (String, String) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut log_read, log_write) = std::io::pipe().unwrap();
+    let mut cmd = std::process::Command::new(bin_dir().join("sdk-probe"));
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    if with_log_channel {
+        let fd = log_write.as_raw_fd();
+        cmd.env(loom_protocol::ENV_LOG_FD, "3");
+        // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || if nix::libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(log_write);
+    let handshake = json!({"jsonrpc": "2.0", "id": 1, "method": "handshake",
+        "params": {"protocolVersions": [1], "plugin": "probe", "kind": "automator", "logLevel": "info"}});
+    let task = json!({"jsonrpc": "2.0", "id": 2, "method": "task", "params": probe("t", "INSTALL", "tracing")});
+    let mut stdin = child.stdin.take().unwrap();
+    write!(stdin, "{handshake}\n{task}\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    log_read.read_to_string(&mut log).unwrap();
+    (out, log)
+}
+
+#[test]
+fn log_lines_take_the_log_channel_when_given_and_answers_stay_on_stdout() {
+    let (out, log) = talk_to_probe(true);
+    assert!(out.contains(r#""id":2"#) && out.contains(r#""status":0"#), "the answer is on stdout: {out}");
+    assert!(!out.contains(r#""method":"log""#), "no log line on stdout: {out}");
+    assert!(log.contains(r#""method":"log""#) && log.contains("a tracing event from inside the task"), "{log}");
+
+    // A plugin started without the variable logs on stdout, as PROTOCOL.md's base case.
+    let (out, log) = talk_to_probe(false);
+    assert!(out.contains(r#""id":2"#) && out.contains("a tracing event from inside the task"), "{out}");
+    assert!(log.is_empty(), "{log}");
+}
