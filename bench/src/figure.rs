@@ -45,11 +45,21 @@ impl Figure {
     }
 }
 
-/// The figures of one run, looked up by name.
+/// The figures of one run, looked up by name, and remarks for the report.
 #[derive(Default)]
-pub struct Figures(pub Vec<Figure>);
+pub struct Figures(pub Vec<Figure>, pub Vec<String>);
 
 impl Figures {
+    /// A remark printed under the table (e.g. why something was not measured).
+    pub fn note(&mut self, text: String) {
+        self.1.push(text);
+    }
+
+    /// The largest round of the figure called `name` (NaN when it was not measured).
+    pub fn max(&self, name: &str) -> f64 {
+        self.0.iter().find(|f| f.name == name).map_or(f64::NAN, Figure::max)
+    }
+
     /// The median of the figure called `name` (NaN when it was not measured).
     pub fn median(&self, name: &str) -> f64 {
         self.0.iter().find(|f| f.name == name).map_or(f64::NAN, Figure::median)

@@ -12,14 +12,18 @@
 //! restart), `peers`, `footprint`, `flood`, `cluster`; `report` and `chart` write the results.
 
 mod affinity;
+mod chart;
 mod figure;
 mod flood;
 mod floor;
+mod footprint;
+mod peers;
 mod report;
 mod supervised;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use figure::{Figure, Figures, Verdict};
@@ -35,31 +39,42 @@ struct Args {
     /// Only these sections (comma-separated): latency, pipelined, restart.
     #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
     only: Vec<Section>,
+    /// The peers to run beside the supervisor (the full run only).
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/peers"))]
+    peers: PathBuf,
     /// Write the report (Markdown) here.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Write the round-trip chart (SVG) here.
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
 }
 
 /// A part of the benchmark that can be run alone with `--only`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Section {
-    /// The floor and sequential round trips (pinned to one core).
+    /// The floor, sequential round trips and the peers' (pinned to one core).
     Latency,
     /// Many tasks in flight, to one and to two plugin processes (every core).
     Pipelined,
     /// SIGKILL of a plugin to its next answer (pinned).
     Restart,
-    /// Task latency while the plugin floods the log; lines lost (every core).
+    /// Task latency while the plugin floods the log; lines lost (pinned).
     Flood,
+    /// The daemon with 100 plugin instances: memory, and CPU while idle.
+    Footprint,
 }
 
 /// How much each measurement does.
 pub struct Size {
     rounds: usize,
+    /// Run the peers beside the supervisor (from this folder).
+    peers: Option<PathBuf>,
     calls: usize,
     pipelined: usize,
     restarts: usize,
     flood_lines: u64,
+    idle: std::time::Duration,
 }
 
 /// How far off a goal a `--quick` run may be before it fails.
@@ -68,9 +83,25 @@ const GROSS: f64 = 3.0;
 fn main() -> ExitCode {
     let args = Args::parse();
     let size = if args.quick {
-        Size { rounds: 3, calls: 2_000, pipelined: 20_000, restarts: 5, flood_lines: 20_000 }
+        Size {
+            rounds: 3,
+            peers: None,
+            calls: 2_000,
+            pipelined: 20_000,
+            restarts: 5,
+            flood_lines: 20_000,
+            idle: std::time::Duration::from_secs(3),
+        }
     } else {
-        Size { rounds: 7, calls: 20_000, pipelined: 200_000, restarts: 21, flood_lines: 100_000 }
+        Size {
+            rounds: 7,
+            peers: Some(args.peers.clone()),
+            calls: 20_000,
+            pipelined: 200_000,
+            restarts: 21,
+            flood_lines: 100_000,
+            idle: std::time::Duration::from_secs(10),
+        }
     };
     if let Err(e) = flood::install_log_sink() {
         eprintln!("loom-bench: {e}");
@@ -84,7 +115,7 @@ fn main() -> ExitCode {
         }
     };
     let sections = if args.only.is_empty() {
-        vec![Section::Latency, Section::Pipelined, Section::Restart, Section::Flood]
+        vec![Section::Latency, Section::Pipelined, Section::Restart, Section::Flood, Section::Footprint]
     } else {
         args.only.clone()
     };
@@ -107,6 +138,13 @@ fn main() -> ExitCode {
         eprintln!("loom-bench: cannot write {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
+    if let Some(path) = &args.chart
+        && let Some(svg) = chart::latency_svg(&figures.0, "Sequential round trip over a child's stdio (median, us)")
+        && let Err(e) = std::fs::write(path, svg)
+    {
+        eprintln!("loom-bench: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     let gross: Vec<&str> = goals.iter().filter(|g| g.verdict(GROSS) == Verdict::Gross).map(|g| g.text).collect();
     if args.quick && !gross.is_empty() {
         eprintln!("loom-bench: missed by more than {GROSS}x: {}", gross.join("; "));
@@ -115,11 +153,19 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The folder of this executable, where `bench-noop-plugin` is built too.
-fn plugin_exe() -> Result<PathBuf, String> {
+/// `name` in the folder of this executable (where cargo builds every binary).
+fn sibling(name: &str, package: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-    let path = exe.parent().unwrap_or(Path::new(".")).join("bench-noop-plugin");
-    if path.is_file() { Ok(path) } else { Err(format!("{} is missing: build the loom-bench package", path.display())) }
+    let path = exe.parent().unwrap_or(Path::new(".")).join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} is missing: build it with `cargo build --release -p {package}`", path.display()))
+    }
+}
+
+fn plugin_exe() -> Result<PathBuf, String> {
+    sibling("bench-noop-plugin", "loom-bench")
 }
 
 async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
@@ -142,6 +188,15 @@ async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
                 affinity::pin(None, &all_cores)?;
                 result?;
             }
+            Section::Footprint => {
+                let (exe, size) = (exe.clone(), (size.rounds.min(3), size.idle));
+                let rounds = tokio::task::spawn_blocking(move || footprint_rounds(&exe, size))
+                    .await
+                    .map_err(|e| format!("the footprint measurement panicked: {e}"))??;
+                for f in rounds {
+                    figures.push(f);
+                }
+            }
             Section::Flood => {
                 affinity::pin(Some(0), &all_cores)?;
                 let result = log_flood(&exe, size, &mut figures).await;
@@ -153,21 +208,49 @@ async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
     Ok(figures)
 }
 
-/// The floor and the supervisor's sequential round trips, side by side in every round.
+/// The floor, the supervisor's sequential round trips and the peers', side by side in
+/// every round.
 async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), String> {
     let mut floor = Figure::new(report::FLOOR, "us");
     let mut tiny = Figure::new(report::TINY, "us");
     let mut start = Figure::new(report::START, "us");
+    let peers = match &size.peers {
+        Some(dir) => match peers::Peers::prepare(dir) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                figures.note(format!("The peers were not run: {e}."));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut peer_figures: Vec<Figure> = peers::PEERS.iter().map(|p| Figure::new(p.name, "us")).collect();
     for _ in 0..size.rounds {
         floor.rounds.push(floor::pipe_floor(exe, size.calls)?);
         let one = Bench::new(exe, &[], 1)?;
         tiny.rounds.push(one.sequential(tiny_task, size.calls).await?);
         start.rounds.push(one.sequential(start_task, size.calls).await?);
         one.sup.shutdown().await;
+        if let Some(peers) = &peers {
+            for (i, figure) in peer_figures.iter_mut().enumerate() {
+                let peers = Arc::clone(peers);
+                let measured = tokio::task::spawn_blocking(move || peers.run(&peers::PEERS[i]))
+                    .await
+                    .map_err(|e| format!("a peer run panicked: {e}"))?;
+                match measured {
+                    Ok(us) => figure.rounds.push(us),
+                    Err(e) => eprintln!("loom-bench: {e}"),
+                }
+            }
+        }
     }
     figures.push(floor);
     figures.push(tiny);
     figures.push(start);
+    for mut f in peer_figures {
+        f.note = "../shared/peers".into();
+        figures.push(f);
+    }
     Ok(())
 }
 
@@ -217,4 +300,23 @@ async fn log_flood(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(),
         figures.push(f);
     }
     Ok(())
+}
+
+/// The daemon with 100 instances, `rounds` times, each watched for `idle` (blocking).
+fn footprint_rounds(exe: &Path, (rounds, idle): (usize, std::time::Duration)) -> Result<Vec<Figure>, String> {
+    let daemon = sibling("loom-provisioner", "loom-supervisor")?;
+    let mut rss = Figure::new(report::RSS, "MB");
+    let mut cpu = Figure::new(report::IDLE_CPU, "% of a core");
+    let mut wakeups = Figure::new(report::WAKEUPS, "per s");
+    let mut plugin = Figure::new(report::PLUGIN_RSS, "MB");
+    let mut ready = Figure::new(report::READY, "s");
+    for _ in 0..rounds {
+        let r = footprint::round(&daemon, exe, 100, idle)?;
+        rss.rounds.push(r.rss_mb);
+        cpu.rounds.push(r.idle_cpu_percent);
+        wakeups.rounds.push(r.wakeups_per_sec);
+        plugin.rounds.push(r.plugin_rss_mb);
+        ready.rounds.push(r.ready_secs);
+    }
+    Ok(vec![rss, cpu, wakeups, plugin, ready])
 }

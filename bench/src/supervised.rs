@@ -69,17 +69,7 @@ impl Bench {
     /// When the registry cannot be written or read.
     pub fn new(exe: &Path, args: &[&str], instances: u32) -> Result<Bench, String> {
         let dir = TempDir::new("registry")?;
-        let folder = dir.0.join("automators/noop");
-        std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
-        let manifest = serde_json::json!({"noop": {
-            "executable": exe, "args": args, "instances": instances,
-            "maxConcurrency": 4096, "queueCapacity": 1_000_000,
-            // Crashes more than a second apart each count as the first in a while: the
-            // restart measured is the immediate one, not the backoff of a crash loop.
-            "restart": {"withinSecs": 1},
-        }});
-        std::fs::write(folder.join("noop.json"), manifest.to_string()).map_err(|e| e.to_string())?;
-        let registry = Registry::load(std::slice::from_ref(&dir.0)).map_err(|e| e.to_string())?;
+        let registry = Registry::load(&[write_registry(&dir.0, exe, args, instances)?]).map_err(|e| e.to_string())?;
         let sup =
             Arc::new(Supervisor::new(registry, Options { eager: true, log_level: loom_protocol::LogLevel::Info }));
         Ok(Bench { sup, _dir: dir })
@@ -145,6 +135,25 @@ impl Bench {
         }
         Ok(out)
     }
+}
+
+/// Writes a plugins folder under `dir` with `exe` (and `args`) as automator `noop` in
+/// `instances` processes; returns the folder.
+///
+/// # Errors
+/// When it cannot be written.
+pub fn write_registry(dir: &Path, exe: &Path, args: &[&str], instances: u32) -> Result<PathBuf, String> {
+    let folder = dir.join("automators/noop");
+    std::fs::create_dir_all(&folder).map_err(|e| format!("cannot make {}: {e}", folder.display()))?;
+    let manifest = serde_json::json!({"noop": {
+        "executable": exe, "args": args, "instances": instances,
+        "maxConcurrency": 4096, "queueCapacity": 1_000_000,
+        // Crashes more than a second apart each count as the first in a while: the
+        // restart measured is the immediate one, not the backoff of a crash loop.
+        "restart": {"withinSecs": 1},
+    }});
+    std::fs::write(folder.join("noop.json"), manifest.to_string()).map_err(|e| e.to_string())?;
+    Ok(dir.to_path_buf())
 }
 
 /// `text` as a task.

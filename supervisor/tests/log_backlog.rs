@@ -32,7 +32,10 @@ fn install_stalling_log() {
 
 fn log_line(i: usize) -> String {
     let message = format!("flood line {i} {}", "x".repeat(4000));
-    format!("{}\n", serde_json::json!({"jsonrpc": "2.0", "method": "log", "params": {"level": "info", "message": message}}))
+    format!(
+        "{}\n",
+        serde_json::json!({"jsonrpc": "2.0", "method": "log", "params": {"level": "info", "message": message}})
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

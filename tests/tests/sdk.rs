@@ -105,7 +105,9 @@ fn talk_to_probe(with_log_channel: bool) -> (String, String) {
         cmd.env(loom_protocol::ENV_LOG_FD, "3");
         // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
         unsafe {
-            cmd.pre_exec(move || if nix::libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            cmd.pre_exec(
+                move || if nix::libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) },
+            );
         }
     }
     let mut child = cmd.spawn().unwrap();

@@ -1,0 +1,150 @@
+//! Footprint: the real daemon (`loom-provisioner serve`) with 100 plugin instances, its
+//! resident memory and its CPU use while nothing happens.
+//!
+//! Readiness is systemd's own signal: the harness listens on `$NOTIFY_SOCKET` and waits
+//! for `READY=1`, which the daemon sends once every instance has finished its handshake.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::supervised::{TempDir, write_registry};
+
+/// What one round measured.
+pub struct Round {
+    /// The daemon's resident memory, MB.
+    pub rss_mb: f64,
+    /// The daemon's CPU time over the idle window, as a share of one core (percent).
+    pub idle_cpu_percent: f64,
+    /// Context switches of the daemon's threads per second over the idle window.
+    pub wakeups_per_sec: f64,
+    /// Resident memory of one plugin process, MB (median of the instances).
+    pub plugin_rss_mb: f64,
+    /// Seconds from start to `READY=1`.
+    pub ready_secs: f64,
+}
+
+/// Starts the daemon with `instances` processes of `exe`, waits for `READY=1`, then
+/// watches it for `idle`.
+pub fn round(daemon: &Path, exe: &Path, instances: u32, idle: Duration) -> Result<Round, String> {
+    let dir = TempDir::new("footprint")?;
+    let plugins = write_registry(&dir.0.join("plugins"), exe, &[], instances)?;
+    let socket_path = dir.0.join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).map_err(|e| format!("cannot bind {}: {e}", socket_path.display()))?;
+    notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let config = dir.0.join("config.toml");
+    let text = format!(
+        "plugin_dirs = [{:?}]\nlisten = \"unix:{}\"\ndata_dir = {:?}\n[log]\nlevel = \"warn\"\n",
+        plugins.display().to_string(),
+        dir.0.join("api.sock").display(),
+        dir.0.join("data").display().to_string(),
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let began = Instant::now();
+    let child = Command::new(daemon)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
+    let mut daemon_proc = Reaped(child);
+    wait_ready(&notify)?;
+    let ready_secs = began.elapsed().as_secs_f64();
+    let pid = daemon_proc.0.id();
+    let (cpu0, switches0) = (cpu_ns(pid)?, switches(pid)?);
+    let watch = Instant::now();
+    std::thread::sleep(idle);
+    let (cpu1, switches1) = (cpu_ns(pid)?, switches(pid)?);
+    let window = watch.elapsed().as_secs_f64();
+    let rss_mb = rss_kb(pid)? / 1024.0;
+    let mut plugin_rss: Vec<f64> =
+        children(pid)?.into_iter().filter_map(|p| rss_kb(p).ok()).map(|kb| kb / 1024.0).collect();
+    plugin_rss.sort_by(f64::total_cmp);
+    if plugin_rss.len() != instances as usize {
+        return Err(format!("the daemon runs {} plugin processes, not {instances}", plugin_rss.len()));
+    }
+    daemon_proc.stop();
+    Ok(Round {
+        rss_mb,
+        idle_cpu_percent: (cpu1 - cpu0) as f64 / 1e9 / window * 100.0,
+        wakeups_per_sec: (switches1 - switches0) as f64 / window,
+        plugin_rss_mb: plugin_rss[plugin_rss.len() / 2],
+        ready_secs,
+    })
+}
+
+/// The daemon, stopped with SIGTERM (and reaped) however the round ends.
+struct Reaped(Child);
+
+impl Reaped {
+    fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+fn wait_ready(notify: &UnixDatagram) -> Result<(), String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).map_err(|e| format!("no READY=1 from the daemon: {e}"))?;
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            return Ok(());
+        }
+    }
+}
+
+/// CPU time of every thread of `pid`, in nanoseconds (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> Result<u64, String> {
+    per_thread(pid, "schedstat", |text| text.split_whitespace().next().and_then(|v| v.parse().ok()))
+}
+
+/// Context switches of every thread of `pid`, voluntary and not.
+fn switches(pid: u32) -> Result<u64, String> {
+    per_thread(pid, "status", |text| {
+        let field =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+        Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
+    })
+}
+
+fn per_thread(pid: u32, file: &str, read: impl Fn(&str) -> Option<u64>) -> Result<u64, String> {
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("cannot read /proc/{pid}/task: {e}"))?;
+    Ok(tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join(file)).ok())
+        .filter_map(|text| read(&text))
+        .sum())
+}
+
+fn rss_kb(pid: u32) -> Result<f64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS for {pid}"))
+}
+
+fn children(pid: u32) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    Ok(out)
+}
