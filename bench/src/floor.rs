@@ -1,4 +1,6 @@
-//! The floor: a raw pipe ping-pong of a 100-byte line with a child, blocking I/O.
+//! The floor: a raw pipe ping-pong of a 100-byte line with a child, blocking I/O; and the
+//! Rust SDK plugin driven the same way (no supervisor), to split a round trip's cost
+//! between the two sides.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -37,6 +39,56 @@ pub fn pipe_floor(exe: &Path, calls: usize) -> Result<f64, String> {
     let began = Instant::now();
     for _ in 0..calls {
         once()?;
+    }
+    let per_call = began.elapsed().as_secs_f64() * 1e6 / calls as f64;
+    drop(to);
+    let _ = child.wait();
+    Ok(per_call)
+}
+
+/// Microseconds per tiny task sent to the SDK plugin `exe` by a blocking client that
+/// writes each request and reads its answer (after the handshake), without a supervisor.
+///
+/// # Errors
+/// When the plugin cannot be started or answers something else.
+pub fn sdk_direct(exe: &Path, calls: usize) -> Result<f64, String> {
+    let mut child = Command::new(exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err("the plugin has no pipes".into());
+    };
+    let mut from = BufReader::new(from);
+    let mut back = String::new();
+    let mut call = |line: &str| -> Result<(), String> {
+        back.clear();
+        to.write_all(line.as_bytes()).and_then(|()| to.flush()).map_err(|e| format!("SDK plugin: {e}"))?;
+        match from.read_line(&mut back) {
+            Ok(0) => Err("the SDK plugin closed its stdout".into()),
+            Ok(_) if back.contains("\"error\"") => Err(format!("the SDK plugin answered an error: {}", back.trim())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("SDK plugin: {e}")),
+        }
+    };
+    call(
+        "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"handshake\",\"params\":{\"protocolVersions\":[1],\"plugin\":\"noop\",\"kind\":\"automator\"}}\n",
+    )?;
+    let request = |i: usize| {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"task\",\"params\":{}}}\n",
+            i + 1,
+            crate::supervised::tiny_task(i)
+        )
+    };
+    let requests: Vec<String> = (0..calls + calls / 10).map(request).collect();
+    for r in &requests[calls..] {
+        call(r)?;
+    }
+    let began = Instant::now();
+    for r in &requests[..calls] {
+        call(r)?;
     }
     let per_call = began.elapsed().as_secs_f64() * 1e6 / calls as f64;
     drop(to);

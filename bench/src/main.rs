@@ -214,6 +214,8 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
     let mut floor = Figure::new(report::FLOOR, "us");
     let mut tiny = Figure::new(report::TINY, "us");
     let mut start = Figure::new(report::START, "us");
+    let mut sup_only = Figure::new(report::SUP_ONLY, "us");
+    let mut sdk_only = Figure::new(report::SDK_ONLY, "us");
     let peers = match &size.peers {
         Some(dir) => match peers::Peers::prepare(dir) {
             Ok(p) => Some(Arc::new(p)),
@@ -231,6 +233,16 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
         tiny.rounds.push(one.sequential(tiny_task, size.calls).await?);
         start.rounds.push(one.sequential(start_task, size.calls).await?);
         one.sup.shutdown().await;
+        // The two sides apart: the supervisor with a plugin that does nothing, and the
+        // SDK plugin with a client that does nothing.
+        let raw = Bench::new(exe, &["--raw"], 1)?;
+        sup_only.rounds.push(raw.sequential(tiny_task, size.calls).await?);
+        raw.sup.shutdown().await;
+        let (exe_owned, calls) = (exe.to_path_buf(), size.calls);
+        let direct = tokio::task::spawn_blocking(move || floor::sdk_direct(&exe_owned, calls))
+            .await
+            .map_err(|e| format!("the SDK measurement panicked: {e}"))??;
+        sdk_only.rounds.push(direct);
         if let Some(peers) = &peers {
             for (i, figure) in peer_figures.iter_mut().enumerate() {
                 let peers = Arc::clone(peers);
@@ -247,6 +259,8 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
     figures.push(floor);
     figures.push(tiny);
     figures.push(start);
+    figures.push(sup_only);
+    figures.push(sdk_only);
     for mut f in peer_figures {
         f.note = "../shared/peers".into();
         figures.push(f);

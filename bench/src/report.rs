@@ -5,6 +5,8 @@ use crate::figure::{Better, Figure, Figures, Goal, Verdict};
 pub const FLOOR: &str = "raw pipe ping-pong, 100-byte line (floor)";
 pub const TINY: &str = "sequential no-op task, tiny";
 pub const START: &str = "sequential no-op task, Loom's START task";
+pub const SUP_ONLY: &str = "supervisor alone: tiny task to a plugin that does nothing (no JSON parser)";
+pub const SDK_ONLY: &str = "Rust SDK plugin alone: tiny task from a blocking client";
 pub const PIPED: &str = "pipelined no-op tasks, 1 process";
 pub const PIPED_START: &str = "pipelined START tasks, 1 process";
 pub const PIPED_TWO: &str = "pipelined no-op tasks, 2 processes";

@@ -66,7 +66,7 @@ impl Decoder for LineCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
         loop {
-            let newline = buf[self.scanned..].iter().position(|b| *b == b'\n').map(|i| i + self.scanned);
+            let newline = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| i + self.scanned);
             match newline {
                 Some(at) if self.skipping => {
                     // End of an over-long line whose head was already reported: drop it.

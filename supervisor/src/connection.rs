@@ -1,7 +1,7 @@
 //! The JSON-RPC channel to one plugin process: calls out, answers and notifications in.
 //!
-//! A [`Connection`] owns two tasks: a writer that batches outgoing lines into the plugin's
-//! stdin, and a tolerant reader of its stdout. The reader is where a misbehaving plugin
+//! A [`Connection`] writes calls into the plugin's stdin ([`crate::outbound`]: directly,
+//! or through a writer task that batches them) and owns a tolerant reader of its stdout. The reader is where a misbehaving plugin
 //! meets the supervisor, so it gives up on nothing it can survive:
 //!
 //! - a line that is not JSON-RPC is logged (credentials scrubbed) and skipped;
@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use loom_protocol::writer::{Outgoing, write_lines};
 use loom_protocol::{
     LineCodec, LogLevel, LogParams, Message, Notification, OutputParams, OutputStream, Overflow, ProgressParams,
     Request, RequestId, Response, ResponseError, codes, methods,
@@ -28,13 +27,15 @@ use loom_protocol::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
 use crate::capture::{CapturedOutput, LastLines};
 use crate::envelope::TaskEnvelope;
 use crate::logpump::{self, Kind};
+use crate::outbound::Outbound;
+pub use crate::outbound::WriterEnd;
 use crate::redact::Redactor;
 
 /// `tracing` target of everything a plugin says: log notifications, progress, stderr.
@@ -50,7 +51,7 @@ const JUNK_QUOTE_CHARS: usize = 200;
 pub struct Connection {
     plugin: Arc<str>,
     pid: u32,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    outbound: Outbound,
     state: Mutex<State>,
     next_id: AtomicI64,
     redactor: Arc<Redactor>,
@@ -148,15 +149,6 @@ pub enum ReaderEnd {
     Io(std::io::Error),
 }
 
-/// Why the stdin writer stopped.
-#[derive(Debug)]
-pub enum WriterEnd {
-    /// Stdin was closed on purpose.
-    Closed,
-    /// Writing failed: the plugin stopped reading its stdin or exited.
-    Failed(std::io::Error),
-}
-
 impl Connection {
     /// Wraps a process's stdin; spawns the writer task (returned, to watch for its end).
     ///
@@ -167,23 +159,32 @@ impl Connection {
         stdin: impl AsyncWrite + Unpin + Send + 'static,
         redactor: Arc<Redactor>,
     ) -> (Arc<Connection>, JoinHandle<WriterEnd>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = Arc::new(Connection {
+        let (outbound, writer) = Outbound::new(stdin);
+        (Connection::with(plugin, pid, outbound, redactor), writer)
+    }
+
+    /// As [`Connection::new`], for stdin that is a pipe: calls are then written straight
+    /// into it when nothing is queued (see [`crate::outbound`]).
+    pub fn for_pipe(
+        plugin: Arc<str>,
+        pid: u32,
+        stdin: tokio::net::unix::pipe::Sender,
+        redactor: Arc<Redactor>,
+    ) -> (Arc<Connection>, JoinHandle<WriterEnd>) {
+        let (outbound, writer) = Outbound::pipe(stdin);
+        (Connection::with(plugin, pid, outbound, redactor), writer)
+    }
+
+    fn with(plugin: Arc<str>, pid: u32, outbound: Outbound, redactor: Arc<Redactor>) -> Arc<Connection> {
+        Arc::new(Connection {
             plugin,
             pid,
-            outgoing: tx,
+            outbound,
             state: Mutex::new(State::default()),
             next_id: AtomicI64::new(1),
             redactor,
             stats: Stats::default(),
-        });
-        let writer = tokio::spawn(async move {
-            match write_lines(rx, stdin).await {
-                Ok(()) => WriterEnd::Closed,
-                Err(e) => WriterEnd::Failed(e),
-            }
-        });
-        (conn, writer)
+        })
     }
 
     /// Spawns the reader of the process's stdout, with lines limited to `max_line` bytes.
@@ -314,7 +315,7 @@ impl Connection {
     /// Sends a notification.
     pub fn notify(&self, method: &str, params: &impl Serialize) {
         let line = Message::Notification(Notification::new(method, params)).to_line();
-        let _ = self.outgoing.send(Outgoing::Line(line));
+        self.outbound.send(line);
     }
 
     /// Sends `cancel` for `task_id`.
@@ -324,7 +325,7 @@ impl Connection {
 
     /// Closes the plugin's stdin once everything queued before has been written.
     pub fn close_stdin(&self) {
-        let _ = self.outgoing.send(Outgoing::Close);
+        self.outbound.close();
     }
 
     /// Ends every call in flight with `reason`, and every later call at once. Called when
@@ -363,7 +364,7 @@ impl Connection {
         match refused {
             Some((pending, reason)) => self.finish(pending, Outcome::Lost(reason)),
             None => {
-                let _ = self.outgoing.send(Outgoing::Line(line));
+                self.outbound.send(line);
             }
         }
         Call { rx, conn: Arc::clone(self), task_id, done: false }
@@ -398,7 +399,7 @@ impl Connection {
                     Some(r.id),
                     ResponseError::new(codes::METHOD_NOT_FOUND, "the supervisor does not accept requests"),
                 );
-                let _ = self.outgoing.send(Outgoing::Line(Message::Response(answer).to_line()));
+                self.outbound.send(Message::Response(answer).to_line());
             }
             Err(e) => {
                 self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);

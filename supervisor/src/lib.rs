@@ -10,7 +10,7 @@
 //! | a task enters | [`Supervisor::run_task`] (`supervisor.rs`), read by [`envelope`] |
 //! | it is routed | [`router`]: Loom's rules, BOOTSTRAP fan-out |
 //! | it waits for and takes a slot | [`plugin::Plugin::run_task`] (`plugin.rs`): queue, timeouts |
-//! | it goes over the wire | [`connection`]: writer, tolerant reader, calls in flight |
+//! | it goes over the wire | [`connection`]: tolerant reader, calls in flight; [`outbound`]: stdin |
 //! | a process starts and stops | [`process`] and [`spawn`]: process groups, parent-death signal |
 //! | a crash is handled | [`instance`]: the restart loop, with [`restart`]'s policy |
 //! | plugins are found | [`registry`] and [`manifest`] |
@@ -38,6 +38,7 @@ pub mod logpump;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod plugin;
 pub mod process;
 pub mod redact;

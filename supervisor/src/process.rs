@@ -118,7 +118,8 @@ impl PluginProcess {
             return Err(io::Error::other("the plugin's pipes were not set up"));
         };
         let name: Arc<str> = Arc::from(spec.name.as_str());
-        let (conn, writer) = Connection::new(Arc::clone(&name), pid, stdin, Arc::new(Redactor::default()));
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin.into_owned_fd()?)?;
+        let (conn, writer) = Connection::for_pipe(Arc::clone(&name), pid, stdin, Arc::new(Redactor::default()));
         let reader = conn.spawn_reader(stdout, spec.max_line_bytes);
         let last_stderr = Arc::new(Mutex::new(LastLines::default()));
         let stderr = conn.spawn_stderr_reader(stderr, Arc::clone(&last_stderr));

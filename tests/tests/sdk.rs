@@ -97,7 +97,8 @@ fn talk_to_probe(with_log_channel: bool) -> (String, String) {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let (mut log_read, log_write) = std::io::pipe().unwrap();
+    let (log_read, log_write) = nix::unistd::pipe().unwrap();
+    let mut log_read = std::fs::File::from(log_read);
     let mut cmd = std::process::Command::new(bin_dir().join("sdk-probe"));
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
     if with_log_channel {

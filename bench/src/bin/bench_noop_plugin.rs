@@ -3,7 +3,9 @@
 //! INSTALL with `config.flood: N`, which sends N info log lines (yielding to other tasks
 //! every 64 lines, as a task doing real work between its log lines would). With
 //! `--echo`, no protocol at all: it copies each stdin line to stdout, with blocking std
-//! I/O, for the raw pipe floor.
+//! I/O, for the raw pipe floor. With `--raw`, the least a plugin can do: blocking std I/O,
+//! no JSON parser, every task answered `{"status":0}`, so that the supervisor's own share
+//! of a round trip can be measured.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -50,9 +52,43 @@ fn echo() -> ExitCode {
     }
 }
 
+/// The number after `"id":` in a request line.
+fn request_id(line: &str) -> Option<&str> {
+    let rest = &line[line.find("\"id\":")? + 5..];
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|id| !id.is_empty())
+}
+
+fn raw() -> ExitCode {
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let (mut input, mut output) = (stdin.lock(), stdout.lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => return ExitCode::SUCCESS,
+            Ok(_) => {}
+        }
+        let Some(id) = request_id(&line) else { continue };
+        let result = if line.contains(r#""method":"handshake""#) {
+            r#"{"protocolVersion":1,"name":"raw","version":"0","tasks":["BOOTSTRAP","INSTALL","CONFIGURE","INITIALIZE","START","STOP","REMOVE"],"maxConcurrency":4096}"#
+        } else if line.contains(r#""method":"task""#) {
+            r#"{"status":0}"#
+        } else {
+            "{}"
+        };
+        let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{result}}}\n");
+        if output.write_all(answer.as_bytes()).and_then(|()| output.flush()).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--echo") {
-        return echo();
+    match std::env::args().nth(1).as_deref() {
+        Some("--echo") => return echo(),
+        Some("--raw") => return raw(),
+        _ => {}
     }
     Plugin::new("bench-noop", env!("CARGO_PKG_VERSION")).max_concurrency(4096).serve_automator(Noop)
 }

@@ -1,0 +1,203 @@
+//! The plugin's stdin: whole lines, in order, never waiting on the pipe.
+//!
+//! A caller's line is written straight into the pipe when nothing is queued before it
+//! and the pipe has room (one `write`, no hand-off to another task, which on a
+//! multi-threaded runtime can mean waking another thread). Otherwise it is queued for the
+//! writer task, which batches what is queued into few writes. Lines are never
+//! interleaved: a direct write happens only while the queue is empty, under a lock that
+//! the queueing side holds too.
+//!
+//! For stdin that is not a pipe (tests use in-memory streams), every line goes through the
+//! writer task.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use loom_protocol::writer::{Outgoing, write_lines};
+use tokio::io::AsyncWrite;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How much is gathered into one write at most.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The sending side of a plugin's stdin.
+pub struct Outbound {
+    queue: mpsc::UnboundedSender<Outgoing>,
+    direct: Option<Arc<Mutex<Direct>>>,
+}
+
+struct Direct {
+    /// `None` once closing: then nothing is written directly any more.
+    pipe: Option<Arc<pipe::Sender>>,
+    /// Lines queued for the writer and not yet completely written.
+    queued: usize,
+}
+
+impl Outbound {
+    /// Any stream: every line goes through the writer task (returned).
+    pub fn new(stdin: impl AsyncWrite + Unpin + Send + 'static) -> (Outbound, JoinHandle<WriterEnd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Outbound { queue: tx, direct: None }, tokio::spawn(ended(write_lines(rx, stdin))))
+    }
+
+    /// A pipe: lines are written directly when possible. Must be called in a runtime.
+    pub fn pipe(stdin: pipe::Sender) -> (Outbound, JoinHandle<WriterEnd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stdin = Arc::new(stdin);
+        let direct = Arc::new(Mutex::new(Direct { pipe: Some(Arc::clone(&stdin)), queued: 0 }));
+        let writer = tokio::spawn(ended(write_queued(rx, stdin, Arc::clone(&direct))));
+        (Outbound { queue: tx, direct: Some(direct) }, writer)
+    }
+
+    /// Sends one or more whole lines. Never waits; after the writer has failed or the
+    /// stream was closed, the line is dropped (the caller learns of it from the writer's
+    /// end and the process's exit).
+    pub fn send(&self, line: Vec<u8>) {
+        let Some(direct) = &self.direct else {
+            let _ = self.queue.send(Outgoing::Line(line));
+            return;
+        };
+        let mut st = lock(direct);
+        let mut rest = &line[..];
+        if st.queued == 0
+            && let Some(pipe) = &st.pipe
+        {
+            match pipe.try_write(rest) {
+                Ok(n) if n == rest.len() => return,
+                Ok(n) => rest = &rest[n..],
+                // Full, or broken: the writer waits for room, or reports the error.
+                Err(_) => {}
+            }
+        }
+        // Queued under the lock, so that no direct write can overtake it.
+        st.queued += 1;
+        let _ = self.queue.send(Outgoing::Line(rest.to_vec()));
+    }
+
+    /// Closes the stream once everything sent before has been written.
+    pub fn close(&self) {
+        match &self.direct {
+            Some(direct) => {
+                let mut st = lock(direct);
+                st.pipe = None;
+                let _ = self.queue.send(Outgoing::Close);
+            }
+            None => {
+                let _ = self.queue.send(Outgoing::Close);
+            }
+        }
+    }
+}
+
+/// Why the stdin writer stopped.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// Stdin was closed on purpose.
+    Closed,
+    /// Writing failed: the plugin stopped reading its stdin or exited.
+    Failed(io::Error),
+}
+
+async fn ended(writing: impl Future<Output = io::Result<()>>) -> WriterEnd {
+    match writing.await {
+        Ok(()) => WriterEnd::Closed,
+        Err(e) => WriterEnd::Failed(e),
+    }
+}
+
+fn lock(direct: &Mutex<Direct>) -> MutexGuard<'_, Direct> {
+    // Nothing under this lock can panic half-way.
+    direct.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The writer task of a pipe: writes queued lines in batches, then lets direct writes
+/// resume once the queue is empty.
+async fn write_queued(
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    pipe: Arc<pipe::Sender>,
+    direct: Arc<Mutex<Direct>>,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let (mut lines, mut closing) = (0usize, false);
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Outgoing::Line(line) => {
+                    buf.extend_from_slice(&line);
+                    lines += 1;
+                }
+                Outgoing::Close => closing = true,
+            }
+            if !closing && buf.len() < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut written = 0;
+        while written < buf.len() {
+            pipe.writable().await?;
+            match pipe.try_write(&buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.clear();
+        lock(&direct).queued -= lines;
+        if closing {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pipe_pair() -> (pipe::Sender, std::fs::File) {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        (pipe::Sender::from_owned_fd(write).unwrap(), std::fs::File::from(read))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_stay_whole_and_in_order_when_the_pipe_fills() {
+        let (sender, mut read) = pipe_pair();
+        let (out, writer) = Outbound::pipe(sender);
+        // Far more than a pipe holds: some lines go direct, the rest through the queue.
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            read.read_to_string(&mut text).unwrap();
+            text
+        });
+        for i in 0..20_000 {
+            out.send(format!("line {i:05} {}\n", "y".repeat(i % 300)).into_bytes());
+        }
+        out.close();
+        assert!(matches!(writer.await.unwrap(), WriterEnd::Closed));
+        drop(out);
+        let text = reader.join().unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 20_000);
+        for (i, l) in lines.iter().enumerate() {
+            assert!(l.starts_with(&format!("line {i:05} ")) && l.len() == 11 + i % 300, "line {i}: {l:.40}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_ends_the_stream_after_what_was_sent() {
+        let (sender, mut read) = pipe_pair();
+        let (out, writer) = Outbound::pipe(sender);
+        out.send(b"a\n".to_vec());
+        out.close();
+        out.send(b"after close\n".to_vec());
+        assert!(matches!(writer.await.unwrap(), WriterEnd::Closed));
+        // The writer's copy is gone; `out` still holds none (closing dropped it).
+        let mut text = String::new();
+        read.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "a\n");
+    }
+}
