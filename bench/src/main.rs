@@ -13,6 +13,7 @@
 
 mod affinity;
 mod chart;
+mod cluster;
 mod figure;
 mod flood;
 mod floor;
@@ -63,6 +64,8 @@ enum Section {
     Flood,
     /// The daemon with 100 plugin instances: memory, and CPU while idle.
     Footprint,
+    /// `cluster up` of 10 and 20 local machines against ansible-playbook (the full run only).
+    Cluster,
 }
 
 /// How much each measurement does.
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
             pipelined: 20_000,
             restarts: 5,
             flood_lines: 20_000,
-            idle: std::time::Duration::from_secs(3),
+            idle: std::time::Duration::from_secs(2),
         }
     } else {
         Size {
@@ -115,7 +118,14 @@ fn main() -> ExitCode {
         }
     };
     let sections = if args.only.is_empty() {
-        vec![Section::Latency, Section::Pipelined, Section::Restart, Section::Flood, Section::Footprint]
+        {
+            let mut all =
+                vec![Section::Latency, Section::Pipelined, Section::Restart, Section::Flood, Section::Footprint];
+            if !args.quick {
+                all.push(Section::Cluster);
+            }
+            all
+        }
     } else {
         args.only.clone()
     };
@@ -194,6 +204,15 @@ async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
                     .await
                     .map_err(|e| format!("the footprint measurement panicked: {e}"))??;
                 for f in rounds {
+                    figures.push(f);
+                }
+            }
+            Section::Cluster => {
+                let rounds = size.rounds.min(3);
+                let measured = tokio::task::spawn_blocking(move || cluster_rounds(rounds))
+                    .await
+                    .map_err(|e| format!("the cluster measurement panicked: {e}"))??;
+                for f in measured {
                     figures.push(f);
                 }
             }
@@ -333,4 +352,23 @@ fn footprint_rounds(exe: &Path, (rounds, idle): (usize, std::time::Duration)) ->
         ready.rounds.push(r.ready_secs);
     }
     Ok(vec![rss, cpu, wakeups, plugin, ready])
+}
+
+/// `cluster up` against ansible-playbook on 10 and 20 machines, `rounds` times (blocking).
+fn cluster_rounds(rounds: usize) -> Result<Vec<Figure>, String> {
+    let tools = cluster::Tools::prepare(sibling)?;
+    let mut out = Vec::new();
+    for (nodes, names) in [(10, report::CLUSTER_10), (20, report::CLUSTER_20)] {
+        let mut up = Figure::new(names[0], "s");
+        let mut services = Figure::new(names[1], "s");
+        let mut ansible = Figure::new(names[2], "s");
+        for round in 0..rounds {
+            let r = cluster::round(&tools, nodes, &format!("{}-{round}", std::process::id()))?;
+            up.rounds.push(r.loom_up);
+            services.rounds.push(r.loom_services);
+            ansible.rounds.push(r.ansible);
+        }
+        out.extend([up, services, ansible]);
+    }
+    Ok(out)
 }

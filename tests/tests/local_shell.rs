@@ -294,3 +294,25 @@ fn many_concurrent_actions_on_one_host_get_past_sshds_maxstartups() {
     delete_all(&plugins, &mut nodes);
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn a_nodes_tasks_share_one_ssh_login() {
+    let (plugins, state, mut nodes) = local_machines(1, json!({}));
+    let id = ids(&nodes)[0].clone();
+    let log = state.path().join(&id).join("sshd.log");
+    let logins = || std::fs::read_to_string(&log).unwrap().matches("Accepted publickey").count();
+    let before = logins();
+    // One `run`, so one shell plugin process: BOOTSTRAP, INSTALL, CONFIGURE, START in turn.
+    let port = 18190;
+    let mut tasks = nodes.tasks("bootstrap", "BOOTSTRAP", |_| json!({}));
+    for (step, script) in [("install", "install.sh"), ("configure", "configure.sh"), ("start", "start.sh")] {
+        tasks.extend(nodes.tasks(step, &step.to_uppercase(), |_| webapp(script, port)));
+    }
+    let run = plugins.run(&tasks, &["--concurrency", "1"]);
+    for step in ["bootstrap", "install", "configure", "start"] {
+        assert_eq!(run.result(&format!("{step}-0"))["status"], 0, "{step}: {}", run.stderr);
+    }
+    assert_eq!(http_get(&format!("127.0.0.1:{port}")).unwrap().trim(), "hello from node-0.local");
+    assert_eq!(logins() - before, 1, "four tasks, one login:\n{}", std::fs::read_to_string(&log).unwrap());
+    delete_all(&plugins, &mut nodes);
+}

@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use loom_plugin_sdk::{Automator, Context, Map, OutputStream, Plugin, Task, TaskError, TaskOutcome, TaskResult, Value};
-use loom_plugin_ssh::{Session, SshError, Target, host_keys_json};
+use std::sync::Arc;
+
+use loom_plugin_ssh::{Exit, Pool, Session, SshError, Target, host_keys_json};
 
 use crate::remote::Remote;
 use crate::tail::Tail;
@@ -25,7 +27,9 @@ use crate::tail::Tail;
 /// Default limit on connecting and logging in.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
+/// Default time a logged-in connection is kept for the node's next task.
+const KEEP_CONNECTIONS: Duration = Duration::from_secs(60);
+
 struct Shell {
     /// Local folder uploaded by BOOTSTRAP.
     scripts: Option<PathBuf>,
@@ -34,6 +38,20 @@ struct Shell {
     work_dir: Option<String>,
     connect_timeout: Duration,
     sudo: bool,
+    /// Logged-in connections, kept for the next task to the same machine.
+    pool: Pool,
+}
+
+impl Default for Shell {
+    fn default() -> Self {
+        Shell {
+            scripts: None,
+            work_dir: None,
+            connect_timeout: CONNECT_TIMEOUT,
+            sudo: true,
+            pool: Pool::new(KEEP_CONNECTIONS),
+        }
+    }
 }
 
 impl Automator for Shell {
@@ -51,6 +69,13 @@ impl Automator for Shell {
             Some(_) => return Err(TaskError::new("settings.workDir must be a non-empty string")),
         };
         self.sudo = settings.get("sudo").and_then(Value::as_bool).unwrap_or(true);
+        let keep = match settings.get("keepConnectionsSecs") {
+            None => KEEP_CONNECTIONS,
+            Some(v) => v.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()).ok_or_else(|| {
+                TaskError::new("settings.keepConnectionsSecs must be a number of seconds (0: a connection per task)")
+            })?,
+        };
+        self.pool = Pool::new(keep);
         self.scripts = match settings.get("scripts") {
             None => None,
             Some(Value::String(p)) => {
@@ -67,14 +92,15 @@ impl Automator for Shell {
     }
 
     async fn bootstrap(&self, task: Task, ctx: Context) -> TaskOutcome {
-        let (target, session) = self.connect(&task, &ctx).await?;
+        let target = Target::from_task(&task)?;
         let remote = self.remote(&target);
         let archive = match &self.scripts {
             Some(dir) => Some(pack(dir)?),
             None => None,
         };
-        ctx.info(format!("bootstrapping {} on {}", remote.display(""), session.addr()));
-        let (exit, out, err) = session.run(&remote.bootstrap_command(archive.is_some()), archive.as_deref()).await?;
+        ctx.info(format!("bootstrapping {} on {}", remote.display(""), target.addr()));
+        let command = remote.bootstrap_command(archive.is_some());
+        let (session, (exit, out, err)) = self.first_run(&target, &ctx, &command, archive.as_deref()).await?;
         if !exit.success() {
             return Err(TaskError::new(format!(
                 "BOOTSTRAP on {target:?} failed: preparing {} {exit}: {}",
@@ -87,7 +113,7 @@ impl Automator for Shell {
             Some(dir) => format!("uploaded {} to {}\n", dir.display(), remote.display("scripts")),
             None => format!("created {} (no scripts folder configured)\n", remote.display("")),
         });
-        finish(result, &target, session).await
+        Ok(self.finish(result, &target, &session).await)
     }
 
     /// INSTALL to REMOVE alike: upload the task, run the script, stream its output.
@@ -105,90 +131,126 @@ impl Shell {
         Remote { work_dir, sudo: self.sudo && !target.is_root() }
     }
 
-    async fn connect(&self, task: &Task, ctx: &Context) -> Result<(Target, Session), TaskError> {
-        let target = Target::from_task(task)?;
+    /// A logged-in connection to `target`: one kept from an earlier task, or a new one.
+    async fn connect(&self, target: &Target, ctx: &Context) -> Result<loom_plugin_ssh::Pooled, TaskError> {
         ctx.debug(format!("connecting to {target:?}"));
-        let session = tokio::select! {
-            s = Session::connect(&target, self.connect_timeout) => s?,
-            () = ctx.cancelled() => return Err(TaskError::new("cancelled while connecting")),
-        };
-        Ok((target, session))
+        tokio::select! {
+            s = self.pool.get(target, self.connect_timeout) => Ok(s?),
+            () = ctx.cancelled() => Err(TaskError::new("cancelled while connecting")),
+        }
+    }
+
+    /// Runs a task's first command. On a kept connection that turns out to be dead
+    /// (the command could not start), it is run on a new one.
+    async fn first_run(
+        &self,
+        target: &Target,
+        ctx: &Context,
+        command: &str,
+        input: Option<&[u8]>,
+    ) -> Result<(Arc<Session>, (Exit, String, String)), TaskError> {
+        let pooled = self.connect(target, ctx).await?;
+        match pooled.session.run(command, input).await {
+            Err(SshError::NoChannel { reason, .. }) if pooled.reused => {
+                ctx.debug(format!("the kept connection to {target:?} failed ({reason}); connecting again"));
+                self.pool.evict(target);
+                let fresh = self.connect(target, ctx).await?;
+                let ran = fresh.session.run(command, input).await?;
+                Ok((fresh.session, ran))
+            }
+            ran => Ok((pooled.session, ran?)),
+        }
+    }
+
+    /// Records the host key in the result when none was pinned; closes the connection
+    /// unless the pool keeps it.
+    async fn finish(&self, mut result: TaskResult, target: &Target, session: &Session) -> TaskResult {
+        if target.host_keys.0.is_empty() {
+            result.result.insert("ssh_host_keys".into(), host_keys_json(session.host_key()));
+        }
+        if self.pool.idle().is_zero() {
+            session.close().await;
+        }
+        result
     }
 
     async fn run_action(&self, task: Task, ctx: Context) -> TaskOutcome {
         let action = Action::from_task(&task)?;
-        let (target, session) = self.connect(&task, &ctx).await?;
+        let target = Target::from_task(&task)?;
         let remote = self.remote(&target);
         let json = serde_json::to_vec(&task).map_err(|e| TaskError::new(format!("cannot encode the task: {e}")))?;
-        let (exit, _, err) = session.run(&remote.upload_task_command(&task.task_id), Some(&json)).await?;
-        if !exit.success() {
-            return Err(TaskError::new(format!(
-                "cannot upload the task to {}: {exit}: {}",
-                session.addr(),
-                err.trim()
-            )));
-        }
-        let script = remote.script_display(&action.script);
-        let (exit, _, _) = session.run(&remote.check_script_command(&action.script), None).await?;
-        if !exit.success() {
-            let hint = match &self.scripts {
-                Some(dir) => {
-                    format!("BOOTSTRAP uploads {} there; is the script in it, and did BOOTSTRAP run?", dir.display())
-                }
-                None => "this automator has no settings.scripts to upload, so the script must already be there".into(),
-            };
-            return Err(TaskError::new(format!(
-                "{}: script {} not found on {target:?}; {hint}",
-                task.task_name, script
-            )));
-        }
-
-        ctx.info(format!("{}: running {} on {}", task.task_name, action.script, session.addr()));
-        let command = remote.run_command(&task.task_id, &action.script, &action.args);
+        // Upload, check and run in one command: each command costs the remote login
+        // shell's start-up (on some hosts, a tenth of a second).
+        let command = remote.action_command(&task.task_id, &action.script, &action.args);
+        ctx.info(format!("{}: running {} on {}", task.task_name, action.script, target.addr()));
         let (mut out, mut err) = (Tail::default(), Tail::default());
         let cancel = ctx.cancellation_token();
-        let ran = session
-            .exec(&command, None, &cancel, |stream, text| {
-                ctx.output(stream, text);
-                match stream {
-                    OutputStream::Stdout => out.push(text),
-                    OutputStream::Stderr => err.push(text),
-                }
-            })
-            .await;
+        let mut sink = |stream: OutputStream, text: &str| {
+            ctx.output(stream, text);
+            match stream {
+                OutputStream::Stdout => out.push(text),
+                OutputStream::Stderr => err.push(text),
+            }
+        };
+        let pooled = self.connect(&target, &ctx).await?;
+        let mut session = pooled.session;
+        let mut ran = session.exec(&command, Some(&json), &cancel, &mut sink).await;
+        if pooled.reused && matches!(ran, Err(SshError::NoChannel { .. })) {
+            // The kept connection died while it waited; nothing ran. A new one.
+            self.pool.evict(&target);
+            session = self.connect(&target, &ctx).await?.session;
+            ran = session.exec(&command, Some(&json), &cancel, &mut sink).await;
+        }
         let exit = match ran {
             Ok(exit) => exit,
             Err(SshError::Cancelled) => {
                 let kill = remote.kill_command(&task.task_id);
                 let _ = tokio::time::timeout(Duration::from_secs(10), session.run(&kill, None)).await;
-                session.close().await;
+                // Other tasks may share the connection: it is only forgotten, and closes
+                // when the last of them lets go.
+                self.pool.evict(&target);
+                if self.pool.idle().is_zero() {
+                    session.close().await;
+                }
                 return Err(TaskError::new(format!("cancelled: stopped {} on {target:?}", action.script)));
             }
             Err(e) => return Err(e.into()),
         };
-        let mut result = TaskResult {
-            status: exit.status(),
-            stdout: out.into_string(),
-            stderr: err.into_string(),
-            ..TaskResult::default()
-        };
+        let (stdout, stderr) = (out.into_string(), err.into_string());
+        if exit == Exit::Code(remote::SETUP_FAILED) {
+            if stderr.contains(remote::UPLOAD_FAILED) {
+                return Err(TaskError::new(format!(
+                    "cannot upload the task to {}: {}",
+                    session.addr(),
+                    stderr.replace(remote::UPLOAD_FAILED, "").trim()
+                )));
+            }
+            if stderr.contains(remote::NO_SCRIPT) {
+                let hint = match &self.scripts {
+                    Some(dir) => format!(
+                        "BOOTSTRAP uploads {} there; is the script in it, and did BOOTSTRAP run?",
+                        dir.display()
+                    ),
+                    None => {
+                        "this automator has no settings.scripts to upload, so the script must already be there".into()
+                    }
+                };
+                return Err(TaskError::new(format!(
+                    "{}: script {} not found on {target:?}; {hint}",
+                    task.task_name,
+                    remote.script_display(&action.script)
+                )));
+            }
+        }
+        let mut result = TaskResult { status: exit.status(), stdout, stderr, ..TaskResult::default() };
         if !exit.success() {
             if !result.stderr.is_empty() && !result.stderr.ends_with('\n') {
                 result.stderr.push('\n');
             }
             result.stderr.push_str(&format!("{}: script {} {exit} on {target:?}\n", task.task_name, action.script));
         }
-        finish(result, &target, session).await
+        Ok(self.finish(result, &target, &session).await)
     }
-}
-
-/// Records the host key in the result when none was pinned, and closes the session.
-async fn finish(mut result: TaskResult, target: &Target, session: Session) -> TaskOutcome {
-    if target.host_keys.0.is_empty() {
-        result.result.insert("ssh_host_keys".into(), host_keys_json(session.host_key()));
-    }
-    session.close().await;
-    Ok(result)
 }
 
 /// The action's script and arguments, in Loom's or Coopr's shape.

@@ -10,6 +10,13 @@
 
 use loom_plugin_ssh::shell_quote;
 
+/// Exit status of [`Remote::action_command`] when the action could not start.
+pub const SETUP_FAILED: u32 = 125;
+/// First words of the stderr line saying the task file could not be written.
+pub const UPLOAD_FAILED: &str = "loom-shell: cannot store the task file";
+/// First words of the stderr line saying the script is missing.
+pub const NO_SCRIPT: &str = "loom-shell: no such script";
+
 pub struct Remote {
     /// The work folder, absolute or relative to the login user's home.
     pub work_dir: String,
@@ -48,11 +55,6 @@ impl Remote {
         )
     }
 
-    /// Writes stdin to `tasks/<taskId>.json`, readable by the login user only.
-    pub fn upload_task_command(&self, task_id: &str) -> String {
-        format!("umask 077 && mkdir -p {} && cat > {}", self.path("tasks"), self.task_file(task_id))
-    }
-
     fn task_file(&self, task_id: &str) -> String {
         self.path(&format!("tasks/{}.json", file_name(task_id)))
     }
@@ -79,11 +81,6 @@ impl Remote {
         }
     }
 
-    /// Tests that the script exists.
-    pub fn check_script_command(&self, script: &str) -> String {
-        format!("test -f {}", self.script_word(script))
-    }
-
     /// Runs the script from the scripts folder, recording the shell's process group
     /// (sshd makes it a session leader) so that a cancel can kill everything it started.
     pub fn run_command(&self, task_id: &str, script: &str, args: &str) -> String {
@@ -97,6 +94,21 @@ impl Remote {
             work = self.path(""),
             task = self.task_file(task_id),
             id = shell_quote(task_id),
+        )
+    }
+
+    /// The whole action in one command (each command costs the remote login shell's
+    /// start-up): stores stdin as `tasks/<taskId>.json` (readable by the login user only),
+    /// checks that the script exists, then runs it as [`Remote::run_command`] does. The
+    /// first two fail with [`SETUP_FAILED`] and a line starting with [`UPLOAD_FAILED`] or
+    /// [`NO_SCRIPT`] on stderr.
+    pub fn action_command(&self, task_id: &str, script: &str, args: &str) -> String {
+        format!(
+            "(umask 077 && mkdir -p {tasks} && cat > {task}) || {{ echo '{UPLOAD_FAILED}' >&2; exit {SETUP_FAILED}; }}; [ -f {word} ] || {{ echo '{NO_SCRIPT}' >&2; exit {SETUP_FAILED}; }}; {run}",
+            tasks = self.path("tasks"),
+            task = self.task_file(task_id),
+            word = self.script_word(script),
+            run = self.run_command(task_id, script, args),
         )
     }
 
@@ -139,5 +151,15 @@ mod tests {
         assert!(!home.run_command("t", "a", "").contains("sudo"));
         assert!(home.run_command("t", "a", "").contains("LOOM_TASK_JSON=\"$HOME\"/.cache/loom/tasks/t.json"));
         assert!(home.bootstrap_command(true).contains("flock"));
+        let all = r.action_command("t", "a.sh", "x");
+        assert!(
+            all.starts_with("(umask 077 && mkdir -p /var/cache/loom/tasks && cat > /var/cache/loom/tasks/t.json)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("[ -f /var/cache/loom/scripts/a.sh ] || { echo 'loom-shell: no such script' >&2; exit 125; }"),
+            "{all}"
+        );
+        assert!(all.ends_with(&r.run_command("t", "a.sh", "x")), "{all}");
     }
 }

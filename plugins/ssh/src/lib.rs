@@ -9,11 +9,13 @@
 //! authentication refused. None ever contains a password or key material.
 
 mod hostkeys;
+mod pool;
 mod quote;
 mod session;
 mod target;
 
 pub use hostkeys::{HostKeys, fingerprint, host_keys_json};
+pub use pool::{Pool, Pooled};
 pub use quote::shell_quote;
 pub use session::{Exit, Session};
 pub use target::{Auth, Target};
@@ -78,6 +80,14 @@ pub enum SshError {
     /// The task does not say where or how to connect.
     #[error("{0}")]
     Config(String),
+    /// The connection could not start a command (nothing ran): it may have died.
+    #[error("the SSH connection to {addr} could not start a command: {reason}")]
+    NoChannel {
+        /// `host:port`.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
     /// The session failed after login.
     #[error("the SSH session with {addr} failed: {reason}")]
     Session {

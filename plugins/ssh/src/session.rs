@@ -149,6 +149,11 @@ impl Session {
         &self.host_key
     }
 
+    /// Whether the connection has ended (the server closed it, or it failed).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     /// `host:port`.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -158,7 +163,8 @@ impl Session {
     /// output to `sink` as it arrives, until it ends or `cancel` fires.
     ///
     /// # Errors
-    /// [`SshError::Session`] if the channel fails; [`SshError::Cancelled`] if cancelled
+    /// [`SshError::NoChannel`] if the command could not be started (nothing ran),
+    /// [`SshError::Session`] if the channel fails later; [`SshError::Cancelled`] if cancelled
     /// (the channel is closed; killing what the command started is the caller's job).
     pub async fn exec(
         &self,
@@ -168,8 +174,11 @@ impl Session {
         mut sink: impl FnMut(OutputStream, &str),
     ) -> Result<Exit, SshError> {
         let fail = |e: russh::Error| SshError::Session { addr: self.addr.clone(), reason: describe(&e) };
-        let mut channel = self.handle.channel_open_session().await.map_err(fail)?;
-        channel.exec(true, command).await.map_err(fail)?;
+        // Until the exec request is sent, nothing has run: a distinct error, so that a
+        // caller may try again on another connection.
+        let no_channel = |e: russh::Error| SshError::NoChannel { addr: self.addr.clone(), reason: describe(&e) };
+        let mut channel = self.handle.channel_open_session().await.map_err(no_channel)?;
+        channel.exec(true, command).await.map_err(no_channel)?;
         if let Some(data) = input {
             channel.data_bytes(data.to_vec()).await.map_err(fail)?;
         }
@@ -217,7 +226,7 @@ impl Session {
     }
 
     /// Says goodbye to the server.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
     }
 }

@@ -22,7 +22,7 @@ pub struct Target {
 }
 
 /// How to authenticate.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Auth {
     /// A password.
     Password(String),
