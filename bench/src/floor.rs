@@ -46,12 +46,13 @@ pub fn pipe_floor(exe: &Path, calls: usize) -> Result<f64, String> {
     Ok(per_call)
 }
 
-/// Microseconds per tiny task sent to the SDK plugin `exe` by a blocking client that
-/// writes each request and reads its answer (after the handshake), without a supervisor.
+/// Microseconds per task (made by `task`) sent to the SDK plugin `exe` by a blocking
+/// client that writes each request and reads its answer (after the handshake), without
+/// a supervisor.
 ///
 /// # Errors
 /// When the plugin cannot be started or answers something else.
-pub fn sdk_direct(exe: &Path, calls: usize) -> Result<f64, String> {
+pub fn sdk_direct(exe: &Path, task: crate::supervised::MakeTask, calls: usize) -> Result<f64, String> {
     let mut child = Command::new(exe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -75,13 +76,8 @@ pub fn sdk_direct(exe: &Path, calls: usize) -> Result<f64, String> {
     call(
         "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"handshake\",\"params\":{\"protocolVersions\":[1],\"plugin\":\"noop\",\"kind\":\"automator\"}}\n",
     )?;
-    let request = |i: usize| {
-        format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"task\",\"params\":{}}}\n",
-            i + 1,
-            crate::supervised::tiny_task(i)
-        )
-    };
+    let request =
+        |i: usize| format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"task\",\"params\":{}}}\n", i + 1, task(i));
     let requests: Vec<String> = (0..calls + calls / 10).map(request).collect();
     for r in &requests[calls..] {
         call(r)?;

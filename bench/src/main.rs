@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use figure::{Figure, Figures, Verdict};
-use supervised::{Bench, start_task, tiny_task};
+use supervised::{Bench, MakeTask, start_task, tiny_task};
 
 #[derive(Parser, Debug)]
 #[command(name = "loom-bench", about = "Benchmarks the supervisor beside a raw pipe floor and its peers, in one run")]
@@ -235,6 +235,8 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
     let mut start = Figure::new(report::START, "us");
     let mut sup_only = Figure::new(report::SUP_ONLY, "us");
     let mut sdk_only = Figure::new(report::SDK_ONLY, "us");
+    let mut sup_only_start = Figure::new(report::SUP_ONLY_START, "us");
+    let mut sdk_only_start = Figure::new(report::SDK_ONLY_START, "us");
     let peers = match &size.peers {
         Some(dir) => match peers::Peers::prepare(dir) {
             Ok(p) => Some(Arc::new(p)),
@@ -256,12 +258,15 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
         // SDK plugin with a client that does nothing.
         let raw = Bench::new(exe, &["--raw"], 1)?;
         sup_only.rounds.push(raw.sequential(tiny_task, size.calls).await?);
+        sup_only_start.rounds.push(raw.sequential(start_task, size.calls).await?);
         raw.sup.shutdown().await;
-        let (exe_owned, calls) = (exe.to_path_buf(), size.calls);
-        let direct = tokio::task::spawn_blocking(move || floor::sdk_direct(&exe_owned, calls))
-            .await
-            .map_err(|e| format!("the SDK measurement panicked: {e}"))??;
-        sdk_only.rounds.push(direct);
+        for (task, figure) in [(tiny_task as MakeTask, &mut sdk_only), (start_task, &mut sdk_only_start)] {
+            let (exe_owned, calls) = (exe.to_path_buf(), size.calls);
+            let direct = tokio::task::spawn_blocking(move || floor::sdk_direct(&exe_owned, task, calls))
+                .await
+                .map_err(|e| format!("the SDK measurement panicked: {e}"))??;
+            figure.rounds.push(direct);
+        }
         if let Some(peers) = &peers {
             for (i, figure) in peer_figures.iter_mut().enumerate() {
                 let peers = Arc::clone(peers);
@@ -280,6 +285,8 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
     figures.push(start);
     figures.push(sup_only);
     figures.push(sdk_only);
+    figures.push(sup_only_start);
+    figures.push(sdk_only_start);
     for mut f in peer_figures {
         f.note = "../shared/peers".into();
         figures.push(f);
