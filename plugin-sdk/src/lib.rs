@@ -41,7 +41,7 @@ mod stdio;
 
 pub use context::Context;
 pub use forward::ForwardLayer;
-pub use loom_protocol::{LogLevel, OutputStream, Task, TaskName, TaskResult};
+pub use loom_protocol::{Config, LogLevel, OutputStream, Task, TaskName, TaskResult};
 pub use plugin::{Automator, Provider, TaskError, TaskOutcome};
 pub use serde_json::{Map, Value, json};
 pub use tokio_util::sync::CancellationToken;

@@ -25,7 +25,7 @@ pub use codec::{CodecError, LineCodec, Overflow};
 pub use handshake::{HandshakeParams, HandshakeResult, PluginKind};
 pub use message::{DecodeError, Message, Notification, Request, RequestId, Response, ResponseError};
 pub use notification::{CancelParams, LogLevel, LogParams, OutputParams, OutputStream, ProgressParams};
-pub use task::{Task, TaskName, TaskResult, UnknownTaskName};
+pub use task::{Config, Task, TaskName, TaskResult, UnknownTaskName};
 
 /// The protocol versions this crate speaks. A handshake agrees on one of them.
 pub const PROTOCOL_VERSIONS: &[u32] = &[1];

@@ -12,7 +12,10 @@ use serde_json::{Map, Value};
 
 use crate::handshake::PluginKind;
 
+mod config;
 mod de;
+
+pub use config::Config;
 
 /// The ten Loom task names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -127,9 +130,10 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
     /// Everything the task needs: `provider`, `service`, `automators`, `ssh-auth`, and every
-    /// key that earlier tasks' results put there (`providerid`, `ipaddress`, ...).
+    /// key that earlier tasks' results put there (`providerid`, `ipaddress`, ...). A `Map`
+    /// (it derefs to one), read from the task's text when first used.
     #[serde(default)]
-    pub config: Map<String, Value>,
+    pub config: Config,
     /// Any other top-level members, kept as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -4,6 +4,7 @@
 //! `config` tree included) into serde's internal `Content` and then deserialize it a
 //! second time; a Loom START task took twice as long to read that way. These visitors
 //! read each member once, straight into its field, and keep unknown members in `extra`.
+//! A task's `config` is kept as text until used (see [`Config`]).
 //! Errors match the derived ones: a missing required member, a duplicate member, or a
 //! member of the wrong type is an error naming the member.
 
@@ -12,7 +13,8 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::{Task, TaskName, TaskResult};
+use super::{Config, Task, TaskName, TaskResult};
+use serde_json::value::RawValue;
 
 /// A member name: one of `known`, or any other (owned, for `extra`).
 enum Key {
@@ -85,7 +87,7 @@ impl<'de> Visitor<'de> for TaskVisitor {
         let mut job_id: Option<Option<String>> = None;
         let mut cluster_id: Option<Option<String>> = None;
         let mut node_id: Option<Option<String>> = None;
-        let mut config: Option<Map<String, Value>> = None;
+        let mut config: Option<Box<RawValue>> = None;
         let mut extra = Map::new();
         while let Some(key) = map.next_key_seed(KeySeed(TASK_KEYS))? {
             match key {
@@ -94,7 +96,16 @@ impl<'de> Visitor<'de> for TaskVisitor {
                 Key::Known(2) => once(&mut job_id, "jobId", &mut map)?,
                 Key::Known(3) => once(&mut cluster_id, "clusterId", &mut map)?,
                 Key::Known(4) => once(&mut node_id, "nodeId", &mut map)?,
-                Key::Known(_) => once(&mut config, "config", &mut map)?,
+                Key::Known(_) => {
+                    once(&mut config, "config", &mut map)?;
+                    // Kept as text (see `Config`); only an object is a config.
+                    if config.as_ref().is_some_and(|raw| !raw.get().starts_with('{')) {
+                        return Err(de::Error::invalid_type(
+                            de::Unexpected::Other("a non-object config"),
+                            &"an object",
+                        ));
+                    }
+                }
                 Key::Other(name) => {
                     let value = map.next_value()?;
                     extra.insert(name, value);
@@ -107,7 +118,10 @@ impl<'de> Visitor<'de> for TaskVisitor {
             job_id: job_id.flatten(),
             cluster_id: cluster_id.flatten(),
             node_id: node_id.flatten(),
-            config: config.unwrap_or_default(),
+            config: match config {
+                Some(raw) => Config::from_raw(raw),
+                None => Config::default(),
+            },
             extra,
         })
     }
