@@ -203,6 +203,22 @@ mod tests {
     }
 
     #[test]
+    fn the_config_stays_text_until_used_and_must_be_an_object() {
+        let t: Task = serde_json::from_str(r#"{"taskId":"t","taskName":"START","config": {"a": {"b": 1}}}"#).unwrap();
+        assert!(!t.config.is_parsed());
+        assert_eq!(t.config["a"]["b"], 1);
+        assert!(t.config.is_parsed());
+        for bad in [r#""x""#, "[1]", "7"] {
+            let text = format!(r#"{{"taskId":"t","taskName":"START","config":{bad}}}"#);
+            let err = serde_json::from_str::<Task>(&text).unwrap_err().to_string();
+            assert!(err.contains("invalid type") && err.contains("an object"), "{bad}: {err}");
+        }
+        let from_value: Task =
+            serde_json::from_value(serde_json::json!({"taskId":"t","taskName":"START","config":{"k":[1]}})).unwrap();
+        assert_eq!(from_value.config["k"][0], 1);
+    }
+
+    #[test]
     fn errors_name_the_member() {
         let err = |text: &str| serde_json::from_str::<Task>(text).unwrap_err().to_string();
         assert!(err(r#"{"taskName":"CREATE"}"#).contains("missing field `taskId`"));
