@@ -6,18 +6,39 @@ use std::fmt::Write as _;
 use crate::figure::Figure;
 
 const WIDTH: f64 = 900.0;
-const LABEL: f64 = 330.0;
+const LABEL: f64 = 300.0;
 const ROW: f64 = 26.0;
 const TOP: f64 = 50.0;
 
-/// An SVG bar chart of the figures measured in microseconds. `None` when there are none.
-pub fn latency_svg(figures: &[Figure], title: &str) -> Option<String> {
-    let bars: Vec<&Figure> = figures.iter().filter(|f| f.unit == "us" && f.median() > 0.0).collect();
+/// What a bar stands for (its colour).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The raw pipe.
+    Floor,
+    /// This project.
+    Loom,
+    /// A peer.
+    Peer,
+}
+
+/// One bar: a figure in microseconds, its label and kind.
+pub struct Bar<'a> {
+    /// The figure (its median is the bar, min to max the whisker).
+    pub figure: &'a Figure,
+    /// Short enough for the label column.
+    pub label: &'a str,
+    /// Colour.
+    pub kind: Kind,
+}
+
+/// An SVG bar chart of `bars` (those with a median). `None` when there are none.
+pub fn latency_svg(bars: &[Bar<'_>], title: &str) -> Option<String> {
+    let bars: Vec<&Bar<'_>> = bars.iter().filter(|b| b.figure.median() > 0.0).collect();
     if bars.is_empty() {
         return None;
     }
-    let lo = bars.iter().map(|f| f.min()).fold(f64::INFINITY, f64::min);
-    let hi = bars.iter().map(|f| f.max()).fold(0.0, f64::max);
+    let lo = bars.iter().map(|b| b.figure.min()).fold(f64::INFINITY, f64::min);
+    let hi = bars.iter().map(|b| b.figure.max()).fold(0.0, f64::max);
     let (first, last) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
     let plot = WIDTH - LABEL - 30.0;
     let x = |us: f64| LABEL + (us.log10() - first) / (last - first) * plot;
@@ -47,15 +68,12 @@ pub fn latency_svg(figures: &[Figure], title: &str) -> Option<String> {
             us
         );
     }
-    for (i, f) in bars.iter().enumerate() {
-        let y = TOP + ROW * i as f64;
-        let ours = !f.name.starts_with("peer:") && !f.name.contains("floor");
-        let colour = if ours {
-            "#2b6cb0"
-        } else if f.name.contains("floor") {
-            "#718096"
-        } else {
-            "#dd8452"
+    for (i, bar) in bars.iter().enumerate() {
+        let (y, f) = (TOP + ROW * i as f64, bar.figure);
+        let colour = match bar.kind {
+            Kind::Loom => "#2b6cb0",
+            Kind::Floor => "#718096",
+            Kind::Peer => "#dd8452",
         };
         let (x0, xm) = (x(10f64.powf(first)), x(f.median()));
         let _ = write!(
@@ -67,7 +85,7 @@ pub fn latency_svg(figures: &[Figure], title: &str) -> Option<String> {
 "##,
             LABEL - 8.0,
             y + ROW * 0.62,
-            escape(f.name.trim_start_matches("peer: ")),
+            escape(bar.label),
             y + 4.0,
             (xm - x0).max(1.0),
             ROW - 8.0,
@@ -110,17 +128,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_bar_per_latency_figure_and_names_escaped() {
+    fn one_bar_per_figure_and_labels_escaped() {
         let mut a = Figure::new("raw pipe ping-pong (floor)", "us");
         a.rounds = vec![2.0, 2.1, 2.2];
-        let mut b = Figure::new("peer: <fast> & small", "us");
+        let mut b = Figure::new("peer", "us");
         b.rounds = vec![700.0];
-        let mut c = Figure::new("pipelined", "tasks/s");
-        c.rounds = vec![1e5];
-        let svg = latency_svg(&[a, b, c], "t").unwrap();
+        let empty = Figure::new("not measured", "us");
+        let bars = [
+            Bar { figure: &a, label: "raw pipe", kind: Kind::Floor },
+            Bar { figure: &b, label: "<fast> & small", kind: Kind::Peer },
+            Bar { figure: &empty, label: "none", kind: Kind::Loom },
+        ];
+        let svg = latency_svg(&bars, "t").unwrap();
         assert_eq!(svg.matches("<rect x=").count(), 2, "{svg}");
         assert!(svg.contains("&lt;fast&gt; &amp; small"));
         assert!(svg.contains(">1 us<") && svg.contains(">1000 us<"), "decades from 1 to 1000: {svg}");
-        assert!(latency_svg(&[], "t").is_none());
+        assert!(latency_svg(&bars[2..], "t").is_none());
     }
 }

@@ -149,7 +149,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Some(path) = &args.chart
-        && let Some(svg) = chart::latency_svg(&figures.0, "Sequential round trip over a child's stdio (median, us)")
+        && let Some(svg) =
+            chart::latency_svg(&report::chart_bars(&figures), "Sequential round trip over a child's stdio (median, us)")
         && let Err(e) = std::fs::write(path, svg)
     {
         eprintln!("loom-bench: cannot write {}: {e}", path.display());

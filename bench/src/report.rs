@@ -36,6 +36,24 @@ pub const FLOOD_LOST: &str = "log lines of the flood missing from the log";
 pub const FLOOD_RATE: &str = "log flood rate through the supervisor";
 pub const FLOOD_CALLS: &str = "tasks answered during the flood";
 
+/// The round-trip chart's bars: the floor, this project's figures, the peers.
+pub fn chart_bars(f: &Figures) -> Vec<crate::chart::Bar<'_>> {
+    use crate::chart::{Bar, Kind};
+    let ours: [(&str, &str, Kind); 6] = [
+        (FLOOR, "raw pipe ping-pong (the floor)", Kind::Floor),
+        (TINY, "Loom: supervisor + SDK plugin", Kind::Loom),
+        (START, "Loom: Loom's 2 KB START task", Kind::Loom),
+        (SUP_ONLY, "Loom: the supervisor alone", Kind::Loom),
+        (SDK_ONLY, "Loom: the SDK plugin alone", Kind::Loom),
+        (SDK_ONLY_START, "Loom: SDK plugin alone, START", Kind::Loom),
+    ];
+    let peers = crate::peers::PEERS.iter().map(|p| (p.name, p.name.trim_start_matches("peer: "), Kind::Peer));
+    ours.into_iter()
+        .chain(peers)
+        .filter_map(|(name, label, kind)| f.0.iter().find(|x| x.name == name).map(|figure| Bar { figure, label, kind }))
+        .collect()
+}
+
 /// The goals of issue 7, valued from this run's medians.
 pub fn goals(f: &Figures) -> Vec<Goal> {
     let ratio = |a: f64, b: f64| a / b;
