@@ -29,6 +29,10 @@ pub struct Round {
     pub loom_services: f64,
     /// ansible-playbook, from start to exit.
     pub ansible: f64,
+    /// Milliseconds one remote command (`true`) takes on an open SSH connection to a
+    /// machine: sshd's session plus the login shell's start-up, which every step of
+    /// both tools pays.
+    pub command_ms: f64,
 }
 
 /// Where a Python virtual environment with ansible-core is made when `ansible-playbook`
@@ -163,7 +167,38 @@ pub fn round(tools: &Tools, nodes: u32, tag: &str) -> Result<Round, String> {
             return Err(format!("only {done} of {nodes} nodes were set up under {}", root.display()));
         }
     }
-    Ok(Round { loom_up, loom_services, ansible })
+    let command_ms = remote_command_ms(&status, &dir.0)?;
+    Ok(Round { loom_up, loom_services, ansible, command_ms })
+}
+
+/// The median of ten `ssh ... true` on one multiplexed OpenSSH connection to the first
+/// machine (the connection is opened first, so only the command is timed).
+fn remote_command_ms(status: &Value, dir: &Path) -> Result<f64, String> {
+    let node = status["nodes"].get(0).ok_or("cluster status has no nodes")?;
+    let port = node["ssh"]["port"].as_u64().ok_or("a node has no SSH port")?.to_string();
+    let key = node["ssh"]["identityfile"].as_str().ok_or("a node has no identity file")?;
+    let host = format!("{}@{}", node["ssh"]["user"].as_str().unwrap_or("root"), node["address"].as_str().unwrap_or(""));
+    let control = dir.join("cm");
+    let ssh = |extra: &[&str]| {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=error"])
+            .args(["-o", "BatchMode=yes", "-i", key, "-p", &port, "-o"])
+            .arg(format!("ControlPath={}", control.display()))
+            .args(extra)
+            .arg(&host)
+            .arg("true");
+        cmd
+    };
+    run(&mut ssh(&["-o", "ControlMaster=yes", "-o", "ControlPersist=30", "-f"]), "ssh (opening a connection)")?;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let began = Instant::now();
+        run(&mut ssh(&[]), "ssh true")?;
+        times.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = run(&mut ssh(&["-O", "exit"]), "ssh -O exit");
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Runs its command when dropped (the cluster's teardown).

@@ -214,7 +214,7 @@ async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
                 }
             }
             Section::Cluster => {
-                let rounds = size.rounds.min(3);
+                let rounds = size.rounds.min(5);
                 let measured = tokio::task::spawn_blocking(move || cluster_rounds(rounds))
                     .await
                     .map_err(|e| format!("the cluster measurement panicked: {e}"))??;
@@ -386,6 +386,7 @@ fn footprint_rounds(exe: &Path, (rounds, idle): (usize, std::time::Duration)) ->
 fn cluster_rounds(rounds: usize) -> Result<Vec<Figure>, String> {
     let tools = cluster::Tools::prepare(sibling)?;
     let mut out = Vec::new();
+    let mut command = Figure::new(report::REMOTE_COMMAND, "ms");
     for (nodes, names) in [(10, report::CLUSTER_10), (20, report::CLUSTER_20)] {
         let mut up = Figure::new(names[0], "s");
         let mut services = Figure::new(names[1], "s");
@@ -395,9 +396,11 @@ fn cluster_rounds(rounds: usize) -> Result<Vec<Figure>, String> {
             up.rounds.push(r.loom_up);
             services.rounds.push(r.loom_services);
             ansible.rounds.push(r.ansible);
+            command.rounds.push(r.command_ms);
         }
         out.extend([up, services, ansible]);
     }
+    out.push(command);
     Ok(out)
 }
 

@@ -30,6 +30,7 @@ pub const CLUSTER_20: [&str; 3] = [
     "20 machines: loom cluster up, service steps only",
     "20 machines: ansible-playbook, the same scripts",
 ];
+pub const REMOTE_COMMAND: &str = "one remote command on an open SSH connection (sshd session, login shell)";
 pub const FLOOD_QUIET: &str = "sequential no-op task, no log flood";
 pub const FLOODED: &str = "sequential no-op task, same process flooding the log";
 pub const FLOOD_LOST: &str = "log lines of the flood missing from the log";
@@ -269,16 +270,23 @@ fn analysis(f: &Figures) -> String {
         ));
     }
     if !f.median(CLUSTER_20[0]).is_nan() {
+        let command = f.median(REMOTE_COMMAND);
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
         s.push_str(&format!(
             "- **Cluster.** 20 machines: `cluster up` {:.1} s (of which {:.1} s for the services' steps), \
-             ansible-playbook {:.1} s for the same script on machines that already exist. Both pay the remote \
-             login shell's start-up for every command; on this host root's `.bashrc` runs `pyenv init`, about \
-             0.1 s per command. The `shell` automator keeps one SSH login per machine for all its steps and runs \
-             each step as one command (4 commands per machine); ansible runs a Python module per task over its \
-             multiplexed connection.\n",
+             ansible-playbook {:.1} s for the same script on machines that already exist. Every step of both \
+             tools is at least one remote command, and one command on an open SSH connection costs {:.0} ms here \
+             (sshd's session and the login shell's start-up: root's `.bashrc` on this host runs `pyenv init`). \
+             The `shell` automator keeps one SSH login per machine for all its steps and runs each step as one \
+             command, 4 per machine: 80 commands, about {:.1} s of CPU on {cores:.0} cores, so the login shell \
+             alone accounts for about {:.1} s of Loom's time; ansible runs a Python module per task besides. \
+             On a host with a light login shell both times shrink, Loom's far more.\n",
             f.median(CLUSTER_20[0]),
             f.median(CLUSTER_20[1]),
             f.median(CLUSTER_20[2]),
+            command,
+            80.0 * command / 1e3,
+            80.0 * command / 1e3 / cores,
         ));
     }
     if s.ends_with("goes\n\n") { String::new() } else { s }
