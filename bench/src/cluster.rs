@@ -1,8 +1,9 @@
 //! Cluster level: `loom-provisioner cluster up` of N `local` machines with the `shell`
 //! automator running `bench/cluster/app.sh` (install, configure, start), against
 //! ansible-playbook (`bench/cluster/playbook.yml`) running the same script over SSH on
-//! the same machines. Both get the same parallelism (one slot per node) and run as the
-//! same user; ansible with fact gathering off and pipelining on, its fastest setup.
+//! the same machines. Both get the same parallelism ([`PARALLEL`] slots: more only
+//! thrashes 2 cores, for both) and run as the same user; ansible with fact gathering off
+//! and pipelining on, its fastest setup.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +35,9 @@ pub struct Round {
     /// both tools pays.
     pub command_ms: f64,
 }
+
+/// Tasks at once, for both tools (Loom's default `parallel`; ansible's `--forks`).
+pub const PARALLEL: u32 = 8;
 
 /// Where a Python virtual environment with ansible-core is made when `ansible-playbook`
 /// is not on PATH.
@@ -112,7 +116,7 @@ pub fn round(tools: &Tools, nodes: u32, tag: &str) -> Result<Round, String> {
     write_json(
         &spec,
         &json!({"name": name, "provider": {"name": "local", "fields": {}}, "pluginDirs": [plugins],
-            "parallel": nodes,
+            "parallel": PARALLEL.min(nodes),
             "nodeGroups": [{"name": "app", "count": nodes, "hostname": "app-{n}.bench", "services": ["app"]}],
             "services": {"app": {"actions": {"install": action("install"), "configure": action("configure"), "start": action("start")}}}}),
     )?;
@@ -146,7 +150,7 @@ pub fn round(tools: &Tools, nodes: u32, tag: &str) -> Result<Round, String> {
         Command::new(&tools.ansible)
             .arg("-i")
             .arg(&inventory)
-            .args(["-f", &nodes.to_string()])
+            .args(["-f", &PARALLEL.min(nodes).to_string()])
             .arg(tools.scripts.join("playbook.yml"))
             .arg("-e")
             .arg(format!("scripts={} root={}", tools.scripts.display(), ansible_root.display()))

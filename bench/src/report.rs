@@ -274,7 +274,8 @@ fn analysis(f: &Figures) -> String {
         let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
         s.push_str(&format!(
             "- **Cluster.** 20 machines: `cluster up` {:.1} s (of which {:.1} s for the services' steps), \
-             ansible-playbook {:.1} s for the same script on machines that already exist. Every step of both \
+             ansible-playbook {:.1} s for the same script on machines that already exist, both running 8 \
+             steps at once. Every step of both \
              tools is at least one remote command, and one command on an open SSH connection costs {:.0} ms here \
              (sshd's session and the login shell's start-up: root's `.bashrc` on this host runs `pyenv init`). \
              The `shell` automator keeps one SSH login per machine for all its steps and runs each step as one \
