@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 /// Microseconds per round trip of a 100-byte line to `exe --echo` and back.
@@ -12,16 +12,7 @@ use std::time::Instant;
 /// # Errors
 /// When the child cannot be started or stops echoing.
 pub fn pipe_floor(exe: &Path, calls: usize) -> Result<f64, String> {
-    let mut child = Command::new(exe)
-        .arg("--echo")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err("the echo child has no pipes".into());
-    };
-    let mut from = BufReader::new(from);
+    let (mut child, mut to, mut from) = spawn_piped(exe, &["--echo"])?;
     let line = format!("{}\n", "x".repeat(99));
     let mut back = String::new();
     let mut once = || -> Result<(), String> {
@@ -53,15 +44,7 @@ pub fn pipe_floor(exe: &Path, calls: usize) -> Result<f64, String> {
 /// # Errors
 /// When the plugin cannot be started or answers something else.
 pub fn sdk_direct(exe: &Path, task: crate::supervised::MakeTask, calls: usize) -> Result<f64, String> {
-    let mut child = Command::new(exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err("the plugin has no pipes".into());
-    };
-    let mut from = BufReader::new(from);
+    let (mut child, mut to, mut from) = spawn_piped(exe, &[])?;
     let mut back = String::new();
     let mut call = |line: &str| -> Result<(), String> {
         back.clear();
@@ -90,4 +73,18 @@ pub fn sdk_direct(exe: &Path, task: crate::supervised::MakeTask, calls: usize) -
     drop(to);
     let _ = child.wait();
     Ok(per_call)
+}
+
+/// Starts `exe` with `args`, its stdin and stdout piped to this process.
+fn spawn_piped(exe: &Path, args: &[&str]) -> Result<(Child, ChildStdin, BufReader<ChildStdout>), String> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    match (child.stdin.take(), child.stdout.take()) {
+        (Some(to), Some(from)) => Ok((child, to, BufReader::new(from))),
+        _ => Err(format!("{} has no pipes", exe.display())),
+    }
 }
