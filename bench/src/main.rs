@@ -183,54 +183,55 @@ async fn run(sections: &[Section], size: &Size) -> Result<Figures, String> {
     let exe = plugin_exe()?;
     let all_cores = affinity::startup_mask()?;
     let mut figures = Figures::default();
-    for section in sections {
+    for &section in sections {
         eprintln!("loom-bench: {section:?}...");
-        match section {
-            Section::Latency => {
-                affinity::pin(Some(0), &all_cores)?;
-                let result = latency(&exe, size, &mut figures).await;
-                affinity::pin(None, &all_cores)?;
-                result?;
-            }
-            Section::Pipelined => {
-                pipelined(&exe, size, &mut figures).await?;
-                // Hand the tasks' memory back to the system: a restart forks the process
-                // (see BENCHMARKS.md), and the daemon does not carry this harness's heap.
-                release_memory();
-            }
-            Section::Restart => {
-                affinity::pin(Some(0), &all_cores)?;
-                let result = restart(&exe, size, &mut figures).await;
-                affinity::pin(None, &all_cores)?;
-                result?;
-            }
-            Section::Footprint => {
-                let (exe, size) = (exe.clone(), (size.rounds.min(3), size.idle));
-                let rounds = tokio::task::spawn_blocking(move || footprint_rounds(&exe, size))
-                    .await
-                    .map_err(|e| format!("the footprint measurement panicked: {e}"))??;
-                for f in rounds {
-                    figures.push(f);
-                }
-            }
-            Section::Cluster => {
-                let rounds = size.rounds.min(5);
-                let measured = tokio::task::spawn_blocking(move || cluster_rounds(rounds))
-                    .await
-                    .map_err(|e| format!("the cluster measurement panicked: {e}"))??;
-                for f in measured {
-                    figures.push(f);
-                }
-            }
-            Section::Flood => {
-                affinity::pin(Some(0), &all_cores)?;
-                let result = log_flood(&exe, size, &mut figures).await;
-                affinity::pin(None, &all_cores)?;
-                result?;
-            }
+        // Latency is measured on one core (see `affinity`); throughput on all of them.
+        let pinned = matches!(section, Section::Latency | Section::Restart | Section::Flood);
+        if pinned {
+            affinity::pin(Some(0), &all_cores)?;
         }
+        let result = measure(section, &exe, size, &mut figures).await;
+        if pinned {
+            affinity::pin(None, &all_cores)?;
+        }
+        result?;
     }
     Ok(figures)
+}
+
+async fn measure(section: Section, exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), String> {
+    match section {
+        Section::Latency => latency(exe, size, figures).await,
+        Section::Pipelined => {
+            pipelined(exe, size, figures).await?;
+            // Hand the tasks' memory back to the system: a restart forks the process
+            // (see BENCHMARKS.md), and the daemon does not carry this harness's heap.
+            release_memory();
+            Ok(())
+        }
+        Section::Restart => restart(exe, size, figures).await,
+        Section::Flood => log_flood(exe, size, figures).await,
+        Section::Footprint => {
+            let (exe, size) = (exe.to_path_buf(), (size.rounds.min(3), size.idle));
+            let rounds = blocking("the footprint measurement", move || footprint_rounds(&exe, size)).await?;
+            rounds.into_iter().for_each(|f| figures.push(f));
+            Ok(())
+        }
+        Section::Cluster => {
+            let rounds = size.rounds.min(5);
+            let measured = blocking("the cluster measurement", move || cluster_rounds(rounds)).await?;
+            measured.into_iter().for_each(|f| figures.push(f));
+            Ok(())
+        }
+    }
+}
+
+/// Runs blocking measurement code (child processes, sleeps) on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("{what} panicked: {e}"))?
 }
 
 /// The floor, the supervisor's sequential round trips and the peers', side by side in
@@ -268,18 +269,15 @@ async fn latency(exe: &Path, size: &Size, figures: &mut Figures) -> Result<(), S
         raw.sup.shutdown().await;
         for (task, figure) in [(tiny_task as MakeTask, &mut sdk_only), (start_task, &mut sdk_only_start)] {
             let (exe_owned, calls) = (exe.to_path_buf(), size.calls);
-            let direct = tokio::task::spawn_blocking(move || floor::sdk_direct(&exe_owned, task, calls))
-                .await
-                .map_err(|e| format!("the SDK measurement panicked: {e}"))??;
-            figure.rounds.push(direct);
+            figure
+                .rounds
+                .push(blocking("the SDK measurement", move || floor::sdk_direct(&exe_owned, task, calls)).await?);
         }
         if let Some(peers) = &peers {
             for (i, figure) in peer_figures.iter_mut().enumerate() {
                 let peers = Arc::clone(peers);
-                let measured = tokio::task::spawn_blocking(move || peers.run(&peers::PEERS[i]))
-                    .await
-                    .map_err(|e| format!("a peer run panicked: {e}"))?;
-                match measured {
+                // A peer that fails is reported and left out of this round; the run goes on.
+                match blocking("a peer run", move || Ok(peers.run(&peers::PEERS[i]))).await? {
                     Ok(us) => figure.rounds.push(us),
                     Err(e) => eprintln!("loom-bench: {e}"),
                 }

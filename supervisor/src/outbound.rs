@@ -78,16 +78,13 @@ impl Outbound {
 
     /// Closes the stream once everything sent before has been written.
     pub fn close(&self) {
-        match &self.direct {
-            Some(direct) => {
-                let mut st = lock(direct);
-                st.pipe = None;
-                let _ = self.queue.send(Outgoing::Close);
-            }
-            None => {
-                let _ = self.queue.send(Outgoing::Close);
-            }
-        }
+        // No direct write after this: the pipe closes when the writer has written the rest.
+        let _closing = self.direct.as_ref().map(|direct| {
+            let mut st = lock(direct);
+            st.pipe = None;
+            st
+        });
+        let _ = self.queue.send(Outgoing::Close);
     }
 }
 

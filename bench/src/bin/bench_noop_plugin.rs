@@ -7,6 +7,7 @@
 //! no JSON parser, every task answered `{"status":0}`, so that the supervisor's own share
 //! of a round trip can be measured.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
@@ -35,19 +36,23 @@ impl Automator for Noop {
     }
 }
 
-fn echo() -> ExitCode {
+/// Answers each stdin line with what `answer` writes into the buffer it is given (nothing:
+/// no answer), with blocking std I/O and a flush per answer, until stdin ends. The buffer
+/// is reused, so the floor measures the pipe and not the allocator.
+fn serve_lines(mut answer: impl FnMut(&str, &mut String)) -> ExitCode {
     let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
     let (mut input, mut output) = (stdin.lock(), stdout.lock());
-    let mut line = String::new();
+    let (mut line, mut back) = (String::new(), String::new());
     loop {
         line.clear();
         match input.read_line(&mut line) {
             Ok(0) | Err(_) => return ExitCode::SUCCESS,
-            Ok(_) => {
-                if output.write_all(line.as_bytes()).and_then(|()| output.flush()).is_err() {
-                    return ExitCode::FAILURE;
-                }
-            }
+            Ok(_) => {}
+        }
+        back.clear();
+        answer(&line, &mut back);
+        if !back.is_empty() && output.write_all(back.as_bytes()).and_then(|()| output.flush()).is_err() {
+            return ExitCode::FAILURE;
         }
     }
 }
@@ -59,35 +64,22 @@ fn request_id(line: &str) -> Option<&str> {
     Some(&rest[..end]).filter(|id| !id.is_empty())
 }
 
-fn raw() -> ExitCode {
-    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
-    let (mut input, mut output) = (stdin.lock(), stdout.lock());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => return ExitCode::SUCCESS,
-            Ok(_) => {}
-        }
-        let Some(id) = request_id(&line) else { continue };
-        let result = if line.contains(r#""method":"handshake""#) {
-            r#"{"protocolVersion":1,"name":"raw","version":"0","tasks":["BOOTSTRAP","INSTALL","CONFIGURE","INITIALIZE","START","STOP","REMOVE"],"maxConcurrency":4096}"#
-        } else if line.contains(r#""method":"task""#) {
-            r#"{"status":0}"#
-        } else {
-            "{}"
-        };
-        let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{result}}}\n");
-        if output.write_all(answer.as_bytes()).and_then(|()| output.flush()).is_err() {
-            return ExitCode::FAILURE;
-        }
-    }
+fn raw(line: &str, out: &mut String) {
+    let Some(id) = request_id(line) else { return };
+    let result = if line.contains(r#""method":"handshake""#) {
+        r#"{"protocolVersion":1,"name":"raw","version":"0","tasks":["BOOTSTRAP","INSTALL","CONFIGURE","INITIALIZE","START","STOP","REMOVE"],"maxConcurrency":4096}"#
+    } else if line.contains(r#""method":"task""#) {
+        r#"{"status":0}"#
+    } else {
+        "{}"
+    };
+    let _ = writeln!(out, "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{result}}}");
 }
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
-        Some("--echo") => return echo(),
-        Some("--raw") => return raw(),
+        Some("--echo") => return serve_lines(|line, out| out.push_str(line)),
+        Some("--raw") => return serve_lines(raw),
         _ => {}
     }
     Plugin::new("bench-noop", env!("CARGO_PKG_VERSION")).max_concurrency(4096).serve_automator(Noop)

@@ -14,11 +14,12 @@ mod tail;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use loom_plugin_sdk::{Automator, Context, Map, OutputStream, Plugin, Task, TaskError, TaskOutcome, TaskResult, Value};
-use std::sync::Arc;
-
+use loom_plugin_sdk::{
+    Automator, CancellationToken, Context, Map, OutputStream, Plugin, Task, TaskError, TaskOutcome, TaskResult, Value,
+};
 use loom_plugin_ssh::{Exit, Pool, Session, SshError, Target, host_keys_json};
 
 use crate::remote::Remote;
@@ -100,7 +101,15 @@ impl Automator for Shell {
         };
         ctx.info(format!("bootstrapping {} on {}", remote.display(""), target.addr()));
         let command = remote.bootstrap_command(archive.is_some());
-        let (session, (exit, out, err)) = self.first_run(&target, &ctx, &command, archive.as_deref()).await?;
+        let (mut out, mut err) = (String::new(), String::new());
+        let collect = |stream: OutputStream, text: &str| match stream {
+            OutputStream::Stdout => out.push_str(text),
+            OutputStream::Stderr => err.push_str(text),
+        };
+        // Not cancellable: BOOTSTRAP is short and leaves the machine consistent either way.
+        let never = CancellationToken::new();
+        let (session, ran) = self.exec(&target, &ctx, &command, archive.as_deref(), &never, collect).await?;
+        let exit = ran?;
         if !exit.success() {
             return Err(TaskError::new(format!(
                 "BOOTSTRAP on {target:?} failed: preparing {} {exit}: {}",
@@ -140,25 +149,28 @@ impl Shell {
         }
     }
 
-    /// Runs a task's first command. On a kept connection that turns out to be dead
-    /// (the command could not start), it is run on a new one.
-    async fn first_run(
+    /// Runs `command` on a connection to `target` (a kept one when there is one), passing
+    /// its output to `sink`. A kept connection that cannot start the command (it died
+    /// while it waited; nothing ran) is forgotten and the command run on a new one.
+    async fn exec(
         &self,
         target: &Target,
         ctx: &Context,
         command: &str,
         input: Option<&[u8]>,
-    ) -> Result<(Arc<Session>, (Exit, String, String)), TaskError> {
+        cancel: &CancellationToken,
+        mut sink: impl FnMut(OutputStream, &str),
+    ) -> Result<(Arc<Session>, Result<Exit, SshError>), TaskError> {
         let pooled = self.connect(target, ctx).await?;
-        match pooled.session.run(command, input).await {
+        match pooled.session.exec(command, input, cancel, &mut sink).await {
             Err(SshError::NoChannel { reason, .. }) if pooled.reused => {
                 ctx.debug(format!("the kept connection to {target:?} failed ({reason}); connecting again"));
                 self.pool.evict(target);
-                let fresh = self.connect(target, ctx).await?;
-                let ran = fresh.session.run(command, input).await?;
-                Ok((fresh.session, ran))
+                let fresh = self.connect(target, ctx).await?.session;
+                let ran = fresh.exec(command, input, cancel, &mut sink).await;
+                Ok((fresh, ran))
             }
-            ran => Ok((pooled.session, ran?)),
+            ran => Ok((pooled.session, ran)),
         }
     }
 
@@ -185,22 +197,14 @@ impl Shell {
         ctx.info(format!("{}: running {} on {}", task.task_name, action.script, target.addr()));
         let (mut out, mut err) = (Tail::default(), Tail::default());
         let cancel = ctx.cancellation_token();
-        let mut sink = |stream: OutputStream, text: &str| {
+        let sink = |stream: OutputStream, text: &str| {
             ctx.output(stream, text);
             match stream {
                 OutputStream::Stdout => out.push(text),
                 OutputStream::Stderr => err.push(text),
             }
         };
-        let pooled = self.connect(&target, &ctx).await?;
-        let mut session = pooled.session;
-        let mut ran = session.exec(&command, Some(&json), &cancel, &mut sink).await;
-        if pooled.reused && matches!(ran, Err(SshError::NoChannel { .. })) {
-            // The kept connection died while it waited; nothing ran. A new one.
-            self.pool.evict(&target);
-            session = self.connect(&target, &ctx).await?.session;
-            ran = session.exec(&command, Some(&json), &cancel, &mut sink).await;
-        }
+        let (session, ran) = self.exec(&target, &ctx, &command, Some(&json), &cancel, sink).await?;
         let exit = match ran {
             Ok(exit) => exit,
             Err(SshError::Cancelled) => {
