@@ -42,6 +42,32 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Values for keys manifests leave out.
     pub defaults: Defaults,
+    /// The API's connection limits (`[http]`).
+    pub http: HttpLimits,
+}
+
+/// The API's connection limits (`[http]`); see [`crate::http`] for what each does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most connections open at once (`max_connections`).
+    pub max_connections: usize,
+    /// From the first byte of a request to the end of its headers (`header_read_timeout_secs`).
+    pub header_read_timeout: Duration,
+    /// For a request's whole body (`body_read_timeout_secs`).
+    pub body_read_timeout: Duration,
+    /// Between requests on a kept-alive connection, and before the first one (`idle_timeout_secs`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Where the API listens.
@@ -104,6 +130,17 @@ struct Raw {
     log: RawLog,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_connections: Option<Spanned<usize>>,
+    header_read_timeout_secs: Option<Spanned<f64>>,
+    body_read_timeout_secs: Option<Spanned<f64>>,
+    idle_timeout_secs: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -248,6 +285,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         };
     }
 
+    let http = {
+        let base = HttpLimits::default();
+        let positive = |v: &Option<Spanned<f64>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+            match secs(v, key, 1.0)? {
+                Some(d) if d.is_zero() => Err(err(v.as_ref().map(Spanned::span), format!("{key} must be more than 0"))),
+                d => Ok(d),
+            }
+        };
+        let max_connections = match &raw.http.max_connections {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(err(Some(n.span()), "http.max_connections must be at least 1".into()));
+            }
+            Some(n) => *n.get_ref(),
+            None => base.max_connections,
+        };
+        HttpLimits {
+            max_connections,
+            header_read_timeout: positive(&raw.http.header_read_timeout_secs, "http.header_read_timeout_secs")?
+                .unwrap_or(base.header_read_timeout),
+            body_read_timeout: positive(&raw.http.body_read_timeout_secs, "http.body_read_timeout_secs")?
+                .unwrap_or(base.body_read_timeout),
+            idle_timeout: positive(&raw.http.idle_timeout_secs, "http.idle_timeout_secs")?.unwrap_or(base.idle_timeout),
+        }
+    };
+
     Ok(Config {
         path: path.to_path_buf(),
         plugin_dirs: raw.plugin_dirs.get_ref().iter().map(|p| resolve(p)).collect(),
@@ -263,6 +325,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         log_format,
         log_level: raw.log.level.clone(),
         defaults: d,
+        http,
     })
 }
 
@@ -298,6 +361,7 @@ mod tests {
         assert_eq!(c.plugin_dirs, [PathBuf::from("/etc/loom/plugins")], "relative to the file");
         assert_eq!(c.defaults, Defaults::default());
         assert_eq!(c.drain_grace, Duration::from_secs(60));
+        assert_eq!(c.http, HttpLimits::default());
     }
 
     #[test]
@@ -321,6 +385,11 @@ queue_capacity = 5
 [defaults.restart]
 max_restarts = 2
 backoff_initial_ms = 10
+[http]
+max_connections = 50
+header_read_timeout_secs = 2.5
+body_read_timeout_secs = 30
+idle_timeout_secs = 5
 "#,
         )
         .unwrap();
@@ -332,6 +401,15 @@ backoff_initial_ms = 10
         assert_eq!(c.defaults.ping_interval, None);
         assert_eq!(c.defaults.restart.max_restarts, 2);
         assert_eq!(c.defaults.restart.backoff_initial, Duration::from_millis(10));
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                max_connections: 50,
+                header_read_timeout: Duration::from_millis(2500),
+                body_read_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(5),
+            }
+        );
     }
 
     #[test]
@@ -354,6 +432,12 @@ backoff_initial_ms = 10
                 Some(3),
             ),
             ("plugin_dirs = [\"p\"\n", "", Some(1)),
+            ("plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[http]\nmax_connections = 0\n", "http.max_connections", Some(4)),
+            (
+                "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[http]\nidle_timeout_secs = 0\n",
+                "http.idle_timeout_secs must be more than 0",
+                Some(4),
+            ),
             (
                 "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[defaults.restart]\nmax_restarts = -1\n",
                 "defaults.restart.max_restarts:",
@@ -369,6 +453,13 @@ backoff_initial_ms = 10
                 assert_eq!(e.line, line, "{text:?}: {shown}");
             }
         }
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = parse(Path::new("/etc/loom-provisioner/config.toml"), include_str!("../../dist/config.toml")).unwrap();
+        assert_eq!(c.http, HttpLimits::default(), "dist/config.toml shows the defaults");
+        assert_eq!(c.defaults, Defaults::default());
     }
 
     #[test]

@@ -45,8 +45,16 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    let open_files = http::raise_open_files_limit();
+    let fitted = daemon.config().http.fitted(open_files);
+    if fitted.max_connections < daemon.config().http.max_connections {
+        tracing::warn!(
+            "http.max_connections lowered to {} to fit the open-files limit of {open_files} (raise LimitNOFILE to allow more)",
+            fitted.max_connections
+        );
+    }
     let stop_http = CancellationToken::new();
-    let http = tokio::spawn(http::serve(listener, Arc::clone(&daemon), stop_http.clone()));
+    let http = tokio::spawn(http::serve(listener, Arc::clone(&daemon), open_files, stop_http.clone()));
     tracing::info!("listening on {listen}; journal {}", daemon.journal.path().display());
 
     daemon.supervisor.wait_settled().await;

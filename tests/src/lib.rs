@@ -648,6 +648,8 @@ pub struct Serve {
     pub ready_message: String,
     token: Option<String>,
     env: Vec<(String, String)>,
+    /// The open-files limit (soft and hard) the daemon starts with, when set.
+    open_files: Option<u64>,
     agent: ureq::Agent,
 }
 
@@ -667,6 +669,13 @@ impl Serve {
     /// [`Serve::start_with`], listening on `listen` (an address or `unix:/path`; then
     /// [`Serve::request`] is not available).
     pub fn start_listening(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let mut serve = Serve::start_listening_later(plugins, listen, extra, env);
+        serve.spawn();
+        serve
+    }
+
+    /// The daemon, configured but not started: [`Serve::spawn`] starts it.
+    fn start_listening_later(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
         let dir = plugins.path().join("serve");
         std::fs::create_dir_all(&dir).expect("mkdir");
         let config = dir.join("config.toml");
@@ -688,7 +697,7 @@ impl Serve {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let mut serve = Serve {
+        Serve {
             child: None,
             url: format!("http://{listen}"),
             config,
@@ -699,8 +708,17 @@ impl Serve {
             ready_message: String::new(),
             token,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            open_files: None,
             agent,
-        };
+        }
+    }
+
+    /// [`Serve::start`] with the daemon's open-files limit (soft and hard) set to
+    /// `open_files`, as `ulimit -n` would.
+    pub fn start_with_open_files(plugins: &Plugins, extra: &str, open_files: u64) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let mut serve = Serve::start_listening_later(plugins, &format!("127.0.0.1:{port}"), extra, &[]);
+        serve.open_files = Some(open_files);
         serve.spawn();
         serve
     }
@@ -708,16 +726,26 @@ impl Serve {
     /// Starts the process (again) and waits for READY=1.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(provisioner())
+        let mut command = Command::new(provisioner());
+        command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start loom-provisioner serve");
+            .stderr(log);
+        if let Some(n) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command.spawn().expect("start loom-provisioner serve");
         self.child = Some(child);
         self.ready_message = self
             .wait_notification(|m| m.contains("READY=1"), Duration::from_secs(60))

@@ -16,28 +16,30 @@
 //! | `GET /metrics` | 200 Prometheus text |
 //!
 //! With a token configured every path but `/healthz` needs `Authorization: Bearer <token>`
-//! (401 without). Bodies over `max_body_bytes` get 413; JSON that does not parse gets 400
-//! with the parser's position; a task that is not valid gets 400 saying why.
+//! (401 without). Bodies over `max_body_bytes` get 413, bodies slower than
+//! `http.body_read_timeout_secs` 408; JSON that does not parse gets 400 with the parser's
+//! position; a task that is not valid gets 400 saying why. Connections are accepted and
+//! kept within limits by [`server`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::cluster::view::ClusterView;
 use crate::cluster::{ClusterSpec, JobError, JobKind};
 use crate::config::Listen;
 use crate::daemon::{ClusterOpError, Daemon, SubmitError, Submitted};
 use crate::registry::Availability;
+
+mod server;
+
+use server::Body;
+pub use server::{AsyncIo, Limits, raise_open_files_limit, serve};
 
 /// A bound listener.
 pub enum Listener {
@@ -81,70 +83,13 @@ impl Listener {
     }
 }
 
-/// Serves the API until `stop` fires, then waits (briefly) for open requests.
-pub async fn serve(listener: Listener, daemon: Arc<Daemon>, stop: CancellationToken) {
-    let connections = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = accept(&listener) => a,
-        };
-        let io = match accepted {
-            Ok(io) => io,
-            Err(e) => {
-                tracing::warn!("accepting a connection failed: {e}");
-                continue;
-            }
-        };
-        let daemon = Arc::clone(&daemon);
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let daemon = Arc::clone(&daemon);
-                async move { Ok::<_, std::convert::Infallible>(handle(&daemon, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
-    }
-    connections.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
-}
-
-type Io = TokioIo<Box<dyn AsyncIo>>;
-
-/// A connection's stream, TCP or Unix.
-pub trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}
-
-async fn accept(listener: &Listener) -> std::io::Result<Io> {
-    Ok(match listener {
-        Listener::Tcp(l) => {
-            let (s, _) = l.accept().await?;
-            let _ = s.set_nodelay(true);
-            TokioIo::new(Box::new(s))
-        }
-        Listener::Unix(l, _) => TokioIo::new(Box::new(l.accept().await?.0)),
-    })
-}
-
-async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
     let response = route(daemon, req).await;
     daemon.metrics.http(response.status().as_u16());
     response
 }
 
-async fn route(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segments.as_slice() != ["healthz"] && !authorized(daemon, &req) {
@@ -210,7 +155,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Full<By
     }
 }
 
-fn authorized(daemon: &Daemon, req: &Request<Incoming>) -> bool {
+fn authorized(daemon: &Daemon, req: &Request<Body>) -> bool {
     let Some(token) = daemon.config().token else { return true };
     let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes()))
@@ -238,34 +183,46 @@ async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
 }
 
 /// Whether the query has `name`, `name=true` or `name=1`.
-fn flag(req: &Request<Incoming>, name: &str) -> bool {
+fn flag(req: &Request<Body>, name: &str) -> bool {
     req.uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1")))
 }
 
-/// The body, within `max_body_bytes`; else the answer to give.
-async fn read_body(daemon: &Daemon, req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-    let limit = daemon.config().max_body_bytes;
+/// The body, within `max_body_bytes` and `http.body_read_timeout_secs`; else the answer
+/// to give (413, 408, 400). After a 408 the connection is closed: the rest of the body
+/// may still be on its way.
+async fn read_body(daemon: &Daemon, req: Request<Body>) -> Result<Bytes, Response<Full<Bytes>>> {
+    let config = daemon.config();
+    let limit = config.max_body_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
+        )
+    };
     let declared =
         req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
-        ));
+        return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
-        )),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
+    let timeout = config.http.body_read_timeout;
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within {} s (http.body_read_timeout_secs)", timeout.as_secs_f64()),
+            );
+            r.headers_mut().insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            Err(r)
+        }
     }
 }
 
-async fn submit(daemon: &Arc<Daemon>, req: Request<Incoming>, wait: bool) -> Response<Full<Bytes>> {
+async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<Full<Bytes>> {
     let body = match read_body(daemon, req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -304,7 +261,7 @@ async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
 /// plugins are the daemon's, whatever `pluginDirs` says.
 async fn read_spec(
     daemon: &Daemon,
-    req: Request<Incoming>,
+    req: Request<Body>,
     default: Option<ClusterSpec>,
 ) -> Result<ClusterSpec, Response<Full<Bytes>>> {
     let body = read_body(daemon, req).await?;
