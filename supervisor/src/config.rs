@@ -17,6 +17,12 @@ use crate::manifest::{Defaults, RestartPolicy};
 /// Loom's provisioner listened on 55056.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:55056";
 
+/// `max_body_bytes` when not set.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// `max_pending_task_bytes` when not set.
+pub const DEFAULT_MAX_PENDING_TASK_BYTES: usize = 64 * 1024 * 1024;
+
 /// The daemon's settings, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,6 +38,9 @@ pub struct Config {
     pub token: Option<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies being read and of tasks accepted and not finished held
+    /// at once ([`crate::budget`]).
+    pub max_pending_task_bytes: usize,
     /// How long finished tasks are kept.
     pub retention: Duration,
     /// How long SIGTERM waits for tasks in flight.
@@ -123,7 +132,8 @@ struct Raw {
     listen: Option<Spanned<String>>,
     data_dir: Spanned<PathBuf>,
     token_file: Option<Spanned<PathBuf>>,
-    max_body_bytes: Option<usize>,
+    max_body_bytes: Option<Spanned<usize>>,
+    max_pending_task_bytes: Option<Spanned<usize>>,
     retention_hours: Option<Spanned<f64>>,
     drain_grace_secs: Option<Spanned<f64>>,
     #[serde(default)]
@@ -310,6 +320,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
 
+    let max_body_bytes = raw.max_body_bytes.as_ref().map_or(DEFAULT_MAX_BODY_BYTES, |b| *b.get_ref());
+    let max_pending_task_bytes =
+        raw.max_pending_task_bytes.as_ref().map_or(DEFAULT_MAX_PENDING_TASK_BYTES, |b| *b.get_ref());
+    if max_pending_task_bytes < max_body_bytes {
+        let span = raw.max_pending_task_bytes.as_ref().or(raw.max_body_bytes.as_ref()).map(Spanned::span);
+        return Err(err(
+            span,
+            format!(
+                "max_pending_task_bytes ({max_pending_task_bytes}) must be at least max_body_bytes ({max_body_bytes}): one task of the largest size must fit"
+            ),
+        ));
+    }
+
     Ok(Config {
         path: path.to_path_buf(),
         plugin_dirs: raw.plugin_dirs.get_ref().iter().map(|p| resolve(p)).collect(),
@@ -319,7 +342,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         },
         data_dir: resolve(raw.data_dir.get_ref()),
         token,
-        max_body_bytes: raw.max_body_bytes.unwrap_or(16 * 1024 * 1024),
+        max_body_bytes,
+        max_pending_task_bytes,
         retention: secs(&raw.retention_hours, "retention_hours", 3600.0)?.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
         drain_grace: secs(&raw.drain_grace_secs, "drain_grace_secs", 1.0)?.unwrap_or(Duration::from_secs(60)),
         log_format,
@@ -372,6 +396,7 @@ plugin_dirs = ["/a", "b"]
 listen = "unix:/run/loom.sock"
 data_dir = "data"
 max_body_bytes = 1024
+max_pending_task_bytes = 4096
 retention_hours = 0.5
 drain_grace_secs = 3
 [log]
@@ -395,7 +420,7 @@ idle_timeout_secs = 5
         .unwrap();
         assert_eq!(c.listen, Listen::Unix("/run/loom.sock".into()));
         assert_eq!(c.data_dir, PathBuf::from("/etc/loom/data"));
-        assert_eq!((c.max_body_bytes, c.retention), (1024, Duration::from_secs(1800)));
+        assert_eq!((c.max_body_bytes, c.max_pending_task_bytes, c.retention), (1024, 4096, Duration::from_secs(1800)));
         assert_eq!(c.log_format, Some(Format::Json));
         assert_eq!(c.defaults.task_timeout, Duration::from_secs(60));
         assert_eq!(c.defaults.ping_interval, None);
@@ -432,6 +457,11 @@ idle_timeout_secs = 5
                 Some(3),
             ),
             ("plugin_dirs = [\"p\"\n", "", Some(1)),
+            (
+                "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\nmax_pending_task_bytes = 1000\n",
+                "max_pending_task_bytes (1000) must be at least max_body_bytes (16777216)",
+                Some(3),
+            ),
             ("plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[http]\nmax_connections = 0\n", "http.max_connections", Some(4)),
             (
                 "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[http]\nidle_timeout_secs = 0\n",

@@ -47,6 +47,19 @@ const STDERR_LINE_BYTES: usize = 16 * 1024;
 /// How much of a stray stdout line is quoted in the warning.
 const JUNK_QUOTE_CHARS: usize = 200;
 
+/// A reader's buffer: enough for most lines; a longer one grows it for that line only.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Gives back a read buffer that a long line grew, keeping what follows that line. (The
+/// buffer would otherwise keep the longest line's size for the life of the process.)
+fn shrink_after_long_line(buf: &mut bytes::BytesMut) {
+    if buf.capacity() > 16 * READ_BUFFER && buf.len() <= READ_BUFFER {
+        let mut fresh = bytes::BytesMut::with_capacity(READ_BUFFER);
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+    }
+}
+
 /// The channel to one plugin process.
 pub struct Connection {
     plugin: Arc<str>,
@@ -195,10 +208,14 @@ impl Connection {
     ) -> JoinHandle<ReaderEnd> {
         let conn = Arc::clone(self);
         tokio::spawn(async move {
-            let mut lines = FramedRead::with_capacity(stdout, LineCodec::new(max_line, Overflow::Error), 64 * 1024);
+            let mut lines = FramedRead::with_capacity(stdout, LineCodec::new(max_line, Overflow::Error), READ_BUFFER);
             while let Some(item) = lines.next().await {
                 match item {
-                    Ok(line) => conn.handle_line(&line),
+                    Ok(line) => {
+                        conn.handle_line(&line);
+                        drop(line);
+                        shrink_after_long_line(lines.read_buffer_mut());
+                    }
                     Err(loom_protocol::CodecError::LineTooLong { limit }) => {
                         return ReaderEnd::Violation(format!(
                             "protocol violation: wrote a line longer than {limit} bytes on stdout"

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use loom_protocol::{LogLevel, TaskResult};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 
+use crate::budget::{Budget, Reservation};
 use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome};
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
@@ -43,6 +43,8 @@ pub struct Daemon {
     pub metrics: Metrics,
     /// systemd.
     pub notifier: Notifier,
+    /// Room for tasks in memory (`max_pending_task_bytes`).
+    pub budget: Budget,
     /// Tasks accepted and not finished: their result, once there is one.
     inflight: Mutex<HashMap<String, watch::Receiver<Option<()>>>>,
     /// Tasks being executed (journal writes included).
@@ -104,7 +106,9 @@ impl Daemon {
         let clusters = ClusterStore::new(journal.clone());
         let registry = load_registry(&config)?;
         let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
+        let budget = Budget::new(config.max_pending_task_bytes);
         Ok(Arc::new(Daemon {
+            budget,
             config: RwLock::new(config),
             supervisor,
             journal,
@@ -137,11 +141,16 @@ impl Daemon {
     }
 
     /// Accepts a task: journals it (committed) before answering, then runs it. A task
-    /// whose id is known is returned as it is and not run again.
+    /// whose id is known is returned as it is and not run again. `room`, the task's
+    /// reservation in the budget, is held until its result is journaled.
     ///
     /// # Errors
     /// [`SubmitError`]: not a task, shutting down, or the journal failed.
-    pub async fn submit(self: &Arc<Self>, raw: Box<RawValue>) -> Result<Submitted, SubmitError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        raw: Box<RawValue>,
+        room: Option<Reservation>,
+    ) -> Result<Submitted, SubmitError> {
         if self.draining() {
             return Err(SubmitError::Draining);
         }
@@ -159,9 +168,9 @@ impl Daemon {
             }
         };
         let Some(tx) = claimed else { return self.existing(&id).await };
-        match self.journal.accept(&id, task.task_name.as_str(), task.raw().get()).await {
+        match self.journal.accept(&id, task.task_name.as_str(), task.shared_raw()).await {
             Ok(None) => {
-                self.spawn(task, tx);
+                self.spawn(task, tx, room);
                 Ok(Submitted::New(id))
             }
             Ok(Some(existing)) => {
@@ -202,12 +211,15 @@ impl Daemon {
         self.journal.get(id).await
     }
 
-    fn spawn(self: &Arc<Self>, task: TaskEnvelope, done: watch::Sender<Option<()>>) {
+    fn spawn(self: &Arc<Self>, task: TaskEnvelope, done: watch::Sender<Option<()>>, room: Option<Reservation>) {
         let daemon = Arc::clone(self);
         self.active.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             daemon.execute(&task).await;
-            daemon.lock_inflight().remove(&task.task_id);
+            let id = task.task_id.clone();
+            // The task's text and its room in the budget go together.
+            drop((task, room));
+            daemon.lock_inflight().remove(&id);
             let _ = done.send(Some(()));
             if daemon.active.fetch_sub(1, Ordering::SeqCst) == 1 {
                 daemon.idle.notify_waiters();
@@ -245,10 +257,12 @@ impl Daemon {
 
     async fn finish(&self, task: &TaskEnvelope, result: TaskResult) {
         let report = TaskReport { task_id: Some(task.task_id.clone()), result };
-        let value = serde_json::to_value(&report).unwrap_or(Value::Null);
+        // Straight to text: a tree of a large result would cost many times its size.
+        let text: Arc<str> = serde_json::to_string(&report).unwrap_or_else(|_| "null".to_owned()).into();
+        drop(report);
         // A result that cannot be written is retried: it must not be lost.
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = self.journal.finish(&task.task_id, &value).await {
+        while let Err(e) = self.journal.finish(&task.task_id, Arc::clone(&text)).await {
             tracing::error!(task_id = %task.task_id, "cannot record the result: {e}; trying again");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
@@ -276,7 +290,7 @@ impl Daemon {
                             "{RESTARTED}, and the journaled task cannot be read again: {why}"
                         )),
                     };
-                    self.journal.finish(&u.task_id, &serde_json::to_value(&report).unwrap_or(Value::Null)).await?;
+                    self.journal.finish(&u.task_id, serde_json::to_string(&report).unwrap_or_default()).await?;
                     failed += 1;
                     continue;
                 }
@@ -290,7 +304,8 @@ impl Daemon {
                 self.journal.requeue(&task.task_id).await?;
                 let (tx, rx) = watch::channel(None);
                 self.lock_inflight().insert(task.task_id.clone(), rx);
-                self.spawn(task, tx);
+                // Not counted in the budget: the budget bounded them before the restart.
+                self.spawn(task, tx, None);
                 rerun += 1;
             } else {
                 let why = format!(

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use loom_protocol::TaskName;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -31,7 +32,8 @@ pub struct TaskEnvelope {
     pub automators: Option<Vec<String>>,
     /// Values of credential-like keys, to scrub from logs.
     pub secrets: Vec<String>,
-    raw: Box<RawValue>,
+    /// Shared, so that the journal and the plugin's stdin take it without a copy.
+    raw: Arc<Box<RawValue>>,
 }
 
 /// Why a document is not a usable task.
@@ -57,13 +59,17 @@ impl TaskEnvelope {
             de.deserialize_any(TopVisitor).map_err(|e| InvalidTask { task_id: None, message: describe(&e) })?;
         let fail = |message: String| InvalidTask { task_id: fields.task_id.clone().and_then(Result::ok), message };
         let task_id = match fields.task_id.clone() {
-            Some(Ok(id)) if !id.is_empty() => id,
-            Some(Ok(_)) => return Err(fail("\"taskId\" is empty".into())),
+            Some(Ok(id)) if !id.is_empty() => match check_task_id(&id) {
+                Ok(()) => id,
+                // The id is not quoted in the error (nor named: it is what is wrong).
+                Err(why) => return Err(InvalidTask { task_id: None, message: why }),
+            },
+            Some(Ok(_)) => return Err(fail("\"taskId\" is an empty string".into())),
             Some(Err(ty)) => return Err(fail(format!("\"taskId\" must be a string, found {ty}"))),
             None => return Err(fail("\"taskId\" is missing".into())),
         };
         let task_name = match &fields.task_name {
-            Some(Ok(name)) => name.parse::<TaskName>().map_err(|e| fail(format!("\"taskName\": {e}")))?,
+            Some(Ok(name)) => name.parse::<TaskName>().map_err(|_| fail(unknown_task_name(name)))?,
             Some(Err(ty)) => {
                 return Err(fail(format!("\"taskName\" must be a string, found {ty}")));
             }
@@ -82,7 +88,7 @@ impl TaskEnvelope {
             automator: fields.action_type,
             automators: fields.automators,
             secrets,
-            raw,
+            raw: Arc::new(raw),
         })
     }
 
@@ -92,16 +98,56 @@ impl TaskEnvelope {
     pub fn raw(&self) -> &RawValue {
         &self.raw
     }
+
+    /// The same text, shared.
+    pub fn shared_raw(&self) -> Arc<Box<RawValue>> {
+        Arc::clone(&self.raw)
+    }
 }
 
-/// `raw` with its line breaks (all of them whitespace between tokens) made spaces.
+/// `raw` with its line breaks (all of them whitespace between tokens) made spaces, in
+/// place: a task may be megabytes.
 fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
     if !raw.get().contains(['\n', '\r']) {
         return raw;
     }
-    let flat = raw.get().replace(['\n', '\r'], " ");
-    // Replacing whitespace with whitespace keeps the JSON valid.
-    RawValue::from_string(flat).unwrap_or(raw)
+    let text: Box<str> = raw.into();
+    let mut bytes = text.into_boxed_bytes().into_vec();
+    for b in &mut bytes {
+        if matches!(*b, b'\n' | b'\r') {
+            *b = b' ';
+        }
+    }
+    // ASCII for ASCII keeps the text UTF-8, and whitespace for whitespace keeps it the same
+    // JSON, so neither step below can fail; `from_string` reuses the buffer.
+    let text = String::from_utf8(bytes).unwrap_or_default();
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// Longest `taskId` accepted.
+pub const MAX_TASK_ID_LEN: usize = 256;
+
+/// A `taskId` is a name in URLs, file names and log lines: letters, digits and
+/// `. _ - : @ + = , ~`, at most [`MAX_TASK_ID_LEN`] of them. Loom's ids
+/// (`00000001-002-071`) and the cluster engine's (`web-1.INSTALL.web.j1a1`) fit.
+fn check_task_id(id: &str) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b".-_:@+=,~".contains(&b);
+    if id.len() > MAX_TASK_ID_LEN {
+        return Err(format!("\"taskId\" is {} bytes long; at most {MAX_TASK_ID_LEN} are accepted", id.len()));
+    }
+    match id.bytes().position(|b| !allowed(b)) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "\"taskId\" may hold only letters, digits and . _ - : @ + = , ~ (a character outside them at byte {at})"
+        )),
+    }
+}
+
+/// Why a `taskName` is not one of the ten, without quoting it.
+fn unknown_task_name(name: &str) -> String {
+    let names: Vec<&str> = TaskName::ALL.iter().map(|t| t.as_str()).collect();
+    let hint = if name.to_ascii_uppercase().parse::<TaskName>().is_ok() { " (task names are upper case)" } else { "" };
+    format!("\"taskName\" must be one of {}{hint}", names.join(", "))
 }
 
 /// A member name, borrowed from the task's text when it has no escapes. (serde's own
@@ -160,11 +206,29 @@ struct Fields {
 }
 
 fn describe(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
     match e.classify() {
         // serde's own text would quote the offending value.
-        Category::Data => "the task must be a JSON object".to_owned(),
-        _ => format!("not valid JSON at line {} column {}", e.line(), e.column()),
+        serde_json::error::Category::Data => "the task must be a JSON object".to_owned(),
+        _ => describe_json_error(e),
+    }
+}
+
+/// What is wrong with a JSON text, by position, never quoting it: "not valid JSON at line
+/// 1 column 7 (expected `:`)", "JSON nested deeper than 128 levels at ...", "a number too
+/// large to read at ...", "JSON that ends too soon at ...". For syntax errors only: the
+/// text of serde's data errors quotes values.
+pub fn describe_json_error(e: &serde_json::Error) -> String {
+    let at = format!("at line {} column {}", e.line(), e.column());
+    // serde_json's syntax messages are fixed phrases ("expected `:`", "trailing
+    // characters"), never the input; the position is appended after " at line".
+    let text = e.to_string();
+    let what = text.split(" at line ").next().unwrap_or_default();
+    match what {
+        "recursion limit exceeded" => format!("JSON nested deeper than 128 levels, the most that is read, {at}"),
+        "number out of range" => format!("a number too large to read (beyond a 64-bit float) {at}"),
+        _ if e.is_eof() => format!("JSON that ends too soon {at}"),
+        _ if e.is_syntax() => format!("not valid JSON {at} ({what})"),
+        _ => format!("not valid JSON {at}"),
     }
 }
 
@@ -466,6 +530,25 @@ mod tests {
     }
 
     #[test]
+    fn task_ids_are_names_of_bounded_length() {
+        for ok in ["00000001-002-071", "web-1.INSTALL.web.j1a1", "a:b@c+d=e,f~g_h"] {
+            assert_eq!(parse(&format!(r#"{{"taskId":"{ok}","taskName":"START"}}"#)).unwrap().task_id, ok);
+        }
+        let long = "x".repeat(MAX_TASK_ID_LEN + 1);
+        for bad in ["a/b", "a b", "a%20", "a?b", "a#b", "caf\\u00e9", "a\\nb", "é", long.as_str()] {
+            let e = parse(&format!(r#"{{"taskId":"{bad}","taskName":"START"}}"#)).unwrap_err();
+            assert!(e.message.starts_with("\"taskId\""), "{bad}: {e}");
+            assert_eq!(e.task_id, None, "{bad}: the id is not repeated");
+        }
+    }
+
+    #[test]
+    fn a_pretty_printed_task_is_put_on_one_line_in_place() {
+        let t = parse("{\"taskId\":\"t\",\r\n \"taskName\":\"START\"\n}").unwrap();
+        assert_eq!(t.raw().get(), "{\"taskId\":\"t\",   \"taskName\":\"START\" }");
+    }
+
+    #[test]
     fn provider_name_is_the_fallback_for_providertype() {
         let t = parse(r#"{"taskId":"t","taskName":"CREATE","config":{"provider":{"name":"aws"}}}"#).unwrap();
         assert_eq!(t.provider.as_deref(), Some("aws"));
@@ -509,7 +592,11 @@ mod tests {
         let cases = [
             (r#"{"taskName":"CREATE"}"#, "\"taskId\" is missing"),
             (r#"{"taskId":7,"taskName":"CREATE"}"#, "\"taskId\" must be a string, found a number"),
-            (r#"{"taskId":"t1","taskName":"MAKE"}"#, "task t1: \"taskName\": unknown task name \"MAKE\""),
+            (r#"{"taskId":"t1","taskName":"hunter2"}"#, "task t1: \"taskName\" must be one of CREATE, CONFIRM,"),
+            (r#"{"taskId":"t1","taskName":"create"}"#, "(task names are upper case)"),
+            (r#"{"taskId":"","taskName":"CREATE"}"#, "\"taskId\" is an empty string"),
+            (r#"{"taskId":"hunter2/x","taskName":"CREATE"}"#, "outside them at byte 7"),
+            (r#"{"taskId":"t1","taskName":"CREATE","config":{"x":1e999999}}"#, "a number too large to read"),
             (r#"{"taskId":"t1"}"#, "task t1: \"taskName\" is missing"),
             (r#"{"taskId":"t1","taskName":"CREATE","config":"hunter2"}"#, "task t1: \"config\" must be an object"),
             (r#"["hunter2"]"#, "must be a JSON object"),

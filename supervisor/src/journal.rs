@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 /// Schema version, in `PRAGMA user_version`. 2 added the cluster tables
@@ -77,9 +77,9 @@ pub struct Record {
     pub finished_at: Option<String>,
     /// How many times it was started (more than 1 after a re-run on recovery).
     pub attempts: u32,
-    /// The result, once done.
+    /// The result, once done: its JSON text as journaled (no tree is built of it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<RawValue>>,
 }
 
 /// A task that was accepted but not finished, for recovery after a restart.
@@ -175,15 +175,20 @@ impl Journal {
 
     /// Records a new task as queued, unless one with this id exists: then returns it and
     /// records nothing.
-    pub async fn accept(&self, task_id: &str, task_name: &str, raw: &str) -> Result<Option<Record>, JournalError> {
-        let (id, name, raw) = (task_id.to_owned(), task_name.to_owned(), raw.to_owned());
+    pub async fn accept(
+        &self,
+        task_id: &str,
+        task_name: &str,
+        raw: std::sync::Arc<Box<RawValue>>,
+    ) -> Result<Option<Record>, JournalError> {
+        let (id, name) = (task_id.to_owned(), task_name.to_owned());
         self.run(move |c| {
             if let Some(existing) = get(c, &id)? {
                 return Ok(Some(existing));
             }
             c.execute(
                 "INSERT INTO tasks (task_id, task_name, state, task, submitted_at) VALUES (?1, ?2, 'queued', ?3, ?4)",
-                params![id, name, raw, now_ms()],
+                params![id, name, raw.get(), now_ms()],
             )?;
             Ok(None)
         })
@@ -204,13 +209,14 @@ impl Journal {
         .await
     }
 
-    /// Records a task's result and forgets its body.
-    pub async fn finish(&self, task_id: &str, result: &Value) -> Result<(), JournalError> {
-        let (id, result) = (task_id.to_owned(), result.to_string());
+    /// Records a task's result (JSON text) and forgets its body.
+    pub async fn finish(&self, task_id: &str, result: impl Into<std::sync::Arc<str>>) -> Result<(), JournalError> {
+        let result: std::sync::Arc<str> = result.into();
+        let id = task_id.to_owned();
         self.run(move |c| {
             c.execute(
                 "UPDATE tasks SET state = 'done', result = ?2, finished_at = ?3, task = NULL WHERE task_id = ?1",
-                params![id, result, now_ms()],
+                params![id, &*result, now_ms()],
             )
             .map(drop)
         })
@@ -336,7 +342,7 @@ fn get(c: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
                 started_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
                 finished_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
                 attempts: r.get(6)?,
-                result: result.and_then(|t| serde_json::from_str(&t).ok()),
+                result: result.and_then(|t| RawValue::from_string(t).ok()),
             })
         },
     )
@@ -368,19 +374,23 @@ pub fn rfc3339(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    fn raw(text: &str) -> std::sync::Arc<Box<RawValue>> {
+        std::sync::Arc::new(RawValue::from_string(text.to_owned()).unwrap())
+    }
+
     #[tokio::test]
     async fn a_task_goes_from_queued_to_done_and_is_accepted_once() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        assert!(j.accept("t1", "CREATE", r#"{"taskId":"t1"}"#).await.unwrap().is_none());
-        let again = j.accept("t1", "CREATE", r#"{"taskId":"t1","other":1}"#).await.unwrap().unwrap();
+        assert!(j.accept("t1", "CREATE", raw(r#"{"taskId":"t1"}"#)).await.unwrap().is_none());
+        let again = j.accept("t1", "CREATE", raw(r#"{"taskId":"t1","other":1}"#)).await.unwrap().unwrap();
         assert_eq!(again.state, State::Queued);
         j.start("t1").await.unwrap();
         assert_eq!(j.get("t1").await.unwrap().unwrap().state, State::Running);
-        j.finish("t1", &serde_json::json!({"status": 0})).await.unwrap();
+        j.finish("t1", r#"{"status":0}"#).await.unwrap();
         let done = j.get("t1").await.unwrap().unwrap();
         assert_eq!((done.state, done.attempts), (State::Done, 1));
-        assert_eq!(done.result, Some(serde_json::json!({"status": 0})));
+        assert_eq!(done.result.map(|r| r.get().to_owned()).as_deref(), Some(r#"{"status":0}"#));
         assert!(j.get("nope").await.unwrap().is_none());
         assert!(j.unfinished().await.unwrap().is_empty());
     }
@@ -390,11 +400,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::open(dir.path()).unwrap();
-            j.accept("q", "INSTALL", "{\"q\":1}").await.unwrap();
-            j.accept("r", "INSTALL", "{\"r\":1}").await.unwrap();
+            j.accept("q", "INSTALL", raw("{\"q\":1}")).await.unwrap();
+            j.accept("r", "INSTALL", raw("{\"r\":1}")).await.unwrap();
             j.start("r").await.unwrap();
-            j.accept("d", "INSTALL", "{\"password\":\"hunter2\"}").await.unwrap();
-            j.finish("d", &serde_json::json!({"status": 1})).await.unwrap();
+            j.accept("d", "INSTALL", raw("{\"password\":\"hunter2\"}")).await.unwrap();
+            j.finish("d", r#"{"status":1}"#).await.unwrap();
         }
         let j = Journal::open(dir.path()).unwrap();
         let unfinished = j.unfinished().await.unwrap();
@@ -416,7 +426,7 @@ mod tests {
         let handles: Vec<_> = (0..500)
             .map(|i| {
                 let j = j.clone();
-                tokio::spawn(async move { j.accept(&format!("t{i}"), "START", "{}").await })
+                tokio::spawn(async move { j.accept(&format!("t{i}"), "START", raw("{}")).await })
             })
             .collect();
         for h in handles {
@@ -429,9 +439,9 @@ mod tests {
     async fn prune_removes_only_old_finished_tasks() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.accept("old", "START", "{}").await.unwrap();
-        j.finish("old", &serde_json::json!({"status": 0})).await.unwrap();
-        j.accept("open", "START", "{}").await.unwrap();
+        j.accept("old", "START", raw("{}")).await.unwrap();
+        j.finish("old", r#"{"status":0}"#).await.unwrap();
+        j.accept("open", "START", raw("{}")).await.unwrap();
         assert_eq!(j.prune(Duration::from_secs(3600)).await.unwrap(), 0);
         assert_eq!(j.prune(Duration::ZERO).await.unwrap(), 1);
         assert!(j.get("old").await.unwrap().is_none());

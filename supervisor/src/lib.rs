@@ -21,6 +21,8 @@
 //! | the daemon's client (`submit`, `status`) | [`client`] |
 //! | clusters: spec, plans, `cluster up`/`down` | [`cluster`] |
 
+pub mod answer;
+pub mod budget;
 pub mod capture;
 pub mod cli;
 pub mod client;
@@ -36,6 +38,7 @@ pub mod journal;
 pub mod logging;
 pub mod logpump;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;

@@ -54,26 +54,26 @@ impl Outbound {
     /// Sends one or more whole lines. Never waits; after the writer has failed or the
     /// stream was closed, the line is dropped (the caller learns of it from the writer's
     /// end and the process's exit).
-    pub fn send(&self, line: Vec<u8>) {
+    pub fn send(&self, mut line: Vec<u8>) {
         let Some(direct) = &self.direct else {
             let _ = self.queue.send(Outgoing::Line(line));
             return;
         };
         let mut st = lock(direct);
-        let mut rest = &line[..];
         if st.queued == 0
             && let Some(pipe) = &st.pipe
         {
-            match pipe.try_write(rest) {
-                Ok(n) if n == rest.len() => return,
-                Ok(n) => rest = &rest[n..],
+            match pipe.try_write(&line) {
+                Ok(n) if n == line.len() => return,
+                // The rest moves to the front of the same buffer: a task may be megabytes.
+                Ok(n) => drop(line.drain(..n)),
                 // Full, or broken: the writer waits for room, or reports the error.
                 Err(_) => {}
             }
         }
         // Queued under the lock, so that no direct write can overtake it.
         st.queued += 1;
-        let _ = self.queue.send(Outgoing::Line(rest.to_vec()));
+        let _ = self.queue.send(Outgoing::Line(line));
     }
 
     /// Closes the stream once everything sent before has been written.
@@ -122,6 +122,13 @@ async fn write_queued(
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
+                // A large line is written from its own buffer, after what is gathered.
+                Outgoing::Line(line) if line.len() >= BATCH_BYTES => {
+                    write_all(&pipe, &buf).await?;
+                    buf.clear();
+                    write_all(&pipe, &line).await?;
+                    lines += 1;
+                }
                 Outgoing::Line(line) => {
                     buf.extend_from_slice(&line);
                     lines += 1;
@@ -132,19 +139,24 @@ async fn write_queued(
                 next = rx.try_recv().ok();
             }
         }
-        let mut written = 0;
-        while written < buf.len() {
-            pipe.writable().await?;
-            match pipe.try_write(&buf[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all(&pipe, &buf).await?;
         buf.clear();
         lock(&direct).queued -= lines;
         if closing {
             break;
+        }
+    }
+    Ok(())
+}
+
+async fn write_all(pipe: &pipe::Sender, bytes: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        pipe.writable().await?;
+        match pipe.try_write(&bytes[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -171,7 +183,9 @@ mod tests {
             text
         });
         for i in 0..20_000 {
-            out.send(format!("line {i:05} {}\n", "y".repeat(i % 300)).into_bytes());
+            // Now and then one larger than a batch, which is written from its own buffer.
+            let len = if i % 5000 == 4999 { BATCH_BYTES + 7 } else { i % 300 };
+            out.send(format!("line {i:05} {}\n", "y".repeat(len)).into_bytes());
         }
         out.close();
         assert!(matches!(writer.await.unwrap(), WriterEnd::Closed));
@@ -180,7 +194,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 20_000);
         for (i, l) in lines.iter().enumerate() {
-            assert!(l.starts_with(&format!("line {i:05} ")) && l.len() == 11 + i % 300, "line {i}: {l:.40}");
+            let len = if i % 5000 == 4999 { BATCH_BYTES + 7 } else { i % 300 };
+            assert!(l.starts_with(&format!("line {i:05} ")) && l.len() == 11 + len, "line {i}: {l:.40}");
         }
     }
 

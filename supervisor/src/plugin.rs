@@ -385,18 +385,14 @@ impl Plugin {
     /// Turns the plugin's answer into a task result.
     fn result_of(&self, task: &TaskEnvelope, conn: &Connection, reply: Reply) -> TaskResult {
         match reply.outcome {
-            Outcome::Result(raw) => match serde_json::from_str::<TaskResult>(raw.get()) {
+            Outcome::Result(raw) => match crate::answer::read(raw.get()) {
                 Ok(mut result) => {
                     if let Some(out) = reply.output {
                         fold_output(&mut result, out);
                     }
                     result
                 }
-                Err(e) => self.failure(
-                    task,
-                    &format!("the plugin answered with an invalid result: {}", describe_result_error(&e)),
-                    reply.output,
-                ),
+                Err(why) => self.failure(task, &why, reply.output),
             },
             Outcome::Error(e) => {
                 let message = conn.redactor().scrub(&e.message);
@@ -649,20 +645,6 @@ fn join_lines(first: &str, second: &str) -> String {
         (false, true) => format!("{first}{second}"),
         (false, false) => format!("{first}\n{second}"),
     }
-}
-
-/// Describes a bad task result without quoting it (results carry credentials too).
-fn describe_result_error(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    if text.starts_with("missing field") {
-        // "missing field `status` at line 1 column 20": names the field only.
-        return text;
-    }
-    format!(
-        "expected {{\"status\": <integer>, \"result\": {{...}}, \"stdout\": \"...\", \"stderr\": \"...\"}} (problem at line {} column {})",
-        e.line(),
-        e.column()
-    )
 }
 
 /// "1.5 s", "30 s".

@@ -24,6 +24,7 @@ const USAGE: u8 = 2;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config, plugin_level: LogLevel) -> ExitCode {
+    crate::memory::tune();
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
     else {
@@ -126,6 +127,8 @@ async fn housekeeping(daemon: Arc<Daemon>, stop: CancellationToken) {
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
     let mut last_status = String::new();
+    // Memory taken by a burst of work goes back to the system once the burst is over.
+    let trimmer = crate::memory::Trimmer::new(16 * 1024 * 1024);
     loop {
         let dog = async {
             match watchdog_tick.as_mut() {
@@ -137,6 +140,7 @@ async fn housekeeping(daemon: Arc<Daemon>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = dog => daemon.notifier.watchdog(),
             _ = status_tick.tick() => {
+                trimmer.check();
                 let status = daemon.status_line();
                 if status != last_status {
                     daemon.notifier.status(&status);

@@ -24,10 +24,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use http_body_util::Full;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::cluster::view::ClusterView;
@@ -36,6 +35,8 @@ use crate::config::Listen;
 use crate::daemon::{ClusterOpError, Daemon, SubmitError, Submitted};
 use crate::registry::Availability;
 
+mod body;
+mod path;
 mod server;
 
 use server::Body;
@@ -91,7 +92,10 @@ pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response
 
 async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(decoded) = path::segments(&path) else {
+        return error(StatusCode::BAD_REQUEST, "the path is not valid percent-encoded UTF-8");
+    };
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     if segments.as_slice() != ["healthz"] && !authorized(daemon, &req) {
         let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required: Authorization: Bearer <token>");
         r.headers_mut()
@@ -157,8 +161,15 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
 
 fn authorized(daemon: &Daemon, req: &Request<Body>) -> bool {
     let Some(token) = daemon.config().token else { return true };
-    let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes()))
+    // RFC 9110: the scheme is case-insensitive; one or more spaces follow it.
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 /// Compares without leaking where the first difference is.
@@ -189,54 +200,37 @@ fn flag(req: &Request<Body>, name: &str) -> bool {
         .is_some_and(|q| q.split('&').any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1")))
 }
 
-/// The body, within `max_body_bytes` and `http.body_read_timeout_secs`; else the answer
-/// to give (413, 408, 400). After a 408 the connection is closed: the rest of the body
-/// may still be on its way.
-async fn read_body(daemon: &Daemon, req: Request<Body>) -> Result<Bytes, Response<Full<Bytes>>> {
+/// Cluster specs are small; this keeps a spec's tree small too.
+const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+/// The body, within `limit` bytes, `http.body_read_timeout_secs` and the task budget;
+/// else the answer to give (see [`body::receive`]).
+async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<body::Received, Response<Full<Bytes>>> {
     let config = daemon.config();
-    let limit = config.max_body_bytes;
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than the limit of {limit} bytes (max_body_bytes)"),
-        )
-    };
-    let declared =
-        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let timeout = config.http.body_read_timeout;
-    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
-        Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
-        Err(_) => {
-            let mut r = error(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("the body did not arrive within {} s (http.body_read_timeout_secs)", timeout.as_secs_f64()),
-            );
-            r.headers_mut().insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
-            Err(r)
+    let limits = body::BodyLimits { max_bytes: limit, timeout: config.http.body_read_timeout, budget: &daemon.budget };
+    body::receive(req, limits).await.map_err(|mut r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE && limit == config.max_body_bytes {
+            let why = format!("the body is larger than the limit of {limit} bytes (max_body_bytes)");
+            r = error(StatusCode::PAYLOAD_TOO_LARGE, &why);
         }
-    }
+        r
+    })
 }
 
 async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<Full<Bytes>> {
-    let body = match read_body(daemon, req).await {
+    let received = match read_body(daemon, req, daemon.config().max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let raw: Box<RawValue> = match serde_json::from_slice(&body) {
+    let raw = match body::json(received.bytes) {
         Ok(raw) => raw,
-        // serde_json's syntax messages name a position, never the content.
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}")),
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    match daemon.submit(raw).await {
+    match daemon.submit(raw, Some(received.reservation)).await {
         Ok(Submitted::New(id)) if wait => finished(daemon, &id).await,
         Ok(Submitted::New(id)) => {
             let mut r = json_response(StatusCode::ACCEPTED, &json!({"taskId": id, "state": "queued"}));
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{id}")) {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{}", path::encode(&id))) {
                 r.headers_mut().insert(LOCATION, v);
             }
             r
@@ -264,12 +258,13 @@ async fn read_spec(
     req: Request<Body>,
     default: Option<ClusterSpec>,
 ) -> Result<ClusterSpec, Response<Full<Bytes>>> {
-    let body = read_body(daemon, req).await?;
+    let body = read_body(daemon, req, MAX_SPEC_BYTES.min(daemon.config().max_body_bytes)).await?.bytes;
     let mut spec = match (body.iter().all(u8::is_ascii_whitespace), default) {
         (true, Some(spec)) => spec,
         _ => {
-            let value: Value = serde_json::from_slice(&body)
-                .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("the body is not valid JSON: {e}")))?;
+            let value: Value = serde_json::from_slice(&body).map_err(|e| {
+                error(StatusCode::BAD_REQUEST, &format!("the body is {}", crate::envelope::describe_json_error(&e)))
+            })?;
             ClusterSpec::from_value(&value, "request body", std::path::Path::new("/")).map_err(|e| {
                 json_response(
                     StatusCode::BAD_REQUEST,
@@ -325,7 +320,7 @@ async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait
         StatusCode::ACCEPTED,
         &json!({"cluster": name, "jobId": job, "operation": kind.as_str(), "state": state}),
     );
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/clusters/{name}")) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/clusters/{}", path::encode(&name))) {
         r.headers_mut().insert(LOCATION, v);
     }
     r
