@@ -40,7 +40,7 @@ mod path;
 mod server;
 
 use server::Body;
-pub use server::{AsyncIo, Limits, raise_open_files_limit, serve};
+pub use server::{AsyncIo, Limits, raise_open_files_limit, serve, serve_stream};
 
 /// A bound listener.
 pub enum Listener {
@@ -430,6 +430,40 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A daemon without plugins, in a temporary folder.
+    fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        let text = format!("plugin_dirs = [\"plugins\"]\ndata_dir = \"data\"\n[http]\nidle_timeout_secs = 1\n");
+        let config = crate::config::parse(&dir.join("config.toml"), &text).unwrap();
+        Daemon::start(config, loom_protocol::LogLevel::Warn).unwrap()
+    }
+
+    /// What the daemon answers to `request` sent on a stream, read until it closes.
+    async fn exchange(daemon: &Arc<Daemon>, request: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(serve_stream(server, Arc::clone(daemon)));
+        client.write_all(request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        serving.await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_served_like_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = daemon(dir.path());
+        let ok = exchange(&daemon, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let missing = exchange(&daemon, b"GET /v1/tasks/nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let junk = exchange(&daemon, b"\x00\xff garbage\r\n\r\n").await;
+        assert!(junk.is_empty() || junk.starts_with("HTTP/1.1 400"), "{junk}");
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
 
     #[test]
     fn token_comparison() {

@@ -119,6 +119,15 @@ pub async fn serve(listener: Listener, daemon: Arc<Daemon>, open_files: u64, sto
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
 }
 
+/// Serves one connection on any stream as the listener would, with the daemon's limits,
+/// until it ends or times out: for tests and fuzzing, which drive the API without a
+/// socket.
+pub async fn serve_stream(io: impl AsyncIo + 'static, daemon: Arc<Daemon>) {
+    let limits = daemon.config().http;
+    let activity = Arc::new(Activity::new(0, Instant::now()));
+    keep(Box::new(io), activity, daemon, limits, CancellationToken::new()).await;
+}
+
 /// Serves one connection until it ends, times out, is evicted, or the daemon stops.
 async fn keep(
     io: Box<dyn AsyncIo>,
@@ -141,7 +150,9 @@ async fn keep(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    // A client may shut its side down once its request is sent (`nc -N`, scripts): it
+    // still gets its answer.
+    let conn = hyper::server::conn::http1::Builder::new().half_close(true).serve_connection(io, service);
     tokio::pin!(conn);
     loop {
         let deadline = activity.deadline(&limits);
