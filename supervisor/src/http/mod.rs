@@ -435,8 +435,8 @@ mod tests {
     /// A daemon without plugins, in a temporary folder.
     fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
         std::fs::create_dir_all(dir.join("plugins")).unwrap();
-        let text = format!("plugin_dirs = [\"plugins\"]\ndata_dir = \"data\"\n[http]\nidle_timeout_secs = 1\n");
-        let config = crate::config::parse(&dir.join("config.toml"), &text).unwrap();
+        let text = "plugin_dirs = [\"plugins\"]\ndata_dir = \"data\"\n[http]\nidle_timeout_secs = 1\n";
+        let config = crate::config::parse(&dir.join("config.toml"), text).unwrap();
         Daemon::start(config, loom_protocol::LogLevel::Warn).unwrap()
     }
 
