@@ -93,6 +93,18 @@ impl Planted {
         self.needles.iter().filter(|n| text.contains(n.as_str())).map(|n| format!("{n} in {what}")).collect()
     }
 
+    /// The first halves of planted values found in `text`: what a log shows when a value
+    /// split across two `output` chunks is let out chunk by chunk.
+    fn halves(&self, what: &str, text: &str) -> Vec<String> {
+        self.needles
+            .iter()
+            .filter(|n| n.starts_with("SECRET-"))
+            .map(|n| &n[..n.len() / 2])
+            .filter(|half| text.contains(half))
+            .map(|half| format!("{half}... in {what}"))
+            .collect()
+    }
+
     /// The planted values found in any file of `dir` (the journal and its -wal and -shm).
     fn hits_in_files(&self, dir: &Path) -> Vec<String> {
         let mut found = Vec::new();
@@ -176,10 +188,12 @@ fn planted_credentials_reach_no_output_of_run() {
     let result_of = |id: &str| run.result(id).clone();
     let mut hits = result_hits(&p, "r", &result_of);
     hits.extend(p.hits("run's log", &run.stderr));
+    hits.extend(p.halves("run's log", &run.stderr));
     assert!(hits.is_empty(), "planted credentials leaked:\n{}\nlog:\n{}", hits.join("\n"), run.stderr);
     check_results(&p, "r", &result_of);
     // Every plugin channel reached the log, scrubbed.
-    for said in ["leaking [redacted]", "progress: progress [redacted]", "stderr line [redacted]", "junk line [redacted]"]
+    for said in
+        ["leaking [redacted]", "progress: progress [redacted]", "stderr line [redacted]", "junk line [redacted]"]
     {
         assert!(run.stderr.contains(said), "{said:?} missing from the log:\n{}", run.stderr);
     }
@@ -228,11 +242,15 @@ fn planted_credentials_reach_no_api_answer_metric_log_or_journal_file_of_the_dae
     hits.extend(p.hits_in_files(&data).into_iter().map(|h| format!("{h} (after a clean stop)")));
     let log = serve.log_text();
     hits.extend(p.hits("the daemon's log", &log));
+    hits.extend(p.halves("the daemon's log", &log));
     assert!(hits.is_empty(), "planted credentials leaked:\n{}\nlog:\n{log}", hits.join("\n"));
     assert!(log.contains("leaking [redacted]"), "{log}");
     check_results(&p, "s", &result_of);
     // Labels come from the registry: the automator named after a credential is not one.
-    assert!(metrics.contains("loom_tasks_total{plugin=\"leaky\",task=\"BOOTSTRAP\",outcome=\"failure\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("loom_tasks_total{plugin=\"leaky\",task=\"BOOTSTRAP\",outcome=\"failure\"} 1"),
+        "{metrics}"
+    );
     assert!(longest_line(&log) < LONGEST_LOG_LINE, "a log line of {} bytes", longest_line(&log));
     // The journal still has the results, with the provider's returned password.
     let journal = std::fs::read(data.join("journal.sqlite3")).unwrap();
