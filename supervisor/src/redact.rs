@@ -44,26 +44,30 @@ pub trait Scrub {
     fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str>;
 }
 
-/// The rule: every occurrence of each value in `longest_first` (longest first, so that a
-/// value containing another is masked whole) replaced by [`MASK`]. Borrows when there is
-/// nothing to replace.
-pub fn scrub_values<'t, 's>(text: &'t str, longest_first: impl IntoIterator<Item = &'s str>) -> Cow<'t, str> {
+/// The rule: every occurrence of each value in `longest_first` (sorted longest first, so
+/// that a value containing another is masked whole) replaced by [`MASK`]. Borrows when
+/// there is nothing to replace.
+pub fn scrub_values<'t>(text: &'t str, longest_first: &[String]) -> Cow<'t, str> {
+    // Values longer than the text cannot be in it: skip them (short keys and values of a
+    // large result are scrubbed one by one).
+    let fits = longest_first.partition_point(|s| s.len() > text.len());
     let mut out = Cow::Borrowed(text);
-    for secret in longest_first {
-        if out.contains(secret) {
-            out = Cow::Owned(out.replace(secret, MASK));
+    for secret in &longest_first[fits..] {
+        if out.contains(secret.as_str()) {
+            out = Cow::Owned(out.replace(secret.as_str(), MASK));
         }
     }
     out
 }
 
-/// One task's credential values, longest first (as [`crate::TaskEnvelope::secrets`] holds them).
+/// One task's credential values, which must be sorted longest first (as
+/// [`crate::TaskEnvelope::secrets`] holds them; see [`scrub_values`]).
 #[derive(Debug, Clone, Copy)]
 pub struct TaskSecrets<'a>(pub &'a [String]);
 
 impl Scrub for TaskSecrets<'_> {
     fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        scrub_values(text, self.0.iter().map(String::as_str))
+        scrub_values(text, self.0)
     }
 }
 
@@ -213,8 +217,7 @@ impl Redactor {
 
     /// `text` with every known value replaced by [`MASK`].
     pub fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        let inner = self.lock();
-        scrub_values(text, inner.known.iter().map(String::as_str))
+        scrub_values(text, &self.lock().known)
     }
 
     /// Where the end of `text` that could be the start of a known value begins: the
@@ -355,7 +358,7 @@ mod tests {
 
     #[test]
     fn results_are_scrubbed_everywhere_but_under_result() {
-        let secrets = ["hunter2".to_owned(), "1234567890123".to_owned()];
+        let secrets = ["1234567890123".to_owned(), "hunter2".to_owned()];
         let mut r: TaskResult = serde_json::from_value(json!({
             "status": 1,
             "result": {"ssh-auth": {"password": "hunter2"}, "pin": 1234567890123_u64},
