@@ -55,9 +55,17 @@ impl TaskEnvelope {
     pub fn parse(raw: Box<RawValue>) -> Result<TaskEnvelope, InvalidTask> {
         let raw = one_line(raw);
         let mut de = serde_json::Deserializer::from_str(raw.get());
-        let fields =
+        let mut fields =
             de.deserialize_any(TopVisitor).map_err(|e| InvalidTask { task_id: None, message: describe(&e) })?;
-        let fail = |message: String| InvalidTask { task_id: fields.task_id.clone().and_then(Result::ok), message };
+        let mut secrets = std::mem::take(&mut fields.secrets);
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        // A message may quote the task (its id, an unknown task name): never a credential.
+        let clean = |text: &str| crate::redact::scrub_values(text, &secrets).into_owned();
+        let fail = |message: String| InvalidTask {
+            task_id: fields.task_id.clone().and_then(Result::ok).map(|id| clean(&id)),
+            message: clean(&message),
+        };
         let task_id = match fields.task_id.clone() {
             Some(Ok(id)) if !id.is_empty() => id,
             Some(Ok(_)) => return Err(fail("\"taskId\" is empty".into())),
@@ -74,9 +82,6 @@ impl TaskEnvelope {
         if let Some(problem) = fields.problem {
             return Err(fail(problem));
         }
-        let mut secrets = fields.secrets;
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
         Ok(TaskEnvelope {
             task_id,
             task_name,
@@ -616,6 +621,10 @@ mod tests {
             (r#"{"taskId":"t1","taskName":"MAKE"}"#, "task t1: \"taskName\": unknown task name \"MAKE\""),
             (r#"{"taskId":"t1"}"#, "task t1: \"taskName\" is missing"),
             (r#"{"taskId":"t1","taskName":"CREATE","config":"hunter2"}"#, "task t1: \"config\" must be an object"),
+            (
+                r#"{"taskId":"id-hunter2","taskName":"hunter2","x":{"password":"hunter2"}}"#,
+                "task id-[redacted]: \"taskName\": unknown task name \"[redacted]\"",
+            ),
             (r#"["hunter2"]"#, "must be a JSON object"),
             (r#""hunter2""#, "must be a JSON object"),
         ];
