@@ -288,10 +288,40 @@ impl Scan<'_> {
         if self.secret {
             let text = text();
             if text.len() >= MIN_SECRET_LEN {
-                self.secrets.push(text);
+                push_forms(self.secrets, text);
             }
         }
     }
+}
+
+/// Collects `value` and the other forms a plugin may print it in: each of its lines (a
+/// private key printed to stderr reaches the log line by line), and its JSON-escaped
+/// forms, as serde and as Python's `json.dumps` write them (a plugin that prints its task
+/// prints `pa\"ss` for `pa"ss`, `\u00e4` for `ä`, and a key's lines joined by `\n`).
+fn push_forms(secrets: &mut Vec<String>, value: String) {
+    if value.contains(['\n', '\r']) {
+        let lines = value.lines().map(|l| l.trim_end_matches('\r')).filter(|l| l.len() >= MIN_SECRET_LEN);
+        secrets.extend(lines.map(str::to_owned));
+    }
+    let escaped = serde_json::to_string(&value).unwrap_or_default();
+    let escaped = escaped.get(1..escaped.len().saturating_sub(1)).unwrap_or_default();
+    if escaped != value {
+        secrets.push(escaped.to_owned());
+    }
+    if !value.is_ascii() {
+        let ascii: String = escaped
+            .chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.to_string()
+                } else {
+                    c.encode_utf16(&mut [0; 2]).iter().map(|u| format!("\\u{u:04x}")).collect()
+                }
+            })
+            .collect();
+        secrets.push(ascii);
+    }
+    secrets.push(value);
 }
 
 impl<'de> DeserializeSeed<'de> for Scan<'_> {
@@ -584,6 +614,27 @@ mod tests {
             assert!(!t.secrets.iter().any(|x| x == s), "{s} in {:?}", t.secrets);
         }
         assert_eq!(t.automator.as_deref(), Some("shell"));
+    }
+
+    #[test]
+    fn the_forms_a_plugin_may_print_a_value_in_are_secrets_too() {
+        let t = parse(
+            r#"{"taskId":"t","taskName":"CREATE","config":{
+                "ssh-auth":{"privatekey":"-----BEGIN KEY-----\nAAAAB3Nza\r\nCCDD==\n-----END KEY-----\n"},
+                "password":"pa\"ss\\wörd😀"}}"#,
+        )
+        .unwrap();
+        for s in [
+            "-----BEGIN KEY-----\nAAAAB3Nza\r\nCCDD==\n-----END KEY-----\n",
+            r"-----BEGIN KEY-----\nAAAAB3Nza\r\nCCDD==\n-----END KEY-----\n",
+            "AAAAB3Nza",
+            "CCDD==",
+            "pa\"ss\\wörd😀",
+            r#"pa\"ss\\wörd😀"#,
+            r#"pa\"ss\\w\u00f6rd\ud83d\ude00"#,
+        ] {
+            assert!(t.secrets.iter().any(|x| x == s), "{s:?} in {:?}", t.secrets);
+        }
     }
 
     #[test]

@@ -19,7 +19,10 @@ const LONGEST_LOG_LINE: usize = 64 * 1024;
 /// Recognisable credential values, unique to one test.
 struct Planted {
     unique: String,
-    /// Every planted value, as text (the number too).
+    /// How many values are planted.
+    count: usize,
+    /// Every planted value as text (the number too), with the other forms it may be
+    /// printed in: JSON-escaped, and each line of a multi-line one.
     needles: Vec<String>,
     pin: u64,
 }
@@ -30,11 +33,16 @@ impl Planted {
         let unique = format!("{}x{nanos}", std::process::id());
         // 13+ digits, so that it is recognisable in text (and the plugin finds it).
         let pin = 7_000_000_000_000 + (nanos % 1_000_000_000_000) as u64;
-        let mut p = Planted { unique, needles: vec![pin.to_string()], pin };
+        let mut p = Planted { unique, count: Planted::FIELDS.len() + 1, needles: vec![pin.to_string()], pin };
         for field in Planted::FIELDS {
             let value = p.value(field);
+            let escaped = serde_json::to_string(&value).unwrap();
+            p.needles.push(escaped[1..escaped.len() - 1].to_owned());
+            p.needles.extend(value.lines().map(str::to_owned));
             p.needles.push(value);
         }
+        p.needles.sort();
+        p.needles.dedup();
         p
     }
 
@@ -54,8 +62,15 @@ impl Planted {
         "keys-object",
     ];
 
+    /// The value planted in `field`. A private key has several lines, as real ones do, and
+    /// a password has characters JSON escapes.
     fn value(&self, field: &str) -> String {
-        format!("SECRET-{field}-{}", self.unique)
+        let u = &self.unique;
+        match field {
+            "ssh-privatekey" => format!("SECRET-{field}-{u}\nSECRET-{field}-line-2-{u}\n"),
+            "provider-password" => format!("SECRET-{field}-\"q\\b-{u}"),
+            _ => format!("SECRET-{field}-{u}"),
+        }
     }
 
     /// The provider part of a task's config.
@@ -168,13 +183,13 @@ fn check_results(p: &Planted, prefix: &str, result_of: &impl Fn(&str) -> Value) 
         assert!(r["stderr"].as_str().unwrap_or_default().contains("[redacted]"), "{t}: {r:#}");
     }
     let leak = result_of(&format!("{prefix}-leak"));
-    assert_eq!(leak["stdout"].as_str().unwrap().matches("[redacted]").count(), p.needles.len(), "{leak:#}");
+    assert_eq!(leak["stdout"].as_str().unwrap().matches("[redacted]").count(), p.count, "{leak:#}");
     assert!(leak["note"].as_str().unwrap().starts_with("extra member [redacted]"), "{leak:#}");
     // The error answer's result is built from the output streamed in chunks, each value
     // split in two: reassembled, then scrubbed.
     let error = result_of(&format!("{prefix}-error"));
     let streamed = error["stdout"].as_str().unwrap();
-    assert_eq!(streamed.matches("chunk [redacted] end\n").count(), p.needles.len(), "{error:#}");
+    assert_eq!(streamed.matches("chunk [redacted]").count(), p.count, "{error:#}");
     let create = result_of(&format!("{prefix}-create"));
     assert_eq!(create["result"]["ssh-auth"]["password"], p.returned(), "{create:#}");
 }
