@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use loom_protocol::OutputStream;
+
 /// Default cap on each of a result's `stdout` and `stderr` built from `output` notifications.
 pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 
@@ -62,6 +64,16 @@ pub struct CapturedOutput {
     pub stdout: TailBuffer,
     /// The command's standard error.
     pub stderr: TailBuffer,
+}
+
+impl CapturedOutput {
+    /// Appends `data` to `stream`'s buffer.
+    pub fn push(&mut self, stream: OutputStream, data: &str) {
+        match stream {
+            OutputStream::Stdout => self.stdout.push(data),
+            OutputStream::Stderr => self.stderr.push(data),
+        }
+    }
 }
 
 impl Default for CapturedOutput {

@@ -7,12 +7,18 @@
 //! - a line that is not JSON-RPC is logged (credentials scrubbed) and skipped;
 //! - an answer with an unknown id is logged and dropped;
 //! - a request from the plugin is answered with "method not found";
+//! - `output` for a task that is not running on this process is dropped;
 //! - only a line over the size limit ends the channel ([`ReaderEnd::Violation`]), because
 //!   the framing can no longer be trusted; the instance then restarts the process.
 //!
 //! Calls in flight are kept in a map from request id to a oneshot sender. When the process
 //! ends, [`Connection::fail_all`] answers every one of them with the reason, so no caller
 //! ever waits on a dead process.
+//!
+//! Everything the plugin says reaches the log through [`Connection::loggable`] or
+//! [`Connection::loggable_name`]: credentials scrubbed ([`crate::redact`]), length bounded.
+//! A task's live output is scrubbed as a stream ([`StreamScrubber`]), so a credential split
+//! across two `output` chunks is still found.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -36,13 +42,18 @@ use crate::envelope::TaskEnvelope;
 use crate::logpump::{self, Kind};
 use crate::outbound::Outbound;
 pub use crate::outbound::WriterEnd;
-use crate::redact::Redactor;
+use crate::redact::{self, Redactor, StreamScrubber};
 
 /// `tracing` target of everything a plugin says: log notifications, progress, stderr.
 pub const PLUGIN_TARGET: &str = "loom::plugin";
 
-/// Longest stderr line logged as one line; longer ones are cut.
+/// Longest stderr line logged as one line; longer ones are cut. Also the most of any
+/// plugin-provided text (a log message, its fields, an output chunk) in one log line.
 const STDERR_LINE_BYTES: usize = 16 * 1024;
+
+/// The most of a plugin-provided name or id (a task id, a request id, a method name) quoted
+/// in a log line.
+const LOG_NAME_BYTES: usize = 200;
 
 /// How much of a stray stdout line is quoted in the warning.
 const JUNK_QUOTE_CHARS: usize = 200;
@@ -127,6 +138,8 @@ struct TaskCall {
     task_id: String,
     secrets: Vec<String>,
     output: CapturedOutput,
+    /// Live output on its way out, stdout's then stderr's.
+    live: [StreamScrubber; 2],
     /// Dropped when the call ends, whichever way: holds the caller's slot.
     _guard: Box<dyn Send>,
 }
@@ -291,6 +304,19 @@ impl Connection {
         &self.redactor
     }
 
+    /// Plugin-provided text on its way into a log line or a message: credentials scrubbed,
+    /// then cut to 16 KiB (as a stderr line).
+    pub fn loggable(&self, text: &str) -> String {
+        redact::bound(&self.redactor.scrub(text), STDERR_LINE_BYTES).into_owned()
+    }
+
+    /// A plugin-provided name or id on its way into a log line: credentials scrubbed, cut
+    /// to 200 bytes, control characters escaped (so it stays on its line as a field).
+    pub fn loggable_name(&self, text: &str) -> String {
+        let scrubbed = self.redactor.scrub(text);
+        redact::printable(&redact::bound(&scrubbed, LOG_NAME_BYTES)).into_owned()
+    }
+
     /// What the reader has put up with so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -324,6 +350,7 @@ impl Connection {
             task_id: task.task_id.clone(),
             secrets: task.secrets.clone(),
             output: CapturedOutput::default(),
+            live: Default::default(),
             _guard: guard,
         };
         self.start_call(id, line, Some(call))
@@ -391,7 +418,13 @@ impl Connection {
     /// because dropping the guard may hand the caller's slot to another task.
     fn finish(&self, pending: Pending, outcome: Outcome) {
         let (output, guard) = match pending.task {
-            Some(t) => {
+            Some(mut t) => {
+                // What the stream scrubbers held back is let out now that the stream ended.
+                for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+                    let rest = t.live[stream_index(stream)].finish(&self.redactor);
+                    t.output.push(stream, &rest);
+                    self.show_output(&t.task_id, stream, rest);
+                }
                 self.redactor.release(&t.secrets);
                 (Some(t.output), Some(t._guard))
             }
@@ -411,7 +444,7 @@ impl Connection {
             Ok(Message::Request(r)) => {
                 self.stats.plugin_requests.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                    "sent a request ({:?}); plugins may only send notifications and answers", r.method);
+                    "sent a request ({:?}); plugins may only send notifications and answers", self.loggable_name(&r.method));
                 let answer = Response::err(
                     Some(r.id),
                     ResponseError::new(codes::METHOD_NOT_FOUND, "the supervisor does not accept requests"),
@@ -465,7 +498,7 @@ impl Connection {
         };
         let Some(pending) = pending else {
             self.stats.unknown_answers.fetch_add(1, Ordering::Relaxed);
-            let id = r.id.map_or_else(|| "null".to_owned(), |id| id.to_string());
+            let id = r.id.map_or_else(|| "null".to_owned(), |id| self.loggable_name(&id.to_string()));
             tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
                 "ignored an answer to unknown request id {id}");
             return;
@@ -482,53 +515,74 @@ impl Connection {
         match n.method.as_str() {
             methods::LOG => match serde_json::from_str::<LogParams>(params) {
                 Ok(p) => self.emit_log(p),
-                Err(e) => self.bad_notification(&n.method, &e),
+                Err(e) => self.bad_notification(methods::LOG, &e),
             },
             methods::PROGRESS => match serde_json::from_str::<ProgressParams>(params) {
                 Ok(p) if logpump::enabled(LogLevel::Info) => {
-                    let message = self.redactor.scrub(&p.message).into_owned();
-                    let line = self.line(LogLevel::Info, Kind::Progress, message, Some(p.task_id), None);
+                    let task_id = Some(self.loggable_name(&p.task_id));
+                    let line = self.line(LogLevel::Info, Kind::Progress, self.loggable(&p.message), task_id, None);
                     self.submit(logpump::Line { percent: p.percent, ..line });
                 }
                 Ok(_) => {}
-                Err(e) => self.bad_notification(&n.method, &e),
+                Err(e) => self.bad_notification(methods::PROGRESS, &e),
             },
             methods::OUTPUT => match serde_json::from_str::<OutputParams>(params) {
                 Ok(p) => self.capture_output(p),
-                Err(e) => self.bad_notification(&n.method, &e),
+                Err(e) => self.bad_notification(methods::OUTPUT, &e),
             },
             other => {
-                tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid, "ignored unknown notification {other:?}");
+                if tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::DEBUG) {
+                    tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                        "ignored unknown notification {:?}", self.loggable_name(other));
+                }
             }
         }
     }
 
+    /// Takes a chunk of a running task's live output: scrubbed as a stream (a credential
+    /// split across chunks is still found), kept for its result, shown to watchers and
+    /// the debug log. Output for a task not running here has nowhere to go: it is dropped.
     fn capture_output(&self, p: OutputParams) {
-        let data = self.redactor.scrub(&p.data);
-        if let Some(tx) = OUTPUT_WATCHERS.get()
-            && tx.receiver_count() > 0
-        {
-            let _ =
-                tx.send(Arc::new(OutputLine { task_id: p.task_id.clone(), stream: p.stream, data: data.to_string() }));
+        let shown = {
+            let mut st = self.lock();
+            let id = st.tasks.get(&p.task_id).copied();
+            match id.and_then(|id| st.calls.get_mut(&id)).and_then(|c| c.task.as_mut()) {
+                Some(task) => {
+                    let piece = task.live[stream_index(p.stream)].push(&p.data, &self.redactor);
+                    task.output.push(p.stream, &piece);
+                    Some(piece)
+                }
+                None => None,
+            }
+        };
+        match shown {
+            Some(piece) => self.show_output(&p.task_id, p.stream, piece),
+            None if tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::DEBUG) => {
+                tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
+                    "ignored output for task {:?}, which is not running on this process", self.loggable_name(&p.task_id));
+            }
+            None => {}
+        }
+    }
+
+    /// Shows a scrubbed piece of a task's output to watchers and the debug log.
+    fn show_output(&self, task_id: &str, stream: OutputStream, data: String) {
+        if data.is_empty() {
+            return;
         }
         if logpump::enabled(LogLevel::Debug) {
-            let stream = match p.stream {
+            let name = match stream {
                 OutputStream::Stdout => "stdout",
                 OutputStream::Stderr => "stderr",
             };
-            let line =
-                self.line(LogLevel::Debug, Kind::Output, data.trim_end().to_owned(), Some(p.task_id.clone()), None);
-            self.submit(logpump::Line { stream: Some(stream), ..line });
+            let text = redact::bound(data.trim_end(), STDERR_LINE_BYTES).into_owned();
+            let line = self.line(LogLevel::Debug, Kind::Output, text, Some(self.loggable_name(task_id)), None);
+            self.submit(logpump::Line { stream: Some(name), ..line });
         }
-        let mut st = self.lock();
-        let Some(id) = st.tasks.get(&p.task_id).copied() else {
-            return;
-        };
-        if let Some(task) = st.calls.get_mut(&id).and_then(|c| c.task.as_mut()) {
-            match p.stream {
-                OutputStream::Stdout => task.output.stdout.push(&data),
-                OutputStream::Stderr => task.output.stderr.push(&data),
-            }
+        if let Some(tx) = OUTPUT_WATCHERS.get()
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(Arc::new(OutputLine { task_id: task_id.to_owned(), stream, data }));
         }
     }
 
@@ -536,12 +590,10 @@ impl Connection {
         if !logpump::enabled(p.level) {
             return;
         }
-        let message = self.redactor.scrub(&p.message).into_owned();
-        let fields = p.fields.map(|f| {
-            let json = serde_json::Value::Object(f).to_string();
-            self.redactor.scrub(&json).into_owned()
-        });
-        self.log(p.level, Kind::Log, message, p.task_id, fields);
+        let message = self.loggable(&p.message);
+        let fields = p.fields.map(|f| self.loggable(&serde_json::Value::Object(f).to_string()));
+        let task_id = p.task_id.map(|t| self.loggable_name(&t));
+        self.log(p.level, Kind::Log, message, task_id, fields);
     }
 
     /// Hands a scrubbed line to the log thread.
@@ -581,7 +633,8 @@ impl Connection {
         }
     }
 
-    fn bad_notification(&self, method: &str, e: &serde_json::Error) {
+    /// `method` is one of ours (the notification's name was recognised).
+    fn bad_notification(&self, method: &'static str, e: &serde_json::Error) {
         self.stats.bad_notifications.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
             "ignored a {method:?} notification with bad params (line {} column {})", e.line(), e.column());
@@ -590,6 +643,13 @@ impl Connection {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Nothing under this lock can panic half-way; recover rather than poison the plugin.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn stream_index(stream: OutputStream) -> usize {
+    match stream {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
     }
 }
 
@@ -785,5 +845,42 @@ mod tests {
         let out = reply.output.unwrap();
         assert_eq!(out.stdout.into_string(), "installing\n");
         assert_eq!(out.stderr.into_string(), "pw [redacted]\n");
+    }
+
+    #[tokio::test]
+    async fn a_credential_split_across_output_chunks_is_never_shown_or_kept() {
+        let (conn, mut from_sup, mut to_sup, _reader) = pair();
+        let mut watch = watch_output();
+        let task = TaskEnvelope::parse(
+            RawValue::from_string(
+                r#"{"taskId":"t-split","taskName":"INSTALL","config":{"ssh-auth":{"password":"hunter2-split"}}}"#
+                    .into(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut call = conn.request_task(&task, Box::new(()));
+        let req = next_request(&mut from_sup).await;
+        for data in ["pw hunt", "er2-sp", "lit ok\nlast hunt"] {
+            let params = serde_json::json!({"taskId": "t-split", "stream": "stdout", "data": data});
+            to_sup.write_all(&Message::Notification(Notification::new("output", &params)).to_line()).await.unwrap();
+        }
+        to_sup
+            .write_all(&Message::Response(Response::ok(req.id, &serde_json::json!({"status":0}))).to_line())
+            .await
+            .unwrap();
+        let out = call.wait().await.output.unwrap();
+        assert_eq!(out.stdout.into_string(), "pw [redacted] ok\nlast hunt");
+        // What watchers saw, piece by piece: never a part of the value.
+        let mut shown = Vec::new();
+        while shown.concat() != "pw [redacted] ok\nlast hunt" {
+            let line = watch.recv().await.unwrap();
+            if line.task_id == "t-split" {
+                shown.push(line.data.clone());
+            }
+        }
+        // A possible start of the value is held back until the next chunk (or the answer)
+        // shows what it is.
+        assert_eq!(shown, ["pw ", "[redacted] ok\nlast ", "hunt"]);
     }
 }

@@ -429,7 +429,8 @@ impl Daemon {
 
     /// Stops taking tasks, waits for those in flight (at most `grace`), then stops the
     /// plugins; tasks still running then fail, and their results are journaled. Cluster
-    /// operations are cut short first: they resume at the next start.
+    /// operations are cut short first: they resume at the next start. Last, the journal is
+    /// checkpointed, so that the finished tasks' bodies are in none of its files.
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         self.cluster_stop.cancel();
@@ -445,6 +446,10 @@ impl Daemon {
         self.supervisor.shutdown().await;
         // The plugins' answers (or failures) still have to reach the journal.
         self.wait_idle(Duration::from_secs(30)).await;
+        // The finished tasks' bodies leave the write-ahead log before the process does.
+        if let Err(e) = self.journal.checkpoint().await {
+            tracing::warn!("cannot checkpoint the journal: {e}");
+        }
     }
 
     async fn wait_idle(&self, limit: Duration) -> bool {

@@ -4,7 +4,8 @@
 //! one. A single streaming pass ([`TaskEnvelope::parse`]) picks out the routing fields
 //! (`taskId`, `taskName`, `config.provider.providertype`/`name`, `config.service.action.type`,
 //! `config.automators`) and collects the values of credential-like keys anywhere in the
-//! task, so that they can be scrubbed from anything the plugin logs.
+//! task (everything under such a key, at any depth), so that they can be scrubbed from
+//! everything that leaves the supervisor ([`crate::redact`]).
 //!
 //! Errors describe the problem by field name and JSON type only; they never quote a value.
 
@@ -30,7 +31,8 @@ pub struct TaskEnvelope {
     pub automator: Option<String>,
     /// `config.automators`, when present.
     pub automators: Option<Vec<String>>,
-    /// Values of credential-like keys, to scrub from logs.
+    /// Values of credential-like keys, longest first, to scrub from everything that leaves
+    /// the supervisor ([`crate::redact`]).
     pub secrets: Vec<String>,
     /// Shared, so that the journal and the plugin's stdin take it without a copy.
     raw: Arc<Box<RawValue>>,
@@ -55,9 +57,17 @@ impl TaskEnvelope {
     pub fn parse(raw: Box<RawValue>) -> Result<TaskEnvelope, InvalidTask> {
         let raw = one_line(raw);
         let mut de = serde_json::Deserializer::from_str(raw.get());
-        let fields =
+        let mut fields =
             de.deserialize_any(TopVisitor).map_err(|e| InvalidTask { task_id: None, message: describe(&e) })?;
-        let fail = |message: String| InvalidTask { task_id: fields.task_id.clone().and_then(Result::ok), message };
+        let mut secrets = std::mem::take(&mut fields.secrets);
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        // A message may quote the task (its id, an unknown task name): never a credential.
+        let clean = |text: &str| crate::redact::scrub_values(text, &secrets).into_owned();
+        let fail = |message: String| InvalidTask {
+            task_id: fields.task_id.clone().and_then(Result::ok).map(|id| clean(&id)),
+            message: clean(&message),
+        };
         let task_id = match fields.task_id.clone() {
             Some(Ok(id)) if !id.is_empty() => match check_task_id(&id) {
                 Ok(()) => id,
@@ -78,9 +88,6 @@ impl TaskEnvelope {
         if let Some(problem) = fields.problem {
             return Err(fail(problem));
         }
-        let mut secrets = fields.secrets;
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
         Ok(TaskEnvelope {
             task_id,
             task_name,
@@ -329,11 +336,56 @@ impl<'de> Visitor<'de> for LooseVisitor {
     }
 }
 
-/// Walks any value, collecting strings that sit under a credential-like key (directly, or
-/// inside an array under one). Returns nothing; skips everything else.
+/// Walks any value, collecting the values that sit under a credential-like key: directly,
+/// or anywhere inside an object or array under one (`"credentials": {"pw": "x"}`), at any
+/// depth. Strings and numbers (as their decimal text) of at least [`MIN_SECRET_LEN`]
+/// bytes are collected; booleans and `null` say nothing secret. Returns nothing; skips
+/// everything else.
 struct Scan<'a> {
     secrets: &'a mut Vec<String>,
+    /// Whether this value is under a credential-like key.
     secret: bool,
+}
+
+impl Scan<'_> {
+    fn keep(self, text: impl FnOnce() -> String) {
+        if self.secret {
+            let text = text();
+            if text.len() >= MIN_SECRET_LEN {
+                push_forms(self.secrets, text);
+            }
+        }
+    }
+}
+
+/// Collects `value` and the other forms a plugin may print it in: each of its lines (a
+/// private key printed to stderr reaches the log line by line), and its JSON-escaped
+/// forms, as serde and as Python's `json.dumps` write them (a plugin that prints its task
+/// prints `pa\"ss` for `pa"ss`, `\u00e4` for `ä`, and a key's lines joined by `\n`).
+fn push_forms(secrets: &mut Vec<String>, value: String) {
+    if value.contains(['\n', '\r']) {
+        let lines = value.lines().map(|l| l.trim_end_matches('\r')).filter(|l| l.len() >= MIN_SECRET_LEN);
+        secrets.extend(lines.map(str::to_owned));
+    }
+    let escaped = serde_json::to_string(&value).unwrap_or_default();
+    let escaped = escaped.get(1..escaped.len().saturating_sub(1)).unwrap_or_default();
+    if escaped != value {
+        secrets.push(escaped.to_owned());
+    }
+    if !value.is_ascii() {
+        let ascii: String = escaped
+            .chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.to_string()
+                } else {
+                    c.encode_utf16(&mut [0; 2]).iter().map(|u| format!("\\u{u:04x}")).collect()
+                }
+            })
+            .collect();
+        secrets.push(ascii);
+    }
+    secrets.push(value);
 }
 
 impl<'de> DeserializeSeed<'de> for Scan<'_> {
@@ -349,21 +401,72 @@ impl<'de> Visitor<'de> for Scan<'_> {
         f.write_str("any JSON value")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        if self.secret && v.len() >= MIN_SECRET_LEN {
-            self.secrets.push(v.to_owned());
-        }
+        self.keep(|| v.to_owned());
         Ok(())
     }
-    visit_scalars!(());
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.keep(|| v.to_string());
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.keep(|| v.to_string());
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.keep(|| v.to_string());
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element_seed(Scan { secrets: &mut *self.secrets, secret: self.secret })?.is_some() {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
-            map.next_value_seed(Scan { secrets: &mut *self.secrets, secret: is_secret_key(&key) })?;
+            // Once under a credential-like key, everything below is a credential.
+            let secret = self.secret || is_secret_key(&key);
+            map.next_value_seed(Scan { secrets: &mut *self.secrets, secret })?;
         }
         Ok(())
+    }
+}
+
+/// `config.nodes`: an object whose member names are node ids (`"demo-key-1": {...}`), data
+/// rather than field names, so they mark nothing as a credential; what is inside each is
+/// scanned as usual.
+struct IdKeyed<'a> {
+    secrets: &'a mut Vec<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for IdKeyed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdKeyed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the nodes object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Scan { secrets: &mut *self.secrets, secret: false })?;
+        }
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    visit_scalars!(());
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        Scan { secrets: self.secrets, secret: false }.visit_seq(seq)
     }
 }
 
@@ -399,6 +502,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
                     nested: Some(("action", &mut out.action_type)),
                 })?,
                 "automators" => out.automators = map.next_value_seed(StringList { secrets: &mut out.secrets })?,
+                "nodes" => map.next_value_seed(IdKeyed { secrets: &mut out.secrets })?,
                 other => map.next_value_seed(Scan { secrets: &mut out.secrets, secret: is_secret_key(other) })?,
             }
         }
@@ -572,6 +676,62 @@ mod tests {
     }
 
     #[test]
+    fn everything_under_a_credential_key_is_a_secret_at_any_depth_numbers_too() {
+        let t = parse(
+            r#"{"taskId":"t","taskName":"CREATE","config":{
+                "credentials":{"pw":"pw-one","nested":{"deep":"deep-two","list":["item-three",{"x":"obj-four"}]},
+                               "pin":12345678,"ratio":2.5,"on":true,"none":null,"ab":"ab"},
+                "ssh-auth":{"user":"root","port":22,"password":"pass-five"},
+                "api_token":9876543210,
+                "service":{"action":{"type":"shell","secrets":{"db":"svc-six"}}},
+                "plain":{"count":12345}}}"#,
+        )
+        .unwrap();
+        for s in
+            ["pw-one", "deep-two", "item-three", "obj-four", "12345678", "2.5", "pass-five", "9876543210", "svc-six"]
+        {
+            assert!(t.secrets.iter().any(|x| x == s), "{s} in {:?}", t.secrets);
+        }
+        // Too short to scrub (would garble text), not credentials, or not under one.
+        for s in ["ab", "true", "null", "root", "22", "12345", "shell"] {
+            assert!(!t.secrets.iter().any(|x| x == s), "{s} in {:?}", t.secrets);
+        }
+        assert_eq!(t.automator.as_deref(), Some("shell"));
+    }
+
+    #[test]
+    fn the_forms_a_plugin_may_print_a_value_in_are_secrets_too() {
+        let t = parse(
+            r#"{"taskId":"t","taskName":"CREATE","config":{
+                "ssh-auth":{"privatekey":"-----BEGIN KEY-----\nAAAAB3Nza\r\nCCDD==\n-----END KEY-----\n"},
+                "password":"pa\"ss\\wörd😀"}}"#,
+        )
+        .unwrap();
+        for s in [
+            "-----BEGIN KEY-----\nAAAAB3Nza\r\nCCDD==\n-----END KEY-----\n",
+            r"-----BEGIN KEY-----\nAAAAB3Nza\r\nCCDD==\n-----END KEY-----\n",
+            "AAAAB3Nza",
+            "CCDD==",
+            "pa\"ss\\wörd😀",
+            r#"pa\"ss\\wörd😀"#,
+            r#"pa\"ss\\w\u00f6rd\ud83d\ude00"#,
+        ] {
+            assert!(t.secrets.iter().any(|x| x == s), "{s:?} in {:?}", t.secrets);
+        }
+    }
+
+    #[test]
+    fn node_ids_in_config_nodes_are_not_credential_keys() {
+        let t = parse(
+            r#"{"taskId":"t","taskName":"START","config":{"nodes":{
+                "keystore-n-1":{"hostname":"keystore-n-1.local","nodenum":"1000"},
+                "vault-n-1":{"hostname":"v.local","token":"node-token"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.secrets, ["node-token"]);
+    }
+
+    #[test]
     fn keys_with_escapes_and_any_case_are_read_too() {
         let t = parse(
             r#"{"task\u0049d":"t","taskName":"CREATE","config":{"x":{"API_\u004bEY":"k-one","PassPhrase":"p-two","tokenish":1}}}"#,
@@ -599,6 +759,10 @@ mod tests {
             (r#"{"taskId":"t1","taskName":"CREATE","config":{"x":1e999999}}"#, "a number too large to read"),
             (r#"{"taskId":"t1"}"#, "task t1: \"taskName\" is missing"),
             (r#"{"taskId":"t1","taskName":"CREATE","config":"hunter2"}"#, "task t1: \"config\" must be an object"),
+            (
+                r#"{"taskId":"id-hunter2","taskName":"hunter2","x":{"password":"hunter2"}}"#,
+                "task id-[redacted]: \"taskName\"",
+            ),
             (r#"["hunter2"]"#, "must be a JSON object"),
             (r#""hunter2""#, "must be a JSON object"),
         ];

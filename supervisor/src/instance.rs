@@ -45,7 +45,8 @@ pub(crate) async fn supervise(plugin: Arc<Plugin>, slot: usize, mut control: mps
         };
         let capacity =
             handshake.max_concurrency.map_or(spec.max_concurrency, |n| spec.max_concurrency.min(n as usize)).max(1);
-        tracing::info!(plugin = %spec.name, pid = process.pid(), version = %handshake.version,
+        let version = process.connection().loggable_name(&handshake.version);
+        tracing::info!(plugin = %spec.name, pid = process.pid(), version = %version,
             "ready: {} tasks at once, handles {}", capacity,
             handshake.tasks.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" "));
         let generation = plugin.set_ready(

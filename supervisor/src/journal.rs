@@ -7,11 +7,18 @@
 //! operation costs one.
 //!
 //! The task body (which holds credentials) is kept only until the task is done; results
+//! (scrubbed of credentials except under their `result` member, see [`crate::redact`])
 //! are kept until pruned. The file is readable by its owner only.
+//!
+//! Deleted data does not linger in the files: `secure_delete` makes SQLite overwrite what
+//! it deletes with zeros, and the write-ahead log (which still holds every page as it was
+//! written, task bodies included) is checkpointed into the database and truncated to
+//! nothing within [`CHECKPOINT_AFTER`] of any commit, at most once per that interval under
+//! load, and on [`Journal::checkpoint`] (a clean stop).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -25,13 +32,26 @@ const SCHEMA_VERSION: i64 = 2;
 /// Most operations applied in one transaction.
 const BATCH: usize = 512;
 
+/// How long after a commit the write-ahead log is checkpointed and truncated, taking what
+/// was deleted (a finished task's body) out of every file. Under load, commits in between
+/// share the checkpoint.
+pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
+
+/// What the journal thread is asked to do.
+enum Op {
+    /// Apply an operation in the next batch.
+    Job(Job),
+    /// Checkpoint and truncate the write-ahead log now; answer when done.
+    Checkpoint(oneshot::Sender<Result<(), String>>),
+}
 
 /// A handle on the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
-    jobs: std_mpsc::Sender<Job>,
+    jobs: std_mpsc::Sender<Op>,
     path: PathBuf,
 }
 
@@ -137,6 +157,7 @@ impl Journal {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
+             PRAGMA secure_delete = ON;
              CREATE TABLE IF NOT EXISTS tasks (
                  task_id      TEXT PRIMARY KEY,
                  task_name    TEXT NOT NULL,
@@ -160,7 +181,7 @@ impl Journal {
         }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(|e| fail(e.to_string()))?;
 
-        let (tx, rx) = std_mpsc::channel::<Job>();
+        let (tx, rx) = std_mpsc::channel::<Op>();
         std::thread::Builder::new()
             .name("loom-journal".into())
             .spawn(move || writer(&conn, &rx))
@@ -262,6 +283,21 @@ impl Journal {
             .await
     }
 
+    /// Checkpoints the write-ahead log into the database and truncates it, now (after what
+    /// is queued before). Deleted task bodies and results are then in no file. The journal
+    /// does this by itself within [`CHECKPOINT_AFTER`] of a commit; call it before the
+    /// process exits.
+    ///
+    /// # Errors
+    /// When SQLite could not checkpoint it all (another connection reads the file) or the
+    /// journal thread has stopped.
+    pub async fn checkpoint(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        let fail = |message: String| JournalError { path: self.path.clone(), message };
+        self.jobs.send(Op::Checkpoint(tx)).map_err(|_| fail("the journal thread has stopped".into()))?;
+        rx.await.map_err(|_| fail("the journal thread dropped the request".into()))?.map_err(fail)
+    }
+
     /// Task counts by state.
     pub async fn counts(&self) -> Result<Counts, JournalError> {
         self.run(|c| {
@@ -300,32 +336,89 @@ impl Journal {
             })
         });
         let fail = |message: String| JournalError { path: self.path.clone(), message };
-        self.jobs.send(job).map_err(|_| fail("the journal thread has stopped".into()))?;
+        self.jobs.send(Op::Job(job)).map_err(|_| fail("the journal thread has stopped".into()))?;
         rx.await.map_err(|_| fail("the journal thread dropped the request".into()))?.map_err(fail)
     }
 }
 
-/// The journal thread: apply everything queued, commit once, answer.
-fn writer(conn: &Connection, jobs: &std_mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+/// The journal thread: apply everything queued, commit once, answer; checkpoint the
+/// write-ahead log [`CHECKPOINT_AFTER`] after a commit, or when asked.
+fn writer(conn: &Connection, ops: &std_mpsc::Receiver<Op>) {
+    let mut due: Option<Instant> = None;
+    loop {
+        let first = match due {
+            None => ops.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+            Some(at) => ops.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let first = match first {
+            Ok(op) => op,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                due = checkpoint(conn).err().map(|_| Instant::now() + CHECKPOINT_AFTER);
+                continue;
             }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let (batch, asked) = gather(first, ops);
+        if !batch.is_empty() && apply(conn, batch) && due.is_none() {
+            due = Some(Instant::now() + CHECKPOINT_AFTER);
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
-        let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
-        let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
-        if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!("journal commit failed: {}", committed.as_ref().err().map_or("", String::as_str));
-        }
-        for done in dones {
-            done(committed.clone());
+        if let Some(reply) = asked {
+            let done = checkpoint(conn);
+            due = done.is_err().then(|| Instant::now() + CHECKPOINT_AFTER);
+            let _ = reply.send(done);
+        } else if due.is_some_and(|at| at <= Instant::now()) {
+            // Busy without a pause: checkpoint between batches.
+            due = checkpoint(conn).err().map(|_| Instant::now() + CHECKPOINT_AFTER);
         }
     }
+    // Every handle is gone: leave nothing deleted behind.
+    let _ = checkpoint(conn);
+}
+
+/// `first` and the operations queued behind it, up to [`BATCH`] or a checkpoint request
+/// (which ends the batch, so that it covers everything queued before it).
+fn gather(first: Op, ops: &std_mpsc::Receiver<Op>) -> (Vec<Job>, Option<oneshot::Sender<Result<(), String>>>) {
+    let mut batch = Vec::new();
+    let mut next = Some(first);
+    while let Some(op) = next.take() {
+        match op {
+            Op::Job(job) => batch.push(job),
+            Op::Checkpoint(reply) => return (batch, Some(reply)),
+        }
+        if batch.len() < BATCH {
+            next = ops.try_recv().ok();
+        }
+    }
+    (batch, None)
+}
+
+/// Applies `batch` in one transaction and answers each job. Returns whether it committed.
+fn apply(conn: &Connection, batch: Vec<Job>) -> bool {
+    let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
+    let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
+    let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!("journal commit failed: {}", committed.as_ref().err().map_or("", String::as_str));
+    }
+    let ok = committed.is_ok();
+    for done in dones {
+        done(committed.clone());
+    }
+    ok
+}
+
+/// Copies the write-ahead log into the database and truncates it to nothing.
+///
+/// # Errors
+/// When SQLite fails, or could not copy every frame (a reader holds an older snapshot):
+/// the caller tries again later.
+fn checkpoint(conn: &Connection) -> Result<(), String> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    if busy != 0 {
+        return Err("the write-ahead log is in use by another reader; it was not truncated".into());
+    }
+    Ok(())
 }
 
 fn get(c: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
@@ -446,6 +539,64 @@ mod tests {
         assert_eq!(j.prune(Duration::ZERO).await.unwrap(), 1);
         assert!(j.get("old").await.unwrap().is_none());
         assert!(j.get("open").await.unwrap().is_some());
+    }
+
+    /// The files of the journal in `dir` that hold `needle`.
+    fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path()).unwrap_or_default().windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_finished_tasks_body_and_a_pruned_result_leave_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        // Bodies of all sizes: one in its page, one in overflow pages.
+        let small = r#"{"password":"body-secret-small"}"#.to_owned();
+        let large = format!(r#"{{"password":"body-secret-large","pad":"{}"}}"#, "x".repeat(20_000));
+        for (id, body) in [("s", &small), ("l", &large)] {
+            j.accept(id, "CREATE", raw(body)).await.unwrap();
+            j.start(id).await.unwrap();
+        }
+        j.checkpoint().await.unwrap();
+        assert_eq!(files_holding(dir.path(), "body-secret-small"), ["journal.sqlite3"], "written");
+        for id in ["s", "l"] {
+            j.finish(id, r#"{"status":0,"stdout":"result-text-kept"}"#).await.unwrap();
+        }
+        j.checkpoint().await.unwrap();
+        for needle in ["body-secret-small", "body-secret-large"] {
+            assert!(
+                files_holding(dir.path(), needle).is_empty(),
+                "{needle} in {:?}",
+                files_holding(dir.path(), needle)
+            );
+        }
+        assert_eq!(files_holding(dir.path(), "result-text-kept"), ["journal.sqlite3"]);
+        assert_eq!(j.prune(Duration::ZERO).await.unwrap(), 2);
+        j.checkpoint().await.unwrap();
+        assert!(files_holding(dir.path(), "result-text-kept").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_write_ahead_log_is_truncated_soon_after_a_commit_without_being_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.accept("t", "CREATE", raw(r#"{"password":"body-secret-wal"}"#)).await.unwrap();
+        j.finish("t", r#"{"status":0}"#).await.unwrap();
+        // Nothing signals the journal thread's own checkpoint: watch the files, for far
+        // longer than CHECKPOINT_AFTER.
+        let deadline = Instant::now() + CHECKPOINT_AFTER * 30;
+        while !files_holding(dir.path(), "body-secret-wal").is_empty() {
+            assert!(Instant::now() < deadline, "still in {:?}", files_holding(dir.path(), "body-secret-wal"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(std::fs::metadata(dir.path().join("journal.sqlite3-wal")).unwrap().len(), 0);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::connection::{Call, Connection, Outcome, Reply};
 use crate::envelope::TaskEnvelope;
 use crate::instance::{self, Control};
 use crate::manifest::PluginSpec;
+use crate::redact;
 
 /// How long to wait for a killed process's calls to be failed, after a task timed out.
 const KILL_SETTLE: Duration = Duration::from_secs(30);
@@ -295,7 +296,8 @@ impl Plugin {
 
     /// Runs one task on this plugin and returns its result. Never fails: every way a task
     /// can go wrong (plugin failed, crashed, hung, answered nonsense) becomes a result with
-    /// a non-zero status and the cause in `stderr`, naming the plugin and the task.
+    /// a non-zero status and the cause in `stderr`, naming the plugin and the task. The
+    /// result is scrubbed of credentials except under `result` ([`redact::scrub_result`]).
     ///
     /// # Cancellation
     /// Dropping the future before the answer sends `cancel` for the task; its slot stays
@@ -334,10 +336,13 @@ impl Plugin {
         let (slot, generation, conn) = (lease.slot, lease.generation, Arc::clone(&lease.conn));
         let timeout = self.spec.timeouts.get(task.task_name);
         let mut call = conn.request_task(task, Box::new(lease));
-        match tokio::time::timeout(timeout, call.wait()).await {
+        let mut result = match tokio::time::timeout(timeout, call.wait()).await {
             Ok(reply) => self.result_of(task, &conn, reply),
             Err(_) => self.time_out(task, &mut call, timeout, slot, generation).await,
-        }
+        };
+        // With every value this process knows: its other tasks' too, should it mix them up.
+        redact::scrub_result(&mut result, conn.redactor().as_ref());
+        result
     }
 
     /// A task ran past its timeout: `cancel`, a grace period, then kill the process.

@@ -180,7 +180,8 @@ impl PluginProcess {
             Outcome::Result(raw) => serde_json::from_str(raw.get()).map_err(|e| {
                 let detail = e.to_string();
                 let detail = if detail.starts_with("missing field") || detail.starts_with("unknown variant") {
-                    detail
+                    // The variant is the plugin's text.
+                    self.conn.loggable(&detail)
                 } else {
                     format!("problem at line {} column {}", e.line(), e.column())
                 };
@@ -189,11 +190,11 @@ impl PluginProcess {
             Outcome::Error(e) if e.code == loom_protocol::codes::UNSUPPORTED_PROTOCOL => {
                 return Err(format!(
                     "offers no common protocol version (the supervisor speaks {PROTOCOL_VERSIONS:?}): {}",
-                    e.message
+                    self.conn.loggable(&e.message)
                 ));
             }
             Outcome::Error(e) => {
-                return Err(format!("refused the handshake: {} (code {})", e.message, e.code));
+                return Err(format!("refused the handshake: {} (code {})", self.conn.loggable(&e.message), e.code));
             }
             Outcome::Lost(why) => return Err(why.to_string()),
         };
@@ -253,7 +254,8 @@ impl PluginProcess {
                     match reply {
                         None => return End::PingTimeout(spec.ping_timeout),
                         Some(reply) => if let Outcome::Error(e) = reply.outcome {
-                            tracing::warn!(plugin = %self.name, pid = self.pid, "answered ping with an error: {e}");
+                            tracing::warn!(plugin = %self.name, pid = self.pid, "answered ping with an error: {} (code {})",
+                                self.conn.loggable(&e.message), e.code);
                         },
                     }
                 }

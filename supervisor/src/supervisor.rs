@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::envelope::TaskEnvelope;
 use crate::plugin::{BeforeSend, Plugin};
+use crate::redact::{self, TaskSecrets};
 use crate::registry::{Availability, Registry};
 use crate::router::{self, Route};
 
@@ -136,20 +137,34 @@ impl Supervisor {
 
     /// [`Supervisor::run`], calling `before_send` when the task gets a slot, just before
     /// it is sent to its (first) plugin. A task refused by routing never calls it.
+    ///
+    /// Every result leaves here scrubbed of the task's credential values, except under its
+    /// `result` member ([`redact::scrub_result`]): `run`'s output, the daemon's journal and
+    /// API, and cluster operations all take it from here.
     pub async fn run_with(&self, task: &TaskEnvelope, before_send: Option<BeforeSend<'_>>) -> TaskResult {
         let table = self.table();
-        match router::route(&table, task) {
+        let mut result = match router::route(&table, task) {
             Route::One(plugin) => plugin.run_task_with(task, before_send).await,
             Route::Bootstrap(targets) => router::bootstrap(task, targets, before_send).await,
             Route::Refused(why) => TaskResult::failed(why),
-        }
+        };
+        redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
+        result
     }
 
-    /// The plugin (or, for BOOTSTRAP, the automators) `task` would go to, by name.
+    /// The registered plugin (or, for BOOTSTRAP, the registered automators, sorted) `task`
+    /// would go to, by name; `none` when there is none. Never a name taken from the task
+    /// alone: this is a metrics label, so it must not carry what a task says.
     pub fn target(&self, task: &TaskEnvelope) -> String {
         match router::route(&self.table(), task) {
             Route::One(p) => p.name().to_owned(),
-            Route::Bootstrap(targets) => targets.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+"),
+            Route::Bootstrap(targets) => {
+                let mut names: Vec<&str> =
+                    targets.iter().filter_map(|(_, p)| p.as_ref().ok()).map(|p| p.name()).collect();
+                names.sort_unstable();
+                names.dedup();
+                if names.is_empty() { "none".into() } else { names.join("+") }
+            }
             Route::Refused(_) => "none".into(),
         }
     }

@@ -22,11 +22,20 @@ At the handshake (the manifest's "settings"):
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "action": "ok" (default) | "crash" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
-            | "sleep" | "env"
+            | "sleep" | "env" | "leak" | "leak-error"
   "marker": a file path, for "hang-once": hang if it does not exist (creating it)
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
   "honorCancel": for "hang", answer when cancelled
+  "statusByTask": {"INSTALL": 3, ...}: the status "ok" answers for those task names
+
+"leak" echoes every planted value of the task (each string containing "SECRET-" and each
+integer of 13 digits or more, anywhere in it) through every channel a plugin has: log
+notifications (message, fields, taskId), progress, output split in two chunks in the
+middle of each value, stderr, a stray stdout line, a request and an unknown notification
+named after it, a notification with bad params, answers to unknown ids (one 1 MB long),
+output for a task that is not running, and its answer (stdout, stderr, hostname, an extra
+member). "leak-error" does the same and answers with a JSON-RPC error quoting them.
 """
 
 import json
@@ -164,14 +173,66 @@ def _run_task(rid, task, seen):
         notify("output", {"taskId": task_id, "stream": "stdout", "data": "output with " + password + "\n"})
     if action == "env":
         spec.setdefault("result", {})["env"] = dict(os.environ)
+    status = spec.get("status", 0)
+    status = (spec.get("statusByTask") or {}).get(task["taskName"], status)
+    extra = {}
+    if action in ("leak", "leak-error"):
+        everything = leak(task_id, planted(task, []))
+        if action == "leak-error":
+            return send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32000, "message": "failed with " + everything}})
+        spec["stdout"] = "answer stdout " + everything + "\n"
+        spec["stderr"] = "answer stderr " + everything + "\n"
+        extra = {"hostname": "host-" + everything, "note": "extra member " + everything}
     result = {
-        "status": spec.get("status", 0),
+        "status": status,
         "result": dict({"handledBy": NAME, "taskName": task["taskName"], "pid": PID, "inflight": seen},
                        **(spec.get("result") or {})),
         "stdout": spec.get("stdout", ""),
         "stderr": spec.get("stderr", ""),
     }
+    result.update(extra)
     send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def planted(value, found):
+    """Every string containing "SECRET-" and every integer of 13+ digits in value."""
+    if isinstance(value, dict):
+        for v in value.values():
+            planted(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            planted(v, found)
+    elif isinstance(value, str) and "SECRET-" in value:
+        found.append(value)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 12:
+        found.append(str(value))
+    return sorted(set(found))
+
+
+def leak(task_id, secrets):
+    """Says every value in secrets through every channel but the answer; returns them
+    joined, for the answer."""
+    everything = " ".join(secrets)
+    notify("log", {"level": "info", "message": "leaking " + everything, "taskId": task_id,
+                   "fields": {"all": secrets, "first": secrets[0] if secrets else ""}})
+    notify("progress", {"taskId": task_id, "message": "progress " + everything, "percent": 50})
+    for s in secrets:
+        half = len(s) // 2
+        for stream in ("stdout", "stderr"):
+            notify("output", {"taskId": task_id, "stream": stream, "data": "chunk " + s[:half]})
+            notify("output", {"taskId": task_id, "stream": stream, "data": s[half:] + " end\n"})
+        notify("log", {"level": "warn", "message": "about another task", "taskId": s})
+        notify("progress", {"taskId": s, "message": "elsewhere"})
+        notify("output", {"taskId": s, "stream": "stdout", "data": "for no running task " + s + "\n"})
+        sys.stderr.write("stderr line " + s + "\n")
+        raw("junk line " + s)
+        send({"jsonrpc": "2.0", "id": "req-" + s, "method": s, "params": {}})
+        send({"jsonrpc": "2.0", "method": s, "params": {"x": s}})
+        send({"jsonrpc": "2.0", "method": "log", "params": {"level": s}})
+        send({"jsonrpc": "2.0", "id": s, "result": {"status": 0, "stdout": s}})
+    send({"jsonrpc": "2.0", "id": "x" * (1 << 20) + everything, "result": {"status": 0}})
+    sys.stderr.flush()
+    return everything
 
 
 def main():

@@ -212,7 +212,17 @@ async fn up(args: UpArgs, plugin_level: LogLevel) -> Result<ExitCode, String> {
     {
         spec.plugin_dirs = stored.plugin_dirs;
     }
-    operate(&store, lock_dir, spec, JobKind::Up, &args.common, plugin_level).await
+    let done = operate(&store, lock_dir, spec, JobKind::Up, &args.common, plugin_level).await;
+    checkpoint(&store).await;
+    done
+}
+
+/// Checkpoints the journal before the command exits, so that what the operation deleted
+/// (a terminated cluster's node configs, with their `ssh-auth`) is in none of its files.
+async fn checkpoint(store: &ClusterStore) {
+    if let Err(e) = store.journal().checkpoint().await {
+        tracing::warn!("cannot checkpoint the journal: {e}");
+    }
 }
 
 /// down, restart-services, reconfigure: on the stored spec, or (`use_file`) on a spec
@@ -252,7 +262,9 @@ async fn named(
     if !common.plugins_dirs.is_empty() {
         spec.plugin_dirs.clear();
     }
-    operate(&store, lock_dir, spec, kind, &common, plugin_level).await
+    let done = operate(&store, lock_dir, spec, kind, &common, plugin_level).await;
+    checkpoint(&store).await;
+    done
 }
 
 /// Runs one operation with its own supervisor, showing progress; Ctrl-C (or SIGTERM)
@@ -414,6 +426,7 @@ async fn forget(args: ForgetArgs) -> Result<ExitCode, String> {
         )),
         Some(_) => {
             store.forget(&args.cluster).await.map_err(|e| e.to_string())?;
+            checkpoint(&store).await;
             println!("cluster {} forgotten", args.cluster);
             Ok(ExitCode::SUCCESS)
         }

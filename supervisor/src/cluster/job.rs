@@ -36,7 +36,6 @@ use super::spec::{ClusterSpec, NodeSpec};
 use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
 use crate::envelope::TaskEnvelope;
 use crate::journal::JournalError;
-use crate::redact::Redactor;
 use crate::registry::Availability;
 use crate::supervisor::{Supervisor, Table};
 
@@ -622,25 +621,22 @@ impl Runner<'_> {
             let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
         }
         let elapsed = began.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed();
-        self.record(key, task, &task_id, attempt, &envelope, result, elapsed).await
+        self.record(key, task, &task_id, attempt, result, elapsed).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         key: &StepKey,
         task: TaskName,
         task_id: &str,
         attempt: u32,
-        envelope: &TaskEnvelope,
         result: TaskResult,
         elapsed: Duration,
     ) -> Sent {
-        // A script may print a credential it was given; it never reaches the journal.
-        let redactor = Redactor::default();
-        redactor.add(&envelope.secrets);
-        let stdout = redactor.scrub(&result.stdout).into_owned();
-        let stderr = redactor.scrub(&result.stderr).into_owned();
+        // A script may print a credential it was given: the supervisor scrubbed the result
+        // (all but its `result` member) before it came here, so it reaches neither the
+        // journal nor the report.
+        let (stdout, stderr) = (result.stdout.clone(), result.stderr.clone());
         let fatal = task == TaskName::Create && created_nothing(&result);
         let status = result.status;
         // A CONFIRM retried as DELETE, CREATE, CONFIRM remakes the machine: its CREATE

@@ -5,7 +5,10 @@
 //! point leaves a state that `cluster up` can resume from.
 //!
 //! The tables live in the daemon's journal file (`journal.sqlite3`, mode 0600): node
-//! configs hold `ssh-auth` and specs hold provider fields.
+//! configs hold the `ssh-auth` their provider returned and specs hold provider fields,
+//! both needed for as long as the cluster lives (its next task, `down`, a resume after a
+//! restart). When it is terminated, both go (see [`ClusterStore::end`]). Task outputs
+//! kept here were scrubbed of credentials by the supervisor.
 
 use std::collections::HashMap;
 
@@ -435,7 +438,11 @@ impl ClusterStore {
             .await
     }
 
-    /// Ends an operation with the cluster's new state and, on failure, the report.
+    /// Ends an operation with the cluster's new state and, on failure, the report. A
+    /// terminated cluster keeps no credential: its node configs (with the `ssh-auth` its
+    /// provider returned) are deleted, and the credential values of its stored spec
+    /// (provider fields, node group configs) are replaced by [`crate::redact::MASK`]. An
+    /// `up` of it takes a spec again.
     ///
     /// # Errors
     /// When the journal fails.
@@ -450,6 +457,7 @@ impl ClusterStore {
                 if state == ClusterState::Terminated {
                     c.execute("DELETE FROM cluster_nodes WHERE cluster = ?1", params![name])?;
                     c.execute("DELETE FROM cluster_steps WHERE cluster = ?1", params![name])?;
+                    mask_spec(c, &name)?;
                 }
                 Ok(())
             })
@@ -471,6 +479,23 @@ impl ClusterStore {
             })
             .await
     }
+}
+
+/// Replaces the credential values of cluster `name`'s stored spec with
+/// [`crate::redact::MASK`] (same rule as for tasks: under credential-named keys).
+fn mask_spec(c: &Connection, name: &str) -> rusqlite::Result<()> {
+    let spec: Option<String> =
+        c.query_row("SELECT spec FROM clusters WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
+    let Some(mut spec) = spec.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { return Ok(()) };
+    // `services` is keyed by service names (data, not field names): each is masked by its
+    // own members (Coopr's `actions.<task>.fields.password`).
+    let services = spec.get_mut("services").map(Value::take);
+    crate::redact::mask_credentials(&mut spec);
+    if let Some(mut services) = services {
+        services.as_object_mut().into_iter().flat_map(|m| m.values_mut()).for_each(crate::redact::mask_credentials);
+        spec["services"] = services;
+    }
+    c.execute("UPDATE clusters SET spec = ?2 WHERE name = ?1", params![name, spec.to_string()]).map(drop)
 }
 
 const SELECT_CLUSTER: &str = "SELECT name, spec, state, jobs, last_job, report, created_at, updated_at FROM clusters";
@@ -567,6 +592,50 @@ mod tests {
         assert_eq!(job, "c.j2");
         store.started("c", &job, "t2", &tasks[1].step, "CONFIRM", 1).await.unwrap();
         assert_eq!(store.tasks("c").await.unwrap()[1].sends, 2);
+    }
+
+    #[tokio::test]
+    async fn a_terminated_cluster_keeps_no_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
+        let spec = json!({"name": "c", "provider": {"name": "p", "fields": {"api_user": "me", "api_key": "spec-key-1"}},
+                          "nodeGroups": [{"name": "n", "config": {"credentials": {"pw": "spec-pw-2"}}}],
+                          "services": {"keystore": {"actions": {"install": {"type": "shell", "script": "k.sh",
+                                                    "fields": {"password": "action-pw-4"}}}}}});
+        let job = store.begin("c", &spec, JobKind::Up).await.unwrap();
+        let create = StepKey::node(TaskName::Create, "c-n-1");
+        store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
+        let learned = json!({"ssh-auth": {"user": "root", "password": "learned-pw-3"}}).as_object().cloned();
+        let f = Finished {
+            task_id: "t1".into(),
+            step: create.clone(),
+            status: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            learned,
+            done: vec![create],
+            undo: vec![],
+        };
+        store.finished("c", f).await.unwrap();
+        store.end("c", ClusterState::Active, None).await.unwrap();
+        // Alive: everything is kept, since its next operation needs it.
+        assert_eq!(store.get("c").await.unwrap().unwrap().spec, spec);
+        store.end("c", ClusterState::Terminated, None).await.unwrap();
+        let kept = store.get("c").await.unwrap().unwrap().spec;
+        assert_eq!(kept["provider"]["fields"], json!({"api_user": "me", "api_key": crate::redact::MASK}));
+        assert_eq!(kept["nodeGroups"][0]["config"]["credentials"]["pw"], crate::redact::MASK);
+        let install = &kept["services"]["keystore"]["actions"]["install"];
+        assert_eq!(
+            (install["script"].as_str(), install["fields"]["password"].as_str()),
+            (Some("k.sh"), Some(crate::redact::MASK))
+        );
+        store.journal().checkpoint().await.unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let bytes = std::fs::read(e.path()).unwrap();
+            for needle in ["spec-key-1", "spec-pw-2", "learned-pw-3", "action-pw-4"] {
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} in {e:?}");
+            }
+        }
     }
 
     #[tokio::test]
