@@ -214,10 +214,53 @@ struct Fields {
 
 fn describe(e: &serde_json::Error) -> String {
     match e.classify() {
-        // serde's own text would quote the offending value.
+        // The visitors' own errors name a member and never a value; they start with its
+        // quoted name. serde's own data errors would quote the offending value.
+        serde_json::error::Category::Data if e.to_string().starts_with('"') => e.to_string(),
         serde_json::error::Category::Data => "the task must be a JSON object".to_owned(),
         _ => describe_json_error(e),
     }
+}
+
+/// The member names of one object seen so far, to refuse a name given twice. JSON parsers
+/// disagree on which of two equal names wins (Python's the last, others the first), so the
+/// supervisor could route by one value while the plugin acts on the other.
+#[derive(Default)]
+struct SeenKeys<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: Option<std::collections::HashSet<Cow<'de, str>>>,
+}
+
+/// Past this many members a set is faster than a scan.
+const FEW_KEYS: usize = 16;
+
+impl<'de> SeenKeys<'de> {
+    fn check<E: de::Error>(&mut self, key: &Cow<'de, str>) -> Result<(), E> {
+        let repeated = match &mut self.many {
+            Some(set) => !set.insert(key.clone()),
+            None if self.few.len() < FEW_KEYS => {
+                let repeated = self.few.contains(key);
+                self.few.push(key.clone());
+                repeated
+            }
+            None => {
+                let mut set: std::collections::HashSet<_> = self.few.drain(..).collect();
+                let repeated = !set.insert(key.clone());
+                self.many = Some(set);
+                repeated
+            }
+        };
+        if repeated {
+            let name: String = key.chars().take(64).flat_map(char::escape_default).collect();
+            return Err(E::custom(format!("\"{name}\" appears twice in one object; each member name may appear once")));
+        }
+        Ok(())
+    }
+}
+
+/// The name of a wrong JSON type, in a visitor's own error.
+fn wrong_type<E: de::Error>(path: &str, expected: &str, found: &str) -> E {
+    E::custom(format!("\"{path}\" must be {expected}, found {found}"))
 }
 
 /// What is wrong with a JSON text, by position, never quoting it: "not valid JSON at line
@@ -272,7 +315,9 @@ impl<'de> Visitor<'de> for TopVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
         let mut out = Fields::default();
+        let mut seen = SeenKeys::default();
         while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
+            seen.check(&key)?;
             match key.as_ref() {
                 "taskId" => out.task_id = Some(map.next_value_seed(Loose)?),
                 "taskName" => out.task_name = Some(map.next_value_seed(Loose)?),
@@ -427,7 +472,9 @@ impl<'de> Visitor<'de> for Scan<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = SeenKeys::default();
         while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
+            seen.check(&key)?;
             // Once under a credential-like key, everything below is a credential.
             let secret = self.secret || is_secret_key(&key);
             map.next_value_seed(Scan { secrets: &mut *self.secrets, secret })?;
@@ -456,7 +503,9 @@ impl<'de> Visitor<'de> for IdKeyed<'_> {
         f.write_str("the nodes object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
+        let mut seen = SeenKeys::default();
+        while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
+            seen.check(&key)?;
             map.next_value_seed(Scan { secrets: &mut *self.secrets, secret: false })?;
         }
         Ok(())
@@ -489,19 +538,23 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let out = self.out;
+        let mut seen = SeenKeys::default();
         while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
+            seen.check(&key)?;
             match key.as_ref() {
                 "provider" => map.next_value_seed(Object {
+                    path: "config.provider",
                     secrets: &mut out.secrets,
                     wanted: &mut [("providertype", &mut out.providertype), ("name", &mut out.provider_name)],
                     nested: None,
                 })?,
                 "service" => map.next_value_seed(Object {
+                    path: "config.service",
                     secrets: &mut out.secrets,
                     wanted: &mut [],
-                    nested: Some(("action", &mut out.action_type)),
+                    nested: Some(("action", "config.service.action", &mut out.action_type)),
                 })?,
-                "automators" => out.automators = map.next_value_seed(StringList { secrets: &mut out.secrets })?,
+                "automators" => out.automators = map.next_value_seed(StringList)?,
                 "nodes" => map.next_value_seed(IdKeyed { secrets: &mut out.secrets })?,
                 other => map.next_value_seed(Scan { secrets: &mut out.secrets, secret: is_secret_key(other) })?,
             }
@@ -521,11 +574,14 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
 
 /// An object from which some string members are wanted (`wanted`), optionally with one
 /// nested object whose `type` member is wanted (`nested`: `service.action.type`).
-/// Everything is scanned for secrets. A value of another type is skipped.
+/// Everything is scanned for secrets. A value of another type is skipped; a wanted member
+/// that is not a string is an error naming it (under `path`).
 struct Object<'a, 'b> {
+    path: &'static str,
     secrets: &'a mut Vec<String>,
     wanted: &'b mut [(&'static str, &'a mut Option<String>)],
-    nested: Option<(&'static str, &'a mut Option<String>)>,
+    /// The nested object's member name, its path, and where its `type` goes.
+    nested: Option<(&'static str, &'static str, &'a mut Option<String>)>,
 }
 
 impl<'de> DeserializeSeed<'de> for Object<'_, '_> {
@@ -541,14 +597,18 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
         f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Object { secrets, wanted, mut nested } = self;
+        let Object { path, secrets, wanted, mut nested } = self;
+        let mut seen = SeenKeys::default();
         while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
-            if let Some((_, slot)) = wanted.iter_mut().find(|(k, _)| *k == key.as_ref()) {
-                if let Ok(s) = map.next_value_seed(Loose)? {
-                    **slot = Some(s);
+            seen.check(&key)?;
+            if let Some((name, slot)) = wanted.iter_mut().find(|(k, _)| *k == key.as_ref()) {
+                match map.next_value_seed(Loose)? {
+                    Ok(s) => **slot = Some(s),
+                    Err(found) => return Err(wrong_type(&format!("{path}.{name}"), "a string", found)),
                 }
-            } else if let Some((_, slot)) = nested.as_mut().filter(|(n, _)| *n == key.as_ref()) {
+            } else if let Some((_, inner, slot)) = nested.as_mut().filter(|(n, _, _)| *n == key.as_ref()) {
                 map.next_value_seed(Object {
+                    path: inner,
                     secrets: &mut *secrets,
                     wanted: &mut [("type", &mut **slot)],
                     nested: None,
@@ -569,19 +629,17 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
     }
 }
 
-/// `config.automators`: the string members of an array; `None` when it is not an array.
-struct StringList<'a> {
-    secrets: &'a mut Vec<String>,
-}
+/// `config.automators`: an array of automator names; anything else is an error naming it.
+struct StringList;
 
-impl<'de> DeserializeSeed<'de> for StringList<'_> {
+impl<'de> DeserializeSeed<'de> for StringList {
     type Value = Option<Vec<String>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for StringList<'_> {
+impl<'de> Visitor<'de> for StringList {
     type Value = Option<Vec<String>>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of automator names")
@@ -589,20 +647,38 @@ impl<'de> Visitor<'de> for StringList<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut names = Vec::new();
         while let Some(item) = seq.next_element_seed(Loose)? {
-            if let Ok(name) = item {
-                names.push(name);
+            match item {
+                Ok(name) => names.push(name),
+                Err(found) => {
+                    let at = format!("config.automators[{}]", names.len());
+                    return Err(wrong_type(&at, "an automator's name (a string)", found));
+                }
             }
         }
         Ok(Some(names))
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Scan { secrets: self.secrets, secret: false }.visit_map(map)?;
-        Ok(None)
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(wrong_type("config.automators", "an array of automator names", "an object"))
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(wrong_type("config.automators", "an array of automator names", "a string"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(wrong_type("config.automators", "an array of automator names", "a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(wrong_type("config.automators", "an array of automator names", "a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(wrong_type("config.automators", "an array of automator names", "a number"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(wrong_type("config.automators", "an array of automator names", "a number"))
+    }
+    // `"automators": null` is Loom's "not given": every registered automator.
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
-    visit_scalars!(None);
 }
 
 #[cfg(test)]
@@ -631,6 +707,46 @@ mod tests {
         assert_eq!(b.automators, Some(vec!["shell".to_owned(), "chef".to_owned()]));
         assert!(b.secrets.contains(&"123456789abcdef123456789abcdef00".to_owned()));
         assert!(b.secrets.contains(&"password".to_owned()), "ssh-auth.password");
+    }
+
+    #[test]
+    fn a_member_name_given_twice_is_refused_at_any_depth() {
+        for text in [
+            r#"{"taskId":"t1","taskName":"START","taskId":"t2"}"#,
+            r#"{"taskId":"t","taskName":"START","config":{"service":{"action":{"type":"a","type":"b"}}}}"#,
+            r#"{"taskId":"t","taskName":"START","config":{"x":[{"deep":{"k":1,"k":2}}]}}"#,
+            r#"{"taskId":"t","taskName":"START","config":{"nodes":{"n1":{},"n1":{}}}}"#,
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message.contains("appears twice in one object"), "{text}: {e}");
+        }
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let text = format!(r#"{{"taskId":"t","taskName":"START","config":{{{},"k39":0}}}}"#, many.join(","));
+        assert!(parse(&text).unwrap_err().message.contains("\"k39\" appears twice"));
+        let text = format!(r#"{{"taskId":"t","taskName":"START","config":{{{}}}}}"#, many.join(","));
+        assert!(parse(&text).is_ok(), "forty different names");
+    }
+
+    #[test]
+    fn routing_fields_of_the_wrong_type_are_named() {
+        let cases = [
+            (r#"{"service":{"action":{"type":7}}}"#, "\"config.service.action.type\" must be a string, found a number"),
+            (
+                r#"{"provider":{"providertype":["ec2"]}}"#,
+                "\"config.provider.providertype\" must be a string, found an array",
+            ),
+            (
+                r#"{"automators":["shell",3]}"#,
+                "\"config.automators[1]\" must be an automator's name (a string), found a number",
+            ),
+            (r#"{"automators":"shell"}"#, "\"config.automators\" must be an array of automator names, found a string"),
+        ];
+        for (config, want) in cases {
+            let e = parse(&format!(r#"{{"taskId":"t","taskName":"BOOTSTRAP","config":{config}}}"#)).unwrap_err();
+            assert!(e.message.contains(want), "{config}: {e}");
+        }
+        let t = parse(r#"{"taskId":"t","taskName":"BOOTSTRAP","config":{"automators":null}}"#).unwrap();
+        assert_eq!(t.automators, None, "null: every automator, as Loom");
     }
 
     #[test]

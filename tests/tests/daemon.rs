@@ -267,10 +267,7 @@ fn tokens_sizes_and_bodies_are_checked() {
     assert!(v["error"].as_str().unwrap().contains("limit of 1024 bytes"));
     let (code, v) = serve.request("POST", "/v1/tasks", Some("{\"taskId\": \"x\", "));
     assert_eq!(code, 400);
-    assert!(
-        v["error"].as_str().unwrap().contains("the body is JSON that ends too soon at line 1 column 15"),
-        "{v}"
-    );
+    assert!(v["error"].as_str().unwrap().contains("the body is JSON that ends too soon at line 1 column 15"), "{v}");
     let (code, v) = serve.request("POST", "/v1/tasks", Some("{\"taskName\": \"INSTALL\"}"));
     assert_eq!((code, v["error"].as_str()), (400, Some("invalid task: \"taskId\" is missing")));
     assert_eq!(serve.request("GET", "/v2/nothing", None).0, 404);

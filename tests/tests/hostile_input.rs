@@ -107,6 +107,15 @@ fn json_errors_say_what_is_wrong_without_quoting() {
         (r#"{"taskId":"t","taskName":"START","config":{"x":1e999999}}"#.to_owned(), "a number too large to read"),
         (r#"{"taskId":"t","taskName":"start"}"#.to_owned(), "must be one of CREATE"),
         (r#"{"taskId":"t","taskName":"START","config":{"pw":"hunter2""#.to_owned(), "ends too soon"),
+        (r#"{"taskId":"t","taskName":"START","taskId":"hunter2"}"#.to_owned(), "\"taskId\" appears twice"),
+        (
+            r#"{"taskId":"t","taskName":"BOOTSTRAP","config":{"automators":[7]}}"#.to_owned(),
+            "\"config.automators[0]\" must be an automator's name",
+        ),
+        (
+            r#"{"taskId":"t","taskName":"START","config":{"service":{"action":{"type":7}}}}"#.to_owned(),
+            "\"config.service.action.type\" must be a string, found a number",
+        ),
     ];
     for (body, want) in cases {
         let (code, v) = serve.request("POST", "/v1/tasks", Some(&body));
