@@ -531,7 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_records_tasks_marks_and_learned_config_and_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let create = StepKey::node(TaskName::Create, "c-a-1");
         {
             let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
@@ -571,7 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn terminated_clusters_forget_nodes_and_marks_and_start_afresh() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
         let create = StepKey::node(TaskName::Create, "c-a-1");
         let job = store.begin("c", &json!({}), JobKind::Up).await.unwrap();
