@@ -414,7 +414,10 @@ fn plugins_table(reg: &Registry) -> String {
                     Some(class) => format!("Ruby class {class}, through loom-ruby-host"),
                     None => spec.executable.display().to_string(),
                 };
-                let user = spec.run_as.describe().map(|u| format!(", as {u}")).unwrap_or_default();
+                // Not root, every plugin runs as the supervisor's own user, whatever is configured.
+                let user = (nix::unistd::geteuid().is_root().then(|| spec.run_as.describe()).flatten())
+                    .map(|u| format!(", as {u}"))
+                    .unwrap_or_default();
                 s.push_str(&format!(
                     "{:<10} {:<24} runnable      {what} (instances {}, maxConcurrency {}{user})\n             manifest {}\n",
                     p.kind.as_str(),

@@ -8,7 +8,7 @@
 //!   thread that lives as long as the process.
 //! - The environment is cleared to a small allowlist plus the manifest's `env`.
 //! - When the supervisor is root, each plugin runs as its user and group
-//!   ([`crate::runas`]): supplementary groups cleared, then the group, then the user, all
+//!   ([`crate::runas`]): its group set and its supplementary groups cleared, then its user,
 //!   in the child before exec. Every plugin gets `PR_SET_NO_NEW_PRIVS`, so no set-user-ID
 //!   program it starts can raise its privileges again.
 

@@ -315,3 +315,19 @@ fn plugins_running_as_another_user_still_die_with_a_killed_supervisor() {
     assert!(wait_until(Duration::from_secs(10), || !loom_e2e::alive(pid)), "plugin {pid} outlived its supervisor");
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn a_ruby_plugins_code_is_checked_like_an_executable() {
+    let plugins = Plugins::new();
+    let code = "class Fine < Automator\n  def install(ssh, script, data)\n    @result['status'] = 0\n  end\nend\n";
+    let folder = plugins.add_ruby("automator", "fine", "Fine", code);
+    let helper = folder.join("helper.rb");
+    std::fs::write(&helper, "# loaded too\n").unwrap();
+    chmod(&helper, 0o666);
+    let why = reason_of(&plugins_json(plugins.path(), &[]), "fine");
+    assert!(why.ends_with(&format!("fix: chmod go-w {}", helper.display())), "{why}");
+    chmod(&helper, 0o644);
+    let run = plugins.run(&[action("t", "INSTALL", "fine", json!({}))], &[]);
+    assert_eq!(run.result("t")["status"], 0, "{}", run.stderr);
+    plugins.assert_no_leftovers();
+}
