@@ -14,6 +14,7 @@ and prints the tasks that delete them.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,9 @@ def plugins_dir(work):
         with open(os.path.join(top, shipped)) as f:
             manifest = json.load(f)
         manifest[name]["settings"].update(settings)
+        # The shell automator logs in with the keys the local provider (root, when run as
+        # root) keeps readable by its own user only: it runs as the same user.
+        manifest[name]["user"] = "root"
         os.makedirs(os.path.join(work, "plugins", folder))
         with open(os.path.join(work, "plugins", folder, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=2)
@@ -69,7 +73,10 @@ def main():
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="leave the machines running")
     args = parser.parse_args()
-    work = tempfile.mkdtemp(prefix="loom-demo-")
+    # Not under /tmp: the supervisor refuses plugins in a folder every user can write.
+    scratch = os.path.join(os.path.dirname(HERE), "target", "demo")
+    os.makedirs(scratch, mode=0o755, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="loom-demo-", dir=scratch)
     plugins = plugins_dir(work)
     nodes = [{"hostname": "web-%d.local" % i, "provider": {"name": "local", "providertype": "local"},
               "automators": ["shell"]} for i in range(args.nodes)]
@@ -102,6 +109,7 @@ def main():
     finally:
         if up:
             phase(plugins, nodes, "DELETE")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -101,12 +101,12 @@ pub fn round(tools: &Tools, nodes: u32, tag: &str) -> Result<Round, String> {
     let plugins = dir.0.join("plugins");
     write_json(
         &plugins.join("providers/local/local.json"),
-        &json!({"local": {"executable": tools.local, "maxConcurrency": 64,
+        &json!({"local": {"executable": tools.local, "user": "root", "maxConcurrency": 64,
             "timeouts": {"CREATE": 120, "CONFIRM": 120, "DELETE": 120}, "settings": {"network": "loopback"}}}),
     )?;
     write_json(
         &plugins.join("automators/shell/shell.json"),
-        &json!({"shell": {"executable": tools.shell, "maxConcurrency": 64, "timeouts": {"default": 300},
+        &json!({"shell": {"executable": tools.shell, "user": "root", "maxConcurrency": 64, "timeouts": {"default": 300},
             "settings": {"scripts": tools.scripts, "sudo": false}}}),
     )?;
     let loom_root = dir.0.join("apps-loom");

@@ -44,12 +44,16 @@ pub struct Bench {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    /// A new empty folder under the system's temporary folder.
+    /// A new empty folder under `target/tmp` (beside this executable's profile folder):
+    /// the supervisor refuses plugins under a folder every user can write, as /tmp is.
     ///
     /// # Errors
     /// When it cannot be made.
     pub fn new(what: &str) -> Result<TempDir, String> {
-        let dir = std::env::temp_dir().join(format!("loom-bench-{what}-{}-{}", std::process::id(), nanos()));
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        // target/<profile>/loom-bench -> target/tmp
+        let base = exe.ancestors().nth(2).map_or_else(std::env::temp_dir, |t| t.join("tmp"));
+        let dir = base.join(format!("loom-bench-{what}-{}-{}", std::process::id(), nanos()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
         Ok(TempDir(dir))
     }
@@ -147,6 +151,9 @@ pub fn write_registry(dir: &Path, exe: &Path, args: &[&str], instances: u32) -> 
     std::fs::create_dir_all(&folder).map_err(|e| format!("cannot make {}: {e}", folder.display()))?;
     let manifest = serde_json::json!({"noop": {
         "executable": exe, "args": args, "instances": instances,
+        // As root (CI), the supervisor runs a plugin as root only when its manifest says so;
+        // not root, the key changes nothing.
+        "user": "root",
         "maxConcurrency": 4096, "queueCapacity": 1_000_000,
         // Crashes more than a second apart each count as the first in a while: the
         // restart measured is the immediate one, not the backoff of a crash loop.

@@ -16,7 +16,9 @@ use serde_json::value::RawValue;
 use crate::conformance;
 use crate::envelope::TaskEnvelope;
 use crate::logging::{self, Format};
+use crate::manifest::Defaults;
 use crate::registry::{Availability, Registry, Severity};
+use crate::runas::{Origin, RunAs};
 use crate::supervisor::{Options, Supervisor, TaskReport};
 
 /// Exit code for usage and configuration errors.
@@ -89,11 +91,34 @@ struct StatusArgs {
     api: crate::client::ApiArgs,
 }
 
+/// Whom plugins run as, for the commands that start them from plugins folders (the
+/// daemon reads `[defaults] user` and `group` from its configuration instead).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunAsArgs {
+    /// When run as root: the user to run plugins as whose manifest names none (never
+    /// root: only a plugin's own manifest can ask for that).
+    #[arg(long, env = "LOOM_PLUGIN_USER", value_name = "USER")]
+    pub plugin_user: Option<String>,
+    /// When run as root: their group [default: the user's own].
+    #[arg(long, env = "LOOM_PLUGIN_GROUP", value_name = "GROUP")]
+    pub plugin_group: Option<String>,
+}
+
+impl RunAsArgs {
+    /// The defaults these arguments give manifests.
+    pub fn defaults(&self) -> Defaults {
+        let run_as = RunAs::defaults(self.plugin_user.clone(), self.plugin_group.clone(), Origin::CommandLine);
+        Defaults { run_as, ..Defaults::default() }
+    }
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
     /// A folder with providers/ and automators/ (repeatable).
     #[arg(long = "plugins-dir", required = true, value_name = "DIR")]
     plugins_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    run_as: RunAsArgs,
     /// How many tasks to run at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
@@ -111,6 +136,8 @@ struct PluginsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    run_as: RunAsArgs,
 }
 
 /// Parses the command line, runs the command and returns its exit code.
@@ -182,9 +209,14 @@ pub fn main() -> ExitCode {
 }
 
 /// Loads the registry, logging each problem; `None` (after saying why) when a folder
-/// cannot be read.
-pub fn load_registry(dirs: &[PathBuf]) -> Option<Registry> {
-    match Registry::load(dirs) {
+/// cannot be read or `run_as` names a user that cannot be used.
+pub fn load_registry(dirs: &[PathBuf], run_as: &RunAsArgs) -> Option<Registry> {
+    let defaults = run_as.defaults();
+    if let Err(e) = crate::runas::check_defaults(&defaults.run_as) {
+        eprintln!("loom-provisioner: {e}");
+        return None;
+    }
+    match Registry::load_with(dirs, &defaults) {
         Ok(reg) => {
             for p in &reg.problems {
                 match p.severity {
@@ -202,7 +234,7 @@ pub fn load_registry(dirs: &[PathBuf]) -> Option<Registry> {
 }
 
 async fn run(args: RunArgs, plugin_level: LogLevel) -> ExitCode {
-    let Some(registry) = load_registry(&args.plugins_dirs) else {
+    let Some(registry) = load_registry(&args.plugins_dirs, &args.run_as) else {
         return ExitCode::from(USAGE);
     };
     let source = args.input.as_deref().filter(|p| *p != Path::new("-"));
@@ -360,7 +392,7 @@ pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<Str
 }
 
 fn plugins(args: &PluginsArgs) -> ExitCode {
-    let Some(reg) = load_registry(&args.plugins_dirs) else {
+    let Some(reg) = load_registry(&args.plugins_dirs, &args.run_as) else {
         return ExitCode::from(USAGE);
     };
     let text = if args.json { plugins_json(&reg) } else { plugins_table(&reg) };
@@ -382,8 +414,12 @@ fn plugins_table(reg: &Registry) -> String {
                     Some(class) => format!("Ruby class {class}, through loom-ruby-host"),
                     None => spec.executable.display().to_string(),
                 };
+                // Not root, every plugin runs as the supervisor's own user, whatever is configured.
+                let user = (nix::unistd::geteuid().is_root().then(|| spec.run_as.describe()).flatten())
+                    .map(|u| format!(", as {u}"))
+                    .unwrap_or_default();
                 s.push_str(&format!(
-                    "{:<10} {:<24} runnable      {what} (instances {}, maxConcurrency {})\n             manifest {}\n",
+                    "{:<10} {:<24} runnable      {what} (instances {}, maxConcurrency {}{user})\n             manifest {}\n",
                     p.kind.as_str(),
                     p.name,
                     spec.instances,
@@ -419,6 +455,8 @@ fn plugins_json(reg: &Registry) -> String {
                 "name": p.name, "kind": p.kind, "manifest": p.manifest, "runnable": true,
                 "executable": spec.executable, "args": spec.args, "instances": spec.instances,
                 "maxConcurrency": spec.max_concurrency, "rubyClass": spec.ruby_class,
+                "user": spec.run_as.user.as_ref().map(|u| &u.name),
+                "group": spec.run_as.group.as_ref().map(|g| &g.name),
             }),
             Availability::NotRunnable(why) => json!({
                 "name": p.name, "kind": p.kind, "manifest": p.manifest, "runnable": false, "reason": why,

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use crate::logging::Format;
 use crate::manifest::{Defaults, RestartPolicy};
+use crate::runas::{Origin, RunAs};
 
 /// Loom's provisioner listened on 55056.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:55056";
@@ -171,6 +172,8 @@ struct RawDefaults {
     ping_timeout_secs: Option<Spanned<f64>>,
     queue_capacity: Option<usize>,
     restart: Option<RawRestart>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +234,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             let file = resolve(t.get_ref());
             let token = std::fs::read_to_string(&file)
                 .map_err(|e| err(Some(t.span()), format!("token_file: cannot read {}: {e}", file.display())))?;
+            check_token_file(&file).map_err(|m| err(Some(t.span()), m))?;
             let token = token.trim().to_owned();
             if token.len() < 16 {
                 return Err(err(
@@ -283,6 +287,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     d.ping_timeout = secs(&rd.ping_timeout_secs, "defaults.ping_timeout_secs", 1.0)?.unwrap_or(d.ping_timeout);
     d.queue_capacity = rd.queue_capacity.unwrap_or(d.queue_capacity).max(1);
+    d.run_as = default_run_as(rd).map_err(|(span, m)| err(span, m))?;
     if let Some(r) = &rd.restart {
         let base = RestartPolicy::default();
         d.restart = RestartPolicy {
@@ -351,6 +356,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         defaults: d,
         http,
     })
+}
+
+/// The token file, like a private key, must not be readable by other users, nor writable
+/// by anyone but root or the daemon's user (on its whole path, [`crate::trust`]): whoever
+/// reads it can use the API.
+fn check_token_file(file: &Path) -> Result<(), String> {
+    crate::trust::check(file, crate::trust::Kind::Secret).map(drop).map_err(|e| format!("token_file: {e}"))
+}
+
+/// `[defaults] user` and `group`: whom plugins run as when their manifest names nobody
+/// (when the daemon runs as root). Each must exist, and neither may be root.
+fn default_run_as(rd: &RawDefaults) -> Result<RunAs, (Option<std::ops::Range<usize>>, String)> {
+    let name = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
+    let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
+    let user = RunAs::defaults(name(&rd.user), None, Origin::Config);
+    crate::runas::check_defaults(&user).map_err(|m| (span(&rd.user), format!("defaults.user: {m}")))?;
+    let group = RunAs::defaults(None, name(&rd.group), Origin::Config);
+    crate::runas::check_defaults(&group).map_err(|m| (span(&rd.group), format!("defaults.group: {m}")))?;
+    Ok(RunAs { user: user.user, group: group.group })
 }
 
 /// The dotted key whose line holds `offset` (`defaults.restart.max_restarts`), if that
@@ -490,6 +514,43 @@ idle_timeout_secs = 5
         let c = parse(Path::new("/etc/loom-provisioner/config.toml"), include_str!("../../dist/config.toml")).unwrap();
         assert_eq!(c.http, HttpLimits::default(), "dist/config.toml shows the defaults");
         assert_eq!(c.defaults, Defaults::default());
+    }
+
+    #[test]
+    fn the_default_user_is_read_and_never_root() {
+        let base = "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[defaults]\n";
+        let c = parse_text(&format!("{base}user = \"nobody\"\ngroup = \"daemon\"\n")).unwrap();
+        assert_eq!(c.defaults.run_as.describe().as_deref(), Some("nobody:daemon"));
+        assert_eq!(c.defaults.run_as.user.unwrap().origin, Origin::Config);
+        for (text, want, line) in [
+            ("user = \"root\"\n", "defaults.user: `user` under [defaults] in the daemon's configuration names root", 4),
+            ("user = \"0\"\n", "names root", 4),
+            ("user = \"nobody\"\ngroup = \"root\"\n", "defaults.group:", 5),
+            ("user = \"no-such-user-x\"\n", "does not exist", 4),
+        ] {
+            let e = parse_text(&format!("{base}{text}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{text:?}: {e}");
+            assert_eq!(e.line, Some(line), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = crate::trust::test_dir();
+        let token = d.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let text = format!("plugin_dirs = [\"p\"]\ndata_dir = \"d\"\ntoken_file = {:?}\n", token.display().to_string());
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse_text(&text).unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("token_file:") && e.message.contains("readable by every user"), "{e}");
+        assert!(e.message.contains(&format!("fix: chmod 0600 {}", token.display())), "{e}");
+        assert!(!e.to_string().contains("0123456789abcdef"), "never the token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(parse_text(&text).unwrap_err().message.contains("writable by its group"));
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(parse_text(&text).unwrap().token.as_deref(), Some("0123456789abcdef0123"));
     }
 
     #[test]

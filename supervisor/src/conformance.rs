@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use crate::cli::{kind_of_folder, load_registry};
 use crate::connection::Outcome;
 use crate::envelope::TaskEnvelope;
-use crate::manifest::{self, Entry, PluginSpec};
+use crate::manifest::{self, Defaults, Entry, PluginSpec};
 use crate::plugin::secs;
 use crate::process::PluginProcess;
 use crate::registry::Availability;
@@ -49,6 +49,8 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub run_as: crate::cli::RunAsArgs,
 }
 
 /// `--kind`.
@@ -153,8 +155,24 @@ pub fn render(report: &Report) -> String {
     s
 }
 
-/// Finds the plugin `args.target` names and builds its spec.
+/// Finds the plugin `args.target` names, builds its spec, and checks that it may run
+/// ([`crate::vet`]).
 fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
+    let spec = find(args)?;
+    match crate::vet::vet(&spec) {
+        Ok(vetted) => {
+            if let Some(note) = vetted.note {
+                tracing::warn!(plugin = %spec.name, "{note}");
+            }
+            Ok(spec)
+        }
+        Err(why) => Err(format!("{} {:?} cannot run: {why}", spec.kind, spec.name)),
+    }
+}
+
+fn find(args: &CheckArgs) -> Result<PluginSpec, String> {
+    let defaults = args.run_as.defaults();
+    crate::runas::check_defaults(&defaults.run_as)?;
     let path = Path::new(&args.target);
     let kind = args.kind.map(PluginKind::from);
     if !path.exists() {
@@ -164,7 +182,7 @@ fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
                 args.target
             ));
         }
-        let reg = load_registry(&args.plugins_dirs).ok_or("cannot read the plugins folders")?;
+        let reg = load_registry(&args.plugins_dirs, &args.run_as).ok_or("cannot read the plugins folders")?;
         let found: Vec<_> =
             reg.plugins.iter().filter(|p| p.name == args.target && kind.is_none_or(|k| k == p.kind)).collect();
         return match found.as_slice() {
@@ -185,7 +203,7 @@ fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
         None
     };
     match manifest_path {
-        Some(m) => spec_from_manifest(&m, kind),
+        Some(m) => spec_from_manifest(&m, kind, &defaults),
         None => {
             let kind = kind.ok_or("say which kind of plugin this is: --kind provider or --kind automator")?;
             let abs = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -194,9 +212,10 @@ fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
                 name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
             let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
             let body = json!({ "executable": abs.to_string_lossy() });
-            let parsed = manifest::parse_entry(&name, kind, &dir.join(format!("{name}.json")), &body);
+            let parsed = manifest::parse_entry_with(&name, kind, &dir.join(format!("{name}.json")), &body, &defaults);
             match parsed.entry {
-                Ok(Entry::Runnable(spec)) => Ok(*spec),
+                // No manifest: the file that defines the plugin, to check, is the executable.
+                Ok(Entry::Runnable(spec)) => Ok(PluginSpec { manifest: spec.executable.clone(), ..*spec }),
                 Ok(Entry::NotRunnable(why)) => Err(why),
                 Err(p) => Err(format!("{}: {}", path.display(), p.message)),
             }
@@ -204,7 +223,7 @@ fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
     }
 }
 
-fn spec_from_manifest(path: &Path, kind: Option<PluginKind>) -> Result<PluginSpec, String> {
+fn spec_from_manifest(path: &Path, kind: Option<PluginKind>, defaults: &Defaults) -> Result<PluginSpec, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let doc: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
@@ -216,7 +235,7 @@ fn spec_from_manifest(path: &Path, kind: Option<PluginKind>) -> Result<PluginSpe
     let [(name, body)] = entries.iter().collect::<Vec<_>>()[..] else {
         return Err(format!("{}: expected exactly one plugin entry", path.display()));
     };
-    match manifest::parse_entry(name, kind, path, body).entry {
+    match manifest::parse_entry_with(name, kind, path, body, defaults).entry {
         Ok(Entry::Runnable(spec)) => Ok(*spec),
         Ok(Entry::NotRunnable(why)) => Err(format!("{}: {name:?}: {why}", path.display())),
         Err(p) => Err(format!("{}: key {:?}: {}", path.display(), p.key, p.message)),

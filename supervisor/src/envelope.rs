@@ -235,6 +235,8 @@ struct SeenKeys<'de> {
 const FEW_KEYS: usize = 16;
 
 impl<'de> SeenKeys<'de> {
+    // A `Cow` and not a `&str`: the key is kept, and a `Cow` clone borrows where a `&str` would allocate.
+    #[allow(clippy::ptr_arg)]
     fn check<E: de::Error>(&mut self, key: &Cow<'de, str>) -> Result<(), E> {
         let repeated = match &mut self.many {
             Some(set) => !set.insert(key.clone()),

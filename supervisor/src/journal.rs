@@ -140,19 +140,15 @@ impl Journal {
     /// Opens (creating if needed) `<data_dir>/journal.sqlite3` and starts its thread.
     ///
     /// # Errors
-    /// When the folder or database cannot be created or read, or has a newer schema.
+    /// When the folder or database cannot be created or read, has a newer schema, or
+    /// cannot be trusted ([`open_safely`]).
     pub fn open(data_dir: &Path) -> Result<Journal, JournalError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let path = data_dir.join("journal.sqlite3");
         let fail = |message: String| JournalError { path: path.clone(), message };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|e| fail(format!("cannot create the data folder {}: {e}", data_dir.display())))?;
-        let conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
+        let (real, conn) = open_safely(data_dir).map_err(fail)?;
         // Tasks and results carry credentials.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(e.to_string()))?;
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(e.to_string()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -341,6 +337,41 @@ impl Journal {
     }
 }
 
+/// Creates `data_dir` (mode 0700) if needed, checks it as [`crate::trust`] checks plugin
+/// folders (owned by root or the daemon's user, writable by no one else, on its whole
+/// path), and opens the database in it without following symbolic links: the database's
+/// own name and its `-wal`, `-shm` and `-journal` companions (which SQLite opens by name
+/// itself) must not be links, so nobody can point the journal, and the credentials in it,
+/// at another file. Returns the database's path, links on the way resolved.
+fn open_safely(data_dir: &Path) -> Result<(PathBuf, Connection), String> {
+    use rusqlite::OpenFlags;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|e| format!("cannot create the data folder {}: {e}", data_dir.display()))?;
+    let dir = crate::trust::check(data_dir, crate::trust::Kind::Folder).map_err(|e| format!("data folder: {e}"))?;
+    let path = dir.join("journal.sqlite3");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::symlink_metadata(&file) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} is a symbolic link, and the journal never follows one (it could point the journal at another file); remove it",
+                    file.display()
+                ));
+            }
+            Ok(md) if !md.is_file() => return Err(format!("{} is not a regular file; remove it", file.display())),
+            _ => {}
+        }
+    }
+    // SQLITE_OPEN_NOFOLLOW: SQLite refuses a path with a link in it (O_NOFOLLOW and more).
+    let conn = Connection::open_with_flags(&path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)
+        .map_err(|e| e.to_string())?;
+    Ok((path, conn))
+}
+
 /// The journal thread: apply everything queued, commit once, answer; checkpoint the
 /// write-ahead log [`CHECKPOINT_AFTER`] after a commit, or when asked.
 fn writer(conn: &Connection, ops: &std_mpsc::Receiver<Op>) {
@@ -473,7 +504,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_goes_from_queued_to_done_and_is_accepted_once() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         assert!(j.accept("t1", "CREATE", raw(r#"{"taskId":"t1"}"#)).await.unwrap().is_none());
         let again = j.accept("t1", "CREATE", raw(r#"{"taskId":"t1","other":1}"#)).await.unwrap().unwrap();
@@ -490,7 +521,7 @@ mod tests {
 
     #[tokio::test]
     async fn survives_a_reopen_with_unfinished_tasks_and_forgets_bodies_of_finished_ones() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         {
             let j = Journal::open(dir.path()).unwrap();
             j.accept("q", "INSTALL", raw("{\"q\":1}")).await.unwrap();
@@ -514,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_concurrent_operations_share_commits_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         let handles: Vec<_> = (0..500)
             .map(|i| {
@@ -530,7 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn prune_removes_only_old_finished_tasks() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         j.accept("old", "START", raw("{}")).await.unwrap();
         j.finish("old", r#"{"status":0}"#).await.unwrap();
@@ -555,7 +586,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_tasks_body_and_a_pruned_result_leave_every_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         // Bodies of all sizes: one in its page, one in overflow pages.
         let small = r#"{"password":"body-secret-small"}"#.to_owned();
@@ -585,7 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_write_ahead_log_is_truncated_soon_after_a_commit_without_being_asked() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         j.accept("t", "CREATE", raw(r#"{"password":"body-secret-wal"}"#)).await.unwrap();
         j.finish("t", r#"{"status":0}"#).await.unwrap();
@@ -609,9 +640,47 @@ mod tests {
     #[test]
     fn the_file_is_private() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let j = Journal::open(&dir.path().join("data")).unwrap();
         assert_eq!(std::fs::metadata(j.path()).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(dir.path().join("data")).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_data_folder_others_can_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::trust::test_dir();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        for mode in [0o777, 0o770, 0o1777] {
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Journal::open(&data).err().expect("refused").message;
+            assert!(err.starts_with(&format!("data folder: {}", data.display())), "{err}");
+            assert!(err.contains("chmod go-w") || err.contains("sticky"), "{err}");
+        }
+        assert!(!data.join("journal.sqlite3").exists(), "nothing was created in it");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(Journal::open(&data).is_ok());
+    }
+
+    #[test]
+    fn the_journal_never_follows_a_symbolic_link() {
+        let dir = crate::trust::test_dir();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        for name in ["journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm", "journal.sqlite3-journal"] {
+            let data = dir.path().join(format!("data-{name}"));
+            std::fs::create_dir(&data).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, data.join(name)).unwrap();
+            let err = Journal::open(&data).err().expect("refused").message;
+            assert!(err.contains(&format!("{} is a symbolic link", data.join(name).display())), "{err}");
+        }
+        assert_eq!(std::fs::metadata(&elsewhere).unwrap().len(), 0, "the link's target was not written");
+        // A data folder reached through a (trusted) link is fine: the link is resolved first.
+        let real = dir.path().join("real");
+        std::os::unix::fs::symlink(&real, dir.path().join("via")).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        assert!(Journal::open(&dir.path().join("via")).is_ok());
+        assert!(real.join("journal.sqlite3").is_file());
     }
 }

@@ -14,6 +14,7 @@
 //! | a process starts and stops | [`process`] and [`spawn`]: process groups, parent-death signal |
 //! | a crash is handled | [`instance`]: the restart loop, with [`restart`]'s policy |
 //! | plugins are found | [`registry`] and [`manifest`] |
+//! | plugins are trusted, and run as whom | [`vet`]: files checked like sshd's StrictModes ([`trust`]), whom they run as ([`runas`]) |
 //! | credentials are kept out of logs | [`redact`] |
 //! | plugin log lines reach the log without blocking | [`logpump`] |
 //! | plugin authors check their plugin | [`conformance`] |
@@ -48,9 +49,12 @@ pub mod redact;
 pub mod registry;
 pub mod restart;
 pub mod router;
+pub mod runas;
 pub mod serve;
 pub mod spawn;
 pub mod supervisor;
+pub mod trust;
+pub mod vet;
 
 pub use envelope::TaskEnvelope;
 pub use registry::Registry;

@@ -11,6 +11,8 @@ use std::time::Duration;
 use loom_protocol::{PluginKind, TaskName};
 use serde_json::{Map, Value};
 
+use crate::runas::RunAs;
+
 /// Everything the supervisor needs to run one plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginSpec {
@@ -18,7 +20,7 @@ pub struct PluginSpec {
     pub name: String,
     /// Provider or automator.
     pub kind: PluginKind,
-    /// The manifest file this came from.
+    /// The manifest file this came from (for `check` on a bare executable: the executable).
     pub manifest: PathBuf,
     /// The plugin's folder: the manifest's folder, and the plugin's working directory.
     pub dir: PathBuf,
@@ -28,6 +30,12 @@ pub struct PluginSpec {
     pub args: Vec<String>,
     /// Extra environment for the plugin, on top of the supervisor's small allowlist.
     pub env: BTreeMap<String, String>,
+    /// Whether `env` may set variables that change which code runs ([`CODE_ENV`]).
+    pub allow_loader_env: bool,
+    /// The executable's SHA-256, checked before every start.
+    pub sha256: Option<[u8; 32]>,
+    /// Whom it runs as (when the supervisor is root).
+    pub run_as: RunAs,
     /// How many processes to run.
     pub instances: usize,
     /// Tasks in flight per process (the handshake may lower it).
@@ -136,6 +144,8 @@ pub struct Defaults {
     pub restart: RestartPolicy,
     /// Waiting tasks per plugin.
     pub queue_capacity: usize,
+    /// Whom plugins run as when their manifest names no user (when the supervisor is root).
+    pub run_as: RunAs,
 }
 
 impl Default for Defaults {
@@ -149,6 +159,7 @@ impl Default for Defaults {
             ping_timeout: defaults::PING_TIMEOUT,
             restart: RestartPolicy::default(),
             queue_capacity: defaults::QUEUE_CAPACITY,
+            run_as: RunAs::default(),
         }
     }
 }
@@ -200,7 +211,35 @@ const KNOWN_KEYS: &[&str] = &[
     "maxLineBytes",
     "classname",
     "description",
+    "user",
+    "group",
+    "sha256",
+    "allowLoaderEnv",
 ];
+
+/// Variables a manifest's `env` may set only with `"allowLoaderEnv": true`, besides every
+/// `LD_*` one: they change which code runs — the dynamic loader's and the C library's
+/// (`GCONV_PATH` loads modules, `GLIBC_TUNABLES` has been an exploit vector), the
+/// interpreters' module paths, and `PATH` (which `#!/usr/bin/env` and every command a
+/// plugin starts go through; the executable itself is always found with the supervisor's
+/// own `PATH`).
+pub const CODE_ENV: &[&str] = &[
+    "PATH",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "RUBYLIB",
+    "RUBYOPT",
+    "PERL5LIB",
+    "PERL5OPT",
+    "NODE_OPTIONS",
+];
+
+/// Whether `name` is a variable [`CODE_ENV`] covers (with every `LD_*`).
+pub fn changes_code(name: &str) -> bool {
+    name.starts_with("LD_") || CODE_ENV.contains(&name)
+}
 
 const RESTART_KEYS: &[&str] = &["maxRestarts", "withinSecs", "backoffInitialMs", "backoffMaxMs", "coolDownSecs"];
 
@@ -234,6 +273,14 @@ fn parse_body(
 
     let executable = f.string("executable")?;
     let classname = f.string("classname")?;
+    let sha256 = f.sha256("sha256")?;
+    if sha256.is_some() && executable.is_none() {
+        return Err(problem("sha256", "is the SHA-256 of an \"executable\", and this entry has none"));
+    }
+    let allow_loader_env = f.boolean("allowLoaderEnv")?.unwrap_or(false);
+    let env = f.string_map("env")?;
+    check_env(&env, allow_loader_env, warnings)?;
+    let run_as = RunAs::merge(f.account("user")?, f.account("group")?, &d.run_as);
     // Absolute, because the plugin runs with its folder as working directory.
     let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = std::path::absolute(&dir).unwrap_or(dir);
@@ -274,7 +321,10 @@ fn parse_body(
         manifest: manifest.to_path_buf(),
         executable,
         args,
-        env: f.string_map("env")?,
+        env,
+        allow_loader_env,
+        sha256,
+        run_as,
         instances: f.count("instances", 1)?.unwrap_or(1),
         max_concurrency,
         timeouts: f.timeouts("timeouts", kind, d.task_timeout)?,
@@ -375,20 +425,33 @@ fn check_name(name: &str) -> Result<(), KeyProblem> {
 }
 
 /// `executable` is relative to the manifest's folder when a file of that name is there,
-/// else (when it has no slash) looked up on PATH.
+/// else (when it has no slash) looked up on PATH — the supervisor's own PATH, never one
+/// from the manifest's `env`. A relative name must stay inside the folder once links are
+/// followed; an absolute one may be anywhere (and is checked where it leads).
 fn resolve_executable(dir: &Path, executable: &str) -> Result<PathBuf, KeyProblem> {
     use std::os::unix::fs::PermissionsExt;
     if executable.is_empty() {
         return Err(problem("executable", "is empty"));
     }
     let local = dir.join(executable);
-    let path = if local.is_file() {
-        local
-    } else if !executable.contains('/') {
-        which::which(executable)
-            .map_err(|_| problem("executable", format!("{executable:?} is neither in {} nor on PATH", dir.display())))?
-    } else {
-        return Err(problem("executable", format!("{} does not exist", local.display())));
+    let path = match std::fs::symlink_metadata(&local) {
+        Ok(_) => {
+            check_local(&local)?;
+            if Path::new(executable).is_relative() {
+                check_inside(dir, &local, executable)?;
+            }
+            local
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !executable.contains('/') => {
+            let found = which::which(executable).map_err(|_| {
+                problem("executable", format!("{executable:?} is neither in {} nor on PATH", dir.display()))
+            })?;
+            std::path::absolute(&found).unwrap_or(found)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(problem("executable", format!("{} does not exist", local.display())));
+        }
+        Err(e) => return Err(problem("executable", format!("cannot read {}: {e}", local.display()))),
     };
     let mode = std::fs::metadata(&path)
         .map_err(|e| problem("executable", format!("cannot read {}: {e}", path.display())))?
@@ -398,6 +461,67 @@ fn resolve_executable(dir: &Path, executable: &str) -> Result<PathBuf, KeyProble
         return Err(problem("executable", format!("{} is not executable (chmod +x it)", path.display())));
     }
     Ok(path)
+}
+
+/// An executable that exists in the folder must be a file: say precisely what it is
+/// instead (a folder, a link to nothing).
+fn check_local(local: &Path) -> Result<(), KeyProblem> {
+    match std::fs::metadata(local) {
+        Ok(md) if md.is_file() => Ok(()),
+        Ok(md) if md.is_dir() => {
+            Err(problem("executable", format!("{} is a folder, not an executable file", local.display())))
+        }
+        Ok(_) => Err(problem("executable", format!("{} is not a regular file", local.display()))),
+        Err(e) => match std::fs::read_link(local) {
+            Ok(target) if e.kind() == std::io::ErrorKind::NotFound => Err(problem(
+                "executable",
+                format!("{} is a symbolic link to {}, which does not exist", local.display(), target.display()),
+            )),
+            _ => Err(problem("executable", format!("cannot read {}: {e}", local.display()))),
+        },
+    }
+}
+
+/// A name relative to the plugin's folder may not lead out of it (`../`, or a link
+/// pointing elsewhere): copying or reviewing a plugin folder must show everything it runs.
+fn check_inside(dir: &Path, local: &Path, executable: &str) -> Result<(), KeyProblem> {
+    let fail = |e: std::io::Error| problem("executable", format!("cannot resolve {}: {e}", local.display()));
+    let folder = std::fs::canonicalize(dir).map_err(fail)?;
+    let target = std::fs::canonicalize(local).map_err(fail)?;
+    if target.starts_with(&folder) {
+        return Ok(());
+    }
+    Err(problem(
+        "executable",
+        format!(
+            "{executable:?} leads out of the plugin's folder {} (to {}); keep the executable inside the folder, or name it by its absolute path",
+            dir.display(),
+            target.display()
+        ),
+    ))
+}
+
+/// `env` may not set what changes which code runs ([`changes_code`]) unless the manifest
+/// opts in with `"allowLoaderEnv": true`; then each such variable is a warning, logged at
+/// every registration.
+fn check_env(env: &BTreeMap<String, String>, allowed: bool, warnings: &mut Vec<KeyProblem>) -> Result<(), KeyProblem> {
+    for name in env.keys().filter(|k| changes_code(k)) {
+        let key = format!("env.{name}");
+        if !allowed {
+            return Err(problem(
+                &key,
+                format!(
+                    "{name} changes which code the plugin runs (the dynamic loader's, the C library's and interpreters' \
+                     variables, and PATH, need an explicit opt-in); remove it, or add \"allowLoaderEnv\": true to the manifest"
+                ),
+            ));
+        }
+        warnings.push(problem(
+            &key,
+            format!("sets {name}, which changes which code the plugin runs; allowed by \"allowLoaderEnv\": true"),
+        ));
+    }
+    Ok(())
 }
 
 fn problem(key: &str, message: impl Into<String>) -> KeyProblem {
@@ -443,6 +567,55 @@ impl Fields<'_> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(v) => Err(self.err(key, "a string", v)),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, KeyProblem> {
+        match self.obj.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.err(key, "true or false", v)),
+        }
+    }
+
+    /// A user or group: a name of letters, digits, `_`, `-` and `.` (and a final `$`, as
+    /// Samba's machine accounts have), or a number.
+    fn account(&self, key: &str) -> Result<Option<String>, KeyProblem> {
+        let Some(name) = self.string(key)? else { return Ok(None) };
+        let body = name.strip_suffix('$').unwrap_or(&name);
+        let ok = !body.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('-')
+            && body.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(Some(name))
+        } else {
+            Err(problem(&format!("{}{key}", self.prefix), format!("expected a {key} name or number")))
+        }
+    }
+
+    /// 64 hexadecimal digits.
+    fn sha256(&self, key: &str) -> Result<Option<[u8; 32]>, KeyProblem> {
+        let Some(text) = self.string(key)? else { return Ok(None) };
+        let mut out = [0u8; 32];
+        let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+        let ok = text.len() == 64
+            && text.as_bytes().chunks(2).zip(out.iter_mut()).all(|(pair, byte)| {
+                match (digit(pair[0]), digit(pair[1])) {
+                    (Some(hi), Some(lo)) => {
+                        *byte = hi << 4 | lo;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+        if ok {
+            Ok(Some(out))
+        } else {
+            Err(problem(
+                &format!("{}{key}", self.prefix),
+                "expected 64 hexadecimal digits, the executable's SHA-256 (as `sha256sum FILE` prints it)",
+            ))
         }
     }
 
@@ -639,5 +812,80 @@ mod tests {
             let p = parse_entry(name, PluginKind::Provider, Path::new("/x/y.json"), &json!({"executable": "sh"}));
             assert!(p.entry.is_err(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn loader_variables_need_the_opt_in_and_then_warn() {
+        for var in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GCONV_PATH", "GLIBC_TUNABLES", "PATH", "PYTHONPATH"] {
+            let err = parse(json!({"executable": "sh", "env": {var: "/x"}})).entry.expect_err(var);
+            assert_eq!(err.key, format!("env.{var}"));
+            assert!(err.message.contains("add \"allowLoaderEnv\": true"), "{}", err.message);
+            let p = parse(json!({"executable": "sh", "env": {var: "/x"}, "allowLoaderEnv": true}));
+            assert!(p.entry.is_ok(), "{var}");
+            assert!(p.warnings.iter().any(|w| w.key == format!("env.{var}") && w.message.contains("allowLoaderEnv")));
+        }
+        // Names that only look alike are ordinary variables.
+        let p = parse(json!({"executable": "sh", "env": {"ld_preload": "x", "OLD_PATH": "x", "MY_LD_X": "x"}}));
+        assert!(p.entry.is_ok() && p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(!spec(json!({"executable": "sh"})).allow_loader_env);
+        let err = parse(json!({"executable": "sh", "allowLoaderEnv": "yes"})).entry.unwrap_err();
+        assert_eq!(err.key, "allowLoaderEnv");
+    }
+
+    #[test]
+    fn sha256_user_and_group_are_read_and_checked() {
+        let digest = "00ff".repeat(16);
+        let s = spec(json!({"executable": "sh", "sha256": digest.to_uppercase(), "user": "nobody", "group": "daemon"}));
+        assert_eq!(s.sha256.map(|d| (d[0], d[1])), Some((0x00, 0xff)));
+        assert_eq!(s.run_as.describe().as_deref(), Some("nobody:daemon"));
+        for bad in ["abc", "+f".repeat(32).as_str(), &"g".repeat(64), &"0".repeat(65)] {
+            let err = parse(json!({"executable": "sh", "sha256": bad})).entry.unwrap_err();
+            assert!(err.key == "sha256" && err.message.contains("64 hexadecimal digits"), "{bad}: {err:?}");
+        }
+        let err = parse(json!({"classname": "C", "sha256": digest})).entry.unwrap_err();
+        assert_eq!(err.key, "sha256");
+        for bad in ["", "-x", "a b", "x;y", "../x"] {
+            let err = parse(json!({"executable": "sh", "user": bad})).entry.unwrap_err();
+            assert_eq!(err.key, "user", "{bad:?}");
+        }
+        assert_eq!(parse(json!({"executable": "sh", "group": 5})).entry.unwrap_err().key, "group");
+        // The daemon's default applies to manifests that name nobody.
+        let d = Defaults {
+            run_as: RunAs::defaults(Some("nobody".into()), None, crate::runas::Origin::Config),
+            ..Defaults::default()
+        };
+        let p = parse_entry_with("x", PluginKind::Automator, Path::new("/x/x.json"), &json!({"executable": "sh"}), &d);
+        let Ok(Entry::Runnable(s)) = p.entry else { panic!() };
+        assert_eq!(s.run_as.describe().as_deref(), Some("nobody"));
+    }
+
+    #[test]
+    fn executables_that_are_not_files_are_named_precisely() {
+        let d = crate::trust::test_dir();
+        let manifest = d.path().join("x.json");
+        let at = |exe: &str| {
+            parse_entry("x", PluginKind::Automator, &manifest, &json!({"executable": exe})).entry.unwrap_err().message
+        };
+        std::fs::create_dir(d.path().join("folder")).unwrap();
+        assert_eq!(at("folder"), format!("{} is a folder, not an executable file", d.path().join("folder").display()));
+        std::os::unix::fs::symlink("gone", d.path().join("dangling")).unwrap();
+        assert_eq!(
+            at("dangling"),
+            format!("{} is a symbolic link to gone, which does not exist", d.path().join("dangling").display())
+        );
+        assert!(at("no-such-command-x").contains("is neither in"));
+        assert!(at("sub/none").ends_with("does not exist"));
+
+        // Relative names stay inside the folder; absolute ones may point anywhere.
+        let outside = crate::trust::test_dir();
+        let exe = outside.path().join("run");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&exe, d.path().join("link")).unwrap();
+        assert!(at("link").contains("leads out of the plugin's folder"), "{}", at("link"));
+        let up = format!("../{}/run", outside.path().file_name().unwrap().to_string_lossy());
+        assert!(at(&up).contains("leads out of the plugin's folder"), "{}", at(&up));
+        let p = parse_entry("x", PluginKind::Automator, &manifest, &json!({"executable": exe}));
+        assert!(matches!(p.entry, Ok(Entry::Runnable(_))), "{:?}", p.entry);
     }
 }

@@ -103,14 +103,31 @@ pub enum Control {
 }
 
 impl PluginProcess {
-    /// Spawns the plugin and wires its pipes.
+    /// Checks the plugin's files and whom it runs as ([`crate::vet`]), spawns it and wires
+    /// its pipes.
     ///
     /// # Errors
-    /// When the executable cannot be started.
+    /// When the checks refuse it (the text says why and how to fix it) or the executable
+    /// cannot be started.
     pub async fn spawn(spec: &PluginSpec) -> io::Result<PluginProcess> {
+        let vetted = crate::vet::vet_blocking(spec).await.map_err(io::Error::other)?;
+        let identity = vetted.identity.as_ref();
         // The log channel: a pipe whose write end becomes the plugin's fd 3.
         let (log_read, log_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        let mut child = spawn::spawn(spawn::command(spec), Some(std::os::fd::AsFd::as_fd(&log_write))).await?;
+        let cmd = spawn::command(spec, identity);
+        let mut child =
+            spawn::spawn(cmd, Some(std::os::fd::AsFd::as_fd(&log_write))).await.map_err(|e| match identity {
+                Some(id) if e.kind() == io::ErrorKind::PermissionDenied => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (the plugin runs as user {}, who must be able to reach and run {} and enter {})",
+                        id.user,
+                        spec.executable.display(),
+                        spec.dir.display()
+                    ),
+                ),
+                _ => e,
+            })?;
         drop(log_write);
         let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())

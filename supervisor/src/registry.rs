@@ -1,6 +1,7 @@
 //! Finds plugins: `<dir>/providers/<name>/<name>.json` and `<dir>/automators/<name>/<name>.json`,
 //! the layout of Loom's seed. One bad manifest is reported and skipped; it never stops the
-//! others from loading.
+//! others from loading. A plugin whose files cannot be trusted, or that has no user to run
+//! as, registers as not runnable with the reason ([`crate::vet`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use loom_protocol::PluginKind;
 use serde_json::Value;
 
 use crate::manifest::{self, Defaults, Entry, PluginSpec};
+use crate::trust::{self, Kind};
 
 /// Every plugin found, runnable or not, and every problem met on the way.
 #[derive(Debug, Default)]
@@ -173,7 +175,14 @@ impl Registry {
         let Some(entries) = doc.as_object().filter(|o| !o.is_empty()) else {
             return self.error(path, None, None, "expected an object {\"<plugin name>\": {...}}".into());
         };
+        // A manifest others can write is not read further: its entries are listed as not
+        // runnable, with the reason, whatever they say.
+        let untrusted = trust::check(path, Kind::File).err().map(|e| format!("refused to run it: {e}"));
         for (name, body) in entries {
+            if let Some(why) = &untrusted {
+                self.refuse(path, name, kind, why.clone());
+                continue;
+            }
             let parsed = manifest::parse_entry_with(name, kind, path, body, &self.defaults);
             for w in parsed.warnings {
                 self.problems.push(Problem {
@@ -193,7 +202,18 @@ impl Registry {
                 continue;
             }
             let availability = match parsed.entry {
-                Ok(Entry::Runnable(spec)) => Availability::Runnable(Arc::from(spec)),
+                Ok(Entry::Runnable(spec)) => match crate::vet::vet(&spec) {
+                    Ok(vetted) => {
+                        if let Some(note) = vetted.note {
+                            self.warn(path, name, None, note);
+                        }
+                        Availability::Runnable(Arc::from(spec))
+                    }
+                    Err(why) => {
+                        self.error(path, Some(name), None, why.clone());
+                        Availability::NotRunnable(why)
+                    }
+                },
                 Ok(Entry::NotRunnable(why)) => {
                     self.error(path, Some(name), None, why.clone());
                     Availability::NotRunnable(why)
@@ -213,6 +233,30 @@ impl Registry {
             };
             self.plugins.push(Registered { name: name.clone(), kind, manifest: path.to_path_buf(), availability });
         }
+    }
+
+    /// Registers `name` as not runnable for `why`, unless the name is taken.
+    fn refuse(&mut self, path: &Path, name: &str, kind: PluginKind, why: String) {
+        if let Some(existing) = self.get(kind, name) {
+            let message = format!(
+                "a {kind} named {name:?} is already registered by {}; this one is ignored",
+                existing.manifest.display()
+            );
+            return self.error(path, Some(name), None, message);
+        }
+        self.error(path, Some(name), None, why.clone());
+        let availability = Availability::NotRunnable(why);
+        self.plugins.push(Registered { name: name.to_owned(), kind, manifest: path.to_path_buf(), availability });
+    }
+
+    fn warn(&mut self, file: &Path, plugin: &str, key: Option<&str>, message: String) {
+        self.problems.push(Problem {
+            file: file.to_path_buf(),
+            plugin: Some(plugin.to_owned()),
+            key: key.map(str::to_owned),
+            message,
+            severity: Severity::Warning,
+        });
     }
 
     fn error(&mut self, file: &Path, plugin: Option<&str>, key: Option<&str>, message: String) {
@@ -250,15 +294,29 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn write(root: &Path, rel: &str, text: &str) {
+    fn write(root: &Path, rel: &str, text: &str) -> PathBuf {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Plugins run as nobody unless their manifest says otherwise.
+    fn load(dirs: &[PathBuf]) -> Result<Registry, LoadError> {
+        let run_as = crate::runas::RunAs::defaults(Some("nobody".into()), None, crate::runas::Origin::Config);
+        Registry::load_with(dirs, &Defaults { run_as, ..Defaults::default() })
+    }
+
+    fn reason<'a>(reg: &'a Registry, kind: PluginKind, name: &str) -> &'a str {
+        match &reg.get(kind, name).unwrap().availability {
+            Availability::NotRunnable(why) => why,
+            Availability::Runnable(_) => panic!("{name} is runnable"),
+        }
     }
 
     #[test]
     fn loads_the_seed_layout_and_reports_each_problem_without_stopping() {
-        let d = tempfile::tempdir().unwrap();
+        let d = crate::trust::test_dir();
         let root = d.path();
         write(root, "providers/good/good.json", r#"{"good": {"executable": "sh"}}"#);
         write(root, "providers/ruby/ruby.json", r#"{"ruby": {"classname": "MyProvider"}}"#);
@@ -269,7 +327,7 @@ mod tests {
         write(root, "automators/odd/data.json", r#"{"some": "data"}"#);
         write(root, "automators/odd/plugin.json", r#"{"odd": {"executable": "sh"}}"#);
 
-        let reg = Registry::load(&[root.to_path_buf()]).unwrap();
+        let reg = load(&[root.to_path_buf()]).unwrap();
         let names: Vec<_> = reg.plugins.iter().map(|p| format!("{}/{}", p.kind, p.name)).collect();
         assert_eq!(names, ["automator/bad", "automator/odd", "automator/shell", "provider/good", "provider/ruby"]);
 
@@ -300,14 +358,71 @@ mod tests {
 
     #[test]
     fn duplicates_keep_the_first_and_say_so() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
+        let a = crate::trust::test_dir();
+        let b = crate::trust::test_dir();
         write(a.path(), "automators/x/x.json", r#"{"x": {"executable": "sh"}}"#);
         write(b.path(), "automators/x/x.json", r#"{"x": {"executable": "true"}}"#);
-        let reg = Registry::load(&[a.path().to_path_buf(), b.path().to_path_buf()]).unwrap();
+        let reg = load(&[a.path().to_path_buf(), b.path().to_path_buf()]).unwrap();
         assert_eq!(reg.plugins.len(), 1);
         assert!(reg.plugins[0].manifest.starts_with(a.path()));
         assert!(reg.problems.iter().any(|p| p.message.contains("already registered")));
+    }
+
+    #[test]
+    fn untrusted_files_make_their_plugin_not_runnable_and_the_others_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, mode| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+        let d = crate::trust::test_dir();
+        let root = d.path();
+        let script = |rel: &str| {
+            let p = write(root, rel, "#!/bin/sh\n");
+            chmod(&p, 0o755);
+            p
+        };
+        write(root, "automators/good/good.json", r#"{"good": {"executable": "run.sh"}}"#);
+        script("automators/good/run.sh");
+        // Written by anyone: whatever it says, it does not run.
+        let open = write(root, "automators/open/open.json", r#"{"open": {"executable": "sh", "user": "root"}}"#);
+        chmod(&open, 0o666);
+        write(root, "automators/exe/exe.json", r#"{"exe": {"executable": "run.sh"}}"#);
+        let exe = script("automators/exe/run.sh");
+        chmod(&exe, 0o777);
+        write(root, "automators/folder/folder.json", r#"{"folder": {"executable": "run.sh"}}"#);
+        script("automators/folder/run.sh");
+        chmod(&root.join("automators/folder"), 0o777);
+        write(root, "automators/escape/escape.json", r#"{"escape": {"executable": "../good/run.sh"}}"#);
+
+        let reg = load(&[root.to_path_buf()]).unwrap();
+        assert!(matches!(reg.get(PluginKind::Automator, "good").unwrap().availability, Availability::Runnable(_)));
+        let why = reason(&reg, PluginKind::Automator, "open");
+        assert!(why.contains(&format!("fix: chmod go-w {}", open.display())), "{why}");
+        let why = reason(&reg, PluginKind::Automator, "exe");
+        assert!(why.contains(&format!("fix: chmod go-w {}", exe.display())), "{why}");
+        let why = reason(&reg, PluginKind::Automator, "folder");
+        assert!(why.contains(&format!("fix: chmod go-w {}", root.join("automators/folder").display())), "{why}");
+        assert!(reason(&reg, PluginKind::Automator, "escape").contains("leads out of the plugin's folder"));
+        // Each refusal is also a problem the log shows, naming the plugin.
+        let texts: Vec<String> = reg.problems.iter().map(ToString::to_string).collect();
+        for name in ["open", "exe", "folder"] {
+            assert!(
+                texts.iter().any(|t| t.contains(&format!("plugin {name:?}")) && t.contains("chmod go-w")),
+                "{texts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn as_root_a_plugin_without_a_user_does_not_run() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root");
+            return;
+        }
+        let d = crate::trust::test_dir();
+        write(d.path(), "automators/who/who.json", r#"{"who": {"executable": "sh"}}"#);
+        write(d.path(), "automators/boss/boss.json", r#"{"boss": {"executable": "sh", "user": "root"}}"#);
+        let reg = Registry::load(&[d.path().to_path_buf()]).unwrap();
+        assert_eq!(reason(&reg, PluginKind::Automator, "who"), crate::runas::NO_USER);
+        assert!(matches!(reg.get(PluginKind::Automator, "boss").unwrap().availability, Availability::Runnable(_)));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!   exit while the plugin should live on. So every plugin is forked by one dedicated
 //!   thread that lives as long as the process.
 //! - The environment is cleared to a small allowlist plus the manifest's `env`.
+//! - When the supervisor is root, each plugin runs as its user and group
+//!   ([`crate::runas`]): its group set and its supplementary groups cleared, then its user,
+//!   in the child before exec. Every plugin gets `PR_SET_NO_NEW_PRIVS`, so no set-user-ID
+//!   program it starts can raise its privileges again.
 
 use std::ffi::OsString;
 use std::io;
@@ -21,20 +25,24 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 use crate::manifest::PluginSpec;
+use crate::runas::Identity;
 
 /// Variables passed through from the supervisor's environment; everything else is dropped.
 pub const ENV_ALLOWLIST: &[&str] =
     &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "RUST_BACKTRACE"];
 
 /// Builds the command for one plugin process: piped stdio, cleared environment, the
-/// plugin's folder as working directory.
-pub fn command(spec: &PluginSpec) -> Command {
+/// plugin's folder as working directory; run as `identity` when given, with `HOME`,
+/// `USER` and `LOGNAME` set to that user's (the manifest's `env` still comes last).
+pub fn command(spec: &PluginSpec, identity: Option<&Identity>) -> Command {
     let mut cmd = Command::new(&spec.executable);
-    cmd.args(&spec.args)
-        .current_dir(&spec.dir)
-        .env_clear()
-        .envs(allowed_env())
-        .env(loom_protocol::ENV_PROTOCOL, "1")
+    cmd.args(&spec.args).current_dir(&spec.dir).env_clear().envs(allowed_env());
+    if let Some(id) = identity {
+        // std calls setgid, then setgroups(0, NULL) (clearing the supplementary groups),
+        // then setuid, in the child, before the chdir and before the pre_exec closure.
+        cmd.uid(id.uid).gid(id.gid).env("HOME", &id.home).env("USER", &id.user).env("LOGNAME", &id.user);
+    }
+    cmd.env(loom_protocol::ENV_PROTOCOL, "1")
         .env(loom_protocol::ENV_PLUGIN_NAME, &spec.name)
         .envs(&spec.env)
         .stdin(Stdio::piped())
@@ -71,7 +79,10 @@ pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Resu
     // async-signal-safe system calls (prctl, getppid, dup2, fcntl).
     unsafe {
         cmd.pre_exec(move || {
+            // The kernel clears the parent-death signal when the credentials change, and
+            // std changes them (Command::uid/gid) before this closure: set it here, after.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
             // The supervisor may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid().as_raw() as u32 != supervisor_pid {
                 return Err(io::Error::other("the supervisor exited while the plugin was starting"));

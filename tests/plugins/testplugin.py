@@ -22,7 +22,7 @@ At the handshake (the manifest's "settings"):
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "action": "ok" (default) | "crash" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
-            | "sleep" | "env" | "leak" | "leak-error"
+            | "sleep" | "env" | "leak" | "leak-error" | "whoami"
   "marker": a file path, for "hang-once": hang if it does not exist (creating it)
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
@@ -173,6 +173,13 @@ def _run_task(rid, task, seen):
         notify("output", {"taskId": task_id, "stream": "stdout", "data": "output with " + password + "\n"})
     if action == "env":
         spec.setdefault("result", {})["env"] = dict(os.environ)
+    if action == "whoami":
+        with open("/proc/self/status") as f:
+            proc = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        spec.setdefault("result", {})["whoami"] = {
+            "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(),
+            "groups": os.getgroups(), "noNewPrivs": proc.get("NoNewPrivs"),
+            "home": os.environ.get("HOME"), "user": os.environ.get("USER"), "cwd": os.getcwd()}
     status = spec.get("status", 0)
     status = (spec.get("statusByTask") or {}).get(task["taskName"], status)
     extra = {}

@@ -3,6 +3,11 @@
 //!
 //! Every plugin a test registers gets `LOOM_TEST_MARKER=<unique>` in its environment,
 //! which its children inherit; [`Plugins::leftovers`] scans /proc for that marker.
+//!
+//! The supervisor refuses plugins under a folder every user can write (/tmp included), so
+//! temporary folders live in the build's `target/tmp` ([`tempdir`]); and as root it runs a
+//! plugin only as the user its manifest names, so [`Plugins::add`] names root unless the
+//! test names someone.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +33,35 @@ pub fn bin_dir() -> &'static Path {
         let exe = std::env::current_exe().expect("current_exe");
         exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
     })
+}
+
+/// A temporary folder the supervisor trusts: under `target/tmp` of this build (owned by
+/// whoever builds, not writable by others), not under /tmp. Mode 0755, so that plugins
+/// running as another user can reach what a test puts there.
+pub fn tempdir() -> tempfile::TempDir {
+    // target/<profile>/deps/<this test> -> target/tmp
+    let exe = std::env::current_exe().expect("current_exe");
+    let base = exe.ancestors().nth(3).expect("target dir").join("tmp");
+    std::fs::create_dir_all(&base).expect("target/tmp");
+    let dir = tempfile::tempdir_in(base).expect("tempdir");
+    chmod(dir.path(), 0o755);
+    dir
+}
+
+/// Sets `path`'s permission bits.
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Adds `"user": "root"` to a manifest entry that names no user, when the tests run as
+/// root (as CI does): the supervisor runs nobody as root unless the manifest says so.
+fn as_root_unless_named(entry: &mut Value) {
+    if nix::unistd::geteuid().is_root()
+        && let Some(e) = entry.as_object_mut()
+    {
+        e.entry("user").or_insert_with(|| json!("root"));
+    }
 }
 
 /// The workspace root.
@@ -101,7 +135,7 @@ impl Plugins {
     pub fn new() -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let marker = format!("{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos());
-        Plugins { dir: tempfile::tempdir().expect("tempdir"), marker, local_states: Default::default() }
+        Plugins { dir: tempdir(), marker, local_states: Default::default() }
     }
 
     /// The folder.
@@ -110,10 +144,12 @@ impl Plugins {
     }
 
     /// Registers a plugin of `kind` ("provider"/"automator") named `name` with `manifest`;
-    /// the test marker is added to its `env`.
+    /// the test marker is added to its `env`, and `"user": "root"` when running as root
+    /// and the manifest names no user.
     pub fn add(&self, kind: &str, name: &str, mut manifest: Value) -> PathBuf {
         let folder = self.dir.path().join(format!("{kind}s")).join(name);
         std::fs::create_dir_all(&folder).expect("mkdir");
+        as_root_unless_named(&mut manifest);
         let env = manifest.as_object_mut().expect("object").entry("env").or_insert_with(|| json!({}));
         env["LOOM_TEST_MARKER"] = json!(self.marker);
         let path = folder.join(format!("{name}.json"));
@@ -892,6 +928,7 @@ impl Plugins {
                 let mut doc: Value = serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("json");
                 for entry in doc.as_object_mut().expect("object").values_mut() {
                     entry["env"] = json!({"LOOM_TEST_MARKER": self.marker});
+                    as_root_unless_named(entry);
                 }
                 std::fs::write(target, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
             } else {

@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     let mut cmd = Command::new(provisioner());
     cmd.args(args).env("PATH", format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default()));
+    // The shipped manifests name no user except `local`'s (root): as root (CI), the others
+    // run as nobody.
+    cmd.env("LOOM_PLUGIN_USER", "nobody");
     let out = run_with_input(cmd, "", Duration::from_secs(120));
     (
         out.status.code(),
@@ -35,18 +38,29 @@ fn the_checkout_plugins_tree_registers_all_four() {
     found.sort();
     let want = [("automator", "shell"), ("provider", "ec2"), ("provider", "fixed"), ("provider", "local")];
     assert_eq!(found, want.map(|(k, n)| (k.to_owned(), n.to_owned(), true)), "{out}");
+    // Only the local provider asks for root; the others get the default user (as root,
+    // here nobody).
+    for p in v["plugins"].as_array().unwrap() {
+        let want = if p["name"] == "local" { "root" } else { "nobody" };
+        assert_eq!(p["user"], want, "{p}");
+    }
     assert_eq!(v["problems"], json!([]), "{out}");
 }
 
 #[test]
 fn each_bundled_plugin_passes_check() {
     let plugins = Plugins::new();
-    let state = tempfile::tempdir().unwrap();
+    let state = loom_e2e::tempdir();
+    // Only `local` needs root: the others pass as an unprivileged user, given a place to
+    // write (the fixed provider's claims).
+    let writable = state.path().join("writable");
+    std::fs::create_dir(&writable).unwrap();
+    loom_e2e::chmod(&writable, 0o777);
     // The shipped manifests, with state kept in a temporary folder rather than /var/lib.
     let overrides = [
         ("automator", "shell", json!({})),
         ("provider", "local", json!({"stateDir": state.path().join("local")})),
-        ("provider", "fixed", json!({"stateFile": state.path().join("fixed.json")})),
+        ("provider", "fixed", json!({"stateFile": writable.join("fixed.json")})),
         ("provider", "ec2", json!({"maxAttempts": 1})),
     ];
     for (kind, name, settings) in overrides {
@@ -56,6 +70,10 @@ fn each_bundled_plugin_passes_check() {
         .unwrap();
         let mut manifest = shipped[name].clone();
         manifest["executable"] = json!(bin_dir().join(format!("loom-plugin-{name}")));
+        if name != "local" {
+            assert!(manifest.get("user").is_none(), "{name} asks for a user");
+            manifest["user"] = json!("nobody");
+        }
         for (k, v) in settings.as_object().unwrap() {
             manifest["settings"][k] = v.clone();
         }

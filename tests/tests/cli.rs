@@ -12,6 +12,8 @@ fn cli(args: &[&str], input: &str) -> (Option<i32>, String, String) {
     // The bundled examples name their executables by command name: put ours on PATH.
     let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path);
+    // Their manifests name no user: as root (CI), run them as nobody.
+    cmd.env("LOOM_PLUGIN_USER", "nobody");
     let out = run_with_input(cmd, input, Duration::from_secs(60));
     (
         out.status.code(),

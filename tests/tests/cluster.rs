@@ -442,7 +442,7 @@ fn a_supervisor_killed_mid_job_resumes_without_running_a_finished_task_twice() {
 /// build the tests already made, and a journal of its own).
 #[test]
 fn the_readme_example_script_brings_the_cluster_up_and_down() {
-    let data = tempfile::tempdir().unwrap();
+    let data = loom_e2e::tempdir();
     let script = loom_e2e::workspace().join("examples/local-cluster.sh");
     let run = |arg: &str| {
         let mut cmd = std::process::Command::new(&script);

@@ -252,6 +252,7 @@ fn tokens_sizes_and_bodies_are_checked() {
     test_plugin(&plugins, "automator", "a1", json!({}));
     let token = plugins.file("token");
     std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    loom_e2e::chmod(&token, 0o600);
     let serve =
         Serve::start(&plugins, &format!("token_file = {:?}\nmax_body_bytes = 1024", token.display().to_string()));
 
@@ -313,7 +314,13 @@ fn a_thousand_concurrent_submissions_are_each_answered_once() {
 
 #[test]
 fn bad_configurations_exit_2_naming_file_line_and_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = loom_e2e::tempdir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    loom_e2e::chmod(&token, 0o644);
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    loom_e2e::chmod(&open, 0o777);
     let cases = [
         (
             "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\nretention_hours = \"a week\"\n",
@@ -328,6 +335,18 @@ fn bad_configurations_exit_2_naming_file_line_and_key() {
             "plugin_dirs = [\"/no/such/plugins\"]\ndata_dir = \"d\"\nlisten = \"127.0.0.1:0\"\n",
             "plugins folder /no/such/plugins",
         ),
+        (
+            "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[defaults]\nuser = \"root\"\n",
+            ":4: defaults.user: `user` under [defaults] in the daemon's configuration names root",
+        ),
+        (
+            "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\ntoken_file = \"token\"\n",
+            &format!(":3: token_file: {} is readable by every user (mode 0644); fix: chmod 0600", token.display()),
+        ),
+        (
+            "plugin_dirs = [\"p\"]\ndata_dir = \"open\"\nlisten = \"127.0.0.1:0\"\n",
+            &format!("data folder: {} is writable by its group and every user (mode 0777)", open.display()),
+        ),
     ];
     for (text, want) in cases {
         let path = dir.path().join("config.toml");
@@ -335,7 +354,10 @@ fn bad_configurations_exit_2_naming_file_line_and_key() {
         let out = std::process::Command::new(provisioner()).args(["serve", "--config"]).arg(&path).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text}: {err}");
-        assert!(err.contains(&path.display().to_string()) || want.starts_with("plugins folder"), "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) || want.starts_with("plugins folder") || want.starts_with("data"),
+            "{err}"
+        );
         assert!(err.contains(want), "{want:?} not in {err}");
     }
     let out =

@@ -131,6 +131,7 @@ fn the_bearer_scheme_is_read_in_any_case() {
     plugins.add_test_plugin("automator", "a1", json!({}));
     let token_file = plugins.file("token");
     std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let serve = Serve::start(&plugins, &format!("token_file = {:?}\n", token_file.display().to_string()));
     let addr = serve.url.trim_start_matches("http://");
     let status = |auth: &str| {

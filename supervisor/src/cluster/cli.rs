@@ -57,6 +57,8 @@ struct Common {
     #[arg(long = "plugins-dir", value_name = "DIR")]
     plugins_dirs: Vec<PathBuf>,
     #[command(flatten)]
+    run_as: crate::cli::RunAsArgs,
+    #[command(flatten)]
     data: DataArgs,
     /// Most tasks at once [default: the spec's parallel, else 8].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -283,7 +285,8 @@ async fn operate(
     if spec.plugin_dirs.is_empty() {
         return Err(format!("cluster {}: no plugins folder: give --plugins-dir, or pluginDirs in the spec", spec.name));
     }
-    let registry = crate::cli::load_registry(&spec.plugin_dirs).ok_or("cannot read the plugins folders")?;
+    let registry =
+        crate::cli::load_registry(&spec.plugin_dirs, &common.run_as).ok_or("cannot read the plugins folders")?;
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts);
     let progress = make_progress(common.progress);

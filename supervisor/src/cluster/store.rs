@@ -556,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_records_tasks_marks_and_learned_config_and_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let create = StepKey::node(TaskName::Create, "c-a-1");
         {
             let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
@@ -596,7 +596,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_terminated_cluster_keeps_no_credential() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
         let spec = json!({"name": "c", "provider": {"name": "p", "fields": {"api_user": "me", "api_key": "spec-key-1"}},
                           "nodeGroups": [{"name": "n", "config": {"credentials": {"pw": "spec-pw-2"}}}],
@@ -640,7 +640,7 @@ mod tests {
 
     #[tokio::test]
     async fn terminated_clusters_forget_nodes_and_marks_and_start_afresh() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
         let create = StepKey::node(TaskName::Create, "c-a-1");
         let job = store.begin("c", &json!({}), JobKind::Up).await.unwrap();

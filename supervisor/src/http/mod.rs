@@ -454,7 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_is_served_like_a_connection() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::trust::test_dir();
         let daemon = daemon(dir.path());
         let ok = exchange(&daemon, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");

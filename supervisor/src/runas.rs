@@ -1,0 +1,290 @@
+//! Whom a plugin runs as.
+//!
+//! When the supervisor runs as root, each plugin runs as the user (and group) its manifest
+//! names in `user` and `group`, else as the configured default (`[defaults] user` and
+//! `group` in the daemon's configuration, `--plugin-user` and `--plugin-group` on the
+//! command line); never as root unless its own manifest says `"user": "root"`. A plugin
+//! with no user anywhere does not run, and the reason names the keys to set. Names are
+//! looked up before the process is forked (the child only makes system calls), and again
+//! at every start, so a changed user database applies at the next start.
+//!
+//! When the supervisor is not root it cannot switch users: every plugin runs as the
+//! supervisor's own user, and a manifest naming someone else gets a warning.
+
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// Where a name was set, for messages that say which key to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The plugin's manifest (`user`, `group`).
+    Manifest,
+    /// `[defaults]` in the daemon's configuration.
+    Config,
+    /// `--plugin-user`, `--plugin-group`.
+    CommandLine,
+}
+
+impl Origin {
+    /// The key that set `what` ("user" or "group").
+    pub fn key(self, what: &str) -> String {
+        match self {
+            Origin::Manifest => format!("\"{what}\" in the manifest"),
+            Origin::Config => format!("`{what}` under [defaults] in the daemon's configuration"),
+            Origin::CommandLine => format!("--plugin-{what}"),
+        }
+    }
+}
+
+/// A user or group name (or number), and where it was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The name, or a number.
+    pub name: String,
+    /// Where it was set.
+    pub origin: Origin,
+}
+
+/// Whom a plugin should run as, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunAs {
+    /// The user; `None` when nothing names one.
+    pub user: Option<Setting>,
+    /// The group; `None` for the user's own group.
+    pub group: Option<Setting>,
+}
+
+impl RunAs {
+    /// The defaults given by `origin`.
+    pub fn defaults(user: Option<String>, group: Option<String>, origin: Origin) -> RunAs {
+        RunAs { user: user.map(|name| Setting { name, origin }), group: group.map(|name| Setting { name, origin }) }
+    }
+
+    /// A manifest's `user` and `group` over `defaults`. A manifest that names a user gets
+    /// that user's own group unless it names a group too: the default group belongs with
+    /// the default user.
+    pub fn merge(user: Option<String>, group: Option<String>, defaults: &RunAs) -> RunAs {
+        let group = group.map(|name| Setting { name, origin: Origin::Manifest });
+        match user {
+            Some(name) => RunAs { user: Some(Setting { name, origin: Origin::Manifest }), group },
+            None => RunAs { user: defaults.user.clone(), group: group.or_else(|| defaults.group.clone()) },
+        }
+    }
+
+    /// `nobody`, `nobody:daemon`, or `None` when nothing is configured.
+    pub fn describe(&self) -> Option<String> {
+        let user = self.user.as_ref().map(|u| u.name.as_str());
+        match (user, &self.group) {
+            (None, None) => None,
+            (u, None) => u.map(str::to_owned),
+            (u, Some(g)) => Some(format!("{}:{}", u.unwrap_or(""), g.name)),
+        }
+    }
+}
+
+/// A user to switch to for one start, looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id.
+    pub uid: u32,
+    /// The group id; supplementary groups are cleared.
+    pub gid: u32,
+    /// The user's name (for `USER` and `LOGNAME`).
+    pub user: String,
+    /// The user's home (for `HOME`).
+    pub home: PathBuf,
+}
+
+/// How a plugin will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// As `Identity` (the supervisor is root).
+    Switch(Identity),
+    /// As the supervisor's own user; the note says why a configured user is not used.
+    Stay {
+        /// A warning for the log, when the configuration names someone else.
+        note: Option<String>,
+    },
+}
+
+/// Shown when the supervisor is root and nothing names a user.
+pub const NO_USER: &str = "the supervisor runs as root, and plugins run as root only when their manifest says \"user\": \"root\"; \
+     name the user this plugin should run as: \"user\" in its manifest, `user` under [defaults] in the daemon's configuration, \
+     or --plugin-user for run, plugins, check and cluster";
+
+/// Decides how a plugin configured with `run_as` runs now, looking names up.
+///
+/// # Errors
+/// As root: no user configured, a user or group that does not exist, or root named by a
+/// default rather than by the manifest. The text names the key to change.
+pub fn resolve(run_as: &RunAs) -> Result<Plan, String> {
+    resolve_as(run_as, nix::unistd::geteuid().as_raw())
+}
+
+fn resolve_as(run_as: &RunAs, euid: u32) -> Result<Plan, String> {
+    if euid != 0 {
+        return Ok(Plan::Stay { note: stay_note(run_as, euid) });
+    }
+    let Some(user) = &run_as.user else { return Err(NO_USER.into()) };
+    let pw = lookup_user(user)?;
+    if pw.uid.is_root() && user.origin != Origin::Manifest {
+        return Err(format!(
+            "{} names root, and plugins run as root only when their own manifest says \"user\": \"root\"; name an unprivileged user there",
+            user.origin.key("user")
+        ));
+    }
+    let gid = match &run_as.group {
+        None => pw.gid.as_raw(),
+        Some(g) => {
+            let gr = lookup_group(g)?;
+            if gr.gid.as_raw() == 0 && g.origin != Origin::Manifest {
+                return Err(format!(
+                    "{} names the root group, which only a plugin's own manifest may ask for",
+                    g.origin.key("group")
+                ));
+            }
+            gr.gid.as_raw()
+        }
+    };
+    Ok(Plan::Switch(Identity { uid: pw.uid.as_raw(), gid, user: pw.name, home: pw.dir }))
+}
+
+/// Checks defaults before they are used: each name exists and is not root.
+///
+/// # Errors
+/// The problem, naming the key.
+pub fn check_defaults(run_as: &RunAs) -> Result<(), String> {
+    if let Some(u) = &run_as.user
+        && lookup_user(u)?.uid.is_root()
+    {
+        return Err(format!(
+            "{} names root; plugins run as root only when their own manifest says \"user\": \"root\"",
+            u.origin.key("user")
+        ));
+    }
+    if let Some(g) = &run_as.group
+        && lookup_group(g)?.gid.as_raw() == 0
+    {
+        return Err(format!("{} names the root group; only a plugin's own manifest may", g.origin.key("group")));
+    }
+    Ok(())
+}
+
+/// Not root: say so when the configuration names a user other than the supervisor's own
+/// (asking for root without being root is the usual way to run in a checkout, so no note).
+fn stay_note(run_as: &RunAs, euid: u32) -> Option<String> {
+    let user = run_as.user.as_ref()?;
+    let named = lookup_user(user).ok();
+    if named.as_ref().is_some_and(|pw| pw.uid.is_root() || pw.uid.as_raw() == euid) {
+        return None;
+    }
+    let me = User::from_uid(Uid::from_raw(euid)).ok().flatten().map_or_else(|| format!("uid {euid}"), |u| u.name);
+    Some(format!(
+        "{} names user {:?}, but the supervisor is not root and cannot switch users: the plugin runs as {me}",
+        user.origin.key("user"),
+        user.name
+    ))
+}
+
+fn lookup_user(s: &Setting) -> Result<User, String> {
+    let found = match s.name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(&s.name),
+    };
+    match found {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(format!(
+            "user {:?} ({}) does not exist on this host; create it (useradd --system {}) or name another",
+            s.name,
+            s.origin.key("user"),
+            s.name
+        )),
+        Err(e) => Err(format!("cannot look up user {:?} ({}): {e}", s.name, s.origin.key("user"))),
+    }
+}
+
+fn lookup_group(s: &Setting) -> Result<Group, String> {
+    let found = match s.name.parse::<u32>() {
+        Ok(gid) => Group::from_gid(Gid::from_raw(gid)),
+        Err(_) => Group::from_name(&s.name),
+    };
+    match found {
+        Ok(Some(g)) => Ok(g),
+        Ok(None) => Err(format!("group {:?} ({}) does not exist on this host", s.name, s.origin.key("group"))),
+        Err(e) => Err(format!("cannot look up group {:?} ({}): {e}", s.name, s.origin.key("group"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(user: Option<&str>, group: Option<&str>) -> RunAs {
+        RunAs::merge(user.map(str::to_owned), group.map(str::to_owned), &RunAs::default())
+    }
+
+    #[test]
+    fn as_root_a_named_user_runs_with_its_own_group_and_home() {
+        let Plan::Switch(id) = resolve_as(&manifest(Some("nobody"), None), 0).unwrap() else { panic!() };
+        assert_eq!((id.uid, id.gid, id.user.as_str()), (65534, 65534, "nobody"));
+        assert_eq!(id.home, PathBuf::from("/nonexistent"));
+        let Plan::Switch(id) = resolve_as(&manifest(Some("65534"), Some("daemon")), 0).unwrap() else { panic!() };
+        assert_eq!((id.uid, id.gid), (65534, 1));
+        let Plan::Switch(id) = resolve_as(&manifest(Some("root"), None), 0).unwrap() else { panic!() };
+        assert_eq!((id.uid, id.gid), (0, 0), "the manifest may ask for root");
+    }
+
+    #[test]
+    fn as_root_without_a_user_nothing_runs() {
+        let why = resolve_as(&RunAs::default(), 0).unwrap_err();
+        assert!(why.contains("[defaults]") && why.contains("--plugin-user") && why.contains("\"user\": \"root\""));
+        // A group alone is not a user.
+        assert!(resolve_as(&manifest(None, Some("daemon")), 0).is_err());
+    }
+
+    #[test]
+    fn defaults_apply_but_never_make_a_plugin_root() {
+        let defaults = RunAs::defaults(Some("nobody".into()), Some("daemon".into()), Origin::Config);
+        let merged = RunAs::merge(None, None, &defaults);
+        let Plan::Switch(id) = resolve_as(&merged, 0).unwrap() else { panic!() };
+        assert_eq!((id.uid, id.gid), (65534, 1));
+        // A manifest's own user brings its own group, not the default one.
+        let Plan::Switch(id) = resolve_as(&RunAs::merge(Some("nobody".into()), None, &defaults), 0).unwrap() else {
+            panic!()
+        };
+        assert_eq!(id.gid, 65534);
+
+        for origin in [Origin::Config, Origin::CommandLine] {
+            let root = RunAs::defaults(Some("root".into()), None, origin);
+            let why = resolve_as(&RunAs::merge(None, None, &root), 0).unwrap_err();
+            assert!(why.contains("names root") && why.contains(&origin.key("user")), "{why}");
+            assert!(check_defaults(&root).unwrap_err().contains("names root"));
+            let zero = RunAs::defaults(Some("nobody".into()), Some("0".into()), origin);
+            assert!(resolve_as(&zero, 0).unwrap_err().contains("root group"));
+            assert!(check_defaults(&zero).is_err());
+        }
+        assert!(check_defaults(&defaults).is_ok());
+    }
+
+    #[test]
+    fn unknown_names_say_which_key_set_them() {
+        let why = resolve_as(&manifest(Some("no-such-user-x"), None), 0).unwrap_err();
+        assert!(why.contains("\"no-such-user-x\" (\"user\" in the manifest) does not exist"), "{why}");
+        let why = resolve_as(&manifest(Some("nobody"), Some("no-such-group-x")), 0).unwrap_err();
+        assert!(why.contains("group \"no-such-group-x\""), "{why}");
+        let cli = RunAs::defaults(Some("no-such-user-x".into()), None, Origin::CommandLine);
+        assert!(check_defaults(&cli).unwrap_err().contains("--plugin-user"));
+    }
+
+    #[test]
+    fn not_root_plugins_run_as_the_supervisor_and_a_foreign_user_is_noted() {
+        assert_eq!(resolve_as(&RunAs::default(), 1000).unwrap(), Plan::Stay { note: None });
+        assert_eq!(resolve_as(&manifest(Some("root"), None), 1000).unwrap(), Plan::Stay { note: None });
+        assert_eq!(resolve_as(&manifest(Some("nobody"), None), 65534).unwrap(), Plan::Stay { note: None });
+        let Plan::Stay { note: Some(note) } = resolve_as(&manifest(Some("nobody"), None), 1000).unwrap() else {
+            panic!()
+        };
+        assert!(note.contains("cannot switch users"), "{note}");
+    }
+}
