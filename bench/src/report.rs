@@ -75,7 +75,11 @@ pub fn goals(f: &Figures) -> Vec<Goal> {
     let floor = ratio(f.median(TINY), f.median(FLOOR));
     let piped_cpu = ratio(f.median(PIPED.1), f.median(PIPE_RATE.1));
     let start_cpu = ratio(f.median(PIPED_START.1), f.median(PIPE_RATE.1));
-    let restart = ratio(f.median(RESTART), f.median(FRESH_START));
+    // The fastest of each, not the medians: a restart is one ~2 ms event, and on a busy
+    // host most of a typical one is other processes' turns on the core (bench/README.md);
+    // that noise only ever adds, so the fastest is the code's own cost. A 20 ms sleep in
+    // the restart path moves this ratio from about 1.2 to over 10.
+    let restart = ratio(f.min(RESTART), f.min(FRESH_START));
     vec![
         Goal {
             text: "sequential no-op round trip at most 2.0x the raw pipe floor",
@@ -156,7 +160,7 @@ pub fn goals(f: &Figures) -> Vec<Goal> {
             gated: false,
         },
         Goal {
-            text: "restart of a Rust SDK plugin at most 2x the same plugin started from scratch beside it",
+            text: "restart of a Rust SDK plugin at most 2x the same plugin started from scratch beside it (fastest of each)",
             key: "restart / fresh start",
             value: restart,
             shown: format!("{restart:.2}x"),
@@ -474,6 +478,14 @@ mod tests {
         f
     }
 
+    /// `f` with the rounds of figure `name` replaced.
+    fn with(mut f: Figures, name: &str, rounds: &[f64]) -> Figures {
+        if let Some(figure) = f.0.iter_mut().find(|x| x.name == name) {
+            figure.rounds = rounds.to_vec();
+        }
+        f
+    }
+
     fn failed(f: &Figures) -> Vec<&'static str> {
         gate(&goals(f), GROSS).iter().map(|g| g.key).collect()
     }
@@ -500,6 +512,21 @@ mod tests {
         assert_eq!(failed(&quick_run(1.0, 2.4 + 20.0)), ["restart / fresh start"]);
         // Also on a host twice as slow, where the fresh start takes twice as long.
         assert_eq!(failed(&quick_run(2.0, 4.8 + 20.0)), ["restart / fresh start"]);
+    }
+
+    #[test]
+    fn on_a_busy_host_the_fastest_restart_and_fresh_start_decide() {
+        // Nine restarts and fresh starts as a loaded 2-core host gave them (ms): other
+        // processes' turns add to most of them, to the restarts more.
+        let restarts = [2.4, 6.5, 10.8, 2.6, 7.9, 6.1, 2.9, 9.4, 6.5];
+        let fresh = [1.9, 2.0, 10.6, 4.9, 2.0, 8.4, 6.6, 2.0, 5.1];
+        let busy = with(with(quick_run(1.0, 0.0), RESTART, &restarts), FRESH_START, &fresh);
+        assert!(failed(&busy).is_empty(), "{:?}", failed(&busy));
+        // The same host with 20 ms more in every restart: caught, although the fresh
+        // starts' median is 4.9 ms.
+        let slower: Vec<f64> = restarts.iter().map(|r| r + 20.0).collect();
+        let regressed = with(with(quick_run(1.0, 0.0), RESTART, &slower), FRESH_START, &fresh);
+        assert_eq!(failed(&regressed), ["restart / fresh start"]);
     }
 
     #[test]
