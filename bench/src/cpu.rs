@@ -1,8 +1,8 @@
 //! CPU time used by this process and by the plugin processes it runs, so that a
 //! throughput can also be stated as CPU time per task: how much work the code does for
 //! each task, whatever share of the cores a busy host leaves it. (On a host loaded by
-//! other builds, the pipelined rate of one run varied 3x while its CPU time per task
-//! varied by a fifth.)
+//! other builds, the pipelined rate varied 3x between runs minutes apart while the CPU
+//! time per task varied by about a quarter.)
 
 use std::time::Duration;
 
