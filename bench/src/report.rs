@@ -9,10 +9,22 @@ pub const SUP_ONLY: &str = "supervisor alone: tiny task to a plugin that does no
 pub const SDK_ONLY: &str = "Rust SDK plugin alone: tiny task from a blocking client";
 pub const SUP_ONLY_START: &str = "supervisor alone: START task to a plugin that does nothing";
 pub const SDK_ONLY_START: &str = "Rust SDK plugin alone: START task from a blocking client";
-pub const PIPED: &str = "pipelined no-op tasks, 1 process";
-pub const PIPED_START: &str = "pipelined START tasks, 1 process";
-pub const PIPED_TWO: &str = "pipelined no-op tasks, 2 processes";
+/// The unit of CPU-time figures (no ratio to the floor in the table: not a round trip).
+pub const CPU_UNIT: &str = "us of CPU";
+pub const PIPE_RATE: (&str, &str) = (
+    "raw pipe, 100-byte lines through an echo child, many in flight (floor)",
+    "raw pipe, many in flight: CPU time per line, both ends",
+);
+pub const PIPED: (&str, &str) =
+    ("pipelined no-op tasks, 1 process", "pipelined no-op tasks, 1 process: CPU time per task, supervisor and plugin");
+pub const PIPED_START: (&str, &str) =
+    ("pipelined START tasks, 1 process", "pipelined START tasks, 1 process: CPU time per task, supervisor and plugin");
+pub const PIPED_TWO: (&str, &str) = (
+    "pipelined no-op tasks, 2 processes",
+    "pipelined no-op tasks, 2 processes: CPU time per task, supervisor and plugins",
+);
 pub const RESTART: &str = "restart: SIGKILL to the next task answered";
+pub const FRESH_START: &str = "the same plugin started from scratch by the harness: spawn, handshake, first answer";
 pub const RESTART_PYTHON: &str = "restart of a Python plugin (standard library only), for contrast";
 pub const RESTART_HEAVY: &str = "restart, with 256 MiB more resident in the supervisor";
 pub const RSS: &str = "daemon with 100 plugin instances: resident memory";
@@ -55,99 +67,159 @@ pub fn chart_bars(f: &Figures) -> Vec<crate::chart::Bar<'_>> {
         .collect()
 }
 
-/// The goals of issue 7, valued from this run's medians.
+/// The goals of issue 7 and the side-by-side forms the CI gate checks, valued from this
+/// run's medians. A goal stated as a time or a rate on this host is reported only; the
+/// gate checks its same-run counterpart (see [`Goal::gated`]).
 pub fn goals(f: &Figures) -> Vec<Goal> {
     let ratio = |a: f64, b: f64| a / b;
     let floor = ratio(f.median(TINY), f.median(FLOOR));
+    let piped_cpu = ratio(f.median(PIPED.1), f.median(PIPE_RATE.1));
+    let start_cpu = ratio(f.median(PIPED_START.1), f.median(PIPE_RATE.1));
+    // The fastest of each, not the medians: a restart is one ~2 ms event, and on a busy
+    // host most of a typical one is other processes' turns on the core (bench/README.md);
+    // that noise only ever adds, so the fastest is the code's own cost. A 20 ms sleep in
+    // the restart path moves this ratio from about 1.2 to over 10.
+    let restart = ratio(f.min(RESTART), f.min(FRESH_START));
     vec![
         Goal {
             text: "sequential no-op round trip at most 2.0x the raw pipe floor",
+            key: "round trip / pipe floor",
             value: floor,
             shown: format!("{floor:.2}x"),
             bound: 2.0,
             better: Better::Lower,
+            gated: true,
         },
         {
             let ratio = ratio(f.median(crate::peers::RMCP), f.median(TINY));
             Goal {
                 text: "sequential no-op round trip at least 2.5x faster than rmcp's",
+                key: "rmcp / round trip",
                 value: ratio,
                 shown: format!("{ratio:.2}x faster"),
                 bound: 2.5,
                 better: Better::Higher,
+                gated: true,
             }
         },
         {
             let ratio = ratio(f.median(crate::peers::VSCODE), f.median(TINY));
             Goal {
                 text: "sequential no-op round trip at least 8x faster than vscode-jsonrpc's",
+                key: "vscode-jsonrpc / round trip",
                 value: ratio,
                 shown: format!("{ratio:.2}x faster"),
                 bound: 8.0,
                 better: Better::Higher,
+                gated: true,
             }
         },
         Goal {
             text: "pipelined no-op tasks to one process: at least 250,000/s",
-            value: f.median(PIPED),
-            shown: format!("{:.0}/s", f.median(PIPED)),
+            key: "pipelined no-op tasks/s",
+            value: f.median(PIPED.0),
+            shown: format!("{:.0}/s", f.median(PIPED.0)),
             bound: 250_000.0,
             better: Better::Higher,
+            gated: false,
+        },
+        Goal {
+            text: "pipelined no-op tasks to one process: CPU time per task at most 4x the raw pipe's per line",
+            key: "pipelined no-op CPU / pipe's",
+            value: piped_cpu,
+            shown: format!("{piped_cpu:.2}x"),
+            bound: 4.0,
+            better: Better::Lower,
+            gated: true,
         },
         Goal {
             text: "pipelined START tasks to one process: at least 100,000/s",
-            value: f.median(PIPED_START),
-            shown: format!("{:.0}/s", f.median(PIPED_START)),
+            key: "pipelined START tasks/s",
+            value: f.median(PIPED_START.0),
+            shown: format!("{:.0}/s", f.median(PIPED_START.0)),
             bound: 100_000.0,
             better: Better::Higher,
+            gated: false,
+        },
+        Goal {
+            text: "pipelined START tasks to one process: CPU time per task at most 16x the raw pipe's per line",
+            key: "pipelined START CPU / pipe's",
+            value: start_cpu,
+            shown: format!("{start_cpu:.1}x"),
+            bound: 16.0,
+            better: Better::Lower,
+            gated: true,
         },
         Goal {
             text: "restart of a Rust SDK plugin: median under 5 ms",
+            key: "restart",
             value: f.median(RESTART),
             shown: format!("{:.1} ms", f.median(RESTART)),
             bound: 5.0,
             better: Better::Lower,
+            gated: false,
+        },
+        Goal {
+            text: "restart of a Rust SDK plugin at most 2x the same plugin started from scratch beside it (fastest of each)",
+            key: "restart / fresh start",
+            value: restart,
+            shown: format!("{restart:.2}x"),
+            bound: 2.0,
+            better: Better::Lower,
+            gated: true,
         },
         {
             let ratio = ratio(f.median(CLUSTER_20[2]), f.median(CLUSTER_20[0]));
             Goal {
                 text: "cluster up of 20 local machines at least 5x faster than ansible-playbook doing the same work",
+                key: "ansible / cluster up",
                 value: ratio,
                 shown: format!("{ratio:.1}x faster (machines included)"),
                 bound: 5.0,
                 better: Better::Higher,
+                gated: true,
             }
         },
         Goal {
             text: "100 plugin instances: supervisor under 30 MB resident",
+            key: "daemon RSS",
             value: f.median(RSS),
             shown: format!("{:.1} MB", f.median(RSS)),
             bound: 30.0,
             better: Better::Lower,
+            gated: true,
         },
+        // CPU while idle is wake-ups times their cost: a host twice as slow doubles it,
+        // still over 10x below what fails the gate.
         Goal {
             text: "100 plugin instances: no measurable CPU while idle (under 0.1% of a core)",
+            key: "idle CPU",
             value: f.median(IDLE_CPU),
             shown: format!("{:.3}%", f.median(IDLE_CPU)),
             bound: 0.1,
             better: Better::Lower,
+            gated: true,
         },
         {
             let ratio = ratio(f.median(FLOODED), f.median(FLOOD_QUIET));
             Goal {
                 text: "a log flood raises task latency at most 2x",
+                key: "flooded / quiet",
                 value: ratio,
                 shown: format!("{ratio:.2}x"),
                 bound: 2.0,
                 better: Better::Lower,
+                gated: true,
             }
         },
         Goal {
             text: "no log line of the flood is lost",
+            key: "lines lost",
             value: f.max(FLOOD_LOST),
-            shown: format!("{:.0} lost (worst round)", f.max(FLOOD_LOST)),
+            shown: format!("{:.0}", f.max(FLOOD_LOST)),
             bound: 0.0,
             better: Better::Lower,
+            gated: true,
         },
     ]
 }
@@ -246,16 +318,46 @@ fn analysis(f: &Figures) -> String {
             f.median(SDK_ONLY_START) - f.median(SDK_ONLY),
         ));
     }
-    if !f.median(RESTART_HEAVY).is_nan() {
+    if !f.median(PIPED.1).is_nan() {
         s.push_str(&format!(
-            "- **Restart.** {:.1} ms from SIGKILL to the next answer (the first restart is immediate; most of it \
-             is starting the process and its handshake). With 256 MiB more resident in the supervisor's process it \
-             is {:.1} ms: plugins are started with fork and exec, because the parent-death signal and the log \
-             channel must be set up in the child before exec, and fork copies the parent's page tables. The daemon \
-             itself stays near 11 MB (above), so this matters only for a supervisor embedded in a large process.\n",
-            f.median(RESTART),
-            f.median(RESTART_HEAVY),
+            "- **Pipelined.** {:.0} no-op tasks/s to one process ({:.0} START tasks/s), using {:.1} us of CPU per \
+             task in the supervisor and the plugin together ({:.1} us for START), {:.1}x and {:.1}x the {:.2} us of \
+             CPU the raw pipe takes per line measured beside them. The rates depend on the share of the two cores \
+             that other processes leave; the CPU time per task barely does, so the CI gate checks that.\n",
+            f.median(PIPED.0),
+            f.median(PIPED_START.0),
+            f.median(PIPED.1),
+            f.median(PIPED_START.1),
+            f.median(PIPED.1) / f.median(PIPE_RATE.1),
+            f.median(PIPED_START.1) / f.median(PIPE_RATE.1),
+            f.median(PIPE_RATE.1),
         ));
+    }
+    if !f.median(RESTART).is_nan() {
+        s.push_str(&format!(
+            "- **Restart.** {:.1} ms from SIGKILL to the next answer (fastest {:.1}, slowest {:.1}), against {:.1} ms \
+             (fastest {:.1}) for the same plugin started from scratch by the harness just before each restart \
+             (fork, exec, handshake, first answer: the least a restart can cost). The first restart is immediate, \
+             with no backoff. On a busy host the spread is the host's: the restart's own CPU time is steady \
+             (bench/README.md), while each of its dozen hand-offs between threads and processes (reaping, the \
+             spawner thread, fork, exec, the handshake, the answer) can give another process on the core a turn \
+             first; so the CI gate compares the fastest of each.",
+            f.median(RESTART),
+            f.min(RESTART),
+            f.max(RESTART),
+            f.median(FRESH_START),
+            f.min(FRESH_START),
+        ));
+        if !f.median(RESTART_HEAVY).is_nan() {
+            s.push_str(&format!(
+                " With 256 MiB more resident in the supervisor's process it is {:.1} ms: plugins are started with \
+                 fork and exec, because the parent-death signal and the log channel must be set up in the child \
+                 before exec, and fork copies the parent's page tables. The daemon itself stays near 11 MB \
+                 (above), so this matters only for a supervisor embedded in a large process.",
+                f.median(RESTART_HEAVY),
+            ));
+        }
+        s.push('\n');
     }
     if !f.median(FLOODED).is_nan() {
         s.push_str(&format!(
@@ -313,16 +415,143 @@ pub fn markdown(figures: &Figures, goals: &[Goal], quick: bool) -> String {
     for note in &figures.1 {
         s.push_str(&format!("\n{note}\n"));
     }
-    s.push_str("\n## Goals\n\n| goal | this run | met |\n|---|---|---|\n");
+    s.push_str(&format!(
+        "\n## Goals\n\n`--quick` (CI) fails when a goal in the last column is missed by more than {gross}x; a time \
+         or a rate on this host is reported only, since a slower or busier host moves it with no change to the \
+         code (see bench/README.md).\n\n| goal | this run | met | CI fails beyond |\n|---|---|---|---|\n",
+        gross = crate::figure::GROSS
+    ));
     for g in goals {
         let verdict = match g.verdict(f64::INFINITY) {
             Verdict::Met => "yes",
             Verdict::NotMeasured => "not measured",
             Verdict::Missed | Verdict::Gross => "**no**",
         };
-        s.push_str(&format!("| {} | {} | {verdict} |\n", g.text, if g.value.is_nan() { "-" } else { &g.shown }));
+        let gate =
+            if g.gated { crate::figure::number(g.limit(crate::figure::GROSS)) } else { "(reported only)".to_owned() };
+        s.push_str(&format!(
+            "| {} | {} | {verdict} | {gate} |\n",
+            g.text,
+            if g.value.is_nan() { "-" } else { &g.shown }
+        ));
     }
     s.push_str(&analysis(figures));
     s.push_str("\n![Sequential round trips](bench/latency.svg)\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::figure::{GROSS, gate};
+
+    /// A quick run's figures as this code measures them on a quiet host, each with the
+    /// same median over three rounds; `slow` scales every time up and every rate down,
+    /// except the restart's, which is `restart_ms`.
+    fn quick_run(slow: f64, restart_ms: f64) -> Figures {
+        let times: [(&'static str, &'static str, f64); 13] = [
+            (FLOOR, "us", 2.0),
+            (TINY, "us", 5.5),
+            (PIPE_RATE.1, CPU_UNIT, 1.3),
+            (PIPED.1, CPU_UNIT, 3.8),
+            (PIPED_START.1, CPU_UNIT, 15.0),
+            (FRESH_START, "ms", 1.6),
+            (FLOOD_QUIET, "us", 7.2),
+            (FLOODED, "us", 7.5),
+            (IDLE_CPU, "% of a core", 0.005),
+            (PIPE_RATE.0, "lines/s", 1.0 / 750_000.0),
+            (PIPED.0, "tasks/s", 1.0 / 277_000.0),
+            (PIPED_START.0, "tasks/s", 1.0 / 113_000.0),
+            (FLOOD_LOST, "lines", 0.0),
+        ];
+        let mut f = Figures::default();
+        for (name, unit, value) in times {
+            let mut figure = Figure::new(name, unit);
+            // Rates are listed as their inverse, so that one factor slows everything.
+            let v = if unit.ends_with("/s") { 1.0 / (value * slow) } else { value * slow };
+            figure.rounds = vec![v; 3];
+            f.push(figure);
+        }
+        for (name, unit, value) in [(RESTART, "ms", restart_ms), (RSS, "MB", 11.2)] {
+            let mut figure = Figure::new(name, unit);
+            figure.rounds = vec![value; 3];
+            f.push(figure);
+        }
+        f
+    }
+
+    /// `f` with the rounds of figure `name` replaced.
+    fn with(mut f: Figures, name: &str, rounds: &[f64]) -> Figures {
+        if let Some(figure) = f.0.iter_mut().find(|x| x.name == name) {
+            figure.rounds = rounds.to_vec();
+        }
+        f
+    }
+
+    fn failed(f: &Figures) -> Vec<&'static str> {
+        gate(&goals(f), GROSS).iter().map(|g| g.key).collect()
+    }
+
+    #[test]
+    fn a_healthy_run_passes_the_gate() {
+        assert_eq!(failed(&quick_run(1.0, 2.4)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_host_four_times_slower_passes_the_gate_where_absolute_goals_fail() {
+        let f = quick_run(4.0, 2.4 * 4.0);
+        assert_eq!(failed(&f), Vec::<&str>::new());
+        // The goals stated as rates on this host are missed by more than 3x (and failed
+        // the gate before issue 11); they are reported, not gated.
+        let grossly_missed: Vec<&str> =
+            goals(&f).into_iter().filter(|g| g.verdict(GROSS) == Verdict::Gross).map(|g| g.key).collect();
+        assert_eq!(grossly_missed, ["pipelined no-op tasks/s", "pipelined START tasks/s"]);
+        assert!(goals(&f).iter().filter(|g| !g.gated).all(|g| g.verdict(GROSS) != Verdict::Met));
+    }
+
+    #[test]
+    fn twenty_more_milliseconds_in_the_restart_path_fail_the_gate() {
+        assert_eq!(failed(&quick_run(1.0, 2.4 + 20.0)), ["restart / fresh start"]);
+        // Also on a host twice as slow, where the fresh start takes twice as long.
+        assert_eq!(failed(&quick_run(2.0, 4.8 + 20.0)), ["restart / fresh start"]);
+    }
+
+    #[test]
+    fn on_a_busy_host_the_fastest_restart_and_fresh_start_decide() {
+        // Nine restarts and fresh starts as a loaded 2-core host gave them (ms): other
+        // processes' turns add to most of them, to the restarts more.
+        let restarts = [2.4, 6.5, 10.8, 2.6, 7.9, 6.1, 2.9, 9.4, 6.5];
+        let fresh = [1.9, 2.0, 10.6, 4.9, 2.0, 8.4, 6.6, 2.0, 5.1];
+        let busy = with(with(quick_run(1.0, 0.0), RESTART, &restarts), FRESH_START, &fresh);
+        assert!(failed(&busy).is_empty(), "{:?}", failed(&busy));
+        // The same host with 20 ms more in every restart: caught, although the fresh
+        // starts' median is 4.9 ms.
+        let slower: Vec<f64> = restarts.iter().map(|r| r + 20.0).collect();
+        let regressed = with(with(quick_run(1.0, 0.0), RESTART, &slower), FRESH_START, &fresh);
+        assert_eq!(failed(&regressed), ["restart / fresh start"]);
+    }
+
+    #[test]
+    fn the_restart_that_failed_ci_on_a_loaded_host_passes_beside_its_fresh_start() {
+        // Issue 11: 19.8 ms failed the absolute bound of 5 ms (x3); the same load slowed
+        // the fresh starts measured beside it.
+        let f = quick_run(4.0, 19.8);
+        assert!(failed(&f).is_empty(), "{:?}", failed(&f));
+    }
+
+    #[test]
+    fn a_figure_missing_from_a_ratio_is_not_measured() {
+        let f = Figures::default();
+        assert!(goals(&f).iter().all(|g| g.verdict(GROSS) == Verdict::NotMeasured));
+        assert!(failed(&f).is_empty());
+    }
+
+    #[test]
+    fn cpu_figures_have_no_ratio_to_the_round_trip_floor() {
+        let f = quick_run(1.0, 2.4);
+        let table = markdown(&f, &goals(&f), true);
+        let cpu_row = table.lines().find(|l| l.starts_with(&format!("| {}", PIPED.1))).unwrap_or_default();
+        assert!(cpu_row.ends_with("|  |"), "{cpu_row}");
+        assert!(table.contains("| restart of a Rust SDK plugin: median under 5 ms | 2.4 ms | yes | (reported only) |"));
+    }
 }

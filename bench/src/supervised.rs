@@ -12,6 +12,8 @@ use loom_supervisor::supervisor::Options;
 use loom_supervisor::{Registry, Supervisor};
 use serde_json::value::RawValue;
 
+use crate::cpu::{self, Throughput};
+
 /// Loom's START task, as its server sent it.
 const START: &str = include_str!("../../protocol/tests/data/start-hbase-regionserver.json");
 
@@ -99,15 +101,25 @@ impl Bench {
         Ok(began.elapsed().as_secs_f64() * 1e6 / calls as f64)
     }
 
-    /// Tasks per second with up to 1024 in flight.
-    pub async fn pipelined(&self, task: MakeTask, calls: usize) -> Result<f64, String> {
+    /// Tasks per second with up to 1024 in flight, and the CPU time per task of this
+    /// process (the supervisor) and the plugin's processes together.
+    pub async fn pipelined(&self, task: MakeTask, calls: usize) -> Result<Throughput, String> {
         let tasks = raw_tasks(task, calls)?;
+        let pids = self.pids();
+        let cpu = || cpu::own() + pids.iter().map(|&p| cpu::process(p)).sum::<Duration>();
+        let cpu_before = cpu();
         let began = Instant::now();
         let mut answers = futures_util::stream::iter(tasks.into_iter().map(|t| self.call(t))).buffer_unordered(1024);
         while let Some(answer) = answers.next().await {
             answer?;
         }
-        Ok(calls as f64 / began.elapsed().as_secs_f64())
+        Ok(Throughput::new(calls, began.elapsed(), cpu().saturating_sub(cpu_before)))
+    }
+
+    /// The process ids of the plugin's instances.
+    pub fn pids(&self) -> Vec<u32> {
+        let plugin = self.sup.plugin(PluginKind::Automator, "noop");
+        plugin.map_or_else(Vec::new, |p| p.status().iter().filter_map(|s| s.pid).collect())
     }
 
     /// The process id of the plugin's first instance.
@@ -116,26 +128,33 @@ impl Bench {
         plugin.status().first().and_then(|s| s.pid).ok_or_else(|| "the plugin has no process".into())
     }
 
-    /// Milliseconds from SIGKILL of the plugin to the next task answered, per restart.
-    pub async fn restarts(&self, times: usize) -> Result<Vec<f64>, String> {
-        let mut out = Vec::new();
-        for i in 0..times {
-            self.call(raw(&tiny_task(i))?).await?;
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()?).map_err(|e| e.to_string())?);
-            let began = Instant::now();
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
-            // A task may still reach the dying process and fail; the next one is answered
-            // by the new process.
-            let mut n = 0;
-            while self.call(raw(&tiny_task(1_000_000 + i * 1000 + n))?).await.is_err() {
-                n += 1;
-                if began.elapsed() > Duration::from_secs(30) {
-                    return Err("no answer 30 s after a restart".into());
-                }
+    /// Milliseconds from SIGKILL of the plugin to the next task answered (the `i`th
+    /// restart of this bench), after one task answered before the kill.
+    pub async fn restart(&self, i: usize) -> Result<f64, String> {
+        self.call(raw(&tiny_task(i))?).await?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()?).map_err(|e| e.to_string())?);
+        let began = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(|e| e.to_string())?;
+        // A task may still reach the dying process and fail; the next one is answered
+        // by the new process.
+        let mut n = 0;
+        while self.call(raw(&tiny_task(1_000_000 + i * 1000 + n))?).await.is_err() {
+            n += 1;
+            if began.elapsed() > Duration::from_secs(30) {
+                return Err("no answer 30 s after a restart".into());
             }
-            out.push(began.elapsed().as_secs_f64() * 1e3);
-            // Past the restart policy's window, so that every restart is an immediate one.
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let ms = began.elapsed().as_secs_f64() * 1e3;
+        // Past the restart policy's window, so that every restart is an immediate one.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        Ok(ms)
+    }
+
+    /// [`Bench::restart`] `times` times.
+    pub async fn restarts(&self, times: usize) -> Result<Vec<f64>, String> {
+        let mut out = Vec::with_capacity(times);
+        for i in 0..times {
+            out.push(self.restart(i).await?);
         }
         Ok(out)
     }
