@@ -77,10 +77,10 @@ pub fn round(daemon: &Path, exe: &Path, instances: u32, idle: Duration) -> Resul
 }
 
 /// The daemon, stopped with SIGTERM (and reaped) however the round ends.
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Reaped {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Ok(pid) = i32::try_from(self.0.id()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
@@ -96,7 +96,7 @@ impl Drop for Reaped {
     }
 }
 
-fn wait_ready(notify: &UnixDatagram) -> Result<(), String> {
+pub(crate) fn wait_ready(notify: &UnixDatagram) -> Result<(), String> {
     let mut buf = [0u8; 4096];
     loop {
         let n = notify.recv(&mut buf).map_err(|e| format!("no READY=1 from the daemon: {e}"))?;
@@ -130,7 +130,7 @@ fn per_thread(pid: u32, file: &str, read: impl Fn(&str) -> Option<u64>) -> Resul
         .sum())
 }
 
-fn rss_kb(pid: u32) -> Result<f64, String> {
+pub(crate) fn rss_kb(pid: u32) -> Result<f64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
     status
         .lines()

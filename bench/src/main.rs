@@ -23,6 +23,7 @@ mod figure;
 mod flood;
 mod floor;
 mod footprint;
+mod hostile;
 mod peers;
 mod report;
 mod supervised;
@@ -43,7 +44,7 @@ struct Args {
     /// measured side by side, memory, a count) is missed by more than 3x.
     #[arg(long)]
     quick: bool,
-    /// Only these sections (comma-separated): latency, pipelined, restart, flood, footprint, cluster.
+    /// Only these sections (comma-separated): latency, pipelined, restart, flood, footprint, hostile, cluster.
     #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
     only: Vec<Section>,
     /// The peers to run beside the supervisor (the full run only).
@@ -70,6 +71,9 @@ enum Section {
     Flood,
     /// The daemon with 100 plugin instances: memory, and CPU while idle.
     Footprint,
+    /// The daemon's memory while 40 clients send 15 MB tasks and its plugin answers
+    /// million-key results, and after.
+    Hostile,
     /// `cluster up` of 10 and 20 local machines against ansible-playbook (the full run only).
     Cluster,
 }
@@ -127,8 +131,14 @@ fn main() -> ExitCode {
     };
     let sections = if args.only.is_empty() {
         {
-            let mut all =
-                vec![Section::Latency, Section::Pipelined, Section::Restart, Section::Flood, Section::Footprint];
+            let mut all = vec![
+                Section::Latency,
+                Section::Pipelined,
+                Section::Restart,
+                Section::Flood,
+                Section::Footprint,
+                Section::Hostile,
+            ];
             if !args.quick {
                 all.push(Section::Cluster);
             }
@@ -224,6 +234,12 @@ async fn measure(section: Section, exe: &Path, size: &Size, figures: &mut Figure
             let (exe, size) = (exe.to_path_buf(), (size.rounds.min(3), size.idle));
             let rounds = blocking("the footprint measurement", move || footprint_rounds(&exe, size)).await?;
             rounds.into_iter().for_each(|f| figures.push(f));
+            Ok(())
+        }
+        Section::Hostile => {
+            let (exe, rounds) = (exe.to_path_buf(), if size.peers.is_some() { 3 } else { 1 });
+            let measured = blocking("the hostile-input measurement", move || hostile_rounds(&exe, rounds)).await?;
+            measured.into_iter().for_each(|f| figures.push(f));
             Ok(())
         }
         Section::Cluster => {
@@ -420,6 +436,25 @@ fn footprint_rounds(exe: &Path, (rounds, idle): (usize, std::time::Duration)) ->
         ready.rounds.push(r.ready_secs);
     }
     Ok(vec![rss, cpu, wakeups, plugin, ready])
+}
+
+/// Issue 11's burst against the real daemon, `rounds` times (blocking).
+fn hostile_rounds(exe: &Path, rounds: usize) -> Result<Vec<Figure>, String> {
+    let daemon = sibling("loom-provisioner", "loom-supervisor")?;
+    let burst = hostile::Burst { clients: 40, task_bytes: 15 * 1024 * 1024, result_keys: 1_000_000 };
+    let mut idle = Figure::new(report::HOSTILE_IDLE, "MB");
+    let mut peak = Figure::new(report::HOSTILE_PEAK, "MB");
+    let mut after = Figure::new(report::HOSTILE_AFTER, "MB");
+    for _ in 0..rounds {
+        let r = hostile::round(&daemon, exe, &burst)?;
+        if r.answered != burst.clients {
+            return Err(format!("{} of {} hostile tasks were answered", r.answered, burst.clients));
+        }
+        idle.rounds.push(r.idle_mb);
+        peak.rounds.push(r.peak_mb);
+        after.rounds.push(r.after_mb);
+    }
+    Ok(vec![idle, peak, after])
 }
 
 /// `cluster up` against ansible-playbook on 10 and 20 machines, `rounds` times (blocking).

@@ -1,7 +1,8 @@
 //! `bench-noop-plugin`: the benchmark's plugin. As a plugin (no arguments), an automator
 //! on the Rust SDK that answers every task at once with status 0 and logs nothing, except
 //! INSTALL with `config.flood: N`, which sends N info log lines (yielding to other tasks
-//! every 64 lines, as a task doing real work between its log lines would). With
+//! every 64 lines, as a task doing real work between its log lines would), and START
+//! with `config.resultKeys: N`, which answers a result of N keys. With
 //! `--echo`, no protocol at all: it copies each stdin line to stdout, with blocking std
 //! I/O, for the raw pipe floor. With `--raw`, the least a plugin can do: blocking std I/O,
 //! no JSON parser, every task answered `{"status":0}`, so that the supervisor's own share
@@ -20,8 +21,13 @@ impl Automator for Noop {
         Ok(TaskResult::ok())
     }
 
-    async fn action(&self, _task: Task, _ctx: Context) -> TaskOutcome {
-        Ok(TaskResult::ok())
+    /// START with `config.resultKeys: N` answers a result of N keys (the hostile-input
+    /// section's million-key answers).
+    async fn action(&self, task: Task, _ctx: Context) -> TaskOutcome {
+        let keys = task.config.get("resultKeys").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let mut result = TaskResult::ok();
+        result.result = (0..keys).map(|i| (format!("k{i}"), serde_json::Value::from(i))).collect();
+        Ok(result)
     }
 
     async fn install(&self, task: Task, ctx: Context) -> TaskOutcome {
