@@ -70,13 +70,14 @@ fn allowed_env() -> Vec<(OsString, OsString)> {
 /// channel); the caller keeps it open until this returns and then closes its copy.
 pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Result<Child> {
     let supervisor_pid = std::process::id();
+    let open_files = PLUGIN_OPEN_FILES.get().copied();
     cmd.process_group(0).kill_on_drop(true);
     let log_fd = log_fd.map(|fd| fd.as_raw_fd());
     if log_fd.is_some() {
         cmd.env(loom_protocol::ENV_LOG_FD, loom_protocol::LOG_FD.to_string());
     }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, dup2, fcntl).
+    // async-signal-safe system calls (prctl, getppid, setrlimit, dup2, fcntl).
     unsafe {
         cmd.pre_exec(move || {
             // The kernel clears the parent-death signal when the credentials change, and
@@ -86,6 +87,10 @@ pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Resu
             // The supervisor may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid().as_raw() as u32 != supervisor_pid {
                 return Err(io::Error::other("the supervisor exited while the plugin was starting"));
+            }
+            if let Some((soft, hard)) = open_files {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                    .map_err(io::Error::from)?;
             }
             if let Some(fd) = log_fd {
                 // dup2 onto the same number would keep close-on-exec set: clear it instead.
@@ -105,6 +110,17 @@ pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Resu
     let request = SpawnRequest { cmd, runtime: tokio::runtime::Handle::current(), reply };
     spawner().send(request).map_err(|_| io::Error::other("the spawner thread is gone"))?;
     answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+}
+
+/// The open-files limits (soft, hard) the supervisor started with, given back to its
+/// plugins: the daemon raises its own soft limit for its connections, but a plugin that
+/// uses `select()` breaks on descriptors over 1024 (why systemd keeps the soft limit low).
+static PLUGIN_OPEN_FILES: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Records the open-files limits plugins start with; the first call wins. Call before
+/// raising the supervisor's own.
+pub fn keep_open_files_limit_for_plugins(soft: u64, hard: u64) {
+    let _ = PLUGIN_OPEN_FILES.set((soft, hard));
 }
 
 struct SpawnRequest {

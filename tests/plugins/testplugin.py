@@ -40,6 +40,7 @@ member). "leak-error" does the same and answers with a JSON-RPC error quoting th
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -179,7 +180,8 @@ def _run_task(rid, task, seen):
         spec.setdefault("result", {})["whoami"] = {
             "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(),
             "groups": os.getgroups(), "noNewPrivs": proc.get("NoNewPrivs"),
-            "home": os.environ.get("HOME"), "user": os.environ.get("USER"), "cwd": os.getcwd()}
+            "home": os.environ.get("HOME"), "user": os.environ.get("USER"), "cwd": os.getcwd(),
+            "openFiles": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
     status = spec.get("status", 0)
     status = (spec.get("statusByTask") or {}).get(task["taskName"], status)
     extra = {}

@@ -684,8 +684,8 @@ pub struct Serve {
     pub ready_message: String,
     token: Option<String>,
     env: Vec<(String, String)>,
-    /// The open-files limit (soft and hard) the daemon starts with, when set.
-    open_files: Option<u64>,
+    /// The open-files limits (soft, hard) the daemon starts with, when set.
+    open_files: Option<(u64, u64)>,
     agent: ureq::Agent,
 }
 
@@ -750,8 +750,8 @@ impl Serve {
     }
 
     /// [`Serve::start`] with the daemon's open-files limit (soft and hard) set to
-    /// `open_files`, as `ulimit -n` would.
-    pub fn start_with_open_files(plugins: &Plugins, extra: &str, open_files: u64) -> Serve {
+    /// `open_files` (soft, hard), as `ulimit -Sn` and `ulimit -Hn` would.
+    pub fn start_with_open_files(plugins: &Plugins, extra: &str, open_files: (u64, u64)) -> Serve {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let mut serve = Serve::start_listening_later(plugins, &format!("127.0.0.1:{port}"), extra, &[]);
         serve.open_files = Some(open_files);
@@ -771,12 +771,12 @@ impl Serve {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(n) = self.open_files {
+        if let Some((soft, hard)) = self.open_files {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 command.pre_exec(move || {
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
                         .map_err(std::io::Error::from)
                 });
             }

@@ -59,7 +59,7 @@ fn two_thousand_idle_and_slow_connections_do_not_lock_out_clients() {
     // Long timeouts, so that only the cap and its eviction keep the API answering; an
     // open-files limit of 1024, so that without a cap the daemon runs out of descriptors.
     let config = "[http]\nheader_read_timeout_secs = 600\nbody_read_timeout_secs = 600\nidle_timeout_secs = 600\n";
-    let serve = Serve::start_with_open_files(&plugins, config, 1024);
+    let serve = Serve::start_with_open_files(&plugins, config, (1024, 1024));
     let addr = addr(&serve);
 
     let mut hostile = Vec::new();
@@ -131,7 +131,7 @@ fn idle_slow_header_and_slow_body_connections_are_closed() {
 fn at_a_low_open_files_limit_the_daemon_answers_and_its_log_stays_small() {
     allow_many_open_files(4096);
     let plugins = plugins();
-    let serve = Serve::start_with_open_files(&plugins, "", 64);
+    let serve = Serve::start_with_open_files(&plugins, "", (64, 64));
     let addr = addr(&serve);
     let hostile: Vec<TcpStream> = (0..300).map(|_| connect(&addr)).collect();
     for round in 0..5 {
@@ -144,4 +144,25 @@ fn at_a_low_open_files_limit_the_daemon_answers_and_its_log_stays_small() {
     let log = serve.log_text();
     assert!(log.lines().count() < 50, "{} log lines:\n{}", log.lines().count(), &log[..log.len().min(4000)]);
     assert!(log.contains("http.max_connections lowered to 32"), "{log}");
+}
+
+#[test]
+fn the_daemon_raises_its_open_files_limit_and_its_plugins_keep_the_one_it_was_given() {
+    let plugins = plugins();
+    let serve = Serve::start_with_open_files(&plugins, "", (1024, 8192));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(line.split_whitespace().nth(3), Some("8192"), "the daemon's soft limit: {line}");
+    let pid = || serve.request("GET", "/v1/plugins", None).1["plugins"][0]["instances"][0]["pid"].clone();
+    let before = pid();
+    // A restart spawns the plugin after the daemon raised its own limit.
+    let (code, _) = serve.request("POST", "/v1/plugins/a1/restart", None);
+    assert_eq!(code, 202);
+    assert!(loom_e2e::wait_until(Duration::from_secs(30), || {
+        let now = pid();
+        now.is_u64() && now != before
+    }));
+    let (code, v) = serve.submit(&action("who-after", "START", "a1", json!({"action": "whoami"})), true);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["result"]["result"]["whoami"]["openFiles"], json!([1024, 8192]), "{v}");
 }

@@ -53,10 +53,15 @@ impl Limits {
 }
 
 /// Raises the soft open-files limit to the hard one (the default soft limit of 1024
-/// is too low for a server), and returns the soft limit in force.
+/// is too low for a server), and returns the soft limit in force. Plugins still start
+/// with the limit the daemon was given ([`crate::spawn::keep_open_files_limit_for_plugins`]).
 pub fn raise_open_files_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limits = getrlimit(Resource::RLIMIT_NOFILE);
+    if let Ok((soft, hard)) = limits {
+        crate::spawn::keep_open_files_limit_for_plugins(soft, hard);
+    }
+    match limits {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => hard,
             Err(e) => {
