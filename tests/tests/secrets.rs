@@ -31,8 +31,11 @@ impl Planted {
     fn new() -> Planted {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
         let unique = format!("{}x{nanos}", std::process::id());
-        // 13+ digits, so that it is recognisable in text (and the plugin finds it).
-        let pin = 7_000_000_000_000 + (nanos % 1_000_000_000_000) as u64;
+        // 13+ digits, so that it is recognisable in text (and the plugin finds it). Not the
+        // clock's own digits: those are in `unique`, which names tasks and clusters and is
+        // no secret (a pin of 7 and nanos' last 12 digits was a substring of it whenever
+        // the 13th digit was a 7).
+        let pin = 7_000_000_000_000 + ((nanos / 7 + 123_456_789) % 1_000_000_000_000) as u64;
         let mut p = Planted { unique, count: Planted::FIELDS.len() + 1, needles: vec![pin.to_string()], pin };
         for field in Planted::FIELDS {
             let value = p.value(field);
