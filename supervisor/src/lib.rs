@@ -16,6 +16,7 @@
 //! | plugins are found | [`registry`] and [`manifest`] |
 //! | credentials are kept out of logs | [`redact`] |
 //! | plugin log lines reach the log without blocking | [`logpump`] |
+//! | a plugin's stderr and mistakes cannot flood the log | [`loglimit`] |
 //! | plugin authors check their plugin | [`conformance`] |
 //! | the daemon: config, journal, API, systemd | [`config`], [`journal`], [`daemon`], [`http`], [`serve`], [`notify`], [`metrics`] |
 //! | the daemon's client (`submit`, `status`) | [`client`] |
@@ -36,6 +37,7 @@ pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod logging;
+pub mod loglimit;
 pub mod logpump;
 pub mod manifest;
 pub mod memory;
