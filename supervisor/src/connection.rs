@@ -900,7 +900,9 @@ mod tests {
         // Not UTF-8 and answering nothing: junk.
         to_sup.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":424242,\"result\":\"\xfe\"}\n").await.unwrap();
         to_sup.write_all(&answer).await.unwrap();
-        match call.wait().await.outcome {
+        // Without the fix the call waits for an answer that never comes.
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(60), call.wait()).await;
+        match reply.expect("the call failed at once").outcome {
             Outcome::Unreadable(why) => assert_eq!(
                 &*why,
                 format!("the plugin's answer is not UTF-8 text (a bad byte at offset {offset})").as_str()

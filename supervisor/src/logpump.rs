@@ -103,7 +103,12 @@ fn pump() -> Option<&'static Pump> {
     .as_ref()
 }
 
+/// What `line` counts against [`BUDGET_BYTES`]. A summary counts nothing: there is at
+/// most one per plugin per interval, and it must not take the room of the lines it counts.
 fn cost(line: &Line) -> usize {
+    if line.kind == Kind::Summary {
+        return 0;
+    }
     line.message.len() + line.fields.as_ref().map_or(0, String::len) + 64
 }
 
@@ -117,7 +122,7 @@ pub fn submit(line: Line) -> bool {
         return true;
     };
     let size = cost(&line);
-    if pump.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > BUDGET_BYTES && line.kind != Kind::Summary {
+    if size > 0 && pump.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > BUDGET_BYTES {
         pump.queued_bytes.fetch_sub(size, Ordering::AcqRel);
         return false;
     }
