@@ -22,7 +22,7 @@ At the handshake (the manifest's "settings"):
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "action": "ok" (default) | "crash" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
-            | "sleep" | "env" | "leak" | "leak-error" | "fd3-longline" | "bad-utf8"
+            | "sleep" | "env" | "leak" | "leak-error"
   "marker": a file path, for "hang-once": hang if it does not exist (creating it)
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
@@ -37,11 +37,11 @@ named after it, a notification with bad params, answers to unknown ids (one 1 MB
 output for a task that is not running, and its answer (stdout, stderr, hostname, an extra
 member). "leak-error" does the same and answers with a JSON-RPC error quoting them.
 
-"stderrLines": n and "unknownAnswers": n flood before any action: n lines on stderr ("flood
-line N on stderr"), then n answers to ids the supervisor never used. "fd3-longline" writes a
-line of "bytes" bytes on the log channel (fd 3), then a log notification "after the long
-line" there, then answers. "bad-utf8" answers with a byte that is not UTF-8 inside a string
-of its result.
+Floods and odd input: "stderrLines": n and "unknownAnswers": n flood before any action: n
+lines on stderr ("flood line N on stderr"), then n answers to ids the supervisor never used.
+Action "fd3-longline" writes a line of "bytes" bytes on the log channel (fd 3), then a log
+notification "after the long line" there, then answers. Action "bad-utf8" answers with a
+byte that is not UTF-8 inside a string of its result.
 """
 
 import json
@@ -162,6 +162,17 @@ def _run_task(rid, task, seen):
         raw("this is not json, just a stray debug print")
     if action == "longline":
         raw("x" * int(spec.get("bytes", 100000)))
+    if action == "fd3-longline":
+        os.write(3, b"x" * int(spec.get("bytes", 100000)) + b"\n")
+        after = {"jsonrpc": "2.0", "method": "log",
+                 "params": {"level": "info", "message": "after the long line", "taskId": task_id}}
+        os.write(3, (json.dumps(after) + "\n").encode())
+    if action == "bad-utf8":
+        with lock:
+            out.flush()
+            out.buffer.write(b'{"jsonrpc": "2.0", "id": %d, "result": {"status": 0, "stdout": "bad \xff byte"}}\n' % rid)
+            out.buffer.flush()
+        return
     if action == "sleep":
         time.sleep(int(spec.get("ms", 100)) / 1000.0)
     if action == "log":
@@ -180,17 +191,6 @@ def _run_task(rid, task, seen):
         notify("output", {"taskId": task_id, "stream": "stdout", "data": "output with " + password + "\n"})
     if action == "env":
         spec.setdefault("result", {})["env"] = dict(os.environ)
-    if action == "fd3-longline":
-        os.write(3, b"x" * int(spec.get("bytes", 100000)) + b"\n")
-        after = {"jsonrpc": "2.0", "method": "log",
-                 "params": {"level": "info", "message": "after the long line", "taskId": task_id}}
-        os.write(3, (json.dumps(after) + "\n").encode())
-    if action == "bad-utf8":
-        with lock:
-            out.flush()
-            out.buffer.write(b'{"jsonrpc": "2.0", "id": %d, "result": {"status": 0, "stdout": "bad \xff byte"}}\n' % rid)
-            out.buffer.flush()
-        return
     status = spec.get("status", 0)
     status = (spec.get("statusByTask") or {}).get(task["taskName"], status)
     extra = {}
