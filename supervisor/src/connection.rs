@@ -6,10 +6,18 @@
 //!
 //! - a line that is not JSON-RPC is logged (credentials scrubbed) and skipped;
 //! - an answer with an unknown id is logged and dropped;
+//! - an answer that is not UTF-8 fails the call it answers at once, with the reason (its
+//!   id is read leniently), rather than leave it to its timeout;
 //! - a request from the plugin is answered with "method not found";
 //! - `output` for a task that is not running on this process is dropped;
 //! - only a line over the size limit ends the channel ([`ReaderEnd::Violation`]), because
-//!   the framing can no longer be trusted; the instance then restarts the process.
+//!   the framing can no longer be trusted; the instance then restarts the process. On the
+//!   log channel (fd 3), which carries no answers, an over-long line is skipped instead
+//!   and reading goes on at the next line.
+//!
+//! Each of these mistakes, and each stderr line, is logged only within the plugin's log
+//! budget ([`crate::loglimit`]): beyond it they are counted and summarised once per
+//! interval, never waited for, so a flood cannot fill the disk or slow the task channel.
 //!
 //! Calls in flight are kept in a map from request id to a oneshot sender. When the process
 //! ends, [`Connection::fail_all`] answers every one of them with the reason, so no caller
@@ -27,18 +35,19 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use loom_protocol::{
-    LineCodec, LogLevel, LogParams, Message, Notification, OutputParams, OutputStream, Overflow, ProgressParams,
-    Request, RequestId, Response, ResponseError, codes, methods,
+    CodecError, LineCodec, LogLevel, LogParams, Message, Notification, OutputParams, OutputStream, Overflow,
+    ProgressParams, Request, RequestId, Response, ResponseError, codes, methods,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::capture::{CapturedOutput, LastLines};
 use crate::envelope::TaskEnvelope;
+use crate::loglimit::{self, LogLimiter};
 use crate::logpump::{self, Kind};
 use crate::outbound::Outbound;
 pub use crate::outbound::WriterEnd;
@@ -80,6 +89,8 @@ pub struct Connection {
     next_id: AtomicI64,
     redactor: Arc<Redactor>,
     stats: Stats,
+    /// The plugin's log budget, shared with its other processes.
+    limiter: Arc<LogLimiter>,
 }
 
 /// A piece of a task's live output (credentials scrubbed), for [`watch_output`].
@@ -116,8 +127,6 @@ pub struct Stats {
     pub plugin_requests: AtomicU64,
     /// Log lines dropped because the log could not keep up (see [`crate::logpump`]).
     pub dropped_log_lines: AtomicU64,
-    /// Dropped lines not yet reported in the log.
-    unreported_drops: AtomicU64,
 }
 
 #[derive(Default)]
@@ -162,6 +171,9 @@ pub enum Outcome {
     Error(ResponseError),
     /// The process went away first; the text says how.
     Lost(Arc<str>),
+    /// The plugin answered, but its answer cannot be read (it is not UTF-8); the text
+    /// says why.
+    Unreadable(Arc<str>),
 }
 
 /// Why the stdout reader stopped.
@@ -203,6 +215,7 @@ impl Connection {
 
     fn with(plugin: Arc<str>, pid: u32, outbound: Outbound, redactor: Arc<Redactor>) -> Arc<Connection> {
         Arc::new(Connection {
+            limiter: loglimit::for_plugin(&plugin),
             plugin,
             pid,
             outbound,
@@ -242,7 +255,8 @@ impl Connection {
     }
 
     /// Spawns the reader of the process's stderr: each line is logged at info level under
-    /// the plugin's name (credentials scrubbed) and the last ones are kept in `last`.
+    /// the plugin's name (credentials scrubbed), within the plugin's log budget
+    /// ([`crate::loglimit`]), and the last ones are kept in `last`, every one of them.
     pub fn spawn_stderr_reader(
         self: &Arc<Self>,
         stderr: impl AsyncRead + Unpin + Send + 'static,
@@ -258,7 +272,7 @@ impl Connection {
                 if let Ok(mut last) = last.lock() {
                     last.push(text.clone());
                 }
-                if logged {
+                if logged && conn.limiter.allow_stderr(text.len()) {
                     conn.log(LogLevel::Info, Kind::Stderr, text, None, None);
                 }
             }
@@ -266,8 +280,10 @@ impl Connection {
     }
 
     /// Spawns the reader of the log channel (the plugin's fd 3): `log` and `progress`
-    /// notifications, handled as on stdout. Anything else there is logged and skipped; an
-    /// over-long line ends this reader only (the task channel is not affected).
+    /// notifications, handled as on stdout. Anything else there is logged and skipped. An
+    /// over-long line is skipped too, up to the next newline, with a warning: the channel
+    /// carries no answers, so nothing is lost but that line, and the plugin's next write
+    /// must not fail. Only a read error ends this reader (the task channel is not affected).
     pub fn spawn_log_reader(
         self: &Arc<Self>,
         log: impl AsyncRead + Unpin + Send + 'static,
@@ -275,16 +291,24 @@ impl Connection {
     ) -> JoinHandle<()> {
         let conn = Arc::clone(self);
         tokio::spawn(async move {
-            let mut lines = FramedRead::with_capacity(log, LineCodec::new(max_line, Overflow::Error), 64 * 1024);
+            let codec = SkipLongLines(LineCodec::new(max_line, Overflow::Error));
+            let mut lines = FramedRead::with_capacity(log, codec, READ_BUFFER);
             while let Some(item) = lines.next().await {
                 match item {
-                    Ok(line) => conn.handle_log_line(&line),
+                    Ok(Frame::Line(line)) => conn.handle_log_line(&line),
+                    Ok(Frame::TooLong { limit }) => {
+                        conn.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
+                        conn.note(LogLevel::Warn, || {
+                            format!("skipped a line longer than {limit} bytes on the log channel (fd 3); reading goes on after it")
+                        });
+                    }
                     Err(e) => {
                         tracing::warn!(target: PLUGIN_TARGET, plugin = %conn.plugin, pid = conn.pid,
                             "stopped reading the log channel: {e}");
                         return;
                     }
                 }
+                shrink_after_long_line(lines.read_buffer_mut());
             }
         })
     }
@@ -372,8 +396,9 @@ impl Connection {
         self.outbound.close();
     }
 
-    /// Ends every call in flight with `reason`, and every later call at once. Called when
-    /// the process is gone.
+    /// Ends every call in flight with `reason`, and every later call at once, and logs what
+    /// the plugin's log budget held back so far ([`LogLimiter::flush`]). Called when the
+    /// process is gone.
     pub fn fail_all(&self, reason: &str) {
         let reason: Arc<str> = Arc::from(reason);
         let drained: Vec<Pending> = {
@@ -385,6 +410,7 @@ impl Connection {
         for p in drained {
             self.finish(p, Outcome::Lost(reason.clone()));
         }
+        self.limiter.flush();
     }
 
     fn start_call(self: &Arc<Self>, id: i64, line: Vec<u8>, task: Option<TaskCall>) -> Call {
@@ -443,8 +469,12 @@ impl Connection {
             Ok(Message::Notification(n)) => self.handle_notification(n),
             Ok(Message::Request(r)) => {
                 self.stats.plugin_requests.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                    "sent a request ({:?}); plugins may only send notifications and answers", self.loggable_name(&r.method));
+                self.note(LogLevel::Warn, || {
+                    format!(
+                        "sent a request ({:?}); plugins may only send notifications and answers",
+                        self.loggable_name(&r.method)
+                    )
+                });
                 let answer = Response::err(
                     Some(r.id),
                     ResponseError::new(codes::METHOD_NOT_FOUND, "the supervisor does not accept requests"),
@@ -452,15 +482,39 @@ impl Connection {
                 self.outbound.send(Message::Response(answer).to_line());
             }
             Err(e) => {
+                if let Err(bad) = std::str::from_utf8(line)
+                    && self.fail_unreadable_answer(line, bad.valid_up_to())
+                {
+                    return;
+                }
                 self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
-                let text = String::from_utf8_lossy(line);
-                let text = self.redactor.scrub(&text);
-                let quote: String = text.chars().take(JUNK_QUOTE_CHARS).collect();
-                let more = if text.chars().count() > JUNK_QUOTE_CHARS { "..." } else { "" };
-                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                    "ignored a line on stdout that is {e}: {quote:?}{more}");
+                self.note(LogLevel::Warn, || {
+                    let text = String::from_utf8_lossy(line);
+                    let text = self.redactor.scrub(&text);
+                    let quote: String = text.chars().take(JUNK_QUOTE_CHARS).collect();
+                    let more = if text.chars().count() > JUNK_QUOTE_CHARS { "..." } else { "" };
+                    format!("ignored a line on stdout that is {e}: {quote:?}{more}")
+                });
             }
         }
+    }
+
+    /// A line that is not UTF-8 cannot be a message, but if it is an answer to a call in
+    /// flight, that call fails at once with the reason instead of waiting for its timeout.
+    /// Its id is read from the line with the bad bytes replaced. Returns false when the line
+    /// answers no call in flight (it is junk then).
+    fn fail_unreadable_answer(&self, line: &[u8], bad_at: usize) -> bool {
+        let lenient = String::from_utf8_lossy(line);
+        let Ok(Message::Response(r)) = Message::decode(lenient.as_bytes()) else {
+            return false;
+        };
+        let Some(pending) = self.take_call(r.id.as_ref()) else {
+            return false;
+        };
+        let why = format!("the plugin's answer is not UTF-8 text (a bad byte at offset {bad_at})");
+        self.note(LogLevel::Warn, || format!("failed the call it answered: {why}"));
+        self.finish(pending, Outcome::Unreadable(Arc::from(why)));
+        true
     }
 
     fn handle_log_line(&self, line: &[u8]) {
@@ -471,36 +525,24 @@ impl Connection {
             Ok(Message::Notification(n)) => self.handle_notification(n),
             Ok(_) => {
                 self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                    "ignored a request or answer on the log channel: only notifications belong there");
+                self.note(LogLevel::Warn, || {
+                    "ignored a request or answer on the log channel: only notifications belong there".to_owned()
+                });
             }
             Err(e) => {
                 self.stats.junk_lines.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                    "ignored a line on the log channel that is {e}");
+                self.note(LogLevel::Warn, || format!("ignored a line on the log channel that is {e}"));
             }
         }
     }
 
     fn handle_answer(&self, r: Response) {
-        let pending = match &r.id {
-            Some(RequestId::Number(id)) => {
-                let mut st = self.lock();
-                let p = st.calls.remove(id);
-                if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref())
-                    && st.tasks.get(&task.task_id) == Some(id)
-                {
-                    st.tasks.remove(&task.task_id);
-                }
-                p
-            }
-            _ => None,
-        };
-        let Some(pending) = pending else {
+        let Some(pending) = self.take_call(r.id.as_ref()) else {
             self.stats.unknown_answers.fetch_add(1, Ordering::Relaxed);
-            let id = r.id.map_or_else(|| "null".to_owned(), |id| self.loggable_name(&id.to_string()));
-            tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                "ignored an answer to unknown request id {id}");
+            self.note(LogLevel::Warn, || {
+                let id = r.id.as_ref().map_or_else(|| "null".to_owned(), |id| self.loggable_name(&id.to_string()));
+                format!("ignored an answer to unknown request id {id}")
+            });
             return;
         };
         let outcome = match r.outcome {
@@ -508,6 +550,21 @@ impl Connection {
             Err(error) => Outcome::Error(error),
         };
         self.finish(pending, outcome);
+    }
+
+    /// Takes the call in flight that `id` answers, if there is one.
+    fn take_call(&self, id: Option<&RequestId>) -> Option<Pending> {
+        let Some(RequestId::Number(id)) = id else {
+            return None;
+        };
+        let mut st = self.lock();
+        let p = st.calls.remove(id);
+        if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref())
+            && st.tasks.get(&task.task_id) == Some(id)
+        {
+            st.tasks.remove(&task.task_id);
+        }
+        p
     }
 
     fn handle_notification(&self, n: Notification) {
@@ -531,10 +588,7 @@ impl Connection {
                 Err(e) => self.bad_notification(methods::OUTPUT, &e),
             },
             other => {
-                if tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::DEBUG) {
-                    tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                        "ignored unknown notification {:?}", self.loggable_name(other));
-                }
+                self.note(LogLevel::Debug, || format!("ignored unknown notification {:?}", self.loggable_name(other)));
             }
         }
     }
@@ -557,11 +611,12 @@ impl Connection {
         };
         match shown {
             Some(piece) => self.show_output(&p.task_id, p.stream, piece),
-            None if tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::DEBUG) => {
-                tracing::debug!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-                    "ignored output for task {:?}, which is not running on this process", self.loggable_name(&p.task_id));
-            }
-            None => {}
+            None => self.note(LogLevel::Debug, || {
+                format!(
+                    "ignored output for task {:?}, which is not running on this process",
+                    self.loggable_name(&p.task_id)
+                )
+            }),
         }
     }
 
@@ -619,30 +674,71 @@ impl Connection {
             message,
             percent: None,
             stream: None,
-            dropped_before: 0,
         }
     }
 
-    /// Queues a line for the log; counts it if the log is too far behind to take it.
-    fn submit(&self, mut line: logpump::Line) {
-        line.dropped_before = self.stats.unreported_drops.swap(0, Ordering::Relaxed);
-        let dropped_before = line.dropped_before;
+    /// Queues a line for the log; counts it if the log is too far behind to take it (the
+    /// count is reported in the plugin's next summary, [`crate::loglimit`]).
+    fn submit(&self, line: logpump::Line) {
         if !logpump::submit(line) {
             self.stats.dropped_log_lines.fetch_add(1, Ordering::Relaxed);
-            self.stats.unreported_drops.fetch_add(dropped_before + 1, Ordering::Relaxed);
+            self.limiter.dropped(1);
+        }
+    }
+
+    /// Logs the supervisor's note about a mistake of the plugin, at `level`, if the log
+    /// takes that level and the plugin's log budget has room; otherwise it is only counted.
+    /// `message` is built only when the note is logged (a flood costs no formatting).
+    fn note(&self, level: LogLevel, message: impl FnOnce() -> String) {
+        if logpump::enabled(level) && self.limiter.allow_protocol() {
+            self.log(level, Kind::Notice, message(), None, None);
         }
     }
 
     /// `method` is one of ours (the notification's name was recognised).
     fn bad_notification(&self, method: &'static str, e: &serde_json::Error) {
         self.stats.bad_notifications.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(target: PLUGIN_TARGET, plugin = %self.plugin, pid = self.pid,
-            "ignored a {method:?} notification with bad params (line {} column {})", e.line(), e.column());
+        self.note(LogLevel::Warn, || {
+            format!("ignored a {method:?} notification with bad params (line {} column {})", e.line(), e.column())
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Nothing under this lock can panic half-way; recover rather than poison the plugin.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The log channel's frames: a line, or the news that an over-long one was skipped.
+enum Frame {
+    Line(bytes::BytesMut),
+    TooLong { limit: usize },
+}
+
+/// [`LineCodec`] for a channel that goes on after an over-long line: the line becomes a
+/// [`Frame::TooLong`] item instead of an error. (After an error, `FramedRead` returns
+/// `None` once and reads again before decoding what it has buffered, so a line already
+/// read would wait for the plugin's next write.)
+struct SkipLongLines(LineCodec);
+
+impl Decoder for SkipLongLines {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(CodecError::LineTooLong { limit }) => Ok(Some(Frame::TooLong { limit })),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.0.decode_eof(buf) {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(CodecError::LineTooLong { limit }) => Ok(Some(Frame::TooLong { limit })),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -788,6 +884,58 @@ mod tests {
             ReaderEnd::Violation(why) => assert!(why.contains("longer than 1024 bytes"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_utf8_fails_its_call_at_once() {
+        let (conn, mut from_sup, mut to_sup, _reader) = pair();
+        let mut call = conn.request("ping", &serde_json::json!({}));
+        let id = match next_request(&mut from_sup).await.id {
+            RequestId::Number(n) => n,
+            RequestId::String(_) => panic!(),
+        };
+        let mut answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"stdout\":\"a ").into_bytes();
+        let offset = answer.len();
+        answer.extend_from_slice(b"\xff byte\"}}\n");
+        // Not UTF-8 and answering nothing: junk.
+        to_sup.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":424242,\"result\":\"\xfe\"}\n").await.unwrap();
+        to_sup.write_all(&answer).await.unwrap();
+        // Without the fix the call waits for an answer that never comes.
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(60), call.wait()).await;
+        match reply.expect("the call failed at once").outcome {
+            Outcome::Unreadable(why) => assert_eq!(
+                &*why,
+                format!("the plugin's answer is not UTF-8 text (a bad byte at offset {offset})").as_str()
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(conn.stats().junk_lines.load(Ordering::Relaxed), 1, "the answer to no call is junk");
+        assert_eq!(conn.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_on_the_log_channel_is_skipped_and_reading_goes_on() {
+        let (sup_stdin, _plugin_stdin) = tokio::io::duplex(1 << 16);
+        let (mut plugin_log, sup_log) = tokio::io::duplex(1 << 16);
+        let (conn, _writer) = Connection::new(Arc::from("test-fd3"), 1, sup_stdin, Arc::default());
+        let reader = conn.spawn_log_reader(sup_log, 1024);
+        // The long line and the next one arrive in one write: the next one must be read
+        // without waiting for more.
+        let mut bytes = vec![b'x'; 5000];
+        bytes.extend_from_slice(b"\n{\"jsonrpc\":\"2.0\",\"method\":\"log\",\"params\":{\"level\":42}}\n");
+        plugin_log.write_all(&bytes).await.unwrap();
+        let began = std::time::Instant::now();
+        while conn.stats().bad_notifications.load(Ordering::Relaxed) == 0 {
+            assert!(!reader.is_finished(), "the log reader stopped");
+            assert!(began.elapsed() < std::time::Duration::from_secs(60), "the line after the long one was not read");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(conn.stats().junk_lines.load(Ordering::Relaxed), 1, "the long line is counted");
+        // An over-long last line without a newline is skipped too; then the end.
+        plugin_log.write_all(&[b'y'; 3000]).await.unwrap();
+        drop(plugin_log);
+        reader.await.unwrap();
+        assert_eq!(conn.stats().junk_lines.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 //! | plugins are trusted, and run as whom | [`vet`]: files checked like sshd's StrictModes ([`trust`]), whom they run as ([`runas`]) |
 //! | credentials are kept out of logs | [`redact`] |
 //! | plugin log lines reach the log without blocking | [`logpump`] |
+//! | a plugin's stderr and mistakes cannot flood the log | [`loglimit`] |
 //! | plugin authors check their plugin | [`conformance`] |
 //! | the daemon: config, journal, API, systemd | [`config`], [`journal`], [`daemon`], [`http`], [`serve`], [`notify`], [`metrics`] |
 //! | the daemon's client (`submit`, `status`) | [`client`] |
@@ -37,6 +38,7 @@ pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod logging;
+pub mod loglimit;
 pub mod logpump;
 pub mod manifest;
 pub mod memory;

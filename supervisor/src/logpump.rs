@@ -7,10 +7,15 @@
 //! destination that stalls (a full journald socket), cannot delay a task's answer.
 //!
 //! When the log cannot keep up, the queue fills to [`BUDGET_BYTES`]; lines beyond that are
-//! **dropped and counted**, never blocked on: the count is logged as a warning naming the
-//! plugin when its next line gets through, and is kept in the connection's statistics.
-//! Rate-limiting a plugin instead would throttle its task channel too, since log lines and
-//! answers share its stdout.
+//! **dropped and counted**, never blocked on: the count goes into the connection's
+//! statistics and into the plugin's next summary ([`crate::loglimit`]), at most one line per
+//! plugin per interval however the drops fall. Rate-limiting a plugin's log notifications
+//! instead would throttle its task channel too, since log lines and answers may share its
+//! stdout. (What a plugin says *by mistake*, its stderr and its protocol errors, is
+//! rate-limited before it gets here: [`crate::loglimit`].)
+//!
+//! The supervisor's own warnings about a plugin (its protocol mistakes) go through here too,
+//! so that a reader never waits on the log's destination for them either.
 //!
 //! [`flush`] waits until everything queued so far is written; the binary calls it before
 //! it exits, so no accepted line is lost at shutdown.
@@ -48,8 +53,6 @@ pub struct Line {
     pub percent: Option<f64>,
     /// An output notification's stream.
     pub stream: Option<&'static str>,
-    /// Lines of this plugin dropped just before this one.
-    pub dropped_before: u64,
 }
 
 /// Where a line came from.
@@ -63,6 +66,11 @@ pub enum Kind {
     Output,
     /// A line on the plugin's stderr.
     Stderr,
+    /// The supervisor's note about the plugin's process (a protocol mistake).
+    Notice,
+    /// What was held back from the log for the plugin ([`crate::loglimit`]); not about one
+    /// process, so `pid` is not shown.
+    Summary,
 }
 
 enum Item {
@@ -95,20 +103,26 @@ fn pump() -> Option<&'static Pump> {
     .as_ref()
 }
 
+/// What `line` counts against [`BUDGET_BYTES`]. A summary counts nothing: there is at
+/// most one per plugin per interval, and it must not take the room of the lines it counts.
 fn cost(line: &Line) -> usize {
+    if line.kind == Kind::Summary {
+        return 0;
+    }
     line.message.len() + line.fields.as_ref().map_or(0, String::len) + 64
 }
 
 /// Queues `line` for the log. Returns `false` when it was dropped because the queue is
-/// over [`BUDGET_BYTES`]: the caller counts it and sets `dropped_before` on its next line.
-/// Never blocks on the log's destination.
+/// over [`BUDGET_BYTES`]: the caller counts it ([`crate::loglimit::LogLimiter::dropped`]).
+/// A [`Kind::Summary`] is always taken (there is at most one per plugin per interval): it
+/// carries the counts. Never blocks on the log's destination.
 pub fn submit(line: Line) -> bool {
     let Some(pump) = pump() else {
         emit(&line);
         return true;
     };
     let size = cost(&line);
-    if pump.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > BUDGET_BYTES {
+    if size > 0 && pump.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > BUDGET_BYTES {
         pump.queued_bytes.fetch_sub(size, Ordering::AcqRel);
         return false;
     }
@@ -118,6 +132,21 @@ pub fn submit(line: Line) -> bool {
         emit(&line);
     }
     true
+}
+
+/// Queues a summary of what was held back from the log for `plugin` (a warning).
+pub fn summary(plugin: &Arc<str>, message: String) {
+    submit(Line {
+        plugin: Arc::clone(plugin),
+        pid: 0,
+        level: LogLevel::Warn,
+        task_id: None,
+        fields: None,
+        kind: Kind::Summary,
+        message,
+        percent: None,
+        stream: None,
+    });
 }
 
 /// Waits until every line queued before this call is written, or `limit` has passed.
@@ -147,10 +176,6 @@ fn drain(rx: &Receiver<Item>, queued_bytes: &AtomicUsize) {
 /// Writes `line` to the log: one `tracing` event with target [`PLUGIN_TARGET`].
 fn emit(line: &Line) {
     let (plugin, pid, message) = (&*line.plugin, line.pid, line.message.as_str());
-    if line.dropped_before > 0 {
-        tracing::warn!(target: PLUGIN_TARGET, plugin = %plugin, pid,
-            "{} log lines from this plugin were dropped: it logged faster than the log could take", line.dropped_before);
-    }
     let task_id = line.task_id.as_deref().map(tracing::field::display);
     let fields = line.fields.as_deref().map(tracing::field::display);
     macro_rules! emit {
@@ -162,6 +187,8 @@ fn emit(line: &Line) {
                 Kind::Output => tracing::event!(target: PLUGIN_TARGET, $level, plugin = %plugin, pid, task_id,
                     stream = line.stream, "output: {message}"),
                 Kind::Stderr => tracing::event!(target: PLUGIN_TARGET, $level, plugin = %plugin, pid, stream = "stderr", "{message}"),
+                Kind::Notice => tracing::event!(target: PLUGIN_TARGET, $level, plugin = %plugin, pid, "{message}"),
+                Kind::Summary => tracing::event!(target: PLUGIN_TARGET, $level, plugin = %plugin, "{message}"),
             }
         };
     }

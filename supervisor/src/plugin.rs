@@ -403,7 +403,7 @@ impl Plugin {
                 let message = conn.redactor().scrub(&e.message);
                 self.failure(task, &format!("the plugin answered with error {}: {message}", e.code), reply.output)
             }
-            Outcome::Lost(why) => self.failure(task, &why, reply.output),
+            Outcome::Lost(why) | Outcome::Unreadable(why) => self.failure(task, &why, reply.output),
         }
     }
 

@@ -213,7 +213,7 @@ impl PluginProcess {
             Outcome::Error(e) => {
                 return Err(format!("refused the handshake: {} (code {})", self.conn.loggable(&e.message), e.code));
             }
-            Outcome::Lost(why) => return Err(why.to_string()),
+            Outcome::Lost(why) | Outcome::Unreadable(why) => return Err(why.to_string()),
         };
         check_handshake(spec, &hs)?;
         Ok(hs)

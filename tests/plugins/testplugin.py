@@ -36,6 +36,12 @@ middle of each value, stderr, a stray stdout line, a request and an unknown noti
 named after it, a notification with bad params, answers to unknown ids (one 1 MB long),
 output for a task that is not running, and its answer (stdout, stderr, hostname, an extra
 member). "leak-error" does the same and answers with a JSON-RPC error quoting them.
+
+Floods and odd input: "stderrLines": n and "unknownAnswers": n flood before any action: n
+lines on stderr ("flood line N on stderr"), then n answers to ids the supervisor never used.
+Action "fd3-longline" writes a line of "bytes" bytes on the log channel (fd 3), then a log
+notification "after the long line" there, then answers. Action "bad-utf8" answers with a
+byte that is not UTF-8 inside a string of its result.
 """
 
 import json
@@ -134,6 +140,7 @@ def _run_task(rid, task, seen):
     spec.update((spec.pop("byPlugin", None) or {}).get(NAME, {}))
     action = spec.get("action", "ok")
     task_id = task["taskId"]
+    flood(spec)
     if action == "crash":
         sys.stderr.write("testplugin pid=%d: about to crash: boom\n" % PID)
         sys.stderr.flush()
@@ -156,6 +163,17 @@ def _run_task(rid, task, seen):
         raw("this is not json, just a stray debug print")
     if action == "longline":
         raw("x" * int(spec.get("bytes", 100000)))
+    if action == "fd3-longline":
+        os.write(3, b"x" * int(spec.get("bytes", 100000)) + b"\n")
+        after = {"jsonrpc": "2.0", "method": "log",
+                 "params": {"level": "info", "message": "after the long line", "taskId": task_id}}
+        os.write(3, (json.dumps(after) + "\n").encode())
+    if action == "bad-utf8":
+        with lock:
+            out.flush()
+            out.buffer.write(b'{"jsonrpc": "2.0", "id": %d, "result": {"status": 0, "stdout": "bad \xff byte"}}\n' % rid)
+            out.buffer.flush()
+        return
     if action == "sleep":
         time.sleep(int(spec.get("ms", 100)) / 1000.0)
     if action == "log":
@@ -201,6 +219,16 @@ def _run_task(rid, task, seen):
     }
     result.update(extra)
     send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def flood(spec):
+    """Floods stderr and stdout with mistakes, one write each: as fast as the pipes take it."""
+    if spec.get("stderrLines"):
+        sys.stderr.write("".join("flood line %d on stderr\n" % i for i in range(int(spec["stderrLines"]))))
+        sys.stderr.flush()
+    if spec.get("unknownAnswers"):
+        raw("\n".join(json.dumps({"jsonrpc": "2.0", "id": 10 ** 12 + i, "result": {"status": 0}})
+                       for i in range(int(spec["unknownAnswers"]))))
 
 
 def planted(value, found):
