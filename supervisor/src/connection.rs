@@ -64,6 +64,10 @@ const STDERR_LINE_BYTES: usize = 16 * 1024;
 /// in a log line.
 const LOG_NAME_BYTES: usize = 200;
 
+/// Requests from the plugin are answered ("method not found") only while less than this
+/// is waiting in its stdin.
+const REFUSALS_BACKLOG: usize = 1024 * 1024;
+
 /// How much of a stray stdout line is quoted in the warning.
 const JUNK_QUOTE_CHARS: usize = 200;
 
@@ -475,11 +479,19 @@ impl Connection {
                         self.loggable_name(&r.method)
                     )
                 });
-                let answer = Response::err(
-                    Some(r.id),
-                    ResponseError::new(codes::METHOD_NOT_FOUND, "the supervisor does not accept requests"),
-                );
-                self.outbound.send(Message::Response(answer).to_line());
+                // Answered only while the plugin reads its stdin, and without echoing an id
+                // of any length: a plugin that floods requests must not fill our memory.
+                if self.outbound.queued_bytes() < REFUSALS_BACKLOG {
+                    let id = match r.id {
+                        RequestId::String(s) if s.len() > LOG_NAME_BYTES => None,
+                        id => Some(id),
+                    };
+                    let answer = Response::err(
+                        id,
+                        ResponseError::new(codes::METHOD_NOT_FOUND, "the supervisor does not accept requests"),
+                    );
+                    self.outbound.send(Message::Response(answer).to_line());
+                }
             }
             Err(e) => {
                 if let Err(bad) = std::str::from_utf8(line)
@@ -855,6 +867,43 @@ mod tests {
         let Message::Response(r) = Message::decode(line.as_bytes()).unwrap() else { panic!("{line}") };
         assert_eq!(r.id, Some(RequestId::String("s1".into())));
         assert_eq!(r.outcome.unwrap_err().code, codes::METHOD_NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_huge_id_is_refused_without_echoing_it() {
+        let (_conn, mut from_sup, mut to_sup, _reader) = pair();
+        let id = "i".repeat(900);
+        to_sup
+            .write_all(format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{id}\",\"method\":\"x\"}}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut line = String::new();
+        from_sup.read_line(&mut line).await.unwrap();
+        let Message::Response(r) = Message::decode(line.as_bytes()).unwrap() else { panic!("{line}") };
+        assert_eq!((r.id, r.outcome.unwrap_err().code), (None, codes::METHOD_NOT_FOUND));
+        assert!(line.len() < 200, "{}", line.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_that_floods_requests_without_reading_cannot_fill_our_memory() {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(write_end).unwrap();
+        let (conn, _writer) = Connection::for_pipe(Arc::from("test"), 1, stdin, Arc::default());
+        let (plugin_stdout, sup_stdout) = tokio::io::duplex(1 << 16);
+        let reader = conn.spawn_reader(sup_stdout, 1024);
+        let mut to_sup = plugin_stdout;
+        // Never read: `read_end` stays open and full.
+        let id = "r".repeat(150);
+        for i in 0..40_000 {
+            let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{id}{i}\",\"method\":\"x\"}}\n");
+            to_sup.write_all(line.as_bytes()).await.unwrap();
+        }
+        drop(to_sup);
+        assert!(matches!(reader.await.unwrap(), ReaderEnd::Eof));
+        let queued = conn.outbound.queued_bytes();
+        assert!(queued < REFUSALS_BACKLOG + 1024, "{queued} bytes of answers queued");
+        assert!(queued > REFUSALS_BACKLOG / 2, "answered while the plugin could still read: {queued}");
+        drop(read_end);
     }
 
     #[tokio::test]

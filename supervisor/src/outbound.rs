@@ -33,6 +33,8 @@ struct Direct {
     pipe: Option<Arc<pipe::Sender>>,
     /// Lines queued for the writer and not yet completely written.
     queued: usize,
+    /// Their bytes.
+    queued_bytes: usize,
 }
 
 impl Outbound {
@@ -46,7 +48,7 @@ impl Outbound {
     pub fn pipe(stdin: pipe::Sender) -> (Outbound, JoinHandle<WriterEnd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stdin = Arc::new(stdin);
-        let direct = Arc::new(Mutex::new(Direct { pipe: Some(Arc::clone(&stdin)), queued: 0 }));
+        let direct = Arc::new(Mutex::new(Direct { pipe: Some(Arc::clone(&stdin)), queued: 0, queued_bytes: 0 }));
         let writer = tokio::spawn(ended(write_queued(rx, stdin, Arc::clone(&direct))));
         (Outbound { queue: tx, direct: Some(direct) }, writer)
     }
@@ -73,7 +75,14 @@ impl Outbound {
         }
         // Queued under the lock, so that no direct write can overtake it.
         st.queued += 1;
+        st.queued_bytes += line.len();
         let _ = self.queue.send(Outgoing::Line(line));
+    }
+
+    /// Bytes waiting for the plugin to read them (0 for streams that are not pipes, which
+    /// are not counted): a plugin that stops reading its stdin makes this grow.
+    pub fn queued_bytes(&self) -> usize {
+        self.direct.as_ref().map_or(0, |d| lock(d).queued_bytes)
     }
 
     /// Closes the stream once everything sent before has been written.
@@ -118,7 +127,7 @@ async fn write_queued(
 ) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
-        let (mut lines, mut closing) = (0usize, false);
+        let (mut lines, mut bytes, mut closing) = (0usize, 0usize, false);
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
@@ -128,10 +137,12 @@ async fn write_queued(
                     buf.clear();
                     write_all(&pipe, &line).await?;
                     lines += 1;
+                    bytes += line.len();
                 }
                 Outgoing::Line(line) => {
                     buf.extend_from_slice(&line);
                     lines += 1;
+                    bytes += line.len();
                 }
                 Outgoing::Close => closing = true,
             }
@@ -141,7 +152,10 @@ async fn write_queued(
         }
         write_all(&pipe, &buf).await?;
         buf.clear();
-        lock(&direct).queued -= lines;
+        let mut st = lock(&direct);
+        st.queued -= lines;
+        st.queued_bytes -= bytes;
+        drop(st);
         if closing {
             break;
         }
@@ -197,6 +211,27 @@ mod tests {
             let len = if i % 5000 == 4999 { BATCH_BYTES + 7 } else { i % 300 };
             assert!(l.starts_with(&format!("line {i:05} ")) && l.len() == 11 + len, "line {i}: {l:.40}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_waits_for_the_plugin_to_read_is_counted() {
+        let (sender, mut read) = pipe_pair();
+        let (out, writer) = Outbound::pipe(sender);
+        let line = vec![b'x'; 4095].into_iter().chain([b'\n']).collect::<Vec<u8>>();
+        for _ in 0..64 {
+            out.send(line.clone());
+        }
+        // A pipe holds 64 KiB: a quarter of it has not gone.
+        assert!(out.queued_bytes() >= 64 * 4096 - (1 << 16), "{}", out.queued_bytes());
+        out.close();
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            read.read_to_end(&mut text).unwrap();
+            text.len()
+        });
+        assert!(matches!(writer.await.unwrap(), WriterEnd::Closed));
+        assert_eq!(out.queued_bytes(), 0, "all written");
+        assert_eq!(reader.join().unwrap(), 64 * 4096);
     }
 
     #[tokio::test]
