@@ -29,29 +29,9 @@ pub struct Round {
 /// watches it for `idle`.
 pub fn round(daemon: &Path, exe: &Path, instances: u32, idle: Duration) -> Result<Round, String> {
     let dir = TempDir::new("footprint")?;
-    let plugins = write_registry(&dir.0.join("plugins"), exe, &[], instances)?;
-    let socket_path = dir.0.join("notify.sock");
-    let notify = UnixDatagram::bind(&socket_path).map_err(|e| format!("cannot bind {}: {e}", socket_path.display()))?;
-    notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-    let config = dir.0.join("config.toml");
-    let text = format!(
-        "plugin_dirs = [{:?}]\nlisten = \"unix:{}\"\ndata_dir = {:?}\n[log]\nlevel = \"warn\"\n",
-        plugins.display().to_string(),
-        dir.0.join("api.sock").display(),
-        dir.0.join("data").display().to_string(),
-    );
-    std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let began = Instant::now();
-    let child = Command::new(daemon)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
-    let mut daemon_proc = Reaped(child);
-    wait_ready(&notify)?;
+    let mut daemon_proc =
+        start_daemon(daemon, exe, instances, &dir, &format!("unix:{}", dir.0.join("api.sock").display()))?;
     let ready_secs = began.elapsed().as_secs_f64();
     let pid = daemon_proc.0.id();
     let (cpu0, switches0) = (cpu_ns(pid)?, switches(pid)?);
@@ -76,6 +56,39 @@ pub fn round(daemon: &Path, exe: &Path, instances: u32, idle: Duration) -> Resul
     })
 }
 
+/// Starts `loom-provisioner serve` in `dir` with `instances` processes of `exe`, listening
+/// on `listen`, and waits for its `READY=1` on a notify socket of its own.
+pub(crate) fn start_daemon(
+    daemon: &Path,
+    exe: &Path,
+    instances: u32,
+    dir: &TempDir,
+    listen: &str,
+) -> Result<Reaped, String> {
+    let plugins = write_registry(&dir.0.join("plugins"), exe, &[], instances)?;
+    let socket_path = dir.0.join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).map_err(|e| format!("cannot bind {}: {e}", socket_path.display()))?;
+    notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    let config = dir.0.join("config.toml");
+    let text = format!(
+        "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n[log]\nlevel = \"warn\"\n",
+        plugins.display().to_string(),
+        dir.0.join("data").display().to_string(),
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let child = Command::new(daemon)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
+    let proc = Reaped(child);
+    wait_ready(&notify)?;
+    Ok(proc)
+}
+
 /// The daemon, stopped with SIGTERM (and reaped) however the round ends.
 pub(crate) struct Reaped(pub(crate) Child);
 
@@ -96,7 +109,7 @@ impl Drop for Reaped {
     }
 }
 
-pub(crate) fn wait_ready(notify: &UnixDatagram) -> Result<(), String> {
+fn wait_ready(notify: &UnixDatagram) -> Result<(), String> {
     let mut buf = [0u8; 4096];
     loop {
         let n = notify.recv(&mut buf).map_err(|e| format!("no READY=1 from the daemon: {e}"))?;

@@ -9,13 +9,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::footprint::{Reaped, rss_kb, wait_ready};
-use crate::supervised::{TempDir, write_registry};
+use crate::footprint::{rss_kb, start_daemon};
+use crate::supervised::TempDir;
 
 /// What one round measured.
 pub struct Round {
@@ -43,30 +42,9 @@ pub struct Burst {
 /// memory, then waits for it to settle.
 pub fn round(daemon: &Path, exe: &Path, burst: &Burst) -> Result<Round, String> {
     let dir = TempDir::new("hostile")?;
-    let plugins = write_registry(&dir.0.join("plugins"), exe, &[], 1)?;
-    let socket_path = dir.0.join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).map_err(|e| e.to_string())?;
-    notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let config = dir.0.join("config.toml");
-    let text = format!(
-        "plugin_dirs = [{:?}]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[log]\nlevel = \"warn\"\n",
-        plugins.display().to_string(),
-        dir.0.join("data").display().to_string(),
-    );
-    std::fs::write(&config, text).map_err(|e| e.to_string())?;
-    let child = Command::new(daemon)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
-    let mut proc = Reaped(child);
-    wait_ready(&notify)?;
+    let mut proc = start_daemon(daemon, exe, 1, &dir, &format!("127.0.0.1:{port}"))?;
     let pid = proc.0.id();
     std::thread::sleep(Duration::from_secs(1));
     let idle_mb = rss_kb(pid)? / 1024.0;
