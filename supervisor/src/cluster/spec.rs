@@ -122,6 +122,15 @@ pub struct NodeSpec {
     pub hostname: String,
 }
 
+/// The language a spec is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    /// JSON (any file not ending in `.toml`).
+    Json,
+    /// TOML (a file ending in `.toml`).
+    Toml,
+}
+
 /// Why a spec was refused: every problem found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
@@ -153,16 +162,28 @@ impl ClusterSpec {
     /// [`SpecError`] naming the file and each problem.
     pub fn load(path: &Path) -> Result<ClusterSpec, SpecError> {
         let origin = path.display().to_string();
-        let fail = |p: String| SpecError { origin: origin.clone(), problems: vec![p] };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let value = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str::<Value>(&text).map_err(|e| fail(toml_error(&text, &e)))?
-        } else {
-            serde_json::from_str::<Value>(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?
-        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError { origin: origin.clone(), problems: vec![format!("cannot read: {e}")] })?;
+        let format = if path.extension().is_some_and(|e| e == "toml") { SpecFormat::Toml } else { SpecFormat::Json };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::path::absolute(&base).unwrap_or(base);
-        ClusterSpec::from_value(&value, &origin, &base)
+        ClusterSpec::from_text(&text, format, &origin, &base)
+    }
+
+    /// Reads and checks a spec's text in `format`; relative `pluginDirs` are taken from
+    /// `base`. What [`ClusterSpec::load`] does once it has read the file.
+    ///
+    /// # Errors
+    /// [`SpecError`] with `origin` and the syntax error (with its line), or each problem.
+    pub fn from_text(text: &str, format: SpecFormat, origin: &str, base: &Path) -> Result<ClusterSpec, SpecError> {
+        let fail = |p: String| SpecError { origin: origin.to_owned(), problems: vec![p] };
+        let value = match format {
+            SpecFormat::Toml => toml::from_str::<Value>(text).map_err(|e| fail(toml_error(text, &e)))?,
+            SpecFormat::Json => {
+                serde_json::from_str::<Value>(text).map_err(|e| fail(format!("not valid JSON: {e}")))?
+            }
+        };
+        ClusterSpec::from_value(&value, origin, base)
     }
 
     /// Checks a spec given as JSON; relative `pluginDirs` are taken from `base`.
