@@ -51,6 +51,11 @@ fi
 echo "== building (cargo fuzz build --sanitizer $sanitizer)"
 cargo fuzz build --sanitizer "$sanitizer" || exit 2
 
+# Run the binaries just built (not `cargo fuzz run`, which would rebuild first): what
+# runs is what was built at the start, whatever happens to the sources meanwhile.
+bin_dir="$fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
+# As cargo-fuzz does for runs under AddressSanitizer.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_odr_violation=0"
 logs="$fuzz/target/logs"
 mkdir -p "$logs"
 failed=0
@@ -58,9 +63,9 @@ summary=()
 for t in $targets; do
     mkdir -p "$fuzz/corpus/$t" "$fuzz/artifacts/$t"
     log="$logs/$t.log"
-    cmd=(cargo fuzz run --sanitizer "$sanitizer" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" --
-        "-max_total_time=$seconds" "-timeout=$timeout_secs" -print_final_stats=1)
-    echo "== $t for ${seconds} s: ${cmd[*]}"
+    cmd=("$bin_dir/$t" "-artifact_prefix=fuzz/artifacts/$t/" "-max_total_time=$seconds"
+        "-timeout=$timeout_secs" -print_final_stats=1 "fuzz/corpus/$t" "fuzz/seeds/$t")
+    echo "== $t for ${seconds} s: ${cmd[*]#"$root/"}"
     "${cmd[@]}" >"$log" 2>&1
     status=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
