@@ -265,6 +265,39 @@ impl<'de> Visitor<'de> for LooseVisitor {
     }
 }
 
+/// A member read as a name (`providertype`, `action.type`, an automator): the string, or
+/// `None` for any other type. An object or array found instead is still scanned for
+/// secrets: a credential where a name was expected must not be skipped unseen.
+struct Name<'a> {
+    secrets: &'a mut Vec<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Name<'_> {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name<'_> {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+    visit_scalars!(None);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Scan { secrets: self.secrets, secret: false }.visit_seq(seq)?;
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Scan { secrets: self.secrets, secret: false }.visit_map(map)?;
+        Ok(None)
+    }
+}
+
 /// Walks any value, collecting strings that sit under a credential-like key (directly, or
 /// inside an array under one). Returns nothing; skips everything else.
 struct Scan<'a> {
@@ -376,7 +409,7 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
         let Object { secrets, wanted, mut nested } = self;
         while let Some(key) = map.next_key::<Key<'de>>()?.map(|k| k.0) {
             if let Some((_, slot)) = wanted.iter_mut().find(|(k, _)| *k == key.as_ref()) {
-                if let Ok(s) = map.next_value_seed(Loose)? {
+                if let Some(s) = map.next_value_seed(Name { secrets: &mut *secrets })? {
                     **slot = Some(s);
                 }
             } else if let Some((_, slot)) = nested.as_mut().filter(|(n, _)| *n == key.as_ref()) {
@@ -420,8 +453,8 @@ impl<'de> Visitor<'de> for StringList<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut names = Vec::new();
-        while let Some(item) = seq.next_element_seed(Loose)? {
-            if let Ok(name) = item {
+        while let Some(item) = seq.next_element_seed(Name { secrets: &mut *self.secrets })? {
+            if let Some(name) = item {
                 names.push(name);
             }
         }
@@ -485,6 +518,26 @@ mod tests {
         }
         for s in ["AKIAEXAMPLE", "root", "not-secret", "default", "ec2"] {
             assert!(!t.secrets.iter().any(|x| x == s), "{s} in {:?}", t.secrets);
+        }
+    }
+
+    #[test]
+    fn secrets_where_a_name_was_expected_are_found_too() {
+        // Found with the task_envelope_scrub fuzz target's check (every credential-keyed
+        // string is a secret): an object or array where the envelope reads a name
+        // (an automator, `providertype`, `action.type`) was skipped without a look.
+        let t = parse(
+            r#"{"taskId":"t","taskName":"BOOTSTRAP","config":{
+                "automators":["shell",{"password":"pw-one"},["x",{"token":"tok-two"}]],
+                "provider":{"providertype":{"api_key":"key-three"},"name":"aws"},
+                "service":{"action":{"type":[{"secret":"sec-four"}]}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.automators, Some(vec!["shell".to_owned()]));
+        assert_eq!(t.provider.as_deref(), Some("aws"));
+        assert_eq!(t.automator, None);
+        for s in ["pw-one", "tok-two", "key-three", "sec-four"] {
+            assert!(t.secrets.iter().any(|x| x == s), "{s} in {:?}", t.secrets);
         }
     }
 
