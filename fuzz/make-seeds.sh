@@ -52,6 +52,9 @@ block 7 | wrap notification output | put message_decode protocol-output.json
 jq -cn '{jsonrpc:"2.0",method:"cancel",params:{taskId:"00000001-001-0002"}}' | put message_decode protocol-cancel.json
 jq -cn '{jsonrpc:"2.0",id:"s-1",error:{code:-32602,message:"bad params",data:{field:"taskId"}}}' |
     put message_decode error-with-data.json
+# A number that serde_json's default reader did not read back exactly.
+printf '%s' '{"jsonrpc":"2.0","method":"progress","params":{"taskId":"t","message":"m","percent":4.444444444444444e+81}}' |
+    put message_decode float-read-back.json
 block 3 | put task_envelope_scrub protocol-task.json
 printf '%s\n' "$session" | codec_seed protocol-session-default 128 1
 printf '%s\n' "$session" | codec_seed protocol-session-64 64 2
@@ -83,6 +86,10 @@ codec_seed demo-tasks-100 100 7 <"$root/examples/tasks/demo.jsonl"
 # Credentials in every shape the envelope reads: nested, in arrays, under routing fields.
 put task_envelope_scrub credentials-everywhere.json <<'EOF'
 {"taskId":"t-1","taskName":"CREATE","config":{"provider":{"providertype":"ec2","name":"aws","provisioner":{"api_key":"AKIA-KEY-1","secret_access_key":"s3cr3t/KEY+2"}},"ssh-auth":{"user":"root","password":"hunter2"},"service":{"action":{"type":"shell","script":"x.sh","token":"tok-3"}},"automators":["shell","chef"],"extra":{"tokens":["tok-4","tok-5"],"PassPhrase":"p-6"}}}
+EOF
+# Credentials where the envelope reads a name (an automator, providertype, action.type).
+put task_envelope_scrub credentials-in-names.json <<'EOF'
+{"taskId":"t-3","taskName":"BOOTSTRAP","config":{"automators":["shell",{"password":"pw-one"}],"provider":{"providertype":{"api_key":"key-two"},"name":"aws"},"service":{"action":{"type":[{"token":"tok-three"}]}}}}
 EOF
 printf '{"taskId":"t-2","taskName":"START","config":{"password":"pw-ab"}}\xffpw-ab[redacted]pw-a pw-ab' |
     put task_envelope_scrub overlapping-mask.bin
@@ -178,6 +185,13 @@ put cluster_spec coopr-fields.json <<'EOF'
               "web": {"requires": ["store"], "endpoint": "http://{ipaddress}:{n+18080}/",
                       "actions": {"start": {"type": "shell", "fields": {"script": "web.sh", "args": "{n+18080}"}},
                                   "stop": {"type": "shell", "fields": {"script": "web.sh", "args": "stop"}}}}}}
+EOF
+
+# Keys with a line break and a terminal escape, in a requires cycle.
+put cluster_spec odd-keys.json <<'EOF'
+{"name": "odd", "provider": {"name": "local"}, "bad\nkey": 1, "nodeGroups": [{"name": "a", "services": ["x\u001b[2J"]}],
+ "services": {"x\u001b[2J": {"requires": ["y"], "actions": {"start": {"type": "t", "script": "s"}}},
+              "y": {"requires": ["x\u001b[2J"], "actions": {"start": {"type": "t", "script": "s"}}}}}
 EOF
 
 for t in "$seeds"/*/; do
