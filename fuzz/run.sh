@@ -13,8 +13,9 @@
 #
 # Works on the stable toolchain: cargo-fuzz passes nightly-only flags (-Zsanitizer=...),
 # which stable accepts with RUSTC_BOOTSTRAP=1, set here unless the toolchain is nightly.
-# $LOOM_FUZZ_SANITIZER picks the sanitizer (default address; "none" runs about twice as
-# fast and still catches panics and failed checks). Installs cargo-fuzz if missing.
+# $LOOM_FUZZ_SANITIZER picks the sanitizer (default address; "none" makes 2 to 4 times
+# the executions and still catches panics and failed checks; switching rebuilds
+# everything). Installs cargo-fuzz if missing.
 set -uo pipefail
 
 fuzz="$(cd "$(dirname "$0")" && pwd)"
