@@ -296,4 +296,16 @@ mod tests {
         assert_eq!(r.extra.get("workerId"), Some(&Value::from("w1")));
         assert!(serde_json::from_str::<TaskResult>(r#"{"result":{}}"#).is_err());
     }
+
+    #[test]
+    fn numbers_read_back_exactly_after_being_written() {
+        // Found by the message_decode fuzz target: serde_json's default float reading is
+        // not correctly rounded, so this value, written out and read again, came back as
+        // 4.444444444444443e81 (and a plugin's result changed on its way through).
+        let text = r#"{"status":0,"result":{"size":4.444444444444444e+81,"big":44444444444444444000000000000000000000000000000000000000000000000000000000000000000}}"#;
+        let r: TaskResult = serde_json::from_str(text).unwrap();
+        assert_eq!(r.result["size"].as_f64(), Some(4.444444444444444e81));
+        let again: TaskResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+    }
 }

@@ -850,6 +850,23 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_where_a_name_was_expected_is_refused_never_quoted() {
+        // Found with the task_envelope_scrub fuzz target's check (every credential-keyed
+        // string is a secret): an object or array where the envelope reads a name (an
+        // automator, `providertype`, `action.type`) was skipped without a look. Such a task
+        // is now refused, naming the member, before anything reads it.
+        for config in [
+            r#"{"automators":["shell",{"password":"pw-one"}]}"#,
+            r#"{"provider":{"providertype":{"api_key":"key-three"},"name":"aws"}}"#,
+            r#"{"service":{"action":{"type":[{"secret":"sec-four"}]}}}"#,
+        ] {
+            let e = parse(&format!(r#"{{"taskId":"t","taskName":"BOOTSTRAP","config":{config}}}"#)).unwrap_err();
+            assert!(e.message.contains("must be") && !e.message.contains("pw-one"), "{config}: {e}");
+            assert!(!e.message.contains("key-three") && !e.message.contains("sec-four"), "{e}");
+        }
+    }
+
+    #[test]
     fn keys_with_escapes_and_any_case_are_read_too() {
         let t = parse(
             r#"{"task\u0049d":"t","taskName":"CREATE","config":{"x":{"API_\u004bEY":"k-one","PassPhrase":"p-two","tokenish":1}}}"#,

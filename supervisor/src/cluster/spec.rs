@@ -21,6 +21,7 @@
 //! Every problem is reported, each as `FILE: path.in[1].the.spec: problem`; values are
 //! never quoted, since provider fields carry credentials.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -122,6 +123,15 @@ pub struct NodeSpec {
     pub hostname: String,
 }
 
+/// The language a spec is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    /// JSON (any file not ending in `.toml`).
+    Json,
+    /// TOML (a file ending in `.toml`).
+    Toml,
+}
+
 /// Why a spec was refused: every problem found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
@@ -153,16 +163,28 @@ impl ClusterSpec {
     /// [`SpecError`] naming the file and each problem.
     pub fn load(path: &Path) -> Result<ClusterSpec, SpecError> {
         let origin = path.display().to_string();
-        let fail = |p: String| SpecError { origin: origin.clone(), problems: vec![p] };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let value = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str::<Value>(&text).map_err(|e| fail(toml_error(&text, &e)))?
-        } else {
-            serde_json::from_str::<Value>(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?
-        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError { origin: origin.clone(), problems: vec![format!("cannot read: {e}")] })?;
+        let format = if path.extension().is_some_and(|e| e == "toml") { SpecFormat::Toml } else { SpecFormat::Json };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::path::absolute(&base).unwrap_or(base);
-        ClusterSpec::from_value(&value, &origin, &base)
+        ClusterSpec::from_text(&text, format, &origin, &base)
+    }
+
+    /// Reads and checks a spec's text in `format`; relative `pluginDirs` are taken from
+    /// `base`. What [`ClusterSpec::load`] does once it has read the file.
+    ///
+    /// # Errors
+    /// [`SpecError`] with `origin` and the syntax error (with its line), or each problem.
+    pub fn from_text(text: &str, format: SpecFormat, origin: &str, base: &Path) -> Result<ClusterSpec, SpecError> {
+        let fail = |p: String| SpecError { origin: origin.to_owned(), problems: vec![p] };
+        let value = match format {
+            SpecFormat::Toml => toml::from_str::<Value>(text).map_err(|e| fail(toml_error(text, &e)))?,
+            SpecFormat::Json => {
+                serde_json::from_str::<Value>(text).map_err(|e| fail(format!("not valid JSON: {e}")))?
+            }
+        };
+        ClusterSpec::from_value(&value, origin, base)
     }
 
     /// Checks a spec given as JSON; relative `pluginDirs` are taken from `base`.
@@ -437,7 +459,7 @@ fn is_service_name(s: &str) -> bool {
 
 impl Checker {
     fn problem(&mut self, path: &str, what: impl fmt::Display) {
-        self.problems.push(format!("{path}: {what}"));
+        self.problems.push(format!("{}: {what}", printable(path)));
     }
 
     fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
@@ -731,6 +753,7 @@ impl Checker {
             }
         }
         if let Some(cycle) = find_cycle(&spec.services) {
+            let cycle: Vec<Cow<'_, str>> = cycle.iter().map(|s| printable(s)).collect();
             self.problem("services", format!("requires form a cycle: {}", cycle.join(" -> ")));
         }
         if total <= MAX_NODES {
@@ -765,6 +788,17 @@ const RESERVED: [&str; 10] = [
     "providerid",
     "ssh-auth",
 ];
+
+/// `text` with line breaks, terminal escapes and other unprintable characters written as
+/// Rust escapes (`\n`, `\u{1b}`): paths hold the spec's own keys, and problems are shown
+/// one per line on terminals and in logs.
+fn printable(text: &str) -> Cow<'_, str> {
+    let plain = |c: char| matches!(c, '\\' | '\'' | '"') || c.escape_debug().len() == 1;
+    if text.chars().all(plain) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().map(|c| if plain(c) { c.to_string() } else { c.escape_debug().to_string() }).collect())
+}
 
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
@@ -894,6 +928,24 @@ mod tests {
         assert!(!problems.iter().any(|p| p.contains("hunter2")), "{problems:#?}");
         let err = SpecError { origin: "demo.json".into(), problems }.to_string();
         assert!(err.lines().all(|l| l.starts_with("demo.json: ")), "{err}");
+    }
+
+    #[test]
+    fn keys_are_shown_without_line_breaks_or_terminal_escapes() {
+        // Found with the cluster_spec fuzz target's check that each problem is one line:
+        // keys went into problems as they were, so a key could start a new line (a forged
+        // log line) or carry terminal escapes.
+        let mut v = example();
+        v["bad\nkey"] = json!(1);
+        v["services"]["x\u{1b}[2J"] =
+            json!({"requires": ["y\u{202e}"], "actions": {"start": {"type": "t", "script": "s"}}});
+        v["services"]["y\u{202e}"] =
+            json!({"requires": ["x\u{1b}[2J"], "actions": {"start": {"type": "t", "script": "s"}}});
+        let problems = check(&v).unwrap_err();
+        assert!(problems.iter().all(|p| !p.chars().any(|c| c.is_control() || c == '\u{202e}')), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("bad\\nkey: unknown key")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.starts_with("services.x\\u{1b}[2J: a service name")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("cycle: x\\u{1b}[2J -> y\\u{202e} -> x")), "{problems:#?}");
     }
 
     #[test]
