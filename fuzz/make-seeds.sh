@@ -12,7 +12,7 @@ root="$(dirname "$fuzz")"
 seeds="$fuzz/seeds"
 command -v jq >/dev/null || { echo "make-seeds.sh needs jq (apt-get install jq)" >&2; exit 1; }
 rm -rf "$seeds"
-mkdir -p "$seeds"/{line_codec,message_decode,task_envelope_scrub,manifest,daemon_config,cluster_spec}
+mkdir -p "$seeds"/{line_codec,message_decode,task_envelope_scrub,manifest,daemon_config,cluster_spec,http_request}
 
 put() { # put TARGET NAME: stdin becomes the seed
     cat >"$seeds/$1/$2"
@@ -193,6 +193,36 @@ put cluster_spec odd-keys.json <<'EOF'
  "services": {"x\u001b[2J": {"requires": ["y"], "actions": {"start": {"type": "t", "script": "s"}}},
               "y": {"requires": ["x\u001b[2J"], "actions": {"start": {"type": "t", "script": "s"}}}}}
 EOF
+
+# --- HTTP requests (the http_request target's token is fuzz-token-0123456789abcdef) -----
+auth='Authorization: Bearer fuzz-token-0123456789abcdef'
+request() { # request NAME METHOD PATH [BODY]: one request, with the token
+    local body="${4-}"
+    printf '%s %s HTTP/1.1\r\nHost: loom\r\n%s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+        "$2" "$3" "$auth" "${#body}" "$body" | put http_request "$1"
+}
+start_task="$(jq -c . "$root/protocol/tests/data/start-hbase-regionserver.json")"
+request submit POST /v1/tasks "$start_task"
+request submit-wait POST '/v1/tasks?wait=true' '{"taskId":"t1","taskName":"START","config":{"service":{"action":{"type":"shell"}}}}'
+request get-task GET /v1/tasks/00000001-002-071
+request get-task-encoded GET /v1/tasks/a%3Ab%40c
+request plugins GET /v1/plugins
+request restart POST /v1/plugins/shell/restart
+request metrics GET /metrics
+request cluster-up POST '/v1/clusters?wait=true' "$(jq -c . "$root/examples/local-cluster.json")"
+request cluster-get GET '/v1/clusters/local-demo?tasks=true'
+request cluster-down DELETE '/v1/clusters/local-demo?force=true'
+request cluster-reconfigure POST '/v1/clusters/local-demo/reconfigure?restart=true'
+request dup-keys POST /v1/tasks '{"taskId":"a","taskName":"START","taskId":"b"}'
+printf 'GET /healthz HTTP/1.1\r\nHost: loom\r\n\r\n' | put http_request healthz
+printf 'GET /v1/plugins HTTP/1.1\r\nHost: loom\r\nauthorization: bearer fuzz-token-0123456789abcdef\r\n\r\nGET /healthz HTTP/1.1\r\nHost: loom\r\n\r\n' |
+    put http_request pipelined
+printf 'POST /v1/tasks HTTP/1.1\r\nHost: loom\r\n%s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"tas\r\n0\r\n\r\n' "$auth" |
+    put http_request chunked
+printf 'POST /v1/tasks HTTP/1.1\r\nHost: loom\r\n%s\r\nContent-Length: 999999999\r\n\r\n{}' "$auth" | put http_request too-large
+printf 'GET /v1/plugins HTTP/1.1\r\nHost: loom\r\nAuthorization: Basic eDp5\r\n\r\n' | put http_request wrong-scheme
+# HTTP/1.0 is answered in HTTP/1.0 (the target's first finding was its own check).
+printf 'POST /v1/tasks HTTP/1.0\r\nHost: loom\r\nAuthorization: Bearer fuzz-toke\r\n\r\n' | put http_request http-1.0
 
 for t in "$seeds"/*/; do
     echo "$(basename "$t"): $(find "$t" -type f | wc -l) seeds"
