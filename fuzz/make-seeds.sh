@@ -224,6 +224,12 @@ printf 'GET /v1/plugins HTTP/1.1\r\nHost: loom\r\nAuthorization: Basic eDp5\r\n\
 # HTTP/1.0 is answered in HTTP/1.0 (the target's first finding was its own check).
 printf 'POST /v1/tasks HTTP/1.0\r\nHost: loom\r\nAuthorization: Bearer fuzz-toke\r\n\r\n' | put http_request http-1.0
 
+# A name with DEL quoted in a problem (a hostname clash): the target's second finding.
+put cluster_spec del-in-a-group-name.json <<'EOF2'
+{"name": "d", "provider": {"name": "local"}, "nodeGroups": [{"name": "w\u007fb", "count": 2, "hostname": "web.local", "services": ["s"]}],
+ "services": {"s": {"actions": {"start": {"type": "t", "script": "s"}}}}}
+EOF2
+
 for t in "$seeds"/*/; do
     echo "$(basename "$t"): $(find "$t" -type f | wc -l) seeds"
 done

@@ -458,8 +458,10 @@ fn is_service_name(s: &str) -> bool {
 }
 
 impl Checker {
+    /// Records a problem, shown whole with unprintable characters escaped: the path holds
+    /// the spec's keys, and the text may quote its names (a group's, a hostname).
     fn problem(&mut self, path: &str, what: impl fmt::Display) {
-        self.problems.push(format!("{}: {what}", printable(path)));
+        self.problems.push(printable(&format!("{path}: {what}")).into_owned());
     }
 
     fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
@@ -928,6 +930,17 @@ mod tests {
         assert!(!problems.iter().any(|p| p.contains("hunter2")), "{problems:#?}");
         let err = SpecError { origin: "demo.json".into(), problems }.to_string();
         assert!(err.lines().all(|l| l.starts_with("demo.json: ")), "{err}");
+    }
+
+    #[test]
+    fn names_quoted_in_a_problem_are_shown_without_control_characters() {
+        // Found by the cluster_spec fuzz target: a group name with DEL in a hostname clash.
+        let mut v = example();
+        v["nodeGroups"][1]["name"] = json!("w\u{7f}b");
+        v["nodeGroups"][1]["hostname"] = json!("web.local");
+        let problems = check(&v).unwrap_err();
+        assert!(problems.iter().all(|p| !p.chars().any(char::is_control)), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("group w\\u{7f}b")), "{problems:?}");
     }
 
     #[test]
