@@ -44,20 +44,43 @@ pub trait Scrub {
     fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str>;
 }
 
-/// The rule: every occurrence of each value in `longest_first` (sorted longest first, so
-/// that a value containing another is masked whole) replaced by [`MASK`]. Borrows when
-/// there is nothing to replace.
+/// The rule: every stretch of `text` covered by an occurrence of a value in `longest_first`
+/// (sorted longest first) replaced by [`MASK`]. Occurrences are found in the text as it
+/// is, overlapping ones included, and masked as their union: with `abcd` and `cdef`
+/// known, `abcdef` is masked whole (masking one value after the other would leave `ef`).
+/// Borrows when there is nothing to replace.
 pub fn scrub_values<'t>(text: &'t str, longest_first: &[String]) -> Cow<'t, str> {
     // Values longer than the text cannot be in it: skip them (short keys and values of a
     // large result are scrubbed one by one).
     let fits = longest_first.partition_point(|s| s.len() > text.len());
-    let mut out = Cow::Borrowed(text);
-    for secret in &longest_first[fits..] {
-        if out.contains(secret.as_str()) {
-            out = Cow::Owned(out.replace(secret.as_str(), MASK));
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for secret in longest_first[fits..].iter().filter(|s| !s.is_empty()) {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(secret.as_str()) {
+            let start = from + at;
+            found.push((start, start + secret.len()));
+            // The next occurrence may overlap this one: look again from its next character.
+            from = start + text[start..].chars().next().map_or(1, char::len_utf8);
         }
     }
-    out
+    if found.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    found.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut written = 0;
+    let mut spans = found.into_iter().peekable();
+    while let Some((start, mut end)) = spans.next() {
+        // Sorted by start: whatever starts before this stretch ends is part of it.
+        while let Some((_, next_end)) = spans.next_if(|(next, _)| *next < end) {
+            end = end.max(next_end);
+        }
+        out.push_str(&text[written..start]);
+        out.push_str(MASK);
+        written = end;
+    }
+    out.push_str(&text[written..]);
+    Cow::Owned(out)
 }
 
 /// One task's credential values, which must be sorted longest first (as
@@ -286,6 +309,29 @@ impl StreamScrubber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_values_are_masked_as_their_union() {
+        let known = |v: &[&str]| {
+            let mut v: Vec<String> = v.iter().map(|s| (*s).to_owned()).collect();
+            v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            v
+        };
+        // Found with the task_envelope_scrub fuzz target: one value after the other left "ef".
+        assert_eq!(scrub_values("x abcdef y", &known(&["abcd", "cdef"])), "x [redacted] y");
+        assert_eq!(scrub_values("aaaa", &known(&["aaa"])), "[redacted]", "overlapping occurrences of one value");
+        assert_eq!(
+            scrub_values("pw=hunter2-extended and hunter2", &known(&["hunter2", "hunter2-extended"])),
+            "pw=[redacted] and [redacted]"
+        );
+        assert_eq!(
+            scrub_values("abcdef", &known(&["abc", "def"])),
+            "[redacted][redacted]",
+            "touching, not overlapping"
+        );
+        assert_eq!(scrub_values("é-sécret-é", &known(&["sécret"])), "é-[redacted]-é");
+        assert!(matches!(scrub_values("nothing here", &known(&["abc"])), Cow::Borrowed(_)));
+    }
     use serde_json::json;
 
     #[test]
