@@ -51,7 +51,7 @@ impl Api {
         };
         let token = match (&args.token_file, &config) {
             (Some(file), _) => Some(read_token(file)?),
-            (None, Some(c)) => c.token.clone(),
+            (None, Some(c)) => c.token.as_ref().map(|t| t.as_str().to_owned()),
             (None, None) => None,
         };
         Ok(Api { target, token })

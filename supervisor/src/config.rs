@@ -36,7 +36,7 @@ pub struct Config {
     /// Where the journal lives.
     pub data_dir: PathBuf,
     /// The bearer token, read from `token_file`.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Bytes of request bodies being read and of tasks accepted and not finished held
@@ -77,6 +77,24 @@ impl Default for HttpLimits {
             body_read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// The API's bearer token. `Debug` shows `Token([redacted])`, so that no printed
+/// configuration shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The token's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token([redacted])")
     }
 }
 
@@ -208,7 +226,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
         path: path.to_path_buf(),
         line: span.map(|s| line_of(s.start)),
-        message,
+        message: printable(&message),
     };
     let raw: Raw = toml::from_str(text).map_err(|e| {
         let message = e.message().trim().to_owned();
@@ -232,17 +250,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         None => None,
         Some(t) => {
             let file = resolve(t.get_ref());
-            let token = std::fs::read_to_string(&file)
-                .map_err(|e| err(Some(t.span()), format!("token_file: cannot read {}: {e}", file.display())))?;
-            check_token_file(&file).map_err(|m| err(Some(t.span()), m))?;
-            let token = token.trim().to_owned();
-            if token.len() < 16 {
-                return Err(err(
-                    Some(t.span()),
-                    format!("token_file: {} holds a token of fewer than 16 characters", file.display()),
-                ));
+            // Checked before it is read: it must be a regular file (a FIFO would hang the
+            // start, `/dev/zero` fill the memory) that others cannot read.
+            if std::fs::metadata(&file).is_ok() {
+                check_token_file(&file).map_err(|m| err(Some(t.span()), m))?;
             }
-            Some(token)
+            let token = read_token(&file).map_err(|m| err(Some(t.span()), m))?;
+            Some(Token(token))
         }
     };
     if let Listen::Tcp(addr) = &listen
@@ -361,6 +375,38 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 /// The token file, like a private key, must not be readable by other users, nor writable
 /// by anyone but root or the daemon's user (on its whole path, [`crate::trust`]): whoever
 /// reads it can use the API.
+/// `text` with control characters escaped (`\u{1b}`): an error quotes keys from the file,
+/// and is shown on one line of a terminal or a log.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
+}
+
+/// Longest token file read: a token is one line.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The token in `file`, trimmed: at least 16 characters, from at most 4 KiB of text.
+fn read_token(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("token_file: cannot read {}: {e}", file.display());
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(cannot)?
+        .take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "token_file: {} holds more than {MAX_TOKEN_FILE_BYTES} bytes; a token is one line",
+            file.display()
+        ));
+    }
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(format!("token_file: {} holds a token of fewer than 16 characters", file.display()));
+    }
+    Ok(token.to_owned())
+}
+
 fn check_token_file(file: &Path) -> Result<(), String> {
     crate::trust::check(file, crate::trust::Kind::Secret).map(drop).map_err(|e| format!("token_file: {e}"))
 }
@@ -510,6 +556,13 @@ idle_timeout_secs = 5
     }
 
     #[test]
+    fn errors_show_keys_without_control_characters() {
+        let e = parse_text("plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n\"bad\\u001b[2Jkey\" = 1\n").unwrap_err();
+        assert!(!e.to_string().chars().any(char::is_control), "{e}");
+        assert!(e.to_string().contains("\\u{1b}"), "{e}");
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let c = parse(Path::new("/etc/loom-provisioner/config.toml"), include_str!("../../dist/config.toml")).unwrap();
         assert_eq!(c.http, HttpLimits::default(), "dist/config.toml shows the defaults");
@@ -550,7 +603,16 @@ idle_timeout_secs = 5
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o620)).unwrap();
         assert!(parse_text(&text).unwrap_err().message.contains("writable by its group"));
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(parse_text(&text).unwrap().token.as_deref(), Some("0123456789abcdef0123"));
+        let c = parse_text(&text).unwrap();
+        assert_eq!(c.token.as_ref().map(Token::as_str), Some("0123456789abcdef0123"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug never shows the token");
+        std::fs::write(&token, "x".repeat(5000)).unwrap();
+        assert!(parse_text(&text).unwrap_err().message.contains("holds more than 4096 bytes"));
+        // A FIFO would hang the start, reading it: refused before.
+        std::fs::remove_file(&token).unwrap();
+        nix::unistd::mkfifo(&token, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = parse_text(&text).unwrap_err();
+        assert!(e.message.contains("token_file:") && e.message.contains("regular file"), "{e}");
     }
 
     #[test]

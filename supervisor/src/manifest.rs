@@ -284,7 +284,7 @@ fn parse_body(
     // Absolute, because the plugin runs with its folder as working directory.
     let dir = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    let max_concurrency = f.count("maxConcurrency", 1)?.unwrap_or(1);
+    let max_concurrency = f.count("maxConcurrency", 1, 65_536)?.unwrap_or(1);
     let (executable, args, ruby_class) = match (executable, classname) {
         (Some(executable), _) => (resolve_executable(&dir, &executable)?, f.string_list("args")?, None),
         (None, Some(classname)) => match ruby_command(&dir, &classname, max_concurrency) {
@@ -303,7 +303,7 @@ fn parse_body(
             let rf = Fields { obj: r, prefix: "restart." };
             let default = d.restart.clone();
             RestartPolicy {
-                max_restarts: rf.count("maxRestarts", 0)?.map_or(default.max_restarts, |n| n as u32),
+                max_restarts: rf.count("maxRestarts", 0, 1_000_000)?.map_or(default.max_restarts, |n| n as u32),
                 within: rf.secs("withinSecs")?.unwrap_or(default.within),
                 backoff_initial: rf.millis("backoffInitialMs")?.unwrap_or(default.backoff_initial),
                 backoff_max: rf.millis("backoffMaxMs")?.unwrap_or(default.backoff_max),
@@ -325,7 +325,7 @@ fn parse_body(
         allow_loader_env,
         sha256,
         run_as,
-        instances: f.count("instances", 1)?.unwrap_or(1),
+        instances: f.count("instances", 1, 256)?.unwrap_or(1),
         max_concurrency,
         timeouts: f.timeouts("timeouts", kind, d.task_timeout)?,
         handshake_timeout: f.secs("handshakeTimeoutSecs")?.unwrap_or(d.handshake_timeout),
@@ -345,8 +345,10 @@ fn parse_body(
             None => d.ping_interval,
         },
         ping_timeout: f.secs("pingTimeoutSecs")?.unwrap_or(d.ping_timeout),
-        queue_capacity: f.count("queueCapacity", 1)?.unwrap_or(d.queue_capacity),
-        max_line_bytes: f.count("maxLineBytes", 1024)?.unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
+        queue_capacity: f.count("queueCapacity", 1, 10_000_000)?.unwrap_or(d.queue_capacity),
+        max_line_bytes: f
+            .count("maxLineBytes", 1024, 256 * 1024 * 1024)?
+            .unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
         dir,
         ruby_class,
     })))
@@ -647,13 +649,14 @@ impl Fields<'_> {
         }
     }
 
-    /// A whole number of at least `min`.
-    fn count(&self, key: &str, min: u64) -> Result<Option<usize>, KeyProblem> {
+    /// A whole number from `min` to `max`: the upper bounds keep a manifest from asking
+    /// for a million processes or a line buffer the size of the machine.
+    fn count(&self, key: &str, min: u64, max: u64) -> Result<Option<usize>, KeyProblem> {
         match self.obj.get(key) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
-                Some(n) if n >= min => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
-                _ => Err(self.err(key, &format!("a whole number of at least {min}"), v)),
+                Some(n) if (min..=max).contains(&n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+                _ => Err(self.err(key, &format!("a whole number from {min} to {max}"), v)),
             },
         }
     }
@@ -766,7 +769,9 @@ mod tests {
     fn errors_name_the_key_and_never_the_value() {
         let cases = [
             (json!({"executable": "sh", "instances": "hunter2"}), "instances", "whole number"),
-            (json!({"executable": "sh", "instances": 0}), "instances", "at least 1"),
+            (json!({"executable": "sh", "instances": 0}), "instances", "from 1 to 256"),
+            (json!({"executable": "sh", "instances": 1_000_000}), "instances", "from 1 to 256"),
+            (json!({"executable": "sh", "maxLineBytes": u64::MAX}), "maxLineBytes", "from 1024 to 268435456"),
             (json!({"executable": "sh", "env": {"TOKEN": 42}}), "env.TOKEN", "a string"),
             (json!({"executable": "sh", "restart": {"maxRestarts": -1}}), "restart.maxRestarts", "whole number"),
             (json!({"executable": "sh", "timeouts": {"CREATE": 5}}), "timeouts.CREATE", "is a provider task"),

@@ -88,7 +88,7 @@ fn plugins_lists_what_is_registered_and_why_some_cannot_run() {
         out.lines().any(|l| l.contains("legacy") && l.contains(" runnable ") && l.contains("Ruby class MyProvider")),
         "a seed-style manifest runs through the Ruby host: {out}"
     );
-    assert!(out.contains("key \"instances\": expected a whole number of at least 1, found a string"), "{out}");
+    assert!(out.contains("key \"instances\": expected a whole number from 1 to 256, found a string"), "{out}");
 
     let (code, out, _) = cli(&["plugins", "--plugins-dir", &dir, "--json"], "");
     assert_eq!(code, Some(0));

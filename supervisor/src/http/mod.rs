@@ -169,7 +169,7 @@ fn authorized(daemon: &Daemon, req: &Request<Body>) -> bool {
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_str().as_bytes()))
 }
 
 /// Compares without leaking where the first difference is.
