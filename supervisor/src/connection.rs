@@ -271,8 +271,15 @@ impl Connection {
             let mut lines = FramedRead::new(stderr, LineCodec::new(STDERR_LINE_BYTES, Overflow::Truncate));
             let logged = logpump::enabled(LogLevel::Info);
             while let Some(Ok(line)) = lines.next().await {
+                let cut = line.len() >= STDERR_LINE_BYTES;
                 let text = String::from_utf8_lossy(&line);
-                let text = conn.redactor.scrub(text.trim_end_matches('\r')).into_owned();
+                let mut text = conn.redactor.scrub(text.trim_end_matches('\r')).into_owned();
+                if cut {
+                    // The line was cut at the limit: a credential may have been cut in two,
+                    // and its first part is not a known value. Drop whatever could begin one.
+                    text.truncate(conn.redactor.partial_start(&text));
+                    text.push_str(" [cut]");
+                }
                 if let Ok(mut last) = last.lock() {
                     last.push(text.clone());
                 }
@@ -904,6 +911,27 @@ mod tests {
         assert!(queued < REFUSALS_BACKLOG + 1024, "{queued} bytes of answers queued");
         assert!(queued > REFUSALS_BACKLOG / 2, "answered while the plugin could still read: {queued}");
         drop(read_end);
+    }
+
+    #[tokio::test]
+    async fn a_credential_cut_in_two_by_the_stderr_line_limit_leaves_no_part_behind() {
+        let redactor = Arc::new(Redactor::default());
+        let secret = "SECRET-cut-in-two-0123456789".to_owned();
+        redactor.add(std::slice::from_ref(&secret));
+        let (sup_stdin, _plugin_stdin) = tokio::io::duplex(1 << 16);
+        let (conn, _writer) = Connection::new(Arc::from("test"), 1, sup_stdin, redactor);
+        let (mut plugin_stderr, sup_stderr) = tokio::io::duplex(1 << 16);
+        let last = Arc::new(Mutex::new(LastLines::default()));
+        let reader = conn.spawn_stderr_reader(sup_stderr, Arc::clone(&last));
+        // The value straddles the 16 KiB cut: its first half is in the line, its second not.
+        let line = format!("{}{secret} and more\n", "x".repeat(STDERR_LINE_BYTES - 10));
+        plugin_stderr.write_all(line.as_bytes()).await.unwrap();
+        plugin_stderr.write_all(b"next line\n").await.unwrap();
+        drop(plugin_stderr);
+        reader.await.unwrap();
+        let kept = last.lock().unwrap().render().unwrap();
+        assert!(!kept.contains("SECRET-cut"), "a part of the value is left: ...{}", &kept[kept.len() - 80..]);
+        assert!(kept.contains("[cut]") && kept.contains("next line"), "{}", &kept[kept.len() - 80..]);
     }
 
     #[tokio::test]

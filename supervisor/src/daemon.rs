@@ -168,20 +168,33 @@ impl Daemon {
             }
         };
         let Some(tx) = claimed else { return self.existing(&id).await };
-        match self.journal.accept(&id, task.task_name.as_str(), task.shared_raw()).await {
-            Ok(None) => {
-                self.spawn(task, tx, room);
-                Ok(Submitted::New(id))
+        // Journaling and starting the task go together, in a task of their own: if the
+        // client goes away while the journal commits, the task still runs (it was
+        // accepted), and its id is not left claimed with nothing running it.
+        let daemon = Arc::clone(self);
+        let accepted = tokio::spawn(async move {
+            let accepted = daemon.journal.accept(&id, task.task_name.as_str(), task.shared_raw()).await;
+            match accepted {
+                Ok(None) => {
+                    daemon.spawn(task, tx, room);
+                    Ok(Submitted::New(id))
+                }
+                Ok(Some(existing)) => {
+                    daemon.lock_inflight().remove(&id);
+                    Ok(Submitted::Existing(existing))
+                }
+                Err(e) => {
+                    daemon.lock_inflight().remove(&id);
+                    Err(e.into())
+                }
             }
-            Ok(Some(existing)) => {
-                self.lock_inflight().remove(&id);
-                Ok(Submitted::Existing(existing))
-            }
-            Err(e) => {
-                self.lock_inflight().remove(&id);
-                Err(e.into())
-            }
-        }
+        });
+        accepted.await.unwrap_or_else(|e| {
+            Err(SubmitError::Journal(JournalError {
+                path: self.journal.path().to_path_buf(),
+                message: format!("accepting the task failed: {e}"),
+            }))
+        })
     }
 
     async fn existing(&self, id: &str) -> Result<Submitted, SubmitError> {
@@ -478,6 +491,12 @@ impl Daemon {
         let old = self.config();
         if config.listen != old.listen || config.data_dir != old.data_dir {
             tracing::warn!("listen and data_dir changes take effect at the next restart");
+        }
+        if config.max_pending_task_bytes != old.max_pending_task_bytes {
+            tracing::warn!(
+                "max_pending_task_bytes changes take effect at the next restart; {} bytes are in force",
+                self.budget.bytes()
+            );
         }
         let report = self.supervisor.reload(registry, config.drain_grace);
         *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;

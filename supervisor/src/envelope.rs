@@ -184,20 +184,37 @@ impl<'de> Deserialize<'de> for Key<'de> {
 pub const MIN_SECRET_LEN: usize = 3;
 
 /// Whether a key names a credential: `password`, `api_key`, `rackspace_api_key`,
-/// `secret_access_key`, `token`, `private_key`, `credentials`, ...
+/// `secret_access_key`, `token`, `private_key`, `credentials`, ... A key that says
+/// something *about* a key is not one: `ssh_keypair` and `ssh_key_resource` (Loom's AWS
+/// provider fields, naming a key pair and an uploaded key), `ssh_host_keys` and
+/// `public_key` (public), `key_name`, `key_id`.
 pub fn is_secret_key(key: &str) -> bool {
     // Case-insensitive, without allocating, in one pass over the key (each marker is tried
     // only where its first letter is): this runs for every key of every task.
     let key = key.as_bytes();
     let at = |i: usize, m: &[u8]| key.get(i..i + m.len()).is_some_and(|w| w.eq_ignore_ascii_case(m));
-    (0..key.len()).any(|i| match key[i].to_ascii_lowercase() {
+    let mut names_a_key = false;
+    let strong = (0..key.len()).any(|i| match key[i].to_ascii_lowercase() {
         b'p' => at(i, b"pass") || at(i, b"private"),
         b's' => at(i, b"secret"),
         b't' => at(i, b"token"),
         b'c' => at(i, b"credential"),
-        b'k' => at(i, b"key"),
+        b'k' => {
+            names_a_key |= at(i, b"key");
+            false
+        }
         _ => false,
-    })
+    });
+    strong || (names_a_key && !is_about_a_key(key))
+}
+
+/// Whether a key that contains "key" names a public key, a key's name or id, or a key pair
+/// or key resource: not a credential itself.
+fn is_about_a_key(key: &[u8]) -> bool {
+    const ABOUT: [&[u8]; 9] =
+        [b"public", b"keypair", b"key_pair", b"resource", b"host_key", b"keyname", b"key_name", b"key_id", b"keyid"];
+    let lower = |b: &u8| b.to_ascii_lowercase();
+    ABOUT.iter().any(|m| key.windows(m.len()).any(|w| w.iter().map(lower).eq(m.iter().copied())))
 }
 
 #[derive(Default)]
@@ -215,11 +232,17 @@ struct Fields {
 fn describe(e: &serde_json::Error) -> String {
     match e.classify() {
         // The visitors' own errors name a member and never a value; they start with its
-        // quoted name. serde's own data errors would quote the offending value.
-        serde_json::error::Category::Data if e.to_string().starts_with('"') => e.to_string(),
+        // quoted name, or with "the task". serde's own data errors ("invalid type: ...")
+        // would quote the offending value.
+        serde_json::error::Category::Data if is_own(&e.to_string()) => e.to_string(),
         serde_json::error::Category::Data => "the task must be a JSON object".to_owned(),
         _ => describe_json_error(e),
     }
+}
+
+/// Whether an error's text is one of the visitors' own.
+fn is_own(text: &str) -> bool {
+    text.starts_with('"') || text.starts_with("the task ")
 }
 
 /// The member names of one object seen so far, to refuse a name given twice. JSON parsers
@@ -394,14 +417,25 @@ struct Scan<'a> {
     secret: bool,
 }
 
+/// Most credential values (counting the forms each may be printed in) one task may hold:
+/// every line from the plugin is searched for each, and each is kept while the task runs,
+/// so a task of a million tiny credentials would cost far more than its size.
+pub const MAX_SECRETS: usize = 4096;
+
 impl Scan<'_> {
-    fn keep(self, text: impl FnOnce() -> String) {
+    fn keep<E: de::Error>(self, text: impl FnOnce() -> String) -> Result<(), E> {
         if self.secret {
             let text = text();
             if text.len() >= MIN_SECRET_LEN {
                 push_forms(self.secrets, text);
             }
+            if self.secrets.len() > MAX_SECRETS {
+                return Err(E::custom(format!(
+                    "the task holds more than {MAX_SECRETS} credential values (counting the forms each may be printed in), the most one task may hold"
+                )));
+            }
         }
+        Ok(())
     }
 }
 
@@ -448,20 +482,16 @@ impl<'de> Visitor<'de> for Scan<'_> {
         f.write_str("any JSON value")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.keep(|| v.to_owned());
-        Ok(())
+        self.keep(|| v.to_owned())
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.keep(|| v.to_string());
-        Ok(())
+        self.keep(|| v.to_string())
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.keep(|| v.to_string());
-        Ok(())
+        self.keep(|| v.to_string())
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.keep(|| v.to_string());
-        Ok(())
+        self.keep(|| v.to_string())
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
         Ok(())
@@ -712,6 +742,18 @@ mod tests {
     }
 
     #[test]
+    fn a_task_with_too_many_credential_values_is_refused() {
+        let many: Vec<String> = (0..MAX_SECRETS + 1).map(|i| format!("\"v{i:05}\"")).collect();
+        let text = format!(r#"{{"taskId":"t","taskName":"START","config":{{"credentials":[{}]}}}}"#, many.join(","));
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("more than 4096 credential values"), "{e}");
+        assert!(!e.message.contains("v00001"), "{e}");
+        let few =
+            format!(r#"{{"taskId":"t","taskName":"START","config":{{"credentials":[{}]}}}}"#, many[..100].join(","));
+        assert_eq!(parse(&few).unwrap().secrets.len(), 100);
+    }
+
+    #[test]
     fn a_member_name_given_twice_is_refused_at_any_depth() {
         for text in [
             r#"{"taskId":"t1","taskName":"START","taskId":"t2"}"#,
@@ -874,7 +916,20 @@ mod tests {
         .unwrap();
         assert_eq!(t.task_id, "t");
         assert_eq!(t.secrets, ["k-one", "p-two"]);
-        for (key, secret) in [("api_key", true), ("Private_Key", true), ("oauthToken", true), ("monkey", true)] {
+        for (key, secret) in [
+            ("api_key", true),
+            ("Private_Key", true),
+            ("oauthToken", true),
+            ("monkey", true),
+            ("ssh_key", true),
+            ("private_key_name", true),
+            ("ssh_keypair", false),
+            ("ssh_key_resource", false),
+            ("ssh_host_keys", false),
+            ("PublicKey", false),
+            ("key_name", false),
+            ("access_key_id", false),
+        ] {
             assert_eq!(is_secret_key(key), secret, "{key}");
         }
         for key in ["name", "hostname", "ipaddress", "k", "pas", "secre", ""] {

@@ -246,7 +246,7 @@ impl Redactor {
     /// Where the end of `text` that could be the start of a known value begins: the
     /// earliest position from which the rest of `text` is a proper prefix of one.
     /// `text.len()` when there is none.
-    fn partial_start(&self, text: &str) -> usize {
+    pub(crate) fn partial_start(&self, text: &str) -> usize {
         let bytes = text.as_bytes();
         let mut start = bytes.len();
         for secret in &self.lock().known {

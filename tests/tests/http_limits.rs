@@ -98,31 +98,46 @@ fn two_thousand_idle_and_slow_connections_do_not_lock_out_clients() {
 }
 
 #[test]
-fn idle_slow_header_and_slow_body_connections_are_closed() {
+fn slow_headers_and_slow_bodies_are_cut_short_long_before_the_idle_timeout() {
     let plugins = plugins();
-    let config = "[http]\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\nidle_timeout_secs = 2\n";
+    let config = "[http]\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\nidle_timeout_secs = 600\n";
     let serve = Serve::start(&plugins, config);
     let addr = addr(&serve);
 
-    let idle = connect(&addr);
+    // Connected and silent for a while, then one byte: the header clock starts then.
+    let mut late_header = connect(&addr);
     let mut slow_header = connect(&addr);
     slow_header.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
     let mut slow_body = connect(&addr);
     slow_body
         .write_all(b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"task")
         .unwrap();
-    let mut kept_alive = connect(&addr);
-    kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-
-    // A request handled for longer than every timeout is not cut short.
-    let (code, v) = serve.submit(&action("slow", "START", "a1", json!({"action": "sleep", "ms": 4000})), true);
+    // A request handled for longer than the header and body timeouts is not cut short.
+    let (code, v) = serve.submit(&action("slow", "START", "a1", json!({"action": "sleep", "ms": 3000})), true);
     assert_eq!((code, &v["result"]["status"]), (200, &json!(0)), "{v}");
+    late_header.write_all(b"G").unwrap();
 
-    assert_eq!(read_until_closed(idle), "", "an idle connection is closed");
+    // read_until_closed waits 60 s at most: far less than the idle timeout.
     assert_eq!(read_until_closed(slow_header), "", "headers that never end: closed");
+    assert_eq!(read_until_closed(late_header), "", "a request begun late: its headers timed too");
     let answer = read_until_closed(slow_body);
     assert!(answer.starts_with("HTTP/1.1 408"), "a body that never ends: 408, then closed: {answer}");
     assert!(answer.contains("body_read_timeout_secs"), "{answer}");
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let plugins = plugins();
+    let config = "[http]\nheader_read_timeout_secs = 600\nidle_timeout_secs = 2\n";
+    let serve = Serve::start(&plugins, config);
+    let addr = addr(&serve);
+    let idle = connect(&addr);
+    let mut kept_alive = connect(&addr);
+    kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // A request handled for longer than the idle timeout is not cut short.
+    let (code, v) = serve.submit(&action("slow", "START", "a1", json!({"action": "sleep", "ms": 4000})), true);
+    assert_eq!((code, &v["result"]["status"]), (200, &json!(0)), "{v}");
+    assert_eq!(read_until_closed(idle), "", "an idle connection is closed");
     let answer = read_until_closed(kept_alive);
     assert!(answer.starts_with("HTTP/1.1 200"), "answered, then closed when idle: {answer}");
 }

@@ -169,6 +169,8 @@ async fn keep(
                 return;
             }
             () = activity.evict.notified() => return,
+            // A request began to arrive: look at the deadline again.
+            () = activity.reading.notified() => {}
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 if activity.expired(&limits, Instant::now()) {
                     return;
@@ -231,6 +233,9 @@ struct Activity {
     since: AtomicU64,
     epoch: Instant,
     evict: Notify,
+    /// Fired when a request begins to arrive: the watcher's deadline moves from the idle
+    /// timeout to the (shorter) header timeout.
+    reading: Notify,
 }
 
 impl Activity {
@@ -241,6 +246,7 @@ impl Activity {
             since: AtomicU64::new(0),
             epoch,
             evict: Notify::new(),
+            reading: Notify::new(),
         };
         a.enter(Phase::Idle);
         a
@@ -268,6 +274,7 @@ impl Activity {
             .is_ok()
         {
             self.since.store(millis(self.epoch, Instant::now()), Ordering::Release);
+            self.reading.notify_one();
         }
     }
 
@@ -290,10 +297,12 @@ impl Activity {
         matches!(self.phase(), Phase::Idle | Phase::Reading) && now >= self.deadline(limits)
     }
 
-    /// Whether eviction may close it: everything but a request being handled whose
-    /// body has arrived (a slow body is no more precious than a new client).
+    /// Whether eviction may close it: a connection without a request in hand (idle, or
+    /// still sending its headers). A request being handled, its body arriving or not, is
+    /// not: it got past the token, and its body has its own time limit and budget, while
+    /// a flood of new connections needs no token at all.
     fn evictable(&self) -> bool {
-        self.phase() != Phase::Busy
+        matches!(self.phase(), Phase::Idle | Phase::Reading)
     }
 }
 
@@ -530,12 +539,9 @@ mod tests {
         let c = table.admit(2).expect("b is idle and makes room");
         let open: Vec<u64> = table.lock().open.keys().copied().collect();
         assert!(open.contains(&a.id) && open.contains(&c.id) && !open.contains(&b.id), "{open:?}");
-        let receiving = Busy::enter(Arc::clone(&c), true);
-        let d = table.admit(2).expect("a slow body makes room too");
-        assert!(!table.lock().open.contains_key(&c.id));
-        drop(receiving);
-        let _busy_d = Busy::enter(Arc::clone(&d), false);
-        assert!(table.admit(2).is_none(), "every connection is busy: the new one is refused");
+        let _receiving = Busy::enter(Arc::clone(&c), true);
+        assert!(table.admit(2).is_none(), "a request receiving its body is not evicted; all busy: refused");
+        assert!(table.lock().open.contains_key(&c.id));
     }
 
     #[test]
