@@ -226,7 +226,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let err = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
         path: path.to_path_buf(),
         line: span.map(|s| line_of(s.start)),
-        message: printable(&message),
+        // An error may quote keys from the file; it is shown on one line.
+        message: crate::redact::printable(&message).into_owned(),
     };
     let raw: Raw = toml::from_str(text).map_err(|e| {
         let message = e.message().trim().to_owned();
@@ -372,15 +373,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
-/// The token file, like a private key, must not be readable by other users, nor writable
-/// by anyone but root or the daemon's user (on its whole path, [`crate::trust`]): whoever
-/// reads it can use the API.
-/// `text` with control characters escaped (`\u{1b}`): an error quotes keys from the file,
-/// and is shown on one line of a terminal or a log.
-fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
-}
-
 /// Longest token file read: a token is one line.
 const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
@@ -407,6 +399,9 @@ fn read_token(file: &Path) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
+/// The token file, like a private key, must not be readable by other users, nor writable
+/// by anyone but root or the daemon's user (on its whole path, [`crate::trust`]): whoever
+/// reads it can use the API.
 fn check_token_file(file: &Path) -> Result<(), String> {
     crate::trust::check(file, crate::trust::Kind::Secret).map(drop).map_err(|e| format!("token_file: {e}"))
 }

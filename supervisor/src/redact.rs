@@ -165,15 +165,17 @@ pub fn bound(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}... [{} bytes in all]", &text[..end], text.len()))
 }
 
-/// `text` with control characters escaped (`\n`, `\u{1b}`), so that a plugin-provided name
-/// or id shown as a log field stays on its line.
+/// `text` with line breaks, terminal escapes and other unprintable characters written as
+/// Rust escapes (`\n`, `\u{1b}`), quotes and backslashes left as they are: a
+/// plugin-provided name or id shown as a log field, a key quoted in a configuration error,
+/// a cluster spec's names in a problem, each stays on its one line and cannot move a
+/// terminal's cursor.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    let plain = |c: char| matches!(c, '\\' | '\'' | '"') || c.escape_debug().len() == 1;
+    if text.chars().all(plain) {
         return Cow::Borrowed(text);
     }
-    Cow::Owned(
-        text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect(),
-    )
+    Cow::Owned(text.chars().map(|c| if plain(c) { c.to_string() } else { c.escape_debug().to_string() }).collect())
 }
 
 /// The credential values currently known for one plugin process: those of the tasks it

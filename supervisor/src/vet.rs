@@ -36,11 +36,17 @@ pub fn vet(spec: &PluginSpec) -> Result<Vetted, String> {
     if let Some(want) = &spec.sha256 {
         check_sha256(&exe, want)?;
     }
-    if spec.ruby_class.is_some() {
-        // The Ruby host runs the code of its script and of every *.rb in the folder.
-        if let Some(host) = spec.args.first() {
-            trust::check(Path::new(host), Kind::File).map_err(refused)?;
+    // An interpreter's script (`"executable": "python3", "args": ["plugin.py"]`) is code
+    // the plugin runs as much as its executable: every argument naming a file (from the
+    // plugin's folder, its working directory) is checked like one. So is the Ruby host's.
+    for arg in &spec.args {
+        let path = spec.dir.join(arg);
+        if path.is_file() {
+            trust::check(&path, Kind::File).map_err(refused)?;
         }
+    }
+    if spec.ruby_class.is_some() {
+        // The Ruby host runs the code of every *.rb in the folder.
         for rb in ruby_files(&spec.dir) {
             trust::check(&rb, Kind::File).map_err(refused)?;
         }
@@ -129,6 +135,20 @@ mod tests {
             Ok(Entry::Runnable(s)) => *s,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_script_named_in_args_is_checked_like_the_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = crate::trust::test_dir();
+        let script = d.path().join("plugin.py");
+        std::fs::write(&script, "print('hi')\n").unwrap();
+        let manifest = json!({"executable": "/bin/sh", "args": ["plugin.py", "--flag"]});
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(vet(&spec(d.path(), manifest.clone())).is_ok());
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let why = vet(&spec(d.path(), manifest)).unwrap_err();
+        assert!(why.contains(&script.display().to_string()) && why.contains("chmod go-w"), "{why}");
     }
 
     #[test]

@@ -21,7 +21,6 @@
 //! Every problem is reported, each as `FILE: path.in[1].the.spec: problem`; values are
 //! never quoted, since provider fields carry credentials.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -461,7 +460,7 @@ impl Checker {
     /// Records a problem, shown whole with unprintable characters escaped: the path holds
     /// the spec's keys, and the text may quote its names (a group's, a hostname).
     fn problem(&mut self, path: &str, what: impl fmt::Display) {
-        self.problems.push(printable(&format!("{path}: {what}")).into_owned());
+        self.problems.push(crate::redact::printable(&format!("{path}: {what}")).into_owned());
     }
 
     fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
@@ -755,7 +754,7 @@ impl Checker {
             }
         }
         if let Some(cycle) = find_cycle(&spec.services) {
-            let cycle: Vec<Cow<'_, str>> = cycle.iter().map(|s| printable(s)).collect();
+            // Shown whole through `problem`, which escapes what is unprintable.
             self.problem("services", format!("requires form a cycle: {}", cycle.join(" -> ")));
         }
         if total <= MAX_NODES {
@@ -790,17 +789,6 @@ const RESERVED: [&str; 10] = [
     "providerid",
     "ssh-auth",
 ];
-
-/// `text` with line breaks, terminal escapes and other unprintable characters written as
-/// Rust escapes (`\n`, `\u{1b}`): paths hold the spec's own keys, and problems are shown
-/// one per line on terminals and in logs.
-fn printable(text: &str) -> Cow<'_, str> {
-    let plain = |c: char| matches!(c, '\\' | '\'' | '"') || c.escape_debug().len() == 1;
-    if text.chars().all(plain) {
-        return Cow::Borrowed(text);
-    }
-    Cow::Owned(text.chars().map(|c| if plain(c) { c.to_string() } else { c.escape_debug().to_string() }).collect())
-}
 
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
