@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             if let Some(token) = &c.token {
-                assert!(token.len() >= 16, "a token of {} characters", token.len());
+                assert!(token.as_str().len() >= 16, "a token of {} characters", token.as_str().len());
             }
             assert!(c.defaults.queue_capacity >= 1, "queue_capacity");
         }
