@@ -74,10 +74,18 @@ lock = threading.Lock()
 cancels = {}
 settings = {}
 inflight = [0]
+# Request ids of the tasks running, each counted in inflight until its answer is written.
+running = set()
 
 
 def send(msg):
     with lock:
+        # A task stops counting before its answer goes out: the supervisor may send the next
+        # task the moment it reads this answer.
+        rid = msg.get("id")
+        if rid in running and ("result" in msg or "error" in msg):
+            running.discard(rid)
+            inflight[0] -= 1
         out.write(json.dumps(msg) + "\n")
         out.flush()
 
@@ -123,12 +131,15 @@ def handshake(rid, params):
 def run_task(rid, task):
     with lock:
         inflight[0] += 1
+        running.add(rid)
         seen = inflight[0]
     try:
         _run_task(rid, task, seen)
     finally:
         with lock:
-            inflight[0] -= 1
+            if rid in running:
+                running.discard(rid)
+                inflight[0] -= 1
 
 
 def _run_task(rid, task, seen):

@@ -153,18 +153,29 @@ async fn an_idle_plugin_that_stops_answering_pings_is_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_misbehaviour_leaves_neither_orphans_nor_zombies() {
     let plugins = Plugins::new();
-    let quick = json!({"timeouts": {"INSTALL": 0.5}, "cancelGraceSecs": 0.1, "shutdownGraceSecs": 0.3,
-                       "handshakeTimeoutSecs": 0.5, "maxLineBytes": 1024,
+    // Short deadlines only where a plugin is meant to miss them (the hang, the mute
+    // handshake): a Python plugin starting on a loaded machine can take seconds.
+    let quick = json!({"timeouts": {"INSTALL": 60}, "cancelGraceSecs": 0.1, "shutdownGraceSecs": 0.3,
+                       "handshakeTimeoutSecs": 60, "maxLineBytes": 1024,
                        "restart": {"maxRestarts": 1, "backoffInitialMs": 5, "coolDownSecs": 60}});
     let with = |settings: Value| {
         let mut m = quick.clone();
         m["settings"] = settings;
         m
     };
+    let missing = |settings: Value, key: &str, deadline: Value| {
+        let mut m = with(settings);
+        m[key] = deadline;
+        m
+    };
     plugins.add_test_plugin("automator", "crash", with(json!({})));
-    plugins.add_test_plugin("automator", "hang", with(json!({})));
+    plugins.add_test_plugin("automator", "hang", missing(json!({}), "timeouts", json!({"INSTALL": 0.5})));
     plugins.add_test_plugin("automator", "long", with(json!({})));
-    plugins.add_test_plugin("automator", "mute", with(json!({"handshake": "never"})));
+    plugins.add_test_plugin(
+        "automator",
+        "mute",
+        missing(json!({"handshake": "never"}), "handshakeTimeoutSecs", json!(0.5)),
+    );
     plugins.add_test_plugin("automator", "family", with(json!({"grandchild": true})));
     plugins.add_test_plugin("automator", "stubborn", with(json!({"ignoreSigterm": true, "ignoreEof": true})));
     let sup = supervisor(&plugins, true);
