@@ -2,7 +2,7 @@
 //! whether every line reached the log.
 //!
 //! The supervisor's real log path is used (its `tracing` subscriber, the log thread of
-//! `loom_supervisor::logpump`); the formatted lines go to a counter instead of stderr.
+//! `loom_supervisor::log::pump`); the formatted lines go to a counter instead of stderr.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +16,9 @@ static FLOOD_LINES: AtomicU64 = AtomicU64::new(0);
 /// Installs the supervisor's logging with plugin lines at info, routed to a sink that
 /// counts the flood's lines and passes everything else to stderr.
 pub fn install_log_sink() -> Result<(), String> {
-    let filter = loom_supervisor::logging::parse_filter("warn,loom::plugin=info").map_err(|e| e.to_string())?;
-    loom_supervisor::logging::init(loom_supervisor::logging::Format::Human, filter);
-    loom_supervisor::logging::route_stderr(Some(Arc::new(|bytes: &[u8]| {
+    let filter = loom_supervisor::log::parse_filter("warn,loom::plugin=info").map_err(|e| e.to_string())?;
+    loom_supervisor::log::init(loom_supervisor::log::Format::Human, filter);
+    loom_supervisor::log::route_stderr(Some(Arc::new(|bytes: &[u8]| {
         let flood = bytes.windows(11).filter(|w| w == b"flood line ").count() as u64;
         if flood > 0 {
             FLOOD_LINES.fetch_add(flood, Ordering::Relaxed);
@@ -47,7 +47,7 @@ pub async fn round(exe: &std::path::Path, lines: u64, quiet_calls: usize) -> Res
     for i in 0..quiet_calls {
         quiet.push(timed(&bench, i).await?);
     }
-    loom_supervisor::logpump::flush(Duration::from_secs(30));
+    loom_supervisor::log::pump::flush(Duration::from_secs(30));
     FLOOD_LINES.store(0, Ordering::Relaxed);
     let task = format!(
         r#"{{"taskId":"flood","taskName":"INSTALL","config":{{"flood":{lines},"service":{{"name":"s","action":{{"type":"noop","script":"x"}}}}}}}}"#
@@ -65,7 +65,7 @@ pub async fn round(exe: &std::path::Path, lines: u64, quiet_calls: usize) -> Res
     flood.await.map_err(|e| format!("the flood task panicked: {e}"))??;
     // Whatever is still on its way is read before the process is gone, then written.
     bench.sup.shutdown().await;
-    loom_supervisor::logpump::flush(Duration::from_secs(30));
+    loom_supervisor::log::pump::flush(Duration::from_secs(30));
     let received = FLOOD_LINES.load(Ordering::Relaxed);
     Ok(Round {
         quiet_us: median(&mut quiet),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use loom_protocol::PluginKind;
-use loom_supervisor::supervisor::Options;
+use loom_supervisor::core::supervisor::Options;
 use loom_supervisor::{Registry, Supervisor};
 use serde_json::value::RawValue;
 

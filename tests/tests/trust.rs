@@ -191,7 +191,7 @@ fn writable_plugin_files_are_refused_with_the_fix_and_the_others_still_run() {
 fn the_sha256_is_checked_at_registration_and_before_every_start() {
     let plugins = Plugins::new();
     let exe = own_copy(&plugins, "automator", "pinned", json!({}));
-    let digest = loom_supervisor::vet::hex(&loom_supervisor::vet::sha256_of(&exe).unwrap());
+    let digest = loom_supervisor::core::vet::hex(&loom_supervisor::core::vet::sha256_of(&exe).unwrap());
     own_copy(&plugins, "automator", "pinned", json!({"sha256": digest}));
     let wrong = own_copy(&plugins, "automator", "wrong", json!({"sha256": "0".repeat(64)}));
     let serve = Serve::start(&plugins, "");

@@ -34,10 +34,10 @@ use super::plan::{self, JobKind, Mark, Marks, Plan, StepKey};
 use super::progress::{Event, Progress};
 use super::spec::{ClusterSpec, NodeSpec};
 use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
-use crate::envelope::TaskEnvelope;
+use crate::core::registry::Availability;
+use crate::core::supervisor::{Supervisor, Table};
 use crate::journal::JournalError;
-use crate::registry::Availability;
-use crate::supervisor::{Supervisor, Table};
+use crate::wire::envelope::TaskEnvelope;
 
 /// Tasks run at once unless told otherwise.
 pub const DEFAULT_PARALLEL: usize = 8;
@@ -315,7 +315,7 @@ impl Prepared<'_> {
 /// Passes every task's live output to `progress`, if it wants it; never returns.
 async fn forward_output(progress: &dyn Progress) -> std::convert::Infallible {
     if progress.wants_output() {
-        let mut lines = crate::connection::watch_output();
+        let mut lines = crate::wire::connection::watch_output();
         loop {
             match lines.recv().await {
                 Ok(line) => progress.event(&Event::Output { task_id: &line.task_id, data: &line.data }),
@@ -606,7 +606,7 @@ impl Runner<'_> {
         let recorded = std::sync::atomic::AtomicBool::new(false);
         let began = Mutex::new(Instant::now());
         let (id, job, flag, began_at) = (&task_id, &self.job_id, &recorded, &began);
-        let before_send: crate::plugin::BeforeSend<'_> = Box::new(move || {
+        let before_send: crate::core::plugin::BeforeSend<'_> = Box::new(move || {
             Box::pin(async move {
                 store.started(cluster, job, id, key, task.as_str(), attempt).await.map_err(|e| e.to_string())?;
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);

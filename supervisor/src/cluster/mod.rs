@@ -10,9 +10,7 @@
 //! | what is recorded (in the daemon's journal) | [`store`] |
 //! | one operation per cluster at a time | [`lock`] |
 //! | showing progress, showing a cluster | [`progress`], [`view`] |
-//! | the `cluster` commands | [`cli`] |
 
-pub mod cli;
 pub mod job;
 pub mod lock;
 pub mod plan;

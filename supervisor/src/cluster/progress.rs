@@ -233,7 +233,7 @@ impl Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
         let for_log = multi.clone();
         let bars = Arc::new(Bars { multi, state: Mutex::new(BarsState::default()) });
-        crate::logging::route_stderr(Some(Arc::new(move |bytes: &[u8]| {
+        crate::log::route_stderr(Some(Arc::new(move |bytes: &[u8]| {
             for_log.suspend(|| {
                 let mut err = std::io::stderr().lock();
                 let _ = err.write_all(bytes);
@@ -361,7 +361,7 @@ impl Progress for Bars {
 impl Drop for Bars {
     fn drop(&mut self) {
         // Lines queued while the bars were up are printed above them, not after.
-        crate::logpump::flush(std::time::Duration::from_secs(2));
-        crate::logging::route_stderr(None);
+        crate::log::pump::flush(std::time::Duration::from_secs(2));
+        crate::log::route_stderr(None);
     }
 }

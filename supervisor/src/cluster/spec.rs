@@ -438,7 +438,7 @@ struct Checker {
     problems: Vec<String>,
 }
 
-use crate::manifest::type_name as kind;
+use crate::core::manifest::type_name as kind;
 
 /// A name usable in ids, hostnames and file names.
 fn is_label(s: &str, max: usize) -> bool {
@@ -460,7 +460,7 @@ impl Checker {
     /// Records a problem, shown whole with unprintable characters escaped: the path holds
     /// the spec's keys, and the text may quote its names (a group's, a hostname).
     fn problem(&mut self, path: &str, what: impl fmt::Display) {
-        self.problems.push(crate::redact::printable(&format!("{path}: {what}")).into_owned());
+        self.problems.push(crate::wire::redact::printable(&format!("{path}: {what}")).into_owned());
     }
 
     fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {

@@ -441,7 +441,7 @@ impl ClusterStore {
     /// Ends an operation with the cluster's new state and, on failure, the report. A
     /// terminated cluster keeps no credential: its node configs (with the `ssh-auth` its
     /// provider returned) are deleted, and the credential values of its stored spec
-    /// (provider fields, node group configs) are replaced by [`crate::redact::MASK`]. An
+    /// (provider fields, node group configs) are replaced by [`crate::wire::redact::MASK`]. An
     /// `up` of it takes a spec again.
     ///
     /// # Errors
@@ -482,7 +482,7 @@ impl ClusterStore {
 }
 
 /// Replaces the credential values of cluster `name`'s stored spec with
-/// [`crate::redact::MASK`] (same rule as for tasks: under credential-named keys).
+/// [`crate::wire::redact::MASK`] (same rule as for tasks: under credential-named keys).
 fn mask_spec(c: &Connection, name: &str) -> rusqlite::Result<()> {
     let spec: Option<String> =
         c.query_row("SELECT spec FROM clusters WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
@@ -490,9 +490,13 @@ fn mask_spec(c: &Connection, name: &str) -> rusqlite::Result<()> {
     // `services` is keyed by service names (data, not field names): each is masked by its
     // own members (Coopr's `actions.<task>.fields.password`).
     let services = spec.get_mut("services").map(Value::take);
-    crate::redact::mask_credentials(&mut spec);
+    crate::wire::redact::mask_credentials(&mut spec);
     if let Some(mut services) = services {
-        services.as_object_mut().into_iter().flat_map(|m| m.values_mut()).for_each(crate::redact::mask_credentials);
+        services
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+            .for_each(crate::wire::redact::mask_credentials);
         spec["services"] = services;
     }
     c.execute("UPDATE clusters SET spec = ?2 WHERE name = ?1", params![name, spec.to_string()]).map(drop)
@@ -556,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_records_tasks_marks_and_learned_config_and_survives_a_reopen() {
-        let dir = crate::trust::test_dir();
+        let dir = crate::core::trust::test_dir();
         let create = StepKey::node(TaskName::Create, "c-a-1");
         {
             let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
@@ -596,7 +600,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_terminated_cluster_keeps_no_credential() {
-        let dir = crate::trust::test_dir();
+        let dir = crate::core::trust::test_dir();
         let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
         let spec = json!({"name": "c", "provider": {"name": "p", "fields": {"api_user": "me", "api_key": "spec-key-1"}},
                           "nodeGroups": [{"name": "n", "config": {"credentials": {"pw": "spec-pw-2"}}}],
@@ -622,12 +626,12 @@ mod tests {
         assert_eq!(store.get("c").await.unwrap().unwrap().spec, spec);
         store.end("c", ClusterState::Terminated, None).await.unwrap();
         let kept = store.get("c").await.unwrap().unwrap().spec;
-        assert_eq!(kept["provider"]["fields"], json!({"api_user": "me", "api_key": crate::redact::MASK}));
-        assert_eq!(kept["nodeGroups"][0]["config"]["credentials"]["pw"], crate::redact::MASK);
+        assert_eq!(kept["provider"]["fields"], json!({"api_user": "me", "api_key": crate::wire::redact::MASK}));
+        assert_eq!(kept["nodeGroups"][0]["config"]["credentials"]["pw"], crate::wire::redact::MASK);
         let install = &kept["services"]["keystore"]["actions"]["install"];
         assert_eq!(
             (install["script"].as_str(), install["fields"]["password"].as_str()),
-            (Some("k.sh"), Some(crate::redact::MASK))
+            (Some("k.sh"), Some(crate::wire::redact::MASK))
         );
         store.journal().checkpoint().await.unwrap();
         for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
@@ -640,7 +644,7 @@ mod tests {
 
     #[tokio::test]
     async fn terminated_clusters_forget_nodes_and_marks_and_start_afresh() {
-        let dir = crate::trust::test_dir();
+        let dir = crate::core::trust::test_dir();
         let store = ClusterStore::new(Journal::open(dir.path()).unwrap());
         let create = StepKey::node(TaskName::Create, "c-a-1");
         let job = store.begin("c", &json!({}), JobKind::Up).await.unwrap();

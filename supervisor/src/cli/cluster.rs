@@ -1,0 +1,437 @@
+//! `loom-provisioner cluster up | down | status | list | restart-services | reconfigure |
+//! forget`.
+//!
+//! Exit codes: 0 done; 1 the operation failed or was interrupted (the cluster is
+//! `incomplete`, see `cluster status`), or another operation holds the cluster; 2 a bad
+//! spec, a missing plugin, a usage error: nothing was sent.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand, ValueEnum};
+use loom_protocol::LogLevel;
+use serde_json::json;
+
+use crate::cluster::job::{self, Engine, JobError, Options, next_steps};
+use crate::cluster::plan::JobKind;
+use crate::cluster::progress::{Bars, Lines, Progress, Silent};
+use crate::cluster::spec::ClusterSpec;
+use crate::cluster::store::{ClusterState, ClusterStore};
+use crate::cluster::view::ClusterView;
+use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
+use crate::journal::Journal;
+
+const USAGE: u8 = 2;
+
+/// `loom-provisioner cluster ...`.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Bring a cluster up from its spec, or resume one that stopped part way.
+    Up(UpArgs),
+    /// Stop a cluster's services and delete its machines.
+    Down(DownArgs),
+    /// Show a cluster: state, nodes, addresses, endpoints, the last failure.
+    Status(StatusArgs),
+    /// List the clusters.
+    List(ListArgs),
+    /// STOP every started service, then START them (requirements first).
+    RestartServices(NamedArgs),
+    /// BOOTSTRAP and CONFIGURE again, e.g. after changing the spec's config or scripts.
+    Reconfigure(ReconfigureArgs),
+    /// Forget a terminated cluster's history.
+    Forget(ForgetArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// A plugins folder (repeatable) [default: the spec's pluginDirs, else those of the
+    /// cluster's last operation].
+    #[arg(long = "plugins-dir", value_name = "DIR")]
+    plugins_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    run_as: crate::cli::RunAsArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Most tasks at once [default: the spec's parallel, else 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    parallel: Option<u32>,
+    /// Attempts per task [default: the spec's attempts, else 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    attempts: Option<u32>,
+    /// How to show progress on stderr.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Print the outcome and the cluster as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DataArgs {
+    /// The folder of the journal [default: /var/lib/loom-provisioner for root, else
+    /// $XDG_STATE_HOME/loom-provisioner].
+    #[arg(long, env = "LOOM_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProgressMode {
+    /// Bars on a terminal, lines otherwise.
+    Auto,
+    /// Progress bars.
+    Bars,
+    /// Timestamped lines.
+    Lines,
+    /// Nothing.
+    None,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// The cluster's spec (JSON, or TOML by its extension).
+    #[arg(value_name = "SPEC")]
+    spec: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct DownArgs {
+    /// The cluster's name, or its spec file.
+    #[arg(value_name = "NAME|SPEC")]
+    cluster: String,
+    /// Delete the machines without stopping or removing their services.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct NamedArgs {
+    /// The cluster's name, or its spec file.
+    #[arg(value_name = "NAME|SPEC")]
+    cluster: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ReconfigureArgs {
+    /// The cluster's name, or its (changed) spec file: its config and actions are used
+    /// from now on.
+    #[arg(value_name = "NAME|SPEC")]
+    cluster: String,
+    /// Stop the services before CONFIGURE and start them after.
+    #[arg(long)]
+    restart: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The cluster's name, or its spec file.
+    #[arg(value_name = "NAME|SPEC")]
+    cluster: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Include every task attempt (with `--json`, or as a table).
+    #[arg(long)]
+    tasks: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+#[derive(Args, Debug)]
+struct ForgetArgs {
+    /// The cluster's name.
+    #[arg(value_name = "NAME")]
+    cluster: String,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// Runs a `cluster` command.
+pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> ExitCode {
+    let result = match args.command {
+        ClusterCommand::Up(a) => up(a, plugin_level).await,
+        ClusterCommand::Down(a) => {
+            named(&a.cluster, JobKind::Down { force: a.force }, a.common, false, plugin_level).await
+        }
+        ClusterCommand::RestartServices(a) => {
+            named(&a.cluster, JobKind::RestartServices, a.common, false, plugin_level).await
+        }
+        ClusterCommand::Reconfigure(a) => {
+            named(&a.cluster, JobKind::Reconfigure { restart: a.restart }, a.common, true, plugin_level).await
+        }
+        ClusterCommand::Status(a) => status(a).await,
+        ClusterCommand::List(a) => list(a).await,
+        ClusterCommand::Forget(a) => forget(a).await,
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("loom-provisioner: {e}");
+        ExitCode::from(USAGE)
+    })
+}
+
+fn open_store(data: &DataArgs) -> Result<(ClusterStore, PathBuf), String> {
+    let dir = data.data_dir.clone().unwrap_or_else(crate::cluster::default_data_dir);
+    let journal = Journal::open(&dir).map_err(|e| e.to_string())?;
+    Ok((ClusterStore::new(journal), crate::cluster::lock_dir(&dir)))
+}
+
+/// A spec file when `arg` names one, else `None` (it is a cluster name).
+fn spec_file(arg: &str) -> Option<&Path> {
+    let p = Path::new(arg);
+    p.is_file().then_some(p)
+}
+
+async fn up(args: UpArgs, plugin_level: LogLevel) -> Result<ExitCode, String> {
+    let mut spec = ClusterSpec::load(&args.spec).map_err(|e| e.to_string())?;
+    let (store, lock_dir) = open_store(&args.common.data)?;
+    if spec.plugin_dirs.is_empty()
+        && args.common.plugins_dirs.is_empty()
+        && let Ok(stored) = job::stored_spec(&store, &spec.name).await
+    {
+        spec.plugin_dirs = stored.plugin_dirs;
+    }
+    let done = operate(&store, lock_dir, spec, JobKind::Up, &args.common, plugin_level).await;
+    checkpoint(&store).await;
+    done
+}
+
+/// Checkpoints the journal before the command exits, so that what the operation deleted
+/// (a terminated cluster's node configs, with their `ssh-auth`) is in none of its files.
+async fn checkpoint(store: &ClusterStore) {
+    if let Err(e) = store.journal().checkpoint().await {
+        tracing::warn!("cannot checkpoint the journal: {e}");
+    }
+}
+
+/// down, restart-services, reconfigure: on the stored spec, or (`use_file`) on a spec
+/// file's.
+async fn named(
+    arg: &str,
+    kind: JobKind,
+    common: Common,
+    use_file: bool,
+    plugin_level: LogLevel,
+) -> Result<ExitCode, String> {
+    let (store, lock_dir) = open_store(&common.data)?;
+    let file = spec_file(arg).map(ClusterSpec::load).transpose().map_err(|e| e.to_string())?;
+    let name = file.as_ref().map_or(arg, |s| s.name.as_str()).to_owned();
+    let stored = match job::stored_spec(&store, &name).await {
+        Ok(s) => s,
+        Err(JobError::Unknown(_)) => {
+            return Err(format!(
+                "no cluster named {name:?} in {} (see `loom-provisioner cluster list`)",
+                store.journal().path().display()
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut spec = match file {
+        Some(mut f) if use_file => {
+            if f.plugin_dirs.is_empty() {
+                f.plugin_dirs = stored.plugin_dirs.clone();
+            }
+            f
+        }
+        _ => stored,
+    };
+    if spec.plugin_dirs.is_empty() && common.plugins_dirs.is_empty() {
+        return Err("no plugins folder: give --plugins-dir".into());
+    }
+    if !common.plugins_dirs.is_empty() {
+        spec.plugin_dirs.clear();
+    }
+    let done = operate(&store, lock_dir, spec, kind, &common, plugin_level).await;
+    checkpoint(&store).await;
+    done
+}
+
+/// Runs one operation with its own supervisor, showing progress; Ctrl-C (or SIGTERM)
+/// stops it, and the same command resumes.
+async fn operate(
+    store: &ClusterStore,
+    lock_dir: PathBuf,
+    mut spec: ClusterSpec,
+    kind: JobKind,
+    common: &Common,
+    plugin_level: LogLevel,
+) -> Result<ExitCode, String> {
+    if !common.plugins_dirs.is_empty() {
+        spec.plugin_dirs = common.plugins_dirs.iter().map(|d| std::path::absolute(d).unwrap_or(d.clone())).collect();
+    }
+    if spec.plugin_dirs.is_empty() {
+        return Err(format!("cluster {}: no plugins folder: give --plugins-dir, or pluginDirs in the spec", spec.name));
+    }
+    let registry =
+        crate::cli::load_registry(&spec.plugin_dirs, &common.run_as).ok_or("cannot read the plugins folders")?;
+    let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
+    let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts);
+    let progress = make_progress(common.progress);
+    let engine = Engine { supervisor: &supervisor, store, lock_dir: lock_dir.clone() };
+    let signal = crate::cli::interrupt();
+    tokio::pin!(signal);
+    let result = tokio::select! {
+        r = job::run(&engine, &spec, kind, options, progress.as_ref()) => Ok(r),
+        name = &mut signal => Err(name),
+    };
+    drop(progress);
+    supervisor.shutdown().await;
+    let outcome = match result {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(JobError::Busy(why))) => {
+            eprintln!("loom-provisioner: {why}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(Err(e)) => return Err(format!("cluster {}: nothing was done:\n{e}", spec.name)),
+        Err(signal) => return interrupted(store, &lock_dir, &spec.name, kind, signal, common.json).await,
+    };
+    let view = ClusterView::load(store, &lock_dir, &spec.name, false).await.map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    if common.json {
+        let _ = writeln!(out, "{}", json!({"outcome": outcome, "cluster": view}));
+    } else if let Some(view) = view {
+        let _ = write!(out, "{}", view.text());
+    }
+    let _ = out.flush();
+    Ok(if outcome.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// After Ctrl-C: the cluster is left incomplete, with how to resume.
+async fn interrupted(
+    store: &ClusterStore,
+    lock_dir: &Path,
+    name: &str,
+    kind: JobKind,
+    signal: &str,
+    as_json: bool,
+) -> Result<ExitCode, String> {
+    let record = store.get(name).await.map_err(|e| e.to_string())?;
+    if let Some(r) = record.filter(|r| r.state == ClusterState::during(kind)) {
+        let report = json!({
+            "job": r.last_job, "operation": kind.as_str(), "failed": [], "interrupted": signal,
+            "next": next_steps(name, kind.as_str(), None),
+        });
+        store.end(name, ClusterState::Incomplete, Some(&report)).await.map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "loom-provisioner: {signal}: cluster {name}: {} stopped; the tasks in flight were cancelled",
+        kind.as_str()
+    );
+    if let Some(view) = ClusterView::load(store, lock_dir, name, false).await.map_err(|e| e.to_string())? {
+        let mut out = std::io::stdout().lock();
+        let _ = if as_json { writeln!(out, "{}", json!({"cluster": view})) } else { write!(out, "{}", view.text()) };
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn make_progress(mode: ProgressMode) -> Box<dyn Progress> {
+    let terminal = std::io::stderr().is_terminal();
+    match mode {
+        ProgressMode::Bars => Box::new(BarsHandle(Bars::stderr())),
+        ProgressMode::Auto if terminal => Box::new(BarsHandle(Bars::stderr())),
+        ProgressMode::Auto | ProgressMode::Lines => Box::new(Lines::stderr()),
+        ProgressMode::None => Box::new(Silent),
+    }
+}
+
+/// [`Bars`] behind an `Arc` (its log route holds another handle on the bars).
+struct BarsHandle(Arc<Bars>);
+
+impl Progress for BarsHandle {
+    fn event(&self, event: &crate::cluster::progress::Event<'_>) {
+        self.0.event(event);
+    }
+
+    fn wants_output(&self) -> bool {
+        true
+    }
+}
+
+async fn status(args: StatusArgs) -> Result<ExitCode, String> {
+    let (store, lock_dir) = open_store(&args.data)?;
+    let name = match spec_file(&args.cluster) {
+        Some(f) => ClusterSpec::load(f).map_err(|e| e.to_string())?.name,
+        None => args.cluster.clone(),
+    };
+    let view = ClusterView::load(&store, &lock_dir, &name, args.tasks).await.map_err(|e| e.to_string())?;
+    let Some(view) = view else {
+        return Err(format!("no cluster named {name:?} in {}", store.journal().path().display()));
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&view).unwrap_or_default());
+    } else {
+        let _ = write!(out, "{}", view.text());
+        for t in view.tasks.iter().flatten() {
+            let status = t.status.map_or_else(|| t.state.clone(), |s| s.to_string());
+            let _ = writeln!(out, "  {}  {:<48} {:<8} {}", t.started_at, t.task_id, status, t.step);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(args: ListArgs) -> Result<ExitCode, String> {
+    let (store, lock_dir) = open_store(&args.data)?;
+    let records = store.list().await.map_err(|e| e.to_string())?;
+    let mut views = Vec::new();
+    for r in &records {
+        if let Some(v) = ClusterView::load(&store, &lock_dir, &r.name, false).await.map_err(|e| e.to_string())? {
+            views.push(v);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(out, "{}", json!({ "clusters": views }));
+    } else if views.is_empty() {
+        let _ = writeln!(out, "no clusters in {}", store.journal().path().display());
+    } else {
+        let w = views.iter().map(|v| v.name.len()).max().unwrap_or(7).max(7);
+        let _ = writeln!(out, "{:<w$}  {:>5}  {:<24}  state", "cluster", "nodes", "changed");
+        for v in &views {
+            let _ = writeln!(out, "{:<w$}  {:>5}  {:<24}  {}", v.name, v.nodes.len(), v.updated_at, v.state_text());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn forget(args: ForgetArgs) -> Result<ExitCode, String> {
+    let (store, _) = open_store(&args.data)?;
+    match store.get(&args.cluster).await.map_err(|e| e.to_string())? {
+        None => Err(format!("no cluster named {:?}", args.cluster)),
+        Some(r) if r.state != ClusterState::Terminated => Err(format!(
+            "cluster {} is {}, not terminated: take it down first (`loom-provisioner cluster down {}`)",
+            r.name,
+            r.state.as_str(),
+            r.name
+        )),
+        Some(_) => {
+            store.forget(&args.cluster).await.map_err(|e| e.to_string())?;
+            checkpoint(&store).await;
+            println!("cluster {} forgotten", args.cluster);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

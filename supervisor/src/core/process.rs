@@ -1,0 +1,471 @@
+//! One running plugin process: spawn, handshake, serve until something ends it, stop.
+//!
+//! [`PluginProcess`] ties a child process to its [`Connection`] and its stderr reader.
+//! Whatever ends a process (it exits, breaks the protocol, hangs, or is told to stop),
+//! [`PluginProcess::finish`] runs the same clean-up: kill what is left of its process
+//! group, read what is left in its pipes (for a bounded time, because a grandchild that
+//! escaped the group may hold them open forever), reap it, and fail every call still in
+//! flight with the cause and the plugin's last stderr lines.
+
+use std::fmt;
+use std::io;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use loom_protocol::{HandshakeParams, HandshakeResult, LogLevel, PROTOCOL_VERSIONS, methods};
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::core::manifest::PluginSpec;
+use crate::core::plugin::secs;
+use crate::core::spawn;
+use crate::wire::capture::LastLines;
+use crate::wire::connection::{Call, Connection, Outcome, ReaderEnd, WriterEnd};
+use crate::wire::redact::Redactor;
+
+/// After a pipe closes, how long to wait for the process's exit status.
+const EXIT_AFTER_PIPE_CLOSED: Duration = Duration::from_millis(500);
+
+/// How long to keep reading a dead process's pipes for its last words.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// A running plugin process and its channel.
+pub struct PluginProcess {
+    name: Arc<str>,
+    child: Child,
+    pid: u32,
+    conn: Arc<Connection>,
+    reader: Option<JoinHandle<ReaderEnd>>,
+    writer: Option<JoinHandle<WriterEnd>>,
+    stderr: Option<JoinHandle<()>>,
+    /// The reader of the log channel (fd 3).
+    log: Option<JoinHandle<()>>,
+    last_stderr: Arc<Mutex<LastLines>>,
+    exit: Option<ExitStatus>,
+}
+
+/// Why a process stopped serving.
+#[derive(Debug)]
+pub enum End {
+    /// It exited by itself.
+    Exited(ExitStatus),
+    /// It closed its stdout while running.
+    StdoutClosed,
+    /// Reading its stdout failed.
+    StdoutFailed(String),
+    /// It stopped reading its stdin.
+    StdinFailed(String),
+    /// It broke the protocol.
+    Violation(String),
+    /// It did not answer a ping in time.
+    PingTimeout(Duration),
+    /// The supervisor killed it (a task timed out).
+    Killed(String),
+    /// A graceful stop was requested.
+    Stop,
+    /// A graceful restart was requested.
+    Restart,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Exited(status) => f.write_str(&describe_exit(*status)),
+            End::StdoutClosed => f.write_str("closed its stdout"),
+            End::StdoutFailed(e) => write!(f, "could not be read from: {e}"),
+            End::StdinFailed(e) => write!(f, "stopped reading its stdin ({e})"),
+            End::Violation(v) => f.write_str(v),
+            End::PingTimeout(d) => write!(f, "did not answer a ping within {}", secs(*d)),
+            End::Killed(why) => write!(f, "was killed: {why}"),
+            End::Stop => f.write_str("was stopped"),
+            End::Restart => f.write_str("was restarted on request"),
+        }
+    }
+}
+
+/// Orders to an instance while it serves.
+#[derive(Debug)]
+pub enum Control {
+    /// Kill the process of this generation (a task on it timed out).
+    Kill {
+        /// Which process; an order for an older one is ignored.
+        generation: u64,
+        /// Why, for the other tasks on it.
+        reason: String,
+    },
+    /// Stop gracefully and do not restart.
+    Stop,
+    /// Stop gracefully and start again.
+    Restart,
+}
+
+impl PluginProcess {
+    /// Checks the plugin's files and whom it runs as ([`crate::core::vet`]), spawns it and wires
+    /// its pipes.
+    ///
+    /// # Errors
+    /// When the checks refuse it (the text says why and how to fix it) or the executable
+    /// cannot be started.
+    pub async fn spawn(spec: &PluginSpec) -> io::Result<PluginProcess> {
+        let vetted = crate::core::vet::vet_blocking(spec).await.map_err(io::Error::other)?;
+        let identity = vetted.identity.as_ref();
+        // The log channel: a pipe whose write end becomes the plugin's fd 3.
+        let (log_read, log_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let cmd = spawn::command(spec, identity);
+        let mut child =
+            spawn::spawn(cmd, Some(std::os::fd::AsFd::as_fd(&log_write))).await.map_err(|e| match identity {
+                Some(id) if e.kind() == io::ErrorKind::PermissionDenied => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (the plugin runs as user {}, who must be able to reach and run {} and enter {})",
+                        id.user,
+                        spec.executable.display(),
+                        spec.dir.display()
+                    ),
+                ),
+                _ => e,
+            })?;
+        drop(log_write);
+        let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(io::Error::other("the plugin's pipes were not set up"));
+        };
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin.into_owned_fd()?)?;
+        let (conn, writer) = Connection::for_pipe(Arc::clone(&name), pid, stdin, Arc::new(Redactor::default()));
+        let reader = conn.spawn_reader(stdout, spec.max_line_bytes);
+        let last_stderr = Arc::new(Mutex::new(LastLines::default()));
+        let stderr = conn.spawn_stderr_reader(stderr, Arc::clone(&last_stderr));
+        let log =
+            conn.spawn_log_reader(tokio::net::unix::pipe::Receiver::from_owned_fd(log_read)?, spec.max_line_bytes);
+        tracing::debug!(plugin = %name, pid, "started {}", spec.executable.display());
+        Ok(PluginProcess {
+            name,
+            child,
+            pid,
+            conn,
+            reader: Some(reader),
+            writer: Some(writer),
+            stderr: Some(stderr),
+            log: Some(log),
+            last_stderr,
+            exit: None,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The channel to the process.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// How the process exited, once it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
+    }
+
+    /// Sends the handshake and checks the answer.
+    ///
+    /// # Errors
+    /// A sentence saying what went wrong: no answer in time, the process died, an error
+    /// answer, no common protocol version, tasks of the wrong kind.
+    pub async fn handshake(&mut self, spec: &PluginSpec, log_level: LogLevel) -> Result<HandshakeResult, String> {
+        let params = HandshakeParams {
+            protocol_versions: PROTOCOL_VERSIONS.to_vec(),
+            plugin: spec.name.clone(),
+            kind: spec.kind,
+            settings: spec.settings.clone(),
+            log_level,
+        };
+        let call = self.conn.request(methods::HANDSHAKE, &params);
+        let outcome = match self.answer_or_end(call, spec.handshake_timeout).await {
+            Ok(outcome) => outcome,
+            Err(Some(end)) => return Err(format!("{end} during the handshake")),
+            Err(None) => {
+                return Err(format!("did not answer the handshake within {}", secs(spec.handshake_timeout)));
+            }
+        };
+        let hs: HandshakeResult = match outcome {
+            Outcome::Result(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+                let detail = e.to_string();
+                let detail = if detail.starts_with("missing field") || detail.starts_with("unknown variant") {
+                    // The variant is the plugin's text.
+                    self.conn.loggable(&detail)
+                } else {
+                    format!("problem at line {} column {}", e.line(), e.column())
+                };
+                format!("answered the handshake with an invalid result ({detail})")
+            })?,
+            Outcome::Error(e) if e.code == loom_protocol::codes::UNSUPPORTED_PROTOCOL => {
+                return Err(format!(
+                    "offers no common protocol version (the supervisor speaks {PROTOCOL_VERSIONS:?}): {}",
+                    self.conn.loggable(&e.message)
+                ));
+            }
+            Outcome::Error(e) => {
+                return Err(format!("refused the handshake: {} (code {})", self.conn.loggable(&e.message), e.code));
+            }
+            Outcome::Lost(why) | Outcome::Unreadable(why) => return Err(why.to_string()),
+        };
+        check_handshake(spec, &hs)?;
+        Ok(hs)
+    }
+
+    /// Waits for `call`'s answer, up to `limit`, while watching for the process to end.
+    /// `Err(Some(end))`: the process ended first; `Err(None)`: the time ran out.
+    pub async fn answer_or_end(&mut self, mut call: Call, limit: Duration) -> Result<Outcome, Option<End>> {
+        tokio::select! {
+            reply = tokio::time::timeout(limit, call.wait()) => reply.map(|r| r.outcome).map_err(|_| None),
+            end = self.watch(None) => Err(Some(end)),
+        }
+    }
+
+    /// Serves until something ends the process: it exits, breaks the protocol, stops
+    /// answering pings while idle, or `control` says so.
+    pub async fn serve(
+        &mut self,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        generation: u64,
+        spec: &PluginSpec,
+    ) -> End {
+        let mut ping_timer = spec.ping_interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut ping: Option<(Call, tokio::time::Instant)> = None;
+        loop {
+            let tick = async {
+                match ping_timer.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let idle = ping.is_none();
+            let pong = async {
+                match ping.as_mut() {
+                    Some((call, deadline)) => tokio::time::timeout_at(*deadline, call.wait()).await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                end = self.watch(Some((&mut *control, generation))) => return end,
+                _ = tick, if idle => {
+                    // A busy plugin may be single-threaded and unable to answer; its tasks'
+                    // timeouts cover a hang then. Ping only when idle.
+                    if self.conn.in_flight() == 0 {
+                        let call = self.conn.request(methods::PING, &serde_json::json!({}));
+                        ping = Some((call, tokio::time::Instant::now() + spec.ping_timeout));
+                    }
+                }
+                reply = pong => {
+                    ping = None;
+                    match reply {
+                        None => return End::PingTimeout(spec.ping_timeout),
+                        Some(reply) => if let Outcome::Error(e) = reply.outcome {
+                            tracing::warn!(plugin = %self.name, pid = self.pid, "answered ping with an error: {} (code {})",
+                                self.conn.loggable(&e.message), e.code);
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves when the process ends, or when `control` (if given) orders an end for
+    /// this generation of the process.
+    async fn watch(&mut self, control: Option<(&mut mpsc::UnboundedReceiver<Control>, u64)>) -> End {
+        let PluginProcess { child, reader, writer, exit, .. } = self;
+        let reader_end = async {
+            match reader.as_mut() {
+                Some(r) => {
+                    let end = r.await;
+                    *reader = None;
+                    end
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let writer_end = async {
+            match writer.as_mut() {
+                Some(w) => {
+                    let end = w.await;
+                    *writer = None;
+                    end
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let control_end = async {
+            let Some((control, generation)) = control else {
+                return std::future::pending().await;
+            };
+            loop {
+                match control.recv().await {
+                    Some(Control::Kill { generation: g, reason }) if g == generation => return End::Killed(reason),
+                    Some(Control::Kill { .. }) => continue,
+                    Some(Control::Restart) => return End::Restart,
+                    Some(Control::Stop) | None => return End::Stop,
+                }
+            }
+        };
+        let end = tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => {
+                    *exit = Some(status);
+                    return End::Exited(status);
+                }
+                Err(e) => return End::StdoutFailed(format!("cannot wait for the process: {e}")),
+            },
+            end = reader_end => match end {
+                Ok(ReaderEnd::Eof) => End::StdoutClosed,
+                Ok(ReaderEnd::Violation(v)) => return End::Violation(v),
+                Ok(ReaderEnd::Io(e)) => End::StdoutFailed(e.to_string()),
+                Err(e) => End::StdoutFailed(format!("the reader task failed: {e}")),
+            },
+            end = writer_end => match end {
+                Ok(WriterEnd::Failed(e)) => End::StdinFailed(e.to_string()),
+                Ok(WriterEnd::Closed) => End::StdinFailed("stdin was closed".into()),
+                Err(e) => End::StdinFailed(format!("the writer task failed: {e}")),
+            },
+            end = control_end => return end,
+        };
+        // A closed pipe usually means the process is exiting: its exit status says more.
+        match tokio::time::timeout(EXIT_AFTER_PIPE_CLOSED, child.wait()).await {
+            Ok(Ok(status)) => {
+                *exit = Some(status);
+                End::Exited(status)
+            }
+            _ => end,
+        }
+    }
+
+    /// Stops the process politely, then less so: `shutdown` request, stdin closed,
+    /// SIGTERM to its group, SIGKILL to its group; each step waits up to `grace`.
+    pub async fn stop_gracefully(&mut self, grace: Duration) {
+        if self.exit.is_none() {
+            let call = self.conn.request(methods::SHUTDOWN, &serde_json::json!({}));
+            let _ = self.answer_or_end(call, grace).await;
+        }
+        self.conn.close_stdin();
+        if self.wait_exit(grace).await {
+            return;
+        }
+        tracing::warn!(plugin = %self.name, pid = self.pid, "did not exit within {} of shutdown and stdin EOF; sending SIGTERM", secs(grace));
+        spawn::signal_group(self.pid, Signal::SIGTERM);
+        if self.wait_exit(grace).await {
+            return;
+        }
+        tracing::warn!(plugin = %self.name, pid = self.pid, "did not exit within {} of SIGTERM; sending SIGKILL", secs(grace));
+        self.kill().await;
+    }
+
+    /// Kills the process group at once and reaps the process.
+    pub async fn kill(&mut self) {
+        spawn::signal_group(self.pid, Signal::SIGKILL);
+        if !self.wait_exit(Duration::from_secs(10)).await {
+            tracing::error!(plugin = %self.name, pid = self.pid, "still running 10 s after SIGKILL");
+        }
+    }
+
+    /// Cleans up after the process ended (or kills it, if it still runs): sweeps its
+    /// process group, reads the rest of its pipes for a bounded time, and fails every
+    /// call in flight with `cause` plus the last stderr lines. Returns that text.
+    pub async fn finish(&mut self, cause: &str) -> String {
+        if self.exit.is_none() {
+            self.kill().await;
+        }
+        // The leader is gone; anything left in its group is an orphan to be.
+        spawn::signal_group(self.pid, Signal::SIGKILL);
+        let (mut reader, mut stderr, mut log) = (self.reader.take(), self.stderr.take(), self.log.take());
+        let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+            if let Some(r) = reader.as_mut() {
+                let _ = r.await;
+            }
+            for side in [stderr.as_mut(), log.as_mut()].into_iter().flatten() {
+                let _ = side.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(plugin = %self.name, pid = self.pid,
+                "a process outside the plugin's group still holds its pipes open; stopped reading them");
+        }
+        // Stop whichever reader is still blocked on a pipe held open elsewhere.
+        let sides = [stderr, log].into_iter().flatten().map(|h| h.abort_handle());
+        for h in reader.map(|h| h.abort_handle()).into_iter().chain(sides) {
+            h.abort();
+        }
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
+        let last = self.last_stderr.lock().ok().and_then(|l| l.render());
+        let text = match last {
+            Some(lines) => format!("the plugin process (pid {}) {cause}; its last stderr lines:\n{lines}", self.pid),
+            None => format!("the plugin process (pid {}) {cause}", self.pid),
+        };
+        self.conn.fail_all(&text);
+        text
+    }
+
+    /// Waits up to `limit` for the process to exit; true if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        if self.exit.is_some() {
+            return true;
+        }
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.exit = Some(status);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(plugin = %self.name, pid = self.pid, "cannot wait for the process: {e}");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn check_handshake(spec: &PluginSpec, hs: &HandshakeResult) -> Result<(), String> {
+    if !PROTOCOL_VERSIONS.contains(&hs.protocol_version) {
+        return Err(format!(
+            "chose protocol version {}, which the supervisor does not speak (it offered {PROTOCOL_VERSIONS:?})",
+            hs.protocol_version
+        ));
+    }
+    if hs.tasks.is_empty() {
+        return Err("declared no tasks in its handshake".into());
+    }
+    if let Some(t) = hs.tasks.iter().find(|t| t.kind() != spec.kind) {
+        return Err(format!("declared {t}, which is a {} task, but it is registered as a {}", t.kind(), spec.kind));
+    }
+    if hs.max_concurrency == Some(0) {
+        return Err("declared maxConcurrency 0".into());
+    }
+    Ok(())
+}
+
+/// "exited with code 3", "was killed by signal 9 (SIGKILL)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = Signal::try_from(sig).map(|s| format!(" ({s})")).unwrap_or_default();
+            let core = if status.core_dumped() { ", core dumped" } else { "" };
+            format!("was killed by signal {sig}{name}{core}")
+        }
+        None => format!("ended ({status})"),
+    }
+}

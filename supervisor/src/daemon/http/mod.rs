@@ -1,0 +1,477 @@
+//! The daemon's HTTP API (JSON), on TCP or a Unix socket.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `POST /v1/tasks[?wait=true]` | 202 `{"taskId","state":"queued"}`, or with `wait` 200 and the finished task; a known id: 200 and that task, never a second run |
+//! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
+//! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error) |
+//! | `POST /v1/plugins/{name}/restart` | 202, 404 |
+//! | `POST /v1/clusters[?wait=true]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec or a missing plugin (with `problems`), 409 busy |
+//! | `GET /v1/clusters` | 200 `{"clusters": [...]}` |
+//! | `GET /v1/clusters/{name}[?tasks=true]` | 200 the cluster (as `cluster status --json`), 404 |
+//! | `DELETE /v1/clusters/{name}[?force=true][&wait=true]` | 202 `down` started (as POST), 404, 409 |
+//! | `POST /v1/clusters/{name}/restart-services[?wait=true]` | 202, 404, 409 |
+//! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true]` (body: optionally the changed spec) | 202, 400, 404, 409 |
+//! | `GET /healthz` | 200, or 503 while draining (no token needed) |
+//! | `GET /metrics` | 200 Prometheus text |
+//!
+//! With a token configured every path but `/healthz` needs `Authorization: Bearer <token>`
+//! (401 without). Bodies over `max_body_bytes` get 413, bodies slower than
+//! `http.body_read_timeout_secs` 408; JSON that does not parse gets 400 with the parser's
+//! position; a task that is not valid gets 400 saying why. Connections are accepted and
+//! kept within limits by [`server`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::cluster::view::ClusterView;
+use crate::cluster::{ClusterSpec, JobError, JobKind};
+use crate::core::registry::Availability;
+use crate::daemon::config::Listen;
+use crate::daemon::service::{ClusterOpError, Daemon, SubmitError, Submitted};
+
+mod body;
+mod path;
+mod server;
+
+use server::Body;
+pub use server::{AsyncIo, Limits, raise_open_files_limit, serve, serve_stream};
+
+/// A bound listener.
+pub enum Listener {
+    /// TCP.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix socket (the path is removed when the daemon stops).
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    /// Binds `listen`. A stale Unix socket file (nobody accepting on it) is replaced.
+    ///
+    /// # Errors
+    /// The address is in use or not allowed; the text names it.
+    pub async fn bind(listen: &Listen) -> Result<Listener, String> {
+        match listen {
+            Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(Listener::Tcp)
+                .map_err(|e| format!("cannot listen on {addr}: {e}")),
+            Listen::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if let Ok(meta) = std::fs::symlink_metadata(path)
+                    && meta.file_type().is_socket()
+                {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(format!("cannot listen on {}: another daemon is answering there", path.display()));
+                    }
+                    let _ = std::fs::remove_file(path);
+                }
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let l = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+                // The owner and its group may talk to the daemon.
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+                Ok(Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+}
+
+pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
+    let response = route(daemon, req).await;
+    daemon.metrics.http(response.status().as_u16());
+    response
+}
+
+async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let Some(decoded) = path::segments(&path) else {
+        return error(StatusCode::BAD_REQUEST, "the path is not valid percent-encoded UTF-8");
+    };
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    if segments.as_slice() != ["healthz"] && !authorized(daemon, &req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required: Authorization: Bearer <token>");
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer realm=\"loom-provisioner\""));
+        return r;
+    }
+    let wait = flag(&req, "wait");
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => health(daemon),
+        (&Method::GET, ["metrics"]) => metrics(daemon).await,
+        (&Method::POST, ["v1", "tasks"]) => submit(daemon, req, wait).await,
+        (&Method::GET, ["v1", "tasks", id]) => match daemon.get(id).await {
+            Ok(Some(r)) => json_response(StatusCode::OK, &r),
+            Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        (&Method::GET, ["v1", "plugins"]) => json_response(StatusCode::OK, &plugins(daemon)),
+        (&Method::POST, ["v1", "plugins", name, "restart"]) => restart(daemon, name),
+        (&Method::POST, ["v1", "clusters"]) => match read_spec(daemon, req, None).await {
+            Ok(spec) => cluster_op(daemon, spec, JobKind::Up, wait).await,
+            Err(r) => r,
+        },
+        (&Method::GET, ["v1", "clusters"]) => cluster_list(daemon).await,
+        (&Method::GET, ["v1", "clusters", name]) => cluster_get(daemon, name, flag(&req, "tasks")).await,
+        (&Method::DELETE, ["v1", "clusters", name]) => match stored(daemon, name).await {
+            Ok(spec) => cluster_op(daemon, spec, JobKind::Down { force: flag(&req, "force") }, wait).await,
+            Err(r) => r,
+        },
+        (&Method::POST, ["v1", "clusters", name, "restart-services"]) => match stored(daemon, name).await {
+            Ok(spec) => cluster_op(daemon, spec, JobKind::RestartServices, wait).await,
+            Err(r) => r,
+        },
+        (&Method::POST, ["v1", "clusters", name, "reconfigure"]) => {
+            let kind = JobKind::Reconfigure { restart: flag(&req, "restart") };
+            let name = (*name).to_owned();
+            let spec = match stored(daemon, &name).await {
+                Ok(spec) => read_spec(daemon, req, Some(spec)).await,
+                Err(r) => Err(r),
+            };
+            match spec {
+                Ok(spec) if spec.name == name => cluster_op(daemon, spec, kind, wait).await,
+                Ok(spec) => {
+                    error(StatusCode::BAD_REQUEST, &format!("the spec is for cluster {:?}, not {name:?}", spec.name))
+                }
+                Err(r) => r,
+            }
+        }
+        (
+            _,
+            ["healthz"]
+            | ["metrics"]
+            | ["v1", "tasks"]
+            | ["v1", "tasks", _]
+            | ["v1", "plugins"]
+            | ["v1", "plugins", _, "restart"]
+            | ["v1", "clusters"]
+            | ["v1", "clusters", _]
+            | ["v1", "clusters", _, "restart-services" | "reconfigure"],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, &format!("{} is not allowed on {path}", req.method())),
+        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+    }
+}
+
+fn authorized(daemon: &Daemon, req: &Request<Body>) -> bool {
+    let Some(token) = daemon.config().token else { return true };
+    // RFC 9110: the scheme is case-insensitive; one or more spaces follow it.
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_str().as_bytes()))
+}
+
+/// Compares without leaking where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
+    if daemon.draining() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
+    }
+    json_response(StatusCode::OK, &json!({"status": "ok", "summary": daemon.status_line()}))
+}
+
+async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
+    let counts = daemon.journal.counts().await.ok();
+    let text = daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.in_flight());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+/// Whether the query has `name`, `name=true` or `name=1`.
+fn flag(req: &Request<Body>, name: &str) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1")))
+}
+
+/// Cluster specs are small; this keeps a spec's tree small too.
+const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+/// The body, within `limit` bytes, `http.body_read_timeout_secs` and the task budget;
+/// else the answer to give (see [`body::receive`]).
+async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<body::Received, Response<Full<Bytes>>> {
+    let config = daemon.config();
+    let limits = body::BodyLimits { max_bytes: limit, timeout: config.http.body_read_timeout, budget: &daemon.budget };
+    body::receive(req, limits).await.map_err(|mut r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE && limit == config.max_body_bytes {
+            let why = format!("the body is larger than the limit of {limit} bytes (max_body_bytes)");
+            r = error(StatusCode::PAYLOAD_TOO_LARGE, &why);
+        }
+        r
+    })
+}
+
+async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<Full<Bytes>> {
+    let received = match read_body(daemon, req, daemon.config().max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let raw = match body::json(received.bytes) {
+        Ok(raw) => raw,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    match daemon.submit(raw, Some(received.reservation)).await {
+        Ok(Submitted::New(id)) if wait => finished(daemon, &id).await,
+        Ok(Submitted::New(id)) => {
+            let mut r = json_response(StatusCode::ACCEPTED, &json!({"taskId": id, "state": "queued"}));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{}", path::encode(&id))) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            r
+        }
+        Ok(Submitted::Existing(record)) if wait => finished(daemon, &record.task_id).await,
+        Ok(Submitted::Existing(record)) => json_response(StatusCode::OK, &record),
+        Err(e @ SubmitError::Invalid(_)) => error(StatusCode::BAD_REQUEST, &format!("invalid task: {e}")),
+        Err(e @ SubmitError::Draining) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e @ SubmitError::Journal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
+    match daemon.wait(id).await {
+        Ok(Some(r)) => json_response(StatusCode::OK, &r),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// A cluster spec from the body; an empty body gives `default` (when there is one). Its
+/// plugins are the daemon's, whatever `pluginDirs` says.
+async fn read_spec(
+    daemon: &Daemon,
+    req: Request<Body>,
+    default: Option<ClusterSpec>,
+) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+    let body = read_body(daemon, req, MAX_SPEC_BYTES.min(daemon.config().max_body_bytes)).await?.bytes;
+    let mut spec = match (body.iter().all(u8::is_ascii_whitespace), default) {
+        (true, Some(spec)) => spec,
+        _ => {
+            let value: Value = serde_json::from_slice(&body).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the body is {}", crate::wire::envelope::describe_json_error(&e)),
+                )
+            })?;
+            ClusterSpec::from_value(&value, "request body", std::path::Path::new("/")).map_err(|e| {
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "invalid cluster spec", "problems": e.problems}),
+                )
+            })?
+        }
+    };
+    spec.plugin_dirs = daemon.config().plugin_dirs;
+    Ok(spec)
+}
+
+/// The spec cluster `name` last ran with.
+async fn stored(daemon: &Daemon, name: &str) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+    crate::cluster::job::stored_spec(&daemon.clusters, name).await.map_err(|e| job_error(&e))
+}
+
+fn job_error(e: &JobError) -> Response<Full<Bytes>> {
+    match e {
+        JobError::Unknown(_) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        JobError::Busy(_) => error(StatusCode::CONFLICT, &e.to_string()),
+        JobError::Refused(problems) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "the operation cannot run; nothing was done", "problems": problems}),
+        ),
+        JobError::Journal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait: bool) -> Response<Full<Bytes>> {
+    let name = spec.name.clone();
+    let job = match daemon.start_cluster_op(spec, kind).await {
+        Ok(job) => job,
+        Err(ClusterOpError::Draining) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, &ClusterOpError::Draining.to_string());
+        }
+        Err(ClusterOpError::Job(e)) => return job_error(&e),
+    };
+    if wait {
+        let outcome = daemon.wait_cluster(&name).await;
+        let view = ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &name, false).await.ok().flatten();
+        return match outcome {
+            Some(Ok(outcome)) => json_response(StatusCode::OK, &json!({"outcome": outcome, "cluster": view})),
+            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the operation was cut short by a shutdown; it resumes at the next start",
+            ),
+        };
+    }
+    let state = crate::cluster::ClusterState::during(kind).as_str();
+    let mut r = json_response(
+        StatusCode::ACCEPTED,
+        &json!({"cluster": name, "jobId": job, "operation": kind.as_str(), "state": state}),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/clusters/{}", path::encode(&name))) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
+    let records = match daemon.clusters.list().await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut views = Vec::new();
+    for r in records {
+        match ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &r.name, false).await {
+            Ok(Some(v)) => views.push(v),
+            Ok(None) => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+    json_response(StatusCode::OK, &json!({"clusters": views}))
+}
+
+async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<Bytes>> {
+    match ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), name, tasks).await {
+        Ok(Some(v)) => json_response(StatusCode::OK, &v),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn plugins(daemon: &Daemon) -> Value {
+    let table = daemon.supervisor.table();
+    let list: Vec<Value> = table
+        .registry
+        .plugins
+        .iter()
+        .map(|r| {
+            let mut v = json!({"name": r.name, "kind": r.kind, "manifest": r.manifest});
+            match (&r.availability, table.plugin(r.kind, &r.name)) {
+                (Availability::Runnable(spec), Some(p)) => {
+                    v["runnable"] = json!(true);
+                    v["executable"] = json!(spec.executable);
+                    v["queued"] = json!(p.queued());
+                    v["instances"] = p
+                        .status()
+                        .into_iter()
+                        .map(|s| {
+                            json!({"phase": phase_name(&s.phase), "pid": s.pid, "restarts": s.restarts,
+                                   "inFlight": s.in_flight, "lastError": s.last_error})
+                        })
+                        .collect();
+                }
+                (Availability::NotRunnable(why), _) => {
+                    v["runnable"] = json!(false);
+                    v["reason"] = json!(why);
+                }
+                (Availability::Runnable(_), None) => {
+                    v["runnable"] = json!(false);
+                    v["reason"] = json!("not started");
+                }
+            }
+            v
+        })
+        .collect();
+    json!({"plugins": list})
+}
+
+fn phase_name(p: &crate::core::plugin::Phase) -> &'static str {
+    use crate::core::plugin::Phase;
+    match p {
+        Phase::NotStarted => "not started",
+        Phase::Starting => "starting",
+        Phase::Ready => "ready",
+        Phase::Restarting => "restarting",
+        Phase::Failed { .. } => "failed",
+        Phase::Stopping => "stopping",
+        Phase::Stopped => "stopped",
+    }
+}
+
+fn restart(daemon: &Daemon, name: &str) -> Response<Full<Bytes>> {
+    let table = daemon.supervisor.table();
+    let matching: Vec<_> = table.plugins().filter(|p| p.name() == name).collect();
+    if matching.is_empty() {
+        return error(StatusCode::NOT_FOUND, &format!("no runnable plugin named {name:?}"));
+    }
+    for p in &matching {
+        tracing::info!(plugin = %p.name(), "restart requested over the API");
+        p.restart();
+    }
+    let which: Vec<String> = matching.iter().map(|p| format!("{} {}", p.kind(), p.name())).collect();
+    json_response(StatusCode::ACCEPTED, &json!({"restarting": which}))
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    text.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A daemon without plugins, in a temporary folder.
+    fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        let text = "plugin_dirs = [\"plugins\"]\ndata_dir = \"data\"\n[http]\nidle_timeout_secs = 1\n";
+        let config = crate::daemon::config::parse(&dir.join("config.toml"), text).unwrap();
+        Daemon::start(config, loom_protocol::LogLevel::Warn).unwrap()
+    }
+
+    /// What the daemon answers to `request` sent on a stream, read until it closes.
+    async fn exchange(daemon: &Arc<Daemon>, request: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(serve_stream(server, Arc::clone(daemon)));
+        client.write_all(request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        serving.await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_served_like_a_connection() {
+        let dir = crate::core::trust::test_dir();
+        let daemon = daemon(dir.path());
+        let ok = exchange(&daemon, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let missing = exchange(&daemon, b"GET /v1/tasks/nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let junk = exchange(&daemon, b"\x00\xff garbage\r\n\r\n").await;
+        assert!(junk.is_empty() || junk.starts_with("HTTP/1.1 400"), "{junk}");
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The daemon (`loom-provisioner serve`): its configuration ([`config`]), the service
+//! that journals and runs submitted tasks and cluster operations ([`service`]), the HTTP
+//! API ([`http`]), systemd ([`notify`]), metrics ([`metrics`]), and bounds on what it
+//! holds ([`budget`], [`memory`]); [`serve`] puts them together.
+//!
+//! Uses the clusters, the journal, the core, the wire and the log; nothing above.
+
+pub mod budget;
+pub mod config;
+pub mod http;
+pub mod memory;
+pub mod metrics;
+pub mod notify;
+pub mod serve;
+pub mod service;

@@ -1,0 +1,161 @@
+//! `loom-provisioner serve`: the daemon's life under systemd.
+//!
+//! Start: journal, plugins, API listener; `READY=1` once every plugin finished its
+//! handshake (and the journal's unfinished tasks were recovered). Then: `STATUS=` every few
+//! seconds, `WATCHDOG=1` when systemd asks for it, old results pruned every hour.
+//! SIGHUP: `RELOADING=1`, re-read the configuration and the plugins folders, `READY=1`.
+//! SIGTERM or SIGINT: `STOPPING=1`, refuse new tasks, let those in flight finish (up to
+//! `drain_grace_secs`), stop the plugins, exit 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_protocol::LogLevel;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::config::Config;
+use crate::daemon::http::{self, Listener};
+use crate::daemon::service::Daemon;
+
+/// Exit code for configuration and start-up errors.
+const USAGE: u8 = 2;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config, plugin_level: LogLevel) -> ExitCode {
+    crate::daemon::memory::tune();
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        eprintln!("loom-provisioner: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let listen = config.listen.clone();
+    let listener = match Listener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("loom-provisioner: {} (listen in {}): {e}", listen, config.path.display());
+            return ExitCode::from(USAGE);
+        }
+    };
+    let daemon = match Daemon::start(config, plugin_level) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("loom-provisioner: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let open_files = http::raise_open_files_limit();
+    let fitted = daemon.config().http.fitted(open_files);
+    if fitted.max_connections < daemon.config().http.max_connections {
+        tracing::warn!(
+            "http.max_connections lowered to {} to fit the open-files limit of {open_files} (raise LimitNOFILE to allow more)",
+            fitted.max_connections
+        );
+    }
+    let stop_http = CancellationToken::new();
+    let http = tokio::spawn(http::serve(listener, Arc::clone(&daemon), open_files, stop_http.clone()));
+    tracing::info!("listening on {listen}; journal {}", daemon.journal.path().display());
+
+    daemon.supervisor.wait_settled().await;
+    match daemon.recover().await {
+        Ok((0, 0)) => {}
+        Ok((rerun, failed)) => {
+            tracing::info!("after the restart: {rerun} tasks run again, {failed} failed as interrupted")
+        }
+        Err(e) => tracing::error!("cannot recover the journal's unfinished tasks: {e}"),
+    }
+    match daemon.resume_clusters().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("after the restart: {n} cluster operations resumed"),
+        Err(e) => tracing::error!("cannot resume the clusters' operations: {e}"),
+    }
+    let retention = daemon.config().retention;
+    prune(&daemon, retention).await;
+    daemon.notifier.ready(&daemon.status_line());
+    tracing::info!("ready: {}", daemon.status_line());
+
+    let background = CancellationToken::new();
+    tokio::spawn(housekeeping(Arc::clone(&daemon), background.clone()));
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&daemon).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    daemon.notifier.stopping("draining");
+    let grace = daemon.config().drain_grace;
+    tracing::info!(
+        "stopping: finishing {} tasks in flight (at most {} s), then stopping the plugins",
+        daemon.in_flight(),
+        grace.as_secs()
+    );
+    daemon.drain(grace).await;
+    background.cancel();
+    stop_http.cancel();
+    let _ = http.await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn reload(daemon: &Arc<Daemon>) {
+    daemon.notifier.reloading();
+    match daemon.reload() {
+        Ok(report) => {
+            tracing::info!(
+                "reloaded: added {:?}, removed {:?}, replaced {:?}, unchanged {}",
+                report.added,
+                report.removed,
+                report.replaced,
+                report.unchanged.len()
+            );
+            daemon.supervisor.wait_settled().await;
+        }
+        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+    }
+    daemon.notifier.ready(&daemon.status_line());
+}
+
+/// Status lines, watchdog pings and pruning, until `stop`.
+async fn housekeeping(daemon: Arc<Daemon>, stop: CancellationToken) {
+    let watchdog = crate::daemon::notify::watchdog_interval();
+    let mut watchdog_tick = watchdog.map(tokio::time::interval);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
+    let mut last_status = String::new();
+    // Memory taken by a burst of work goes back to the system once the burst is over.
+    let trimmer = crate::daemon::memory::Trimmer::new(16 * 1024 * 1024);
+    loop {
+        let dog = async {
+            match watchdog_tick.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = dog => daemon.notifier.watchdog(),
+            _ = status_tick.tick() => {
+                trimmer.check();
+                let status = daemon.status_line();
+                if status != last_status {
+                    daemon.notifier.status(&status);
+                    last_status = status;
+                }
+            }
+            _ = prune_tick.tick() => prune(&daemon, daemon.config().retention).await,
+        }
+    }
+}
+
+async fn prune(daemon: &Daemon, retention: Duration) {
+    match daemon.journal.prune(retention).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("pruned {n} results older than {} h", retention.as_secs() / 3600),
+        Err(e) => tracing::warn!("cannot prune old results: {e}"),
+    }
+}

@@ -1,0 +1,541 @@
+//! The daemon's core, under `loom-provisioner serve`: accepts tasks, journals them before
+//! saying so, runs them on the supervisor, journals their results, and recovers what a
+//! crash interrupted. The HTTP layer ([`crate::daemon::http`]) and the signal handling
+//! ([`crate::cli`]) sit on top.
+//!
+//! A task's life here: [`Daemon::submit`] journals it as queued (or finds it there: a
+//! second submission never runs it twice) and spawns [`Daemon::execute`], which journals
+//! it as running, runs it, journals the result, and wakes whoever waits for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use loom_protocol::{LogLevel, TaskResult};
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, watch};
+
+use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome};
+use crate::cluster::progress::Log;
+use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
+use crate::core::plugin::Phase;
+use crate::core::registry::{Registry, Severity};
+use crate::core::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
+use crate::daemon::budget::{Budget, Reservation};
+use crate::daemon::config::Config;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::notify::Notifier;
+use crate::journal::{Journal, JournalError, Record, State};
+use crate::wire::envelope::TaskEnvelope;
+
+/// What a restart says about a task that was running when the daemon stopped.
+pub const RESTARTED: &str = "supervisor restarted while the task ran";
+
+/// The running daemon.
+pub struct Daemon {
+    config: RwLock<Config>,
+    /// The plugins.
+    pub supervisor: Supervisor,
+    /// The journal.
+    pub journal: Journal,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// systemd.
+    pub notifier: Notifier,
+    /// Room for tasks in memory (`max_pending_task_bytes`).
+    pub budget: Budget,
+    /// Tasks accepted and not finished: their result, once there is one.
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<()>>>>,
+    /// Tasks being executed (journal writes included).
+    active: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
+    /// The clusters, in the same journal.
+    pub clusters: ClusterStore,
+    /// Cluster operations running here, by cluster: their outcome once there is one.
+    cluster_runs: Mutex<ClusterRuns>,
+    cluster_stop: tokio_util::sync::CancellationToken,
+    cluster_tasks: tokio_util::task::TaskTracker,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Not a task (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Shutting down (503).
+    #[error("the daemon is shutting down and accepts no new tasks")]
+    Draining,
+    /// The journal failed (500): the task was not accepted.
+    #[error("the task was not accepted: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// Cluster operations running, by cluster: a receiver of each one's outcome.
+type ClusterRuns = HashMap<String, watch::Receiver<Option<Result<Outcome, String>>>>;
+
+/// Why a cluster operation was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterOpError {
+    /// Shutting down (503).
+    #[error("the daemon is shutting down and starts no new operations")]
+    Draining,
+    /// Refused: unknown cluster (404), busy (409), bad spec or missing plugin (400),
+    /// journal (500).
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+/// A submission's outcome.
+pub enum Submitted {
+    /// New: accepted, queued.
+    New(String),
+    /// A task with this id exists; nothing new was run.
+    Existing(Record),
+}
+
+impl Daemon {
+    /// Opens the journal, loads the plugins and starts them.
+    ///
+    /// # Errors
+    /// When the journal cannot be opened or a plugins folder read; the text says which.
+    pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, String> {
+        let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
+        let clusters = ClusterStore::new(journal.clone());
+        let registry = load_registry(&config)?;
+        let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
+        let budget = Budget::new(config.max_pending_task_bytes);
+        Ok(Arc::new(Daemon {
+            budget,
+            config: RwLock::new(config),
+            supervisor,
+            journal,
+            metrics: Metrics::default(),
+            notifier: Notifier::from_env(),
+            inflight: Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+            clusters,
+            cluster_runs: Mutex::new(HashMap::new()),
+            cluster_stop: tokio_util::sync::CancellationToken::new(),
+            cluster_tasks: tokio_util::task::TaskTracker::new(),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Whether SIGTERM has been received.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Tasks accepted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.lock_inflight().len()
+    }
+
+    /// Accepts a task: journals it (committed) before answering, then runs it. A task
+    /// whose id is known is returned as it is and not run again. `room`, the task's
+    /// reservation in the budget, is held until its result is journaled.
+    ///
+    /// # Errors
+    /// [`SubmitError`]: not a task, shutting down, or the journal failed.
+    pub async fn submit(
+        self: &Arc<Self>,
+        raw: Box<RawValue>,
+        room: Option<Reservation>,
+    ) -> Result<Submitted, SubmitError> {
+        if self.draining() {
+            return Err(SubmitError::Draining);
+        }
+        let task = TaskEnvelope::parse(raw).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let id = task.task_id.clone();
+        // Claim the id in memory first, so two submissions racing never both run it.
+        let claimed = {
+            let mut inflight = self.lock_inflight();
+            if inflight.contains_key(&id) {
+                None
+            } else {
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(id.clone(), rx);
+                Some(tx)
+            }
+        };
+        let Some(tx) = claimed else { return self.existing(&id).await };
+        // Journaling and starting the task go together, in a task of their own: if the
+        // client goes away while the journal commits, the task still runs (it was
+        // accepted), and its id is not left claimed with nothing running it.
+        let daemon = Arc::clone(self);
+        let accepted = tokio::spawn(async move {
+            let accepted = daemon.journal.accept(&id, task.task_name.as_str(), task.shared_raw()).await;
+            match accepted {
+                Ok(None) => {
+                    daemon.spawn(task, tx, room);
+                    Ok(Submitted::New(id))
+                }
+                Ok(Some(existing)) => {
+                    daemon.lock_inflight().remove(&id);
+                    Ok(Submitted::Existing(existing))
+                }
+                Err(e) => {
+                    daemon.lock_inflight().remove(&id);
+                    Err(e.into())
+                }
+            }
+        });
+        accepted.await.unwrap_or_else(|e| {
+            Err(SubmitError::Journal(JournalError {
+                path: self.journal.path().to_path_buf(),
+                message: format!("accepting the task failed: {e}"),
+            }))
+        })
+    }
+
+    async fn existing(&self, id: &str) -> Result<Submitted, SubmitError> {
+        match self.journal.get(id).await? {
+            Some(r) => Ok(Submitted::Existing(r)),
+            None => Err(SubmitError::Invalid(format!("task {id} is being accepted; try again"))),
+        }
+    }
+
+    /// The task, as the journal has it.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn get(&self, id: &str) -> Result<Option<Record>, JournalError> {
+        self.journal.get(id).await
+    }
+
+    /// Waits until task `id` is done and returns it (at once if it is; `None` if unknown).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn wait(&self, id: &str) -> Result<Option<Record>, JournalError> {
+        let rx = self.lock_inflight().get(id).cloned();
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+        self.journal.get(id).await
+    }
+
+    fn spawn(self: &Arc<Self>, task: TaskEnvelope, done: watch::Sender<Option<()>>, room: Option<Reservation>) {
+        let daemon = Arc::clone(self);
+        self.active.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            daemon.execute(&task).await;
+            let id = task.task_id.clone();
+            // The task's text and its room in the budget go together.
+            drop((task, room));
+            daemon.lock_inflight().remove(&id);
+            let _ = done.send(Some(()));
+            if daemon.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+                daemon.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Runs a journaled task and journals its result. The task is journaled as running
+    /// when it leaves the queue for its plugin (committed before it is sent), so after a
+    /// crash a task still waiting in a queue is known never to have run.
+    ///
+    /// A task that never reached a plugin because the daemon is stopping stays queued in
+    /// the journal, and the next start runs it.
+    async fn execute(&self, task: &TaskEnvelope) {
+        let began = Instant::now();
+        let journal = &self.journal;
+        let id = task.task_id.clone();
+        let sent = AtomicBool::new(false);
+        let sent_flag = &sent;
+        let mark_running: crate::core::plugin::BeforeSend<'_> = Box::new(move || {
+            Box::pin(async move {
+                journal.start(&id).await.map_err(|e| e.to_string())?;
+                sent_flag.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+        });
+        let result = self.supervisor.run_with(task, Some(mark_running)).await;
+        if self.draining() && !sent.load(Ordering::SeqCst) {
+            tracing::info!(task_id = %task.task_id, "not started before the shutdown; it stays queued for the next start");
+            return;
+        }
+        self.metrics.task(&self.supervisor.target(task), task.task_name.as_str(), result.status, began.elapsed());
+        self.finish(task, result).await;
+    }
+
+    async fn finish(&self, task: &TaskEnvelope, result: TaskResult) {
+        let report = TaskReport { task_id: Some(task.task_id.clone()), result };
+        // Straight to text: a tree of a large result would cost many times its size.
+        let text: Arc<str> = serde_json::to_string(&report).unwrap_or_else(|_| "null".to_owned()).into();
+        drop(report);
+        // A result that cannot be written is retried: it must not be lost.
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.journal.finish(&task.task_id, Arc::clone(&text)).await {
+            tracing::error!(task_id = %task.task_id, "cannot record the result: {e}; trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// After a restart: runs again what was queued, and what was running if its plugin
+    /// declared that task idempotent; fails the rest with [`RESTARTED`]. Call once the
+    /// plugins have finished their handshakes. Returns (re-run, failed).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), JournalError> {
+        let (mut rerun, mut failed) = (0, 0);
+        for u in self.journal.unfinished().await? {
+            let parsed = RawValue::from_string(u.raw.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()));
+            let task = match parsed {
+                Ok(t) => t,
+                Err(why) => {
+                    let report = TaskReport {
+                        task_id: Some(u.task_id.clone()),
+                        result: TaskResult::failed(format!(
+                            "{RESTARTED}, and the journaled task cannot be read again: {why}"
+                        )),
+                    };
+                    self.journal.finish(&u.task_id, serde_json::to_string(&report).unwrap_or_default()).await?;
+                    failed += 1;
+                    continue;
+                }
+            };
+            let run_again = match u.state {
+                State::Queued => true,
+                _ => self.supervisor.is_idempotent(&task),
+            };
+            if run_again {
+                tracing::info!(task_id = %task.task_id, "running again after the restart ({:?} before it)", u.state);
+                self.journal.requeue(&task.task_id).await?;
+                let (tx, rx) = watch::channel(None);
+                self.lock_inflight().insert(task.task_id.clone(), rx);
+                // Not counted in the budget: the budget bounded them before the restart.
+                self.spawn(task, tx, None);
+                rerun += 1;
+            } else {
+                let why = format!(
+                    "{RESTARTED}: {} {} was running on {} when the supervisor stopped, and that plugin does not declare {} idempotent, so it was not run again",
+                    task.task_name,
+                    task.task_id,
+                    self.supervisor.target(&task),
+                    task.task_name
+                );
+                tracing::warn!(task_id = %task.task_id, "{why}");
+                self.finish(&task, TaskResult::failed(why)).await;
+                failed += 1;
+            }
+        }
+        Ok((rerun, failed))
+    }
+
+    /// Where the cluster locks are.
+    pub fn cluster_lock_dir(&self) -> std::path::PathBuf {
+        crate::cluster::lock_dir(&self.config().data_dir)
+    }
+
+    /// Starts a cluster operation with this daemon's plugins, in the background; returns
+    /// its job id once it is recorded, or why it was refused (then nothing was sent).
+    ///
+    /// # Errors
+    /// [`ClusterOpError`].
+    pub async fn start_cluster_op(
+        self: &Arc<Self>,
+        spec: ClusterSpec,
+        kind: JobKind,
+    ) -> Result<String, ClusterOpError> {
+        if self.draining() {
+            return Err(ClusterOpError::Draining);
+        }
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let daemon = Arc::clone(self);
+        self.cluster_tasks.spawn(async move {
+            let engine =
+                Engine { supervisor: &daemon.supervisor, store: &daemon.clusters, lock_dir: daemon.cluster_lock_dir() };
+            let name = spec.name.clone();
+            let options = JobOptions::resolve(&spec, None, None);
+            let prepared = match job::prepare(&engine, spec, kind, options).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(ClusterOpError::Job(e)));
+                    return;
+                }
+            };
+            let (done_tx, done_rx) = watch::channel(None);
+            daemon.lock_cluster_runs().insert(name.clone(), done_rx);
+            let _ = ready_tx.send(Ok(prepared.job_id().to_owned()));
+            let outcome = tokio::select! {
+                r = prepared.execute(&Log) => Some(r.map_err(|e| e.to_string())),
+                // Shutting down: the tasks in flight are cancelled and stay recorded as
+                // running; the next start resumes the operation.
+                () = daemon.cluster_stop.cancelled() => None,
+            };
+            if let Some(outcome) = outcome {
+                let _ = done_tx.send(Some(outcome));
+            }
+            daemon.lock_cluster_runs().remove(&name);
+        });
+        ready_rx.await.unwrap_or(Err(ClusterOpError::Draining))
+    }
+
+    /// Waits for the operation running on cluster `name`, if one runs here; `None` when
+    /// none does (or it was cut short by a shutdown).
+    pub async fn wait_cluster(&self, name: &str) -> Option<Result<Outcome, String>> {
+        let mut rx = self.lock_cluster_runs().get(name).cloned()?;
+        rx.wait_for(Option::is_some).await.ok().and_then(|done| done.clone())
+    }
+
+    /// After a restart: resumes the `up` and `down` operations that were running when the
+    /// daemon (or a `cluster` command using this journal) stopped; marks interrupted
+    /// `restart-services` and `reconfigure` incomplete. Returns how many were resumed.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn resume_clusters(self: &Arc<Self>) -> Result<usize, JournalError> {
+        let mut resumed = 0;
+        for record in self.clusters.list().await? {
+            if !record.state.is_transient()
+                || crate::cluster::lock::ClusterLock::is_held(&self.cluster_lock_dir(), &record.name)
+            {
+                continue;
+            }
+            let kind = match record.state {
+                ClusterState::Creating => JobKind::Up,
+                ClusterState::Deleting => JobKind::Down { force: false },
+                _ => {
+                    let report = serde_json::json!({
+                        "job": record.last_job, "interrupted": "the daemon restarted", "failed": [],
+                        "next": format!("Run the operation on cluster {} again.", record.name),
+                    });
+                    self.clusters.end(&record.name, ClusterState::Incomplete, Some(&report)).await?;
+                    continue;
+                }
+            };
+            let spec = match job::stored_spec(&self.clusters, &record.name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(cluster = %record.name, "cannot resume: {e}");
+                    continue;
+                }
+            };
+            match self.start_cluster_op(spec, kind).await {
+                Ok(job) => {
+                    tracing::info!(cluster = %record.name, job, "resuming {} after a restart", kind.as_str());
+                    resumed += 1;
+                }
+                Err(e) => tracing::error!(cluster = %record.name, "cannot resume {}: {e}", kind.as_str()),
+            }
+        }
+        Ok(resumed)
+    }
+
+    fn lock_cluster_runs(&self) -> std::sync::MutexGuard<'_, ClusterRuns> {
+        self.cluster_runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops taking tasks, waits for those in flight (at most `grace`), then stops the
+    /// plugins; tasks still running then fail, and their results are journaled. Cluster
+    /// operations are cut short first: they resume at the next start. Last, the journal is
+    /// checkpointed, so that the finished tasks' bodies are in none of its files.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.cluster_stop.cancel();
+        self.cluster_tasks.close();
+        self.cluster_tasks.wait().await;
+        if !self.wait_idle(grace).await {
+            tracing::warn!(
+                "{} tasks still in flight after {} s; stopping the plugins",
+                self.in_flight(),
+                grace.as_secs()
+            );
+        }
+        self.supervisor.shutdown().await;
+        // The plugins' answers (or failures) still have to reach the journal.
+        self.wait_idle(Duration::from_secs(30)).await;
+        // The finished tasks' bodies leave the write-ahead log before the process does.
+        if let Err(e) = self.journal.checkpoint().await {
+            tracing::warn!("cannot checkpoint the journal: {e}");
+        }
+    }
+
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Re-reads the configuration and the plugins folders and applies them: new plugins
+    /// start, removed ones drain and stop, changed ones are replaced, and no task is
+    /// dropped. The listen address and the data folder need a restart to change.
+    ///
+    /// # Errors
+    /// A bad configuration or unreadable plugins folder: nothing changes then.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let path = self.config().path;
+        let config = crate::daemon::config::load(&path).map_err(|e| e.to_string())?;
+        let registry = load_registry(&config)?;
+        let old = self.config();
+        if config.listen != old.listen || config.data_dir != old.data_dir {
+            tracing::warn!("listen and data_dir changes take effect at the next restart");
+        }
+        if config.max_pending_task_bytes != old.max_pending_task_bytes {
+            tracing::warn!(
+                "max_pending_task_bytes changes take effect at the next restart; {} bytes are in force",
+                self.budget.bytes()
+            );
+        }
+        let report = self.supervisor.reload(registry, config.drain_grace);
+        *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(report)
+    }
+
+    /// A one-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let table = self.supervisor.table();
+        let (mut ready, mut failed, mut starting) = (0, 0, 0);
+        for p in table.plugins() {
+            let phases: Vec<Phase> = p.status().into_iter().map(|s| s.phase).collect();
+            if phases.iter().all(|ph| *ph == Phase::Ready) {
+                ready += 1;
+            } else if phases.iter().any(|ph| matches!(ph, Phase::Failed { .. })) {
+                failed += 1;
+            } else {
+                starting += 1;
+            }
+        }
+        let draining = if self.draining() { "; draining" } else { "" };
+        format!(
+            "{ready} plugins ready, {starting} starting, {failed} failed; {} tasks in flight{draining}",
+            self.in_flight()
+        )
+    }
+
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<()>>>> {
+        self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn load_registry(config: &Config) -> Result<Registry, String> {
+    let registry = Registry::load_with(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
+    for p in &registry.problems {
+        match p.severity {
+            Severity::Error => tracing::error!("{p}"),
+            Severity::Warning => tracing::warn!("{p}"),
+        }
+    }
+    Ok(registry)
+}

@@ -1,0 +1,144 @@
+//! The supervisor's own log: `tracing` to stderr, human-readable or JSON.
+//!
+//! Plugins' log notifications and stderr lines arrive as events with target
+//! [`crate::wire::connection::PLUGIN_TARGET`] and the fields `plugin`, `pid` and `task_id`.
+
+pub mod limit;
+pub mod pump;
+
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use loom_protocol::LogLevel;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// One readable line per event (colours on a terminal).
+    #[default]
+    Human,
+    /// One JSON object per event, for log shippers.
+    Json,
+}
+
+/// A bad `--log-level` directive.
+#[derive(Debug, thiserror::Error)]
+#[error("bad log level {directive:?}: {reason} (examples: \"info\", \"debug\", \"warn,loom::plugin=debug\")")]
+pub struct BadLevel {
+    directive: String,
+    reason: String,
+}
+
+/// Parses a filter such as `info` or `warn,loom::plugin=debug`.
+///
+/// # Errors
+/// [`BadLevel`] naming the directive.
+pub fn parse_filter(directive: &str) -> Result<Targets, BadLevel> {
+    // `Targets` reads a bare word as a target name enabled at every level; a mistyped
+    // level ("inf") would silently log nothing else. A bare word must be a level here.
+    if let Some(word) =
+        directive.split(',').map(str::trim).find(|d| !d.contains('=') && LevelFilter::from_str(d).is_err())
+    {
+        return Err(BadLevel { directive: directive.to_owned(), reason: format!("{word:?} is not a level") });
+    }
+    Targets::from_str(directive).map_err(|e| BadLevel { directive: directive.to_owned(), reason: e.to_string() })
+}
+
+/// Where log lines go instead of straight to stderr (progress bars redraw around them).
+type Route = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+static ROUTE: RwLock<Option<Route>> = RwLock::new(None);
+
+/// Sends every log line through `route` (or, with `None`, straight to stderr again).
+pub fn route_stderr(route: Option<Route>) {
+    *ROUTE.write().unwrap_or_else(std::sync::PoisonError::into_inner) = route;
+}
+
+/// A log event's bytes, written to stderr (or through the route) in one piece when the
+/// formatter is done with it.
+#[derive(Default)]
+struct EventWriter {
+    buf: Vec<u8>,
+}
+
+impl Write for EventWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        let route = ROUTE.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match route {
+            Some(route) => route(&self.buf),
+            None => {
+                let _ = std::io::stderr().lock().write_all(&self.buf);
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber. Does nothing if one is installed already (tests).
+pub fn init(format: Format, filter: Targets) {
+    let ansi = std::io::stderr().is_terminal();
+    let result = match format {
+        Format::Human => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer().with_writer(EventWriter::default).with_ansi(ansi).with_filter(filter),
+            )
+            .try_init(),
+        Format::Json => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(EventWriter::default)
+                    .with_filter(filter),
+            )
+            .try_init(),
+    };
+    let _ = result;
+}
+
+/// The most detailed level `filter` lets through for plugin events: told to plugins in
+/// the handshake so they need not send what would be dropped.
+pub fn plugin_level(filter: &Targets) -> LogLevel {
+    let level = [
+        (LevelFilter::TRACE, LogLevel::Trace),
+        (LevelFilter::DEBUG, LogLevel::Debug),
+        (LevelFilter::INFO, LogLevel::Info),
+        (LevelFilter::WARN, LogLevel::Warn),
+    ]
+    .into_iter()
+    .find(|(lf, _)| lf.into_level().is_some_and(|l| filter.would_enable(crate::wire::connection::PLUGIN_TARGET, &l)));
+    level.map_or(LogLevel::Error, |(_, l)| l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_level_follows_the_filter() {
+        assert_eq!(plugin_level(&parse_filter("info").unwrap()), LogLevel::Info);
+        assert_eq!(plugin_level(&parse_filter("warn,loom::plugin=trace").unwrap()), LogLevel::Trace);
+        assert_eq!(plugin_level(&parse_filter("error").unwrap()), LogLevel::Error);
+    }
+
+    #[test]
+    fn bad_levels_name_the_directive() {
+        let e = parse_filter("loud").unwrap_err().to_string();
+        assert!(e.contains("\"loud\""), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! The wire to a plugin process: the task as it travels ([`envelope`]), the connection
+//! over the process's stdin and stdout ([`connection`], [`outbound`]), what the plugin
+//! prints ([`capture`]), its answers ([`answer`]), and the scrubbing of credentials from
+//! everything that leaves ([`redact`]).
+//!
+//! Uses only the protocol crate and the supervisor's own log ([`crate::log`]).
+
+pub mod answer;
+pub mod capture;
+pub mod connection;
+pub mod envelope;
+pub mod outbound;
+pub mod redact;
