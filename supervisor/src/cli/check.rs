@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -19,7 +18,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{kind_of_folder, load_registry};
+use crate::cli::exit::Exit;
+use crate::cli::plugins::load_registry;
+use crate::core::registry::kind_of_folder;
 use crate::core::manifest::{self, Defaults, Entry, PluginSpec};
 use crate::core::plugin::secs;
 use crate::core::process::PluginProcess;
@@ -50,7 +51,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub run_as: crate::cli::RunAsArgs,
+    pub run_as: crate::cli::plugins::RunAsArgs,
 }
 
 /// `--kind`.
@@ -109,12 +110,12 @@ impl Report {
 
 /// Runs `check` and prints the report. Exit 0 when all checks pass, 1 when one fails,
 /// 2 when the plugin cannot be found.
-pub async fn main(args: CheckArgs, log_level: LogLevel) -> ExitCode {
+pub async fn main(args: CheckArgs, log_level: LogLevel) -> Exit {
     let spec = match resolve(&args) {
         Ok(spec) => spec,
         Err(e) => {
             eprintln!("loom-provisioner check: {e}");
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     let mut samples = BTreeMap::new();
@@ -125,13 +126,13 @@ pub async fn main(args: CheckArgs, log_level: LogLevel) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("loom-provisioner check: {e}");
-                return ExitCode::from(2);
+                return Exit::Usage;
             }
         }
     }
     let Ok(timeout) = Duration::try_from_secs_f64(args.timeout) else {
         eprintln!("loom-provisioner check: --timeout must be a number of seconds of at least 0");
-        return ExitCode::from(2);
+        return Exit::Usage;
     };
     let report = run_suite(&spec, &samples, timeout, log_level).await;
     if args.json {
@@ -139,7 +140,7 @@ pub async fn main(args: CheckArgs, log_level: LogLevel) -> ExitCode {
     } else {
         print!("{}", render(&report));
     }
-    if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    Exit::ok_if(report.passed)
 }
 
 /// The report as text, a line per check.

@@ -2,7 +2,6 @@
 //! HTTP API on TCP or a Unix socket.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +10,7 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::cli::exit::Exit;
 use crate::daemon::config::{DEFAULT_LISTEN, Listen};
 
 /// Where the daemon is and how to talk to it.
@@ -100,7 +100,7 @@ fn read_token(file: &Path) -> Result<String, String> {
 }
 
 /// `submit`: sends each task; with `wait`, prints each result line as `run` does.
-pub async fn submit(api: &Api, tasks: Vec<crate::TaskEnvelope>, wait: bool) -> ExitCode {
+pub async fn submit(api: &Api, tasks: Vec<crate::TaskEnvelope>, wait: bool) -> Exit {
     let mut all_ok = true;
     for task in tasks {
         let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };
@@ -108,7 +108,7 @@ pub async fn submit(api: &Api, tasks: Vec<crate::TaskEnvelope>, wait: bool) -> E
             Ok(r) => r,
             Err(e) => {
                 eprintln!("loom-provisioner: {e}");
-                return ExitCode::from(2);
+                return Exit::Usage;
             }
         };
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -129,16 +129,16 @@ pub async fn submit(api: &Api, tasks: Vec<crate::TaskEnvelope>, wait: bool) -> E
                 let why = v.get("error").and_then(Value::as_str).unwrap_or("no reason given");
                 eprintln!("loom-provisioner: task {}: the daemon answered {status}: {why}", task.task_id);
                 if matches!(status, 400 | 401 | 413) {
-                    return ExitCode::from(2);
+                    return Exit::Usage;
                 }
             }
         }
     }
-    if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    Exit::ok_if(all_ok)
 }
 
 /// `status`: the daemon's health and plugins, or one task.
-pub async fn status(api: &Api, task: Option<&str>, json: bool) -> ExitCode {
+pub async fn status(api: &Api, task: Option<&str>, json: bool) -> Exit {
     let path = match task {
         Some(id) => format!("/v1/tasks/{id}"),
         None => "/v1/plugins".to_owned(),
@@ -147,7 +147,7 @@ pub async fn status(api: &Api, task: Option<&str>, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loom-provisioner: {e}");
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -156,11 +156,11 @@ pub async fn status(api: &Api, task: Option<&str>, json: bool) -> ExitCode {
             "loom-provisioner: the daemon answered {code}: {}",
             v.get("error").and_then(Value::as_str).unwrap_or("")
         );
-        return ExitCode::from(if code == 404 { 1 } else { 2 });
+        return if code == 404 { Exit::Failed } else { Exit::Usage };
     }
     if json || task.is_some() {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return Exit::Success;
     }
     let health =
         api.call(Method::GET, "/healthz", None).await.ok().and_then(|(_, b)| serde_json::from_slice::<Value>(&b).ok());
@@ -192,5 +192,5 @@ pub async fn status(api: &Api, task: Option<&str>, json: bool) -> ExitCode {
             );
         }
     }
-    ExitCode::SUCCESS
+    Exit::Success
 }

@@ -7,13 +7,13 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use loom_protocol::LogLevel;
 use serde_json::json;
 
+use crate::cli::exit::Exit;
 use crate::cluster::job::{self, Engine, JobError, Options, next_steps};
 use crate::cluster::plan::JobKind;
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
@@ -23,7 +23,6 @@ use crate::cluster::view::ClusterView;
 use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
 use crate::journal::Journal;
 
-const USAGE: u8 = 2;
 
 /// `loom-provisioner cluster ...`.
 #[derive(Args, Debug)]
@@ -57,7 +56,7 @@ struct Common {
     #[arg(long = "plugins-dir", value_name = "DIR")]
     plugins_dirs: Vec<PathBuf>,
     #[command(flatten)]
-    run_as: crate::cli::RunAsArgs,
+    run_as: crate::cli::plugins::RunAsArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Most tasks at once [default: the spec's parallel, else 8].
@@ -171,7 +170,7 @@ struct ForgetArgs {
 }
 
 /// Runs a `cluster` command.
-pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> ExitCode {
+pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
     let result = match args.command {
         ClusterCommand::Up(a) => up(a, plugin_level).await,
         ClusterCommand::Down(a) => {
@@ -189,7 +188,7 @@ pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> ExitCode {
     };
     result.unwrap_or_else(|e| {
         eprintln!("loom-provisioner: {e}");
-        ExitCode::from(USAGE)
+        Exit::Usage
     })
 }
 
@@ -205,7 +204,7 @@ fn spec_file(arg: &str) -> Option<&Path> {
     p.is_file().then_some(p)
 }
 
-async fn up(args: UpArgs, plugin_level: LogLevel) -> Result<ExitCode, String> {
+async fn up(args: UpArgs, plugin_level: LogLevel) -> Result<Exit, String> {
     let mut spec = ClusterSpec::load(&args.spec).map_err(|e| e.to_string())?;
     let (store, lock_dir) = open_store(&args.common.data)?;
     if spec.plugin_dirs.is_empty()
@@ -235,7 +234,7 @@ async fn named(
     common: Common,
     use_file: bool,
     plugin_level: LogLevel,
-) -> Result<ExitCode, String> {
+) -> Result<Exit, String> {
     let (store, lock_dir) = open_store(&common.data)?;
     let file = spec_file(arg).map(ClusterSpec::load).transpose().map_err(|e| e.to_string())?;
     let name = file.as_ref().map_or(arg, |s| s.name.as_str()).to_owned();
@@ -278,7 +277,7 @@ async fn operate(
     kind: JobKind,
     common: &Common,
     plugin_level: LogLevel,
-) -> Result<ExitCode, String> {
+) -> Result<Exit, String> {
     if !common.plugins_dirs.is_empty() {
         spec.plugin_dirs = common.plugins_dirs.iter().map(|d| std::path::absolute(d).unwrap_or(d.clone())).collect();
     }
@@ -286,12 +285,12 @@ async fn operate(
         return Err(format!("cluster {}: no plugins folder: give --plugins-dir, or pluginDirs in the spec", spec.name));
     }
     let registry =
-        crate::cli::load_registry(&spec.plugin_dirs, &common.run_as).ok_or("cannot read the plugins folders")?;
+        crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as).ok_or("cannot read the plugins folders")?;
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts);
     let progress = make_progress(common.progress);
     let engine = Engine { supervisor: &supervisor, store, lock_dir: lock_dir.clone() };
-    let signal = crate::cli::interrupt();
+    let signal = crate::cli::signals::interrupt();
     tokio::pin!(signal);
     let result = tokio::select! {
         r = job::run(&engine, &spec, kind, options, progress.as_ref()) => Ok(r),
@@ -303,7 +302,7 @@ async fn operate(
         Ok(Ok(outcome)) => outcome,
         Ok(Err(JobError::Busy(why))) => {
             eprintln!("loom-provisioner: {why}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(Exit::Failed);
         }
         Ok(Err(e)) => return Err(format!("cluster {}: nothing was done:\n{e}", spec.name)),
         Err(signal) => return interrupted(store, &lock_dir, &spec.name, kind, signal, common.json).await,
@@ -316,7 +315,7 @@ async fn operate(
         let _ = write!(out, "{}", view.text());
     }
     let _ = out.flush();
-    Ok(if outcome.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(Exit::ok_if(outcome.ok()))
 }
 
 /// After Ctrl-C: the cluster is left incomplete, with how to resume.
@@ -327,7 +326,7 @@ async fn interrupted(
     kind: JobKind,
     signal: &str,
     as_json: bool,
-) -> Result<ExitCode, String> {
+) -> Result<Exit, String> {
     let record = store.get(name).await.map_err(|e| e.to_string())?;
     if let Some(r) = record.filter(|r| r.state == ClusterState::during(kind)) {
         let report = json!({
@@ -344,7 +343,7 @@ async fn interrupted(
         let mut out = std::io::stdout().lock();
         let _ = if as_json { writeln!(out, "{}", json!({"cluster": view})) } else { write!(out, "{}", view.text()) };
     }
-    Ok(ExitCode::FAILURE)
+    Ok(Exit::Failed)
 }
 
 fn make_progress(mode: ProgressMode) -> Box<dyn Progress> {
@@ -370,7 +369,7 @@ impl Progress for BarsHandle {
     }
 }
 
-async fn status(args: StatusArgs) -> Result<ExitCode, String> {
+async fn status(args: StatusArgs) -> Result<Exit, String> {
     let (store, lock_dir) = open_store(&args.data)?;
     let name = match spec_file(&args.cluster) {
         Some(f) => ClusterSpec::load(f).map_err(|e| e.to_string())?.name,
@@ -390,10 +389,10 @@ async fn status(args: StatusArgs) -> Result<ExitCode, String> {
             let _ = writeln!(out, "  {}  {:<48} {:<8} {}", t.started_at, t.task_id, status, t.step);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-async fn list(args: ListArgs) -> Result<ExitCode, String> {
+async fn list(args: ListArgs) -> Result<Exit, String> {
     let (store, lock_dir) = open_store(&args.data)?;
     let records = store.list().await.map_err(|e| e.to_string())?;
     let mut views = Vec::new();
@@ -414,10 +413,10 @@ async fn list(args: ListArgs) -> Result<ExitCode, String> {
             let _ = writeln!(out, "{:<w$}  {:>5}  {:<24}  {}", v.name, v.nodes.len(), v.updated_at, v.state_text());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-async fn forget(args: ForgetArgs) -> Result<ExitCode, String> {
+async fn forget(args: ForgetArgs) -> Result<Exit, String> {
     let (store, _) = open_store(&args.data)?;
     match store.get(&args.cluster).await.map_err(|e| e.to_string())? {
         None => Err(format!("no cluster named {:?}", args.cluster)),
@@ -431,7 +430,7 @@ async fn forget(args: ForgetArgs) -> Result<ExitCode, String> {
             store.forget(&args.cluster).await.map_err(|e| e.to_string())?;
             checkpoint(&store).await;
             println!("cluster {} forgotten", args.cluster);
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
     }
 }

@@ -19,47 +19,6 @@ use serde_json::{Map, Value};
 use super::plan::{JobKind, Mark, Marks, StepKey};
 use crate::journal::{Journal, JournalError, now_ms, rfc3339};
 
-/// The cluster tables; created by [`Journal::open`].
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS clusters (
-    name        TEXT PRIMARY KEY,
-    spec        TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    jobs        INTEGER NOT NULL DEFAULT 0,
-    last_job    TEXT,
-    report      TEXT,
-    created_at  INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cluster_nodes (
-    cluster     TEXT NOT NULL,
-    node_id     TEXT NOT NULL,
-    learned     TEXT NOT NULL,
-    PRIMARY KEY (cluster, node_id)
-);
-CREATE TABLE IF NOT EXISTS cluster_steps (
-    cluster     TEXT NOT NULL,
-    step        TEXT NOT NULL,
-    mark        TEXT NOT NULL CHECK (mark IN ('attempted', 'done')),
-    PRIMARY KEY (cluster, step)
-);
-CREATE TABLE IF NOT EXISTS cluster_tasks (
-    task_id     TEXT PRIMARY KEY,
-    cluster     TEXT NOT NULL,
-    job_id      TEXT NOT NULL,
-    step        TEXT NOT NULL,
-    task_name   TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('running', 'done')),
-    status      INTEGER,
-    stdout      TEXT,
-    stderr      TEXT,
-    sends       INTEGER NOT NULL DEFAULT 1,
-    started_at  INTEGER NOT NULL,
-    finished_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS cluster_tasks_by_cluster ON cluster_tasks (cluster, started_at);
-";
 
 /// Where a cluster is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

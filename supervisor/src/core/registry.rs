@@ -102,6 +102,22 @@ impl Registry {
         Registry::load_with(dirs, &Defaults::default())
     }
 
+    /// [`Registry::load_with`], then logs each problem found at its severity: what the
+    /// daemon and the commands that start plugins do.
+    ///
+    /// # Errors
+    /// As [`Registry::load`].
+    pub fn load_logged(dirs: &[PathBuf], defaults: &Defaults) -> Result<Registry, LoadError> {
+        let registry = Registry::load_with(dirs, defaults)?;
+        for p in &registry.problems {
+            match p.severity {
+                Severity::Error => tracing::error!("{p}"),
+                Severity::Warning => tracing::warn!("{p}"),
+            }
+        }
+        Ok(registry)
+    }
+
     /// [`Registry::load`], with `defaults` for the keys manifests leave out.
     ///
     /// # Errors
@@ -288,6 +304,16 @@ fn looks_like_manifest(v: &Value) -> bool {
         !o.is_empty() && o.values().all(|e| e.get("executable").is_some() || e.get("classname").is_some())
     })
 }
+
+/// The kind named by a folder called `providers` or `automators`, if any.
+pub fn kind_of_folder(dir: &Path) -> Option<PluginKind> {
+    match dir.file_name()?.to_str()? {
+        "providers" => Some(PluginKind::Provider),
+        "automators" => Some(PluginKind::Automator),
+        _ => None,
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,6 @@
 //! SIGTERM or SIGINT: `STOPPING=1`, refuse new tasks, let those in flight finish (up to
 //! `drain_grace_secs`), stop the plugins, exit 0.
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,33 +18,49 @@ use crate::daemon::config::Config;
 use crate::daemon::http::{self, Listener};
 use crate::daemon::service::Daemon;
 
-/// Exit code for configuration and start-up errors.
-const USAGE: u8 = 2;
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The API's address could not be bound (in use, no permission, bad socket folder).
+    #[error("{listen} (listen in {}): {source}", config.display())]
+    Listen {
+        /// The address.
+        listen: String,
+        /// The configuration file that named it.
+        config: std::path::PathBuf,
+        /// Why.
+        source: http::BindError,
+    },
+    /// The journal or the plugins folders could not be opened.
+    #[error("{0}")]
+    Start(String),
+}
+
+impl ServeError {
+    /// Whether the daemon never started (a configuration or start-up problem), rather than
+    /// failing while it ran.
+    pub fn is_start_up(&self) -> bool {
+        matches!(self, ServeError::Listen { .. } | ServeError::Start(_))
+    }
+}
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn serve(config: Config, plugin_level: LogLevel) -> ExitCode {
+///
+/// # Errors
+/// [`ServeError`] when it cannot start; once it runs, it stops only on a signal.
+pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeError> {
     crate::daemon::memory::tune();
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        eprintln!("loom-provisioner: cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     let listen = config.listen.clone();
-    let listener = match Listener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("loom-provisioner: {} (listen in {}): {e}", listen, config.path.display());
-            return ExitCode::from(USAGE);
-        }
-    };
-    let daemon = match Daemon::start(config, plugin_level) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("loom-provisioner: {e}");
-            return ExitCode::from(USAGE);
-        }
-    };
+    let listener = Listener::bind(&listen)
+        .await
+        .map_err(|source| ServeError::Listen { listen: listen.to_string(), config: config.path.clone(), source })?;
+    let daemon = Daemon::start(config, plugin_level).map_err(ServeError::Start)?;
     let open_files = http::raise_open_files_limit();
     let fitted = daemon.config().http.fitted(open_files);
     if fitted.max_connections < daemon.config().http.max_connections {
@@ -99,7 +114,7 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> ExitCode {
     stop_http.cancel();
     let _ = http.await;
     tracing::info!("stopped");
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 async fn reload(daemon: &Arc<Daemon>) {

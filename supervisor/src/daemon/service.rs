@@ -20,7 +20,7 @@ use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
 use crate::core::plugin::Phase;
-use crate::core::registry::{Registry, Severity};
+use crate::core::registry::Registry;
 use crate::core::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
 use crate::daemon::budget::{Budget, Reservation};
 use crate::daemon::config::Config;
@@ -104,7 +104,7 @@ impl Daemon {
     pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, String> {
         let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
         let clusters = ClusterStore::new(journal.clone());
-        let registry = load_registry(&config)?;
+        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
         let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
         let budget = Budget::new(config.max_pending_task_bytes);
         Ok(Arc::new(Daemon {
@@ -487,7 +487,7 @@ impl Daemon {
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let path = self.config().path;
         let config = crate::daemon::config::load(&path).map_err(|e| e.to_string())?;
-        let registry = load_registry(&config)?;
+        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
         let old = self.config();
         if config.listen != old.listen || config.data_dir != old.data_dir {
             tracing::warn!("listen and data_dir changes take effect at the next restart");
@@ -527,15 +527,4 @@ impl Daemon {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<()>>>> {
         self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn load_registry(config: &Config) -> Result<Registry, String> {
-    let registry = Registry::load_with(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
-    for p in &registry.problems {
-        match p.severity {
-            Severity::Error => tracing::error!("{p}"),
-            Severity::Warning => tracing::warn!("{p}"),
-        }
-    }
-    Ok(registry)
 }

@@ -16,6 +16,8 @@
 //! nothing within [`CHECKPOINT_AFTER`] of any commit, at most once per that interval under
 //! load, and on [`Journal::checkpoint`] (a clean stop).
 
+pub mod schema;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,9 +27,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-/// Schema version, in `PRAGMA user_version`. 2 added the cluster tables
-/// ([`crate::cluster::store::SCHEMA`]); a version 1 file gains them when opened.
-const SCHEMA_VERSION: i64 = 2;
+use schema::VERSION as SCHEMA_VERSION;
 
 /// Most operations applied in one transaction.
 const BATCH: usize = 512;
@@ -153,21 +153,9 @@ impl Journal {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
-             PRAGMA secure_delete = ON;
-             CREATE TABLE IF NOT EXISTS tasks (
-                 task_id      TEXT PRIMARY KEY,
-                 task_name    TEXT NOT NULL,
-                 state        TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
-                 task         TEXT,
-                 result       TEXT,
-                 submitted_at INTEGER NOT NULL,
-                 started_at   INTEGER,
-                 finished_at  INTEGER,
-                 attempts     INTEGER NOT NULL DEFAULT 0
-             );
-             CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, finished_at);",
+             PRAGMA secure_delete = ON;",
         )
-        .and_then(|()| conn.execute_batch(crate::cluster::store::SCHEMA))
+        .and_then(|()| schema::create(&conn))
         .map_err(|e| fail(e.to_string()))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
         if version > SCHEMA_VERSION {

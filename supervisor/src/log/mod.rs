@@ -1,7 +1,7 @@
 //! The supervisor's own log: `tracing` to stderr, human-readable or JSON.
 //!
 //! Plugins' log notifications and stderr lines arrive as events with target
-//! [`crate::wire::connection::PLUGIN_TARGET`] and the fields `plugin`, `pid` and `task_id`.
+//! [`crate::log::pump::PLUGIN_TARGET`] and the fields `plugin`, `pid` and `task_id`.
 
 pub mod limit;
 pub mod pump;
@@ -121,7 +121,7 @@ pub fn plugin_level(filter: &Targets) -> LogLevel {
         (LevelFilter::WARN, LogLevel::Warn),
     ]
     .into_iter()
-    .find(|(lf, _)| lf.into_level().is_some_and(|l| filter.would_enable(crate::wire::connection::PLUGIN_TARGET, &l)));
+    .find(|(lf, _)| lf.into_level().is_some_and(|l| filter.would_enable(crate::log::pump::PLUGIN_TARGET, &l)));
     level.map_or(LogLevel::Error, |(_, l)| l)
 }
 

@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use loom_protocol::LogLevel;
 
-use crate::wire::connection::PLUGIN_TARGET;
+/// `tracing` target of everything a plugin says: log notifications, progress, stderr.
+pub const PLUGIN_TARGET: &str = "loom::plugin";
 
 /// Bytes of log text that may wait for the log thread before lines are dropped.
 pub const BUDGET_BYTES: usize = 32 << 20;

@@ -46,15 +46,13 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::log::limit::{self, LogLimiter};
-use crate::log::pump::{self, Kind};
+use crate::log::pump::{self, Kind, PLUGIN_TARGET};
 use crate::wire::capture::{CapturedOutput, LastLines};
 use crate::wire::envelope::TaskEnvelope;
 use crate::wire::outbound::Outbound;
 pub use crate::wire::outbound::WriterEnd;
 use crate::wire::redact::{self, Redactor, StreamScrubber};
 
-/// `tracing` target of everything a plugin says: log notifications, progress, stderr.
-pub const PLUGIN_TARGET: &str = "loom::plugin";
 
 /// Longest stderr line logged as one line; longer ones are cut. Also the most of any
 /// plugin-provided text (a log message, its fields, an output chunk) in one log line.

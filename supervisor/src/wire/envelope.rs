@@ -18,6 +18,8 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::wire::redact::{MIN_SECRET_LEN, is_secret_key};
+
 /// A task ready to route.
 #[derive(Debug, Clone)]
 pub struct TaskEnvelope {
@@ -178,43 +180,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
         }
         d.deserialize_str(KeyVisitor)
     }
-}
-
-/// Shortest credential value worth scrubbing: shorter ones would garble ordinary text.
-pub const MIN_SECRET_LEN: usize = 3;
-
-/// Whether a key names a credential: `password`, `api_key`, `rackspace_api_key`,
-/// `secret_access_key`, `token`, `private_key`, `credentials`, ... A key that says
-/// something *about* a key is not one: `ssh_keypair` and `ssh_key_resource` (Loom's AWS
-/// provider fields, naming a key pair and an uploaded key), `ssh_host_keys` and
-/// `public_key` (public), `key_name`, `key_id`.
-pub fn is_secret_key(key: &str) -> bool {
-    // Case-insensitive, without allocating, in one pass over the key (each marker is tried
-    // only where its first letter is): this runs for every key of every task.
-    let key = key.as_bytes();
-    let at = |i: usize, m: &[u8]| key.get(i..i + m.len()).is_some_and(|w| w.eq_ignore_ascii_case(m));
-    let mut names_a_key = false;
-    let strong = (0..key.len()).any(|i| match key[i].to_ascii_lowercase() {
-        b'p' => at(i, b"pass") || at(i, b"private"),
-        b's' => at(i, b"secret"),
-        b't' => at(i, b"token"),
-        b'c' => at(i, b"credential"),
-        b'k' => {
-            names_a_key |= at(i, b"key");
-            false
-        }
-        _ => false,
-    });
-    strong || (names_a_key && !is_about_a_key(key))
-}
-
-/// Whether a key that contains "key" names a public key, a key's name or id, or a key pair
-/// or key resource: not a credential itself.
-fn is_about_a_key(key: &[u8]) -> bool {
-    const ABOUT: [&[u8]; 9] =
-        [b"public", b"keypair", b"key_pair", b"resource", b"host_key", b"keyname", b"key_name", b"key_id", b"keyid"];
-    let lower = |b: &u8| b.to_ascii_lowercase();
-    ABOUT.iter().any(|m| key.windows(m.len()).any(|w| w.iter().map(lower).eq(m.iter().copied())))
 }
 
 #[derive(Default)]

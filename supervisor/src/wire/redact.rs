@@ -29,10 +29,46 @@ use std::sync::Mutex;
 use loom_protocol::TaskResult;
 use serde_json::{Map, Value};
 
-use crate::wire::envelope::is_secret_key;
 
 /// What replaces a credential.
 pub const MASK: &str = "[redacted]";
+
+/// Shortest credential value worth scrubbing: shorter ones would garble ordinary text.
+pub const MIN_SECRET_LEN: usize = 3;
+
+/// Whether a key names a credential: `password`, `api_key`, `rackspace_api_key`,
+/// `secret_access_key`, `token`, `private_key`, `credentials`, ... A key that says
+/// something *about* a key is not one: `ssh_keypair` and `ssh_key_resource` (Loom's AWS
+/// provider fields, naming a key pair and an uploaded key), `ssh_host_keys` and
+/// `public_key` (public), `key_name`, `key_id`.
+pub fn is_secret_key(key: &str) -> bool {
+    // Case-insensitive, without allocating, in one pass over the key (each marker is tried
+    // only where its first letter is): this runs for every key of every task.
+    let key = key.as_bytes();
+    let at = |i: usize, m: &[u8]| key.get(i..i + m.len()).is_some_and(|w| w.eq_ignore_ascii_case(m));
+    let mut names_a_key = false;
+    let strong = (0..key.len()).any(|i| match key[i].to_ascii_lowercase() {
+        b'p' => at(i, b"pass") || at(i, b"private"),
+        b's' => at(i, b"secret"),
+        b't' => at(i, b"token"),
+        b'c' => at(i, b"credential"),
+        b'k' => {
+            names_a_key |= at(i, b"key");
+            false
+        }
+        _ => false,
+    });
+    strong || (names_a_key && !is_about_a_key(key))
+}
+
+/// Whether a key that contains "key" names a public key, a key's name or id, or a key pair
+/// or key resource: not a credential itself.
+fn is_about_a_key(key: &[u8]) -> bool {
+    const ABOUT: [&[u8]; 9] =
+        [b"public", b"keypair", b"key_pair", b"resource", b"host_key", b"keyname", b"key_name", b"key_id", b"keyid"];
+    let lower = |b: &u8| b.to_ascii_lowercase();
+    ABOUT.iter().any(|m| key.windows(m.len()).any(|w| w.iter().map(lower).eq(m.iter().copied())))
+}
 
 /// How many values of finished tasks are remembered.
 const RECENT: usize = 256;

@@ -51,23 +51,25 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `listen`. A stale Unix socket file (nobody accepting on it) is replaced.
+    /// Binds `listen`. A stale Unix socket file (nobody accepting on it) is replaced; a new
+    /// socket gets mode 0660 (its owner and group may talk to the daemon).
     ///
     /// # Errors
-    /// The address is in use or not allowed; the text names it.
-    pub async fn bind(listen: &Listen) -> Result<Listener, String> {
+    /// [`BindError`]: the address is in use or not allowed, or the socket's mode cannot be
+    /// set (the socket is removed then: it would be open to whoever the umask lets in).
+    pub async fn bind(listen: &Listen) -> Result<Listener, BindError> {
         match listen {
             Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
                 .await
                 .map(Listener::Tcp)
-                .map_err(|e| format!("cannot listen on {addr}: {e}")),
+                .map_err(|source| BindError::Io { address: addr.to_string(), source }),
             Listen::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 if let Ok(meta) = std::fs::symlink_metadata(path)
                     && meta.file_type().is_socket()
                 {
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        return Err(format!("cannot listen on {}: another daemon is answering there", path.display()));
+                        return Err(BindError::Answering(path.clone()));
                     }
                     let _ = std::fs::remove_file(path);
                 }
@@ -75,13 +77,40 @@ impl Listener {
                     let _ = std::fs::create_dir_all(dir);
                 }
                 let l = tokio::net::UnixListener::bind(path)
-                    .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-                // The owner and its group may talk to the daemon.
-                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+                    .map_err(|source| BindError::Io { address: path.display().to_string(), source })?;
+                if let Err(source) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
+                    drop(l);
+                    let _ = std::fs::remove_file(path);
+                    return Err(BindError::Mode { path: path.clone(), source });
+                }
                 Ok(Listener::Unix(l, path.clone()))
             }
         }
     }
+}
+
+/// Why the API's address cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Binding failed: in use, not allowed, no such folder.
+    #[error("cannot listen on {address}: {source}")]
+    Io {
+        /// The address or socket path.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another daemon accepts connections on the socket.
+    #[error("cannot listen on {}: another daemon is answering there", .0.display())]
+    Answering(std::path::PathBuf),
+    /// The socket's mode could not be set to 0660.
+    #[error("cannot give socket {} mode 0660: {source}", path.display())]
+    Mode {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {

@@ -1,0 +1,226 @@
+//! `run`: tasks read from a file or stdin, run through plugins started here, one result
+//! line each on stdout; and `submit`, which reads tasks the same way and sends them to a
+//! daemon ([`crate::cli::client`]).
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use loom_protocol::{LogLevel, TaskResult};
+use serde_json::value::RawValue;
+
+use crate::cli::exit::Exit;
+use crate::cli::plugins::{RunAsArgs, load_registry};
+use crate::cli::signals::interrupt;
+use crate::core::supervisor::{Options, Supervisor, TaskReport};
+use crate::wire::envelope::TaskEnvelope;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// A folder with providers/ and automators/ (repeatable).
+    #[arg(long = "plugins-dir", required = true, value_name = "DIR")]
+    pub(crate) plugins_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) run_as: RunAsArgs,
+    /// How many tasks to run at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: u32,
+    /// The tasks; "-" or nothing for stdin. The whole input is read and checked before
+    /// any task runs.
+    #[arg(value_name = "FILE")]
+    pub(crate) input: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// The tasks; "-" or nothing for stdin.
+    #[arg(value_name = "FILE")]
+    pub(crate) input: Option<PathBuf>,
+    /// Wait for each task and print its result line (as `run` does); exit 1 if any failed.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    #[command(flatten)]
+    pub(crate) api: crate::cli::client::ApiArgs,
+}
+
+pub async fn run(args: RunArgs, plugin_level: LogLevel) -> Exit {
+    let Some(registry) = load_registry(&args.plugins_dirs, &args.run_as) else {
+        return Exit::Usage;
+    };
+    let source = args.input.as_deref().filter(|p| *p != Path::new("-"));
+    let tasks = match read_tasks(source) {
+        Ok(tasks) => tasks,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("loom-provisioner: {e}");
+            }
+            return Exit::Usage;
+        }
+    };
+    let accepted: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+    let sup = Supervisor::new(registry, Options { eager: false, log_level: plugin_level });
+
+    let mut results = futures_util::stream::iter(tasks.iter().map(|task| {
+        let sup = &sup;
+        async move { TaskReport { task_id: Some(task.task_id.clone()), result: sup.run(task).await } }
+    }))
+    .buffer_unordered(args.concurrency as usize);
+
+    let mut reported = HashSet::new();
+    let mut all_ok = true;
+    // Created once, so that a signal between two results is not missed.
+    let signal = interrupt();
+    tokio::pin!(signal);
+    let interrupted = loop {
+        tokio::select! {
+            next = results.next() => match next {
+                Some(report) => {
+                    all_ok &= report.result.status == 0;
+                    if let Some(id) = &report.task_id {
+                        reported.insert(id.clone());
+                    }
+                    print_report(&report);
+                }
+                None => break None,
+            },
+            name = &mut signal => break Some(name),
+        }
+    };
+    // Dropping the stream cancels the tasks still running (each gets a `cancel`).
+    drop(results);
+    if let Some(signal) = interrupted {
+        tracing::warn!("{signal}: cancelling the tasks still running and stopping the plugins");
+        for id in accepted.iter().filter(|id| !reported.contains(*id)) {
+            all_ok = false;
+            let why = format!("interrupted by {signal} before the task finished; it was cancelled");
+            print_report(&TaskReport { task_id: Some(id.clone()), result: TaskResult::failed(why) });
+        }
+    }
+    sup.shutdown().await;
+    Exit::ok_if(all_ok)
+}
+
+pub async fn submit(args: SubmitArgs) -> Exit {
+    let api = match crate::cli::client::Api::resolve(&args.api) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("loom-provisioner: {e}");
+            return Exit::Usage;
+        }
+    };
+    let source = args.input.as_deref().filter(|p| *p != Path::new("-"));
+    match read_tasks(source) {
+        Ok(tasks) => crate::cli::client::submit(&api, tasks, args.wait).await,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("loom-provisioner: {e}");
+            }
+            Exit::Usage
+        }
+    }
+}
+
+fn print_report(report: &TaskReport) {
+    let mut out = std::io::stdout().lock();
+    // serde_json cannot fail on a TaskReport: string keys, plain values.
+    let _ = serde_json::to_writer(&mut out, report);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Reads every task from `source` (stdin when `None`) and checks each. All problems are
+/// reported together, each with its line, and nothing runs unless there are none.
+fn read_tasks(source: Option<&Path>) -> Result<Vec<TaskEnvelope>, Vec<String>> {
+    let name = source.map_or_else(|| "<stdin>".to_owned(), |p| p.display().to_string());
+    let mut data = Vec::new();
+    let read = match source {
+        Some(path) => std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut data)),
+        None => std::io::stdin().lock().read_to_end(&mut data),
+    };
+    if let Err(e) = read {
+        return Err(vec![format!("{name}: cannot read: {e}")]);
+    }
+    parse_tasks(&name, &data)
+}
+
+/// Splits `data` into JSON documents (whitespace- or newline-separated) and reads each as
+/// a task.
+pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<String>> {
+    // Line numbers for messages, counted incrementally (the input may be large).
+    let (mut counted_to, mut line) = (0usize, 1usize);
+    let mut line_at = |offset: usize| {
+        let offset = offset.min(data.len()).max(counted_to);
+        line += data[counted_to..offset].iter().filter(|b| **b == b'\n').count();
+        counted_to = offset;
+        line
+    };
+    let mut tasks = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stream = serde_json::Deserializer::from_slice(data).into_iter::<Box<RawValue>>();
+    loop {
+        let start = stream.byte_offset();
+        let Some(next) = stream.next() else { break };
+        let raw = match next {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(format!(
+                    "{name}: line {} column {}: not valid JSON; nothing after it was read",
+                    e.line(),
+                    e.column()
+                ));
+                break;
+            }
+        };
+        // The document starts after any whitespace that preceded it.
+        let skipped = data[start..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let line = line_at(start + skipped);
+        match TaskEnvelope::parse(raw) {
+            Ok(task) if !seen.insert(task.task_id.clone()) => {
+                errors.push(format!("{name}: line {line}: task {} appears more than once", task.task_id));
+            }
+            Ok(task) => tasks.push(task),
+            Err(e) => errors.push(format!("{name}: line {line}: {e}")),
+        }
+    }
+    if tasks.is_empty() && errors.is_empty() {
+        errors.push(format!("{name}: no tasks in the input"));
+    }
+    if errors.is_empty() { Ok(tasks) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_one_pretty_document_or_many_lines() {
+        let start = include_str!("../../../protocol/tests/data/start-hbase-regionserver.json");
+        let tasks = parse_tasks("f", start.as_bytes()).unwrap();
+        assert_eq!(tasks.len(), 1);
+        let lines = "{\"taskId\":\"a\",\"taskName\":\"CREATE\"}\n\n{\"taskId\":\"b\",\"taskName\":\"DELETE\"}\n";
+        let ids: Vec<_> = parse_tasks("f", lines.as_bytes()).unwrap().into_iter().map(|t| t.task_id).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn every_bad_task_is_reported_with_its_line() {
+        let input = "{\"taskId\":\"a\",\"taskName\":\"CREATE\"}\n{\"taskId\":\"b\"}\n{\"taskId\":\"a\",\"taskName\":\"DELETE\"}\n{\"taskId\":\"c\",\"taskName\":\"NOPE\"}\n";
+        let errors = parse_tasks("in.json", input.as_bytes()).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("in.json: line 2: task b: \"taskName\" is missing"), "{errors:?}");
+        assert!(errors[1].contains("line 3: task a appears more than once"), "{errors:?}");
+        assert!(errors[2].contains("line 4: task c: \"taskName\" must be one of CREATE,"), "{errors:?}");
+        assert!(!errors[2].contains("NOPE"), "the submitted value is not quoted: {errors:?}");
+    }
+
+    #[test]
+    fn broken_json_stops_reading_and_says_where() {
+        let errors =
+            parse_tasks("in.json", b"{\"taskId\":\"a\",\"taskName\":\"CREATE\"}\n{\"taskId\": oops}\n").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("in.json: line 2 column"), "{errors:?}");
+        assert_eq!(parse_tasks("e", b"  \n").unwrap_err(), vec!["e: no tasks in the input".to_owned()]);
+    }
+}
