@@ -1,6 +1,8 @@
 //! The supervisor under test: a [`Supervisor`] (the library the daemon runs) with the
-//! benchmark's no-op plugin registered as automator `noop`, driven through
-//! [`Supervisor::run_task`], the same entry as the daemon's HTTP API and `run`.
+//! benchmark's no-op plugin registered as automator `noop`, driven the way the daemon
+//! drives it: each task read by [`TaskEnvelope::parse`], then [`Supervisor::reserve`]
+//! (route and slot) and [`Permit::send`](loom_supervisor::Permit::send) (the daemon
+//! journals the task as running in between; the benchmark does not).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use loom_protocol::PluginKind;
 use loom_supervisor::core::supervisor::Options;
-use loom_supervisor::{Registry, Supervisor};
+use loom_supervisor::{Registry, Supervisor, TaskEnvelope};
 use serde_json::value::RawValue;
 
 use crate::cpu::{self, Throughput};
@@ -83,8 +85,12 @@ impl Bench {
 
     /// Runs one task; an error carries the result's stderr.
     pub async fn call(&self, raw: Box<RawValue>) -> Result<(), String> {
-        let report = self.sup.run_task(raw).await;
-        if report.result.status == 0 { Ok(()) } else { Err(report.result.stderr) }
+        let task = TaskEnvelope::parse(raw).map_err(|e| format!("invalid task: {e}"))?;
+        let result = match self.sup.reserve(&task).await {
+            Ok(permit) => permit.send().await,
+            Err(refused) => refused.into_result(),
+        };
+        if result.status == 0 { Ok(()) } else { Err(result.stderr) }
     }
 
     /// Microseconds per task, one task at a time (after a warm-up of 100).

@@ -9,5 +9,5 @@ pub mod log;
 pub mod wire;
 
 pub use crate::core::registry::Registry;
-pub use crate::core::supervisor::{Options, Supervisor, TaskReport};
+pub use crate::core::supervisor::{Options, Permit, Refused, Supervisor, TaskReport};
 pub use crate::wire::envelope::TaskEnvelope;

@@ -20,11 +20,11 @@ use serde_json::{Map, Value, json};
 
 use crate::cli::exit::Exit;
 use crate::cli::plugins::load_registry;
-use crate::core::registry::kind_of_folder;
 use crate::core::manifest::{self, Defaults, Entry, PluginSpec};
-use crate::core::plugin::secs;
 use crate::core::process::PluginProcess;
 use crate::core::registry::Availability;
+use crate::core::registry::kind_of_folder;
+use crate::log::secs;
 use crate::wire::connection::Outcome;
 use crate::wire::envelope::TaskEnvelope;
 

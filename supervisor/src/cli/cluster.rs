@@ -23,7 +23,6 @@ use crate::cluster::view::ClusterView;
 use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
 use crate::journal::Journal;
 
-
 /// `loom-provisioner cluster ...`.
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
@@ -284,8 +283,8 @@ async fn operate(
     if spec.plugin_dirs.is_empty() {
         return Err(format!("cluster {}: no plugins folder: give --plugins-dir, or pluginDirs in the spec", spec.name));
     }
-    let registry =
-        crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as).ok_or("cannot read the plugins folders")?;
+    let registry = crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as)
+        .ok_or("cannot read the plugins folders")?;
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts);
     let progress = make_progress(common.progress);

@@ -164,4 +164,3 @@ fn dispatch() -> Exit {
     crate::log::pump::flush(std::time::Duration::from_secs(5));
     code
 }
-

@@ -145,4 +145,3 @@ fn plugins_json(reg: &Registry) -> String {
         .collect();
     format!("{}\n", json!({ "plugins": plugins, "problems": problems }))
 }
-

@@ -12,4 +12,3 @@ pub async fn interrupt() -> &'static str {
         _ = term.recv() => "SIGTERM",
     }
 }
-

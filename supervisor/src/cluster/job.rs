@@ -35,7 +35,8 @@ use super::progress::{Event, Progress};
 use super::spec::{ClusterSpec, NodeSpec};
 use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
 use crate::core::registry::Availability;
-use crate::core::supervisor::{Supervisor, Table};
+use crate::core::router::Table;
+use crate::core::supervisor::Supervisor;
 use crate::journal::JournalError;
 use crate::wire::envelope::TaskEnvelope;
 
@@ -603,24 +604,28 @@ impl Runner<'_> {
         };
         let store = self.engine.store;
         let cluster = &self.spec.name;
-        let recorded = std::sync::atomic::AtomicBool::new(false);
-        let began = Mutex::new(Instant::now());
-        let (id, job, flag, began_at) = (&task_id, &self.job_id, &recorded, &began);
-        let before_send: crate::core::plugin::BeforeSend<'_> = Box::new(move || {
-            Box::pin(async move {
-                store.started(cluster, job, id, key, task.as_str(), attempt).await.map_err(|e| e.to_string())?;
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                *began_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
-                Ok(())
-            })
-        });
         self.progress.event(&Event::TaskStarted { key, task_id: &task_id, task, attempt });
-        let result = self.engine.supervisor.run_with(&envelope, Some(before_send)).await;
-        if !recorded.load(std::sync::atomic::Ordering::SeqCst) {
-            // Refused before it was sent (no plugin, or the journal failed): still recorded.
-            let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
-        }
-        let elapsed = began.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed();
+        let mut began = Instant::now();
+        let result = match self.engine.supervisor.reserve(&envelope).await {
+            Ok(permit) => match store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await {
+                Ok(()) => {
+                    began = Instant::now();
+                    permit.send().await
+                }
+                Err(e) => {
+                    let result = permit.abandon(&e.to_string());
+                    // Recorded all the same, as a task that was not sent.
+                    let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
+                    result
+                }
+            },
+            Err(refused) => {
+                // Refused before it was sent (no plugin): still recorded.
+                let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
+                refused.into_result()
+            }
+        };
+        let elapsed = began.elapsed();
         self.record(key, task, &task_id, attempt, result, elapsed).await
     }
 

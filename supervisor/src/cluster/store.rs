@@ -19,7 +19,6 @@ use serde_json::{Map, Value};
 use super::plan::{JobKind, Mark, Marks, StepKey};
 use crate::journal::{Journal, JournalError, now_ms, rfc3339};
 
-
 /// Where a cluster is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

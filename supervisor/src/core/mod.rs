@@ -8,6 +8,7 @@
 pub mod instance;
 pub mod manifest;
 pub mod plugin;
+pub mod pool;
 pub mod process;
 pub mod registry;
 pub mod restart;

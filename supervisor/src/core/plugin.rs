@@ -1,25 +1,23 @@
-//! One registered plugin: its processes ("instances"), the queue of tasks waiting for a
-//! free slot, and the path of a task from submission to answer ([`Plugin::run_task`]).
+//! One registered plugin: its instances, started and stopped here and supervised by
+//! [`crate::core::instance`], its slots ([`crate::core::pool`]), and what happens to a
+//! task between its slot and its result: the declared-task check, the call, its
+//! timeout (`cancel`, a grace period, then the process is killed), and the answer turned
+//! into a [`TaskResult`].
 //!
-//! Each instance has `maxConcurrency` slots. A task takes a slot ([`Lease`]), goes out on
-//! that instance's connection, and gives the slot back when the call ends, however it
-//! ends. When no slot is free, the task waits in a FIFO queue of bounded length; when the
-//! queue is full, submitters wait for room (back-pressure, not rejection). When every
-//! instance is failed (too many crashes), tasks fail at once with the reason.
-//!
-//! The instances themselves (spawn, handshake, crash, restart) live in [`crate::core::instance`];
-//! they report their phase changes here.
+//! Tasks come here through [`crate::core::supervisor::Supervisor::reserve`].
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use loom_protocol::{LogLevel, PluginKind, TaskName, TaskResult};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::core::instance::{self, Control};
 use crate::core::manifest::PluginSpec;
+use crate::core::pool::{InstanceStatus, Lease, Phase, Pool};
+use crate::log::secs;
 use crate::wire::capture::CapturedOutput;
 use crate::wire::connection::{Call, Connection, Outcome, Reply};
 use crate::wire::envelope::TaskEnvelope;
@@ -32,104 +30,28 @@ const KILL_SETTLE: Duration = Duration::from_secs(30);
 pub struct Plugin {
     spec: Arc<PluginSpec>,
     log_level: LogLevel,
-    state: Mutex<PoolState>,
-    /// Room in the queue; a waiting task holds a permit.
-    queue_room: Semaphore,
-    /// Bumped on every phase change, for [`Plugin::wait_settled`].
-    changes: watch::Sender<u64>,
+    pool: Arc<Pool>,
     runtime: Mutex<Runtime>,
-    /// Tasks inside [`Plugin::run_task`] (waiting or running).
-    active: std::sync::atomic::AtomicUsize,
+    /// Tasks holding a [`Busy`] mark: reserved, waiting or running.
+    active: AtomicUsize,
     /// Signalled when `active` drops to 0.
-    idle: tokio::sync::Notify,
-    /// What the last handshake declared safe to run twice.
-    idempotent: Mutex<Vec<TaskName>>,
+    idle: Notify,
 }
 
 #[derive(Default)]
 struct Runtime {
     controls: Vec<mpsc::UnboundedSender<Control>>,
-    supervisors: Vec<JoinHandle<()>>,
+    loops: Vec<JoinHandle<()>>,
 }
 
-struct PoolState {
-    slots: Vec<Slot>,
-    waiters: VecDeque<oneshot::Sender<Result<Lease, String>>>,
-    stopping: bool,
-}
+/// Marks a task as the plugin's while it lives, so that a retiring plugin waits for it
+/// (also when the task's future is dropped: the mark goes with it).
+pub(crate) struct Busy(Arc<Plugin>);
 
-struct Slot {
-    phase: Phase,
-    /// Changes whenever the instance's process changes, so a stale lease or kill request
-    /// for an old process is recognised and ignored.
-    generation: u64,
-    conn: Option<Arc<Connection>>,
-    declared: Arc<[TaskName]>,
-    free: usize,
-    capacity: usize,
-    pid: Option<u32>,
-    restarts: u64,
-    last_error: Option<String>,
-}
-
-/// The phase of one instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Not started yet (plugins start on first use unless started eagerly).
-    NotStarted,
-    /// Spawning, or waiting for the handshake.
-    Starting,
-    /// Serving tasks.
-    Ready,
-    /// Crashed; restarting (possibly after a backoff delay).
-    Restarting,
-    /// Crashed too often; tasks fail fast until `until`.
-    Failed {
-        /// When it will be tried again.
-        until: Instant,
-        /// Why, for the tasks that are refused meanwhile.
-        reason: String,
-    },
-    /// Being stopped.
-    Stopping,
-    /// Stopped for good.
-    Stopped,
-}
-
-/// A snapshot of one instance, for `plugins` listings and the API.
-#[derive(Debug, Clone)]
-pub struct InstanceStatus {
-    /// Its phase.
-    pub phase: Phase,
-    /// The current process id, when a process is running.
-    pub pid: Option<u32>,
-    /// Restarts after crashes so far.
-    pub restarts: u64,
-    /// Calls in flight.
-    pub in_flight: usize,
-    /// The last crash or start failure.
-    pub last_error: Option<String>,
-}
-
-/// Called once a task has a slot, just before it is sent; an error keeps it from being sent.
-pub type BeforeSend<'a> = Box<
-    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> + Send + 'a,
->;
-
-/// The right to send one task to one instance. Dropping it gives the slot back.
-pub(crate) struct Lease {
-    plugin: Arc<Plugin>,
-    slot: usize,
-    generation: u64,
-    conn: Arc<Connection>,
-    declared: Arc<[TaskName]>,
-    armed: bool,
-}
-
-impl Drop for Lease {
+impl Drop for Busy {
     fn drop(&mut self) {
-        if self.armed {
-            self.plugin.release(self.slot, self.generation);
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
         }
     }
 }
@@ -137,29 +59,13 @@ impl Drop for Lease {
 impl Plugin {
     /// A plugin whose instances are not started yet; see [`Plugin::start`].
     pub fn new(spec: Arc<PluginSpec>, log_level: LogLevel) -> Arc<Plugin> {
-        let slots = (0..spec.instances)
-            .map(|_| Slot {
-                phase: Phase::NotStarted,
-                generation: 0,
-                conn: None,
-                declared: Arc::from([]),
-                free: 0,
-                capacity: 0,
-                pid: None,
-                restarts: 0,
-                last_error: None,
-            })
-            .collect();
         Arc::new(Plugin {
-            queue_room: Semaphore::new(spec.queue_capacity),
+            pool: Pool::new(spec.instances, spec.queue_capacity),
             spec,
             log_level,
-            state: Mutex::new(PoolState { slots, waiters: VecDeque::new(), stopping: false }),
-            changes: watch::Sender::new(0),
             runtime: Mutex::new(Runtime::default()),
-            active: std::sync::atomic::AtomicUsize::new(0),
-            idle: tokio::sync::Notify::new(),
-            idempotent: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
         })
     }
 
@@ -178,20 +84,17 @@ impl Plugin {
         self.spec.kind
     }
 
-    pub(crate) fn log_level(&self) -> LogLevel {
-        self.log_level
-    }
-
     /// Starts the instances, if not started already. Needs a tokio runtime.
-    pub fn start(self: &Arc<Self>) {
-        let mut rt = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !rt.supervisors.is_empty() || self.lock().stopping {
+    pub fn start(&self) {
+        let mut rt = self.runtime();
+        if !rt.loops.is_empty() || self.pool.is_closed() {
             return;
         }
         for slot in 0..self.spec.instances {
             let (tx, rx) = mpsc::unbounded_channel();
             rt.controls.push(tx);
-            rt.supervisors.push(tokio::spawn(instance::supervise(Arc::clone(self), slot, rx)));
+            let run = instance::supervise(Arc::clone(&self.pool), Arc::clone(&self.spec), self.log_level, slot, rx);
+            rt.loops.push(tokio::spawn(run));
         }
     }
 
@@ -199,22 +102,16 @@ impl Plugin {
     /// and waits until they are gone. Waiting tasks fail; tasks in flight fail once their
     /// process is stopped.
     pub async fn stop(&self) {
-        {
-            let mut st = self.lock();
-            st.stopping = true;
-            let reason = "the plugin is shutting down".to_owned();
-            fail_waiters(&mut st, &reason);
-        }
-        self.queue_room.close();
-        let supervisors = {
-            let mut rt = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.pool.close();
+        let loops = {
+            let mut rt = self.runtime();
             for c in &rt.controls {
                 let _ = c.send(Control::Stop);
             }
-            std::mem::take(&mut rt.supervisors)
+            std::mem::take(&mut rt.loops)
         };
-        for s in supervisors {
-            let _ = s.await;
+        for l in loops {
+            let _ = l.await;
         }
     }
 
@@ -226,7 +123,7 @@ impl Plugin {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let idle = self.idle.notified();
-            if self.active.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            if self.active() == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
@@ -239,18 +136,17 @@ impl Plugin {
 
     /// Tasks handed to the plugin and not finished.
     pub fn active(&self) -> usize {
-        self.active.load(std::sync::atomic::Ordering::SeqCst)
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Whether the plugin's last handshake declared `task` safe to run twice.
     pub fn is_idempotent(&self, task: TaskName) -> bool {
-        self.idempotent.lock().map(|v| v.contains(&task)).unwrap_or(false)
+        self.pool.is_idempotent(task)
     }
 
     /// Asks every instance to stop and start again (not counted as a crash).
     pub fn restart(&self) {
-        let rt = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for c in &rt.controls {
+        for c in &self.runtime().controls {
             let _ = c.send(Control::Restart);
         }
     }
@@ -266,66 +162,51 @@ impl Plugin {
     /// Waits until `condition` holds for the instances' status, checking after every
     /// phase change.
     pub async fn wait_for(&self, condition: impl Fn(&[InstanceStatus]) -> bool) {
-        let mut changes = self.changes.subscribe();
-        while !condition(&self.status()) {
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
+        self.pool.wait_for(condition).await;
     }
 
     /// A snapshot of each instance.
     pub fn status(&self) -> Vec<InstanceStatus> {
-        self.lock()
-            .slots
-            .iter()
-            .map(|s| InstanceStatus {
-                phase: s.phase.clone(),
-                pid: s.pid,
-                restarts: s.restarts,
-                in_flight: if s.phase == Phase::Ready { s.capacity.saturating_sub(s.free) } else { 0 },
-                last_error: s.last_error.clone(),
-            })
-            .collect()
+        self.pool.status()
     }
 
     /// Tasks waiting for a slot.
     pub fn queued(&self) -> usize {
-        self.lock().waiters.len()
+        self.pool.queued()
     }
 
-    /// Runs one task on this plugin and returns its result. Never fails: every way a task
-    /// can go wrong (plugin failed, crashed, hung, answered nonsense) becomes a result with
-    /// a non-zero status and the cause in `stderr`, naming the plugin and the task. The
-    /// result is scrubbed of credentials except under `result` ([`redact::scrub_result`]).
+    /// Marks a task as this plugin's until the mark is dropped ([`Plugin::retire`] waits
+    /// for it).
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Busy(Arc::clone(self))
+    }
+
+    /// Starts the plugin if need be and takes a slot, waiting in its queue if none is free.
+    ///
+    /// # Errors
+    /// A failed result naming the plugin and the task, when the plugin is stopping or
+    /// every instance is failed.
+    ///
+    /// # Cancellation
+    /// Dropping the future leaves the queue.
+    pub(crate) async fn acquire(self: &Arc<Self>, task: &TaskEnvelope) -> Result<Lease, TaskResult> {
+        self.start();
+        self.pool.acquire().await.map_err(|why| self.failure(task, &why, None))
+    }
+
+    /// Sends `task` on the slot `lease` holds and returns its result. Never fails: every
+    /// way a task can go wrong (undeclared task, crash, hang, nonsense answer) becomes a
+    /// result with a non-zero status and the cause in `stderr`, naming the plugin and the
+    /// task. The result is scrubbed of every credential the process knows, except under
+    /// `result` ([`redact::scrub_result`]).
     ///
     /// # Cancellation
     /// Dropping the future before the answer sends `cancel` for the task; its slot stays
     /// taken until the plugin answers it or the process ends.
-    pub async fn run_task(self: &Arc<Self>, task: &TaskEnvelope) -> TaskResult {
-        self.run_task_with(task, None).await
-    }
-
-    /// [`Plugin::run_task`], calling `before_send` once a slot is taken and just before the
-    /// task goes out: the daemon journals the task as running there. If it fails, the task
-    /// is not sent and fails with its reason.
-    pub async fn run_task_with(
-        self: &Arc<Self>,
-        task: &TaskEnvelope,
-        before_send: Option<BeforeSend<'_>>,
-    ) -> TaskResult {
-        let _active = Active::enter(self);
-        let lease = match self.acquire().await {
-            Ok(lease) => lease,
-            Err(why) => return self.failure(task, &why, None),
-        };
-        if let Some(hook) = before_send
-            && let Err(why) = hook().await
-        {
-            return self.failure(task, &format!("the task was not sent: {why}"), None);
-        }
-        if !lease.declared.contains(&task.task_name) {
-            let declared: Vec<&str> = lease.declared.iter().map(|t| t.as_str()).collect();
+    pub(crate) async fn send(&self, lease: Lease, task: &TaskEnvelope) -> TaskResult {
+        if !lease.declared().contains(&task.task_name) {
+            let declared: Vec<&str> = lease.declared().iter().map(|t| t.as_str()).collect();
             let why = format!(
                 "the plugin does not handle {} (its handshake declared: {})",
                 task.task_name,
@@ -333,7 +214,7 @@ impl Plugin {
             );
             return self.failure(task, &why, None);
         }
-        let (slot, generation, conn) = (lease.slot, lease.generation, Arc::clone(&lease.conn));
+        let (slot, generation, conn) = (lease.slot(), lease.generation(), Arc::clone(lease.connection()));
         let timeout = self.spec.timeouts.get(task.task_name);
         let mut call = conn.request_task(task, Box::new(lease));
         let mut result = match tokio::time::timeout(timeout, call.wait()).await {
@@ -343,6 +224,22 @@ impl Plugin {
         // With every value this process knows: its other tasks' too, should it mix them up.
         redact::scrub_result(&mut result, conn.redactor().as_ref());
         result
+    }
+
+    /// [`Plugin::acquire`] and [`Plugin::send`] in one, for a task with nothing to do in
+    /// between (the automators after the first of a BOOTSTRAP).
+    pub(crate) async fn run(self: &Arc<Self>, task: &TaskEnvelope) -> TaskResult {
+        let _busy = self.busy();
+        match self.acquire(task).await {
+            Ok(lease) => self.send(lease, task).await,
+            Err(failed) => failed,
+        }
+    }
+
+    /// The task was not sent because of `why` (its slot is given back): a failed result
+    /// naming the plugin and the task.
+    pub(crate) fn unsent(&self, task: &TaskEnvelope, why: &str) -> TaskResult {
+        self.failure(task, &format!("the task was not sent: {why}"), None)
     }
 
     /// A task ran past its timeout: `cancel`, a grace period, then kill the process.
@@ -424,213 +321,15 @@ impl Plugin {
     }
 
     fn control(&self, slot: usize, msg: Control) {
-        let rt = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = self.runtime();
         if let Some(c) = rt.controls.get(slot) {
             let _ = c.send(msg);
         }
     }
 
-    /// Takes a slot, waiting in the queue if none is free.
-    async fn acquire(self: &Arc<Self>) -> Result<Lease, String> {
-        self.start();
-        if let Some(now) = self.acquire_now(&mut self.lock()) {
-            return now;
-        }
-        // Bounded queue: wait for room, then for a slot.
-        let _room = self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
-        let waiting = {
-            let mut st = self.lock();
-            if let Some(now) = self.acquire_now(&mut st) {
-                return now;
-            }
-            let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(tx);
-            rx
-        };
-        waiting.await.unwrap_or_else(|_| Err("the plugin stopped".to_owned()))
-    }
-
-    /// A slot, or the reason to fail, if either is known without waiting. Tasks already
-    /// waiting go first.
-    fn acquire_now(self: &Arc<Self>, st: &mut PoolState) -> Option<Result<Lease, String>> {
-        if let Some(why) = self.refusal(st) {
-            return Some(Err(why));
-        }
-        if st.waiters.is_empty() { self.take_slot(st).map(Ok) } else { None }
-    }
-
-    /// Why a task must fail now rather than wait: shutting down, or every instance failed.
-    fn refusal(&self, st: &PoolState) -> Option<String> {
-        if st.stopping {
-            return Some("the plugin is shutting down".to_owned());
-        }
-        let now = Instant::now();
-        let mut reasons = st.slots.iter().map(|s| match &s.phase {
-            Phase::Failed { until, reason } => {
-                Some(format!("{reason}; it will be tried again in {}", secs(until.saturating_duration_since(now))))
-            }
-            _ => None,
-        });
-        let first = reasons.next()??;
-        reasons.all(|r| r.is_some()).then_some(first)
-    }
-
-    /// A free slot on the ready instance with the most room.
-    fn take_slot(self: &Arc<Self>, st: &mut PoolState) -> Option<Lease> {
-        let (index, slot) = st
-            .slots
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, s)| s.phase == Phase::Ready && s.free > 0)
-            .max_by_key(|(_, s)| s.free)?;
-        let conn = Arc::clone(slot.conn.as_ref()?);
-        slot.free -= 1;
-        Some(Lease {
-            plugin: Arc::clone(self),
-            slot: index,
-            generation: slot.generation,
-            conn,
-            declared: Arc::clone(&slot.declared),
-            armed: true,
-        })
-    }
-
-    /// Hands free slots to waiting tasks, first come first served.
-    fn hand_out(self: &Arc<Self>, st: &mut PoolState) {
-        while !st.waiters.is_empty() {
-            let Some(lease) = self.take_slot(st) else {
-                return;
-            };
-            let Some(waiter) = st.waiters.pop_front() else {
-                return;
-            };
-            if let Err(Ok(mut unsent)) = waiter.send(Ok(lease)) {
-                // That task gave up waiting; put the slot back without re-entering the lock.
-                unsent.armed = false;
-                if let Some(s) = st.slots.get_mut(unsent.slot) {
-                    s.free += 1;
-                }
-            }
-        }
-    }
-
-    fn release(self: &Arc<Self>, slot: usize, generation: u64) {
-        let mut st = self.lock();
-        let Some(s) = st.slots.get_mut(slot) else {
-            return;
-        };
-        if s.generation != generation || s.phase != Phase::Ready {
-            return;
-        }
-        s.free += 1;
-        self.hand_out(&mut st);
-    }
-
-    // ----- Phase changes, reported by the instance supervisors. -----
-
-    pub(crate) fn set_phase(&self, slot: usize, phase: Phase) {
-        let mut st = self.lock();
-        if let Some(s) = st.slots.get_mut(slot) {
-            if s.phase == Phase::Ready && phase != Phase::Ready {
-                s.generation += 1;
-                s.conn = None;
-                s.free = 0;
-                s.pid = None;
-            }
-            s.phase = phase;
-        }
-        drop(st);
-        self.changed();
-    }
-
-    /// The instance finished its handshake. Returns the generation of this process.
-    pub(crate) fn set_ready(
-        self: &Arc<Self>,
-        slot: usize,
-        conn: Arc<Connection>,
-        capacity: usize,
-        declared: Vec<TaskName>,
-        idempotent: Vec<TaskName>,
-    ) -> u64 {
-        if let Ok(mut i) = self.idempotent.lock() {
-            *i = idempotent;
-        }
-        let mut st = self.lock();
-        let Some(s) = st.slots.get_mut(slot) else {
-            return 0;
-        };
-        s.generation += 1;
-        s.pid = Some(conn.pid());
-        s.conn = Some(conn);
-        s.capacity = capacity;
-        s.free = capacity;
-        s.declared = Arc::from(declared);
-        s.phase = Phase::Ready;
-        let generation = s.generation;
-        self.hand_out(&mut st);
-        drop(st);
-        self.changed();
-        generation
-    }
-
-    /// The instance crashed or failed to start, and will be restarted.
-    pub(crate) fn set_crashed(&self, slot: usize, reason: &str, during_start: bool) {
-        let mut st = self.lock();
-        if let Some(s) = st.slots.get_mut(slot) {
-            s.restarts += 1;
-            s.last_error = Some(reason.to_owned());
-        }
-        // A process that cannot even start says nothing good about the next attempt: the
-        // tasks waiting for it fail with the reason rather than wait on, unless another
-        // instance is serving.
-        if during_start && !st.slots.iter().any(|s| s.phase == Phase::Ready) {
-            fail_waiters(&mut st, &format!("the plugin could not start: {reason}"));
-        }
-        drop(st);
-        self.set_phase(slot, Phase::Restarting);
-    }
-
-    /// The instance crashed too often and stays failed until `until`.
-    pub(crate) fn set_failed(&self, slot: usize, reason: String, until: Instant) {
-        self.set_phase(slot, Phase::Failed { until, reason });
-        let mut st = self.lock();
-        if let Some(why) = self.refusal(&st) {
-            fail_waiters(&mut st, &why);
-        }
-    }
-
-    fn changed(&self) {
-        self.changes.send_modify(|n| *n += 1);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        // The pool's invariants hold between statements; recover from a poisoned lock.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Counts a task in [`Plugin::run_task`] while it lives; wakes a retiring plugin when the
-/// last one leaves (also when the task's future is dropped).
-struct Active<'a>(&'a Plugin);
-
-impl<'a> Active<'a> {
-    fn enter(p: &'a Plugin) -> Self {
-        p.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Active(p)
-    }
-}
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-fn fail_waiters(st: &mut PoolState, reason: &str) {
-    for w in st.waiters.drain(..) {
-        let _ = w.send(Err(reason.to_owned()));
+    fn runtime(&self) -> MutexGuard<'_, Runtime> {
+        // Only handles are kept there; a panic elsewhere cannot leave it inconsistent.
+        self.runtime.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -650,10 +349,4 @@ fn join_lines(first: &str, second: &str) -> String {
         (false, true) => format!("{first}{second}"),
         (false, false) => format!("{first}\n{second}"),
     }
-}
-
-/// "1.5 s", "30 s".
-pub(crate) fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 { format!("{s:.0} s") } else { format!("{s:.1} s") }
 }

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::manifest::PluginSpec;
-use crate::core::plugin::secs;
 use crate::core::spawn;
+use crate::log::secs;
 use crate::wire::capture::LastLines;
 use crate::wire::connection::{Call, Connection, Outcome, ReaderEnd, WriterEnd};
 use crate::wire::redact::Redactor;

@@ -314,7 +314,6 @@ pub fn kind_of_folder(dir: &Path) -> Option<PluginKind> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,23 +1,29 @@
-//! The supervisor: every registered plugin, and the one entry point for tasks,
-//! [`Supervisor::run_task`]. It reads the task's routing fields, picks the plugin as Loom
-//! did ([`crate::core::router`]), and hands the task to that plugin's pool ([`crate::core::plugin`]).
+//! The supervisor: every registered plugin, and the one way in for a task.
+//!
+//! A task goes in two steps, in the manner of tokio's `mpsc::Sender::reserve`:
+//! [`Supervisor::reserve`] routes it by Loom's rules ([`crate::core::router`]) and takes
+//! a slot on its plugin (waiting in that plugin's queue if need be) and returns a
+//! [`Permit`] that names the route; the caller records that the task is about to run
+//! (the daemon's journal, a cluster's store), then [`Permit::send`] sends it and returns
+//! its result. A task that cannot be routed or get a slot is [`Refused`] with a failed
+//! result instead. [`Supervisor::run`] does both for callers with nothing to record.
 //!
 //! The set of plugins can be replaced while tasks run ([`Supervisor::reload`]): a task
 //! takes a snapshot of the table when it is routed, so it finishes on the plugin it was
 //! given; retired plugins drain before they stop.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use loom_protocol::{LogLevel, PluginKind, TaskResult};
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::core::plugin::{BeforeSend, Plugin};
+use crate::core::plugin::{Busy, Plugin};
+use crate::core::pool::Lease;
 use crate::core::registry::{Availability, Registry};
-use crate::core::router::{self, Route};
+use crate::core::router::{self, Merged, Route, Table, Target};
 use crate::wire::envelope::TaskEnvelope;
 use crate::wire::redact::{self, TaskSecrets};
 
@@ -40,25 +46,6 @@ impl Default for Options {
 pub struct Supervisor {
     table: RwLock<Arc<Table>>,
     options: Options,
-}
-
-/// The registered plugins at one moment.
-pub struct Table {
-    /// What was registered.
-    pub registry: Registry,
-    plugins: BTreeMap<(PluginKind, String), Arc<Plugin>>,
-}
-
-impl Table {
-    /// The runnable plugin of `kind` named `name`.
-    pub fn plugin(&self, kind: PluginKind, name: &str) -> Option<&Arc<Plugin>> {
-        self.plugins.get(&(kind, name.to_owned()))
-    }
-
-    /// Every runnable plugin.
-    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
-        self.plugins.values()
-    }
 }
 
 /// What a reload changed.
@@ -86,29 +73,113 @@ pub struct TaskReport {
     pub result: TaskResult,
 }
 
+/// A task routed and holding a slot on its (first) plugin; nothing is sent yet.
+///
+/// Dropping it gives the slot back and sends nothing.
+#[must_use = "a permit holds a slot until it is sent or dropped"]
+pub struct Permit<'t> {
+    task: &'t TaskEnvelope,
+    route: String,
+    send: Send,
+}
+
+enum Send {
+    /// To one plugin, on this slot.
+    One { plugin: Arc<Plugin>, lease: Lease, _busy: Busy },
+    /// BOOTSTRAP: the results of the automators before the first one that took a slot
+    /// (they cannot run), that one and its slot, and the automators after it.
+    Bootstrap { merged: Merged, first: Option<(String, Arc<Plugin>, Lease, Busy)>, rest: Vec<Target> },
+}
+
+/// A task that was not sent: no plugin takes it, or its plugin is failed or stopping.
+#[derive(Debug)]
+pub struct Refused {
+    route: String,
+    result: TaskResult,
+}
+
+impl Refused {
+    /// As [`Permit::route`]: `none` when no registered plugin takes the task.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The task's result: failed, the cause in `stderr`, credentials scrubbed.
+    pub fn into_result(self) -> TaskResult {
+        self.result
+    }
+}
+
+impl Permit<'_> {
+    /// The registered plugin the task goes to (for BOOTSTRAP, the registered automators,
+    /// sorted, joined by `+`): a metrics label that never carries what a task says.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Sends the task and returns its result. Never fails: every way a task can go wrong
+    /// becomes a result with a non-zero status and the cause in `stderr`, naming the
+    /// plugin and the task. The result is scrubbed of the task's credential values, except
+    /// under its `result` member ([`redact::scrub_result`]): `run`'s output, the daemon's
+    /// journal and API, and cluster operations all take it from here.
+    ///
+    /// # Cancellation
+    /// Dropping the future before the answer sends `cancel` for the task; its slot stays
+    /// taken until the plugin answers it or the process ends. A BOOTSTRAP's later
+    /// automators are not sent.
+    pub async fn send(self) -> TaskResult {
+        let task = self.task;
+        let mut result = match self.send {
+            Send::One { plugin, lease, _busy } => plugin.send(lease, task).await,
+            Send::Bootstrap { mut merged, first, rest } => {
+                if let Some((name, plugin, lease, _busy)) = first {
+                    merged.add(&name, plugin.send(lease, task).await);
+                }
+                for (name, target) in rest {
+                    let r = match target {
+                        Ok(plugin) => plugin.run(task).await,
+                        Err(why) => TaskResult::failed(why),
+                    };
+                    merged.add(&name, r);
+                }
+                merged.finish()
+            }
+        };
+        redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
+        result
+    }
+
+    /// Gives the slot back without sending the task, because of `why` (the caller could
+    /// not record that it runs): a failed result naming the plugin and the task.
+    pub fn abandon(self, why: &str) -> TaskResult {
+        let task = self.task;
+        let mut result = match &self.send {
+            Send::One { plugin, .. } | Send::Bootstrap { first: Some((_, plugin, _, _)), .. } => {
+                plugin.unsent(task, why)
+            }
+            Send::Bootstrap { first: None, .. } => {
+                TaskResult::failed(format!("task {}: the task was not sent: {why}", task.task_id))
+            }
+        };
+        redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
+        result
+    }
+}
+
 impl Supervisor {
     /// A supervisor for every runnable plugin in `registry`. With `options.eager`, starts
     /// them all now (needs a tokio runtime); otherwise each starts on its first task.
     pub fn new(registry: Registry, options: Options) -> Supervisor {
-        let plugins: BTreeMap<_, _> = registry
-            .plugins
-            .iter()
-            .filter_map(|r| match &r.availability {
-                Availability::Runnable(spec) => {
-                    Some(((r.kind, r.name.clone()), Plugin::new(Arc::clone(spec), options.log_level)))
-                }
-                Availability::NotRunnable(_) => None,
-            })
-            .collect();
+        let table = Table::new(registry, options.log_level);
         if options.eager {
-            plugins.values().for_each(Plugin::start);
+            table.plugins().for_each(|p| p.start());
         }
-        Supervisor { table: RwLock::new(Arc::new(Table { registry, plugins })), options }
+        Supervisor { table: RwLock::new(Arc::new(table)), options }
     }
 
     /// The current plugins.
     pub fn table(&self) -> Arc<Table> {
-        Arc::clone(&self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The runnable plugin of `kind` named `name`, now.
@@ -116,69 +187,55 @@ impl Supervisor {
         self.table().plugin(kind, name).cloned()
     }
 
-    /// Runs one task given as JSON and reports its result. Never fails: a task that cannot
-    /// be read, routed or run gets a result with status 1 and the cause in `stderr`.
-    pub async fn run_task(&self, raw: Box<RawValue>) -> TaskReport {
-        match TaskEnvelope::parse(raw) {
-            Ok(task) => {
-                let result = self.run(&task).await;
-                TaskReport { task_id: Some(task.task_id), result }
-            }
-            Err(e) => {
-                TaskReport { task_id: e.task_id.clone(), result: TaskResult::failed(format!("invalid task: {e}")) }
-            }
-        }
-    }
-
-    /// Runs one parsed task: routes it and waits for its result.
-    pub async fn run(&self, task: &TaskEnvelope) -> TaskResult {
-        self.run_with(task, None).await
-    }
-
-    /// [`Supervisor::run`], calling `before_send` when the task gets a slot, just before
-    /// it is sent to its (first) plugin. A task refused by routing never calls it.
+    /// Routes `task` and takes a slot on its plugin (for BOOTSTRAP, on the first of its
+    /// automators that can run), starting the plugin if need be and waiting in its queue
+    /// while no slot is free. Nothing is sent until [`Permit::send`].
     ///
-    /// Every result leaves here scrubbed of the task's credential values, except under its
-    /// `result` member ([`redact::scrub_result`]): `run`'s output, the daemon's journal and
-    /// API, and cluster operations all take it from here.
-    pub async fn run_with(&self, task: &TaskEnvelope, before_send: Option<BeforeSend<'_>>) -> TaskResult {
-        let table = self.table();
-        let mut result = match router::route(&table, task) {
-            Route::One(plugin) => plugin.run_task_with(task, before_send).await,
-            Route::Bootstrap(targets) => router::bootstrap(task, targets, before_send).await,
-            Route::Refused(why) => TaskResult::failed(why),
+    /// # Errors
+    /// [`Refused`], with the task's failed result, when no registered plugin takes the
+    /// task or its plugin is failed or stopping (also while waiting).
+    ///
+    /// # Cancellation
+    /// Dropping the future leaves the queue; nothing was sent.
+    pub async fn reserve<'t>(&self, task: &'t TaskEnvelope) -> Result<Permit<'t>, Refused> {
+        let route = router::route(&self.table(), task);
+        let label = route.target();
+        let refuse = |mut result: TaskResult| {
+            redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
+            Refused { route: label.clone(), result }
         };
-        redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
-        result
+        let send = match route {
+            Route::Refused(why) => return Err(refuse(TaskResult::failed(why))),
+            Route::One(plugin) => {
+                let busy = plugin.busy();
+                match plugin.acquire(task).await {
+                    Ok(lease) => Send::One { plugin, lease, _busy: busy },
+                    Err(failed) => return Err(refuse(failed)),
+                }
+            }
+            Route::Bootstrap(targets) => match bootstrap_first(task, targets).await {
+                Ok(send) => send,
+                Err(failed) => return Err(refuse(failed)),
+            },
+        };
+        Ok(Permit { task, route: label, send })
     }
 
-    /// The registered plugin (or, for BOOTSTRAP, the registered automators, sorted) `task`
-    /// would go to, by name; `none` when there is none. Never a name taken from the task
-    /// alone: this is a metrics label, so it must not carry what a task says.
-    pub fn target(&self, task: &TaskEnvelope) -> String {
-        match router::route(&self.table(), task) {
-            Route::One(p) => p.name().to_owned(),
-            Route::Bootstrap(targets) => {
-                let mut names: Vec<&str> =
-                    targets.iter().filter_map(|(_, p)| p.as_ref().ok()).map(|p| p.name()).collect();
-                names.sort_unstable();
-                names.dedup();
-                if names.is_empty() { "none".into() } else { names.join("+") }
-            }
-            Route::Refused(_) => "none".into(),
+    /// Runs one task: [`Supervisor::reserve`], then [`Permit::send`]; a refused task's
+    /// result is its failure. For callers with nothing to record in between (`run`).
+    pub async fn run(&self, task: &TaskEnvelope) -> TaskResult {
+        match self.reserve(task).await {
+            Ok(permit) => permit.send().await,
+            Err(refused) => refused.into_result(),
         }
     }
 
-    /// Whether every plugin `task` goes to declared it safe to run twice.
-    pub fn is_idempotent(&self, task: &TaskEnvelope) -> bool {
-        match router::route(&self.table(), task) {
-            Route::One(p) => p.is_idempotent(task.task_name),
-            Route::Bootstrap(targets) => {
-                !targets.is_empty()
-                    && targets.iter().all(|(_, p)| p.as_ref().is_ok_and(|p| p.is_idempotent(task.task_name)))
-            }
-            Route::Refused(_) => false,
-        }
+    /// Where `task` would go now, as [`Permit::route`] names it, and whether every plugin
+    /// there declared it safe to run twice: for a task that is not run (one found
+    /// unfinished after a restart).
+    pub fn route(&self, task: &TaskEnvelope) -> (String, bool) {
+        let route = router::route(&self.table(), task);
+        (route.target(), route.is_idempotent(task.task_name))
     }
 
     /// Waits until every started plugin has finished starting (ready or failed).
@@ -200,7 +257,7 @@ impl Supervisor {
             let Availability::Runnable(spec) = &r.availability else { continue };
             let key = (r.kind, r.name.clone());
             let label = format!("{} {}", r.kind, r.name);
-            let plugin = match old.plugins.get(&key) {
+            let plugin = match old.entries().get(&key) {
                 Some(p) if **p.spec() == **spec => {
                     report.unchanged.push(label);
                     Arc::clone(p)
@@ -219,13 +276,13 @@ impl Supervisor {
             };
             plugins.insert(key, plugin);
         }
-        for (key, p) in &old.plugins {
+        for (key, p) in old.entries() {
             if !plugins.contains_key(key) {
                 report.removed.push(format!("{} {}", key.0, key.1));
                 retired.push(Arc::clone(p));
             }
         }
-        *self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Table { registry, plugins });
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Table::with(registry, plugins));
         for p in retired {
             tokio::spawn(async move { p.retire(grace).await });
         }
@@ -237,4 +294,36 @@ impl Supervisor {
         let table = self.table();
         join_all(table.plugins().map(|p| p.stop())).await;
     }
+}
+
+/// Takes a slot on the first automator of a BOOTSTRAP that can run; those before it that
+/// cannot add their failure to the merged result.
+///
+/// # Errors
+/// The merged failure, when there are automators and none can take the task.
+async fn bootstrap_first(task: &TaskEnvelope, targets: Vec<Target>) -> Result<Send, TaskResult> {
+    let mut merged = Merged::new(targets.len());
+    let none = targets.is_empty();
+    let mut targets = targets.into_iter();
+    for (name, target) in targets.by_ref() {
+        let plugin = match target {
+            Ok(plugin) => plugin,
+            Err(why) => {
+                merged.add(&name, TaskResult::failed(why));
+                continue;
+            }
+        };
+        let busy = plugin.busy();
+        match plugin.acquire(task).await {
+            Ok(lease) => {
+                return Ok(Send::Bootstrap {
+                    merged,
+                    first: Some((name, plugin, lease, busy)),
+                    rest: targets.collect(),
+                });
+            }
+            Err(failed) => merged.add(&name, failed),
+        }
+    }
+    if none { Ok(Send::Bootstrap { merged, first: None, rest: Vec::new() }) } else { Err(merged.finish()) }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::core::supervisor::Table;
+use crate::core::router::Table;
 use crate::journal::Counts;
 
 /// A per-plugin series: name, type, help, and how to read it off a plugin.
@@ -99,7 +99,7 @@ impl Metrics {
                 p.status().iter().map(|s| s.in_flight as u64).sum()
             }),
             ("loom_plugin_instances_ready", "gauge", "Plugin processes ready for tasks.", |p| {
-                p.status().iter().filter(|s| s.phase == crate::core::plugin::Phase::Ready).count() as u64
+                p.status().iter().filter(|s| s.phase == crate::core::pool::Phase::Ready).count() as u64
             }),
         ];
         for (name, kind, help, read) in gauges {

@@ -57,9 +57,11 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     let listen = config.listen.clone();
-    let listener = Listener::bind(&listen)
-        .await
-        .map_err(|source| ServeError::Listen { listen: listen.to_string(), config: config.path.clone(), source })?;
+    let listener = Listener::bind(&listen).await.map_err(|source| ServeError::Listen {
+        listen: listen.to_string(),
+        config: config.path.clone(),
+        source,
+    })?;
     let daemon = Daemon::start(config, plugin_level).map_err(ServeError::Start)?;
     let open_files = http::raise_open_files_limit();
     let fitted = daemon.config().http.fitted(open_files);

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome};
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
-use crate::core::plugin::Phase;
+use crate::core::pool::Phase;
 use crate::core::registry::Registry;
 use crate::core::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
 use crate::daemon::budget::{Budget, Reservation};
@@ -248,24 +248,27 @@ impl Daemon {
     /// the journal, and the next start runs it.
     async fn execute(&self, task: &TaskEnvelope) {
         let began = Instant::now();
-        let journal = &self.journal;
-        let id = task.task_id.clone();
-        let sent = AtomicBool::new(false);
-        let sent_flag = &sent;
-        let mark_running: crate::core::plugin::BeforeSend<'_> = Box::new(move || {
-            Box::pin(async move {
-                journal.start(&id).await.map_err(|e| e.to_string())?;
-                sent_flag.store(true, Ordering::SeqCst);
-                Ok(())
-            })
-        });
-        let result = self.supervisor.run_with(task, Some(mark_running)).await;
-        if self.draining() && !sent.load(Ordering::SeqCst) {
-            tracing::info!(task_id = %task.task_id, "not started before the shutdown; it stays queued for the next start");
-            return;
-        }
-        self.metrics.task(&self.supervisor.target(task), task.task_name.as_str(), result.status, began.elapsed());
+        let (route, result) = match self.supervisor.reserve(task).await {
+            Ok(permit) => {
+                let route = permit.route().to_owned();
+                let result = match self.journal.start(&task.task_id).await {
+                    Ok(()) => permit.send().await,
+                    Err(_) if self.draining() => return self.left_queued(task),
+                    Err(e) => permit.abandon(&e.to_string()),
+                };
+                (route, result)
+            }
+            Err(_) if self.draining() => return self.left_queued(task),
+            Err(refused) => (refused.route().to_owned(), refused.into_result()),
+        };
+        self.metrics.task(&route, task.task_name.as_str(), result.status, began.elapsed());
         self.finish(task, result).await;
+    }
+
+    /// A task that never reached a plugin because the daemon is stopping stays queued in
+    /// the journal.
+    fn left_queued(&self, task: &TaskEnvelope) {
+        tracing::info!(task_id = %task.task_id, "not started before the shutdown; it stays queued for the next start");
     }
 
     async fn finish(&self, task: &TaskEnvelope, result: TaskResult) {
@@ -310,7 +313,7 @@ impl Daemon {
             };
             let run_again = match u.state {
                 State::Queued => true,
-                _ => self.supervisor.is_idempotent(&task),
+                _ => self.supervisor.route(&task).1,
             };
             if run_again {
                 tracing::info!(task_id = %task.task_id, "running again after the restart ({:?} before it)", u.state);
@@ -325,7 +328,7 @@ impl Daemon {
                     "{RESTARTED}: {} {} was running on {} when the supervisor stopped, and that plugin does not declare {} idempotent, so it was not run again",
                     task.task_name,
                     task.task_id,
-                    self.supervisor.target(&task),
+                    self.supervisor.route(&task).0,
                     task.task_name
                 );
                 tracing::warn!(task_id = %task.task_id, "{why}");

@@ -125,6 +125,12 @@ pub fn plugin_level(filter: &Targets) -> LogLevel {
     level.map_or(LogLevel::Error, |(_, l)| l)
 }
 
+/// A duration as messages show it: "1.5 s", "30 s".
+pub fn secs(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 { format!("{s:.0} s") } else { format!("{s:.1} s") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

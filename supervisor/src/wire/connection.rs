@@ -53,7 +53,6 @@ use crate::wire::outbound::Outbound;
 pub use crate::wire::outbound::WriterEnd;
 use crate::wire::redact::{self, Redactor, StreamScrubber};
 
-
 /// Longest stderr line logged as one line; longer ones are cut. Also the most of any
 /// plugin-provided text (a log message, its fields, an output chunk) in one log line.
 const STDERR_LINE_BYTES: usize = 16 * 1024;

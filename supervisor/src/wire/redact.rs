@@ -29,7 +29,6 @@ use std::sync::Mutex;
 use loom_protocol::TaskResult;
 use serde_json::{Map, Value};
 
-
 /// What replaces a credential.
 pub const MASK: &str = "[redacted]";
 

@@ -419,8 +419,8 @@ fn plugins(daemon: &Daemon) -> Value {
     json!({"plugins": list})
 }
 
-fn phase_name(p: &crate::core::plugin::Phase) -> &'static str {
-    use crate::core::plugin::Phase;
+fn phase_name(p: &crate::core::pool::Phase) -> &'static str {
+    use crate::core::pool::Phase;
     match p {
         Phase::NotStarted => "not started",
         Phase::Starting => "starting",

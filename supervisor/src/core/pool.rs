@@ -1,0 +1,401 @@
+//! The slots of one plugin's instances, and the queue of tasks waiting for one.
+//!
+//! Each ready instance has `maxConcurrency` slots. A task takes a slot ([`Lease`]) and
+//! gives it back when the lease is dropped, however the task ends. When no slot is free,
+//! the task waits in a FIFO queue of bounded length; when the queue is full, takers wait
+//! for room (back-pressure, not rejection). When every instance is failed (too many
+//! crashes), takers fail at once with the reason.
+//!
+//! The instance loops ([`crate::core::instance`]) report each instance's phase here; the
+//! pool knows nothing of processes beyond the connection a lease sends on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use loom_protocol::TaskName;
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::log::secs;
+use crate::wire::connection::Connection;
+
+/// The slots of one plugin's instances.
+pub struct Pool {
+    state: Mutex<PoolState>,
+    /// Room in the queue; a waiting taker holds a permit.
+    queue_room: Semaphore,
+    /// Bumped on every phase change, for [`Pool::wait_for`].
+    changes: watch::Sender<u64>,
+}
+
+struct PoolState {
+    slots: Vec<Slot>,
+    waiters: VecDeque<oneshot::Sender<Result<Lease, String>>>,
+    stopping: bool,
+    /// What the last handshake declared safe to run twice.
+    idempotent: Vec<TaskName>,
+}
+
+struct Slot {
+    phase: Phase,
+    /// Changes whenever the instance's process changes, so a stale lease or kill request
+    /// for an old process is recognised and ignored.
+    generation: u64,
+    conn: Option<Arc<Connection>>,
+    declared: Arc<[TaskName]>,
+    free: usize,
+    capacity: usize,
+    pid: Option<u32>,
+    restarts: u64,
+    last_error: Option<String>,
+}
+
+/// The phase of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Not started yet (plugins start on first use unless started eagerly).
+    NotStarted,
+    /// Spawning, or waiting for the handshake.
+    Starting,
+    /// Serving tasks.
+    Ready,
+    /// Crashed; restarting (possibly after a backoff delay).
+    Restarting,
+    /// Crashed too often; tasks fail fast until `until`.
+    Failed {
+        /// When it will be tried again.
+        until: Instant,
+        /// Why, for the tasks that are refused meanwhile.
+        reason: String,
+    },
+    /// Being stopped.
+    Stopping,
+    /// Stopped for good.
+    Stopped,
+}
+
+/// A snapshot of one instance, for `plugins` listings and the API.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    /// Its phase.
+    pub phase: Phase,
+    /// The current process id, when a process is running.
+    pub pid: Option<u32>,
+    /// Restarts after crashes so far.
+    pub restarts: u64,
+    /// Calls in flight.
+    pub in_flight: usize,
+    /// The last crash or start failure.
+    pub last_error: Option<String>,
+}
+
+/// The right to send one task to one instance. Dropping it gives the slot back; a lease
+/// handed to a connection with a call is dropped when that call ends.
+pub struct Lease {
+    pool: Arc<Pool>,
+    slot: usize,
+    generation: u64,
+    conn: Arc<Connection>,
+    declared: Arc<[TaskName]>,
+    armed: bool,
+}
+
+impl Lease {
+    /// The instance's index in its plugin.
+    pub(crate) fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The process generation the slot belongs to.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The connection to send on.
+    pub(crate) fn connection(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// The tasks the instance's handshake declared.
+    pub(crate) fn declared(&self) -> &[TaskName] {
+        &self.declared
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release(self.slot, self.generation);
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of `instances` instances, none started, with a queue of `queue_capacity`.
+    pub fn new(instances: usize, queue_capacity: usize) -> Arc<Pool> {
+        let slots = (0..instances)
+            .map(|_| Slot {
+                phase: Phase::NotStarted,
+                generation: 0,
+                conn: None,
+                declared: Arc::from([]),
+                free: 0,
+                capacity: 0,
+                pid: None,
+                restarts: 0,
+                last_error: None,
+            })
+            .collect();
+        Arc::new(Pool {
+            state: Mutex::new(PoolState { slots, waiters: VecDeque::new(), stopping: false, idempotent: Vec::new() }),
+            queue_room: Semaphore::new(queue_capacity),
+            changes: watch::Sender::new(0),
+        })
+    }
+
+    /// Takes a slot, waiting in the queue if none is free.
+    ///
+    /// # Errors
+    /// The reason, when the pool is stopping or every instance is failed (also while
+    /// waiting: waiters fail when the last instance is marked failed or could not start).
+    ///
+    /// # Cancellation
+    /// Dropping the future leaves the queue; a slot handed to it meanwhile goes back.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, String> {
+        if let Some(now) = self.acquire_now(&mut self.lock()) {
+            return now;
+        }
+        // Bounded queue: wait for room, then for a slot.
+        let _room = self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
+        let waiting = {
+            let mut st = self.lock();
+            if let Some(now) = self.acquire_now(&mut st) {
+                return now;
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(tx);
+            rx
+        };
+        waiting.await.unwrap_or_else(|_| Err("the plugin stopped".to_owned()))
+    }
+
+    /// Refuses every waiting and later taker with "the plugin is shutting down".
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.stopping = true;
+        fail_waiters(&mut st, "the plugin is shutting down");
+        drop(st);
+        self.queue_room.close();
+    }
+
+    /// Whether [`Pool::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().stopping
+    }
+
+    /// Whether the last handshake declared `task` safe to run twice.
+    pub fn is_idempotent(&self, task: TaskName) -> bool {
+        self.lock().idempotent.contains(&task)
+    }
+
+    /// Waits until `condition` holds for the instances' status, checking after every
+    /// phase change. Returns early if the pool is dropped.
+    pub async fn wait_for(&self, condition: impl Fn(&[InstanceStatus]) -> bool) {
+        let mut changes = self.changes.subscribe();
+        while !condition(&self.status()) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A snapshot of each instance.
+    pub fn status(&self) -> Vec<InstanceStatus> {
+        self.lock()
+            .slots
+            .iter()
+            .map(|s| InstanceStatus {
+                phase: s.phase.clone(),
+                pid: s.pid,
+                restarts: s.restarts,
+                in_flight: if s.phase == Phase::Ready { s.capacity.saturating_sub(s.free) } else { 0 },
+                last_error: s.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// Takers waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// A slot, or the reason to fail, if either is known without waiting. Takers already
+    /// waiting go first.
+    fn acquire_now(self: &Arc<Self>, st: &mut PoolState) -> Option<Result<Lease, String>> {
+        if let Some(why) = refusal(st) {
+            return Some(Err(why));
+        }
+        if st.waiters.is_empty() { self.take_slot(st).map(Ok) } else { None }
+    }
+
+    /// A free slot on the ready instance with the most room.
+    fn take_slot(self: &Arc<Self>, st: &mut PoolState) -> Option<Lease> {
+        let (index, slot) = st
+            .slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.phase == Phase::Ready && s.free > 0)
+            .max_by_key(|(_, s)| s.free)?;
+        let conn = Arc::clone(slot.conn.as_ref()?);
+        slot.free -= 1;
+        Some(Lease {
+            pool: Arc::clone(self),
+            slot: index,
+            generation: slot.generation,
+            conn,
+            declared: Arc::clone(&slot.declared),
+            armed: true,
+        })
+    }
+
+    /// Hands free slots to waiting takers, first come first served.
+    fn hand_out(self: &Arc<Self>, st: &mut PoolState) {
+        while !st.waiters.is_empty() {
+            let Some(lease) = self.take_slot(st) else {
+                return;
+            };
+            let Some(waiter) = st.waiters.pop_front() else {
+                return;
+            };
+            if let Err(Ok(mut unsent)) = waiter.send(Ok(lease)) {
+                // That taker gave up waiting; put the slot back without re-entering the lock.
+                unsent.armed = false;
+                if let Some(s) = st.slots.get_mut(unsent.slot) {
+                    s.free += 1;
+                }
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, slot: usize, generation: u64) {
+        let mut st = self.lock();
+        let Some(s) = st.slots.get_mut(slot) else {
+            return;
+        };
+        if s.generation != generation || s.phase != Phase::Ready {
+            return;
+        }
+        s.free += 1;
+        self.hand_out(&mut st);
+    }
+
+    // ----- Phase changes, reported by the instance loops. -----
+
+    /// Instance `slot` entered `phase`. Leaving `Ready` takes its slots away: leases on
+    /// them no longer count.
+    pub(crate) fn set_phase(&self, slot: usize, phase: Phase) {
+        let mut st = self.lock();
+        if let Some(s) = st.slots.get_mut(slot) {
+            if s.phase == Phase::Ready && phase != Phase::Ready {
+                s.generation += 1;
+                s.conn = None;
+                s.free = 0;
+                s.pid = None;
+            }
+            s.phase = phase;
+        }
+        drop(st);
+        self.changed();
+    }
+
+    /// The instance finished its handshake: its slots are free. Returns the generation
+    /// of this process.
+    pub(crate) fn set_ready(self: &Arc<Self>, slot: usize, ready: Ready) -> u64 {
+        let mut st = self.lock();
+        st.idempotent = ready.idempotent;
+        let Some(s) = st.slots.get_mut(slot) else {
+            return 0;
+        };
+        s.generation += 1;
+        s.pid = Some(ready.conn.pid());
+        s.conn = Some(ready.conn);
+        s.capacity = ready.capacity;
+        s.free = ready.capacity;
+        s.declared = Arc::from(ready.declared);
+        s.phase = Phase::Ready;
+        let generation = s.generation;
+        self.hand_out(&mut st);
+        drop(st);
+        self.changed();
+        generation
+    }
+
+    /// The instance crashed or failed to start, and will be restarted.
+    pub(crate) fn set_crashed(&self, slot: usize, reason: &str, during_start: bool) {
+        let mut st = self.lock();
+        if let Some(s) = st.slots.get_mut(slot) {
+            s.restarts += 1;
+            s.last_error = Some(reason.to_owned());
+        }
+        // A process that cannot even start says nothing good about the next attempt: the
+        // tasks waiting for it fail with the reason rather than wait on, unless another
+        // instance is serving.
+        if during_start && !st.slots.iter().any(|s| s.phase == Phase::Ready) {
+            fail_waiters(&mut st, &format!("the plugin could not start: {reason}"));
+        }
+        drop(st);
+        self.set_phase(slot, Phase::Restarting);
+    }
+
+    /// The instance crashed too often and stays failed until `until`.
+    pub(crate) fn set_failed(&self, slot: usize, reason: String, until: Instant) {
+        self.set_phase(slot, Phase::Failed { until, reason });
+        let mut st = self.lock();
+        if let Some(why) = refusal(&st) {
+            fail_waiters(&mut st, &why);
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // The pool's invariants hold between statements; recover from a poisoned lock.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What an instance's handshake made of it.
+pub(crate) struct Ready {
+    /// Its connection.
+    pub conn: Arc<Connection>,
+    /// Its slots.
+    pub capacity: usize,
+    /// The tasks it handles.
+    pub declared: Vec<TaskName>,
+    /// The tasks it declared safe to run twice.
+    pub idempotent: Vec<TaskName>,
+}
+
+/// Why a taker must fail now rather than wait: stopping, or every instance failed.
+fn refusal(st: &PoolState) -> Option<String> {
+    if st.stopping {
+        return Some("the plugin is shutting down".to_owned());
+    }
+    let now = Instant::now();
+    let mut reasons = st.slots.iter().map(|s| match &s.phase {
+        Phase::Failed { until, reason } => {
+            Some(format!("{reason}; it will be tried again in {}", secs(until.saturating_duration_since(now))))
+        }
+        _ => None,
+    });
+    let first = reasons.next()??;
+    reasons.all(|r| r.is_some()).then_some(first)
+}
+
+fn fail_waiters(st: &mut PoolState, reason: &str) {
+    for w in st.waiters.drain(..) {
+        let _ = w.send(Err(reason.to_owned()));
+    }
+}
