@@ -1,46 +1,11 @@
 //! The `handshake` request: the first exchange on every plugin connection.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::names::PluginKind;
+use crate::names::TaskName;
 use crate::notification::LogLevel;
-use crate::task::TaskName;
-
-/// Provider plugins allocate machines; automator plugins run service actions on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PluginKind {
-    /// Handles CREATE, CONFIRM, DELETE.
-    Provider,
-    /// Handles BOOTSTRAP, INSTALL, CONFIGURE, INITIALIZE, START, STOP, REMOVE.
-    Automator,
-}
-
-impl PluginKind {
-    /// The tasks a plugin of this kind may handle.
-    pub fn tasks(self) -> &'static [TaskName] {
-        match self {
-            PluginKind::Provider => &TaskName::ALL[..3],
-            PluginKind::Automator => &TaskName::ALL[3..],
-        }
-    }
-
-    /// `"provider"` or `"automator"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PluginKind::Provider => "provider",
-            PluginKind::Automator => "automator",
-        }
-    }
-}
-
-impl fmt::Display for PluginKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Params of `handshake`, supervisor to plugin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,15 +17,17 @@
 pub mod codec;
 pub mod handshake;
 pub mod message;
+pub mod names;
 pub mod notification;
 pub mod task;
 pub mod writer;
 
 pub use codec::{CodecError, LineCodec, Overflow};
-pub use handshake::{HandshakeParams, HandshakeResult, PluginKind};
+pub use handshake::{HandshakeParams, HandshakeResult};
 pub use message::{DecodeError, Message, Notification, Request, RequestId, Response, ResponseError};
+pub use names::{PluginKind, TaskName, UnknownTaskName};
 pub use notification::{CancelParams, LogLevel, LogParams, OutputParams, OutputStream, ProgressParams};
-pub use task::{Config, Task, TaskName, TaskResult, UnknownTaskName};
+pub use task::{Config, Task, TaskResult};
 
 /// The protocol versions this crate speaks. A handshake agrees on one of them.
 pub const PROTOCOL_VERSIONS: &[u32] = &[1];

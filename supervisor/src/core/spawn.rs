@@ -77,7 +77,9 @@ pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Resu
         cmd.env(loom_protocol::ENV_LOG_FD, loom_protocol::LOG_FD.to_string());
     }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, setrlimit, dup2, fcntl).
+    // async-signal-safe system calls (prctl, getppid, setrlimit, dup2, fcntl); it does
+    // not allocate (its errors come from errno: `io::Error::from(Errno)` and
+    // `from_raw_os_error` hold a number, not a box).
     unsafe {
         cmd.pre_exec(move || {
             // The kernel clears the parent-death signal when the credentials change, and
@@ -85,8 +87,10 @@ pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Resu
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
             // The supervisor may have died between fork and prctl: then nobody would kill us.
+            // (ESRCH rather than a message: building an error with text allocates, and
+            // allocating is not async-signal-safe here; nobody is left to read it anyway.)
             if nix::unistd::getppid().as_raw() as u32 != supervisor_pid {
-                return Err(io::Error::other("the supervisor exited while the plugin was starting"));
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             if let Some((soft, hard)) = open_files {
                 nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)

@@ -29,7 +29,6 @@
 //! across two `output` chunks is still found.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -151,8 +150,12 @@ struct TaskCall {
     /// Live output on its way out, stdout's then stderr's.
     live: [StreamScrubber; 2],
     /// Dropped when the call ends, whichever way: holds the caller's slot.
-    _guard: Box<dyn Send>,
+    held: Held,
 }
+
+/// What a task call keeps alive until it ends: the caller's slot lease. Erased because
+/// the slot belongs to a higher layer ([`crate::core::pool`]) that this one cannot name.
+pub type Held = Box<dyn Send>;
 
 /// How a call ended.
 #[derive(Debug)]
@@ -366,24 +369,21 @@ impl Connection {
         self.start_call(id, line, None)
     }
 
-    /// Sends a `task` request with the task's bytes as they were submitted. `guard` is
-    /// dropped when the call ends (answered, or failed by [`Connection::fail_all`]), even
-    /// if the returned [`Call`] was dropped earlier.
-    pub fn request_task(self: &Arc<Self>, task: &TaskEnvelope, guard: Box<dyn Send>) -> Call {
+    /// Sends a `task` request with the task's bytes as they were submitted
+    /// ([`Request::line_with_params`]). `held` is whatever the caller needs kept alive while
+    /// the call is in flight (the core's slot lease, [`crate::core`] being above this
+    /// layer, hence the erased type): it is dropped when the call ends (answered, or failed
+    /// by [`Connection::fail_all`]), even if the returned [`Call`] was dropped earlier.
+    pub fn request_task(self: &Arc<Self>, task: &TaskEnvelope, held: Held) -> Call {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let raw = task.raw().get();
-        let mut line = Vec::with_capacity(raw.len() + 64);
-        // Written by hand so the task is copied once, not parsed and re-serialized.
-        let _ = write!(line, r#"{{"jsonrpc":"2.0","id":{id},"method":"task","params":"#);
-        line.extend_from_slice(raw.as_bytes());
-        line.extend_from_slice(b"}\n");
+        let line = Request::line_with_params(id, methods::TASK, task.raw());
         self.redactor.add(&task.secrets);
         let call = TaskCall {
             task_id: task.task_id.clone(),
             secrets: task.secrets.clone(),
             output: CapturedOutput::default(),
             live: Default::default(),
-            _guard: guard,
+            held,
         };
         self.start_call(id, line, Some(call))
     }
@@ -451,7 +451,7 @@ impl Connection {
     /// Delivers `outcome` for a call already removed from the map. Runs without the lock,
     /// because dropping the guard may hand the caller's slot to another task.
     fn finish(&self, pending: Pending, outcome: Outcome) {
-        let (output, guard) = match pending.task {
+        let (output, held) = match pending.task {
             Some(mut t) => {
                 // What the stream scrubbers held back is let out now that the stream ended.
                 for stream in [OutputStream::Stdout, OutputStream::Stderr] {
@@ -460,12 +460,12 @@ impl Connection {
                     self.show_output(&t.task_id, stream, rest);
                 }
                 self.redactor.release(&t.secrets);
-                (Some(t.output), Some(t._guard))
+                (Some(t.output), Some(t.held))
             }
             None => (None, None),
         };
         let _ = pending.reply.send(Reply { outcome, output });
-        drop(guard);
+        drop(held);
     }
 
     fn handle_line(&self, line: &[u8]) {
