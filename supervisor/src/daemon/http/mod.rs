@@ -1,6 +1,6 @@
 //! The daemon's HTTP API (JSON), on TCP or a Unix socket.
 //!
-//! | method and path | answer |
+//! | method and path ([`routes`]) | answer |
 //! |---|---|
 //! | `POST /v1/tasks[?wait=true]` | 202 `{"taskId","state":"queued"}`, or with `wait` 200 and the finished task; a known id: 200 and that task, never a second run |
 //! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::cluster::view::ClusterView;
@@ -37,8 +37,10 @@ use crate::daemon::service::{ClusterOpError, Daemon, SubmitError, Submitted};
 
 mod body;
 mod path;
+mod routes;
 mod server;
 
+use routes::{Endpoint, Found};
 use server::Body;
 pub use server::{AsyncIo, Limits, raise_open_files_limit, serve, serve_stream};
 
@@ -131,35 +133,47 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
             .insert(WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer realm=\"loom-provisioner\""));
         return r;
     }
+    let (endpoint, args) = match routes::find(req.method(), &segments) {
+        Found::Endpoint(endpoint, args) => (endpoint, args),
+        Found::WrongMethod(allowed) => {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("{} is not allowed on {path}", req.method()));
+            if let Ok(allow) = hyper::header::HeaderValue::from_str(&allowed.join(", ")) {
+                r.headers_mut().insert(ALLOW, allow);
+            }
+            return r;
+        }
+        Found::NoPath => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+    };
+    let arg = args.first().copied().unwrap_or_default();
     let wait = flag(&req, "wait");
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => health(daemon),
-        (&Method::GET, ["metrics"]) => metrics(daemon).await,
-        (&Method::POST, ["v1", "tasks"]) => submit(daemon, req, wait).await,
-        (&Method::GET, ["v1", "tasks", id]) => match daemon.get(id).await {
+    match endpoint {
+        Endpoint::Health => health(daemon),
+        Endpoint::Metrics => metrics(daemon).await,
+        Endpoint::SubmitTask => submit(daemon, req, wait).await,
+        Endpoint::GetTask => match daemon.get(arg).await {
             Ok(Some(r)) => json_response(StatusCode::OK, &r),
-            Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
+            Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {arg}")),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
-        (&Method::GET, ["v1", "plugins"]) => json_response(StatusCode::OK, &plugins(daemon)),
-        (&Method::POST, ["v1", "plugins", name, "restart"]) => restart(daemon, name),
-        (&Method::POST, ["v1", "clusters"]) => match read_spec(daemon, req, None).await {
+        Endpoint::ListPlugins => json_response(StatusCode::OK, &plugins(daemon)),
+        Endpoint::RestartPlugin => restart(daemon, arg),
+        Endpoint::ClusterUp => match read_spec(daemon, req, None).await {
             Ok(spec) => cluster_op(daemon, spec, JobKind::Up, wait).await,
             Err(r) => r,
         },
-        (&Method::GET, ["v1", "clusters"]) => cluster_list(daemon).await,
-        (&Method::GET, ["v1", "clusters", name]) => cluster_get(daemon, name, flag(&req, "tasks")).await,
-        (&Method::DELETE, ["v1", "clusters", name]) => match stored(daemon, name).await {
+        Endpoint::ListClusters => cluster_list(daemon).await,
+        Endpoint::GetCluster => cluster_get(daemon, arg, flag(&req, "tasks")).await,
+        Endpoint::ClusterDown => match stored(daemon, arg).await {
             Ok(spec) => cluster_op(daemon, spec, JobKind::Down { force: flag(&req, "force") }, wait).await,
             Err(r) => r,
         },
-        (&Method::POST, ["v1", "clusters", name, "restart-services"]) => match stored(daemon, name).await {
+        Endpoint::RestartServices => match stored(daemon, arg).await {
             Ok(spec) => cluster_op(daemon, spec, JobKind::RestartServices, wait).await,
             Err(r) => r,
         },
-        (&Method::POST, ["v1", "clusters", name, "reconfigure"]) => {
+        Endpoint::Reconfigure => {
             let kind = JobKind::Reconfigure { restart: flag(&req, "restart") };
-            let name = (*name).to_owned();
+            let name = arg.to_owned();
             let spec = match stored(daemon, &name).await {
                 Ok(spec) => read_spec(daemon, req, Some(spec)).await,
                 Err(r) => Err(r),
@@ -172,19 +186,6 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
                 Err(r) => r,
             }
         }
-        (
-            _,
-            ["healthz"]
-            | ["metrics"]
-            | ["v1", "tasks"]
-            | ["v1", "tasks", _]
-            | ["v1", "plugins"]
-            | ["v1", "plugins", _, "restart"]
-            | ["v1", "clusters"]
-            | ["v1", "clusters", _]
-            | ["v1", "clusters", _, "restart-services" | "reconfigure"],
-        ) => error(StatusCode::METHOD_NOT_ALLOWED, &format!("{} is not allowed on {path}", req.method())),
-        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     }
 }
 
