@@ -399,3 +399,153 @@ fn fail_waiters(st: &mut PoolState, reason: &str) {
         let _ = w.send(Err(reason.to_owned()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn conn(pid: u32) -> Arc<Connection> {
+        Connection::new(Arc::from("p"), pid, tokio::io::sink(), Arc::default()).0
+    }
+
+    fn ready(pool: &Arc<Pool>, slot: usize, capacity: usize) -> u64 {
+        let ready =
+            Ready { conn: conn(100 + slot as u32), capacity, declared: vec![TaskName::Install], idempotent: vec![] };
+        pool.set_ready(slot, ready)
+    }
+
+    /// Polls `f` once: `Some` if it completed.
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        match f.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_first_waiter() {
+        let pool = Pool::new(1, 10);
+        ready(&pool, 0, 1);
+        let held = pool.acquire().await.unwrap();
+        let mut first = pin!(pool.acquire());
+        let mut second = pin!(pool.acquire());
+        assert!(poll_once(first.as_mut()).is_none() && poll_once(second.as_mut()).is_none());
+        assert_eq!(pool.queued(), 2);
+        drop(held);
+        let got = poll_once(first.as_mut());
+        assert!(got.as_ref().is_some_and(|r| r.is_ok()), "the first waiter gets the slot");
+        assert!(poll_once(second.as_mut()).is_none(), "the second still waits");
+    }
+
+    #[tokio::test]
+    async fn a_slot_handed_to_a_waiter_that_gave_up_goes_back() {
+        let pool = Pool::new(1, 10);
+        ready(&pool, 0, 1);
+        let held = pool.acquire().await.unwrap();
+        {
+            let mut gave_up = pin!(pool.acquire());
+            assert!(poll_once(gave_up.as_mut()).is_none());
+        }
+        drop(held);
+        assert_eq!(pool.status()[0].in_flight, 0, "the slot is free again");
+        assert!(pool.acquire().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_and_takers_wait_for_room() {
+        let pool = Pool::new(1, 1);
+        ready(&pool, 0, 1);
+        let held = pool.acquire().await.unwrap();
+        let mut queued = pin!(pool.acquire());
+        let mut no_room = pin!(pool.acquire());
+        assert!(poll_once(queued.as_mut()).is_none() && poll_once(no_room.as_mut()).is_none());
+        assert_eq!(pool.queued(), 1, "one waits in the queue, the other for room in it");
+        drop(held);
+        let got = poll_once(queued.as_mut());
+        assert!(got.is_some());
+        assert!(poll_once(no_room.as_mut()).is_none(), "it had no room: now it waits for a slot");
+        assert_eq!(pool.queued(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_instance_with_most_room_serves_and_a_lease_of_an_old_process_frees_nothing() {
+        let pool = Pool::new(2, 10);
+        ready(&pool, 0, 1);
+        ready(&pool, 1, 3);
+        let lease = pool.acquire().await.unwrap();
+        assert_eq!(lease.slot(), 1);
+        // Instance 1's process ends and a new one is ready: the old lease counts for nothing.
+        pool.set_phase(1, Phase::Restarting);
+        ready(&pool, 1, 2);
+        drop(lease);
+        assert_eq!(pool.status()[1].in_flight, 0);
+        let a = pool.acquire().await.unwrap();
+        assert_eq!(a.slot(), 1, "the new process, with room for 2");
+        let _b = pool.acquire().await.unwrap();
+        let _c = pool.acquire().await.unwrap();
+        assert_eq!(pool.status().iter().map(|s| s.in_flight).collect::<Vec<_>>(), [1, 2]);
+        let mut full = pin!(pool.acquire());
+        assert!(poll_once(full.as_mut()).is_none(), "three slots in all: the fourth waits");
+    }
+
+    #[tokio::test]
+    async fn when_every_instance_is_failed_takers_fail_at_once_and_waiters_learn_why() {
+        let pool = Pool::new(1, 10);
+        ready(&pool, 0, 1);
+        let _held = pool.acquire().await.unwrap();
+        let mut waiting = pin!(pool.acquire());
+        assert!(poll_once(waiting.as_mut()).is_none());
+        pool.set_crashed(0, "it crashed", false);
+        let until = Instant::now() + std::time::Duration::from_secs(60);
+        pool.set_failed(0, "marked failed".into(), until);
+        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).unwrap_or_default();
+        assert!(why.starts_with("marked failed; it will be tried again in"), "{why}");
+        let now = pool.acquire().await.err().unwrap_or_default();
+        assert!(now.starts_with("marked failed"), "{now}");
+    }
+
+    #[tokio::test]
+    async fn a_start_failure_fails_the_waiters_unless_another_instance_serves() {
+        let pool = Pool::new(2, 10);
+        let mut waiting = pin!(pool.acquire());
+        assert!(poll_once(waiting.as_mut()).is_none());
+        pool.set_crashed(0, "no such file", true);
+        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).unwrap_or_default();
+        assert_eq!(why, "the plugin could not start: no such file");
+
+        let pool = Pool::new(2, 10);
+        ready(&pool, 1, 1);
+        let _held = pool.acquire().await.unwrap();
+        let mut waiting = pin!(pool.acquire());
+        assert!(poll_once(waiting.as_mut()).is_none());
+        pool.set_crashed(0, "no such file", true);
+        assert!(poll_once(waiting.as_mut()).is_none(), "instance 1 serves: keep waiting");
+    }
+
+    #[tokio::test]
+    async fn closing_refuses_waiters_and_later_takers() {
+        let pool = Pool::new(1, 10);
+        ready(&pool, 0, 1);
+        let _held = pool.acquire().await.unwrap();
+        let mut waiting = pin!(pool.acquire());
+        assert!(poll_once(waiting.as_mut()).is_none());
+        pool.close();
+        assert!(pool.is_closed());
+        assert_eq!(poll_once(waiting.as_mut()).and_then(|r| r.err()).as_deref(), Some("the plugin is shutting down"));
+        assert_eq!(pool.acquire().await.err().as_deref(), Some("the plugin is shutting down"));
+    }
+
+    #[tokio::test]
+    async fn the_last_handshake_says_what_is_idempotent() {
+        let pool = Pool::new(1, 1);
+        assert!(!pool.is_idempotent(TaskName::Delete));
+        let ready =
+            Ready { conn: conn(1), capacity: 1, declared: vec![TaskName::Delete], idempotent: vec![TaskName::Delete] };
+        pool.set_ready(0, ready);
+        assert!(pool.is_idempotent(TaskName::Delete) && !pool.is_idempotent(TaskName::Create));
+    }
+}
