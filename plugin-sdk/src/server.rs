@@ -94,7 +94,11 @@ pub(crate) async fn serve<D: Dispatch>(info: Plugin, handler: D) -> std::process
     };
     let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
     let (logs_tx, logs_rx) = mpsc::unbounded_channel();
-    let writers = match io.log {
+    let log = io.log.unwrap_or_else(|refused| {
+        eprintln!("{}: {refused}; log lines go to stdout", info.name);
+        None
+    });
+    let writers = match log {
         // Log lines on their own pipe: they never share stdout with answers.
         Some(log) => vec![tokio::spawn(write_lines(tasks_rx, io.output)), tokio::spawn(write_lines(logs_rx, log))],
         None => vec![tokio::spawn(write_prioritized(tasks_rx, logs_rx, io.output))],

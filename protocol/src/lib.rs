@@ -11,9 +11,12 @@
 //!   [`writer`]: one task that batches queued lines into as few writes as possible.
 //! - [`handshake`], [`task`], [`notification`]: the typed params and results of each method.
 //! - [`methods`] and [`codes`]: method names and error codes.
+//! - [`backoff`]: exponential backoff with jitter, shared by the supervisor's restarts and
+//!   the bundled plugins' retries.
 //!
 //! `PROTOCOL.md` next to this crate is the normative specification; these types follow it.
 
+pub mod backoff;
 pub mod codec;
 pub mod handshake;
 pub mod message;

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
+use loom_protocol::backoff::Backoff;
 
 /// EC2 API version spoken.
 const VERSION: &str = "2016-11-15";
@@ -95,13 +96,12 @@ impl Client {
     /// Calls `action` with `params`; returns the XML answer. Blocking: run it on the
     /// blocking pool.
     pub fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, ApiError> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut attempt = 1;
         loop {
             match self.call_once(action, params) {
                 Err(e) if e.transient() && attempt < self.max_attempts => {
-                    std::thread::sleep(delay.mul_f64(0.5 + jitter()));
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    std::thread::sleep(backoff.next_pause());
                     attempt += 1;
                 }
                 other => return other,
@@ -189,13 +189,6 @@ fn error_of(xml: &str) -> Option<(String, String)> {
 /// Text of the first element named `tag` under `node`.
 pub fn child_text<'a>(node: roxmltree::Node<'a, 'a>, tag: &str) -> Option<&'a str> {
     node.descendants().find(|n| n.has_tag_name(tag)).and_then(|n| n.text())
-}
-
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u8(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use loom_plugin_sdk::{CancellationToken, OutputStream};
+use loom_protocol::backoff::Backoff;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
@@ -84,13 +85,12 @@ impl Session {
     /// host key changed, credentials refused, unusable private key.
     pub async fn connect(target: &Target, limit: Duration) -> Result<Session, SshError> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match Session::connect_once(target, limit, deadline).await {
-                Err(SshError::Session { .. }) if tokio::time::Instant::now() + delay < deadline => {
+                Err(SshError::Session { .. }) if tokio::time::Instant::now() + backoff.delay() < deadline => {
                     tracing::debug!("{target:?}: connection dropped during the handshake; trying again");
-                    tokio::time::sleep(delay.mul_f64(0.5 + jitter())).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
                 other => return other,
             }
@@ -281,13 +281,6 @@ fn describe(e: &russh::Error) -> String {
         russh::Error::IO(io) => io.to_string(),
         other => other.to_string(),
     }
-}
-
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u8(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Turns a byte stream into text without splitting a UTF-8 character across chunks.

@@ -1,0 +1,67 @@
+//! The workspace and what is built from it: paths, the binaries (built once per test
+//! process, so that no test runs a stale one), and temporary folders the supervisor
+//! trusts.
+//!
+//! The supervisor refuses plugins under a folder every user can write (/tmp included), so
+//! temporary folders live in the build's `target/tmp` ([`tempdir`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The folder with the workspace's binaries, built (or rebuilt) once per test process so
+/// that tests never run stale binaries.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--workspace", "--bins"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    })
+}
+
+/// A temporary folder the supervisor trusts: under `target/tmp` of this build (owned by
+/// whoever builds, not writable by others), not under /tmp. Mode 0755, so that plugins
+/// running as another user can reach what a test puts there.
+pub fn tempdir() -> tempfile::TempDir {
+    // target/<profile>/deps/<this test> -> target/tmp
+    let exe = std::env::current_exe().expect("current_exe");
+    let base = exe.ancestors().nth(3).expect("target dir").join("tmp");
+    std::fs::create_dir_all(&base).expect("target/tmp");
+    let dir = tempfile::tempdir_in(base).expect("tempdir");
+    chmod(dir.path(), 0o755);
+    dir
+}
+
+/// Sets `path`'s permission bits.
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// The `loom-provisioner` binary.
+pub fn provisioner() -> PathBuf {
+    bin_dir().join("loom-provisioner")
+}
+
+/// The misbehaving test plugin.
+pub fn test_plugin() -> PathBuf {
+    workspace().join("tests/plugins/testplugin.py")
+}
+
+/// Nanoseconds since the epoch: part of names that tests running in parallel (and test
+/// processes started one after another) must not share.
+pub(crate) fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}

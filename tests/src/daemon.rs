@@ -1,0 +1,227 @@
+//! The daemon: `loom-provisioner serve` as a real process with a configuration, a data
+//! folder and a systemd notify socket of its own, and HTTP requests to its API.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::build::{nanos, provisioner};
+use crate::net::free_port;
+use crate::plugins::Plugins;
+use crate::process::wait_or_kill;
+
+/// `loom-provisioner serve` as a real process, with a notify socket of its own. Killed
+/// when dropped.
+pub struct Serve {
+    child: Option<std::process::Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its data folder.
+    pub data_dir: PathBuf,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    notify: std::os::unix::net::UnixDatagram,
+    notify_path: PathBuf,
+    /// The READY=1 notification of the last start.
+    pub ready_message: String,
+    token: Option<String>,
+    env: Vec<(String, String)>,
+    /// The open-files limits (soft, hard) the daemon starts with, when set.
+    open_files: Option<(u64, u64)>,
+    agent: ureq::Agent,
+}
+
+impl Serve {
+    /// Starts `serve` on the plugins of `plugins` with `extra` lines appended to its
+    /// configuration, and waits for READY=1 on its notify socket.
+    pub fn start(plugins: &Plugins, extra: &str) -> Serve {
+        Serve::start_with(plugins, extra, &[])
+    }
+
+    /// [`Serve::start`] with extra environment.
+    pub fn start_with(plugins: &Plugins, extra: &str, env: &[(&str, &str)]) -> Serve {
+        Serve::start_listening(plugins, &format!("127.0.0.1:{}", free_port()), extra, env)
+    }
+
+    /// [`Serve::start_with`], listening on `listen` (an address or `unix:/path`; then
+    /// [`Serve::request`] is not available).
+    pub fn start_listening(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let mut serve = Serve::start_listening_later(plugins, listen, extra, env);
+        serve.spawn();
+        serve
+    }
+
+    /// The daemon, configured but not started: [`Serve::spawn`] starts it.
+    fn start_listening_later(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let dir = plugins.path().join("serve");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let config = dir.join("config.toml");
+        let data_dir = dir.join("data");
+        let text = format!(
+            "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n{extra}\n",
+            plugins.path().display().to_string(),
+            data_dir.display().to_string()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let token = extra
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token_file = "))
+            .map(|f| std::fs::read_to_string(f.trim().trim_matches('"')).expect("token file").trim().to_owned());
+        let notify_path = dir.join(format!("notify-{}", nanos()));
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Serve {
+            child: None,
+            url: format!("http://{listen}"),
+            config,
+            data_dir,
+            log: dir.join("serve.log"),
+            notify,
+            notify_path,
+            ready_message: String::new(),
+            token,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            open_files: None,
+            agent,
+        }
+    }
+
+    /// [`Serve::start`] with the daemon's open-files limit (soft and hard) set to
+    /// `open_files` (soft, hard), as `ulimit -Sn` and `ulimit -Hn` would.
+    pub fn start_with_open_files(plugins: &Plugins, extra: &str, open_files: (u64, u64)) -> Serve {
+        let mut serve = Serve::start_listening_later(plugins, &format!("127.0.0.1:{}", free_port()), extra, &[]);
+        serve.open_files = Some(open_files);
+        serve.spawn();
+        serve
+    }
+
+    /// Starts the process (again) and waits for READY=1.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut command = Command::new(provisioner());
+        command
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command.spawn().expect("start loom-provisioner serve");
+        self.child = Some(child);
+        self.ready_message = self
+            .wait_notification(|m| m.contains("READY=1"), Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no READY=1 within 60 s; log:\n{}", self.log_text()));
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    /// The next notification, within `limit`.
+    pub fn next_notification(&self, limit: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(limit)).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Notifications until one satisfies `pred` (returned), or `None` after `limit`.
+    pub fn wait_notification(&self, pred: impl Fn(&str) -> bool, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let m = self.next_notification(left)?;
+            if pred(&m) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    /// An HTTP request with the configured token; the status and the JSON body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.request_with(method, path, body, self.token.as_deref())
+    }
+
+    /// An HTTP request with `token` (or none). `method` is sent as given; GET and DELETE
+    /// send no body.
+    pub fn request_with(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, Value) {
+        let mut request = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        // GET and DELETE carry no body; other methods send `body`, empty when none.
+        let result = match method {
+            "GET" | "DELETE" => request.body(()).map(|r| self.agent.run(r)),
+            _ => request.body(body.unwrap_or_default()).map(|r| self.agent.run(r)),
+        };
+        let mut resp = result
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POST /v1/tasks.
+    pub fn submit(&self, task: &Value, wait: bool) -> (u16, Value) {
+        let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };
+        self.request("POST", path, Some(&task.to_string()))
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the daemon");
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit (at most `limit`) and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = wait_or_kill(child.id() as i32, limit, move || child.wait())
+            .unwrap_or_else(|| panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log_text()));
+        status.ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Serve {
+    /// Stops the daemon as systemd would (SIGTERM), so that it stops its plugins before
+    /// the test looks for leftovers; SIGKILL if it does not exit within 30 s.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = child.id() as i32;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = wait_or_kill(pid, Duration::from_secs(30), move || child.wait());
+    }
+}
