@@ -2,7 +2,6 @@
 //! backoff and jitter, and not at all (for a cool-down) after too many crashes in a window.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::core::manifest::RestartPolicy;
@@ -65,17 +64,8 @@ impl RestartTracker {
         }
         let exp = u32::try_from(n - 2).unwrap_or(u32::MAX).min(30);
         let base = self.policy.backoff_initial.saturating_mul(1 << exp).min(self.policy.backoff_max);
-        let half = base / 2;
-        half + half.mul_f64(random_unit())
+        loom_protocol::backoff::equal_jitter(base)
     }
-}
-
-/// A random number in [0, 1), from the standard library's randomly seeded hasher: enough
-/// for jitter, without a dependency.
-fn random_unit() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -122,12 +112,5 @@ mod tests {
         }
         let later = start + Duration::from_secs(61);
         assert_eq!(t.record(later), Decision::RestartAfter(Duration::ZERO));
-    }
-
-    #[test]
-    fn jitter_varies() {
-        let samples: std::collections::HashSet<u64> = (0..20).map(|_| (random_unit() * 1e9) as u64).collect();
-        assert!(samples.len() > 15);
-        assert!((0..1000).map(|_| random_unit()).all(|x| (0.0..1.0).contains(&x)));
     }
 }
