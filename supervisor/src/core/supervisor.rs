@@ -80,15 +80,15 @@ pub struct TaskReport {
 pub struct Permit<'t> {
     task: &'t TaskEnvelope,
     route: String,
-    send: Send,
+    reserved: Reserved,
 }
 
-enum Send {
+enum Reserved {
     /// To one plugin, on this slot.
     One { plugin: Arc<Plugin>, lease: Lease, _busy: Busy },
     /// BOOTSTRAP: the results of the automators before the first one that took a slot
     /// (they cannot run), that one and its slot, and the automators after it.
-    Bootstrap { merged: Merged, first: Option<(String, Arc<Plugin>, Lease, Busy)>, rest: Vec<Target> },
+    Bootstrap { merged: Box<Merged>, first: Option<(String, Arc<Plugin>, Lease, Busy)>, rest: Vec<Target> },
 }
 
 /// A task that was not sent: no plugin takes it, or its plugin is failed or stopping.
@@ -129,9 +129,9 @@ impl Permit<'_> {
     /// automators are not sent.
     pub async fn send(self) -> TaskResult {
         let task = self.task;
-        let mut result = match self.send {
-            Send::One { plugin, lease, _busy } => plugin.send(lease, task).await,
-            Send::Bootstrap { mut merged, first, rest } => {
+        let mut result = match self.reserved {
+            Reserved::One { plugin, lease, _busy } => plugin.send(lease, task).await,
+            Reserved::Bootstrap { mut merged, first, rest } => {
                 if let Some((name, plugin, lease, _busy)) = first {
                     merged.add(&name, plugin.send(lease, task).await);
                 }
@@ -153,11 +153,11 @@ impl Permit<'_> {
     /// not record that it runs): a failed result naming the plugin and the task.
     pub fn abandon(self, why: &str) -> TaskResult {
         let task = self.task;
-        let mut result = match &self.send {
-            Send::One { plugin, .. } | Send::Bootstrap { first: Some((_, plugin, _, _)), .. } => {
+        let mut result = match &self.reserved {
+            Reserved::One { plugin, .. } | Reserved::Bootstrap { first: Some((_, plugin, _, _)), .. } => {
                 plugin.unsent(task, why)
             }
-            Send::Bootstrap { first: None, .. } => {
+            Reserved::Bootstrap { first: None, .. } => {
                 TaskResult::failed(format!("task {}: the task was not sent: {why}", task.task_id))
             }
         };
@@ -204,21 +204,21 @@ impl Supervisor {
             redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
             Refused { route: label.clone(), result }
         };
-        let send = match route {
+        let reserved = match route {
             Route::Refused(why) => return Err(refuse(TaskResult::failed(why))),
             Route::One(plugin) => {
                 let busy = plugin.busy();
                 match plugin.acquire(task).await {
-                    Ok(lease) => Send::One { plugin, lease, _busy: busy },
+                    Ok(lease) => Reserved::One { plugin, lease, _busy: busy },
                     Err(failed) => return Err(refuse(failed)),
                 }
             }
             Route::Bootstrap(targets) => match bootstrap_first(task, targets).await {
-                Ok(send) => send,
+                Ok(reserved) => reserved,
                 Err(failed) => return Err(refuse(failed)),
             },
         };
-        Ok(Permit { task, route: label, send })
+        Ok(Permit { task, route: label, reserved })
     }
 
     /// Runs one task: [`Supervisor::reserve`], then [`Permit::send`]; a refused task's
@@ -301,8 +301,8 @@ impl Supervisor {
 ///
 /// # Errors
 /// The merged failure, when there are automators and none can take the task.
-async fn bootstrap_first(task: &TaskEnvelope, targets: Vec<Target>) -> Result<Send, TaskResult> {
-    let mut merged = Merged::new(targets.len());
+async fn bootstrap_first(task: &TaskEnvelope, targets: Vec<Target>) -> Result<Reserved, TaskResult> {
+    let mut merged = Box::new(Merged::new(targets.len()));
     let none = targets.is_empty();
     let mut targets = targets.into_iter();
     for (name, target) in targets.by_ref() {
@@ -316,7 +316,7 @@ async fn bootstrap_first(task: &TaskEnvelope, targets: Vec<Target>) -> Result<Se
         let busy = plugin.busy();
         match plugin.acquire(task).await {
             Ok(lease) => {
-                return Ok(Send::Bootstrap {
+                return Ok(Reserved::Bootstrap {
                     merged,
                     first: Some((name, plugin, lease, busy)),
                     rest: targets.collect(),
@@ -325,5 +325,5 @@ async fn bootstrap_first(task: &TaskEnvelope, targets: Vec<Target>) -> Result<Se
             Err(failed) => merged.add(&name, failed),
         }
     }
-    if none { Ok(Send::Bootstrap { merged, first: None, rest: Vec::new() }) } else { Err(merged.finish()) }
+    if none { Ok(Reserved::Bootstrap { merged, first: None, rest: Vec::new() }) } else { Err(merged.finish()) }
 }
