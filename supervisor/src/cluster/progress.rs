@@ -11,7 +11,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loom_protocol::TaskName;
 
-use super::job::Outcome;
+use super::outcome::Outcome;
 use super::plan::{JobKind, Plan, StepKey};
 use crate::journal::{now_ms, rfc3339};
 

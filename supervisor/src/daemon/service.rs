@@ -16,7 +16,8 @@ use loom_protocol::{LogLevel, TaskResult};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 
-use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome};
+use crate::cluster::job::{self, Engine, JobError, Options as JobOptions};
+use crate::cluster::outcome::Outcome;
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
 use crate::core::pool::Phase;
