@@ -360,32 +360,19 @@ struct Sent {
 impl Runner<'_> {
     /// Runs the steps; returns how many succeeded and the failures.
     async fn execute(&self, plan: &Plan) -> (usize, Vec<Failure>) {
-        let n = plan.steps.len();
-        let mut waiting: Vec<usize> = plan.steps.iter().map(|s| s.after.len()).collect();
-        let mut followers = vec![Vec::new(); n];
-        for (i, s) in plan.steps.iter().enumerate() {
-            for &a in &s.after {
-                followers[a].push(i);
-            }
-        }
-        let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut schedule = plan.schedule();
         let mut running = FuturesUnordered::new();
         let (mut succeeded, mut failures) = (0, Vec::new());
         loop {
             while failures.is_empty() && running.len() < self.options.parallel {
-                let Some(i) = ready.pop_first() else { break };
+                let Some(i) = schedule.next_ready() else { break };
                 running.push(async move { (i, self.run_step(&plan.steps[i].key).await) });
             }
             let Some((i, outcome)) = running.next().await else { break };
             match outcome {
                 Ok(()) => {
                     succeeded += 1;
-                    for &f in &followers[i] {
-                        waiting[f] -= 1;
-                        if waiting[f] == 0 {
-                            ready.insert(f);
-                        }
-                    }
+                    schedule.done(i);
                 }
                 Err(failure) => failures.push(failure),
             }
