@@ -38,7 +38,7 @@ use super::task::{self, Tasks};
 use crate::core::registry::Availability;
 use crate::core::router::Table;
 use crate::core::supervisor::Supervisor;
-use crate::journal::JournalError;
+use crate::journal::{JournalError, until_recorded};
 use crate::wire::envelope::TaskEnvelope;
 
 /// Tasks run at once unless told otherwise.
@@ -567,20 +567,11 @@ impl Runner<'_> {
         Sent { task_id: task_id.to_owned(), status, stdout, stderr, fatal }
     }
 
-    /// Journals a result; a result that cannot be written is retried: it must not be lost.
+    /// Journals a result; a result that cannot be written is retried: it must not be lost
+    /// ([`until_recorded`]).
     async fn persist(&self, finished: Finished) {
         let cluster = &self.spec.name;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.engine.store.finished(cluster, finished.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(task_id = %finished.task_id, "cannot record the result: {e}; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        until_recorded(&finished.task_id, || self.engine.store.finished(cluster, finished.clone())).await;
     }
 
     /// What this operation's tasks are built from.

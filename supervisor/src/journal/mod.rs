@@ -16,7 +16,10 @@
 //! nothing within [`CHECKPOINT_AFTER`] of any commit, at most once per that interval under
 //! load, and on [`Journal::checkpoint`] (a clean stop).
 
+mod retry;
 pub mod schema;
+
+pub use retry::until_recorded;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
