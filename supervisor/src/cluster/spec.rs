@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use loom_protocol::TaskName;
 use serde_json::{Map, Value};
 
+use crate::wire::json::read_value;
+
 /// Most nodes one cluster may have.
 pub const MAX_NODES: u64 = 1000;
 
@@ -179,9 +181,7 @@ impl ClusterSpec {
         let fail = |p: String| SpecError { origin: origin.to_owned(), problems: vec![p] };
         let value = match format {
             SpecFormat::Toml => toml::from_str::<Value>(text).map_err(|e| fail(toml_error(text, &e)))?,
-            SpecFormat::Json => {
-                serde_json::from_str::<Value>(text).map_err(|e| fail(format!("not valid JSON: {e}")))?
-            }
+            SpecFormat::Json => read_value(text.as_bytes()).map_err(|e| fail(e.to_string()))?,
         };
         ClusterSpec::from_value(&value, origin, base)
     }
@@ -976,5 +976,14 @@ mod tests {
         std::fs::write(&path, "name = \"t\"\nprovider = {\n").unwrap();
         let e = ClusterSpec::load(&path).unwrap_err().to_string();
         assert!(e.starts_with(&format!("{}: not valid TOML at line 2", path.display())), "{e}");
+    }
+
+    #[test]
+    fn a_json_syntax_error_names_the_file_and_place_never_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, "{\"name\": \"t\",\n \"provider\": {\"fields\": {\"pw\" \"hunter2\"}}}").unwrap();
+        let e = ClusterSpec::load(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: not valid JSON: expected `:` at line 2 column 31", path.display()));
     }
 }
