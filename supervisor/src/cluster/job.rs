@@ -28,7 +28,7 @@ use loom_protocol::{PluginKind, TaskName, TaskResult};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::lock::ClusterLock;
+use super::lock::{ClusterLock, LockError};
 use super::outcome::{Failure, Outcome};
 use super::plan::{self, JobKind, Mark, Marks, Plan, StepKey};
 use super::progress::{Event, Progress};
@@ -83,9 +83,9 @@ pub enum JobError {
     /// No such cluster.
     #[error("no cluster named {0:?}")]
     Unknown(String),
-    /// Another operation holds the cluster.
+    /// Another operation holds the cluster (or its lock cannot be taken).
     #[error("{0}")]
-    Busy(String),
+    Busy(LockError),
     /// The plugins or the recorded state do not allow it; nothing was sent.
     #[error("{}", .0.join("\n"))]
     Refused(Vec<String>),

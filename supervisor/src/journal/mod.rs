@@ -6,6 +6,11 @@
 //! so one fsync), then answers each. Under load many operations share a commit; alone, an
 //! operation costs one.
 //!
+//! An operation is queued when its call is first polled, and from then on it commits
+//! whether or not the caller still waits: dropping the future (a client that hung up, a
+//! timeout) loses only the answer, never the write ([`Journal`]). A result that must not
+//! be lost is written with [`until_recorded`].
+//!
 //! The task body (which holds credentials) is kept only until the task is done; results
 //! (scrubbed of credentials except under their `result` member, see [`crate::wire::redact`])
 //! are kept until pruned. The file is readable by its owner only.
@@ -52,6 +57,16 @@ enum Op {
 }
 
 /// A handle on the journal; cheap to clone.
+///
+/// # Errors
+/// Every operation fails with a [`JournalError`] when SQLite fails (the statement, or the
+/// commit of the batch it is in: then nothing of that batch is kept) or the journal thread
+/// has stopped.
+///
+/// # Cancellation
+/// An operation is sent to the journal thread when its future is first polled. From then
+/// on it is applied and committed with its batch even if the future is dropped; only its
+/// answer is lost. A future dropped before it was polled does nothing.
 #[derive(Clone)]
 pub struct Journal {
     jobs: std_mpsc::Sender<Op>,
@@ -183,6 +198,9 @@ impl Journal {
 
     /// Records a new task as queued, unless one with this id exists: then returns it and
     /// records nothing.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then nothing is recorded.
     pub async fn accept(
         &self,
         task_id: &str,
@@ -205,6 +223,9 @@ impl Journal {
 
     /// Marks a task running (committed before it reaches its plugin, so a crash never
     /// runs it twice unknowingly).
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then the task is still recorded as it was.
     pub async fn start(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| {
@@ -218,6 +239,10 @@ impl Journal {
     }
 
     /// Records a task's result (JSON text) and forgets its body.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then the task keeps its body and its state:
+    /// try again ([`until_recorded`]).
     pub async fn finish(&self, task_id: &str, result: impl Into<std::sync::Arc<str>>) -> Result<(), JournalError> {
         let result: std::sync::Arc<str> = result.into();
         let id = task_id.to_owned();
@@ -232,6 +257,9 @@ impl Journal {
     }
 
     /// Puts a task back in the queue (a re-run after a restart).
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn requeue(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| c.execute("UPDATE tasks SET state = 'queued' WHERE task_id = ?1", params![id]).map(drop))
@@ -239,12 +267,18 @@ impl Journal {
     }
 
     /// The task with this id.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn get(&self, task_id: &str) -> Result<Option<Record>, JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| get(c, &id)).await
     }
 
     /// Every task not done, oldest first.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn unfinished(&self) -> Result<Vec<Unfinished>, JournalError> {
         self.run(|c| {
             let mut q = c.prepare(
@@ -264,6 +298,9 @@ impl Journal {
     }
 
     /// Deletes finished tasks older than `retention`; returns how many.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then nothing is deleted.
     pub async fn prune(&self, retention: Duration) -> Result<usize, JournalError> {
         let before = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         self.run(move |c| c.execute("DELETE FROM tasks WHERE state = 'done' AND finished_at <= ?1", params![before]))
@@ -286,6 +323,9 @@ impl Journal {
     }
 
     /// Task counts by state.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn counts(&self) -> Result<Counts, JournalError> {
         self.run(|c| {
             let mut q = c.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
@@ -306,6 +346,14 @@ impl Journal {
 
     /// Runs `f` on the journal thread inside the next batch; answers after the commit.
     /// Everything `f` does commits (or fails) together.
+    ///
+    /// # Errors
+    /// `f`'s error, or the batch's commit failed (then nothing `f` did is kept), or the
+    /// journal thread has stopped.
+    ///
+    /// # Cancellation
+    /// `f` is queued when this future is first polled (before its first wait), and then
+    /// runs and commits even if the future is dropped: only the answer is lost.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -533,6 +581,19 @@ mod tests {
         assert_eq!(body, None);
         let counts = j.counts().await.unwrap();
         assert_eq!((counts.queued, counts.running, counts.done), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn an_operation_whose_caller_stopped_waiting_still_commits() {
+        use futures_util::FutureExt;
+        let dir = crate::core::trust::test_dir();
+        let j = Journal::open(dir.path()).unwrap();
+        // Polled once (which queues it), then dropped before its answer.
+        let _ = j.accept("t", "CREATE", raw("{}")).now_or_never();
+        // Operations are applied in the order they were queued: this one sees it.
+        assert_eq!(j.get("t").await.unwrap().map(|r| r.state), Some(State::Queued));
+        let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.counts().await.unwrap().queued, 1, "committed");
     }
 
     #[tokio::test]
