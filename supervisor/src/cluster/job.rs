@@ -182,11 +182,6 @@ impl Prepared<'_> {
         &self.job_id
     }
 
-    /// The cluster's name.
-    pub fn cluster(&self) -> &str {
-        &self.spec.name
-    }
-
     /// Runs the plan, records the outcome and releases the cluster.
     ///
     /// # Errors
@@ -554,16 +549,7 @@ impl Runner<'_> {
         };
         self.persist(finished).await;
         let retrying = status != 0 && !fatal && attempt < self.options.attempts;
-        self.progress.event(&Event::TaskFinished {
-            key,
-            task_id,
-            task,
-            attempt,
-            status,
-            elapsed,
-            stderr: &stderr,
-            retrying,
-        });
+        self.progress.event(&Event::TaskFinished { key, task_id, task, status, elapsed, stderr: &stderr, retrying });
         Sent { task_id: task_id.to_owned(), status, stdout, stderr, fatal }
     }
 

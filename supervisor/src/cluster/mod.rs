@@ -25,8 +25,7 @@ pub mod view;
 
 use std::path::PathBuf;
 
-pub use job::{Engine, JobError, Options};
-pub use outcome::Outcome;
+pub use job::JobError;
 pub use plan::JobKind;
 pub use spec::ClusterSpec;
 pub use store::{ClusterState, ClusterStore};

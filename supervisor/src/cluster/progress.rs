@@ -54,8 +54,6 @@ pub enum Event<'a> {
         task_id: &'a str,
         /// The task.
         task: TaskName,
-        /// 1, 2, ...
-        attempt: u32,
         /// Its status (0: success).
         status: i64,
         /// How long it ran.
