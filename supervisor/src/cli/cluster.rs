@@ -14,7 +14,8 @@ use loom_protocol::LogLevel;
 use serde_json::json;
 
 use crate::cli::exit::Exit;
-use crate::cluster::job::{self, Engine, JobError, Options, next_steps};
+use crate::cluster::job::{self, Engine, JobError, Options};
+use crate::cluster::outcome::next_steps;
 use crate::cluster::plan::JobKind;
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
 use crate::cluster::spec::ClusterSpec;

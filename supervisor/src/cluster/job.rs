@@ -1,8 +1,8 @@
 //! Running one cluster operation: the plan's steps on the supervisor, as many at once
 //! as `parallel` allows and their order permits, each up to `attempts` times.
 //!
-//! For every task sent: its node's config is built from the spec and what the node's
-//! earlier tasks returned ([`merge`]); its start is journaled just before it goes out
+//! For every task sent: it is built by [`super::task`] from the spec and what the node's
+//! earlier tasks returned ([`super::task::merge`]); its start is journaled just before it goes out
 //! (so after a crash it is known to have been sent, and is sent again with the same id:
 //! a provider that deduplicates by task id, like `ec2`, does not make a second machine);
 //! its answer, the node's merged config and the step's mark are journaled together.
@@ -11,7 +11,7 @@
 //! a failed CREATE that reported a `providerid` is deleted before it is tried again. A
 //! CREATE answering a 2xx status created nothing and is not retried (Coopr's "refused").
 //! When a step fails for good, no new step starts; the running ones finish; the cluster
-//! is left `incomplete` with a report of what failed and what to do.
+//! is left `incomplete` with a report of what failed and what to do ([`Outcome`]).
 //!
 //! # Cancellation
 //! Dropping [`run`]'s future cancels the tasks in flight (each gets a `cancel`). Their
@@ -25,19 +25,20 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use loom_protocol::{PluginKind, TaskName, TaskResult};
-use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::lock::ClusterLock;
+use super::lock::{ClusterLock, LockError};
+use super::outcome::{Failure, Outcome};
 use super::plan::{self, JobKind, Mark, Marks, Plan, StepKey};
 use super::progress::{Event, Progress};
 use super::spec::{ClusterSpec, NodeSpec};
 use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
+use super::task::{self, Tasks};
 use crate::core::registry::Availability;
 use crate::core::router::Table;
 use crate::core::supervisor::Supervisor;
-use crate::journal::JournalError;
+use crate::journal::{JournalError, until_recorded};
 use crate::wire::envelope::TaskEnvelope;
 
 /// Tasks run at once unless told otherwise.
@@ -82,96 +83,15 @@ pub enum JobError {
     /// No such cluster.
     #[error("no cluster named {0:?}")]
     Unknown(String),
-    /// Another operation holds the cluster.
+    /// Another operation holds the cluster (or its lock cannot be taken).
     #[error("{0}")]
-    Busy(String),
+    Busy(LockError),
     /// The plugins or the recorded state do not allow it; nothing was sent.
     #[error("{}", .0.join("\n"))]
     Refused(Vec<String>),
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
-}
-
-/// A step that failed for good.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Failure {
-    /// `INSTALL web on demo-web-1`.
-    pub step: String,
-    /// The last task sent for it.
-    pub task_id: String,
-    /// That task's name (a CONFIRM's retry may end in DELETE or CREATE).
-    pub task_name: String,
-    /// The node.
-    pub node: String,
-    /// The service, for service actions.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last status.
-    pub status: i64,
-    /// The end of the last attempt's stdout.
-    pub stdout: String,
-    /// The end of the last attempt's stderr.
-    pub stderr: String,
-}
-
-/// How an operation ended.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Outcome {
-    /// The cluster.
-    pub cluster: String,
-    /// `<cluster>.j<N>`.
-    pub job_id: String,
-    /// `up`, `down`, ...
-    pub operation: &'static str,
-    /// The cluster's state now.
-    pub state: ClusterState,
-    /// Steps in the plan.
-    pub steps: usize,
-    /// Steps that succeeded.
-    pub succeeded: usize,
-    /// Steps not started because of a failure.
-    pub not_run: usize,
-    /// Steps that failed for good.
-    pub failed: Vec<Failure>,
-    /// Things the operator should know.
-    pub notes: Vec<String>,
-}
-
-impl Outcome {
-    /// Whether everything succeeded.
-    pub fn ok(&self) -> bool {
-        self.failed.is_empty() && self.not_run == 0
-    }
-
-    /// The report stored with an incomplete cluster: what failed and what to do next.
-    pub fn report(&self) -> Value {
-        let next = next_steps(&self.cluster, self.operation, self.failed.first().map(|f| f.step.as_str()));
-        json!({
-            "job": self.job_id, "operation": self.operation, "failed": self.failed,
-            "notRun": self.not_run, "notes": self.notes, "next": next,
-        })
-    }
-}
-
-/// What to do after `operation` failed at `step` (or was interrupted).
-pub fn next_steps(cluster: &str, operation: &str, step: Option<&str>) -> String {
-    let cause = step.map_or_else(|| "the interruption".to_owned(), |s| format!("what made {s} fail"));
-    match operation {
-        "up" => format!(
-            "Fix {cause}, then run `loom-provisioner cluster up` with the spec again: it resumes where it stopped, and finished tasks are not run again. `loom-provisioner cluster down {cluster}` removes whatever was created."
-        ),
-        "down" => format!(
-            "Fix {cause}, then run `loom-provisioner cluster down {cluster}` again; `--force` deletes the machines without stopping their services."
-        ),
-        other => format!(
-            "Fix {cause}, then run `loom-provisioner cluster {other} {cluster}` again; `loom-provisioner cluster down {cluster}` removes the cluster."
-        ),
-    }
 }
 
 /// Runs `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
@@ -260,11 +180,6 @@ impl Prepared<'_> {
     /// The operation's id.
     pub fn job_id(&self) -> &str {
         &self.job_id
-    }
-
-    /// The cluster's name.
-    pub fn cluster(&self) -> &str {
-        &self.spec.name
     }
 
     /// Runs the plan, records the outcome and releases the cluster.
@@ -415,36 +330,6 @@ fn type_path(spec: &ClusterSpec, automator: &str) -> String {
         )
 }
 
-/// Merges a task's result into its node's learned config as Loom's server did: result
-/// keys by shallow overwrite (also when the task failed); `hostname` and `ipaddresses`
-/// only on success. A DELETE that succeeded leaves nothing; a CREATE answering a 2xx
-/// status created nothing and changes nothing.
-pub fn merge(learned: &mut Map<String, Value>, task: TaskName, result: &TaskResult) {
-    if task == TaskName::Delete && result.is_success() {
-        learned.clear();
-        return;
-    }
-    if task == TaskName::Create && created_nothing(result) {
-        return;
-    }
-    for (k, v) in &result.result {
-        learned.insert(k.clone(), v.clone());
-    }
-    if result.is_success() {
-        if let Some(h) = &result.hostname {
-            learned.insert("hostname".into(), Value::String(h.clone()));
-        }
-        if let Some(ip) = &result.ipaddresses {
-            learned.insert("ipaddresses".into(), ip.clone());
-        }
-    }
-}
-
-/// Coopr's CREATE convention: a 2xx status means the provider made nothing (it refused).
-fn created_nothing(result: &TaskResult) -> bool {
-    (200..300).contains(&result.status)
-}
-
 struct Runner<'a> {
     engine: &'a Engine<'a>,
     spec: &'a ClusterSpec,
@@ -470,32 +355,19 @@ struct Sent {
 impl Runner<'_> {
     /// Runs the steps; returns how many succeeded and the failures.
     async fn execute(&self, plan: &Plan) -> (usize, Vec<Failure>) {
-        let n = plan.steps.len();
-        let mut waiting: Vec<usize> = plan.steps.iter().map(|s| s.after.len()).collect();
-        let mut followers = vec![Vec::new(); n];
-        for (i, s) in plan.steps.iter().enumerate() {
-            for &a in &s.after {
-                followers[a].push(i);
-            }
-        }
-        let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut schedule = plan.schedule();
         let mut running = FuturesUnordered::new();
         let (mut succeeded, mut failures) = (0, Vec::new());
         loop {
             while failures.is_empty() && running.len() < self.options.parallel {
-                let Some(i) = ready.pop_first() else { break };
+                let Some(i) = schedule.next_ready() else { break };
                 running.push(async move { (i, self.run_step(&plan.steps[i].key).await) });
             }
             let Some((i, outcome)) = running.next().await else { break };
             match outcome {
                 Ok(()) => {
                     succeeded += 1;
-                    for &f in &followers[i] {
-                        waiting[f] -= 1;
-                        if waiting[f] == 0 {
-                            ready.insert(f);
-                        }
-                    }
+                    schedule.done(i);
                 }
                 Err(failure) => failures.push(failure),
             }
@@ -579,19 +451,11 @@ impl Runner<'_> {
         }
     }
 
-    /// `demo-web-1.INSTALL.web.j3a1`: unique, readable, usable as a file name.
-    fn task_id(&self, key: &StepKey, task: TaskName, attempt: u32) -> String {
-        let job = self.job_id.rsplit('.').next().unwrap_or(&self.job_id);
-        match &key.service {
-            Some(s) => format!("{}.{task}.{s}.{job}a{attempt}", key.node),
-            None => format!("{}.{task}.{job}a{attempt}", key.node),
-        }
-    }
-
     /// Sends one task and records everything about it.
     async fn send(&self, key: &StepKey, task: TaskName, attempt: u32, reuse_id: Option<String>) -> Sent {
-        let task_id = reuse_id.unwrap_or_else(|| self.task_id(key, task, attempt));
-        let body = self.task_json(key, task, &task_id);
+        let task_id = reuse_id.unwrap_or_else(|| self.tasks().id(key, task, attempt));
+        // Built under the lock, from the live configs: no copy of every node's config.
+        let body = self.tasks().body(key, task, &task_id, &self.lock_learned());
         let envelope = match RawValue::from_string(body.to_string())
             .map_err(|e| e.to_string())
             .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()))
@@ -642,7 +506,7 @@ impl Runner<'_> {
         // (all but its `result` member) before it came here, so it reaches neither the
         // journal nor the report.
         let (stdout, stderr) = (result.stdout.clone(), result.stderr.clone());
-        let fatal = task == TaskName::Create && created_nothing(&result);
+        let fatal = task == TaskName::Create && task::created_nothing(&result);
         let status = result.status;
         // A CONFIRM retried as DELETE, CREATE, CONFIRM remakes the machine: its CREATE
         // counts as the node's CREATE.
@@ -655,7 +519,7 @@ impl Runner<'_> {
             let mut all = self.lock_learned();
             let node = all.entry(key.node.clone()).or_default();
             let before = node.clone();
-            merge(node, task, &result);
+            task::merge(node, task, &result);
             let changed = (*node != before).then(|| node.clone());
             let mut marks = self.lock_marks();
             let undo = if status == 0 {
@@ -685,65 +549,20 @@ impl Runner<'_> {
         };
         self.persist(finished).await;
         let retrying = status != 0 && !fatal && attempt < self.options.attempts;
-        self.progress.event(&Event::TaskFinished {
-            key,
-            task_id,
-            task,
-            attempt,
-            status,
-            elapsed,
-            stderr: &stderr,
-            retrying,
-        });
+        self.progress.event(&Event::TaskFinished { key, task_id, task, status, elapsed, stderr: &stderr, retrying });
         Sent { task_id: task_id.to_owned(), status, stdout, stderr, fatal }
     }
 
-    /// Journals a result; a result that cannot be written is retried: it must not be lost.
+    /// Journals a result; a result that cannot be written is retried: it must not be lost
+    /// ([`until_recorded`]).
     async fn persist(&self, finished: Finished) {
         let cluster = &self.spec.name;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.engine.store.finished(cluster, finished.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(task_id = %finished.task_id, "cannot record the result: {e}; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        until_recorded(&finished.task_id, || self.engine.store.finished(cluster, finished.clone())).await;
     }
 
-    /// The task as Loom's server sent it: `taskId, jobId, clusterId, taskName, nodeId,
-    /// config`, where `config` is the node's spec-given config, overwritten by what its
-    /// tasks returned, plus `nodes` (every node) and `service` (for service actions).
-    fn task_json(&self, key: &StepKey, task: TaskName, task_id: &str) -> Value {
-        // Built under the lock, from the live configs: no copy of every node's config.
-        let learned = self.lock_learned();
-        let node = self.nodes.iter().find(|n| n.id == key.node);
-        let mut config = match node {
-            Some(n) => node_config(self.spec, n, learned.get(&n.id)),
-            None => Map::new(),
-        };
-        config.insert("nodes".into(), nodes_view(self.spec, &self.nodes, &learned));
-        if let (Some(service), Some(n)) = (&key.service, node) {
-            let action = self
-                .spec
-                .services
-                .get(service)
-                .and_then(|s| s.actions.get(&task))
-                .map(|a| render_action(self.spec, n, a, learned.get(&n.id)))
-                .unwrap_or_default();
-            config.insert("service".into(), json!({"name": service, "action": Value::Object(action)}));
-        }
-        json!({
-            "taskId": task_id,
-            "jobId": self.job_id,
-            "clusterId": self.spec.name,
-            "taskName": task.as_str(),
-            "nodeId": key.node,
-            "config": Value::Object(config),
-        })
+    /// What this operation's tasks are built from.
+    fn tasks(&self) -> Tasks<'_> {
+        Tasks { spec: self.spec, nodes: &self.nodes, job_id: &self.job_id }
     }
 
     fn lock_learned(&self) -> std::sync::MutexGuard<'_, HashMap<String, Map<String, Value>>> {
@@ -759,125 +578,11 @@ impl Runner<'_> {
     }
 }
 
-/// A node's `config` before `nodes` and `service`: what the spec gives it, then what its
-/// tasks returned on top.
-pub fn node_config(spec: &ClusterSpec, node: &NodeSpec, learned: Option<&Map<String, Value>>) -> Map<String, Value> {
-    let mut c = Map::new();
-    if let Some(g) = spec.node_groups.get(node.group) {
-        c.extend(g.config.clone());
-        if let Some(f) = &g.flavor {
-            c.insert("flavor".into(), f.clone().into());
-            c.insert("hardwaretype".into(), json!({"name": f, "flavor": f}));
-        }
-        if let Some(i) = &g.image {
-            c.insert("image".into(), i.clone().into());
-            c.insert("imagetype".into(), json!({"name": i, "image": i}));
-        }
-    }
-    c.insert("hostname".into(), node.hostname.clone().into());
-    c.insert("nodenum".into(), node.nodenum.to_string().into());
-    c.insert("services".into(), spec.services_of(node).to_vec().into());
-    c.insert("automators".into(), spec.automators_of(node).into());
-    c.insert(
-        "provider".into(),
-        json!({
-            "name": spec.provider.name,
-            "providertype": spec.provider.name,
-            "provisioner": Value::Object(spec.provider.fields.clone()),
-        }),
-    );
-    c.insert("cluster".into(), Value::Object(spec.config.clone()));
-    if let Some(l) = learned {
-        for (k, v) in l {
-            c.insert(k.clone(), v.clone());
-        }
-    }
-    c
-}
-
-/// `config.nodes`: every node's hostname, number, addresses and services, by id.
-fn nodes_view(spec: &ClusterSpec, nodes: &[NodeSpec], learned: &HashMap<String, Map<String, Value>>) -> Value {
-    let mut all = Map::new();
-    for n in nodes {
-        let l = learned.get(&n.id);
-        let mut o = Map::new();
-        let hostname = l.and_then(|l| l.get("hostname")).cloned().unwrap_or_else(|| n.hostname.clone().into());
-        o.insert("hostname".into(), hostname);
-        o.insert("nodenum".into(), n.nodenum.to_string().into());
-        for key in ["ipaddress", "ipaddresses"] {
-            if let Some(v) = l.and_then(|l| l.get(key)) {
-                o.insert(key.into(), v.clone());
-            }
-        }
-        o.insert("services".into(), spec.services_of(n).to_vec().into());
-        o.insert("automators".into(), spec.automators_of(n).into());
-        all.insert(n.id.clone(), Value::Object(o));
-    }
-    Value::Object(all)
-}
-
-/// The action with its placeholders filled for `node` (`data`, `script` and string
-/// `fields`, including arrays of strings).
-fn render_action(
-    spec: &ClusterSpec,
-    node: &NodeSpec,
-    action: &Map<String, Value>,
-    learned: Option<&Map<String, Value>>,
-) -> Map<String, Value> {
-    let empty = Map::new();
-    let learned = learned.unwrap_or(&empty);
-    let var = |k: &str| spec.var(node, k, learned);
-    let fill = |v: &Value| -> Value {
-        match v {
-            Value::String(s) => Value::String(super::spec::render(s, &var)),
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|i| i.as_str().map_or_else(|| i.clone(), |s| Value::String(super::spec::render(s, &var))))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
-    };
-    action
-        .iter()
-        .map(|(k, v)| {
-            let v = match (k.as_str(), v) {
-                ("type", _) => v.clone(),
-                ("fields", Value::Object(f)) => {
-                    Value::Object(f.iter().map(|(fk, fv)| (fk.clone(), fill(fv))).collect())
-                }
-                _ => fill(v),
-            };
-            (k.clone(), v)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::json;
 
-    #[test]
-    fn results_merge_shallowly_even_on_failure_and_addresses_only_on_success() {
-        let mut learned = Map::new();
-        let created = TaskResult::ok().with("providerid", "p-1").with("ssh-auth", json!({"user": "u"}));
-        merge(&mut learned, TaskName::Create, &created);
-        let mut failed = TaskResult::failed("boom").with("ssh-auth", json!({"user": "v"}));
-        failed.hostname = Some("h".into());
-        merge(&mut learned, TaskName::Confirm, &failed);
-        assert_eq!(Value::Object(learned.clone()), json!({"providerid": "p-1", "ssh-auth": {"user": "v"}}));
-        let mut ok = TaskResult::ok().with("ipaddress", "10.0.0.5");
-        ok.ipaddresses = Some(json!({"access_v4": "10.0.0.5"}));
-        merge(&mut learned, TaskName::Confirm, &ok);
-        assert_eq!(learned["ipaddresses"]["access_v4"], "10.0.0.5");
-        let mut refused = TaskResult::ok().with("providerid", "p-2");
-        refused.status = 201;
-        merge(&mut learned, TaskName::Create, &refused);
-        assert_eq!(learned["providerid"], "p-1");
-        merge(&mut learned, TaskName::Delete, &TaskResult::ok());
-        assert!(learned.is_empty());
-    }
+    use super::*;
 
     #[test]
     fn a_spec_may_add_nodes_but_not_drop_machines_that_exist() {
@@ -896,38 +601,5 @@ mod tests {
         assert!(check_nodes(&spec(3), &made(&["c-a-1", "c-a-2"])).is_ok());
         let e = check_nodes(&spec(1), &made(&["c-a-1", "c-a-2"])).unwrap_err().to_string();
         assert!(e.starts_with("nodeGroups: cluster c has machines this spec no longer has (c-a-2)"), "{e}");
-    }
-
-    #[test]
-    fn a_task_carries_what_loom_sent() {
-        let spec = ClusterSpec::from_value(
-            &json!({
-                "name": "demo",
-                "provider": {"name": "local", "fields": {"network": "loopback"}},
-                "config": {"greeting": "hi"},
-                "nodeGroups": [{"name": "web", "count": 2, "flavor": "small", "services": ["web"]}],
-                "services": {"web": {"actions": {"start": {"type": "shell", "script": "web.sh", "data": "{ipaddress}:{n+8080}"}}}}
-            }),
-            "t",
-            Path::new("/"),
-        )
-        .unwrap();
-        let nodes = spec.nodes();
-        let learned: Map<String, Value> =
-            json!({"providerid": "p", "ipaddress": "127.0.0.1"}).as_object().cloned().unwrap_or_default();
-        let config = node_config(&spec, &nodes[1], Some(&learned));
-        assert_eq!(
-            config["provider"],
-            json!({"name": "local", "providertype": "local", "provisioner": {"network": "loopback"}})
-        );
-        assert_eq!(config["cluster"], json!({"greeting": "hi"}));
-        assert_eq!((config["nodenum"].as_str(), config["providerid"].as_str()), (Some("1001"), Some("p")));
-        assert_eq!(config["hardwaretype"]["flavor"], "small");
-        let action = render_action(&spec, &nodes[1], &spec.services["web"].actions[&TaskName::Start], Some(&learned));
-        assert_eq!(Value::Object(action), json!({"type": "shell", "script": "web.sh", "data": "127.0.0.1:8082"}));
-        let all: HashMap<String, Map<String, Value>> = [(nodes[1].id.clone(), learned)].into();
-        let view = nodes_view(&spec, &nodes, &all);
-        assert_eq!(view["demo-web-2"]["ipaddress"], "127.0.0.1");
-        assert_eq!(view["demo-web-1"]["hostname"], "demo-web-1");
     }
 }

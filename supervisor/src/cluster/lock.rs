@@ -4,10 +4,42 @@
 //! when the process dies, so a killed operation never leaves the cluster locked.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+
+/// Why a cluster's lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process (or operation) holds it.
+    #[error(
+        "cluster {name} is busy: another operation{} is running on it; wait for it to finish, or stop it",
+        holder.as_ref().map_or_else(String::new, |h| format!(" ({h})"))
+    )]
+    Busy {
+        /// The cluster.
+        name: String,
+        /// Who holds it, as the holder wrote it in the lock file (`pid 1234`), if it did.
+        holder: Option<String>,
+    },
+    /// The folder of the locks cannot be created.
+    #[error("cannot create {}: {source}", dir.display())]
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The lock file cannot be opened.
+    #[error("cannot open the lock file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
 
 /// A held cluster lock; dropping it releases the cluster.
 pub struct ClusterLock {
@@ -22,10 +54,10 @@ impl ClusterLock {
     /// Takes the lock of cluster `name`, without waiting.
     ///
     /// # Errors
-    /// Another process (or operation) holds it: the text says which process; or the
-    /// lock file cannot be created.
-    pub fn acquire(dir: &Path, name: &str) -> Result<ClusterLock, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    /// [`LockError::Busy`]: another process (or operation) holds it, and the error says
+    /// which process; or the lock file cannot be created.
+    pub fn acquire(dir: &Path, name: &str) -> Result<ClusterLock, LockError> {
+        std::fs::create_dir_all(dir).map_err(|source| LockError::Folder { dir: dir.to_path_buf(), source })?;
         let p = path(dir, name);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -33,7 +65,7 @@ impl ClusterLock {
             .create(true)
             .truncate(false)
             .open(&p)
-            .map_err(|e| format!("cannot open the lock file {}: {e}", p.display()))?;
+            .map_err(|source| LockError::File { path: p.clone(), source })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut locked) => {
                 // Who holds it, for the message another process shows.
@@ -45,11 +77,8 @@ impl ClusterLock {
             Err((mut file, _)) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let by = if holder.is_empty() { String::new() } else { format!(" ({holder})") };
-                Err(format!(
-                    "cluster {name} is busy: another operation{by} is running on it; wait for it to finish, or stop it"
-                ))
+                let holder = Some(holder.trim()).filter(|h| !h.is_empty()).map(str::to_owned);
+                Err(LockError::Busy { name: name.to_owned(), holder })
             }
         }
     }
@@ -74,10 +103,27 @@ mod tests {
         assert!(!ClusterLock::is_held(dir.path(), "c"));
         let held = ClusterLock::acquire(dir.path(), "c").unwrap();
         assert!(ClusterLock::is_held(dir.path(), "c"));
-        let e = ClusterLock::acquire(dir.path(), "c").err().unwrap();
+        let e = ClusterLock::acquire(dir.path(), "c").err().unwrap().to_string();
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert_eq!(
+            e,
+            format!(
+                "cluster c is busy: another operation (pid {}) is running on it; wait for it to finish, or stop it",
+                std::process::id()
+            )
+        );
         drop(held);
         assert!(!ClusterLock::is_held(dir.path(), "c"));
         assert!(ClusterLock::acquire(dir.path(), "c").is_ok());
+    }
+
+    #[test]
+    fn a_lock_that_cannot_be_made_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "").unwrap();
+        let e = ClusterLock::acquire(&file.join("clusters"), "c").err().unwrap();
+        assert!(matches!(e, LockError::Folder { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("cannot create {}: ", file.join("clusters").display())), "{e}");
     }
 }

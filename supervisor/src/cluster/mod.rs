@@ -6,22 +6,26 @@
 //! |---|---|
 //! | the description, checked | [`spec`] |
 //! | which tasks, in which order | [`plan`] (pure) |
-//! | running them: retries, results flowing into later tasks | [`job`] |
+//! | running them: retries, recording each result | [`job`] |
+//! | the task each step sends, results flowing into later tasks | [`task`] |
+//! | how an operation ended, what to do next | [`outcome`] |
 //! | what is recorded (in the daemon's journal) | [`store`] |
 //! | one operation per cluster at a time | [`lock`] |
 //! | showing progress, showing a cluster | [`progress`], [`view`] |
 
 pub mod job;
 pub mod lock;
+pub mod outcome;
 pub mod plan;
 pub mod progress;
 pub mod spec;
 pub mod store;
+pub mod task;
 pub mod view;
 
 use std::path::PathBuf;
 
-pub use job::{Engine, JobError, Options, Outcome};
+pub use job::JobError;
 pub use plan::JobKind;
 pub use spec::ClusterSpec;
 pub use store::{ClusterState, ClusterStore};

@@ -16,7 +16,7 @@
 //! - **restart-services**: STOP (dependents first), then START (requirements first).
 //! - **reconfigure**: BOOTSTRAP, CONFIGURE; with restart BOOTSTRAP, STOP, CONFIGURE, START.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -141,6 +141,67 @@ impl Plan {
     pub fn find(&self, key: &StepKey) -> Option<usize> {
         self.steps.iter().position(|s| s.key == *key)
     }
+
+    /// The order its steps may run in, none started yet.
+    pub fn schedule(&self) -> Schedule {
+        Schedule::new(&self.steps)
+    }
+}
+
+/// The order of a plan's steps by their `after` edges (Kahn's algorithm, one step at a
+/// time), from [`Plan::schedule`]: which steps may start now, told when each finished. Of
+/// the steps that may start, the one earliest in [`Plan::steps`] comes first. Sorting a
+/// plan and running one ([`super::job`]) both go by it.
+///
+/// A step never reported [`done`](Schedule::done) (it failed) holds back every step
+/// waiting for it; so do the steps of a cycle, which are never ready. An edge to a step
+/// that is not in the plan is ignored, and so is a step reported done twice.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Per step, how many of the steps it waits for have not finished.
+    waiting: Vec<usize>,
+    /// Per step, the steps that wait for it.
+    followers: Vec<Vec<usize>>,
+    /// Per step, whether it was reported done.
+    finished: Vec<bool>,
+    /// Steps that may start and have not been handed out.
+    ready: BTreeSet<usize>,
+}
+
+impl Schedule {
+    fn new(steps: &[Step]) -> Schedule {
+        let n = steps.len();
+        let mut waiting = vec![0; n];
+        let mut followers = vec![Vec::new(); n];
+        for (i, s) in steps.iter().enumerate() {
+            for &a in s.after.iter().filter(|&&a| a < n) {
+                waiting[i] += 1;
+                followers[a].push(i);
+            }
+        }
+        let ready = (0..n).filter(|&i| waiting[i] == 0).collect();
+        Schedule { waiting, followers, finished: vec![false; n], ready }
+    }
+
+    /// A step that may start now (each is handed out once), or `None` when none may
+    /// until one that was handed out is [`done`](Schedule::done).
+    pub fn next_ready(&mut self) -> Option<usize> {
+        self.ready.pop_first()
+    }
+
+    /// Step `i` finished: the steps waiting only for it may start.
+    pub fn done(&mut self, i: usize) {
+        match self.finished.get_mut(i) {
+            Some(finished) if !*finished => *finished = true,
+            _ => return,
+        }
+        for &f in &self.followers[i] {
+            self.waiting[f] -= 1;
+            if self.waiting[f] == 0 {
+                self.ready.insert(f);
+            }
+        }
+    }
 }
 
 /// Builds a plan: steps added in order, edges between them.
@@ -173,24 +234,12 @@ impl Graph {
     fn finish(self) -> Plan {
         let Graph { plan, .. } = self;
         let n = plan.steps.len();
-        let mut waiting: Vec<usize> = plan.steps.iter().map(|s| s.after.len()).collect();
-        let mut followers: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, s) in plan.steps.iter().enumerate() {
-            for &a in &s.after {
-                followers[a].push(i);
-            }
-        }
-        // Kahn's algorithm, always taking the earliest-added ready step.
-        let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        // Always taking the earliest-added ready step.
+        let mut schedule = plan.schedule();
         let mut order = Vec::with_capacity(n);
-        while let Some(i) = ready.pop_first() {
+        while let Some(i) = schedule.next_ready() {
             order.push(i);
-            for &f in &followers[i] {
-                waiting[f] -= 1;
-                if waiting[f] == 0 {
-                    ready.insert(f);
-                }
-            }
+            schedule.done(i);
         }
         // The builders add edges only forward in dependency order, so there is no cycle;
         // were there one, its steps are kept at the end rather than lost.
@@ -607,6 +656,74 @@ mod tests {
         let plan = reconfigure(&spec(), &marks, true);
         assert!(waits(&plan, "CONFIGURE c-db-1 db", "STOP c-app-1 app"));
         assert!(waits(&plan, "START c-app-2 app", "CONFIGURE c-db-1 db"));
+    }
+
+    /// A plan of steps waiting for the steps at the given indexes.
+    fn graph(after: &[&[usize]]) -> Plan {
+        let steps = after
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Step { key: StepKey::node(TaskName::Create, &format!("n{i}")), after: a.to_vec() })
+            .collect();
+        Plan { steps, notes: Vec::new() }
+    }
+
+    /// Every step the schedule hands out now.
+    fn drain(s: &mut Schedule) -> Vec<usize> {
+        std::iter::from_fn(|| s.next_ready()).collect()
+    }
+
+    #[test]
+    fn a_schedule_hands_out_a_step_once_all_it_waits_for_are_done_earliest_first() {
+        let plan = graph(&[&[], &[0], &[0, 1], &[], &[3]]);
+        let mut s = plan.schedule();
+        assert_eq!(drain(&mut s), [0, 3]);
+        s.done(3);
+        assert_eq!(drain(&mut s), [4]);
+        s.done(0);
+        assert_eq!(drain(&mut s), [1], "2 still waits for 1");
+        s.done(0);
+        assert_eq!(drain(&mut s), Vec::<usize>::new(), "a step reported twice releases nothing more");
+        s.done(1);
+        assert_eq!(drain(&mut s), [2]);
+        s.done(2);
+        s.done(4);
+        assert_eq!(s.next_ready(), None);
+    }
+
+    #[test]
+    fn a_failed_step_holds_back_its_followers_and_a_cycle_never_runs() {
+        // 1 fails (never done); 2 and 3 wait for each other; 4 waits for a step not in the plan.
+        let plan = graph(&[&[], &[0], &[1, 3], &[2], &[9], &[1]]);
+        let mut s = plan.schedule();
+        let mut ran = Vec::new();
+        while let Some(i) = s.next_ready() {
+            ran.push(i);
+            if i != 1 {
+                s.done(i);
+            }
+        }
+        assert_eq!(ran, [0, 1, 4]);
+        s.done(42);
+        assert_eq!(s.next_ready(), None);
+    }
+
+    #[test]
+    fn a_plan_is_sorted_by_its_schedule_and_a_cycle_is_kept_at_the_end() {
+        let mut g = Graph::default();
+        for n in ["a", "b", "c", "d"] {
+            g.add(StepKey::node(TaskName::Create, n));
+        }
+        let key = |n: &str| StepKey::node(TaskName::Create, n);
+        g.edge(&key("c"), &key("a"));
+        g.edge(&key("c"), &key("b"));
+        g.edge(&key("b"), &key("d"));
+        g.edge(&key("d"), &key("b"));
+        let plan = g.finish();
+        let order: Vec<&str> = plan.steps.iter().map(|s| s.key.node.as_str()).collect();
+        assert_eq!(order, ["c", "a", "b", "d"]);
+        assert_eq!(plan.steps[1].after, [0]);
+        assert_eq!(plan.steps[2].after, [0, 3]);
     }
 
     #[test]

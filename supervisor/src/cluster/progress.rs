@@ -11,7 +11,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use loom_protocol::TaskName;
 
-use super::job::Outcome;
+use super::outcome::Outcome;
 use super::plan::{JobKind, Plan, StepKey};
 use crate::journal::{now_ms, rfc3339};
 
@@ -54,8 +54,6 @@ pub enum Event<'a> {
         task_id: &'a str,
         /// The task.
         task: TaskName,
-        /// 1, 2, ...
-        attempt: u32,
         /// Its status (0: success).
         status: i64,
         /// How long it ran.

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use loom_protocol::TaskName;
 use serde_json::{Map, Value};
 
+use crate::wire::json::read_value;
+
 /// Most nodes one cluster may have.
 pub const MAX_NODES: u64 = 1000;
 
@@ -131,8 +133,10 @@ pub enum SpecFormat {
     Toml,
 }
 
-/// Why a spec was refused: every problem found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a spec was refused: every problem found. Shown one line per problem, each as
+/// `origin: problem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", lines(.origin, .problems))]
 pub struct SpecError {
     /// Where the spec came from (a file name, or "request body").
     pub origin: String,
@@ -140,19 +144,10 @@ pub struct SpecError {
     pub problems: Vec<String>,
 }
 
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{}: {p}", self.origin)?;
-        }
-        Ok(())
-    }
+/// `origin: problem` for each problem, one per line.
+fn lines(origin: &str, problems: &[String]) -> String {
+    problems.iter().map(|p| format!("{origin}: {p}")).collect::<Vec<_>>().join("\n")
 }
-
-impl std::error::Error for SpecError {}
 
 impl ClusterSpec {
     /// Reads and checks a spec file: TOML when it ends in `.toml`, JSON otherwise.
@@ -179,9 +174,7 @@ impl ClusterSpec {
         let fail = |p: String| SpecError { origin: origin.to_owned(), problems: vec![p] };
         let value = match format {
             SpecFormat::Toml => toml::from_str::<Value>(text).map_err(|e| fail(toml_error(text, &e)))?,
-            SpecFormat::Json => {
-                serde_json::from_str::<Value>(text).map_err(|e| fail(format!("not valid JSON: {e}")))?
-            }
+            SpecFormat::Json => read_value(text.as_bytes()).map_err(|e| fail(e.to_string()))?,
         };
         ClusterSpec::from_value(&value, origin, base)
     }
@@ -976,5 +969,22 @@ mod tests {
         std::fs::write(&path, "name = \"t\"\nprovider = {\n").unwrap();
         let e = ClusterSpec::load(&path).unwrap_err().to_string();
         assert!(e.starts_with(&format!("{}: not valid TOML at line 2", path.display())), "{e}");
+    }
+
+    #[test]
+    fn a_json_syntax_error_names_the_file_and_place_never_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, "{\"name\": \"t\",\n \"provider\": {\"fields\": {\"pw\" \"hunter2\"}}}").unwrap();
+        let e = ClusterSpec::load(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: not valid JSON: expected `:` at line 2 column 31", path.display()));
+    }
+
+    #[test]
+    fn a_refusal_shows_one_line_per_problem_each_with_its_origin() {
+        let e = SpecError { origin: "s.json".into(), problems: vec!["name: is missing".into(), "services: x".into()] };
+        assert_eq!(e.to_string(), "s.json: name: is missing\ns.json: services: x");
+        let e: &dyn std::error::Error = &e;
+        assert!(e.source().is_none());
     }
 }

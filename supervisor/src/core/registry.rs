@@ -295,8 +295,7 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
 
 fn read_json(path: &Path) -> Result<Value, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    // Syntax errors from serde_json name a position, not the content.
-    serde_json::from_slice(&text).map_err(|e| format!("not valid JSON: {e}"))
+    crate::wire::json::read_value(&text).map_err(|e| e.to_string())
 }
 
 fn looks_like_manifest(v: &Value) -> bool {

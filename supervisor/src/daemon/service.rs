@@ -16,7 +16,8 @@ use loom_protocol::{LogLevel, TaskResult};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 
-use crate::cluster::job::{self, Engine, JobError, Options as JobOptions, Outcome};
+use crate::cluster::job::{self, Engine, JobError, Options as JobOptions};
+use crate::cluster::outcome::Outcome;
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
 use crate::core::pool::Phase;
@@ -277,12 +278,7 @@ impl Daemon {
         let text: Arc<str> = serde_json::to_string(&report).unwrap_or_else(|_| "null".to_owned()).into();
         drop(report);
         // A result that cannot be written is retried: it must not be lost.
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = self.journal.finish(&task.task_id, Arc::clone(&text)).await {
-            tracing::error!(task_id = %task.task_id, "cannot record the result: {e}; trying again");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
-        }
+        crate::journal::until_recorded(&task.task_id, || self.journal.finish(&task.task_id, Arc::clone(&text))).await;
     }
 
     /// After a restart: runs again what was queued, and what was running if its plugin

@@ -6,6 +6,11 @@
 //! so one fsync), then answers each. Under load many operations share a commit; alone, an
 //! operation costs one.
 //!
+//! An operation is queued when its call is first polled, and from then on it commits
+//! whether or not the caller still waits: dropping the future (a client that hung up, a
+//! timeout) loses only the answer, never the write ([`Journal`]). A result that must not
+//! be lost is written with [`until_recorded`].
+//!
 //! The task body (which holds credentials) is kept only until the task is done; results
 //! (scrubbed of credentials except under their `result` member, see [`crate::wire::redact`])
 //! are kept until pruned. The file is readable by its owner only.
@@ -16,7 +21,10 @@
 //! nothing within [`CHECKPOINT_AFTER`] of any commit, at most once per that interval under
 //! load, and on [`Journal::checkpoint`] (a clean stop).
 
+mod retry;
 pub mod schema;
+
+pub use retry::until_recorded;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -49,6 +57,16 @@ enum Op {
 }
 
 /// A handle on the journal; cheap to clone.
+///
+/// # Errors
+/// Every operation fails with a [`JournalError`] when SQLite fails (the statement, or the
+/// commit of the batch it is in: then nothing of that batch is kept) or the journal thread
+/// has stopped.
+///
+/// # Cancellation
+/// An operation is sent to the journal thread when its future is first polled. From then
+/// on it is applied and committed with its batch even if the future is dropped; only its
+/// answer is lost. A future dropped before it was polled does nothing.
 #[derive(Clone)]
 pub struct Journal {
     jobs: std_mpsc::Sender<Op>,
@@ -111,8 +129,6 @@ pub struct Unfinished {
     pub state: State,
     /// The task as submitted.
     pub raw: String,
-    /// Starts so far.
-    pub attempts: u32,
 }
 
 /// Task counts by state.
@@ -180,6 +196,9 @@ impl Journal {
 
     /// Records a new task as queued, unless one with this id exists: then returns it and
     /// records nothing.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then nothing is recorded.
     pub async fn accept(
         &self,
         task_id: &str,
@@ -202,6 +221,9 @@ impl Journal {
 
     /// Marks a task running (committed before it reaches its plugin, so a crash never
     /// runs it twice unknowingly).
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then the task is still recorded as it was.
     pub async fn start(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| {
@@ -215,6 +237,10 @@ impl Journal {
     }
 
     /// Records a task's result (JSON text) and forgets its body.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then the task keeps its body and its state:
+    /// try again ([`until_recorded`]).
     pub async fn finish(&self, task_id: &str, result: impl Into<std::sync::Arc<str>>) -> Result<(), JournalError> {
         let result: std::sync::Arc<str> = result.into();
         let id = task_id.to_owned();
@@ -229,6 +255,9 @@ impl Journal {
     }
 
     /// Puts a task back in the queue (a re-run after a restart).
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn requeue(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| c.execute("UPDATE tasks SET state = 'queued' WHERE task_id = ?1", params![id]).map(drop))
@@ -236,24 +265,25 @@ impl Journal {
     }
 
     /// The task with this id.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn get(&self, task_id: &str) -> Result<Option<Record>, JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| get(c, &id)).await
     }
 
     /// Every task not done, oldest first.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn unfinished(&self) -> Result<Vec<Unfinished>, JournalError> {
         self.run(|c| {
             let mut q = c.prepare(
-                "SELECT task_id, state, COALESCE(task, ''), attempts FROM tasks WHERE state != 'done' ORDER BY submitted_at",
+                "SELECT task_id, state, COALESCE(task, '') FROM tasks WHERE state != 'done' ORDER BY submitted_at",
             )?;
             let rows = q.query_map([], |r| {
-                Ok(Unfinished {
-                    task_id: r.get(0)?,
-                    state: State::parse(&r.get::<_, String>(1)?),
-                    raw: r.get(2)?,
-                    attempts: r.get(3)?,
-                })
+                Ok(Unfinished { task_id: r.get(0)?, state: State::parse(&r.get::<_, String>(1)?), raw: r.get(2)? })
             })?;
             rows.collect()
         })
@@ -261,6 +291,9 @@ impl Journal {
     }
 
     /// Deletes finished tasks older than `retention`; returns how many.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then nothing is deleted.
     pub async fn prune(&self, retention: Duration) -> Result<usize, JournalError> {
         let before = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         self.run(move |c| c.execute("DELETE FROM tasks WHERE state = 'done' AND finished_at <= ?1", params![before]))
@@ -283,6 +316,9 @@ impl Journal {
     }
 
     /// Task counts by state.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
     pub async fn counts(&self) -> Result<Counts, JournalError> {
         self.run(|c| {
             let mut q = c.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
@@ -303,6 +339,14 @@ impl Journal {
 
     /// Runs `f` on the journal thread inside the next batch; answers after the commit.
     /// Everything `f` does commits (or fails) together.
+    ///
+    /// # Errors
+    /// `f`'s error, or the batch's commit failed (then nothing `f` did is kept), or the
+    /// journal thread has stopped.
+    ///
+    /// # Cancellation
+    /// `f` is queued when this future is first polled (before its first wait), and then
+    /// runs and commits even if the future is dropped: only the answer is lost.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -521,15 +565,30 @@ mod tests {
         }
         let j = Journal::open(dir.path()).unwrap();
         let unfinished = j.unfinished().await.unwrap();
-        let summary: Vec<_> =
-            unfinished.iter().map(|u| (u.task_id.as_str(), u.state, u.raw.as_str(), u.attempts)).collect();
-        assert_eq!(summary, [("q", State::Queued, "{\"q\":1}", 0), ("r", State::Running, "{\"r\":1}", 1)]);
+        let summary: Vec<_> = unfinished.iter().map(|u| (u.task_id.as_str(), u.state, u.raw.as_str())).collect();
+        assert_eq!(summary, [("q", State::Queued, "{\"q\":1}"), ("r", State::Running, "{\"r\":1}")]);
+        for (id, starts) in [("q", 0), ("r", 1)] {
+            assert_eq!(j.get(id).await.unwrap().map(|r| r.attempts), Some(starts), "starts of {id}");
+        }
         // The finished task's body (and its password) is gone; its result stays.
         let c = Connection::open(j.path()).unwrap();
         let body: Option<String> = c.query_row("SELECT task FROM tasks WHERE task_id = 'd'", [], |r| r.get(0)).unwrap();
         assert_eq!(body, None);
         let counts = j.counts().await.unwrap();
         assert_eq!((counts.queued, counts.running, counts.done), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn an_operation_whose_caller_stopped_waiting_still_commits() {
+        use futures_util::FutureExt;
+        let dir = crate::core::trust::test_dir();
+        let j = Journal::open(dir.path()).unwrap();
+        // Polled once (which queues it), then dropped before its answer.
+        let _ = j.accept("t", "CREATE", raw("{}")).now_or_never();
+        // Operations are applied in the order they were queued: this one sees it.
+        assert_eq!(j.get("t").await.unwrap().map(|r| r.state), Some(State::Queued));
+        let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.counts().await.unwrap().queued, 1, "committed");
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ fn describe(e: &serde_json::Error) -> String {
         return format!("the plugin answered with an invalid result: {text}");
     }
     if e.is_syntax() || e.is_eof() {
-        return format!("the plugin's answer is {}", crate::wire::envelope::describe_json_error(e));
+        return format!("the plugin's answer is {}", crate::wire::json::describe_json_error(e));
     }
     format!(
         "the plugin answered with an invalid result: expected {{\"status\": <integer>, \"result\": {{...}}, \"stdout\": \"...\", \"stderr\": \"...\"}} (problem at line {} column {})",

@@ -18,6 +18,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::wire::json::describe_json_error;
 use crate::wire::redact::{MIN_SECRET_LEN, is_secret_key};
 
 /// A task ready to route.
@@ -251,25 +252,6 @@ impl<'de> SeenKeys<'de> {
 /// The name of a wrong JSON type, in a visitor's own error.
 fn wrong_type<E: de::Error>(path: &str, expected: &str, found: &str) -> E {
     E::custom(format!("\"{path}\" must be {expected}, found {found}"))
-}
-
-/// What is wrong with a JSON text, by position, never quoting it: "not valid JSON at line
-/// 1 column 7 (expected `:`)", "JSON nested deeper than 128 levels at ...", "a number too
-/// large to read at ...", "JSON that ends too soon at ...". For syntax errors only: the
-/// text of serde's data errors quotes values.
-pub fn describe_json_error(e: &serde_json::Error) -> String {
-    let at = format!("at line {} column {}", e.line(), e.column());
-    // serde_json's syntax messages are fixed phrases ("expected `:`", "trailing
-    // characters"), never the input; the position is appended after " at line".
-    let text = e.to_string();
-    let what = text.split(" at line ").next().unwrap_or_default();
-    match what {
-        "recursion limit exceeded" => format!("JSON nested deeper than 128 levels, the most that is read, {at}"),
-        "number out of range" => format!("a number too large to read (beyond a 64-bit float) {at}"),
-        _ if e.is_eof() => format!("JSON that ends too soon {at}"),
-        _ if e.is_syntax() => format!("not valid JSON {at} ({what})"),
-        _ => format!("not valid JSON {at}"),
-    }
 }
 
 /// The `visit_*` methods for scalars (other than strings), each returning `$value`.

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::{Body, error};
 use crate::daemon::budget::{Budget, BudgetError, Reservation};
-use crate::wire::envelope::describe_json_error;
+use crate::wire::json::describe_json_error;
 
 /// A body read whole, and the room it holds in the task budget.
 pub(super) struct Received {

@@ -293,10 +293,7 @@ async fn read_spec(
         (true, Some(spec)) => spec,
         _ => {
             let value: Value = serde_json::from_slice(&body).map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("the body is {}", crate::wire::envelope::describe_json_error(&e)),
-                )
+                error(StatusCode::BAD_REQUEST, &format!("the body is {}", crate::wire::json::describe_json_error(&e)))
             })?;
             ClusterSpec::from_value(&value, "request body", std::path::Path::new("/")).map_err(|e| {
                 json_response(
