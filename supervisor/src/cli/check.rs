@@ -226,8 +226,7 @@ fn find(args: &CheckArgs) -> Result<PluginSpec, String> {
 
 fn spec_from_manifest(path: &Path, kind: Option<PluginKind>, defaults: &Defaults) -> Result<PluginSpec, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+    let doc = crate::wire::json::read_value(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let kind = kind
         .or_else(|| path.parent()?.parent().and_then(kind_of_folder))
         .ok_or_else(|| format!("{}: cannot tell the plugin's kind from its folder; add --kind", path.display()))?;
