@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use loom_protocol::PluginKind;
-use loom_supervisor::core::supervisor::Options;
+use loom_supervisor::Options;
 use loom_supervisor::{Registry, Supervisor, TaskEnvelope};
 use serde_json::value::RawValue;
 

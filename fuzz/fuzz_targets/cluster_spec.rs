@@ -19,8 +19,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use loom_supervisor::cluster::plan::{self, Plan, StepKey};
-use loom_supervisor::cluster::spec::{ClusterSpec, MAX_NODES, SpecFormat};
+use loom_supervisor::inputs::plan::{self, Plan, StepKey};
+use loom_supervisor::inputs::{ClusterSpec, MAX_NODES, SpecFormat};
 use serde_json::Value;
 
 const BASE: &str = "/srv/specs";

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use loom_fuzz::scratch_dir;
-use loom_supervisor::daemon::config::{self, Listen};
+use loom_supervisor::inputs::{Listen, config};
 
 /// The token in the scratch folder's token file.
 const TOKEN: &str = "fuzz-token-5f0c1d2e3a4b";

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use loom_supervisor::daemon::service::Daemon;
+use loom_supervisor::inputs::Daemon;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "fuzz-token-0123456789abcdef";
@@ -40,7 +40,7 @@ fn rig() -> &'static Rig {
         let text = "plugin_dirs = [\"plugins\"]\ndata_dir = \"data\"\ntoken_file = \"token\"\n\
                     max_body_bytes = 65536\nmax_pending_task_bytes = 1048576\n\
                     [http]\nheader_read_timeout_secs = 2\nbody_read_timeout_secs = 2\nidle_timeout_secs = 2\n";
-        let config = loom_supervisor::daemon::config::parse(&dir.join("config.toml"), text).expect("the configuration");
+        let config = loom_supervisor::inputs::config::parse(&dir.join("config.toml"), text).expect("the configuration");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     let rig = rig();
     let answer = rig.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let serving = tokio::spawn(loom_supervisor::daemon::http::serve_stream(server, Arc::clone(&rig.daemon)));
+        let serving = tokio::spawn(loom_supervisor::inputs::serve_stream(server, Arc::clone(&rig.daemon)));
         // The daemon may close first (a malformed request): then the rest is not sent.
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;

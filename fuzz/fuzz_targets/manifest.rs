@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use loom_fuzz::scratch_dir;
 use loom_protocol::PluginKind;
-use loom_supervisor::core::manifest::{Entry, KeyProblem, Parsed, PluginSpec, parse_entry};
+use loom_supervisor::inputs::{Entry, KeyProblem, Parsed, PluginSpec, parse_entry};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

@@ -19,8 +19,8 @@ use libfuzzer_sys::fuzz_target;
 use loom_fuzz::leaked;
 use loom_protocol::TaskName;
 use loom_supervisor::TaskEnvelope;
-use loom_supervisor::wire::redact::{MIN_SECRET_LEN, is_secret_key};
-use loom_supervisor::wire::redact::Redactor;
+use loom_supervisor::inputs::{MIN_SECRET_LEN, is_secret_key};
+use loom_supervisor::inputs::Redactor;
 use serde_json::Value;
 use serde_json::value::RawValue;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use loom_supervisor::wire::redact::MASK;
+use loom_supervisor::inputs::MASK;
 
 /// A folder for the files a target needs (`fuzz/target/scratch/<name>`, made if missing):
 /// inside the fuzz crate's build folder, out of git and out of the shared `/tmp`.

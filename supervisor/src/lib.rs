@@ -28,13 +28,30 @@
 //! `core/instance.rs` cleans up and starts another, as `core/restart.rs`'s policy says.
 
 pub mod cli;
-pub mod cluster;
-pub mod core;
-pub mod daemon;
-pub mod journal;
+mod cluster;
+mod core;
+mod daemon;
+mod journal;
 pub mod log;
-pub mod wire;
+mod wire;
 
+pub use crate::core::plugin::Plugin;
+pub use crate::core::pool::{InstanceStatus, Phase};
 pub use crate::core::registry::Registry;
 pub use crate::core::supervisor::{Options, Permit, Refused, Supervisor, TaskReport};
 pub use crate::wire::envelope::TaskEnvelope;
+
+/// The readers of outside input, for the fuzz targets and the tests that feed them
+/// hostile input: tasks ([`TaskEnvelope`]) and the scrubbing of their credentials, a
+/// plugin's output ([`inputs::Connection`]), manifests, the daemon's configuration,
+/// cluster specs and their plans, and HTTP requests ([`inputs::serve_stream`]).
+pub mod inputs {
+    pub use crate::cluster::plan::{self, Plan, StepKey};
+    pub use crate::cluster::spec::{ClusterSpec, MAX_NODES, SpecFormat};
+    pub use crate::core::manifest::{Entry, KeyProblem, Parsed, PluginSpec, parse_entry};
+    pub use crate::daemon::config::{self, Listen};
+    pub use crate::daemon::http::serve_stream;
+    pub use crate::daemon::service::Daemon;
+    pub use crate::wire::connection::Connection;
+    pub use crate::wire::redact::{MASK, MIN_SECRET_LEN, Redactor, is_secret_key};
+}

@@ -11,8 +11,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use loom_supervisor::inputs::Connection;
 use loom_supervisor::log::{self as logging, pump as logpump};
-use loom_supervisor::wire::connection::Connection;
 use tokio::io::AsyncWriteExt;
 
 /// Once set, the log's destination takes lines as fast as they come.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use loom_e2e::{Plugins, action, zombie_children};
 use loom_protocol::PluginKind;
-use loom_supervisor::core::pool::Phase;
+use loom_supervisor::Phase;
 use loom_supervisor::{Options, Registry, Supervisor, TaskEnvelope};
 use serde_json::{Value, json};
 

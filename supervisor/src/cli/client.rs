@@ -100,7 +100,7 @@ fn read_token(file: &Path) -> Result<String, String> {
 }
 
 /// `submit`: sends each task; with `wait`, prints each result line as `run` does.
-pub async fn submit(api: &Api, tasks: Vec<crate::TaskEnvelope>, wait: bool) -> Exit {
+pub async fn submit(api: &Api, tasks: Vec<crate::wire::envelope::TaskEnvelope>, wait: bool) -> Exit {
     let mut all_ok = true;
     for task in tasks {
         let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };

@@ -3,24 +3,24 @@
 //!
 //! | | |
 //! |---|---|
-//! | `run`: tasks through plugins started here, results on stdout | [`run`] |
-//! | `plugins`: what the plugins folders hold; whom plugins run as | [`plugins`] |
-//! | `check`: the conformance suite against one plugin | [`check`] |
-//! | `submit`, `status`: the daemon's client | [`client`] (`submit` reads tasks as `run` does) |
-//! | `cluster`: `up`, `down`, `status`, ... | [`cluster`] |
-//! | `serve`: the daemon | [`crate::daemon::serve`] |
-//! | exit codes, the same for every command | [`exit`] |
-//! | SIGINT and SIGTERM while a command runs | [`signals`] |
+//! | `run`: tasks through plugins started here, results on stdout | `run.rs` |
+//! | `plugins`: what the plugins folders hold; whom plugins run as | `plugins.rs` |
+//! | `check`: the conformance suite against one plugin | `check.rs` |
+//! | `submit`, `status`: the daemon's client | `client.rs` (`submit` reads tasks as `run` does) |
+//! | `cluster`: `up`, `down`, `status`, ... | `cluster.rs` |
+//! | `serve`: the daemon | `daemon/serve.rs` |
+//! | exit codes, the same for every command | `exit.rs` |
+//! | SIGINT and SIGTERM while a command runs | `signals.rs` |
 //!
 //! May use every layer below; nothing uses it.
 
-pub mod check;
-pub mod client;
-pub mod cluster;
-pub mod exit;
-pub mod plugins;
-pub mod run;
-pub mod signals;
+mod check;
+mod client;
+mod cluster;
+mod exit;
+mod plugins;
+mod run;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -64,7 +64,8 @@ impl Budget {
     }
 
     /// Bytes reserved now.
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         self.total_kib.saturating_sub(self.room.available_permits()).saturating_mul(1024)
     }
 
@@ -102,7 +103,8 @@ impl Reservation {
     }
 
     /// Bytes reserved.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.0.num_permits().saturating_mul(1024)
     }
 }

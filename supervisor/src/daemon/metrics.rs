@@ -144,7 +144,7 @@ mod tests {
         m.task("shell", "INSTALL", 2, Duration::from_secs(2));
         let table = crate::core::supervisor::Supervisor::new(
             crate::core::registry::Registry::default(),
-            crate::Options::default(),
+            crate::core::supervisor::Options::default(),
         )
         .table();
         let text = m.render(&table, None, 0);

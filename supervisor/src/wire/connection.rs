@@ -98,8 +98,6 @@ pub struct Connection {
 pub struct OutputLine {
     /// The task.
     pub task_id: String,
-    /// Which stream.
-    pub stream: OutputStream,
     /// The text, as the plugin sent it (usually whole lines).
     pub data: String,
 }
@@ -322,11 +320,6 @@ impl Connection {
                 shrink_after_long_line(lines.read_buffer_mut());
             }
         })
-    }
-
-    /// The plugin's registered name.
-    pub fn plugin(&self) -> &str {
-        &self.plugin
     }
 
     /// The process id.
@@ -653,7 +646,7 @@ impl Connection {
         if let Some(tx) = OUTPUT_WATCHERS.get()
             && tx.receiver_count() > 0
         {
-            let _ = tx.send(Arc::new(OutputLine { task_id: task_id.to_owned(), stream, data }));
+            let _ = tx.send(Arc::new(OutputLine { task_id: task_id.to_owned(), data }));
         }
     }
 

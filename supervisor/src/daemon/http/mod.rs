@@ -42,7 +42,7 @@ mod server;
 
 use routes::{Endpoint, Found};
 use server::Body;
-pub use server::{AsyncIo, Limits, raise_open_files_limit, serve, serve_stream};
+pub use server::{AsyncIo, raise_open_files_limit, serve, serve_stream};
 
 /// A bound listener.
 pub enum Listener {
