@@ -12,6 +12,10 @@
 //! | what is recorded (in the daemon's journal) | [`store`] |
 //! | one operation per cluster at a time | [`lock`] |
 //! | showing progress, showing a cluster | [`progress`], [`view`] |
+//!
+//! Tasks go through the core's one way in (`Supervisor::reserve`, then `Permit::send`);
+//! records go to the journal. Uses the journal, the core, the wire and the log; nothing
+//! above (the `cluster` commands are in `cli/cluster.rs`, the API's in `daemon/http`).
 
 pub mod job;
 pub mod lock;

@@ -20,6 +20,10 @@
 //! written, task bodies included) is checkpointed into the database and truncated to
 //! nothing within [`CHECKPOINT_AFTER`] of any commit, at most once per that interval under
 //! load, and on [`Journal::checkpoint`] (a clean stop).
+//!
+//! Every table is created in [`schema`]; the clusters' records are read and written by
+//! `cluster/store.rs` through [`Journal::run`]. Uses the core (whose files are checked
+//! like the journal's, `core/trust.rs`), the wire and the log; nothing above.
 
 mod retry;
 pub mod schema;

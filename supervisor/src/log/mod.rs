@@ -1,7 +1,11 @@
 //! The supervisor's own log: `tracing` to stderr, human-readable or JSON.
 //!
 //! Plugins' log notifications and stderr lines arrive as events with target
-//! [`crate::log::pump::PLUGIN_TARGET`] and the fields `plugin`, `pid` and `task_id`.
+//! [`pump::PLUGIN_TARGET`] and the fields `plugin`, `pid` and `task_id`, through the
+//! [`pump`] (a log thread, so no plugin waits on stderr) within per-plugin budgets
+//! ([`limit`]).
+//!
+//! The lowest layer: uses only the protocol crate; every layer above may log.
 
 pub mod limit;
 pub mod pump;
