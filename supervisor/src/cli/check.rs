@@ -173,7 +173,7 @@ fn resolve(args: &CheckArgs) -> Result<PluginSpec, String> {
 
 fn find(args: &CheckArgs) -> Result<PluginSpec, String> {
     let defaults = args.run_as.defaults();
-    crate::core::runas::check_defaults(&defaults.run_as)?;
+    crate::core::runas::check_defaults(&defaults.run_as).map_err(|e| e.to_string())?;
     let path = Path::new(&args.target);
     let kind = args.kind.map(PluginKind::from);
     if !path.exists() {
@@ -317,7 +317,7 @@ pub async fn run_suite(
             }
         }
         Err(why) => {
-            report.record("handshake", Err(why));
+            report.record("handshake", Err(why.to_string()));
         }
     }
     process.finish("was stopped by the conformance check").await;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use crate::cli::exit::Exit;
-use crate::daemon::config::{DEFAULT_LISTEN, Listen};
+use crate::daemon::config::{ConfigError, DEFAULT_LISTEN, Listen, ListenError};
 
 /// Where the daemon is and how to talk to it.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,6 +28,53 @@ pub struct ApiArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Why the API's address or token could not be worked out. Each message names the flag,
+/// file or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The daemon's configuration (`--config`) is unreadable or bad.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `--api` (or `LOOM_API`) is not an address.
+    #[error("--api: {0}")]
+    Api(ListenError),
+    /// The built-in address ([`DEFAULT_LISTEN`]) is not one; a test checks it is.
+    #[error(transparent)]
+    Default(ListenError),
+    /// The token file (`--token-file`, `LOOM_TOKEN_FILE`) cannot be read.
+    #[error("token file {}: {source}", path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a request to the daemon got no answer. Each message names the address.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The address cannot be connected to (nothing listens, no permission).
+    #[error("cannot reach the daemon at {target}: {source} (is `loom-provisioner serve` running? see --api)")]
+    Unreachable {
+        /// The address.
+        target: Listen,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection failed while the request was sent or the answer read.
+    #[error("{target}: {source}")]
+    Http {
+        /// The address.
+        target: Listen,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// The request could not be built (a path that is not a URI path).
+    #[error(transparent)]
+    Request(#[from] hyper::http::Error),
+}
+
 /// A resolved API endpoint.
 pub struct Api {
     target: Listen,
@@ -38,16 +85,17 @@ impl Api {
     /// From the command line, the environment and the daemon's configuration.
     ///
     /// # Errors
-    /// A bad address, an unreadable token or configuration; the text names it.
-    pub fn resolve(args: &ApiArgs) -> Result<Api, String> {
+    /// [`ResolveError`]: a bad address, an unreadable token or configuration; the text
+    /// names it.
+    pub fn resolve(args: &ApiArgs) -> Result<Api, ResolveError> {
         let config = match &args.config {
-            Some(path) => Some(crate::daemon::config::load(path).map_err(|e| e.to_string())?),
+            Some(path) => Some(crate::daemon::config::load(path)?),
             None => None,
         };
         let target = match (&args.api, &config) {
-            (Some(url), _) => Listen::parse(url).map_err(|e| format!("--api: {e}"))?,
+            (Some(url), _) => Listen::parse(url).map_err(ResolveError::Api)?,
             (None, Some(c)) => c.listen.clone(),
-            (None, None) => Listen::parse(DEFAULT_LISTEN)?,
+            (None, None) => Listen::parse(DEFAULT_LISTEN).map_err(ResolveError::Default)?,
         };
         let token = match (&args.token_file, &config) {
             (Some(file), _) => Some(read_token(file)?),
@@ -60,19 +108,20 @@ impl Api {
     /// Sends one request; returns the status and the body.
     ///
     /// # Errors
-    /// When the daemon cannot be reached; the text names the address.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>), String> {
+    /// [`CallError`], when the daemon cannot be reached or the connection fails; the text
+    /// names the address.
+    ///
+    /// # Cancellation
+    /// Dropping the future closes the connection; the daemon may have received the request.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>), CallError> {
         let io: Box<dyn crate::daemon::http::AsyncIo> = match &self.target {
-            Listen::Tcp(addr) => {
-                Box::new(tokio::net::TcpStream::connect(addr).await.map_err(|e| self.unreachable(&e))?)
-            }
+            Listen::Tcp(addr) => Box::new(tokio::net::TcpStream::connect(addr).await.map_err(|e| self.unreachable(e))?),
             Listen::Unix(path) => {
-                Box::new(tokio::net::UnixStream::connect(path).await.map_err(|e| self.unreachable(&e))?)
+                Box::new(tokio::net::UnixStream::connect(path).await.map_err(|e| self.unreachable(e))?)
             }
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| format!("{}: {e}", self.target))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| self.failed(e))?;
         tokio::spawn(conn);
         let mut req = Request::builder().method(method).uri(path).header(HOST, "loom-provisioner");
         if let Some(t) = &self.token {
@@ -81,22 +130,26 @@ impl Api {
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("{}: {e}", self.target))?;
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = sender.send_request(req).await.map_err(|e| self.failed(e))?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| format!("{}: {e}", self.target))?.to_bytes();
+        let body = resp.into_body().collect().await.map_err(|e| self.failed(e))?.to_bytes();
         Ok((status, body.to_vec()))
     }
 
-    fn unreachable(&self, e: &std::io::Error) -> String {
-        format!("cannot reach the daemon at {}: {e} (is `loom-provisioner serve` running? see --api)", self.target)
+    fn unreachable(&self, source: std::io::Error) -> CallError {
+        CallError::Unreachable { target: self.target.clone(), source }
+    }
+
+    fn failed(&self, source: hyper::Error) -> CallError {
+        CallError::Http { target: self.target.clone(), source }
     }
 }
 
-fn read_token(file: &Path) -> Result<String, String> {
+fn read_token(file: &Path) -> Result<String, ResolveError> {
     std::fs::read_to_string(file)
         .map(|t| t.trim().to_owned())
-        .map_err(|e| format!("token file {}: {e}", file.display()))
+        .map_err(|source| ResolveError::Token { path: file.to_path_buf(), source })
 }
 
 /// `submit`: sends each task; with `wait`, prints each result line as `run` does.

@@ -14,7 +14,7 @@ use crate::cli::exit::Exit;
 use crate::cli::plugins::{RunAsArgs, load_registry};
 use crate::cli::signals::interrupt;
 use crate::core::supervisor::{Options, Supervisor, TaskReport};
-use crate::wire::envelope::TaskEnvelope;
+use crate::wire::envelope::{InvalidTask, TaskEnvelope};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -129,24 +129,78 @@ fn print_report(report: &TaskReport) {
     let _ = out.flush();
 }
 
+/// One problem with the tasks' input, naming the input (a file, or `<stdin>`) and, for a
+/// task, its line.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskProblem {
+    /// The input cannot be read.
+    #[error("{input}: cannot read: {source}")]
+    Unreadable {
+        /// The file, or `<stdin>`.
+        input: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not JSON from here on; nothing after it was read.
+    #[error("{input}: line {line} column {column}: not valid JSON; nothing after it was read")]
+    NotJson {
+        /// The file, or `<stdin>`.
+        input: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+    },
+    /// A task whose id an earlier task has.
+    #[error("{input}: line {line}: task {task_id} appears more than once")]
+    Duplicate {
+        /// The file, or `<stdin>`.
+        input: String,
+        /// The task's first line.
+        line: usize,
+        /// Its id.
+        task_id: String,
+    },
+    /// A document that is not a usable task.
+    #[error("{input}: line {line}: {source}")]
+    Invalid {
+        /// The file, or `<stdin>`.
+        input: String,
+        /// The document's first line.
+        line: usize,
+        /// Why.
+        source: InvalidTask,
+    },
+    /// Nothing but whitespace.
+    #[error("{input}: no tasks in the input")]
+    Empty {
+        /// The file, or `<stdin>`.
+        input: String,
+    },
+}
+
 /// Reads every task from `source` (stdin when `None`) and checks each. All problems are
 /// reported together, each with its line, and nothing runs unless there are none.
-fn read_tasks(source: Option<&Path>) -> Result<Vec<TaskEnvelope>, Vec<String>> {
+fn read_tasks(source: Option<&Path>) -> Result<Vec<TaskEnvelope>, Vec<TaskProblem>> {
     let name = source.map_or_else(|| "<stdin>".to_owned(), |p| p.display().to_string());
     let mut data = Vec::new();
     let read = match source {
         Some(path) => std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut data)),
         None => std::io::stdin().lock().read_to_end(&mut data),
     };
-    if let Err(e) = read {
-        return Err(vec![format!("{name}: cannot read: {e}")]);
+    if let Err(source) = read {
+        return Err(vec![TaskProblem::Unreadable { input: name, source }]);
     }
     parse_tasks(&name, &data)
 }
 
 /// Splits `data` into JSON documents (whitespace- or newline-separated) and reads each as
 /// a task.
-pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<String>> {
+///
+/// # Errors
+/// Every [`TaskProblem`] found, in input order: bad tasks and repeated ids (reading goes
+/// on past them), JSON that breaks off (reading stops there), or no tasks at all.
+pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<TaskProblem>> {
     // Line numbers for messages, counted incrementally (the input may be large).
     let (mut counted_to, mut line) = (0usize, 1usize);
     let mut line_at = |offset: usize| {
@@ -165,11 +219,7 @@ pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<Str
         let raw = match next {
             Ok(raw) => raw,
             Err(e) => {
-                errors.push(format!(
-                    "{name}: line {} column {}: not valid JSON; nothing after it was read",
-                    e.line(),
-                    e.column()
-                ));
+                errors.push(TaskProblem::NotJson { input: name.to_owned(), line: e.line(), column: e.column() });
                 break;
             }
         };
@@ -178,14 +228,14 @@ pub fn parse_tasks(name: &str, data: &[u8]) -> Result<Vec<TaskEnvelope>, Vec<Str
         let line = line_at(start + skipped);
         match TaskEnvelope::parse(raw) {
             Ok(task) if !seen.insert(task.task_id.clone()) => {
-                errors.push(format!("{name}: line {line}: task {} appears more than once", task.task_id));
+                errors.push(TaskProblem::Duplicate { input: name.to_owned(), line, task_id: task.task_id });
             }
             Ok(task) => tasks.push(task),
-            Err(e) => errors.push(format!("{name}: line {line}: {e}")),
+            Err(source) => errors.push(TaskProblem::Invalid { input: name.to_owned(), line, source }),
         }
     }
     if tasks.is_empty() && errors.is_empty() {
-        errors.push(format!("{name}: no tasks in the input"));
+        errors.push(TaskProblem::Empty { input: name.to_owned() });
     }
     if errors.is_empty() { Ok(tasks) } else { Err(errors) }
 }
@@ -207,7 +257,8 @@ mod tests {
     #[test]
     fn every_bad_task_is_reported_with_its_line() {
         let input = "{\"taskId\":\"a\",\"taskName\":\"CREATE\"}\n{\"taskId\":\"b\"}\n{\"taskId\":\"a\",\"taskName\":\"DELETE\"}\n{\"taskId\":\"c\",\"taskName\":\"NOPE\"}\n";
-        let errors = parse_tasks("in.json", input.as_bytes()).unwrap_err();
+        let errors: Vec<String> =
+            parse_tasks("in.json", input.as_bytes()).unwrap_err().iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("in.json: line 2: task b: \"taskName\" is missing"), "{errors:?}");
         assert!(errors[1].contains("line 3: task a appears more than once"), "{errors:?}");
@@ -217,10 +268,15 @@ mod tests {
 
     #[test]
     fn broken_json_stops_reading_and_says_where() {
-        let errors =
-            parse_tasks("in.json", b"{\"taskId\":\"a\",\"taskName\":\"CREATE\"}\n{\"taskId\": oops}\n").unwrap_err();
+        let errors: Vec<String> =
+            parse_tasks("in.json", b"{\"taskId\":\"a\",\"taskName\":\"CREATE\"}\n{\"taskId\": oops}\n")
+                .unwrap_err()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("in.json: line 2 column"), "{errors:?}");
-        assert_eq!(parse_tasks("e", b"  \n").unwrap_err(), vec!["e: no tasks in the input".to_owned()]);
+        let errors: Vec<String> = parse_tasks("e", b"  \n").unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors, vec!["e: no tasks in the input".to_owned()]);
     }
 }

@@ -82,7 +82,7 @@ async fn serve_one(
     let handshake = match process.handshake(spec, log_level).await {
         Ok(hs) => hs,
         Err(cause) => {
-            let reason = process.finish(&cause).await;
+            let reason = process.finish(&cause.to_string()).await;
             tracing::error!(plugin = %spec.name, pid = process.pid(), "handshake failed: {reason}");
             return Served::Crashed(Crash { reason, during_start: true });
         }

@@ -192,7 +192,7 @@ impl Plugin {
     /// Dropping the future leaves the queue.
     pub(crate) async fn acquire(self: &Arc<Self>, task: &TaskEnvelope) -> Result<Lease, TaskResult> {
         self.start();
-        self.pool.acquire().await.map_err(|why| self.failure(task, &why, None))
+        self.pool.acquire().await.map_err(|why| self.failure(task, &why.to_string(), None))
     }
 
     /// Sends `task` on the slot `lease` holds and returns its result. Never fails: every
@@ -294,7 +294,7 @@ impl Plugin {
                     }
                     result
                 }
-                Err(why) => self.failure(task, &why, reply.output),
+                Err(why) => self.failure(task, &why.to_string(), reply.output),
             },
             Outcome::Error(e) => {
                 let message = conn.redactor().scrub(&e.message);

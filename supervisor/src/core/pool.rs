@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use loom_protocol::TaskName;
 use tokio::sync::{Semaphore, oneshot, watch};
@@ -30,7 +30,7 @@ pub struct Pool {
 
 struct PoolState {
     slots: Vec<Slot>,
-    waiters: VecDeque<oneshot::Sender<Result<Lease, String>>>,
+    waiters: VecDeque<oneshot::Sender<Result<Lease, AcquireError>>>,
     stopping: bool,
     /// What the last handshake declared safe to run twice.
     idempotent: Vec<TaskName>,
@@ -48,6 +48,29 @@ struct Slot {
     pid: Option<u32>,
     restarts: u64,
     last_error: Option<String>,
+}
+
+/// Why no slot was taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// The pool was closed ([`Pool::close`]).
+    #[error("the plugin is shutting down")]
+    ShuttingDown,
+    /// The pool went away while the taker waited.
+    #[error("the plugin stopped")]
+    Stopped,
+    /// An instance could not start and no other serves; the reason it gave.
+    #[error("the plugin could not start: {0}")]
+    CouldNotStart(String),
+    /// Every instance is failed (it crashed too often): the first one's reason, and how
+    /// long until it is tried again.
+    #[error("{reason}; it will be tried again in {}", secs(*retry_in))]
+    Failed {
+        /// Why the instance was marked failed.
+        reason: String,
+        /// How long until it is tried again, as of the refusal.
+        retry_in: Duration,
+    },
 }
 
 /// The phase of one instance.
@@ -156,17 +179,17 @@ impl Pool {
     /// Takes a slot, waiting in the queue if none is free.
     ///
     /// # Errors
-    /// The reason, when the pool is stopping or every instance is failed (also while
+    /// [`AcquireError`], when the pool is stopping or every instance is failed (also while
     /// waiting: waiters fail when the last instance is marked failed or could not start).
     ///
     /// # Cancellation
     /// Dropping the future leaves the queue; a slot handed to it meanwhile goes back.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, String> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
         if let Some(now) = self.acquire_now(&mut self.lock()) {
             return now;
         }
         // Bounded queue: wait for room, then for a slot.
-        let _room = self.queue_room.acquire().await.map_err(|_| "the plugin is shutting down".to_owned())?;
+        let _room = self.queue_room.acquire().await.map_err(|_| AcquireError::ShuttingDown)?;
         let waiting = {
             let mut st = self.lock();
             if let Some(now) = self.acquire_now(&mut st) {
@@ -176,14 +199,14 @@ impl Pool {
             st.waiters.push_back(tx);
             rx
         };
-        waiting.await.unwrap_or_else(|_| Err("the plugin stopped".to_owned()))
+        waiting.await.unwrap_or(Err(AcquireError::Stopped))
     }
 
     /// Refuses every waiting and later taker with "the plugin is shutting down".
     pub fn close(&self) {
         let mut st = self.lock();
         st.stopping = true;
-        fail_waiters(&mut st, "the plugin is shutting down");
+        fail_waiters(&mut st, &AcquireError::ShuttingDown);
         drop(st);
         self.queue_room.close();
     }
@@ -231,7 +254,7 @@ impl Pool {
 
     /// A slot, or the reason to fail, if either is known without waiting. Takers already
     /// waiting go first.
-    fn acquire_now(self: &Arc<Self>, st: &mut PoolState) -> Option<Result<Lease, String>> {
+    fn acquire_now(self: &Arc<Self>, st: &mut PoolState) -> Option<Result<Lease, AcquireError>> {
         if let Some(why) = refusal(st) {
             return Some(Err(why));
         }
@@ -341,7 +364,7 @@ impl Pool {
         // tasks waiting for it fail with the reason rather than wait on, unless another
         // instance is serving.
         if during_start && !st.slots.iter().any(|s| s.phase == Phase::Ready) {
-            fail_waiters(&mut st, &format!("the plugin could not start: {reason}"));
+            fail_waiters(&mut st, &AcquireError::CouldNotStart(reason.to_owned()));
         }
         drop(st);
         self.set_phase(slot, Phase::Restarting);
@@ -379,14 +402,14 @@ pub(crate) struct Ready {
 }
 
 /// Why a taker must fail now rather than wait: stopping, or every instance failed.
-fn refusal(st: &PoolState) -> Option<String> {
+fn refusal(st: &PoolState) -> Option<AcquireError> {
     if st.stopping {
-        return Some("the plugin is shutting down".to_owned());
+        return Some(AcquireError::ShuttingDown);
     }
     let now = Instant::now();
     let mut reasons = st.slots.iter().map(|s| match &s.phase {
         Phase::Failed { until, reason } => {
-            Some(format!("{reason}; it will be tried again in {}", secs(until.saturating_duration_since(now))))
+            Some(AcquireError::Failed { reason: reason.clone(), retry_in: until.saturating_duration_since(now) })
         }
         _ => None,
     });
@@ -394,9 +417,9 @@ fn refusal(st: &PoolState) -> Option<String> {
     reasons.all(|r| r.is_some()).then_some(first)
 }
 
-fn fail_waiters(st: &mut PoolState, reason: &str) {
+fn fail_waiters(st: &mut PoolState, reason: &AcquireError) {
     for w in st.waiters.drain(..) {
-        let _ = w.send(Err(reason.to_owned()));
+        let _ = w.send(Err(reason.clone()));
     }
 }
 
@@ -502,9 +525,9 @@ mod tests {
         pool.set_crashed(0, "it crashed", false);
         let until = Instant::now() + std::time::Duration::from_secs(60);
         pool.set_failed(0, "marked failed".into(), until);
-        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).unwrap_or_default();
+        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).map(|e| e.to_string()).unwrap_or_default();
         assert!(why.starts_with("marked failed; it will be tried again in"), "{why}");
-        let now = pool.acquire().await.err().unwrap_or_default();
+        let now = pool.acquire().await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(now.starts_with("marked failed"), "{now}");
     }
 
@@ -514,7 +537,7 @@ mod tests {
         let mut waiting = pin!(pool.acquire());
         assert!(poll_once(waiting.as_mut()).is_none());
         pool.set_crashed(0, "no such file", true);
-        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).unwrap_or_default();
+        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(why, "the plugin could not start: no such file");
 
         let pool = Pool::new(2, 10);
@@ -535,8 +558,9 @@ mod tests {
         assert!(poll_once(waiting.as_mut()).is_none());
         pool.close();
         assert!(pool.is_closed());
-        assert_eq!(poll_once(waiting.as_mut()).and_then(|r| r.err()).as_deref(), Some("the plugin is shutting down"));
-        assert_eq!(pool.acquire().await.err().as_deref(), Some("the plugin is shutting down"));
+        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).map(|e| e.to_string());
+        assert_eq!(why.as_deref(), Some("the plugin is shutting down"));
+        assert_eq!(pool.acquire().await.err().map(|e| e.to_string()).as_deref(), Some("the plugin is shutting down"));
     }
 
     #[tokio::test]

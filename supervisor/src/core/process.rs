@@ -13,7 +13,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use loom_protocol::{HandshakeParams, HandshakeResult, LogLevel, PROTOCOL_VERSIONS, methods};
+use loom_protocol::{HandshakeParams, HandshakeResult, LogLevel, PROTOCOL_VERSIONS, PluginKind, TaskName, methods};
 use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -84,6 +84,54 @@ impl fmt::Display for End {
             End::Restart => f.write_str("was restarted on request"),
         }
     }
+}
+
+/// Why a handshake failed. Each message completes a sentence about the plugin ("the
+/// plugin ... did not answer the handshake within 10 s"); nothing the plugin sent is
+/// quoted unless it was scrubbed of credentials first.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The process ended before it answered.
+    #[error("{0} during the handshake")]
+    Ended(End),
+    /// No answer in time (the manifest's `handshakeTimeoutSecs`).
+    #[error("did not answer the handshake within {}", secs(*.0))]
+    Timeout(Duration),
+    /// The answer is not a handshake result: a missing field or an unknown task named
+    /// (scrubbed), or where the problem is.
+    #[error("answered the handshake with an invalid result ({0})")]
+    InvalidResult(String),
+    /// It answered `unsupported protocol`; its message, scrubbed.
+    #[error("offers no common protocol version (the supervisor speaks {PROTOCOL_VERSIONS:?}): {0}")]
+    NoCommonVersion(String),
+    /// It answered with another error.
+    #[error("refused the handshake: {message} (code {code})")]
+    Refused {
+        /// Its message, scrubbed.
+        message: String,
+        /// The JSON-RPC error code.
+        code: i64,
+    },
+    /// The call was lost (the connection closed) or its answer could not be read.
+    #[error("{0}")]
+    Lost(Arc<str>),
+    /// It chose a protocol version that was not offered.
+    #[error("chose protocol version {0}, which the supervisor does not speak (it offered {PROTOCOL_VERSIONS:?})")]
+    UnknownVersion(u32),
+    /// It declared no tasks.
+    #[error("declared no tasks in its handshake")]
+    NoTasks,
+    /// It declared a task of the other kind.
+    #[error("declared {task}, which is a {} task, but it is registered as a {registered}", task.kind())]
+    WrongKind {
+        /// The task.
+        task: TaskName,
+        /// The plugin's kind.
+        registered: PluginKind,
+    },
+    /// It declared `maxConcurrency` 0.
+    #[error("declared maxConcurrency 0")]
+    ZeroConcurrency,
 }
 
 /// Orders to an instance while it serves.
@@ -175,9 +223,14 @@ impl PluginProcess {
     /// Sends the handshake and checks the answer.
     ///
     /// # Errors
-    /// A sentence saying what went wrong: no answer in time, the process died, an error
-    /// answer, no common protocol version, tasks of the wrong kind.
-    pub async fn handshake(&mut self, spec: &PluginSpec, log_level: LogLevel) -> Result<HandshakeResult, String> {
+    /// [`HandshakeError`], whose text completes a sentence about the plugin: no answer in
+    /// time, the process died, an error answer, no common protocol version, tasks of the
+    /// wrong kind.
+    pub async fn handshake(
+        &mut self,
+        spec: &PluginSpec,
+        log_level: LogLevel,
+    ) -> Result<HandshakeResult, HandshakeError> {
         let params = HandshakeParams {
             protocol_versions: PROTOCOL_VERSIONS.to_vec(),
             plugin: spec.name.clone(),
@@ -188,10 +241,8 @@ impl PluginProcess {
         let call = self.conn.request(methods::HANDSHAKE, &params);
         let outcome = match self.answer_or_end(call, spec.handshake_timeout).await {
             Ok(outcome) => outcome,
-            Err(Some(end)) => return Err(format!("{end} during the handshake")),
-            Err(None) => {
-                return Err(format!("did not answer the handshake within {}", secs(spec.handshake_timeout)));
-            }
+            Err(Some(end)) => return Err(HandshakeError::Ended(end)),
+            Err(None) => return Err(HandshakeError::Timeout(spec.handshake_timeout)),
         };
         let hs: HandshakeResult = match outcome {
             Outcome::Result(raw) => serde_json::from_str(raw.get()).map_err(|e| {
@@ -202,18 +253,15 @@ impl PluginProcess {
                 } else {
                     format!("problem at line {} column {}", e.line(), e.column())
                 };
-                format!("answered the handshake with an invalid result ({detail})")
+                HandshakeError::InvalidResult(detail)
             })?,
             Outcome::Error(e) if e.code == loom_protocol::codes::UNSUPPORTED_PROTOCOL => {
-                return Err(format!(
-                    "offers no common protocol version (the supervisor speaks {PROTOCOL_VERSIONS:?}): {}",
-                    self.conn.loggable(&e.message)
-                ));
+                return Err(HandshakeError::NoCommonVersion(self.conn.loggable(&e.message)));
             }
             Outcome::Error(e) => {
-                return Err(format!("refused the handshake: {} (code {})", self.conn.loggable(&e.message), e.code));
+                return Err(HandshakeError::Refused { message: self.conn.loggable(&e.message), code: e.code });
             }
-            Outcome::Lost(why) | Outcome::Unreadable(why) => return Err(why.to_string()),
+            Outcome::Lost(why) | Outcome::Unreadable(why) => return Err(HandshakeError::Lost(why)),
         };
         check_handshake(spec, &hs)?;
         Ok(hs)
@@ -435,21 +483,18 @@ impl PluginProcess {
     }
 }
 
-fn check_handshake(spec: &PluginSpec, hs: &HandshakeResult) -> Result<(), String> {
+fn check_handshake(spec: &PluginSpec, hs: &HandshakeResult) -> Result<(), HandshakeError> {
     if !PROTOCOL_VERSIONS.contains(&hs.protocol_version) {
-        return Err(format!(
-            "chose protocol version {}, which the supervisor does not speak (it offered {PROTOCOL_VERSIONS:?})",
-            hs.protocol_version
-        ));
+        return Err(HandshakeError::UnknownVersion(hs.protocol_version));
     }
     if hs.tasks.is_empty() {
-        return Err("declared no tasks in its handshake".into());
+        return Err(HandshakeError::NoTasks);
     }
-    if let Some(t) = hs.tasks.iter().find(|t| t.kind() != spec.kind) {
-        return Err(format!("declared {t}, which is a {} task, but it is registered as a {}", t.kind(), spec.kind));
+    if let Some(&task) = hs.tasks.iter().find(|t| t.kind() != spec.kind) {
+        return Err(HandshakeError::WrongKind { task, registered: spec.kind });
     }
     if hs.max_concurrency == Some(0) {
-        return Err("declared maxConcurrency 0".into());
+        return Err(HandshakeError::ZeroConcurrency);
     }
     Ok(())
 }

@@ -226,6 +226,7 @@ impl Registry {
                         Availability::Runnable(Arc::from(spec))
                     }
                     Err(why) => {
+                        let why = why.to_string();
                         self.error(path, Some(name), None, why.clone());
                         Availability::NotRunnable(why)
                     }

@@ -113,36 +113,82 @@ pub const NO_USER: &str = "the supervisor runs as root, and plugins run as root 
      name the user this plugin should run as: \"user\" in its manifest, `user` under [defaults] in the daemon's configuration, \
      or --plugin-user for run, plugins, check and cluster";
 
+/// Why a plugin may not run as configured. Each message names the key to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunAsError {
+    /// The supervisor is root and nothing names a user ([`NO_USER`]).
+    #[error("{}", NO_USER)]
+    NoUser,
+    /// A default (not the plugin's manifest) names root, found when a plugin starts.
+    #[error(
+        "{} names root, and plugins run as root only when their own manifest says \"user\": \"root\"; name an unprivileged user there",
+        .0.key("user")
+    )]
+    RootUser(Origin),
+    /// A default (not the plugin's manifest) names the root group, found when a plugin
+    /// starts.
+    #[error("{} names the root group, which only a plugin's own manifest may ask for", .0.key("group"))]
+    RootGroup(Origin),
+    /// A default names root, found when the defaults are checked ([`check_defaults`]).
+    #[error("{} names root; plugins run as root only when their own manifest says \"user\": \"root\"", .0.key("user"))]
+    RootUserDefault(Origin),
+    /// A default names the root group, found when the defaults are checked
+    /// ([`check_defaults`]).
+    #[error("{} names the root group; only a plugin's own manifest may", .0.key("group"))]
+    RootGroupDefault(Origin),
+    /// No such user on this host.
+    #[error(
+        "user {:?} ({}) does not exist on this host; create it (useradd --system {}) or name another",
+        .0.name,
+        .0.origin.key("user"),
+        .0.name
+    )]
+    UnknownUser(Setting),
+    /// No such group on this host.
+    #[error("group {:?} ({}) does not exist on this host", .0.name, .0.origin.key("group"))]
+    UnknownGroup(Setting),
+    /// The user database could not be read.
+    #[error("cannot look up user {:?} ({}): {source}", setting.name, setting.origin.key("user"))]
+    UserLookup {
+        /// The name, and where it was set.
+        setting: Setting,
+        /// Why.
+        source: nix::Error,
+    },
+    /// The group database could not be read.
+    #[error("cannot look up group {:?} ({}): {source}", setting.name, setting.origin.key("group"))]
+    GroupLookup {
+        /// The name, and where it was set.
+        setting: Setting,
+        /// Why.
+        source: nix::Error,
+    },
+}
+
 /// Decides how a plugin configured with `run_as` runs now, looking names up.
 ///
 /// # Errors
-/// As root: no user configured, a user or group that does not exist, or root named by a
-/// default rather than by the manifest. The text names the key to change.
-pub fn resolve(run_as: &RunAs) -> Result<Plan, String> {
+/// [`RunAsError`], as root only: no user configured, a user or group that does not exist
+/// or cannot be looked up, or root named by a default rather than by the manifest.
+pub fn resolve(run_as: &RunAs) -> Result<Plan, RunAsError> {
     resolve_as(run_as, nix::unistd::geteuid().as_raw())
 }
 
-fn resolve_as(run_as: &RunAs, euid: u32) -> Result<Plan, String> {
+fn resolve_as(run_as: &RunAs, euid: u32) -> Result<Plan, RunAsError> {
     if euid != 0 {
         return Ok(Plan::Stay { note: stay_note(run_as, euid) });
     }
-    let Some(user) = &run_as.user else { return Err(NO_USER.into()) };
+    let Some(user) = &run_as.user else { return Err(RunAsError::NoUser) };
     let pw = lookup_user(user)?;
     if pw.uid.is_root() && user.origin != Origin::Manifest {
-        return Err(format!(
-            "{} names root, and plugins run as root only when their own manifest says \"user\": \"root\"; name an unprivileged user there",
-            user.origin.key("user")
-        ));
+        return Err(RunAsError::RootUser(user.origin));
     }
     let gid = match &run_as.group {
         None => pw.gid.as_raw(),
         Some(g) => {
             let gr = lookup_group(g)?;
             if gr.gid.as_raw() == 0 && g.origin != Origin::Manifest {
-                return Err(format!(
-                    "{} names the root group, which only a plugin's own manifest may ask for",
-                    g.origin.key("group")
-                ));
+                return Err(RunAsError::RootGroup(g.origin));
             }
             gr.gid.as_raw()
         }
@@ -153,20 +199,18 @@ fn resolve_as(run_as: &RunAs, euid: u32) -> Result<Plan, String> {
 /// Checks defaults before they are used: each name exists and is not root.
 ///
 /// # Errors
-/// The problem, naming the key.
-pub fn check_defaults(run_as: &RunAs) -> Result<(), String> {
+/// [`RunAsError`]: a name that does not exist or cannot be looked up, or root ([`RunAsError::RootUserDefault`],
+/// [`RunAsError::RootGroupDefault`]); the message names the key.
+pub fn check_defaults(run_as: &RunAs) -> Result<(), RunAsError> {
     if let Some(u) = &run_as.user
         && lookup_user(u)?.uid.is_root()
     {
-        return Err(format!(
-            "{} names root; plugins run as root only when their own manifest says \"user\": \"root\"",
-            u.origin.key("user")
-        ));
+        return Err(RunAsError::RootUserDefault(u.origin));
     }
     if let Some(g) = &run_as.group
         && lookup_group(g)?.gid.as_raw() == 0
     {
-        return Err(format!("{} names the root group; only a plugin's own manifest may", g.origin.key("group")));
+        return Err(RunAsError::RootGroupDefault(g.origin));
     }
     Ok(())
 }
@@ -187,32 +231,27 @@ fn stay_note(run_as: &RunAs, euid: u32) -> Option<String> {
     ))
 }
 
-fn lookup_user(s: &Setting) -> Result<User, String> {
+fn lookup_user(s: &Setting) -> Result<User, RunAsError> {
     let found = match s.name.parse::<u32>() {
         Ok(uid) => User::from_uid(Uid::from_raw(uid)),
         Err(_) => User::from_name(&s.name),
     };
     match found {
         Ok(Some(u)) => Ok(u),
-        Ok(None) => Err(format!(
-            "user {:?} ({}) does not exist on this host; create it (useradd --system {}) or name another",
-            s.name,
-            s.origin.key("user"),
-            s.name
-        )),
-        Err(e) => Err(format!("cannot look up user {:?} ({}): {e}", s.name, s.origin.key("user"))),
+        Ok(None) => Err(RunAsError::UnknownUser(s.clone())),
+        Err(source) => Err(RunAsError::UserLookup { setting: s.clone(), source }),
     }
 }
 
-fn lookup_group(s: &Setting) -> Result<Group, String> {
+fn lookup_group(s: &Setting) -> Result<Group, RunAsError> {
     let found = match s.name.parse::<u32>() {
         Ok(gid) => Group::from_gid(Gid::from_raw(gid)),
         Err(_) => Group::from_name(&s.name),
     };
     match found {
         Ok(Some(g)) => Ok(g),
-        Ok(None) => Err(format!("group {:?} ({}) does not exist on this host", s.name, s.origin.key("group"))),
-        Err(e) => Err(format!("cannot look up group {:?} ({}): {e}", s.name, s.origin.key("group"))),
+        Ok(None) => Err(RunAsError::UnknownGroup(s.clone())),
+        Err(source) => Err(RunAsError::GroupLookup { setting: s.clone(), source }),
     }
 }
 
@@ -237,7 +276,7 @@ mod tests {
 
     #[test]
     fn as_root_without_a_user_nothing_runs() {
-        let why = resolve_as(&RunAs::default(), 0).unwrap_err();
+        let why = resolve_as(&RunAs::default(), 0).unwrap_err().to_string();
         assert!(why.contains("[defaults]") && why.contains("--plugin-user") && why.contains("\"user\": \"root\""));
         // A group alone is not a user.
         assert!(resolve_as(&manifest(None, Some("daemon")), 0).is_err());
@@ -257,11 +296,11 @@ mod tests {
 
         for origin in [Origin::Config, Origin::CommandLine] {
             let root = RunAs::defaults(Some("root".into()), None, origin);
-            let why = resolve_as(&RunAs::merge(None, None, &root), 0).unwrap_err();
+            let why = resolve_as(&RunAs::merge(None, None, &root), 0).unwrap_err().to_string();
             assert!(why.contains("names root") && why.contains(&origin.key("user")), "{why}");
-            assert!(check_defaults(&root).unwrap_err().contains("names root"));
+            assert!(check_defaults(&root).unwrap_err().to_string().contains("names root"));
             let zero = RunAs::defaults(Some("nobody".into()), Some("0".into()), origin);
-            assert!(resolve_as(&zero, 0).unwrap_err().contains("root group"));
+            assert!(resolve_as(&zero, 0).unwrap_err().to_string().contains("root group"));
             assert!(check_defaults(&zero).is_err());
         }
         assert!(check_defaults(&defaults).is_ok());
@@ -269,12 +308,12 @@ mod tests {
 
     #[test]
     fn unknown_names_say_which_key_set_them() {
-        let why = resolve_as(&manifest(Some("no-such-user-x"), None), 0).unwrap_err();
+        let why = resolve_as(&manifest(Some("no-such-user-x"), None), 0).unwrap_err().to_string();
         assert!(why.contains("\"no-such-user-x\" (\"user\" in the manifest) does not exist"), "{why}");
-        let why = resolve_as(&manifest(Some("nobody"), Some("no-such-group-x")), 0).unwrap_err();
+        let why = resolve_as(&manifest(Some("nobody"), Some("no-such-group-x")), 0).unwrap_err().to_string();
         assert!(why.contains("group \"no-such-group-x\""), "{why}");
         let cli = RunAs::defaults(Some("no-such-user-x".into()), None, Origin::CommandLine);
-        assert!(check_defaults(&cli).unwrap_err().contains("--plugin-user"));
+        assert!(check_defaults(&cli).unwrap_err().to_string().contains("--plugin-user"));
     }
 
     #[test]

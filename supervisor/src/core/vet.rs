@@ -8,7 +8,7 @@
 //! on a blocking thread when a process is about to start ([`vet_blocking`]).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -25,12 +25,47 @@ pub struct Vetted {
     pub note: Option<String>,
 }
 
+/// Why a plugin must not run. Each message names the file or key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VetError {
+    /// A file it runs or reads (manifest, executable, script, Ruby file), or a folder on
+    /// their way, cannot be trusted.
+    #[error("refused to run it: {0}")]
+    Untrusted(#[from] trust::Untrusted),
+    /// The executable could not be read to check its `sha256`.
+    #[error("cannot read {} to check its sha256: {source}", path.display())]
+    Unreadable {
+        /// The executable.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The executable does not match the manifest's `sha256`.
+    #[error(
+        "refused to run it: {} does not match the manifest's sha256 (the file's SHA-256 is {}); if this file is the one to run, put that in \"sha256\"",
+        path.display(),
+        hex(actual)
+    )]
+    Sha256Mismatch {
+        /// The executable.
+        path: PathBuf,
+        /// Its SHA-256 (the manifest's is not repeated: it is in the manifest).
+        actual: [u8; 32],
+    },
+    /// Whom it runs as cannot be resolved.
+    #[error(transparent)]
+    RunAs(#[from] runas::RunAsError),
+    /// The blocking thread running the checks failed ([`vet_blocking`]).
+    #[error("the checks before the start failed: {0}")]
+    Aborted(tokio::task::JoinError),
+}
+
 /// Runs every check on `spec`.
 ///
 /// # Errors
-/// Why the plugin must not run, naming the file or key and the fix.
-pub fn vet(spec: &PluginSpec) -> Result<Vetted, String> {
-    let refused = |e: trust::Untrusted| format!("refused to run it: {e}");
+/// [`VetError`]: why the plugin must not run, naming the file or key and the fix.
+pub fn vet(spec: &PluginSpec) -> Result<Vetted, VetError> {
+    let refused = VetError::Untrusted;
     trust::check(&spec.manifest, Kind::File).map_err(refused)?;
     let exe = trust::check(&spec.executable, Kind::Executable).map_err(refused)?;
     if let Some(want) = &spec.sha256 {
@@ -60,27 +95,22 @@ pub fn vet(spec: &PluginSpec) -> Result<Vetted, String> {
 /// [`vet`] on a blocking thread.
 ///
 /// # Errors
-/// As [`vet`].
+/// As [`vet`], and [`VetError::Aborted`] when the thread running the checks panicked or
+/// was cancelled.
 ///
 /// # Cancellation
 /// Dropping the future leaves the checks to finish on their thread; nothing is started.
-pub async fn vet_blocking(spec: &PluginSpec) -> Result<Vetted, String> {
+pub async fn vet_blocking(spec: &PluginSpec) -> Result<Vetted, VetError> {
     let spec = spec.clone();
-    tokio::task::spawn_blocking(move || vet(&spec))
-        .await
-        .unwrap_or_else(|e| Err(format!("the checks before the start failed: {e}")))
+    tokio::task::spawn_blocking(move || vet(&spec)).await.unwrap_or_else(|e| Err(VetError::Aborted(e)))
 }
 
-fn check_sha256(exe: &Path, want: &[u8; 32]) -> Result<(), String> {
-    let got = sha256_of(exe).map_err(|e| format!("cannot read {} to check its sha256: {e}", exe.display()))?;
+fn check_sha256(exe: &Path, want: &[u8; 32]) -> Result<(), VetError> {
+    let got = sha256_of(exe).map_err(|source| VetError::Unreadable { path: exe.to_path_buf(), source })?;
     if &got == want {
         return Ok(());
     }
-    Err(format!(
-        "refused to run it: {} does not match the manifest's sha256 (the file's SHA-256 is {}); if this file is the one to run, put that in \"sha256\"",
-        exe.display(),
-        hex(&got)
-    ))
+    Err(VetError::Sha256Mismatch { path: exe.to_path_buf(), actual: got })
 }
 
 /// The SHA-256 of the file at `path`.
@@ -147,7 +177,7 @@ mod tests {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(vet(&spec(d.path(), manifest.clone())).is_ok());
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let why = vet(&spec(d.path(), manifest)).unwrap_err();
+        let why = vet(&spec(d.path(), manifest)).unwrap_err().to_string();
         assert!(why.contains(&script.display().to_string()) && why.contains("chmod go-w"), "{why}");
     }
 
@@ -166,11 +196,11 @@ mod tests {
         let good = spec(d.path(), json!({"executable": "run", "sha256": digest}));
         assert!(vet(&good).is_ok());
         let bad = spec(d.path(), json!({"executable": "run", "sha256": "0".repeat(64)}));
-        let why = vet(&bad).unwrap_err();
+        let why = vet(&bad).unwrap_err().to_string();
         assert!(why.contains(&format!("{} does not match the manifest's sha256", exe.display())), "{why}");
         assert!(why.contains(&digest), "the actual digest is named: {why}");
         // The file changes after registration: the next start is refused.
         std::fs::write(&exe, "#!/bin/sh\nexit 1\n").unwrap();
-        assert!(vet(&good).unwrap_err().contains("does not match"));
+        assert!(vet(&good).unwrap_err().to_string().contains("does not match"));
     }
 }

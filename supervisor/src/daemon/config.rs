@@ -116,9 +116,22 @@ impl std::fmt::Display for Listen {
     }
 }
 
+/// An address that is neither a TCP address nor a Unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is neither an address like 127.0.0.1:55056 nor a Unix socket path like unix:/run/loom-provisioner/api.sock"
+)]
+pub struct ListenError {
+    /// The address as read, without `http://` and a trailing `/`.
+    pub text: String,
+}
+
 impl Listen {
     /// Reads `127.0.0.1:55056`, `[::1]:55056`, `unix:/run/x.sock` or `/run/x.sock`.
-    pub fn parse(text: &str) -> Result<Listen, String> {
+    ///
+    /// # Errors
+    /// [`ListenError`] when `text` is neither.
+    pub fn parse(text: &str) -> Result<Listen, ListenError> {
         if let Some(path) = text.strip_prefix("unix:") {
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
@@ -126,9 +139,7 @@ impl Listen {
             return Ok(Listen::Unix(PathBuf::from(text)));
         }
         let text = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
-        text.parse().map(Listen::Tcp).map_err(|_| {
-            format!("{text:?} is neither an address like 127.0.0.1:55056 nor a Unix socket path like unix:/run/loom-provisioner/api.sock")
-        })
+        text.parse().map(Listen::Tcp).map_err(|_| ListenError { text: text.to_owned() })
     }
 }
 
@@ -244,7 +255,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(err(Some(raw.plugin_dirs.span()), "plugin_dirs is empty: name at least one plugins folder".into()));
     }
     let listen = match &raw.listen {
-        None => Listen::parse(DEFAULT_LISTEN).map_err(|m| err(None, m))?,
+        None => Listen::parse(DEFAULT_LISTEN).map_err(|m| err(None, m.to_string()))?,
         Some(l) => Listen::parse(l.get_ref()).map_err(|m| err(Some(l.span()), format!("listen: {m}")))?,
     };
     let token = match &raw.token_file {

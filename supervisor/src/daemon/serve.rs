@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::config::Config;
 use crate::daemon::http::{self, Listener};
-use crate::daemon::service::Daemon;
+use crate::daemon::service::{Daemon, StartError};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum ServeError {
     },
     /// The journal or the plugins folders could not be opened.
     #[error("{0}")]
-    Start(String),
+    Start(StartError),
 }
 
 impl ServeError {

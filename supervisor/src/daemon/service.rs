@@ -21,10 +21,10 @@ use crate::cluster::outcome::Outcome;
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
 use crate::core::pool::Phase;
-use crate::core::registry::Registry;
+use crate::core::registry::{LoadError, Registry};
 use crate::core::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
 use crate::daemon::budget::{Budget, Reservation};
-use crate::daemon::config::Config;
+use crate::daemon::config::{Config, ConfigError};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notifier;
 use crate::journal::{Journal, JournalError, Record, State};
@@ -74,8 +74,31 @@ pub enum SubmitError {
     Journal(#[from] JournalError),
 }
 
-/// Cluster operations running, by cluster: a receiver of each one's outcome.
-type ClusterRuns = HashMap<String, watch::Receiver<Option<Result<Outcome, String>>>>;
+/// Cluster operations running, by cluster: a receiver of each one's outcome (shared: every
+/// waiter gets the same error).
+type ClusterRuns = HashMap<String, watch::Receiver<Option<Result<Outcome, Arc<JobError>>>>>;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The journal cannot be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A plugins folder cannot be read.
+    #[error(transparent)]
+    Plugins(#[from] LoadError),
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration cannot be read or is bad.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A plugins folder cannot be read.
+    #[error(transparent)]
+    Plugins(#[from] LoadError),
+}
 
 /// Why a cluster operation was not started.
 #[derive(Debug, thiserror::Error)]
@@ -101,11 +124,11 @@ impl Daemon {
     /// Opens the journal, loads the plugins and starts them.
     ///
     /// # Errors
-    /// When the journal cannot be opened or a plugins folder read; the text says which.
-    pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, String> {
-        let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
+    /// [`StartError`]: the journal cannot be opened or a plugins folder read.
+    pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, StartError> {
+        let journal = Journal::open(&config.data_dir)?;
         let clusters = ClusterStore::new(journal.clone());
-        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
+        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults)?;
         let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
         let budget = Budget::new(config.max_pending_task_bytes);
         Ok(Arc::new(Daemon {
@@ -371,7 +394,7 @@ impl Daemon {
             daemon.lock_cluster_runs().insert(name.clone(), done_rx);
             let _ = ready_tx.send(Ok(prepared.job_id().to_owned()));
             let outcome = tokio::select! {
-                r = prepared.execute(&Log) => Some(r.map_err(|e| e.to_string())),
+                r = prepared.execute(&Log) => Some(r.map_err(Arc::new)),
                 // Shutting down: the tasks in flight are cancelled and stay recorded as
                 // running; the next start resumes the operation.
                 () = daemon.cluster_stop.cancelled() => None,
@@ -386,7 +409,16 @@ impl Daemon {
 
     /// Waits for the operation running on cluster `name`, if one runs here; `None` when
     /// none does (or it was cut short by a shutdown).
-    pub async fn wait_cluster(&self, name: &str) -> Option<Result<Outcome, String>> {
+    ///
+    /// # Errors
+    /// `Some(Err(_))`: the operation's [`JobError`] ([`Prepared::execute`]: the journal
+    /// failed at its end), shared with every other waiter.
+    ///
+    /// # Cancellation
+    /// Dropping the future stops the wait only; the operation runs on.
+    ///
+    /// [`Prepared::execute`]: crate::cluster::job::Prepared::execute
+    pub async fn wait_cluster(&self, name: &str) -> Option<Result<Outcome, Arc<JobError>>> {
         let mut rx = self.lock_cluster_runs().get(name).cloned()?;
         rx.wait_for(Option::is_some).await.ok().and_then(|done| done.clone())
     }
@@ -482,11 +514,12 @@ impl Daemon {
     /// dropped. The listen address and the data folder need a restart to change.
     ///
     /// # Errors
-    /// A bad configuration or unreadable plugins folder: nothing changes then.
-    pub fn reload(&self) -> Result<ReloadReport, String> {
+    /// [`ReloadError`], a bad configuration or unreadable plugins folder: nothing changes
+    /// then.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.config().path;
-        let config = crate::daemon::config::load(&path).map_err(|e| e.to_string())?;
-        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults).map_err(|e| e.to_string())?;
+        let config = crate::daemon::config::load(&path)?;
+        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults)?;
         let old = self.config();
         if config.listen != old.listen || config.data_dir != old.data_dir {
             tracing::warn!("listen and data_dir changes take effect at the next restart");

@@ -147,6 +147,11 @@ pub struct Counts {
 }
 
 /// The journal failed.
+///
+/// A message rather than kinds: its causes are free-form (SQLite's errors, a file or
+/// folder that cannot be created or trusted, a thread that stopped), no caller acts on
+/// one differently from another (every caller reports it, or tries again), and it is
+/// cloned to every operation of a batch whose commit failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("journal {}: {message}", path.display())]
 pub struct JournalError {

@@ -13,44 +13,67 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 /// Most JSON values (each member, element and scalar) an answer may hold.
 pub const MAX_RESULT_VALUES: usize = 100_000;
 
+/// Why a plugin's answer is not a usable task result. Never quotes the answer: results
+/// carry credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// More values than a result may hold; no tree was built.
+    #[error("the plugin's answer holds more than {max} JSON values, the most a result may hold (PROTOCOL.md, limits)")]
+    TooManyValues {
+        /// The most a result may hold ([`MAX_RESULT_VALUES`]).
+        max: usize,
+    },
+    /// Not JSON, or nested too deep: what is wrong and where, by position.
+    #[error("the plugin's answer is {0}")]
+    NotJson(String),
+    /// JSON, but a field a result needs is missing: serde's "missing field `status` at
+    /// line 1 column 20", which names the field only.
+    #[error("the plugin answered with an invalid result: {0}")]
+    MissingField(String),
+    /// JSON, but not shaped like a result (a field of the wrong type, not an object).
+    #[error(
+        "the plugin answered with an invalid result: expected {{\"status\": <integer>, \"result\": {{...}}, \"stdout\": \"...\", \"stderr\": \"...\"}} (problem at line {line} column {column})"
+    )]
+    NotAResult {
+        /// Where the problem is.
+        line: usize,
+        /// Where the problem is.
+        column: usize,
+    },
+}
+
 /// The answer as a task result.
 ///
 /// # Errors
-/// Why the answer is not a usable result, without quoting it (results carry
-/// credentials): too many values, too deep, not JSON, or not shaped like a result.
-pub fn read(raw: &str) -> Result<TaskResult, String> {
+/// [`AnswerError`]: why the answer is not a usable result, without quoting it (results
+/// carry credentials): too many values, too deep, not JSON, or not shaped like a result.
+pub fn read(raw: &str) -> Result<TaskResult, AnswerError> {
     count_values(raw, MAX_RESULT_VALUES)?;
     serde_json::from_str::<TaskResult>(raw).map_err(|e| describe(&e))
 }
 
 /// Fails when `raw` holds more than `max` values.
-fn count_values(raw: &str, max: usize) -> Result<(), String> {
+fn count_values(raw: &str, max: usize) -> Result<(), AnswerError> {
     let mut n = 0;
     let mut de = serde_json::Deserializer::from_str(raw);
     match (Count { n: &mut n, max }).deserialize(&mut de) {
         Ok(()) => Ok(()),
-        Err(_) if n > max => Err(format!(
-            "the plugin's answer holds more than {max} JSON values, the most a result may hold (PROTOCOL.md, limits)"
-        )),
+        Err(_) if n > max => Err(AnswerError::TooManyValues { max }),
         Err(e) => Err(describe(&e)),
     }
 }
 
 /// Describes a bad answer without quoting it.
-fn describe(e: &serde_json::Error) -> String {
+fn describe(e: &serde_json::Error) -> AnswerError {
     let text = e.to_string();
     if text.starts_with("missing field") {
         // "missing field `status` at line 1 column 20": names the field only.
-        return format!("the plugin answered with an invalid result: {text}");
+        return AnswerError::MissingField(text);
     }
     if e.is_syntax() || e.is_eof() {
-        return format!("the plugin's answer is {}", crate::wire::json::describe_json_error(e));
+        return AnswerError::NotJson(crate::wire::json::describe_json_error(e));
     }
-    format!(
-        "the plugin answered with an invalid result: expected {{\"status\": <integer>, \"result\": {{...}}, \"stdout\": \"...\", \"stderr\": \"...\"}} (problem at line {} column {})",
-        e.line(),
-        e.column()
-    )
+    AnswerError::NotAResult { line: e.line(), column: e.column() }
 }
 
 /// Counts values, failing past `max`; builds nothing.
@@ -128,7 +151,7 @@ mod tests {
     fn an_answer_with_too_many_values_fails_before_a_tree_is_built() {
         let members: Vec<String> = (0..MAX_RESULT_VALUES).map(|i| format!("\"k{i}\":{i}")).collect();
         let big = format!("{{\"status\":0,\"result\":{{{}}}}}", members.join(","));
-        let e = read(&big).unwrap_err();
+        let e = read(&big).unwrap_err().to_string();
         assert!(e.contains("more than 100000 JSON values"), "{e}");
         let fits = format!("{{\"status\":0,\"result\":{{{}}}}}", members[..1000].join(","));
         assert_eq!(read(&fits).unwrap().result.len(), 1000);
@@ -141,10 +164,10 @@ mod tests {
             (r#"{"status":"hunter2"}"#, "expected {\"status\": <integer>"),
             (r#"{"status":0,"stdout":"hunter2""#, "ends too soon"),
         ] {
-            let e = read(answer).unwrap_err();
+            let e = read(answer).unwrap_err().to_string();
             assert!(e.contains(want) && !e.contains("hunter2"), "{answer}: {e}");
         }
         let deep = format!("{{\"status\":0,\"result\":{}{}}}", "[".repeat(200), "]".repeat(200));
-        assert!(read(&deep).unwrap_err().contains("nested deeper than 128 levels"));
+        assert!(read(&deep).unwrap_err().to_string().contains("nested deeper than 128 levels"));
     }
 }

@@ -95,22 +95,30 @@ async fn collect(mut body: Body, max: usize, expected: usize) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
+/// Why a body is not JSON text (a 400). Says where, never quoting it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BodyError {
+    /// Not UTF-8: the offset of the first bad byte.
+    #[error("the body is not UTF-8 text (a bad byte at offset {0})")]
+    NotUtf8(usize),
+    /// Not one JSON value: what is wrong and where ([`describe_json_error`]).
+    #[error("the body is {0}")]
+    NotJson(String),
+}
+
 /// The body as JSON text, kept as it is (no tree is built; the buffer becomes the text
 /// without a copy when it has no surrounding whitespace).
 ///
 /// # Errors
-/// Where the text stops being UTF-8 or JSON (for a 400), never quoting it.
-pub(super) fn json(bytes: Vec<u8>) -> Result<Box<RawValue>, String> {
-    let mut text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        format!("the body is not UTF-8 text (a bad byte at offset {at})")
-    })?;
+/// [`BodyError`]: where the text stops being UTF-8 or JSON, never quoting it.
+pub(super) fn json(bytes: Vec<u8>) -> Result<Box<RawValue>, BodyError> {
+    let mut text = String::from_utf8(bytes).map_err(|e| BodyError::NotUtf8(e.utf8_error().valid_up_to()))?;
     let end = text.trim_end().len();
     text.truncate(end);
     let start = text.len() - text.trim_start().len();
     text.drain(..start);
     text.shrink_to_fit();
-    RawValue::from_string(text).map_err(|e| format!("the body is {}", describe_json_error(&e)))
+    RawValue::from_string(text).map_err(|e| BodyError::NotJson(describe_json_error(&e)))
 }
 
 #[cfg(test)]
@@ -128,7 +136,7 @@ mod tests {
             (b"", "JSON that ends too soon"),
         ];
         for (body, want) in cases {
-            let got = json(body.to_vec()).unwrap_err();
+            let got = json(body.to_vec()).unwrap_err().to_string();
             assert!(got.contains(want), "{:?}: {got}", String::from_utf8_lossy(body));
             assert!(!got.contains("hunter2"), "{got}");
         }

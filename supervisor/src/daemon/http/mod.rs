@@ -254,7 +254,7 @@ async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Respons
     };
     let raw = match body::json(received.bytes) {
         Ok(raw) => raw,
-        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why.to_string()),
     };
     match daemon.submit(raw, Some(received.reservation)).await {
         Ok(Submitted::New(id)) if wait => finished(daemon, &id).await,
@@ -338,7 +338,7 @@ async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait
         let view = ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &name, false).await.ok().flatten();
         return match outcome {
             Some(Ok(outcome)) => json_response(StatusCode::OK, &json!({"outcome": outcome, "cluster": view})),
-            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             None => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the operation was cut short by a shutdown; it resumes at the next start",
