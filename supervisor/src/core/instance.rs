@@ -182,7 +182,7 @@ mod tests {
     use loom_protocol::PluginKind::Automator;
     use serde_json::json;
 
-    use crate::core::testing::{Plugins, action};
+    use crate::core::testing::{Plugins, action, within_a_minute};
 
     #[tokio::test]
     async fn a_crash_mid_task_fails_that_task_and_a_new_process_serves_the_next() {
@@ -197,7 +197,7 @@ mod tests {
         assert!(crashed.stderr.starts_with(&cause), "{}", crashed.stderr);
         assert!(crashed.stderr.contains("about to crash: boom"), "with its last stderr lines: {}", crashed.stderr);
 
-        let next = sup.run(&action("t3", "INSTALL", "a", json!({}))).await;
+        let next = within_a_minute("the restarted instance", sup.run(&action("t3", "INSTALL", "a", json!({})))).await;
         assert_eq!(next.status, 0, "{next:?}");
         assert_ne!(next.result["pid"], pid, "a new process");
         let status = &sup.plugin(Automator, "a").expect("plugin a").status()[0];

@@ -360,7 +360,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::core::testing::{Plugins, action, poll_once};
+    use crate::core::testing::{Plugins, action, poll_once, within_a_minute};
 
     #[tokio::test]
     async fn a_task_past_its_timeout_gets_cancel_and_its_answer_counts_as_a_failure() {
@@ -387,7 +387,7 @@ mod tests {
         let why = "automator \"a\", task t2 (INSTALL): timed out after 1 s; it did not stop within 1 s of its cancel, \
                    so the plugin process was killed and restarted";
         assert_eq!(r.stderr, why);
-        let next = sup.run(&action("t3", "START", "a", json!({}))).await;
+        let next = within_a_minute("the restarted process", sup.run(&action("t3", "START", "a", json!({})))).await;
         assert_eq!(next.status, 0, "{next:?}");
         assert_ne!(next.result["pid"], first.result["pid"], "a new process");
         let status = &sup.plugin(Automator, "a").expect("plugin a").status()[0];
@@ -414,7 +414,7 @@ mod tests {
             r
         };
         let retire = async {
-            plugin.retire(Duration::from_secs(600)).await;
+            plugin.retire(Duration::from_secs(60)).await;
             answered.get()
         };
         let (r, answered_first) = tokio::join!(send, retire);

@@ -476,7 +476,7 @@ mod tests {
     use serde_json::json;
 
     use crate::core::pool::Phase;
-    use crate::core::testing::{Plugins, action};
+    use crate::core::testing::{Plugins, action, within_a_minute};
 
     #[tokio::test]
     async fn when_the_process_dies_every_task_in_flight_on_it_fails_with_the_cause() {
@@ -485,7 +485,8 @@ mod tests {
         let sup = plugins.supervisor();
         let hang = action("t1", "INSTALL", "a", json!({"action": "hang"}));
         let crash = action("t2", "START", "a", json!({"action": "crash", "code": 7}));
-        let (hung, crashed) = tokio::join!(sup.run(&hang), sup.run(&crash));
+        let (hung, crashed) =
+            within_a_minute("the answers", async { tokio::join!(sup.run(&hang), sup.run(&crash)) }).await;
         for (r, task) in [(hung, "t1 (INSTALL)"), (crashed, "t2 (START)")] {
             assert_eq!(r.status, 1);
             let why = format!("automator \"a\", task {task}: the plugin process (pid ");

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use loom_protocol::PluginKind;
 use serde_json::{Value, json};
@@ -86,5 +87,15 @@ pub(crate) fn poll_once<F: Future>(f: Pin<&mut F>) -> Option<F::Output> {
     match f.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Some(v),
         Poll::Pending => None,
+    }
+}
+
+/// Awaits `f`, failing the test if it has not completed after a minute: for what a
+/// regression would make wait forever (a slot never freed, a call never failed). Far
+/// beyond what it takes on a loaded machine; not a measure of speed.
+pub(crate) async fn within_a_minute<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(60), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: still waiting after a minute"),
     }
 }
