@@ -363,7 +363,7 @@ mod tests {
     use crate::core::testing::{Plugins, action, poll_once, within_a_minute};
 
     #[tokio::test]
-    async fn a_task_past_its_timeout_gets_cancel_and_its_answer_counts_as_a_failure() {
+    async fn a_task_past_its_timeout_gets_cancel_and_its_answer_is_kept_with_a_note() {
         let plugins = Plugins::new();
         plugins.add(Automator, "a", json!({"timeouts": {"INSTALL": 1}, "cancelGraceSecs": 60}));
         let sup = plugins.supervisor();

@@ -454,7 +454,7 @@ mod tests {
         assert_eq!(r.stdout, "==> a <==\nlogged in with [redacted]\n");
         let why = "task b1 (BOOTSTRAP): no automator named \"[redacted]\" is registered (registered automators: a)";
         assert_eq!(r.stderr, format!("==> [redacted] <==\n{why}\n"));
-        assert_eq!(r.result["echo"], "SECRET-pw-42", "result keys are the task's own data for later tasks");
+        assert_eq!(r.result["echo"], "SECRET-pw-42", "the result member goes on to the node's later tasks as it is");
         sup.shutdown().await;
     }
 
