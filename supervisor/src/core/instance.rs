@@ -176,3 +176,52 @@ async fn back_off(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use loom_protocol::PluginKind::Automator;
+    use serde_json::json;
+
+    use crate::core::testing::{Plugins, action, within_a_minute};
+
+    #[tokio::test]
+    async fn a_crash_mid_task_fails_that_task_and_a_new_process_serves_the_next() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({}));
+        let sup = plugins.supervisor();
+        let first = sup.run(&action("t1", "INSTALL", "a", json!({}))).await;
+        let pid = first.result["pid"].clone();
+        let crashed = sup.run(&action("t2", "INSTALL", "a", json!({"action": "crash"}))).await;
+        assert_eq!(crashed.status, 1);
+        let cause = format!("automator \"a\", task t2 (INSTALL): the plugin process (pid {pid}) exited with code 3");
+        assert!(crashed.stderr.starts_with(&cause), "{}", crashed.stderr);
+        assert!(crashed.stderr.contains("about to crash: boom"), "with its last stderr lines: {}", crashed.stderr);
+
+        let next = within_a_minute("the restarted instance", sup.run(&action("t3", "INSTALL", "a", json!({})))).await;
+        assert_eq!(next.status, 0, "{next:?}");
+        assert_ne!(next.result["pid"], pid, "a new process");
+        let status = &sup.plugin(Automator, "a").expect("plugin a").status()[0];
+        assert_eq!(status.restarts, 1);
+        assert!(status.last_error.as_deref().is_some_and(|e| e.contains("exited with code 3")), "{status:?}");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_exits_at_start_fails_the_tasks_waiting_for_it() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({"env": {"TESTPLUGIN_EXIT_AT_START": "2"}}));
+        let sup = plugins.supervisor();
+        let (t1, t2) = (action("t1", "INSTALL", "a", json!({})), action("t2", "START", "a", json!({})));
+        let (r1, r2) = tokio::join!(sup.run(&t1), sup.run(&t2));
+        for (r, task) in [(r1, "t1 (INSTALL)"), (r2, "t2 (START)")] {
+            assert_eq!(r.status, 1);
+            let why = format!("automator \"a\", task {task}: the plugin could not start: the plugin process (pid ");
+            assert!(r.stderr.starts_with(&why), "{}", r.stderr);
+            assert!(r.stderr.contains("exited with code 2 during the handshake"), "{}", r.stderr);
+            assert!(r.stderr.contains("exiting at start as asked"), "{}", r.stderr);
+        }
+        sup.shutdown().await;
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        assert_eq!(plugin.status()[0].phase, crate::core::pool::Phase::Stopped, "the restart loop ended");
+    }
+}

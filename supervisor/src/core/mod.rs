@@ -16,5 +16,7 @@ pub mod router;
 pub mod runas;
 pub mod spawn;
 pub mod supervisor;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod trust;
 pub mod vet;

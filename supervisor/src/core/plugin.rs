@@ -350,3 +350,102 @@ fn join_lines(first: &str, second: &str) -> String {
         (false, false) => format!("{first}\n{second}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::pin::pin;
+
+    use loom_protocol::PluginKind::Automator;
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::testing::{Plugins, action, poll_once, within_a_minute};
+
+    #[tokio::test]
+    async fn a_task_past_its_timeout_gets_cancel_and_its_answer_is_kept_with_a_note() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({"timeouts": {"INSTALL": 1}, "cancelGraceSecs": 60}));
+        let sup = plugins.supervisor();
+        let r = sup.run(&action("t1", "INSTALL", "a", json!({"action": "hang", "honorCancel": true}))).await;
+        assert_eq!(r.status, 2, "the plugin's own status: {r:?}");
+        let note = "automator \"a\", task t1 (INSTALL): timed out after 1 s; it stopped when cancelled";
+        assert_eq!(r.stderr, format!("cancelled as asked\n{note}"));
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        assert_eq!(plugin.status()[0].restarts, 0, "the process was not killed");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ignores_its_cancel_gets_its_process_killed_and_restarted() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({"timeouts": {"INSTALL": 1}, "cancelGraceSecs": 1}));
+        let sup = plugins.supervisor();
+        let first = sup.run(&action("t1", "START", "a", json!({}))).await;
+        let r = sup.run(&action("t2", "INSTALL", "a", json!({"action": "hang"}))).await;
+        assert_eq!(r.status, 1);
+        let why = "automator \"a\", task t2 (INSTALL): timed out after 1 s; it did not stop within 1 s of its cancel, \
+                   so the plugin process was killed and restarted";
+        assert_eq!(r.stderr, why);
+        let next = within_a_minute("the restarted process", sup.run(&action("t3", "START", "a", json!({})))).await;
+        assert_eq!(next.status, 0, "{next:?}");
+        assert_ne!(next.result["pid"], first.result["pid"], "a new process");
+        let status = &sup.plugin(Automator, "a").expect("plugin a").status()[0];
+        assert_eq!(status.restarts, 1);
+        let killed = "was killed: task t2 (INSTALL) timed out after 1 s and did not stop within 1 s of its cancel";
+        assert!(status.last_error.as_deref().is_some_and(|e| e.contains(killed)), "{status:?}");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retiring_waits_for_the_task_it_was_given_then_stops() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({}));
+        let sup = plugins.supervisor();
+        // Long enough that a plugin stopped at once would fail it ("was stopped").
+        let t1 = action("t1", "INSTALL", "a", json!({"action": "sleep", "ms": 1500}));
+        let permit = sup.reserve(&t1).await.expect("a slot");
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        assert_eq!(plugin.active(), 1, "the permit's task is the plugin's");
+        let answered = Cell::new(false);
+        let send = async {
+            let r = permit.send().await;
+            answered.set(true);
+            r
+        };
+        let retire = async {
+            plugin.retire(Duration::from_secs(60)).await;
+            answered.get()
+        };
+        let (r, answered_first) = tokio::join!(send, retire);
+        assert_eq!(r.status, 0, "{r:?}");
+        assert!(answered_first, "retire returned before the task was answered");
+        assert_eq!(plugin.status()[0].phase, crate::core::pool::Phase::Stopped);
+        let late = sup.run(&action("t2", "INSTALL", "a", json!({}))).await;
+        assert_eq!(late.stderr, "automator \"a\", task t2 (INSTALL): the plugin is shutting down");
+    }
+
+    #[tokio::test]
+    async fn stopping_fails_the_tasks_waiting_for_a_slot_and_those_that_come_later() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({}));
+        let sup = plugins.supervisor();
+        let tasks = ["t1", "t2", "t3"].map(|id| action(id, "INSTALL", "a", json!({})));
+        let held = sup.reserve(&tasks[0]).await.expect("a slot");
+        let mut waiting = pin!(sup.reserve(&tasks[1]));
+        assert!(poll_once(waiting.as_mut()).is_none(), "one slot: the second waits");
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        plugin.stop().await;
+        let Some(Err(refused)) = poll_once(waiting.as_mut()) else { panic!("the waiting task was not failed") };
+        assert_eq!(refused.route(), "a");
+        let shutting_down = |id| format!("automator \"a\", task {id} (INSTALL): the plugin is shutting down");
+        assert_eq!(refused.into_result().stderr, shutting_down("t2"));
+        let Err(later) = sup.reserve(&tasks[2]).await else { panic!("a stopped plugin took a task") };
+        assert_eq!(later.into_result().stderr, shutting_down("t3"));
+        // The permit taken before the stop: its task fails at once, its process being gone.
+        let r = held.send().await;
+        assert_eq!(r.status, 1);
+        assert!(r.stderr.starts_with("automator \"a\", task t1 (INSTALL): the plugin process (pid "), "{}", r.stderr);
+        assert!(r.stderr.ends_with(") was stopped"), "{}", r.stderr);
+    }
+}

@@ -514,3 +514,45 @@ pub fn describe_exit(status: ExitStatus) -> String {
         None => format!("ended ({status})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use loom_protocol::PluginKind::Automator;
+    use serde_json::json;
+
+    use crate::core::pool::Phase;
+    use crate::core::testing::{Plugins, action, within_a_minute};
+
+    #[tokio::test]
+    async fn when_the_process_dies_every_task_in_flight_on_it_fails_with_the_cause() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({"maxConcurrency": 2}));
+        let sup = plugins.supervisor();
+        let hang = action("t1", "INSTALL", "a", json!({"action": "hang"}));
+        let crash = action("t2", "START", "a", json!({"action": "crash", "code": 7}));
+        let (hung, crashed) =
+            within_a_minute("the answers", async { tokio::join!(sup.run(&hang), sup.run(&crash)) }).await;
+        for (r, task) in [(hung, "t1 (INSTALL)"), (crashed, "t2 (START)")] {
+            assert_eq!(r.status, 1);
+            let why = format!("automator \"a\", task {task}: the plugin process (pid ");
+            assert!(r.stderr.starts_with(&why), "{}", r.stderr);
+            assert!(r.stderr.contains(") exited with code 7; its last stderr lines:\n"), "{}", r.stderr);
+            assert!(r.stderr.contains("about to crash: boom"), "{}", r.stderr);
+        }
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_ignores_shutdown_eof_and_sigterm_is_killed_when_stopped() {
+        let plugins = Plugins::new();
+        let stubborn = json!({"ignoreEof": true, "ignoreSigterm": true});
+        plugins.add(Automator, "a", json!({"settings": stubborn, "shutdownGraceSecs": 1}));
+        let sup = plugins.supervisor();
+        let r = sup.run(&action("t1", "INSTALL", "a", json!({}))).await;
+        let pid = r.result["pid"].as_i64().expect("the plugin's pid");
+        sup.shutdown().await;
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        assert_eq!(plugin.status()[0].phase, Phase::Stopped);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} was killed and reaped");
+    }
+}

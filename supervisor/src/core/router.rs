@@ -206,3 +206,188 @@ fn append_section(out: &mut String, several: bool, name: &str, text: &str) {
         out.push('\n');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use loom_protocol::PluginKind::{Automator, Provider};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::core::testing::{Plugins, action, task};
+
+    /// Automators `a1` and `a2`, `bad` (registered, not runnable: a bad key), provider `p1`.
+    fn plugins() -> Plugins {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a1", json!({})).add(Automator, "a2", json!({})).add(Provider, "p1", json!({}));
+        plugins.add(Automator, "bad", json!({"instances": "two"}));
+        plugins
+    }
+
+    fn table(plugins: &Plugins) -> Table {
+        Table::new(plugins.registry(), LogLevel::Info)
+    }
+
+    /// Where a route goes: `kind name`, each BOOTSTRAP target as `name` or `name: why`, or
+    /// `refused: why`.
+    fn goes(route: &Route) -> String {
+        match route {
+            Route::One(p) => format!("{} {}", p.kind(), p.name()),
+            Route::Bootstrap(targets) => targets
+                .iter()
+                .map(|(name, t)| match t {
+                    Ok(p) => p.name().to_owned(),
+                    Err(why) => format!("{name}: {why}"),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Route::Refused(why) => format!("refused: {why}"),
+        }
+    }
+
+    fn bootstrap(id: &str, config: Value) -> TaskEnvelope {
+        task(id, "BOOTSTRAP", config)
+    }
+
+    #[test]
+    fn providers_go_by_providertype_else_name_and_automators_by_action_type() {
+        let (plugins, other) = (plugins(), json!({"providertype": "p1", "name": "elsewhere"}));
+        let t = table(&plugins);
+        assert_eq!(goes(&route(&t, &task("t1", "CREATE", json!({"provider": other})))), "provider p1");
+        assert_eq!(goes(&route(&t, &task("t2", "CONFIRM", json!({"provider": {"name": "p1"}})))), "provider p1");
+        assert_eq!(goes(&route(&t, &task("t3", "DELETE", json!({"provider": {"providertype": "p1"}})))), "provider p1");
+        for name in ["INSTALL", "CONFIGURE", "INITIALIZE", "START", "STOP", "REMOVE"] {
+            assert_eq!(goes(&route(&t, &action("t4", name, "a2", json!({})))), "automator a2", "{name}");
+        }
+        // A provider task does not go by the action type, nor an action by the provider.
+        let both = json!({"provider": {"name": "p1"}, "service": {"action": {"type": "a1"}}});
+        assert_eq!(goes(&route(&t, &task("t5", "CREATE", both.clone()))), "provider p1");
+        assert_eq!(goes(&route(&t, &task("t6", "INSTALL", both))), "automator a1");
+    }
+
+    #[test]
+    fn refusals_name_what_is_registered_and_quote_only_the_task_id_and_the_plugin_name() {
+        let plugins = plugins();
+        let t = table(&plugins);
+        let secret = json!({"password": "SECRET-never-quoted"});
+        let ghost = task("t1", "CREATE", json!({"provider": {"providertype": "ghost"}, "ssh-auth": secret}));
+        let refusals = [
+            (ghost, "task t1 (CREATE): no provider named \"ghost\" is registered (registered providers: p1)"),
+            (
+                task("t2", "DELETE", json!({"service": {"action": {"type": "a1"}}})),
+                "task t2 (DELETE): names no provider: config.provider.providertype and config.provider.name are both missing",
+            ),
+            (
+                task("t3", "INSTALL", json!({"provider": {"name": "p1"}})),
+                "task t3 (INSTALL): names no automator: config.service.action.type is missing",
+            ),
+            (
+                action("t4", "START", "p1", json!({})),
+                "task t4 (START): no automator named \"p1\" is registered (registered automators: a1, a2, bad)",
+            ),
+        ];
+        for (task, why) in refusals {
+            assert_eq!(goes(&route(&t, &task)), format!("refused: {why}"));
+        }
+        let bad = goes(&route(&t, &action("t5", "STOP", "bad", json!({}))));
+        assert!(bad.starts_with("refused: task t5 (STOP): automator \"bad\" is registered but cannot run: "), "{bad}");
+        assert!(bad.contains("\"instances\""), "the reason names the key: {bad}");
+
+        let empty = Table::new(Registry::default(), LogLevel::Info);
+        let none = goes(&route(&empty, &action("t6", "INSTALL", "a1", json!({}))));
+        assert_eq!(
+            none,
+            "refused: task t6 (INSTALL): no automator named \"a1\" is registered (registered automators: none)"
+        );
+    }
+
+    #[test]
+    fn bootstrap_goes_to_the_listed_automators_in_order_else_to_every_registered_one() {
+        let plugins = plugins();
+        let t = table(&plugins);
+        let listed = route(&t, &bootstrap("b1", json!({"automators": ["a2", "ghost", "a1"]})));
+        let ghost = "ghost: task b1 (BOOTSTRAP): no automator named \"ghost\" is registered (registered automators: a1, a2, bad)";
+        assert_eq!(goes(&listed), format!("a2; {ghost}; a1"));
+
+        let every = goes(&route(&t, &bootstrap("b2", json!({}))));
+        assert!(
+            every.starts_with("a1; a2; bad: task b2 (BOOTSTRAP): automator \"bad\" is registered but cannot run: "),
+            "{every}"
+        );
+
+        let none = route(&t, &bootstrap("b3", json!({"automators": []})));
+        assert!(matches!(&none, Route::Bootstrap(targets) if targets.is_empty()));
+    }
+
+    #[test]
+    fn a_route_is_labelled_by_registered_plugins_only_sorted_and_deduplicated() {
+        let plugins = plugins();
+        let t = table(&plugins);
+        let label = |task: &TaskEnvelope| route(&t, task).target();
+        assert_eq!(label(&action("t1", "INSTALL", "a2", json!({}))), "a2");
+        assert_eq!(label(&task("t2", "CREATE", json!({"provider": {"name": "p1"}}))), "p1");
+        assert_eq!(label(&bootstrap("b1", json!({"automators": ["a2", "a1", "a2", "ghost", "bad"]}))), "a1+a2");
+        assert_eq!(label(&bootstrap("b2", json!({"automators": ["ghost", "bad"]}))), "none");
+        assert_eq!(label(&bootstrap("b3", json!({"automators": []}))), "none");
+        assert_eq!(label(&action("t3", "INSTALL", "ghost", json!({}))), "none");
+        assert_eq!(label(&task("t4", "CREATE", json!({}))), "none");
+    }
+
+    #[tokio::test]
+    async fn a_route_is_idempotent_when_every_plugin_there_declared_the_task_so() {
+        let plugins = Plugins::new();
+        let declares = |tasks: Value| json!({"settings": {"idempotentTasks": tasks}});
+        plugins.add(Automator, "a1", declares(json!(["INSTALL", "BOOTSTRAP"])));
+        plugins.add(Automator, "a2", declares(json!(["BOOTSTRAP"])));
+        let t = table(&plugins);
+        for p in t.plugins() {
+            p.start();
+            p.wait_settled().await;
+        }
+        let idempotent = |task: &TaskEnvelope| route(&t, task).is_idempotent(task.task_name);
+        assert!(idempotent(&action("t1", "INSTALL", "a1", json!({}))));
+        assert!(!idempotent(&action("t2", "CONFIGURE", "a1", json!({}))), "not declared");
+        assert!(!idempotent(&action("t3", "INSTALL", "a2", json!({}))), "declared by another plugin");
+        assert!(idempotent(&bootstrap("b1", json!({"automators": ["a2", "a1"]}))));
+        assert!(!idempotent(&bootstrap("b2", json!({"automators": ["a1", "ghost"]}))), "one cannot run");
+        assert!(!idempotent(&bootstrap("b3", json!({"automators": []}))), "nothing runs it");
+        assert!(!idempotent(&action("t4", "INSTALL", "ghost", json!({}))), "refused");
+        for p in t.plugins() {
+            p.stop().await;
+        }
+    }
+
+    fn answered(status: i64, stdout: &str, stderr: &str) -> TaskResult {
+        TaskResult { status, stdout: stdout.into(), stderr: stderr.into(), ..TaskResult::ok() }
+    }
+
+    #[test]
+    fn a_merge_keeps_the_first_failure_and_lets_later_result_keys_overwrite() {
+        let mut merged = Merged::new(3);
+        let first = TaskResult { hostname: Some("h1".into()), ..answered(0, "", "") };
+        merged.add("a", first.with("x", 1).with("y", 1));
+        merged.add("b", answered(3, "", "").with("y", 2));
+        merged.add("c", TaskResult { ipaddresses: Some(json!({"access_v4": "10.0.0.3"})), ..answered(5, "", "") });
+        let r = merged.finish();
+        assert_eq!(r.status, 3, "the first non-zero status");
+        assert_eq!(Value::Object(r.result), json!({"x": 1, "y": 2}));
+        assert_eq!(r.hostname.as_deref(), Some("h1"), "an automator that does not say keeps what an earlier one said");
+        assert_eq!(r.ipaddresses, Some(json!({"access_v4": "10.0.0.3"})));
+    }
+
+    #[test]
+    fn a_merge_heads_each_automators_output_only_when_there_are_several() {
+        let mut two = Merged::new(2);
+        two.add("a", answered(0, "one", ""));
+        two.add("b", answered(0, "two\n", "oops"));
+        let r = two.finish();
+        assert_eq!(r.stdout, "==> a <==\none\n==> b <==\ntwo\n");
+        assert_eq!(r.stderr, "==> b <==\noops\n", "no header over nothing");
+
+        let mut one = Merged::new(1);
+        one.add("a", answered(0, "one", ""));
+        assert_eq!(one.finish().stdout, "one\n");
+
+        let nothing = Merged::new(0).finish();
+        assert_eq!((nothing.status, nothing.stdout.as_str()), (0, "no automators to bootstrap\n"));
+    }
+}

@@ -327,3 +327,151 @@ async fn bootstrap_first(task: &TaskEnvelope, targets: Vec<Target>) -> Result<Re
     }
     if none { Ok(Reserved::Bootstrap { merged, first: None, rest: Vec::new() }) } else { Err(merged.finish()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use loom_protocol::PluginKind::Automator;
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::testing::{Plugins, action, poll_once, started, task};
+
+    /// Automator `a`, with one slot, writing down each task it starts in `runlog`.
+    fn one_slot() -> (Plugins, Supervisor) {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({"env": {"TESTPLUGIN_RUNLOG": plugins.file("runlog")}}));
+        let sup = plugins.supervisor();
+        (plugins, sup)
+    }
+
+    #[tokio::test]
+    async fn a_permit_takes_the_slot_until_its_task_is_answered() {
+        let (plugins, sup) = one_slot();
+        let (t1, t2) = (action("t1", "INSTALL", "a", json!({})), action("t2", "INSTALL", "a", json!({})));
+        let first = sup.reserve(&t1).await.expect("a slot");
+        assert_eq!(first.route(), "a");
+        assert_eq!(sup.route(&t1), ("a".to_owned(), false));
+        let mut second = pin!(sup.reserve(&t2));
+        assert!(poll_once(second.as_mut()).is_none(), "one slot: the second waits");
+        assert_eq!(first.send().await.status, 0);
+        let second = second.await.expect("the answered task's slot");
+        assert_eq!(second.send().await.status, 0);
+        assert_eq!(started(&plugins.file("runlog")), ["t1", "t2"]);
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_permit_sends_nothing_and_gives_its_slot_back() {
+        let (plugins, sup) = one_slot();
+        let (t1, t2) = (action("t1", "INSTALL", "a", json!({})), action("t2", "INSTALL", "a", json!({})));
+        let first = sup.reserve(&t1).await.expect("a slot");
+        let mut second = pin!(sup.reserve(&t2));
+        assert!(poll_once(second.as_mut()).is_none());
+        drop(first);
+        let Some(Ok(second)) = poll_once(second.as_mut()) else {
+            panic!("the dropped permit's slot was not handed on")
+        };
+        assert_eq!(second.send().await.status, 0);
+        sup.shutdown().await;
+        assert_eq!(started(&plugins.file("runlog")), ["t2"], "the dropped permit's task never reached the plugin");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_permit_fails_its_task_by_name_and_gives_its_slot_back() {
+        let (plugins, sup) = one_slot();
+        let t1 = action("t1", "INSTALL", "a", json!({}));
+        let abandoned = sup.reserve(&t1).await.expect("a slot").abandon("the journal is read-only");
+        assert_eq!(abandoned.status, 1);
+        let why = "automator \"a\", task t1 (INSTALL): the task was not sent: the journal is read-only";
+        assert_eq!(abandoned.stderr, why);
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        assert_eq!(plugin.status()[0].in_flight, 0, "the slot is free");
+        assert_eq!(plugin.active(), 0, "nothing for a retirement to wait for");
+        assert_eq!(sup.run(&action("t2", "INSTALL", "a", json!({}))).await.status, 0);
+        sup.shutdown().await;
+        assert_eq!(started(&plugins.file("runlog")), ["t2"]);
+    }
+
+    #[tokio::test]
+    async fn a_task_no_registered_plugin_takes_is_refused_with_route_none_and_scrubbed() {
+        let (_plugins, sup) = one_slot();
+        // The automator's name is also a credential of the task: the refusal quotes the name.
+        let config = json!({"service": {"action": {"type": "SECRET-pw-42"}}, "ssh-auth": {"password": "SECRET-pw-42"}});
+        let t = task("t1", "INSTALL", config);
+        let Err(refused) = sup.reserve(&t).await else { panic!("an unknown automator took the task") };
+        assert_eq!(refused.route(), "none");
+        assert_eq!(sup.route(&t), ("none".to_owned(), false));
+        let result = refused.into_result();
+        assert_eq!(result.status, 1);
+        let why = "task t1 (INSTALL): no automator named \"[redacted]\" is registered (registered automators: a)";
+        assert_eq!(result.stderr, why);
+        assert!(sup.plugin(Automator, "a").expect("plugin a").status()[0].pid.is_none(), "nothing was started");
+    }
+
+    #[tokio::test]
+    async fn bootstrap_runs_each_automator_in_order_and_merges_their_results() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({})).add(Automator, "b", json!({}));
+        let sup = plugins.supervisor();
+        let b_fails = json!({"status": 4, "stderr": "b failed", "result": {"only": "b"}});
+        let test = json!({"stdout": "hello", "result": {"from": "each"}, "byPlugin": {"b": b_fails}});
+        let t = task("b1", "BOOTSTRAP", json!({"automators": ["b", "a"], "test": test}));
+        let permit = sup.reserve(&t).await.expect("a slot on b");
+        assert_eq!(permit.route(), "a+b");
+        let r = permit.send().await;
+        assert_eq!(r.status, 4, "b's failure");
+        assert_eq!(r.stdout, "==> b <==\nhello\n==> a <==\nhello\n", "a ran after b failed");
+        assert_eq!(r.stderr, "==> b <==\nb failed\n");
+        assert_eq!(
+            (&r.result["handledBy"], &r.result["only"], &r.result["from"]),
+            (&json!("a"), &json!("b"), &json!("each"))
+        );
+
+        let nothing = task("b2", "BOOTSTRAP", json!({"automators": []}));
+        let permit = sup.reserve(&nothing).await.expect("nothing to wait for");
+        assert_eq!(permit.route(), "none");
+        let r = permit.send().await;
+        assert_eq!((r.status, r.stdout.as_str()), (0, "no automators to bootstrap\n"));
+        let abandoned = sup.reserve(&nothing).await.expect("nothing to wait for").abandon("no journal");
+        assert_eq!(abandoned.stderr, "task b2: the task was not sent: no journal");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_result_is_scrubbed_of_the_tasks_credentials_except_under_result() {
+        let (_plugins, sup) = one_slot();
+        // The second automator's name is a credential too: its refusal and header quote it.
+        let test = json!({"stdout": "logged in with SECRET-pw-42", "result": {"echo": "SECRET-pw-42"}});
+        let config =
+            json!({"automators": ["a", "SECRET-pw-42"], "ssh-auth": {"password": "SECRET-pw-42"}, "test": test});
+        let t = task("b1", "BOOTSTRAP", config);
+        let permit = sup.reserve(&t).await.expect("a slot on a");
+        assert_eq!(permit.route(), "a");
+        let r = permit.send().await;
+        assert_eq!(r.status, 1);
+        assert_eq!(r.stdout, "==> a <==\nlogged in with [redacted]\n");
+        let why = "task b1 (BOOTSTRAP): no automator named \"[redacted]\" is registered (registered automators: a)";
+        assert_eq!(r.stderr, format!("==> [redacted] <==\n{why}\n"));
+        assert_eq!(r.result["echo"], "SECRET-pw-42", "the result member goes on to the node's later tasks as it is");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    #[ignore = "bug: a reload retires a BOOTSTRAP's later automators without waiting for it: they fail with \"the plugin is shutting down\""]
+    async fn a_bootstrap_routed_before_a_reload_finishes_on_every_automator_it_was_given() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({})).add(Automator, "b", json!({}));
+        let sup = plugins.supervisor();
+        assert_eq!(sup.run(&action("t1", "INSTALL", "b", json!({}))).await.status, 0, "b is running");
+        let t = task("b1", "BOOTSTRAP", json!({"automators": ["a", "b"]}));
+        let permit = sup.reserve(&t).await.expect("a slot on a");
+        std::fs::remove_dir_all(plugins.file("automators/b")).expect("b's folder");
+        let report = sup.reload(plugins.registry(), Duration::from_secs(60));
+        assert_eq!(report.removed, ["automator b"]);
+        let r = permit.send().await;
+        assert_eq!(r.status, 0, "README: on reload, removed plugins finish the tasks they have: {r:?}");
+        sup.shutdown().await;
+    }
+}
