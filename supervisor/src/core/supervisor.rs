@@ -79,7 +79,9 @@ pub struct TaskReport {
 #[must_use = "a permit holds a slot until it is sent or dropped"]
 pub struct Permit<'t> {
     task: &'t TaskEnvelope,
-    route: String,
+    /// The route's name for BOOTSTRAP (a join of names); a single plugin's is its name,
+    /// borrowed, so the common case allocates nothing.
+    bootstrap_route: Option<String>,
     reserved: Reserved,
 }
 
@@ -115,7 +117,11 @@ impl Permit<'_> {
     /// The registered plugin the task goes to (for BOOTSTRAP, the registered automators,
     /// sorted, joined by `+`): a metrics label that never carries what a task says.
     pub fn route(&self) -> &str {
-        &self.route
+        match (&self.reserved, &self.bootstrap_route) {
+            (Reserved::One { plugin, .. }, _) => plugin.name(),
+            (Reserved::Bootstrap { .. }, Some(label)) => label,
+            (Reserved::Bootstrap { .. }, None) => "none",
+        }
     }
 
     /// Sends the task and returns its result. Never fails: every way a task can go wrong
@@ -200,26 +206,26 @@ impl Supervisor {
     /// Dropping the future leaves the queue; nothing was sent.
     pub async fn reserve<'t>(&self, task: &'t TaskEnvelope) -> Result<Permit<'t>, Refused> {
         let route = router::route(&self.table(), task);
-        let label = route.target();
-        let refuse = |mut result: TaskResult| {
+        let bootstrap_route = matches!(route, Route::Bootstrap(_)).then(|| route.target());
+        let refuse = |label: String, mut result: TaskResult| {
             redact::scrub_result(&mut result, &TaskSecrets(&task.secrets));
-            Refused { route: label.clone(), result }
+            Refused { route: label, result }
         };
         let reserved = match route {
-            Route::Refused(why) => return Err(refuse(TaskResult::failed(why))),
+            Route::Refused(why) => return Err(refuse("none".to_owned(), TaskResult::failed(why))),
             Route::One(plugin) => {
                 let busy = plugin.busy();
                 match plugin.acquire(task).await {
                     Ok(lease) => Reserved::One { plugin, lease, _busy: busy },
-                    Err(failed) => return Err(refuse(failed)),
+                    Err(failed) => return Err(refuse(plugin.name().to_owned(), failed)),
                 }
             }
             Route::Bootstrap(targets) => match bootstrap_first(task, targets).await {
                 Ok(reserved) => reserved,
-                Err(failed) => return Err(refuse(failed)),
+                Err(failed) => return Err(refuse(bootstrap_route.unwrap_or_default(), failed)),
             },
         };
-        Ok(Permit { task, route: label, reserved })
+        Ok(Permit { task, bootstrap_route, reserved })
     }
 
     /// Runs one task: [`Supervisor::reserve`], then [`Permit::send`]; a refused task's
