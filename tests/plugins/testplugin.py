@@ -21,9 +21,10 @@ At the handshake (the manifest's "settings"):
   "grandchild": true                         start `sleep 600` holding our stdout/stderr
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
-  "action": "ok" (default) | "crash" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
+  "action": "ok" (default) | "crash" | "crash-once" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
             | "sleep" | "env" | "leak" | "leak-error" | "whoami"
-  "marker": a file path, for "hang-once": hang if it does not exist (creating it)
+  "marker": a file path, for "hang-once" and "crash-once": hang (crash) if it does not
+            exist (creating it), answer as "ok" after that
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
   "honorCancel": for "hang", answer when cancelled
@@ -156,6 +157,13 @@ def _run_task(rid, task, seen):
         sys.stderr.write("testplugin pid=%d: about to crash: boom\n" % PID)
         sys.stderr.flush()
         os._exit(int(spec.get("code", 3)))
+    if action == "crash-once":
+        marker = spec["marker"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            sys.stderr.write("testplugin %s: crashing once as asked\n" % NAME)
+            sys.stderr.flush()
+            os._exit(int(spec.get("code", 3)))
     if action == "hang-once":
         # Hangs the first time (when the marker file is missing), answers after that.
         marker = spec["marker"]

@@ -404,7 +404,7 @@ async fn session(
                         Ok(_) => Err("answered status 0 for a task it did not declare; expected error -32002".into()),
                         Err(_) => Err("answered with an invalid result".into()),
                     },
-                    Outcome::Lost(why) | Outcome::Unreadable(why) => Err(why.to_string()),
+                    Outcome::Lost(why) | Outcome::NotSent(why) | Outcome::Unreadable(why) => Err(why.to_string()),
                 }),
             );
         }
@@ -510,7 +510,7 @@ fn describe_task_answer(outcome: Outcome) -> Result<String, String> {
             )),
         },
         Outcome::Error(e) => Ok(format!("answered error {}: {} (counts as status 1)", e.code, e.message)),
-        Outcome::Lost(why) | Outcome::Unreadable(why) => Err(why.to_string()),
+        Outcome::Lost(why) | Outcome::NotSent(why) | Outcome::Unreadable(why) => Err(why.to_string()),
     }
 }
 
@@ -521,6 +521,6 @@ fn describe(o: &Outcome) -> String {
             format!("the result {text}")
         }
         Outcome::Error(e) => format!("error {}: {}", e.code, e.message),
-        Outcome::Lost(why) | Outcome::Unreadable(why) => why.to_string(),
+        Outcome::Lost(why) | Outcome::NotSent(why) | Outcome::Unreadable(why) => why.to_string(),
     }
 }

@@ -38,8 +38,8 @@ pub(crate) async fn supervise(
             }
             Served::Crashed(crash) => crash,
         };
-        pool.set_crashed(slot, &crash.reason, crash.during_start);
-        if let Next::Stop = back_off(&pool, &spec, slot, &mut restarts, crash.reason, &mut control).await {
+        pool.set_crashed(slot, &crash);
+        if let Next::Stop = back_off(&pool, &spec, slot, &mut restarts, crash, &mut control).await {
             break;
         }
     }
@@ -52,14 +52,8 @@ enum Served {
     Stopped,
     /// Told to restart; it was stopped.
     Restarted,
-    /// It could not start, failed its handshake, or ended on its own.
-    Crashed(Crash),
-}
-
-struct Crash {
-    reason: String,
-    /// Before the handshake completed: the tasks waiting for it learn why.
-    during_start: bool,
+    /// It could not start, failed its handshake, or ended on its own: why.
+    Crashed(String),
 }
 
 /// Spawns one process, completes its handshake, serves tasks with it until something
@@ -76,7 +70,7 @@ async fn serve_one(
         Err(e) => {
             let reason = format!("cannot start {}: {e}", spec.executable.display());
             tracing::error!(plugin = %spec.name, "{reason}");
-            return Served::Crashed(Crash { reason, during_start: true });
+            return Served::Crashed(reason);
         }
     };
     let handshake = match process.handshake(spec, log_level).await {
@@ -84,7 +78,7 @@ async fn serve_one(
         Err(cause) => {
             let reason = process.finish(&cause.to_string()).await;
             tracing::error!(plugin = %spec.name, pid = process.pid(), "handshake failed: {reason}");
-            return Served::Crashed(Crash { reason, during_start: true });
+            return Served::Crashed(reason);
         }
     };
     let capacity =
@@ -119,7 +113,7 @@ async fn serve_one(
         crash => {
             let reason = process.finish(&crash.to_string()).await;
             tracing::error!(plugin = %spec.name, pid = process.pid(), "plugin process ended: {reason}");
-            Served::Crashed(Crash { reason, during_start: false })
+            Served::Crashed(reason)
         }
     }
 }
@@ -207,15 +201,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_plugin_that_exits_at_start_fails_the_tasks_waiting_for_it() {
+    async fn tasks_wait_through_failed_starts_and_fail_when_the_plugin_is_marked_failed() {
         let plugins = Plugins::new();
-        plugins.add(Automator, "a", json!({"env": {"TESTPLUGIN_EXIT_AT_START": "2"}}));
+        let policy = json!({"maxRestarts": 2, "backoffInitialMs": 10, "backoffMaxMs": 20});
+        plugins.add(Automator, "a", json!({"env": {"TESTPLUGIN_EXIT_AT_START": "2"}, "restart": policy}));
         let sup = plugins.supervisor();
         let (t1, t2) = (action("t1", "INSTALL", "a", json!({})), action("t2", "START", "a", json!({})));
         let (r1, r2) = tokio::join!(sup.run(&t1), sup.run(&t2));
         for (r, task) in [(r1, "t1 (INSTALL)"), (r2, "t2 (START)")] {
             assert_eq!(r.status, 1);
-            let why = format!("automator \"a\", task {task}: the plugin could not start: the plugin process (pid ");
+            // They never reached a process: they waited until the restart limit was reached.
+            let why = format!(
+                "automator \"a\", task {task}: the plugin is marked failed after 3 crashes within 60 s (maxRestarts 2); the last: the plugin process (pid "
+            );
             assert!(r.stderr.starts_with(&why), "{}", r.stderr);
             assert!(r.stderr.contains("exited with code 2 during the handshake"), "{}", r.stderr);
             assert!(r.stderr.contains("exiting at start as asked"), "{}", r.stderr);
@@ -223,5 +221,23 @@ mod tests {
         sup.shutdown().await;
         let plugin = sup.plugin(Automator, "a").expect("plugin a");
         assert_eq!(plugin.status()[0].phase, crate::core::pool::Phase::Stopped, "the restart loop ended");
+    }
+
+    #[tokio::test]
+    async fn tasks_waiting_while_the_plugin_crashes_at_start_run_on_the_process_that_comes_up() {
+        let plugins = Plugins::new();
+        let pids = plugins.file("pids");
+        let env = json!({"TESTPLUGIN_PIDFILE": pids, "TESTPLUGIN_CRASH_STARTS": "2"});
+        plugins.add(Automator, "a", json!({"env": env, "restart": {"backoffInitialMs": 10}}));
+        let sup = plugins.supervisor();
+        let (t1, t2) = (action("t1", "INSTALL", "a", json!({})), action("t2", "START", "a", json!({})));
+        let (r1, r2) = within_a_minute("the third start", async { tokio::join!(sup.run(&t1), sup.run(&t2)) }).await;
+        assert_eq!((r1.status, r2.status), (0, 0), "{r1:?} {r2:?}");
+        assert_eq!(
+            std::fs::read_to_string(&pids).unwrap_or_default().lines().count(),
+            3,
+            "two failed starts, then one"
+        );
+        sup.shutdown().await;
     }
 }

@@ -58,6 +58,12 @@ pub struct PluginSpec {
     pub ping_timeout: Duration,
     /// How many tasks may wait when every process is busy; more submissions wait for room.
     pub queue_capacity: usize,
+    /// The longest a task waits in the queue for a slot; `None`: as long as the plugin
+    /// lives (until it is marked failed).
+    pub queue_timeout: Option<Duration>,
+    /// How many times a task the plugin declared idempotent is sent again when the
+    /// process it was on ended before answering.
+    pub retry_on_crash: u32,
     /// The longest line the plugin may write on stdout.
     pub max_line_bytes: usize,
     /// For a seed-style Ruby plugin run through the Ruby host: its class.
@@ -122,6 +128,8 @@ pub mod defaults {
     pub const COOL_DOWN: Duration = Duration::from_secs(60);
     /// Waiting tasks per plugin.
     pub const QUEUE_CAPACITY: usize = 1024;
+    /// Sends again of an idempotent task whose process ended under it.
+    pub const RETRY_ON_CRASH: u32 = 1;
 }
 
 /// Values for keys a manifest leaves out: the built-in defaults, or the daemon's
@@ -208,6 +216,8 @@ const KNOWN_KEYS: &[&str] = &[
     "pingIntervalSecs",
     "pingTimeoutSecs",
     "queueCapacity",
+    "queueTimeoutSecs",
+    "retryOnCrash",
     "maxLineBytes",
     "classname",
     "description",
@@ -346,6 +356,8 @@ fn parse_body(
         },
         ping_timeout: f.secs("pingTimeoutSecs")?.unwrap_or(d.ping_timeout),
         queue_capacity: f.count("queueCapacity", 1, 10_000_000)?.unwrap_or(d.queue_capacity),
+        queue_timeout: f.secs("queueTimeoutSecs")?.filter(|t| !t.is_zero()),
+        retry_on_crash: f.count("retryOnCrash", 0, 10)?.map_or(defaults::RETRY_ON_CRASH, |n| n as u32),
         max_line_bytes: f
             .count("maxLineBytes", 1024, 256 * 1024 * 1024)?
             .unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
@@ -741,6 +753,7 @@ mod tests {
         assert_eq!(s.restart.within, Duration::from_secs(60));
         assert!(s.executable.is_absolute());
         assert_eq!(s.dir, Path::new("/nonexistent/demo"));
+        assert_eq!((s.queue_timeout, s.retry_on_crash), (None, 1), "wait while the plugin lives; retry once");
     }
 
     #[test]
@@ -750,7 +763,7 @@ mod tests {
             "maxConcurrency": 8, "timeouts": {"default": 60, "INSTALL": 0.5},
             "handshakeTimeoutSecs": 2, "settings": {"k": "v"}, "shutdownGraceSecs": 1,
             "cancelGraceSecs": 0.25, "pingIntervalSecs": 0, "pingTimeoutSecs": 3, "queueCapacity": 7,
-            "maxLineBytes": 4096,
+            "maxLineBytes": 4096, "queueTimeoutSecs": 90, "retryOnCrash": 3,
             "restart": {"maxRestarts": 2, "withinSecs": 10, "backoffInitialMs": 5, "backoffMaxMs": 50, "coolDownSecs": 1}
         }));
         assert_eq!(s.args, ["-c", "x"]);
@@ -760,6 +773,8 @@ mod tests {
         assert_eq!(s.timeouts.get(TaskName::Start), Duration::from_secs(60));
         assert_eq!(s.ping_interval, None);
         assert_eq!(s.cancel_grace, Duration::from_millis(250));
+        assert_eq!((s.queue_timeout, s.retry_on_crash), (Some(Duration::from_secs(90)), 3));
+        assert_eq!(spec(json!({"executable": "sh", "queueTimeoutSecs": 0})).queue_timeout, None, "0: no limit");
         assert_eq!(s.restart.backoff_max, Duration::from_millis(50));
         assert_eq!(s.restart.cool_down, Duration::from_secs(1));
         assert_eq!(s.settings.get("k"), Some(&json!("v")));

@@ -60,7 +60,7 @@ impl Plugin {
     /// A plugin whose instances are not started yet; see [`Plugin::start`].
     pub fn new(spec: Arc<PluginSpec>, log_level: LogLevel) -> Arc<Plugin> {
         Arc::new(Plugin {
-            pool: Pool::new(spec.instances, spec.queue_capacity),
+            pool: Pool::new(spec.instances, spec.queue_capacity, spec.queue_timeout),
             spec,
             log_level,
             runtime: Mutex::new(Runtime::default()),
@@ -204,7 +204,49 @@ impl Plugin {
     /// # Cancellation
     /// Dropping the future before the answer sends `cancel` for the task; its slot stays
     /// taken until the plugin answers it or the process ends.
-    pub(crate) async fn send(&self, lease: Lease, task: &TaskEnvelope) -> TaskResult {
+    pub(crate) async fn send(self: &Arc<Self>, lease: Lease, task: &TaskEnvelope) -> TaskResult {
+        let mut lease = lease;
+        let mut sent = 0;
+        loop {
+            let reply = match self.send_once(lease, task).await {
+                Sent::Answered(result) => return self.with_attempts(result, sent + 1),
+                Sent::Ended(reply) => reply,
+            };
+            let (conn, reply) = reply;
+            let again = match &reply.outcome {
+                // The process was gone before the task could be written: it never ran.
+                Outcome::NotSent(_) => true,
+                // It was on a process that ended: again only if running it twice is safe.
+                Outcome::Lost(why) if sent < self.spec.retry_on_crash && self.is_idempotent(task.task_name) => {
+                    sent += 1;
+                    tracing::warn!(plugin = %self.spec.name, task_id = %task.task_id,
+                        "task {} was on a process that ended ({}); {} declares it idempotent: sending it again (attempt {})",
+                        task.task_name, conn.redactor().scrub(why), self.spec.name, sent + 1);
+                    true
+                }
+                _ => false,
+            };
+            if !again {
+                let mut result = self.result_of(task, &conn, reply);
+                redact::scrub_result(&mut result, conn.redactor().as_ref());
+                return self.with_attempts(result, sent + 1);
+            }
+            lease = match self.acquire(task).await {
+                Ok(next) => next,
+                // No process to send it to (stopping, failed): it fails with why the last
+                // one ended.
+                Err(_) => {
+                    let mut result = self.result_of(task, &conn, reply);
+                    redact::scrub_result(&mut result, conn.redactor().as_ref());
+                    return self.with_attempts(result, sent + 1);
+                }
+            };
+        }
+    }
+
+    /// Sends the task once on `lease`'s process: its result, or the reply of a call the
+    /// process's end cut short (for [`Plugin::send`] to decide whether to send it again).
+    async fn send_once(&self, lease: Lease, task: &TaskEnvelope) -> Sent {
         if !lease.declared().contains(&task.task_name) {
             let declared: Vec<&str> = lease.declared().iter().map(|t| t.as_str()).collect();
             let why = format!(
@@ -212,17 +254,34 @@ impl Plugin {
                 task.task_name,
                 declared.join(", ")
             );
-            return self.failure(task, &why, None);
+            return Sent::Answered(self.failure(task, &why, None));
         }
         let (slot, generation, conn) = (lease.slot(), lease.generation(), Arc::clone(lease.connection()));
         let timeout = self.spec.timeouts.get(task.task_name);
         let mut call = conn.request_task(task, Box::new(lease));
         let mut result = match tokio::time::timeout(timeout, call.wait()).await {
+            Ok(reply) if matches!(reply.outcome, Outcome::Lost(_) | Outcome::NotSent(_)) => {
+                return Sent::Ended((conn, reply));
+            }
             Ok(reply) => self.result_of(task, &conn, reply),
             Err(_) => self.time_out(task, &mut call, timeout, slot, generation).await,
         };
         // With every value this process knows: its other tasks' too, should it mix them up.
         redact::scrub_result(&mut result, conn.redactor().as_ref());
+        Sent::Answered(result)
+    }
+
+    /// A result sent more than once says so: `attempts` beside `status`, and a line in
+    /// `stderr`.
+    fn with_attempts(&self, mut result: TaskResult, attempts: u32) -> TaskResult {
+        if attempts > 1 {
+            result.extra.insert("attempts".into(), attempts.into());
+            let note = format!(
+                "{} {:?}: sent {attempts} times: the process running it ended, and the plugin declares the task idempotent",
+                self.spec.kind, self.spec.name
+            );
+            result.stderr = join_lines(&result.stderr, &note);
+        }
         result
     }
 
@@ -300,7 +359,9 @@ impl Plugin {
                 let message = conn.redactor().scrub(&e.message);
                 self.failure(task, &format!("the plugin answered with error {}: {message}", e.code), reply.output)
             }
-            Outcome::Lost(why) | Outcome::Unreadable(why) => self.failure(task, &why, reply.output),
+            Outcome::Lost(why) | Outcome::NotSent(why) | Outcome::Unreadable(why) => {
+                self.failure(task, &why, reply.output)
+            }
         }
     }
 
@@ -331,6 +392,15 @@ impl Plugin {
         // Only handles are kept there; a panic elsewhere cannot leave it inconsistent.
         self.runtime.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// How one send of a task ended.
+enum Sent {
+    /// With a result (answered, refused, timed out).
+    Answered(TaskResult),
+    /// The process ended first, or before it could be written to: the connection and the
+    /// reply, to be sent again or turned into a result.
+    Ended((Arc<Connection>, Reply)),
 }
 
 /// Live output fills `stdout`/`stderr` where the plugin's answer left them empty.
@@ -447,5 +517,56 @@ mod tests {
         assert_eq!(r.status, 1);
         assert!(r.stderr.starts_with("automator \"a\", task t1 (INSTALL): the plugin process (pid "), "{}", r.stderr);
         assert!(r.stderr.ends_with(") was stopped"), "{}", r.stderr);
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_task_on_a_process_that_crashed_is_sent_again_once() {
+        let plugins = Plugins::new();
+        let marker = plugins.file("crashed-once");
+        plugins.add(Automator, "a", json!({"settings": {"idempotentTasks": ["INSTALL"]}}));
+        let sup = plugins.supervisor();
+        let once = json!({"action": "crash-once", "marker": marker});
+        let r = within_a_minute("the retried task", sup.run(&action("t1", "INSTALL", "a", once))).await;
+        assert_eq!(r.status, 0, "answered by the next process: {r:?}");
+        assert_eq!(r.extra.get("attempts"), Some(&json!(2)));
+        assert!(r.stderr.contains("automator \"a\": sent 2 times: the process running it ended"), "{}", r.stderr);
+        assert_eq!(sup.plugin(Automator, "a").expect("plugin a").status()[0].restarts, 1);
+
+        // Once by default: a task that crashes every process it reaches fails after two.
+        let always = sup.run(&action("t2", "INSTALL", "a", json!({"action": "crash"}))).await;
+        assert_eq!(always.status, 1);
+        assert_eq!(always.extra.get("attempts"), Some(&json!(2)));
+        assert!(always.stderr.contains("about to crash: boom"), "{}", always.stderr);
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_not_declared_idempotent_is_not_sent_again() {
+        let plugins = Plugins::new();
+        let marker = plugins.file("crashed-once");
+        let runlog = plugins.file("runlog");
+        plugins.add(
+            Automator,
+            "a",
+            json!({"env": {"TESTPLUGIN_RUNLOG": runlog}, "settings": {"idempotentTasks": ["START"]}}),
+        );
+        let sup = plugins.supervisor();
+        let once = json!({"action": "crash-once", "marker": marker});
+        let r = sup.run(&action("t1", "INSTALL", "a", once)).await;
+        assert_eq!(r.status, 1, "{r:?}");
+        assert!(r.stderr.contains("crashing once as asked") && r.extra.get("attempts").is_none(), "{r:?}");
+        assert_eq!(crate::core::testing::started(&runlog).len(), 1, "sent once");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retry_on_crash_zero_turns_the_retry_off() {
+        let plugins = Plugins::new();
+        let marker = plugins.file("crashed-once");
+        plugins.add(Automator, "a", json!({"retryOnCrash": 0, "settings": {"idempotentTasks": ["INSTALL"]}}));
+        let sup = plugins.supervisor();
+        let r = sup.run(&action("t1", "INSTALL", "a", json!({"action": "crash-once", "marker": marker}))).await;
+        assert_eq!(r.status, 1, "{r:?}");
+        sup.shutdown().await;
     }
 }

@@ -24,6 +24,8 @@ pub struct Pool {
     state: Mutex<PoolState>,
     /// Room in the queue; a waiting taker holds a permit.
     queue_room: Semaphore,
+    /// The longest a taker waits for a slot; `None`: as long as the plugin lives.
+    queue_timeout: Option<Duration>,
     /// Bumped on every phase change, for [`Pool::wait_for`].
     changes: watch::Sender<u64>,
 }
@@ -59,9 +61,10 @@ pub enum AcquireError {
     /// The pool went away while the taker waited.
     #[error("the plugin stopped")]
     Stopped,
-    /// An instance could not start and no other serves; the reason it gave.
-    #[error("the plugin could not start: {0}")]
-    CouldNotStart(String),
+    /// The taker waited `queueTimeoutSecs` without a free slot (the plugin busy, or
+    /// restarting).
+    #[error("no slot came free within {} (queueTimeoutSecs): the plugin was busy or restarting; the task was not sent", secs(*.0))]
+    QueueTimeout(Duration),
     /// Every instance is failed (it crashed too often): the first one's reason, and how
     /// long until it is tried again.
     #[error("{reason}; it will be tried again in {}", secs(*retry_in))]
@@ -154,8 +157,9 @@ impl Drop for Lease {
 }
 
 impl Pool {
-    /// A pool of `instances` instances, none started, with a queue of `queue_capacity`.
-    pub fn new(instances: usize, queue_capacity: usize) -> Arc<Pool> {
+    /// A pool of `instances` instances, none started, with a queue of `queue_capacity`
+    /// whose takers wait at most `queue_timeout` (`None`: as long as the plugin lives).
+    pub fn new(instances: usize, queue_capacity: usize, queue_timeout: Option<Duration>) -> Arc<Pool> {
         let slots = (0..instances)
             .map(|_| Slot {
                 phase: Phase::NotStarted,
@@ -172,6 +176,7 @@ impl Pool {
         Arc::new(Pool {
             state: Mutex::new(PoolState { slots, waiters: VecDeque::new(), stopping: false, idempotent: Vec::new() }),
             queue_room: Semaphore::new(queue_capacity),
+            queue_timeout,
             changes: watch::Sender::new(0),
         })
     }
@@ -188,7 +193,16 @@ impl Pool {
         if let Some(now) = self.acquire_now(&mut self.lock()) {
             return now;
         }
-        // Bounded queue: wait for room, then for a slot.
+        match self.queue_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.wait_in_queue())
+                .await
+                .unwrap_or(Err(AcquireError::QueueTimeout(limit))),
+            None => self.wait_in_queue().await,
+        }
+    }
+
+    /// Waits for room in the bounded queue, then for a slot.
+    async fn wait_in_queue(self: &Arc<Self>) -> Result<Lease, AcquireError> {
         let _room = self.queue_room.acquire().await.map_err(|_| AcquireError::ShuttingDown)?;
         let waiting = {
             let mut st = self.lock();
@@ -247,9 +261,9 @@ impl Pool {
             .collect()
     }
 
-    /// Takers waiting for a slot.
+    /// Takers waiting for a slot (not those that gave up: their places are skipped).
     pub fn queued(&self) -> usize {
-        self.lock().waiters.len()
+        self.lock().waiters.iter().filter(|w| !w.is_closed()).count()
     }
 
     /// A slot, or the reason to fail, if either is known without waiting. Takers already
@@ -353,18 +367,14 @@ impl Pool {
         generation
     }
 
-    /// The instance crashed or failed to start, and will be restarted.
-    pub(crate) fn set_crashed(&self, slot: usize, reason: &str, during_start: bool) {
+    /// The instance crashed or failed to start, and will be restarted. Tasks waiting for a
+    /// slot keep waiting: they never reached the dead process (the restart policy decides
+    /// when the plugin is failed, and that fails them: [`Pool::set_failed`]).
+    pub(crate) fn set_crashed(&self, slot: usize, reason: &str) {
         let mut st = self.lock();
         if let Some(s) = st.slots.get_mut(slot) {
             s.restarts += 1;
             s.last_error = Some(reason.to_owned());
-        }
-        // A process that cannot even start says nothing good about the next attempt: the
-        // tasks waiting for it fail with the reason rather than wait on, unless another
-        // instance is serving.
-        if during_start && !st.slots.iter().any(|s| s.phase == Phase::Ready) {
-            fail_waiters(&mut st, &AcquireError::CouldNotStart(reason.to_owned()));
         }
         drop(st);
         self.set_phase(slot, Phase::Restarting);
@@ -451,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_first_waiter() {
-        let pool = Pool::new(1, 10);
+        let pool = Pool::new(1, 10, None);
         ready(&pool, 0, 1);
         let held = pool.acquire().await.unwrap();
         let mut first = pin!(pool.acquire());
@@ -466,7 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_handed_to_a_waiter_that_gave_up_goes_back() {
-        let pool = Pool::new(1, 10);
+        let pool = Pool::new(1, 10, None);
         ready(&pool, 0, 1);
         let held = pool.acquire().await.unwrap();
         {
@@ -480,7 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_is_bounded_and_takers_wait_for_room() {
-        let pool = Pool::new(1, 1);
+        let pool = Pool::new(1, 1, None);
         ready(&pool, 0, 1);
         let held = pool.acquire().await.unwrap();
         let mut queued = pin!(pool.acquire());
@@ -496,7 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_instance_with_most_room_serves_and_a_lease_of_an_old_process_frees_nothing() {
-        let pool = Pool::new(2, 10);
+        let pool = Pool::new(2, 10, None);
         ready(&pool, 0, 1);
         ready(&pool, 1, 3);
         let lease = pool.acquire().await.unwrap();
@@ -517,12 +527,12 @@ mod tests {
 
     #[tokio::test]
     async fn when_every_instance_is_failed_takers_fail_at_once_and_waiters_learn_why() {
-        let pool = Pool::new(1, 10);
+        let pool = Pool::new(1, 10, None);
         ready(&pool, 0, 1);
         let _held = pool.acquire().await.unwrap();
         let mut waiting = pin!(pool.acquire());
         assert!(poll_once(waiting.as_mut()).is_none());
-        pool.set_crashed(0, "it crashed", false);
+        pool.set_crashed(0, "it crashed");
         let until = Instant::now() + std::time::Duration::from_secs(60);
         pool.set_failed(0, "marked failed".into(), until);
         let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).map(|e| e.to_string()).unwrap_or_default();
@@ -532,26 +542,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_start_failure_fails_the_waiters_unless_another_instance_serves() {
-        let pool = Pool::new(2, 10);
+    async fn waiters_keep_waiting_while_instances_crash_and_get_the_next_process() {
+        let pool = Pool::new(1, 10, None);
         let mut waiting = pin!(pool.acquire());
         assert!(poll_once(waiting.as_mut()).is_none());
-        pool.set_crashed(0, "no such file", true);
-        let why = poll_once(waiting.as_mut()).and_then(|r| r.err()).map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(why, "the plugin could not start: no such file");
+        for _ in 0..3 {
+            pool.set_phase(0, Phase::Starting);
+            pool.set_crashed(0, "killed during the handshake");
+            assert!(poll_once(waiting.as_mut()).is_none(), "a task that never reached a process keeps waiting");
+        }
+        ready(&pool, 0, 1);
+        assert!(poll_once(waiting.as_mut()).is_some_and(|r| r.is_ok()), "the next process serves it");
+    }
 
-        let pool = Pool::new(2, 10);
-        ready(&pool, 1, 1);
-        let _held = pool.acquire().await.unwrap();
-        let mut waiting = pin!(pool.acquire());
-        assert!(poll_once(waiting.as_mut()).is_none());
-        pool.set_crashed(0, "no such file", true);
-        assert!(poll_once(waiting.as_mut()).is_none(), "instance 1 serves: keep waiting");
+    #[tokio::test]
+    async fn a_taker_waits_at_most_the_queue_timeout() {
+        // No instance ever becomes ready: the limit is what ends the wait (however late
+        // a loaded machine fires it, the outcome is the same).
+        let limit = std::time::Duration::from_millis(200);
+        let pool = Pool::new(1, 10, Some(limit));
+        let why = pool.acquire().await.err();
+        assert_eq!(why, Some(AcquireError::QueueTimeout(limit)));
+        assert!(why.is_some_and(|e| e.to_string().starts_with("no slot came free within 0.2 s (queueTimeoutSecs)")));
+        assert_eq!(pool.queued(), 0, "it left the queue");
     }
 
     #[tokio::test]
     async fn closing_refuses_waiters_and_later_takers() {
-        let pool = Pool::new(1, 10);
+        let pool = Pool::new(1, 10, None);
         ready(&pool, 0, 1);
         let _held = pool.acquire().await.unwrap();
         let mut waiting = pin!(pool.acquire());
@@ -565,7 +583,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_handshake_says_what_is_idempotent() {
-        let pool = Pool::new(1, 1);
+        let pool = Pool::new(1, 1, None);
         assert!(!pool.is_idempotent(TaskName::Delete));
         let ready =
             Ready { conn: conn(1), capacity: 1, declared: vec![TaskName::Delete], idempotent: vec![TaskName::Delete] };

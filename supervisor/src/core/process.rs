@@ -261,7 +261,9 @@ impl PluginProcess {
             Outcome::Error(e) => {
                 return Err(HandshakeError::Refused { message: self.conn.loggable(&e.message), code: e.code });
             }
-            Outcome::Lost(why) | Outcome::Unreadable(why) => return Err(HandshakeError::Lost(why)),
+            Outcome::Lost(why) | Outcome::NotSent(why) | Outcome::Unreadable(why) => {
+                return Err(HandshakeError::Lost(why));
+            }
         };
         check_handshake(spec, &hs)?;
         Ok(hs)

@@ -171,8 +171,10 @@ pub enum Outcome {
     Result(Box<RawValue>),
     /// An `error`.
     Error(ResponseError),
-    /// The process went away first; the text says how.
+    /// The process went away while the call was in flight; the text says how.
     Lost(Arc<str>),
+    /// The process had gone before the call could be written: the plugin never saw it.
+    NotSent(Arc<str>),
     /// The plugin answered, but its answer cannot be read (it is not UTF-8); the text
     /// says why.
     Unreadable(Arc<str>),
@@ -433,7 +435,7 @@ impl Connection {
             }
         };
         match refused {
-            Some((pending, reason)) => self.finish(pending, Outcome::Lost(reason)),
+            Some((pending, reason)) => self.finish(pending, Outcome::NotSent(reason)),
             None => {
                 self.outbound.send(line);
             }
@@ -1027,7 +1029,10 @@ mod tests {
         assert!(reply.output.is_some());
         assert_eq!(released.load(Ordering::SeqCst), 1, "the slot guard was dropped");
         let mut late = conn.request("ping", &());
-        assert!(matches!(late.wait().await.outcome, Outcome::Lost(_)));
+        assert!(
+            matches!(late.wait().await.outcome, Outcome::NotSent(why) if &*why == "exited with code 3"),
+            "never written"
+        );
     }
 
     #[tokio::test]
