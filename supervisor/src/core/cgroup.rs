@@ -774,3 +774,223 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
     let mut f: File = OpenOptions::new().write(true).open(path)?;
     f.write_all(value.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /proc/self/cgroup and /proc/self/mountinfo of a process on these machines: v1
+    /// controllers, and cgroup v2 without controllers at /sys/fs/cgroup/unified.
+    const MIXED_CGROUP: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/\n0::/\n";
+    const MIXED_MOUNTS: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime shared:9 - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+";
+
+    /// A systemd service with Delegate=yes on a current host: pure cgroup v2.
+    const PURE_CGROUP: &str = "0::/system.slice/loom-provisioner.service\n";
+    const PURE_MOUNTS: &str = "\
+25 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    #[test]
+    fn proc_self_cgroup_is_read_line_by_line() {
+        let m = parse_memberships(MIXED_CGROUP);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0], Membership { hierarchy: 9, controllers: vec!["name=systemd".into()], path: "/".into() });
+        assert_eq!(m[2].controllers, ["memory"]);
+        assert_eq!(m[2].path, "/process_api/abc");
+        assert_eq!(m[3].controllers, ["cpu", "cpuacct"]);
+        assert_eq!(m[4], Membership { hierarchy: 0, controllers: vec![], path: "/".into() });
+        // A path may hold a colon; junk lines are skipped.
+        let odd = parse_memberships("0::/a:b/c\nnot a line\nx::/\n3:pids:relative\n");
+        assert_eq!(odd, [Membership { hierarchy: 0, controllers: vec![], path: "/a:b/c".into() }]);
+    }
+
+    #[test]
+    fn the_mount_table_gives_cgroup_mounts_with_their_root_and_controllers() {
+        let mounts = parse_mounts(MIXED_MOUNTS);
+        assert_eq!(mounts.len(), 5, "tmpfs and ext4 are not cgroups: {mounts:?}");
+        assert_eq!(mounts[0].point, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(mounts[0].v1_options.as_deref(), Some(&["rw".to_owned(), "cpu".into(), "cpuacct".into()][..]));
+        assert_eq!(mounts[2].point, Path::new("/sys/fs/cgroup/pids"), "optional fields before the dash");
+        assert_eq!(
+            mounts[4],
+            CgroupMount { root: "/".into(), point: "/sys/fs/cgroup/unified".into(), v1_options: None }
+        );
+        // Octal escapes (a space), and a bind mount of a subtree.
+        let bind = "50 22 0:23 /system.slice /mnt/cg\\040tree rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mounts(bind),
+            [CgroupMount { root: "/system.slice".into(), point: "/mnt/cg tree".into(), v1_options: None }]
+        );
+        assert_eq!(unescape("a\\134b\\0"), "a\\b\\0", "a backslash escaped; a short escape kept");
+    }
+
+    #[test]
+    fn the_supervisors_cgroups_are_found_through_the_mounts() {
+        let mixed = locate(&parse_mounts(MIXED_MOUNTS), &parse_memberships(MIXED_CGROUP));
+        assert_eq!(
+            mixed,
+            Located {
+                v2: Some("/sys/fs/cgroup/unified".into()),
+                v1_memory: Some("/sys/fs/cgroup/memory/process_api/abc".into()),
+                v1_pids: Some("/sys/fs/cgroup/pids".into()),
+            }
+        );
+        let pure = locate(&parse_mounts(PURE_MOUNTS), &parse_memberships(PURE_CGROUP));
+        assert_eq!(pure.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/system.slice/loom-provisioner.service")));
+        assert_eq!((pure.v1_memory, pure.v1_pids), (None, None));
+        // A bind mount of a subtree: paths inside it map through its root; outside, none.
+        let bind = parse_mounts("50 22 0:23 /system.slice /mnt/cg rw - cgroup2 cgroup2 rw\n");
+        let inside = locate(&bind, &parse_memberships(PURE_CGROUP));
+        assert_eq!(inside.v2.as_deref(), Some(Path::new("/mnt/cg/loom-provisioner.service")));
+        let outside = locate(&bind, &parse_memberships("0::/user.slice/x.scope\n"));
+        assert_eq!(outside.v2, None);
+        let lookalike = locate(&bind, &parse_memberships("0::/system.slice2/x\n"));
+        assert_eq!(lookalike.v2, None, "path components, not text, are compared");
+        // v1 only (no cgroup2 mounted): no v2 folder.
+        let v1_only: Vec<_> = parse_mounts(MIXED_MOUNTS).into_iter().filter(|m| m.v1_options.is_some()).collect();
+        assert_eq!(locate(&v1_only, &parse_memberships(MIXED_CGROUP)).v2, None);
+    }
+
+    #[test]
+    fn controllers_are_read_and_enabled_by_name() {
+        let c = V2Controllers::parse("cpuset cpu io memory hugetlb pids rdma misc\n");
+        assert_eq!(c, V2Controllers { memory: true, pids: true, cpu: true });
+        assert_eq!(c.enable_line(), "+memory +pids +cpu");
+        let some = V2Controllers::parse("cpuset io memory");
+        assert_eq!(some.enable_line(), "+memory");
+        assert!(!V2Controllers::parse("hugetlb").any(), "these machines' unified hierarchy");
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            memory_max: Some(64 << 20),
+            pids_max: Some(32),
+            cpu_weight: Some(50),
+            open_files: None,
+            core_size: None,
+        }
+    }
+
+    #[test]
+    fn on_cgroup_v2_with_controllers_every_limit_goes_in_the_plugins_cgroup() {
+        let all = V2Controllers { memory: true, pids: true, cpu: true };
+        let p = plan(&limits(), all, true, true);
+        let v2: Vec<_> = p.v2.iter().map(|(f, v)| format!("{f}={v}")).collect();
+        assert_eq!(
+            v2,
+            ["memory.max=67108864", "memory.swap.max=0", "memory.oom.group=1", "pids.max=32", "cpu.weight=50"]
+        );
+        assert!(p.v1_memory.is_empty() && p.v1_pids.is_empty() && p.unenforced.is_empty(), "{p:?}");
+        assert_eq!(plan(&Limits::default(), all, true, true), Plan::default(), "no limits, nothing written");
+    }
+
+    #[test]
+    fn on_mixed_hierarchies_memory_and_pids_go_through_v1_and_cpu_weight_is_not_enforced() {
+        let p = plan(&limits(), V2Controllers::default(), true, true);
+        assert!(p.v2.is_empty());
+        let v1: Vec<_> = p.v1_memory.iter().chain(&p.v1_pids).map(|(f, v)| format!("{f}={v}")).collect();
+        assert_eq!(v1, ["memory.limit_in_bytes=67108864", "memory.memsw.limit_in_bytes=67108864", "pids.max=32"]);
+        assert_eq!(p.unenforced.len(), 1);
+        assert_eq!(p.unenforced[0].0, "cpuWeight");
+        // No controller anywhere: each limit is named.
+        let none = plan(&limits(), V2Controllers::default(), false, false);
+        let keys: Vec<_> = none.unenforced.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["memoryMax", "pidsMax", "cpuWeight"]);
+        // v2 wins where it has the controller.
+        let split = plan(&limits(), V2Controllers { memory: false, pids: true, cpu: false }, true, true);
+        assert_eq!(split.v2, [("pids.max", "32".to_owned())]);
+        assert_eq!(split.v1_memory.len(), 2);
+        assert!(split.v1_pids.is_empty());
+    }
+
+    #[test]
+    fn memory_kills_are_read_from_v2_events_and_v1_oom_control() {
+        let v2 = "low 0\nhigh 0\nmax 17\noom 2\noom_kill 1\noom_group_kill 1\n";
+        assert_eq!(oom_kills(v2), 1);
+        assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), 3);
+        assert_eq!(oom_kills(""), 0);
+    }
+
+    /// Why the real-cgroup tests below cannot run here, or `None`.
+    fn no_real_cgroups() -> Option<&'static str> {
+        if !nix::unistd::geteuid().is_root() {
+            return Some("not root");
+        }
+        let mounts = parse_mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        if !mounts.iter().any(|m| m.v1_options.is_none()) {
+            return Some("no cgroup v2 hierarchy is mounted");
+        }
+        None
+    }
+
+    /// Starts `sh -c script` in `group`, joining it before exec as plugins do.
+    async fn start_in(group: &Cgroup, joining: &Joining, script: &str) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", script]);
+        let setup = crate::core::spawn::ChildSetup { cgroup_procs: joining.fds(), ..Default::default() };
+        let child = crate::core::spawn::spawn(cmd, None, setup).await.expect("sh starts");
+        // Wait until the shell and what it starts are all in.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while procs(group.path()).len() < 3 {
+            assert!(Instant::now() < deadline, "the processes never showed in {}", group.path().display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        child
+    }
+
+    #[tokio::test]
+    async fn every_way_of_killing_empties_a_cgroup_that_holds_a_setsid_grandchild() {
+        if let Some(why) = no_real_cgroups() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        assert!(hierarchy().is_some(), "root with cgroup v2 mounted: the supervisor must make cgroups");
+        for (i, how) in [KillBy::CgroupKill, KillBy::Freeze, KillBy::Signals].into_iter().enumerate() {
+            let (mut group, joining) = Cgroup::create("unit-kill", i, &Limits::default()).unwrap().unwrap();
+            if how == KillBy::CgroupKill && group.kill_by != how {
+                eprintln!("no cgroup.kill on this kernel; testing the others");
+                continue;
+            }
+            group.kill_by = how;
+            let mut child = start_in(&group, &joining, "setsid sleep 600 & sleep 600 & wait").await;
+            let inside = procs(group.path());
+            assert!(inside.contains(&(child.id().unwrap() as i32)), "{inside:?}");
+            group.kill();
+            assert!(group.wait_empty(Duration::from_secs(30)).await, "{how:?} left {:?}", procs(group.path()));
+            let _ = child.wait().await;
+            for pid in inside {
+                let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+                assert!(gone, "{how:?}: process {pid} survived");
+            }
+            let path = group.path().to_path_buf();
+            group.remove().unwrap();
+            assert!(!path.exists(), "{how:?}: {} is removed", path.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_cgroup_is_killed_and_removed() {
+        if let Some(why) = no_real_cgroups() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let (group, joining) = Cgroup::create("unit-drop", 0, &Limits::default()).unwrap().unwrap();
+        let mut child = start_in(&group, &joining, "setsid sleep 600 & sleep 600 & wait").await;
+        let path = group.path().to_path_buf();
+        drop(group);
+        let _ = child.wait().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while path.exists() {
+            assert!(Instant::now() < deadline, "{} is still there", path.display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
