@@ -52,11 +52,6 @@ fn a_stop_kills_a_setsid_grandchild_and_a_daemon_without_waiting_for_the_pipes()
         &["--concurrency", "1"],
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let cgroup = run.result("where")["result"]["whoami"]["cgroup"].as_str().unwrap().to_owned();
-    assert!(
-        cgroup.lines().any(|l| l.starts_with("0::") && l.contains("/loom-plugins/escapes-at-stop-0-")),
-        "the plugin runs in a cgroup of its own: {cgroup}"
-    );
     let descendants = pids(&run.result("family")["result"]["descendants"]);
     assert_eq!(descendants.len(), 2);
     // The run has ended: the plugin was stopped, and its cgroup with it, at once.
@@ -65,6 +60,11 @@ fn a_stop_kills_a_setsid_grandchild_and_a_daemon_without_waiting_for_the_pipes()
     }
     plugins.assert_no_leftovers();
     assert!(!run.stderr.contains(DRAIN_WAITED), "the stop waited for the grandchild's pipes:\n{}", run.stderr);
+    let cgroup = run.result("where")["result"]["whoami"]["cgroup"].as_str().unwrap().to_owned();
+    assert!(
+        cgroup.lines().any(|l| l.starts_with("0::") && l.contains("/loom-plugins/escapes-at-stop-0-")),
+        "the plugin runs in a cgroup of its own: {cgroup}"
+    );
     assert_eq!(plugin_cgroups("escapes-at-stop"), Vec::<std::path::PathBuf>::new(), "its cgroups are removed");
 }
 
