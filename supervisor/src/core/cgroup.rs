@@ -253,7 +253,8 @@ pub fn plan(limits: &Limits, v2: V2Controllers, v1_memory: bool, v1_pids: bool) 
                 ("memory.memsw.limit_in_bytes", bytes.to_string()),
             ]);
         } else {
-            plan.unenforced.push(("memoryMax", "no memory controller (cgroup v2 or v1) is available to it".to_owned()));
+            plan.unenforced
+                .push(("memoryMax", "the supervisor has no memory controller (cgroup v2 or v1) to use".to_owned()));
         }
     }
     if let Some(n) = limits.pids_max {
@@ -262,15 +263,18 @@ pub fn plan(limits: &Limits, v2: V2Controllers, v1_memory: bool, v1_pids: bool) 
         } else if v1_pids {
             plan.v1_pids.push(("pids.max", n.to_string()));
         } else {
-            plan.unenforced.push(("pidsMax", "no pids controller (cgroup v2 or v1) is available to it".to_owned()));
+            plan.unenforced
+                .push(("pidsMax", "the supervisor has no pids controller (cgroup v2 or v1) to use".to_owned()));
         }
     }
     if let Some(w) = limits.cpu_weight {
         if v2.cpu {
             plan.v2.push(("cpu.weight", w.to_string()));
         } else {
-            plan.unenforced
-                .push(("cpuWeight", "it needs the cpu controller of cgroup v2, which it does not have".to_owned()));
+            plan.unenforced.push((
+                "cpuWeight",
+                "it needs the cpu controller of cgroup v2, which the supervisor's cgroup does not have".to_owned(),
+            ));
         }
     }
     plan
