@@ -266,24 +266,36 @@ impl Daemon {
 
     /// Runs a journaled task and journals its result. The task is journaled as running
     /// when it leaves the queue for its plugin (committed before it is sent), so after a
-    /// crash a task still waiting in a queue is known never to have run.
+    /// crash a task still waiting in a queue is known never to have run. When that record
+    /// cannot be written (a full disk), the task is not sent: it stays queued and is tried
+    /// again, with backoff, until the journal can write.
     ///
     /// A task that never reached a plugin because the daemon is stopping stays queued in
     /// the journal, and the next start runs it.
     async fn execute(&self, task: &TaskEnvelope) {
         let began = Instant::now();
-        let (route, result) = match self.supervisor.reserve(task).await {
-            Ok(permit) => {
-                let route = permit.route().to_owned();
-                let result = match self.journal.start(&task.task_id).await {
-                    Ok(()) => permit.send().await,
-                    Err(_) if self.draining() => return self.left_queued(task),
-                    Err(e) => permit.abandon(&e.to_string()),
-                };
-                (route, result)
+        let mut wait = Duration::from_millis(100);
+        let (route, result) = loop {
+            let permit = match self.supervisor.reserve(task).await {
+                Ok(permit) => permit,
+                Err(_) if self.draining() => return self.left_queued(task),
+                Err(refused) => break (refused.route().to_owned(), refused.into_result()),
+            };
+            match self.journal.start(&task.task_id).await {
+                Ok(()) => break (permit.route().to_owned(), permit.send().await),
+                // It cannot be recorded as running, so it does not run: it stays queued in
+                // the journal, its slot goes back, and it is tried again when the journal
+                // can write (or at the next start).
+                Err(e) => {
+                    drop(permit);
+                    if self.draining() {
+                        return self.left_queued(task);
+                    }
+                    tracing::warn!(task_id = %task.task_id, "cannot record the task as running ({e}); it stays queued and is tried again in {}", crate::log::secs(wait));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
             }
-            Err(_) if self.draining() => return self.left_queued(task),
-            Err(refused) => (refused.route().to_owned(), refused.into_result()),
         };
         self.metrics.task(&route, task.task_name.as_str(), result.status, began.elapsed());
         self.finish(task, result).await;
