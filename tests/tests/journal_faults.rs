@@ -118,3 +118,56 @@ fn acknowledged_tasks_wait_out_a_full_disk_and_nothing_is_failed_for_it() {
         .and_then(|n| n.trim().parse::<u64>().ok());
     assert!(failures.is_some_and(|n| n > 0), "{metrics}");
 }
+
+#[test]
+fn results_the_journal_cannot_take_at_a_stop_are_spilled_and_applied_at_the_next_start() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs for the data folder needs root");
+        return;
+    }
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "four", json!({"maxConcurrency": 4}));
+    let tmpfs = Tmpfs::mount(&plugins.path().join("serve").join("data"), "8m");
+    let runtime = plugins.path().join("runtime");
+    let runtime_env = runtime.display().to_string();
+    let mut serve = Serve::start_with(&plugins, "drain_grace_secs = 5", &[("RUNTIME_DIRECTORY", &runtime_env)]);
+
+    let go = plugins.file("go");
+    let ids = ["r0", "r1", "r2"];
+    for id in ids {
+        let (code, v) = serve.submit(&action(id, "INSTALL", "four", json!({"action": "wait-file", "path": go})), false);
+        assert_eq!(code, 202, "{v}");
+    }
+    assert!(wait_until(Duration::from_secs(60), || ids.iter().all(|id| state(&serve, id) == "running")));
+    // The disk fills, then the plugin answers: no result can be journaled.
+    let filler = tmpfs.fill();
+    std::fs::write(&go, "").unwrap();
+    let unrecorded =
+        |id: &str| serve.log_text().lines().any(|l| l.contains("cannot record the result") && l.contains(id));
+    assert!(
+        wait_until(Duration::from_secs(60), || ids.iter().all(|id| unrecorded(id))),
+        "the results never reached the daemon; log:\n{}",
+        serve.log_text()
+    );
+
+    // A stop now: the results go to a spill file instead of being lost.
+    serve.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(serve.wait_exit(Duration::from_secs(120)), Some(0), "log:\n{}", serve.log_text());
+    let spilled: Vec<PathBuf> =
+        [runtime.join("journal-unwritten.jsonl"), serve.data_dir.join("journal-unwritten.jsonl")]
+            .into_iter()
+            .filter(|f| f.exists())
+            .collect();
+    assert_eq!(spilled.len(), 1, "one spill file; log:\n{}", serve.log_text());
+
+    // The next start, with room again, applies them: each task has the result its plugin
+    // gave, not "supervisor restarted while the task ran".
+    std::fs::remove_file(&filler).unwrap();
+    serve.spawn();
+    for id in ids {
+        let (_, v) = serve.request("GET", &format!("/v1/tasks/{id}"), None);
+        assert_eq!(v["state"], "done", "{id}: {v}");
+        assert_eq!(v["result"]["status"], 0, "{id}: {v}");
+    }
+    assert!(!spilled[0].exists(), "the spill file is removed once applied");
+}

@@ -28,6 +28,7 @@
 mod health;
 mod retry;
 pub mod schema;
+pub mod spill;
 
 pub use retry::until_recorded;
 
