@@ -221,3 +221,36 @@ fn without_cgroups_the_supervisor_says_so_once_and_sweeps_the_process_group() {
     // The grandchildren stayed in their plugins' process groups: swept.
     assert!(wait_until(Duration::from_secs(10), || plugins.leftovers().is_empty()), "{:#?}", plugins.leftovers());
 }
+
+#[test]
+fn a_plugin_whose_manifest_keeps_descendants_gets_no_cgroup_and_its_daemons_outlive_it() {
+    // The `local` provider's machines are processes it starts: they must outlive it.
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "keeps-them", json!({"keepDescendants": true, "limits": {"pidsMax": 50}}));
+    let run = plugins.run(
+        &[
+            action("family", "INSTALL", "keeps-them", json!({"action": "family"})),
+            action("where", "START", "keeps-them", json!({"action": "whoami"})),
+        ],
+        &["--concurrency", "1"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let descendants = pids(&run.result("family")["result"]["descendants"]);
+    let outlived: Vec<i32> = descendants.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &descendants {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert_eq!(outlived, descendants, "what left the process group outlives the plugin:\n{}", run.stderr);
+    let cgroup = run.result("where")["result"]["whoami"]["cgroup"].as_str().unwrap().to_owned();
+    assert!(!cgroup.contains("/loom-plugins/"), "no cgroup of its own: {cgroup}");
+    let said = run.stderr.lines().filter(|l| l.contains("its manifest says keepDescendants")).count();
+    assert_eq!(said, 1, "said once:\n{}", run.stderr);
+    if cgroups_unavailable().is_none() {
+        assert!(
+            run.stderr.contains("limits.pidsMax is not enforced: the manifest says keepDescendants"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(plugin_cgroups("keeps-them"), Vec::<std::path::PathBuf>::new());
+}

@@ -517,6 +517,13 @@ impl Joining {
 
 /// Manifest keys already warned about, per plugin: a plugin restarting a thousand times
 /// warns once.
+/// The limits that need a cgroup controller and were asked for.
+fn asked(limits: &Limits) -> impl Iterator<Item = (&'static str, u64)> {
+    [("memoryMax", limits.memory_max), ("pidsMax", limits.pids_max), ("cpuWeight", limits.cpu_weight)]
+        .into_iter()
+        .filter_map(|(key, v)| v.map(|v| (key, v)))
+}
+
 fn warn_unenforced(plugin: &str, key: &'static str, why: &str) {
     static WARNED: Mutex<Option<HashSet<(String, &'static str)>>> = Mutex::new(None);
     let first = WARNED.lock().is_ok_and(|mut w| w.get_or_insert_with(HashSet::new).insert((plugin.to_owned(), key)));
@@ -526,6 +533,24 @@ fn warn_unenforced(plugin: &str, key: &'static str, why: &str) {
 }
 
 impl Cgroup {
+    /// For a plugin whose manifest says `keepDescendants`: it runs without a cgroup, so
+    /// that what it starts may outlive it. Said once per plugin in the log, with the limits
+    /// that need a cgroup and are therefore not enforced.
+    pub fn refused_by_manifest(plugin: &str, limits: &Limits) {
+        static TOLD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+        let first = TOLD.lock().is_ok_and(|mut t| t.get_or_insert_with(HashSet::new).insert(plugin.to_owned()));
+        if first {
+            tracing::info!(
+                plugin,
+                "runs without a cgroup (its manifest says keepDescendants): what it starts may outlive it; \
+                 a stop or a crash ends only its process group"
+            );
+        }
+        for (key, _) in asked(limits) {
+            warn_unenforced(plugin, key, "the manifest says keepDescendants, so the plugin has no cgroup");
+        }
+    }
+
     /// Makes the cgroups of one process of `plugin` (instance `instance`) and writes its
     /// limits. `Ok(None)` where the supervisor cannot make cgroups (logged once); limits
     /// that cannot be enforced here are logged once per plugin and left out.
@@ -535,9 +560,7 @@ impl Cgroup {
     /// file. What was made is removed.
     pub fn create(plugin: &str, instance: usize, limits: &Limits) -> Result<Option<(Cgroup, Joining)>, String> {
         let Some(h) = hierarchy() else {
-            let asked =
-                [("memoryMax", limits.memory_max), ("pidsMax", limits.pids_max), ("cpuWeight", limits.cpu_weight)];
-            for (key, _) in asked.into_iter().filter(|(_, v)| v.is_some()) {
+            for (key, _) in asked(limits) {
                 warn_unenforced(plugin, key, "the supervisor cannot make cgroups here");
             }
             return Ok(None);

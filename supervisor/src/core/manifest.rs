@@ -68,6 +68,10 @@ pub struct PluginSpec {
     pub max_line_bytes: usize,
     /// What each process of the plugin may use (`limits`).
     pub limits: Limits,
+    /// `keepDescendants`: what the plugin starts may outlive it (a provider whose machines
+    /// are local processes): it gets no cgroup, and a stop or a crash ends only its
+    /// process group.
+    pub keep_descendants: bool,
     /// For a seed-style Ruby plugin run through the Ruby host: its class.
     pub ruby_class: Option<String>,
 }
@@ -275,6 +279,7 @@ const KNOWN_KEYS: &[&str] = &[
     "sha256",
     "allowLoaderEnv",
     "limits",
+    "keepDescendants",
 ];
 
 /// Variables a manifest's `env` may set only with `"allowLoaderEnv": true`, besides every
@@ -433,6 +438,7 @@ fn parse_body(
             .count("maxLineBytes", 1024, 256 * 1024 * 1024)?
             .unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
         limits,
+        keep_descendants: f.boolean("keepDescendants")?.unwrap_or(false),
         dir,
         ruby_class,
     })))
@@ -1033,6 +1039,15 @@ mod tests {
         assert!(!spec(json!({"executable": "sh"})).allow_loader_env);
         let err = parse(json!({"executable": "sh", "allowLoaderEnv": "yes"})).entry.unwrap_err();
         assert_eq!(err.key, "allowLoaderEnv");
+    }
+
+    #[test]
+    fn keep_descendants_is_off_unless_the_manifest_says_true() {
+        assert!(!spec(json!({"executable": "sh"})).keep_descendants);
+        assert!(spec(json!({"executable": "sh", "keepDescendants": true})).keep_descendants);
+        let err = parse(json!({"executable": "sh", "keepDescendants": "yes"})).entry.unwrap_err();
+        assert_eq!(err.key, "keepDescendants");
+        assert!(parse(json!({"executable": "sh", "keepDescendants": false})).warnings.is_empty());
     }
 
     #[test]

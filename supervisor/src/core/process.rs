@@ -177,11 +177,16 @@ impl PluginProcess {
         let vetted = crate::core::vet::vet_blocking(spec).await.map_err(io::Error::other)?;
         let identity = vetted.identity.as_ref();
         let mut setup = ChildSetup::with_rlimits(&spec.limits)?;
-        let (name, limits) = (spec.name.clone(), spec.limits.clone());
-        let made = tokio::task::spawn_blocking(move || Cgroup::create(&name, instance, &limits))
-            .await
-            .map_err(|e| io::Error::other(format!("the cgroup set-up failed: {e}")))?
-            .map_err(io::Error::other)?;
+        let made = if spec.keep_descendants {
+            Cgroup::refused_by_manifest(&spec.name, &spec.limits);
+            None
+        } else {
+            let (name, limits) = (spec.name.clone(), spec.limits.clone());
+            tokio::task::spawn_blocking(move || Cgroup::create(&name, instance, &limits))
+                .await
+                .map_err(|e| io::Error::other(format!("the cgroup set-up failed: {e}")))?
+                .map_err(io::Error::other)?
+        };
         let (cgroup, joining) = made.map_or((None, None), |(c, j)| (Some(c), Some(j)));
         setup.cgroup_procs = joining.as_ref().map(|j| j.fds()).unwrap_or_default();
         // The log channel: a pipe whose write end becomes the plugin's fd 3.
