@@ -254,3 +254,25 @@ fn a_plugin_whose_manifest_keeps_descendants_gets_no_cgroup_and_its_daemons_outl
     }
     assert_eq!(plugin_cgroups("keeps-them"), Vec::<std::path::PathBuf>::new());
 }
+
+#[test]
+fn the_local_provider_in_a_cgroup_of_its_own_refuses_to_create_machines_that_would_die_with_it() {
+    if let Some(why) = cgroups_unavailable() {
+        return skip("the_local_provider_in_a_cgroup_of_its_own_refuses", &why);
+    }
+    let plugins = Plugins::new();
+    let state = plugins.path().join("machines");
+    plugins.add(
+        "provider",
+        "local",
+        json!({"executable": loom_e2e::bin_dir().join("loom-plugin-local"), "settings": {"stateDir": state}}),
+    );
+    let create = json!({"taskId": "c", "taskName": "CREATE", "clusterId": "1", "hostname": "n.local",
+                        "config": {"hostname": "n.local", "provider": {"name": "local", "providertype": "local"}}});
+    let run = plugins.run(&[create], &[]);
+    let result = run.result("c");
+    assert_eq!(result["status"], 1, "{result}");
+    let why = result["stderr"].as_str().unwrap();
+    assert!(why.contains("add \"keepDescendants\": true to its manifest"), "{why}");
+    plugins.assert_no_leftovers();
+}
