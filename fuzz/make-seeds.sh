@@ -107,7 +107,8 @@ put manifest every-key.json <<'EOF'
   "handshakeTimeoutSecs": 2, "settings": {"k": "v", "nested": {"password": "pw"}}, "shutdownGraceSecs": 1,
   "cancelGraceSecs": 0.25, "pingIntervalSecs": 0, "pingTimeoutSecs": 3, "queueCapacity": 7, "maxLineBytes": 4096,
   "restart": {"maxRestarts": 2, "withinSecs": 10, "backoffInitialMs": 5, "backoffMaxMs": 50, "coolDownSecs": 1},
-  "description": "all keys", "maxconcurrency": 1},
+  "limits": {"memoryMax": "512M", "pidsMax": 64, "cpuWeight": 50, "openFiles": 256, "coreSize": 0, "memorymax": 1},
+  "keepDescendants": false, "queueTimeoutSecs": 30, "retryOnCrash": 2, "description": "all keys", "maxconcurrency": 1},
  "ruby": {"classname": "MyProvider", "maxConcurrency": 2}}
 EOF
 

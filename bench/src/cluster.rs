@@ -101,7 +101,7 @@ pub fn round(tools: &Tools, nodes: u32, tag: &str) -> Result<Round, String> {
     let plugins = dir.0.join("plugins");
     write_json(
         &plugins.join("providers/local/local.json"),
-        &json!({"local": {"executable": tools.local, "user": "root", "maxConcurrency": 64,
+        &json!({"local": {"executable": tools.local, "user": "root", "maxConcurrency": 64, "keepDescendants": true,
             "timeouts": {"CREATE": 120, "CONFIRM": 120, "DELETE": 120}, "settings": {"network": "loopback"}}}),
     )?;
     write_json(

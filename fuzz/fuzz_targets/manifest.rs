@@ -6,7 +6,8 @@
 //! `executable` are reached. Checked:
 //! - an accepted plugin has the entry's name (1 to 64 safe characters), absolute folder
 //!   and executable, at least one instance, slot and queue place, a line limit of at least
-//!   1 KiB, timeouts above zero, and per-task timeouts only for its kind's tasks;
+//!   1 KiB, timeouts above zero, per-task timeouts only for its kind's tasks, and limits
+//!   within their ranges;
 //! - warnings name a key the entry has; errors and warnings never depend on
 //!   what `env` and `settings` hold: the same entry with every string in them replaced
 //!   gives the same errors and warnings, so no message can quote one (they hold
@@ -51,8 +52,9 @@ fn manifest_path() -> &'static Path {
 
 fn check(parsed: &Parsed, name: &str, kind: PluginKind, body: &Value) {
     for w in &parsed.warnings {
-        let named = match w.key.strip_prefix("restart.") {
-            Some(key) if body.get("restart").is_some_and(|r| r.get(key).is_some()) => true,
+        let in_object = |object: &str, key: &str| body.get(object).is_some_and(|o| o.get(key).is_some());
+        let named = match w.key.split_once('.') {
+            Some((object @ ("restart" | "limits"), key)) if in_object(object, key) => true,
             _ => body.get(&w.key).is_some(),
         };
         assert!(named, "a warning names a key of the entry: {w:?}");
@@ -74,6 +76,12 @@ fn check_spec(spec: &PluginSpec, name: &str, kind: PluginKind) {
     assert!(spec.instances >= 1 && spec.max_concurrency >= 1 && spec.queue_capacity >= 1, "{spec:?}");
     assert!(spec.max_line_bytes >= 1024, "line limit {}", spec.max_line_bytes);
     assert!(!spec.timeouts.default.is_zero(), "default timeout");
+    let limits = &spec.limits;
+    assert!(limits.memory_max.is_none_or(|b| (1 << 20..=1 << 62).contains(&b)), "memoryMax {limits:?}");
+    assert!(limits.core_size.is_none_or(|b| b <= 1 << 62), "coreSize {limits:?}");
+    assert!(limits.pids_max.is_none_or(|n| (1..=4_194_304).contains(&n)), "pidsMax {limits:?}");
+    assert!(limits.cpu_weight.is_none_or(|w| (1..=10_000).contains(&w)), "cpuWeight {limits:?}");
+    assert!(limits.open_files.is_none_or(|n| n >= 1), "openFiles {limits:?}");
     for (task, t) in &spec.timeouts.per_task {
         assert!(!t.is_zero(), "timeout of {task}");
         assert_eq!(task.kind(), kind, "a {task} timeout on a {kind}");

@@ -22,7 +22,8 @@ At the handshake (the manifest's "settings"):
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "action": "ok" (default) | "crash" | "crash-once" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
-            | "sleep" | "env" | "leak" | "leak-error" | "whoami" | "wait-file"
+            | "sleep" | "env" | "leak" | "leak-error" | "whoami" | "wait-file" | "family"
+            | "forkbomb" | "hog"
   "path": for "wait-file": answer as "ok" once that file exists
   "marker": a file path, for "hang-once" and "crash-once": hang (crash) if it does not
             exist (creating it), answer as "ok" after that
@@ -30,6 +31,15 @@ Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
   "honorCancel": for "hang", answer when cancelled
   "statusByTask": {"INSTALL": 3, ...}: the status "ok" answers for those task names
+
+Escapes and runaways: "family" starts two descendants that leave the plugin's process
+group, a grandchild in a session of its own (`setsid`, holding our stdout and stderr) and a
+daemon (a double fork, stdio on /dev/null, also `setsid`), each running `sleep 600`, and
+answers {"descendants": [pid, pid]}; with "thenCrash": true it writes "cgroup: PATH" (its
+cgroup v2) and "descendants: PID PID" on stderr and exits 3 instead. "forkbomb" forks until fork fails or "budget" (40) children
+are made, each child forking 2 of its own, all sleeping; it answers {"forked": n, "refused":
+true when fork failed with EAGAIN}. "hog" allocates (and touches) memory 8 MiB at a time up
+to "capMiB" (512) and answers {"allocatedMiB": n} if nothing stopped it.
 
 "leak" echoes every planted value of the task (each string containing "SECRET-" and each
 integer of 13 digits or more, anywhere in it) through every channel a plugin has: log
@@ -222,7 +232,27 @@ def _run_task(rid, task, seen):
             "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(),
             "groups": os.getgroups(), "noNewPrivs": proc.get("NoNewPrivs"),
             "home": os.environ.get("HOME"), "user": os.environ.get("USER"), "cwd": os.getcwd(),
-            "openFiles": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
+            "openFiles": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+            "coreSize": list(resource.getrlimit(resource.RLIMIT_CORE)),
+            "cgroup": open("/proc/self/cgroup").read()}
+    if action == "family":
+        pids = family()
+        if spec.get("thenCrash"):
+            with open("/proc/self/cgroup") as f:
+                v2 = [line[3:].strip() for line in f if line.startswith("0::")]
+            sys.stderr.write("cgroup: %s\n" % (v2[0] if v2 else ""))
+            sys.stderr.write("descendants: %d %d\n" % tuple(pids))
+            sys.stderr.flush()
+            os._exit(3)
+        spec.setdefault("result", {})["descendants"] = pids
+    if action == "forkbomb":
+        forked, refused = forkbomb(int(spec.get("budget", 40)))
+        spec.setdefault("result", {}).update({"forked": forked, "refused": refused})
+    if action == "hog":
+        hog = []
+        for _ in range(int(spec.get("capMiB", 512)) // 8):
+            hog.append(b"x" * (8 << 20))  # filled, so every page is touched
+        spec.setdefault("result", {})["allocatedMiB"] = 8 * len(hog)
     status = spec.get("status", 0)
     status = (spec.get("statusByTask") or {}).get(task["taskName"], status)
     extra = {}
@@ -242,6 +272,52 @@ def _run_task(rid, task, seen):
     }
     result.update(extra)
     send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def family():
+    """Starts a setsid grandchild and a double-forked daemon; returns their pids."""
+    grandchild = subprocess.Popen(["sleep", "600"], start_new_session=True)  # inherits stdout and stderr
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            daemon = os.fork()
+            if daemon == 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.execvp("sleep", ["sleep", "600"])
+            os.write(write_end, str(daemon).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    daemon = int(os.read(read_end, 32) or b"0")
+    os.close(read_end)
+    os.waitpid(child, 0)
+    return [grandchild.pid, daemon]
+
+
+def forkbomb(budget):
+    """Forks until fork fails or budget children are made; each child forks 2 more. All
+    sleep. Bounded, so that a machine without a pids limit survives the test."""
+    forked = 0
+    for _ in range(budget):
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            return forked, True
+        if pid == 0:
+            for _ in range(2):
+                try:
+                    if os.fork() == 0:
+                        break
+                except OSError:
+                    break
+            while True:
+                time.sleep(3600)
+        forked += 1
+    return forked, False
 
 
 def flood(spec):

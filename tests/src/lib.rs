@@ -8,6 +8,8 @@
 //! - `process`: a command run to its end within a deadline, and /proc scans for what is
 //!   alive, left behind or a zombie ([`run_with_input`], [`processes_with_env`],
 //!   [`wait_until`]).
+//! - `cgroups`: what the machine offers for cgroups (root, cgroup v2, controllers), and the
+//!   plugin cgroups left in the tree ([`cgroups_unavailable`], [`plugin_cgroups`]).
 //! - `net`: a free loopback port, a bare HTTP GET ([`http_get`]).
 //! - `tasks`: tasks as Loom sends them ([`task`], [`action`], [`merge`]).
 //! - `plugins`: a plugins folder of the test's own, with a marker in every plugin's
@@ -24,6 +26,7 @@
 //! registers, rather than knowing about machines).
 
 mod build;
+mod cgroups;
 mod cluster;
 mod daemon;
 mod machines;
@@ -38,6 +41,7 @@ mod sudo;
 mod tasks;
 
 pub use build::{bin_dir, chmod, provisioner, tempdir, test_plugin, workspace};
+pub use cgroups::{cgroups_unavailable, controller_unavailable, plugin_cgroups, skip, v2_folder};
 pub use cluster::{ClusterRig, ClusterRun};
 pub use daemon::Serve;
 pub use machines::{add_local_and_shell, machine_processes, webapp};

@@ -49,7 +49,9 @@ pub(crate) fn register_local_and_shell(
     plugins.add(
         "provider",
         "local",
-        json!({"executable": bin_dir().join("loom-plugin-local"), "maxConcurrency": 16, "settings": settings}),
+        // Its machines are sshd processes that must outlive each run of it.
+        json!({"executable": bin_dir().join("loom-plugin-local"), "maxConcurrency": 16, "keepDescendants": true,
+               "settings": settings}),
     );
     plugins.add(
         "automator",

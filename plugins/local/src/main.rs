@@ -165,6 +165,7 @@ impl Provider for Local {
 
     async fn create(&self, task: Task, ctx: Context) -> TaskOutcome {
         self.planned_failure("CREATE", &task)?;
+        refuse_a_cgroup_of_its_own()?;
         let id = new_id();
         let folder = Folder::new(&self.state_dir, &id);
         std::fs::DirBuilder::new()
@@ -376,4 +377,43 @@ fn new_id() -> String {
 
 fn main() -> ExitCode {
     Plugin::new("local", env!("CARGO_PKG_VERSION")).max_concurrency(16).serve_provider(Local::default())
+}
+
+/// The folder a Loom supervisor makes for the cgroups of its plugins' processes.
+const PLUGIN_CGROUPS: &str = "/loom-plugins/";
+
+/// A machine is an sshd this process starts: in a cgroup of the provider's own, the
+/// supervisor would kill it with the provider's process (at its stop, at a crash), long
+/// before DELETE. Its manifest must say `keepDescendants`; refuse, saying so, rather than
+/// hand out machines that vanish.
+fn refuse_a_cgroup_of_its_own() -> Result<(), TaskError> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if in_plugin_cgroup(&cgroups) {
+        return Err(TaskError::new(
+            "CREATE refused: this provider runs in a cgroup of its own, which the supervisor kills with it, \
+             machines included; add \"keepDescendants\": true to its manifest",
+        )
+        .with_status(1));
+    }
+    Ok(())
+}
+
+/// Whether `/proc/self/cgroup` puts this process in a cgroup made for one plugin process.
+fn in_plugin_cgroup(proc_self_cgroup: &str) -> bool {
+    proc_self_cgroup.lines().any(|l| l.split(':').nth(2).is_some_and(|path| path.contains(PLUGIN_CGROUPS)))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::in_plugin_cgroup;
+
+    #[test]
+    fn a_cgroup_made_for_one_plugin_process_is_recognised_on_v2_and_beside_v1() {
+        assert!(in_plugin_cgroup("0::/system.slice/loom-provisioner.service/loom-plugins/local-0-3-812\n"));
+        assert!(in_plugin_cgroup("12:pids:/\n0::/user.slice/loom-plugins/local-0-0-99\n"));
+        assert!(!in_plugin_cgroup("0::/system.slice/loom-provisioner.service/supervisor\n"));
+        assert!(!in_plugin_cgroup("12:memory:/\n0::/\n"));
+        assert!(!in_plugin_cgroup(""));
+    }
 }

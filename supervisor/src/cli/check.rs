@@ -294,7 +294,7 @@ pub async fn run_suite(
         passed: true,
         checks: Vec::new(),
     };
-    let mut process = match PluginProcess::spawn(spec).await {
+    let mut process = match PluginProcess::spawn(spec, 0).await {
         Ok(p) => p,
         Err(e) => {
             report.record("start", Err(format!("cannot start: {e}")));
@@ -480,7 +480,7 @@ async fn shutdown(report: &mut Report, p: &mut PluginProcess, spec: &PluginSpec)
 }
 
 async fn eof_without_shutdown(report: &mut Report, spec: &PluginSpec, log_level: LogLevel) {
-    let Ok(mut p) = PluginProcess::spawn(spec).await else {
+    let Ok(mut p) = PluginProcess::spawn(spec, 0).await else {
         return;
     };
     if p.handshake(spec, log_level).await.is_ok() {

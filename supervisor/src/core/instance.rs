@@ -65,7 +65,7 @@ async fn serve_one(
     slot: usize,
     control: &mut mpsc::UnboundedReceiver<Control>,
 ) -> Served {
-    let mut process = match PluginProcess::spawn(spec).await {
+    let mut process = match PluginProcess::spawn(spec, slot).await {
         Ok(p) => p,
         Err(e) => {
             let reason = format!("cannot start {}: {e}", spec.executable.display());

@@ -66,6 +66,12 @@ pub struct PluginSpec {
     pub retry_on_crash: u32,
     /// The longest line the plugin may write on stdout.
     pub max_line_bytes: usize,
+    /// What each process of the plugin may use (`limits`).
+    pub limits: Limits,
+    /// `keepDescendants`: what the plugin starts may outlive it (a provider whose machines
+    /// are local processes): it gets no cgroup, and a stop or a crash ends only its
+    /// process group.
+    pub keep_descendants: bool,
     /// For a seed-style Ruby plugin run through the Ruby host: its class.
     pub ruby_class: Option<String>,
 }
@@ -99,6 +105,53 @@ pub struct RestartPolicy {
     pub backoff_max: Duration,
     /// How long a failed plugin stays failed before it is tried again.
     pub cool_down: Duration,
+}
+
+/// What one plugin process (with everything it starts) may use: `limits` in the manifest.
+/// Memory, processes and CPU are enforced through the process's cgroup
+/// ([`crate::core::cgroup`]) where the controller is available; open files and core size
+/// are resource limits set in the child before exec, everywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memoryMax`: bytes of memory (no swap beyond it); past it the kernel kills.
+    pub memory_max: Option<u64>,
+    /// `pidsMax`: processes and threads at once; past it `fork` fails.
+    pub pids_max: Option<u64>,
+    /// `cpuWeight`: the share of CPU time against other plugins, 1 to 10000 (100 is even).
+    pub cpu_weight: Option<u64>,
+    /// `openFiles`: the open-files limit (soft and hard).
+    pub open_files: Option<u64>,
+    /// `coreSize`: the largest core dump, bytes (soft and hard); 0 turns them off.
+    pub core_size: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any limit needs a cgroup controller.
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory_max.is_some() || self.pids_max.is_some() || self.cpu_weight.is_some()
+    }
+}
+
+/// The smallest `memoryMax`: below it no interpreter starts, and a bare number meant as
+/// MiB ("512") is caught.
+pub const MIN_MEMORY_MAX: u64 = 1 << 20;
+/// The largest size accepted (cgroup v1 takes a signed 64-bit number).
+pub const MAX_SIZE: u64 = 1 << 62;
+/// The kernel's ceiling on pids (`PID_MAX_LIMIT`).
+pub const MAX_PIDS: u64 = 4_194_304;
+/// The kernel's ceiling on `fs.nr_open`, the most open files a process may be allowed.
+pub const MAX_OPEN_FILES: u64 = 1_073_741_816;
+
+/// A size as people read it, exactly: in the largest unit that divides it ("512 MiB",
+/// "1536 KiB", "1000 bytes"), never rounded.
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 6] =
+        [(1 << 60, "EiB"), (1 << 50, "PiB"), (1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    match UNITS.iter().find(|(unit, _)| bytes >= *unit && bytes % unit == 0) {
+        Some((unit, name)) => format!("{} {name}", bytes / unit),
+        None if bytes == 1 => "1 byte".to_owned(),
+        None => format!("{bytes} bytes"),
+    }
 }
 
 /// Defaults, as documented in the README.
@@ -225,6 +278,8 @@ const KNOWN_KEYS: &[&str] = &[
     "group",
     "sha256",
     "allowLoaderEnv",
+    "limits",
+    "keepDescendants",
 ];
 
 /// Variables a manifest's `env` may set only with `"allowLoaderEnv": true`, besides every
@@ -250,6 +305,8 @@ pub const CODE_ENV: &[&str] = &[
 pub fn changes_code(name: &str) -> bool {
     name.starts_with("LD_") || CODE_ENV.contains(&name)
 }
+
+const LIMIT_KEYS: &[&str] = &["memoryMax", "pidsMax", "cpuWeight", "openFiles", "coreSize"];
 
 const RESTART_KEYS: &[&str] = &["maxRestarts", "withinSecs", "backoffInitialMs", "backoffMaxMs", "coolDownSecs"];
 
@@ -325,6 +382,25 @@ fn parse_body(
         }
     };
 
+    let limits = match obj.get("limits") {
+        None => Limits::default(),
+        Some(Value::Object(l)) => {
+            warn_unknown(l, LIMIT_KEYS, "limits.", warnings);
+            let lf = Fields { obj: l, prefix: "limits." };
+            let as_u64 = |n: Option<usize>| n.map(|n| n as u64);
+            Limits {
+                memory_max: lf.size("memoryMax", MIN_MEMORY_MAX)?,
+                pids_max: as_u64(lf.count("pidsMax", 1, MAX_PIDS)?),
+                cpu_weight: as_u64(lf.count("cpuWeight", 1, 10_000)?),
+                open_files: as_u64(lf.count("openFiles", 1, MAX_OPEN_FILES)?),
+                core_size: lf.size("coreSize", 0)?,
+            }
+        }
+        Some(other) => {
+            return Err(problem("limits", format!("expected an object, found {}", type_name(other))));
+        }
+    };
+
     Ok(Entry::Runnable(Box::new(PluginSpec {
         name: name.to_owned(),
         kind,
@@ -361,6 +437,8 @@ fn parse_body(
         max_line_bytes: f
             .count("maxLineBytes", 1024, 256 * 1024 * 1024)?
             .unwrap_or(loom_protocol::DEFAULT_MAX_LINE_BYTES),
+        limits,
+        keep_descendants: f.boolean("keepDescendants")?.unwrap_or(false),
         dir,
         ruby_class,
     })))
@@ -538,6 +616,22 @@ fn check_env(env: &BTreeMap<String, String>, allowed: bool, warnings: &mut Vec<K
     Ok(())
 }
 
+/// "512M" -> 536870912; digits with an optional K, M, G or T (powers of 1024). `None`
+/// for anything else, or a size that does not fit in 64 bits.
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' => (&text[..text.len() - 1], 10),
+        b'M' => (&text[..text.len() - 1], 20),
+        b'G' => (&text[..text.len() - 1], 30),
+        b'T' => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 fn problem(key: &str, message: impl Into<String>) -> KeyProblem {
     KeyProblem { key: key.to_owned(), message: message.into() }
 }
@@ -673,6 +767,28 @@ impl Fields<'_> {
         }
     }
 
+    /// A size in bytes, at least `min`: a whole number of bytes, or a string of digits
+    /// with an optional unit K, M, G or T (powers of 1024, as systemd's `MemoryMax=`).
+    fn size(&self, key: &str, min: u64) -> Result<Option<u64>, KeyProblem> {
+        let expected = || {
+            format!(
+                "a size from {} to {}: a whole number of bytes, or a string such as \"512M\" (K, M, G or T: powers of 1024)",
+                size_text(min),
+                size_text(MAX_SIZE)
+            )
+        };
+        let Some(value) = self.obj.get(key) else { return Ok(None) };
+        let bytes = match value {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => parse_size(s),
+            _ => None,
+        };
+        match bytes {
+            Some(b) if (min..=MAX_SIZE).contains(&b) => Ok(Some(b)),
+            _ => Err(self.err(key, &expected(), value)),
+        }
+    }
+
     /// Seconds, whole or fractional, at least 0.
     fn secs(&self, key: &str) -> Result<Option<Duration>, KeyProblem> {
         self.duration(key, 1.0)
@@ -804,6 +920,79 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_with_sizes_in_bytes_or_with_a_unit() {
+        assert_eq!(spec(json!({"executable": "sh"})).limits, Limits::default(), "no limits unless asked");
+        let s = spec(json!({"executable": "sh", "limits": {
+            "memoryMax": "512M", "pidsMax": 64, "cpuWeight": 50, "openFiles": 256, "coreSize": 0}}));
+        let want = Limits {
+            memory_max: Some(512 << 20),
+            pids_max: Some(64),
+            cpu_weight: Some(50),
+            open_files: Some(256),
+            core_size: Some(0),
+        };
+        assert_eq!(s.limits, want);
+        assert!(s.limits.needs_cgroup());
+        let rlimits_only = spec(json!({"executable": "sh", "limits": {"openFiles": 10, "coreSize": "1K"}})).limits;
+        assert!(!rlimits_only.needs_cgroup());
+        assert_eq!(rlimits_only.core_size, Some(1024));
+        for (text, bytes) in [("2G", 2u64 << 30), ("1T", 1 << 40), ("3145728", 3 << 20), ("4096K", 4 << 20)] {
+            let s = spec(json!({"executable": "sh", "limits": {"memoryMax": text}}));
+            assert_eq!(s.limits.memory_max, Some(bytes), "{text}");
+        }
+        assert_eq!(
+            spec(json!({"executable": "sh", "limits": {"memoryMax": 1 << 20}})).limits.memory_max,
+            Some(1 << 20)
+        );
+    }
+
+    #[test]
+    fn bad_limits_name_the_key_and_what_is_expected_never_the_value() {
+        let cases = [
+            (json!("512X"), "limits.memoryMax", "such as \"512M\""),
+            (json!("hunter2"), "limits.memoryMax", "found a string"),
+            (json!("-5M"), "limits.memoryMax", "a size from 1 MiB"),
+            (json!("M"), "limits.memoryMax", "a size from 1 MiB"),
+            (json!(" 5M"), "limits.memoryMax", "a size from 1 MiB"),
+            (json!(512), "limits.memoryMax", "a size from 1 MiB to 4 EiB"),
+            (json!("99999999999T"), "limits.memoryMax", "a size"),
+            (json!(1.5), "limits.memoryMax", "found a number"),
+        ];
+        for (value, key, text) in cases {
+            let err = parse(json!({"executable": "sh", "limits": {"memoryMax": value}})).entry.expect_err(key);
+            assert_eq!(err.key, key, "{value}");
+            assert!(err.message.contains(text), "{value}: {}", err.message);
+            assert!(!err.message.contains("hunter2") && !err.message.contains("512X"), "{}", err.message);
+        }
+        for (limits, key, text) in [
+            (json!({"pidsMax": 0}), "limits.pidsMax", "from 1 to 4194304"),
+            (json!({"cpuWeight": 10001}), "limits.cpuWeight", "from 1 to 10000"),
+            (json!({"openFiles": "many"}), "limits.openFiles", "whole number"),
+            (json!({"coreSize": true}), "limits.coreSize", "a size from 0 bytes"),
+            (json!([1]), "limits", "expected an object, found an array"),
+        ] {
+            let err = parse(json!({"executable": "sh", "limits": limits})).entry.expect_err(key);
+            assert_eq!(err.key, key, "{limits}");
+            assert!(err.message.contains(text), "{limits}: {}", err.message);
+        }
+        let p = parse(json!({"executable": "sh", "limits": {"memorymax": "1G"}}));
+        assert!(p.entry.is_ok());
+        assert_eq!(p.warnings[0].key, "limits.memorymax");
+        assert!(p.warnings[0].message.contains("did you mean \"memoryMax\""), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn sizes_are_written_exactly_in_the_largest_unit_that_divides_them() {
+        assert_eq!(size_text(512 << 20), "512 MiB");
+        assert_eq!(size_text(1536 << 10), "1536 KiB");
+        assert_eq!(size_text(3 << 30), "3 GiB");
+        assert_eq!(size_text(1 << 40), "1 TiB");
+        assert_eq!(size_text(MAX_SIZE), "4 EiB");
+        assert_eq!(size_text(1000), "1000 bytes");
+        assert_eq!((size_text(0), size_text(1)), ("0 bytes".to_owned(), "1 byte".to_owned()));
+    }
+
+    #[test]
     fn unknown_keys_warn_with_a_hint_but_load() {
         let p = parse(json!({"executable": "sh", "maxconcurrency": 4, "restart": {"max": 1}}));
         assert!(matches!(p.entry, Ok(Entry::Runnable(_))));
@@ -850,6 +1039,15 @@ mod tests {
         assert!(!spec(json!({"executable": "sh"})).allow_loader_env);
         let err = parse(json!({"executable": "sh", "allowLoaderEnv": "yes"})).entry.unwrap_err();
         assert_eq!(err.key, "allowLoaderEnv");
+    }
+
+    #[test]
+    fn keep_descendants_is_off_unless_the_manifest_says_true() {
+        assert!(!spec(json!({"executable": "sh"})).keep_descendants);
+        assert!(spec(json!({"executable": "sh", "keepDescendants": true})).keep_descendants);
+        let err = parse(json!({"executable": "sh", "keepDescendants": "yes"})).entry.unwrap_err();
+        assert_eq!(err.key, "keepDescendants");
+        assert!(parse(json!({"executable": "sh", "keepDescendants": false})).warnings.is_empty());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The plugin core: plugins found ([`registry`], [`manifest`]) and trusted ([`vet`],
-//! [`trust`], [`runas`]), their processes started and supervised ([`spawn`], [`process`],
-//! [`instance`], [`restart`]), and tasks routed ([`router`]) to a slot of a plugin
-//! ([`plugin`]) through the one entry point, [`supervisor`].
+//! [`trust`], [`runas`]), their processes started, contained ([`cgroup`]) and supervised
+//! ([`spawn`], [`process`], [`instance`], [`restart`]), and tasks routed ([`router`]) to a
+//! slot of a plugin ([`plugin`]) through the one entry point, [`supervisor`].
 //!
 //! Uses the wire ([`crate::wire`]), the log and the protocol crate; nothing above.
 
+pub mod cgroup;
 pub mod instance;
 pub mod manifest;
 pub mod plugin;

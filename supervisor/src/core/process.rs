@@ -2,10 +2,11 @@
 //!
 //! [`PluginProcess`] ties a child process to its [`Connection`] and its stderr reader.
 //! Whatever ends a process (it exits, breaks the protocol, hangs, or is told to stop),
-//! [`PluginProcess::finish`] runs the same clean-up: kill what is left of its process
-//! group, read what is left in its pipes (for a bounded time, because a grandchild that
-//! escaped the group may hold them open forever), reap it, and fail every call still in
-//! flight with the cause and the plugin's last stderr lines.
+//! [`PluginProcess::finish`] runs the same clean-up: kill everything left in its cgroup
+//! ([`crate::core::cgroup`]; where there is none, in its process group), read what is left
+//! in its pipes (for a bounded time, because without a cgroup a grandchild that escaped
+//! the group may hold them open forever), reap it, remove its cgroup, and fail every call
+//! still in flight with the cause and the plugin's last stderr lines.
 
 use std::fmt;
 use std::io;
@@ -19,8 +20,9 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::core::manifest::PluginSpec;
-use crate::core::spawn;
+use crate::core::cgroup::Cgroup;
+use crate::core::manifest::{PluginSpec, size_text};
+use crate::core::spawn::{self, ChildSetup};
 use crate::log::secs;
 use crate::wire::capture::LastLines;
 use crate::wire::connection::{Call, Connection, Outcome, ReaderEnd, WriterEnd};
@@ -31,6 +33,13 @@ const EXIT_AFTER_PIPE_CLOSED: Duration = Duration::from_millis(500);
 
 /// How long to keep reading a dead process's pipes for its last words.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long the processes of a killed cgroup may take to be gone.
+const CGROUP_EMPTY_LIMIT: Duration = Duration::from_secs(10);
+
+/// After a SIGKILL that the supervisor did not send, how long to wait for the kernel to
+/// count an out-of-memory kill (it counts after sending the signal).
+const OOM_COUNT_WAIT: Duration = Duration::from_millis(50);
 
 /// A running plugin process and its channel.
 pub struct PluginProcess {
@@ -45,6 +54,10 @@ pub struct PluginProcess {
     log: Option<JoinHandle<()>>,
     last_stderr: Arc<Mutex<LastLines>>,
     exit: Option<ExitStatus>,
+    /// Its cgroup, where the supervisor can make one; removed by [`PluginProcess::finish`].
+    cgroup: Option<Cgroup>,
+    /// Whether its end was already put down to its memory limit.
+    memory_limit_reported: bool,
 }
 
 /// Why a process stopped serving.
@@ -64,6 +77,8 @@ pub enum End {
     PingTimeout(Duration),
     /// The supervisor killed it (a task timed out).
     Killed(String),
+    /// The kernel killed it: its cgroup reached its memory limit (bytes).
+    MemoryLimit(u64),
     /// A graceful stop was requested.
     Stop,
     /// A graceful restart was requested.
@@ -80,6 +95,7 @@ impl fmt::Display for End {
             End::Violation(v) => f.write_str(v),
             End::PingTimeout(d) => write!(f, "did not answer a ping within {}", secs(*d)),
             End::Killed(why) => write!(f, "was killed: {why}"),
+            End::MemoryLimit(bytes) => write!(f, "was killed: memory limit {} reached", size_text(*bytes)),
             End::Stop => f.write_str("was stopped"),
             End::Restart => f.write_str("was restarted on request"),
         }
@@ -151,20 +167,33 @@ pub enum Control {
 }
 
 impl PluginProcess {
-    /// Checks the plugin's files and whom it runs as ([`crate::core::vet`]), spawns it and wires
-    /// its pipes.
+    /// Checks the plugin's files and whom it runs as ([`crate::core::vet`]), makes its
+    /// cgroup (for instance `instance`, with its limits), spawns it and wires its pipes.
     ///
     /// # Errors
-    /// When the checks refuse it (the text says why and how to fix it) or the executable
-    /// cannot be started.
-    pub async fn spawn(spec: &PluginSpec) -> io::Result<PluginProcess> {
+    /// When the checks refuse it (the text says why and how to fix it), its cgroup or its
+    /// limits cannot be set up, or the executable cannot be started.
+    pub async fn spawn(spec: &PluginSpec, instance: usize) -> io::Result<PluginProcess> {
         let vetted = crate::core::vet::vet_blocking(spec).await.map_err(io::Error::other)?;
         let identity = vetted.identity.as_ref();
+        let mut setup = ChildSetup::with_rlimits(&spec.limits)?;
+        let made = if spec.keep_descendants {
+            Cgroup::refused_by_manifest(&spec.name, &spec.limits);
+            None
+        } else {
+            let (name, limits) = (spec.name.clone(), spec.limits.clone());
+            tokio::task::spawn_blocking(move || Cgroup::create(&name, instance, &limits))
+                .await
+                .map_err(|e| io::Error::other(format!("the cgroup set-up failed: {e}")))?
+                .map_err(io::Error::other)?
+        };
+        let (cgroup, joining) = made.map_or((None, None), |(c, j)| (Some(c), Some(j)));
+        setup.cgroup_procs = joining.as_ref().map(|j| j.fds()).unwrap_or_default();
         // The log channel: a pipe whose write end becomes the plugin's fd 3.
         let (log_read, log_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let cmd = spawn::command(spec, identity);
         let mut child =
-            spawn::spawn(cmd, Some(std::os::fd::AsFd::as_fd(&log_write))).await.map_err(|e| match identity {
+            spawn::spawn(cmd, Some(std::os::fd::AsFd::as_fd(&log_write)), setup).await.map_err(|e| match identity {
                 Some(id) if e.kind() == io::ErrorKind::PermissionDenied => io::Error::new(
                     e.kind(),
                     format!(
@@ -177,6 +206,7 @@ impl PluginProcess {
                 _ => e,
             })?;
         drop(log_write);
+        drop(joining);
         let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -190,7 +220,12 @@ impl PluginProcess {
         let stderr = conn.spawn_stderr_reader(stderr, Arc::clone(&last_stderr));
         let log =
             conn.spawn_log_reader(tokio::net::unix::pipe::Receiver::from_owned_fd(log_read)?, spec.max_line_bytes);
-        tracing::debug!(plugin = %name, pid, "started {}", spec.executable.display());
+        match &cgroup {
+            Some(c) => {
+                tracing::debug!(plugin = %name, pid, "started {} in cgroup {}", spec.executable.display(), c.path().display())
+            }
+            None => tracing::debug!(plugin = %name, pid, "started {}", spec.executable.display()),
+        }
         Ok(PluginProcess {
             name,
             child,
@@ -202,6 +237,8 @@ impl PluginProcess {
             log: Some(log),
             last_stderr,
             exit: None,
+            cgroup,
+            memory_limit_reported: false,
         })
     }
 
@@ -331,8 +368,39 @@ impl PluginProcess {
     }
 
     /// Resolves when the process ends, or when `control` (if given) orders an end for
-    /// this generation of the process.
+    /// this generation of the process. A process the kernel killed for its memory limit
+    /// ends with [`End::MemoryLimit`].
     async fn watch(&mut self, control: Option<(&mut mpsc::UnboundedReceiver<Control>, u64)>) -> End {
+        let end = self.watch_process(control).await;
+        match end {
+            End::Exited(status) => self.explain_exit(status).await,
+            end => end,
+        }
+    }
+
+    /// [`End::MemoryLimit`] when the process died of SIGKILL and its cgroup counts an
+    /// out-of-memory kill, else [`End::Exited`].
+    async fn explain_exit(&mut self, status: ExitStatus) -> End {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(cgroup) = self.cgroup.as_ref().filter(|_| status.signal() == Some(Signal::SIGKILL as i32)) else {
+            return End::Exited(status);
+        };
+        let Some((limit, kills)) = cgroup.memory_kills() else { return End::Exited(status) };
+        let kills = if kills == 0 {
+            // The kernel counts the kill after sending the signal.
+            tokio::time::sleep(OOM_COUNT_WAIT).await;
+            cgroup.memory_kills().map_or(0, |(_, n)| n)
+        } else {
+            kills
+        };
+        if kills == 0 {
+            return End::Exited(status);
+        }
+        self.memory_limit_reported = true;
+        End::MemoryLimit(limit)
+    }
+
+    async fn watch_process(&mut self, control: Option<(&mut mpsc::UnboundedReceiver<Control>, u64)>) -> End {
         let PluginProcess { child, reader, writer, exit, .. } = self;
         let reader_end = async {
             match reader.as_mut() {
@@ -399,7 +467,8 @@ impl PluginProcess {
     }
 
     /// Stops the process politely, then less so: `shutdown` request, stdin closed,
-    /// SIGTERM to its group, SIGKILL to its group; each step waits up to `grace`.
+    /// SIGTERM to every process in its cgroup (its group, without one), SIGKILL to all;
+    /// each step waits up to `grace`.
     pub async fn stop_gracefully(&mut self, grace: Duration) {
         if self.exit.is_none() {
             let call = self.conn.request(methods::SHUTDOWN, &serde_json::json!({}));
@@ -410,7 +479,10 @@ impl PluginProcess {
             return;
         }
         tracing::warn!(plugin = %self.name, pid = self.pid, "did not exit within {} of shutdown and stdin EOF; sending SIGTERM", secs(grace));
-        spawn::signal_group(self.pid, Signal::SIGTERM);
+        match &self.cgroup {
+            Some(cgroup) => cgroup.signal(Signal::SIGTERM),
+            None => spawn::signal_group(self.pid, Signal::SIGTERM),
+        }
         if self.wait_exit(grace).await {
             return;
         }
@@ -418,23 +490,26 @@ impl PluginProcess {
         self.kill().await;
     }
 
-    /// Kills the process group at once and reaps the process.
+    /// Kills its cgroup (its process group, without one) at once and reaps the process.
     pub async fn kill(&mut self) {
-        spawn::signal_group(self.pid, Signal::SIGKILL);
+        match &self.cgroup {
+            Some(cgroup) => cgroup.kill(),
+            None => spawn::signal_group(self.pid, Signal::SIGKILL),
+        }
         if !self.wait_exit(Duration::from_secs(10)).await {
             tracing::error!(plugin = %self.name, pid = self.pid, "still running 10 s after SIGKILL");
         }
     }
 
-    /// Cleans up after the process ended (or kills it, if it still runs): sweeps its
-    /// process group, reads the rest of its pipes for a bounded time, and fails every
-    /// call in flight with `cause` plus the last stderr lines. Returns that text.
+    /// Cleans up after the process ended (or kills it, if it still runs): kills what is
+    /// left in its cgroup and removes it (without a cgroup: sweeps its process group),
+    /// reads the rest of its pipes for a bounded time, and fails every call in flight
+    /// with `cause` plus the last stderr lines. Returns that text.
     pub async fn finish(&mut self, cause: &str) -> String {
         if self.exit.is_none() {
             self.kill().await;
         }
-        // The leader is gone; anything left in its group is an orphan to be.
-        spawn::signal_group(self.pid, Signal::SIGKILL);
+        let cause = self.sweep(cause).await;
         let (mut reader, mut stderr, mut log) = (self.reader.take(), self.stderr.take(), self.log.take());
         let drained = tokio::time::timeout(DRAIN_LIMIT, async {
             if let Some(r) = reader.as_mut() {
@@ -447,7 +522,7 @@ impl PluginProcess {
         .await;
         if drained.is_err() {
             tracing::warn!(plugin = %self.name, pid = self.pid,
-                "a process outside the plugin's group still holds its pipes open; stopped reading them");
+                "a process outside the plugin's cgroup or process group still holds its pipes open; stopped reading them");
         }
         // Stop whichever reader is still blocked on a pipe held open elsewhere.
         let sides = [stderr, log].into_iter().flatten().map(|h| h.abort_handle());
@@ -464,6 +539,33 @@ impl PluginProcess {
         };
         self.conn.fail_all(&text);
         text
+    }
+
+    /// Kills what the process left (everything in its cgroup, or its process group),
+    /// waits until it is gone and removes the cgroup. Returns `cause`, with a note when
+    /// the memory limit killed processes and the cause does not already say so.
+    async fn sweep(&mut self, cause: &str) -> String {
+        let Some(cgroup) = self.cgroup.take() else {
+            // The leader is gone; anything left in its group is an orphan to be.
+            spawn::signal_group(self.pid, Signal::SIGKILL);
+            return cause.to_owned();
+        };
+        cgroup.kill();
+        if !cgroup.wait_empty(CGROUP_EMPTY_LIMIT).await {
+            tracing::error!(plugin = %self.name, pid = self.pid, "processes in cgroup {} are still there {} after SIGKILL",
+                cgroup.path().display(), secs(CGROUP_EMPTY_LIMIT));
+        }
+        let note = match cgroup.memory_kills() {
+            Some((limit, kills)) if kills > 0 && !self.memory_limit_reported => {
+                format!("; its memory limit ({}) killed {kills} of its processes", size_text(limit))
+            }
+            _ => String::new(),
+        };
+        let path = cgroup.path().to_path_buf();
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!(plugin = %self.name, pid = self.pid, "cannot remove cgroup {} yet ({e}); trying again in the background", path.display());
+        }
+        format!("{cause}{note}")
     }
 
     /// Waits up to `limit` for the process to exit; true if it did.

@@ -1,6 +1,9 @@
 //! Starting a plugin process so that it can always be cleaned up.
 //!
-//! - Each plugin leads its own process group, so one signal reaches everything it started.
+//! - Each plugin joins its cgroup ([`crate::core::cgroup`]) before exec, where the
+//!   supervisor can make one, so everything it starts can be killed with it.
+//! - Each plugin leads its own process group, so one signal reaches everything it started
+//!   that stayed in the group (all that is left where there are no cgroups).
 //! - Each plugin gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies with the supervisor even when
 //!   the supervisor is killed with SIGKILL. Linux sends that signal when the *thread* that
 //!   forked the child exits, not the process; a tokio worker or blocking-pool thread can
@@ -11,10 +14,11 @@
 //!   ([`crate::core::runas`]): its group set and its supplementary groups cleared, then its user,
 //!   in the child before exec. Every plugin gets `PR_SET_NO_NEW_PRIVS`, so no set-user-ID
 //!   program it starts can raise its privileges again.
+//! - Its manifest's `limits.openFiles` and `limits.coreSize` become resource limits.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::sync::mpsc as std_mpsc;
@@ -24,7 +28,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
-use crate::core::manifest::PluginSpec;
+use crate::core::manifest::{Limits, PluginSpec};
 use crate::core::runas::Identity;
 
 /// Variables passed through from the supervisor's environment; everything else is dropped.
@@ -55,12 +59,70 @@ fn allowed_env() -> Vec<(OsString, OsString)> {
     ENV_ALLOWLIST.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))).collect()
 }
 
+/// What a child does to itself between fork and exec, besides what every plugin gets.
+#[derive(Debug, Default)]
+pub struct ChildSetup {
+    /// Open `cgroup.procs` files it writes itself into ([`crate::core::cgroup::Joining`]);
+    /// the caller keeps them open until [`spawn`] returns.
+    pub cgroup_procs: Vec<RawFd>,
+    /// `RLIMIT_NOFILE`, soft and hard; else the limit plugins start with
+    /// ([`keep_open_files_limit_for_plugins`]).
+    pub open_files: Option<u64>,
+    /// `RLIMIT_CORE`, soft and hard.
+    pub core_size: Option<u64>,
+}
+
+impl ChildSetup {
+    /// The resource limits of `limits`, checked ([`check_rlimits`]).
+    ///
+    /// # Errors
+    /// A limit the supervisor may not give: the text names the manifest key.
+    pub fn with_rlimits(limits: &Limits) -> io::Result<ChildSetup> {
+        check_rlimits(limits)?;
+        Ok(ChildSetup { cgroup_procs: Vec::new(), open_files: limits.open_files, core_size: limits.core_size })
+    }
+}
+
+/// Refuses, before the fork, resource limits the child could not set, so the error says
+/// which key and why (from the child, only an errno would come back): above the
+/// supervisor's own hard limit without root, or open files above the kernel's
+/// `fs.nr_open`.
+fn check_rlimits(limits: &Limits) -> io::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let root = nix::unistd::geteuid().is_root();
+    for (key, resource, wanted) in [
+        ("openFiles", Resource::RLIMIT_NOFILE, limits.open_files),
+        ("coreSize", Resource::RLIMIT_CORE, limits.core_size),
+    ] {
+        let Some(wanted) = wanted else { continue };
+        let (_, hard) = getrlimit(resource).map_err(io::Error::from)?;
+        if !root && wanted > hard {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("limits.{key} is above the supervisor's own hard limit ({hard}), which only root may raise"),
+            ));
+        }
+    }
+    if let Some(wanted) = limits.open_files {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if let Some(nr_open) = nr_open.filter(|n| wanted > *n) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("limits.openFiles is above the kernel's fs.nr_open ({nr_open})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Spawns `cmd` as the leader of a new process group with the parent-death signal set,
-/// on the long-lived spawner thread.
+/// in its cgroups and with its resource limits (`setup`), on the long-lived spawner
+/// thread.
 ///
 /// # Errors
-/// The spawn error (executable missing, not executable, ...), or an error if the spawner
-/// thread is gone (it only ends with the process).
+/// The spawn error (executable missing, not executable, a cgroup or limit the child
+/// could not take: an errno only), or an error if the spawner thread is gone (it only
+/// ends with the process).
 ///
 /// # Cancellation
 /// If the returned future is dropped after the spawn happened, the child is killed by
@@ -68,18 +130,20 @@ fn allowed_env() -> Vec<(OsString, OsString)> {
 ///
 /// `log_fd`, when given, becomes the child's fd [`loom_protocol::LOG_FD`] (the log
 /// channel); the caller keeps it open until this returns and then closes its copy.
-pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Result<Child> {
+pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>, setup: ChildSetup) -> io::Result<Child> {
     let supervisor_pid = std::process::id();
-    let open_files = PLUGIN_OPEN_FILES.get().copied();
+    let open_files = setup.open_files.map(|n| (n, n)).or_else(|| PLUGIN_OPEN_FILES.get().copied());
+    let ChildSetup { cgroup_procs, core_size, .. } = setup;
     cmd.process_group(0).kill_on_drop(true);
     let log_fd = log_fd.map(|fd| fd.as_raw_fd());
     if log_fd.is_some() {
         cmd.env(loom_protocol::ENV_LOG_FD, loom_protocol::LOG_FD.to_string());
     }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, setrlimit, dup2, fcntl); it does
-    // not allocate (its errors come from errno: `io::Error::from(Errno)` and
-    // `from_raw_os_error` hold a number, not a box).
+    // async-signal-safe system calls (prctl, getppid, write, setrlimit, dup2, fcntl); it
+    // does not allocate (its errors come from errno: `io::Error::from(Errno)` and
+    // `from_raw_os_error` hold a number, not a box; `cgroup_procs` was built before the
+    // fork and is only read).
     unsafe {
         cmd.pre_exec(move || {
             // The kernel clears the parent-death signal when the credentials change, and
@@ -92,8 +156,19 @@ pub async fn spawn(mut cmd: Command, log_fd: Option<BorrowedFd<'_>>) -> io::Resu
             if nix::unistd::getppid().as_raw() as u32 != supervisor_pid {
                 return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
+            // Into the cgroups before exec: nothing the plugin runs is ever outside them.
+            // "0" is the writer itself; the kernel checks the opener's rights.
+            for &fd in &cgroup_procs {
+                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if let Some((soft, hard)) = open_files {
                 nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                    .map_err(io::Error::from)?;
+            }
+            if let Some(bytes) = core_size {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, bytes, bytes)
                     .map_err(io::Error::from)?;
             }
             if let Some(fd) = log_fd {
