@@ -1,8 +1,9 @@
-//! The journal under faults: the daemon's data folder on a small tmpfs that fills up.
+//! The journal under faults: the daemon's data folder on a small tmpfs that fills up, and
+//! on an ext4 file system (a loop device) that turns read-only as on an I/O error.
 //! Tasks acknowledged before the disk filled are never failed for it: those that could
 //! not be recorded as running stay queued and run once the journal can write again;
 //! `/healthz` says why it cannot, and `/metrics` counts the failed writes. Needs root (a
-//! tmpfs mount); skipped, saying so, otherwise.
+//! tmpfs mount, a loop device); skipped, saying so, otherwise.
 
 // Tests fail by unwrapping.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -47,6 +48,76 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// An ext4 file system on a loop device, mounted with `errors=remount-ro` at a folder,
+/// that the test can turn read-only as the kernel does on an I/O error
+/// (`/sys/fs/ext4/<dev>/trigger_fs_error`): files open for writing stay open, writes
+/// fail with EROFS.
+struct Ext4 {
+    at: PathBuf,
+    image: PathBuf,
+}
+
+impl Ext4 {
+    /// An error saying why where the machine has no loop devices or no ext4.
+    fn mount(at: &Path, image: &Path) -> Result<Ext4, String> {
+        std::fs::create_dir_all(at).unwrap();
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        run(Command::new("truncate").args(["-s", "32M"]).arg(image))?;
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image))?;
+        let fs = Ext4 { at: at.to_path_buf(), image: image.to_path_buf() };
+        fs.mount_again()?;
+        Ok(fs)
+    }
+
+    fn mount_again(&self) -> Result<(), String> {
+        let ok = Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(&self.image)
+            .arg(&self.at)
+            .status()
+            .map_err(|e| e.to_string())?
+            .success();
+        if !ok {
+            return Err(format!("cannot mount an ext4 image on a loop device at {}", self.at.display()));
+        }
+        std::fs::set_permissions(&self.at, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        Ok(())
+    }
+
+    fn device(&self) -> String {
+        let out = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&self.at).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().rsplit('/').next().unwrap_or_default().to_owned()
+    }
+
+    /// What the kernel does on an I/O error under `errors=remount-ro`.
+    fn turn_read_only(&self) {
+        std::fs::write(format!("/sys/fs/ext4/{}/trigger_fs_error", self.device()), "1").unwrap();
+        assert!(std::fs::write(self.at.join("probe"), "x").is_err(), "the file system is still writable");
+    }
+
+    /// Unmounts, repairs and mounts it again, writable.
+    fn repair(&self) {
+        assert!(Command::new("umount").arg(&self.at).status().unwrap().success());
+        // 0: clean, 1: errors corrected.
+        let fsck = Command::new("e2fsck").args(["-f", "-y"]).arg(&self.image).output().unwrap();
+        assert!(matches!(fsck.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&fsck.stdout));
+        self.mount_again().unwrap();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
 }
 
@@ -170,4 +241,72 @@ fn results_the_journal_cannot_take_at_a_stop_are_spilled_and_applied_at_the_next
         assert_eq!(v["result"]["status"], 0, "{id}: {v}");
     }
     assert!(!spilled[0].exists(), "the spill file is removed once applied");
+}
+
+#[test]
+fn a_journal_whose_file_system_turns_read_only_keeps_every_acknowledged_task() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a file system for the data folder needs root");
+        return;
+    }
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "one", json!({"maxConcurrency": 1, "settings": {"maxConcurrency": 1}}));
+    let fs = match Ext4::mount(&plugins.path().join("serve").join("data"), &plugins.path().join("data.ext4")) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let runtime = plugins.path().join("runtime");
+    let runtime_env = runtime.display().to_string();
+    let mut serve = Serve::start_with(&plugins, "drain_grace_secs = 5", &[("RUNTIME_DIRECTORY", &runtime_env)]);
+
+    let go = plugins.file("go");
+    let (code, v) =
+        serve.submit(&action("blocker", "INSTALL", "one", json!({"action": "wait-file", "path": go})), false);
+    assert_eq!(code, 202, "{v}");
+    let queued: Vec<String> = (0..3).map(|i| format!("q{i}")).collect();
+    for id in &queued {
+        let (code, v) = serve.submit(&action(id, "INSTALL", "one", json!({})), false);
+        assert_eq!(code, 202, "{v}");
+    }
+    assert!(wait_until(Duration::from_secs(60), || state(&serve, "blocker") == "running"));
+
+    // The file system turns read-only under the open journal; the blocker then finishes.
+    fs.turn_read_only();
+    std::fs::write(&go, "").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || serve.request("GET", "/healthz", None).0 == 503),
+        "healthz never said the journal cannot write; log:\n{}",
+        serve.log_text()
+    );
+    let (_, health) = serve.request("GET", "/healthz", None);
+    let why = health["journal"].as_str().unwrap_or_default();
+    assert!(why.contains("journal.sqlite3") && why.contains("the file system is read-only"), "{health}");
+    let (code, v) = serve.submit(&action("late", "INSTALL", "one", json!({})), false);
+    assert_eq!(code, 500, "a task is not acknowledged when the journal cannot keep it: {v}");
+    assert!(v.to_string().contains("journal"), "{v}");
+    // What was written stays readable.
+    assert!(queued.iter().all(|id| state(&serve, id) == "queued"), "a queued task left the queue");
+
+    // A stop: the blocker's result cannot go in the journal or the data folder, so it
+    // goes to the runtime folder.
+    serve.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(serve.wait_exit(Duration::from_secs(120)), Some(0), "log:\n{}", serve.log_text());
+    let spill = runtime.join("journal-unwritten.jsonl");
+    assert!(spill.exists(), "no spill file in the runtime folder; log:\n{}", serve.log_text());
+
+    // Repaired and started again: the blocker has its plugin's result, and every queued
+    // task runs; none failed for the read-only journal.
+    fs.repair();
+    serve.spawn();
+    let (_, v) = serve.request("GET", "/v1/tasks/blocker", None);
+    assert_eq!((v["state"].as_str(), v["result"]["status"].as_i64()), (Some("done"), Some(0)), "{v}");
+    for id in &queued {
+        assert!(wait_until(Duration::from_secs(120), || state(&serve, id) == "done"), "{id} did not run");
+        let (_, v) = serve.request("GET", &format!("/v1/tasks/{id}"), None);
+        assert_eq!(v["result"]["status"], 0, "{id}: {v}");
+    }
+    assert!(!spill.exists(), "the spill file is removed once applied");
 }

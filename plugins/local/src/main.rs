@@ -403,7 +403,6 @@ fn in_plugin_cgroup(proc_self_cgroup: &str) -> bool {
     proc_self_cgroup.lines().any(|l| l.split(':').nth(2).is_some_and(|path| path.contains(PLUGIN_CGROUPS)))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::in_plugin_cgroup;

@@ -197,7 +197,7 @@ impl Journal {
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(|e| fail(e.to_string()))?;
 
         let (tx, rx) = std_mpsc::channel::<Op>();
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::of_folder(path.parent().map(Path::to_path_buf).unwrap_or_default()));
         let thread_health = Arc::clone(&health);
         std::thread::Builder::new()
             .name("loom-journal".into())
