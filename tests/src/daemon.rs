@@ -1,8 +1,11 @@
 //! The daemon: `loom-provisioner serve` as a real process with a configuration, a data
 //! folder and a systemd notify socket of its own, and HTTP requests to its API.
 
+use std::collections::VecDeque;
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -24,7 +27,7 @@ pub struct Serve {
     pub data_dir: PathBuf,
     /// Where its stderr goes.
     pub log: PathBuf,
-    notify: std::os::unix::net::UnixDatagram,
+    notify: Notifications,
     notify_path: PathBuf,
     /// The READY=1 notification of the last start.
     pub ready_message: String,
@@ -72,7 +75,7 @@ impl Serve {
             .find_map(|l| l.trim().strip_prefix("token_file = "))
             .map(|f| std::fs::read_to_string(f.trim().trim_matches('"')).expect("token file").trim().to_owned());
         let notify_path = dir.join(format!("notify-{}", nanos()));
-        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+        let notify = Notifications::listen(UnixDatagram::bind(&notify_path).expect("bind the notify socket"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -144,10 +147,7 @@ impl Serve {
 
     /// The next notification, within `limit`.
     pub fn next_notification(&self, limit: Duration) -> Option<String> {
-        self.notify.set_read_timeout(Some(limit)).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        self.notify.next(limit)
     }
 
     /// Notifications until one satisfies `pred` (returned), or `None` after `limit`.
@@ -212,6 +212,47 @@ impl Serve {
         let status = wait_or_kill(child.id() as i32, limit, move || child.wait())
             .unwrap_or_else(|| panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log_text()));
         status.ok().and_then(|s| s.code())
+    }
+}
+
+/// The daemon's notifications, read as they come by a thread of their own and kept until a
+/// test asks for them. (systemd reads its notify socket at once; unread, a socket holds 10
+/// datagrams, and the daemon's next notification, a status line every 5 s while work goes
+/// on, would block one of its threads.)
+struct Notifications {
+    socket: UnixDatagram,
+    received: Arc<(Mutex<VecDeque<String>>, Condvar)>,
+}
+
+impl Notifications {
+    /// Reads `socket` until [`Notifications`] is dropped.
+    fn listen(socket: UnixDatagram) -> Notifications {
+        let received: Arc<(Mutex<VecDeque<String>>, Condvar)> = Arc::default();
+        let (reader, queue) = (socket.try_clone().expect("clone the notify socket"), Arc::clone(&received));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the socket is shut down (0 bytes) or fails.
+            while let Ok(n @ 1..) = reader.recv(&mut buf) {
+                let (lock, arrived) = &*queue;
+                lock.lock().expect("notifications").push_back(String::from_utf8_lossy(&buf[..n]).into_owned());
+                arrived.notify_all();
+            }
+        });
+        Notifications { socket, received }
+    }
+
+    /// The oldest notification not yet taken, waiting at most `limit` for one.
+    fn next(&self, limit: Duration) -> Option<String> {
+        let (lock, arrived) = &*self.received;
+        let queue = lock.lock().expect("notifications");
+        let (mut queue, _) = arrived.wait_timeout_while(queue, limit, |q| q.is_empty()).expect("notifications");
+        queue.pop_front()
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 
