@@ -155,7 +155,7 @@ fn assert_kept_the_promises(s: &Storm) {
             "failed, not in flight on a killed process: {:?}\n{report}",
             o.failed_elsewhere
         );
-        assert!(o.most_failed_on_one_process <= SLOTS, "a kill failed more than its process's slots\n{report}");
+        assert!(o.most_failed_per_kill <= SLOTS, "a kill failed more than its process's slots\n{report}");
         assert!(c.hits > 0, "the storm killed nothing\n{report}");
         assert_eq!(
             c.restarts,

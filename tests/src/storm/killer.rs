@@ -5,7 +5,7 @@
 //! files the plugin's processes write as they start, keeps only those carrying the test's
 //! marker, and signals through a pidfd checked to hold that very process.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -31,8 +31,9 @@ pub struct Kills {
     pub hits: Vec<u64>,
     /// Per plugin: ticks when none of its processes was alive to kill.
     pub idle_ticks: Vec<u64>,
-    /// Every process killed.
-    pub killed: HashSet<u32>,
+    /// Every process killed, by pid: how many times a process with that pid was killed
+    /// (a busy host can go round the pids during a long storm).
+    pub killed: HashMap<u32, usize>,
     /// The longest a killed process stayed unreaped (from the kill until its /proc entry
     /// went), so the longest any of them could have been a zombie.
     pub longest_unreaped: Duration,
@@ -69,7 +70,7 @@ fn storm(mut targets: Vec<Targets>, marker: &str, every: Duration, stop: &Atomic
             match t.kill_one(marker) {
                 Some(p) => {
                     kills.hits[i] += 1;
-                    kills.killed.insert(p.pid);
+                    *kills.killed.entry(p.pid).or_default() += 1;
                     dying.push((p, Instant::now()));
                 }
                 None => kills.idle_ticks[i] += 1,

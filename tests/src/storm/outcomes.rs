@@ -1,7 +1,7 @@
 //! What became of one plugin's tasks in a storm: their results over HTTP, beside the
 //! plugin's own record of the tasks it started and the processes the storm killed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use super::StormPlugin;
@@ -29,8 +29,9 @@ pub struct Outcomes {
     /// Failed tasks whose failure is not [`KILLED_IN_FLIGHT`] on a process the storm
     /// killed: a crash failed a task that was not on the dead process.
     pub failed_elsewhere: Vec<String>,
-    /// The most failures that named one process.
-    pub most_failed_on_one_process: usize,
+    /// The most failures one kill caused: over the pids the failures name, their number
+    /// divided by the kills of a process with that pid, rounded up.
+    pub most_failed_per_kill: usize,
     /// Accepted and never finished, or not found.
     pub lost: Vec<String>,
     /// Started more than once by the daemon, as its journal says (`attempts` over 1; 0 is
@@ -45,8 +46,8 @@ pub struct Outcomes {
 
 impl Outcomes {
     /// Reads the result of each task in `ids` (`GET /v1/tasks/{id}`) and the plugin's
-    /// record; `killed` are the processes the storm killed.
-    pub fn read(serve: &Serve, plugin: &StormPlugin, ids: &[String], killed: &HashSet<u32>) -> Outcomes {
+    /// record; `killed` are the processes the storm killed (pid: times).
+    pub fn read(serve: &Serve, plugin: &StormPlugin, ids: &[String], killed: &HashMap<u32, usize>) -> Outcomes {
         let starts = plugin.starts();
         let mut o = Outcomes { plugin: plugin.name.clone(), submitted: ids.len(), ..Outcomes::default() };
         let mut failed_on: HashMap<u32, usize> = HashMap::new();
@@ -72,7 +73,7 @@ impl Outcomes {
             }
             let stderr = result["stderr"].as_str().unwrap_or_default();
             let why = cause(stderr);
-            match dead_process(stderr).filter(|pid| killed.contains(pid)) {
+            match dead_process(stderr).filter(|pid| killed.contains_key(pid)) {
                 Some(pid) if why == KILLED_IN_FLIGHT => *failed_on.entry(pid).or_default() += 1,
                 _ => o.failed_elsewhere.push(format!("{id}: {stderr}")),
             }
@@ -80,7 +81,11 @@ impl Outcomes {
             *o.failed_by_sends.entry(sent).or_default() += 1;
             o.failed_unstarted += usize::from(started == 0);
         }
-        o.most_failed_on_one_process = failed_on.values().copied().max().unwrap_or(0);
+        o.most_failed_per_kill = failed_on
+            .iter()
+            .map(|(pid, n)| n.div_ceil(killed.get(pid).copied().unwrap_or(1).max(1)))
+            .max()
+            .unwrap_or(0);
         o
     }
 
@@ -113,12 +118,12 @@ impl fmt::Display for Outcomes {
         writeln!(
             f,
             "    failed {}: by times sent {:?}; never started by the plugin {}; not on a killed process {}; at most {} \
-             on one process",
+             per kill",
             self.failures(),
             self.failed_by_sends,
             self.failed_unstarted,
             self.failed_elsewhere.len(),
-            self.most_failed_on_one_process
+            self.most_failed_per_kill
         )?;
         for (why, n) in &self.failed {
             writeln!(f, "    {n} x {why}")?;
