@@ -22,7 +22,8 @@ At the handshake (the manifest's "settings"):
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "action": "ok" (default) | "crash" | "crash-once" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
-            | "sleep" | "env" | "leak" | "leak-error" | "whoami"
+            | "sleep" | "env" | "leak" | "leak-error" | "whoami" | "wait-file"
+  "path": for "wait-file": answer as "ok" once that file exists
   "marker": a file path, for "hang-once" and "crash-once": hang (crash) if it does not
             exist (creating it), answer as "ok" after that
   "status", "stdout", "stderr", "result": what "ok" answers
@@ -157,6 +158,9 @@ def _run_task(rid, task, seen):
         sys.stderr.write("testplugin pid=%d: about to crash: boom\n" % PID)
         sys.stderr.flush()
         os._exit(int(spec.get("code", 3)))
+    if action == "wait-file":
+        while not os.path.exists(spec["path"]):
+            time.sleep(0.02)
     if action == "crash-once":
         marker = spec["marker"]
         if not os.path.exists(marker):

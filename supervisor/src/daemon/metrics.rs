@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::core::router::Table;
 use crate::journal::Counts;
+use crate::journal::Health;
 
 /// A per-plugin series: name, type, help, and how to read it off a plugin.
 type PluginGauge = (&'static str, &'static str, &'static str, fn(&crate::core::plugin::Plugin) -> u64);
@@ -63,7 +64,7 @@ impl Metrics {
     }
 
     /// Everything, in the text exposition format.
-    pub fn render(&self, table: &Table, journal: Option<Counts>, in_flight: usize) -> String {
+    pub fn render(&self, table: &Table, journal: Option<Counts>, journal_health: &Health, in_flight: usize) -> String {
         let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = String::new();
         header(&mut out, "loom_tasks_total", "counter", "Tasks finished, by plugin, task name and outcome.");
@@ -116,6 +117,20 @@ impl Metrics {
                 let _ = writeln!(out, "loom_journal_tasks{{state=\"{state}\"}} {n}");
             }
         }
+        header(
+            &mut out,
+            "loom_journal_write_failures_total",
+            "counter",
+            "Journal writes that failed (a full disk, a read-only file system).",
+        );
+        let _ = writeln!(out, "loom_journal_write_failures_total {}", journal_health.failures());
+        header(
+            &mut out,
+            "loom_journal_writable",
+            "gauge",
+            "1 while the journal's last write succeeded, 0 while it cannot write.",
+        );
+        let _ = writeln!(out, "loom_journal_writable {}", u8::from(journal_health.problem().is_none()));
         header(&mut out, "loom_http_responses_total", "counter", "HTTP answers by status code.");
         for (code, n) in &m.http {
             let _ = writeln!(out, "loom_http_responses_total{{code=\"{code}\"}} {n}");
@@ -147,7 +162,7 @@ mod tests {
             crate::core::supervisor::Options::default(),
         )
         .table();
-        let text = m.render(&table, None, 0);
+        let text = m.render(&table, None, &Health::default(), 0);
         assert!(text.contains("loom_tasks_total{plugin=\"shell\",task=\"INSTALL\",outcome=\"success\"} 1"), "{text}");
         assert!(text.contains("loom_tasks_total{plugin=\"shell\",task=\"INSTALL\",outcome=\"failure\"} 1"));
         assert!(text.contains("loom_task_duration_seconds_bucket{plugin=\"shell\",task=\"INSTALL\",le=\"0.05\"} 1"));

@@ -51,6 +51,9 @@ pub struct Daemon {
     /// Tasks being executed (journal writes included).
     active: AtomicUsize,
     idle: Notify,
+    /// Results the journal has not taken yet (it cannot write), by task id: written to a
+    /// spill file if the daemon stops before the journal takes them.
+    unwritten: Mutex<HashMap<String, Arc<str>>>,
     draining: AtomicBool,
     /// The clusters, in the same journal.
     pub clusters: ClusterStore,
@@ -141,6 +144,7 @@ impl Daemon {
             inflight: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            unwritten: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             clusters,
             cluster_runs: Mutex::new(HashMap::new()),
@@ -266,24 +270,36 @@ impl Daemon {
 
     /// Runs a journaled task and journals its result. The task is journaled as running
     /// when it leaves the queue for its plugin (committed before it is sent), so after a
-    /// crash a task still waiting in a queue is known never to have run.
+    /// crash a task still waiting in a queue is known never to have run. When that record
+    /// cannot be written (a full disk), the task is not sent: it stays queued and is tried
+    /// again, with backoff, until the journal can write.
     ///
     /// A task that never reached a plugin because the daemon is stopping stays queued in
     /// the journal, and the next start runs it.
     async fn execute(&self, task: &TaskEnvelope) {
         let began = Instant::now();
-        let (route, result) = match self.supervisor.reserve(task).await {
-            Ok(permit) => {
-                let route = permit.route().to_owned();
-                let result = match self.journal.start(&task.task_id).await {
-                    Ok(()) => permit.send().await,
-                    Err(_) if self.draining() => return self.left_queued(task),
-                    Err(e) => permit.abandon(&e.to_string()),
-                };
-                (route, result)
+        let mut wait = Duration::from_millis(100);
+        let (route, result) = loop {
+            let permit = match self.supervisor.reserve(task).await {
+                Ok(permit) => permit,
+                Err(_) if self.draining() => return self.left_queued(task),
+                Err(refused) => break (refused.route().to_owned(), refused.into_result()),
+            };
+            match self.journal.start(&task.task_id).await {
+                Ok(()) => break (permit.route().to_owned(), permit.send().await),
+                // It cannot be recorded as running, so it does not run: it stays queued in
+                // the journal, its slot goes back, and it is tried again when the journal
+                // can write (or at the next start).
+                Err(e) => {
+                    drop(permit);
+                    if self.draining() {
+                        return self.left_queued(task);
+                    }
+                    tracing::warn!(task_id = %task.task_id, "cannot record the task as running ({e}); it stays queued and is tried again in {}", crate::log::secs(wait));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
             }
-            Err(_) if self.draining() => return self.left_queued(task),
-            Err(refused) => (refused.route().to_owned(), refused.into_result()),
         };
         self.metrics.task(&route, task.task_name.as_str(), result.status, began.elapsed());
         self.finish(task, result).await;
@@ -300,8 +316,16 @@ impl Daemon {
         // Straight to text: a tree of a large result would cost many times its size.
         let text: Arc<str> = serde_json::to_string(&report).unwrap_or_else(|_| "null".to_owned()).into();
         drop(report);
-        // A result that cannot be written is retried: it must not be lost.
+        // A result that cannot be written is retried: it must not be lost. Meanwhile it is
+        // known here, so that a stop can spill it ([`Daemon::drain`]).
+        self.lock_unwritten().insert(task.task_id.clone(), Arc::clone(&text));
+        self.idle.notify_waiters();
         crate::journal::until_recorded(&task.task_id, || self.journal.finish(&task.task_id, Arc::clone(&text))).await;
+        self.lock_unwritten().remove(&task.task_id);
+    }
+
+    fn lock_unwritten(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<str>>> {
+        self.unwritten.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// After a restart: runs again what was queued, and what was running if its plugin
@@ -311,6 +335,8 @@ impl Daemon {
     /// # Errors
     /// When the journal fails.
     pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), JournalError> {
+        // Results spilled at the last stop first: their tasks finished.
+        crate::journal::spill::apply(&self.journal, &self.config().data_dir).await?;
         let (mut rerun, mut failed) = (0, 0);
         for u in self.journal.unfinished().await? {
             let parsed = RawValue::from_string(u.raw.clone())
@@ -472,15 +498,17 @@ impl Daemon {
     }
 
     /// Stops taking tasks, waits for those in flight (at most `grace`), then stops the
-    /// plugins; tasks still running then fail, and their results are journaled. Cluster
-    /// operations are cut short first: they resume at the next start. Last, the journal is
+    /// plugins; tasks still running then fail, and their results are journaled. Results
+    /// the journal cannot take (it cannot write) are not waited for: they are spilled to a
+    /// file the next start applies (see [`Daemon::spill_unwritten`]). Cluster operations
+    /// are cut short first: they resume at the next start. Last, the journal is
     /// checkpointed, so that the finished tasks' bodies are in none of its files.
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         self.cluster_stop.cancel();
         self.cluster_tasks.close();
         self.cluster_tasks.wait().await;
-        if !self.wait_idle(grace).await {
+        if !self.wait_settled_or_unwritten(grace).await {
             tracing::warn!(
                 "{} tasks still in flight after {} s; stopping the plugins",
                 self.in_flight(),
@@ -488,23 +516,61 @@ impl Daemon {
             );
         }
         self.supervisor.shutdown().await;
-        // The plugins' answers (or failures) still have to reach the journal.
-        self.wait_idle(Duration::from_secs(30)).await;
+        // The plugins' answers (or failures) still have to reach the journal, or at least
+        // be known here as results it has not taken.
+        let _ = self.wait_settled_or_unwritten(Duration::from_secs(30)).await;
+        self.spill_unwritten().await;
         // The finished tasks' bodies leave the write-ahead log before the process does.
         if let Err(e) = self.journal.checkpoint().await {
             tracing::warn!("cannot checkpoint the journal: {e}");
         }
     }
 
-    async fn wait_idle(&self, limit: Duration) -> bool {
+    /// Waits (at most `limit`) until every task is done, or, while the journal cannot
+    /// write, until every task left is only waiting for the journal to take its result.
+    /// Returns whether that happened before `limit`.
+    async fn wait_settled_or_unwritten(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let idle = self.idle.notified();
-            if self.active.load(Ordering::SeqCst) == 0 {
+            let changed = self.idle.notified();
+            let active = self.active.load(Ordering::SeqCst);
+            let stuck = self.journal.health().problem().is_some() && active <= self.lock_unwritten().len();
+            if active == 0 || stuck {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return false;
+            }
+        }
+    }
+
+    /// Results the journal has not taken go to a spill file the next start applies
+    /// ([`crate::journal::spill`]). When no spill file can be written either, the daemon
+    /// does not exit: it says why and tries again (the journal and the spill file) every
+    /// 10 s, until one takes them, or it is killed.
+    async fn spill_unwritten(&self) {
+        loop {
+            let results: Vec<Arc<str>> = self.lock_unwritten().values().cloned().collect();
+            if results.is_empty() {
+                return;
+            }
+            match crate::journal::spill::write(&self.config().data_dir, &results) {
+                Ok(file) => {
+                    tracing::warn!(
+                        "{} results the journal could not take were written to {}; the next start applies them",
+                        results.len(),
+                        file.display()
+                    );
+                    return;
+                }
+                Err(why) => {
+                    tracing::error!(
+                        "not exiting: {} results are not written anywhere yet (the journal cannot write, nor: {why}); trying again in 10 s",
+                        results.len()
+                    );
+                    let changed = self.idle.notified();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), changed).await;
+                }
             }
         }
     }

@@ -25,12 +25,15 @@
 //! `cluster/store.rs` through [`Journal::run`]. Uses the core (whose files are checked
 //! like the journal's, `core/trust.rs`), the wire and the log; nothing above.
 
+mod health;
 mod retry;
 pub mod schema;
+pub mod spill;
 
 pub use retry::until_recorded;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +42,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+pub use health::Health;
+use health::is_storage_error;
 use schema::VERSION as SCHEMA_VERSION;
 
 /// Most operations applied in one transaction.
@@ -75,6 +80,7 @@ enum Op {
 pub struct Journal {
     jobs: std_mpsc::Sender<Op>,
     path: PathBuf,
+    health: Arc<Health>,
 }
 
 /// Where a task is.
@@ -191,11 +197,18 @@ impl Journal {
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(|e| fail(e.to_string()))?;
 
         let (tx, rx) = std_mpsc::channel::<Op>();
+        let health = Arc::new(Health::default());
+        let thread_health = Arc::clone(&health);
         std::thread::Builder::new()
             .name("loom-journal".into())
-            .spawn(move || writer(&conn, &rx))
+            .spawn(move || writer(&conn, &rx, &thread_health))
             .map_err(|e| fail(format!("cannot start the journal thread: {e}")))?;
-        Ok(Journal { jobs: tx, path })
+        Ok(Journal { jobs: tx, path, health })
+    }
+
+    /// Whether the journal can write, as its last writes found it.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The database file.
@@ -361,8 +374,14 @@ impl Journal {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, JournalError> {
         let (tx, rx) = oneshot::channel();
+        let health = Arc::clone(&self.health);
         let job: Job = Box::new(move |c| {
             let out = f(c);
+            if let Err(e) = &out
+                && is_storage_error(e)
+            {
+                health.failed(&e.to_string());
+            }
             Box::new(move |committed: Result<(), String>| {
                 let answer = match (out, committed) {
                     (Err(e), _) => Err(e.to_string()),
@@ -416,7 +435,7 @@ fn open_safely(data_dir: &Path) -> Result<(PathBuf, Connection), String> {
 
 /// The journal thread: apply everything queued, commit once, answer; checkpoint the
 /// write-ahead log [`CHECKPOINT_AFTER`] after a commit, or when asked.
-fn writer(conn: &Connection, ops: &std_mpsc::Receiver<Op>) {
+fn writer(conn: &Connection, ops: &std_mpsc::Receiver<Op>, health: &Health) {
     let mut due: Option<Instant> = None;
     loop {
         let first = match due {
@@ -432,7 +451,7 @@ fn writer(conn: &Connection, ops: &std_mpsc::Receiver<Op>) {
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let (batch, asked) = gather(first, ops);
-        if !batch.is_empty() && apply(conn, batch) && due.is_none() {
+        if !batch.is_empty() && apply(conn, batch, health) && due.is_none() {
             due = Some(Instant::now() + CHECKPOINT_AFTER);
         }
         if let Some(reply) = asked {
@@ -466,13 +485,20 @@ fn gather(first: Op, ops: &std_mpsc::Receiver<Op>) -> (Vec<Job>, Option<oneshot:
 }
 
 /// Applies `batch` in one transaction and answers each job. Returns whether it committed.
-fn apply(conn: &Connection, batch: Vec<Job>) -> bool {
+fn apply(conn: &Connection, batch: Vec<Job>, health: &Health) -> bool {
+    let changes_before = conn.total_changes();
     let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
     let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
     let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
-    if committed.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-        tracing::error!("journal commit failed: {}", committed.as_ref().err().map_or("", String::as_str));
+    match &committed {
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!("journal commit failed: {e}");
+            health.failed(e);
+        }
+        // Something was written: the storage takes writes (a batch of reads says nothing).
+        Ok(()) if conn.total_changes() > changes_before => health.wrote(),
+        Ok(()) => {}
     }
     let ok = committed.is_ok();
     for done in dones {

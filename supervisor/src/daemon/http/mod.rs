@@ -211,12 +211,19 @@ fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
     if daemon.draining() {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
     }
+    if let Some(why) = daemon.journal.health().problem() {
+        let journal = format!("{}: {why}", daemon.journal.path().display());
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "journal cannot write", "journal": journal}),
+        );
+    }
     json_response(StatusCode::OK, &json!({"status": "ok", "summary": daemon.status_line()}))
 }
 
 async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
     let counts = daemon.journal.counts().await.ok();
-    let text = daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.in_flight());
+    let text = daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.journal.health(), daemon.in_flight());
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut()
         .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
