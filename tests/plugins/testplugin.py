@@ -14,6 +14,7 @@ At the handshake (the manifest's "settings"):
                                              do not answer / answer an error / exit 3 /
                                              choose protocol version 2
   "ignorePing": true                         never answer pings
+  "pingFile": path                           append "<pid>\n" to path for every ping read
   "handshakeDelayMs": n                      answer the handshake after n ms
   "idempotentTasks": [...]                   declared in the handshake
   "ignoreSigterm": true                      ignore SIGTERM
@@ -329,6 +330,9 @@ def main():
             if method == "cancel":
                 cancels.setdefault(params.get("taskId"), threading.Event()).set()
             continue
+        if method == "ping" and settings.get("pingFile"):
+            with open(settings["pingFile"], "a") as f:
+                f.write("%d\n" % PID)
         if method == "handshake":
             handshake(rid, params)
         elif method == "task" and test_spec(params).get("action") in ("close-stdin", "stop-reading"):

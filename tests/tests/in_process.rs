@@ -128,10 +128,9 @@ async fn an_idle_plugin_that_stops_answering_pings_is_restarted() {
     plugins.add_test_plugin(
         "automator",
         "deaf",
-        // A ping goes to an idle process only, but its timeout ends the process even if a
-        // task came meanwhile: a task sent later than the interval after the process came
-        // up must be answered before that ping times out, which a loaded machine could
-        // miss at 0.2 + 0.3 s.
+        // A ping goes to an idle process only, and its time runs only while no task is in
+        // flight; the interval and timeout are still seconds, not tenths, as nothing here
+        // needs them shorter.
         json!({"pingIntervalSecs": 2, "pingTimeoutSecs": 1, "settings": {"ignorePing": true},
                "restart": {"maxRestarts": 100}}),
     );

@@ -42,7 +42,7 @@ use loom_protocol::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
 
@@ -93,6 +93,8 @@ pub struct Connection {
     stats: Stats,
     /// The plugin's log budget, shared with its other processes.
     limiter: Arc<LogLimiter>,
+    /// Whether a task is in flight; changes only when that does.
+    busy: watch::Sender<bool>,
 }
 
 /// A piece of a task's live output (credentials scrubbed), for [`watch_output`].
@@ -132,6 +134,8 @@ pub struct Stats {
 #[derive(Default)]
 struct State {
     calls: HashMap<i64, Pending>,
+    /// How many of `calls` are tasks.
+    task_calls: usize,
     /// taskId to request id, to route `output` and `progress` and to send `cancel`.
     tasks: HashMap<String, i64>,
     /// Set once the process is gone; later calls fail at once with it.
@@ -234,6 +238,7 @@ impl Connection {
             next_id: AtomicI64::new(1),
             redactor,
             stats: Stats::default(),
+            busy: watch::Sender::new(false),
         })
     }
 
@@ -364,6 +369,20 @@ impl Connection {
         self.lock().calls.len()
     }
 
+    /// Whether a task is in flight, now and as it changes: the value changes only when a
+    /// task is sent to an idle process or the last task in flight ends.
+    pub fn watch_busy(&self) -> watch::Receiver<bool> {
+        self.busy.subscribe()
+    }
+
+    /// Counts a task call in or out, and tells [`Connection::watch_busy`] when that makes
+    /// the process busy or idle. Called under the state lock.
+    fn count_task(&self, st: &mut State, started: bool) {
+        st.task_calls = if started { st.task_calls + 1 } else { st.task_calls.saturating_sub(1) };
+        let busy = st.task_calls > 0;
+        self.busy.send_if_modified(|b| std::mem::replace(b, busy) != busy);
+    }
+
     /// Sends a request; the answer arrives through the returned [`Call`].
     pub fn request(self: &Arc<Self>, method: &str, params: &impl Serialize) -> Call {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -416,6 +435,8 @@ impl Connection {
             let mut st = self.lock();
             st.closed = Some(reason.clone());
             st.tasks.clear();
+            st.task_calls = 0;
+            self.busy.send_if_modified(|b| std::mem::replace(b, false));
             // Under the lock, so that no call is written between the two.
             let reach = self.outbound.stop();
             (st.calls.drain().map(|(_, p)| p).collect::<Vec<Pending>>(), reach)
@@ -439,6 +460,7 @@ impl Connection {
                 None => {
                     if let Some(t) = &task_id {
                         st.tasks.insert(t.clone(), id);
+                        self.count_task(&mut st, true);
                     }
                     // Sent under the lock (never waiting), so that `fail_all` finds the
                     // call with the mark of its line, and registered before the answer can
@@ -582,10 +604,11 @@ impl Connection {
         };
         let mut st = self.lock();
         let p = st.calls.remove(id);
-        if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref())
-            && st.tasks.get(&task.task_id) == Some(id)
-        {
-            st.tasks.remove(&task.task_id);
+        if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref()) {
+            if st.tasks.get(&task.task_id) == Some(id) {
+                st.tasks.remove(&task.task_id);
+            }
+            self.count_task(&mut st, false);
         }
         p
     }
