@@ -24,7 +24,8 @@ pub struct Outcomes {
     pub failed: BTreeMap<String, usize>,
     /// Failed tasks by how many times they were sent (their result's `attempts`).
     pub failed_by_sends: BTreeMap<u64, usize>,
-    /// Failed tasks the plugin never started: sent to a process killed before it read them.
+    /// Failed tasks the plugin never started: read by a process killed before it started
+    /// them (a line it never read whole goes to the next process instead).
     pub failed_unstarted: usize,
     /// Failed tasks whose failure is not [`KILLED_IN_FLIGHT`] on a process the storm
     /// killed: a crash failed a task that was not on the dead process.
