@@ -14,6 +14,7 @@ At the handshake (the manifest's "settings"):
                                              do not answer / answer an error / exit 3 /
                                              choose protocol version 2
   "ignorePing": true                         never answer pings
+  "pingFile": path                           append "<pid>\n" to path for every ping read
   "handshakeDelayMs": n                      answer the handshake after n ms
   "idempotentTasks": [...]                   declared in the handshake
   "ignoreSigterm": true                      ignore SIGTERM
@@ -22,8 +23,8 @@ At the handshake (the manifest's "settings"):
 
 Per task (config.test, and config.test.byPlugin[<name>] on top of it):
   "action": "ok" (default) | "crash" | "crash-once" | "hang" | "hang-once" | "junk" | "longline" | "log" | "secret"
-            | "sleep" | "env" | "leak" | "leak-error" | "whoami" | "wait-file" | "family"
-            | "forkbomb" | "hog"
+            | "sleep" | "env" | "leak" | "leak-error" | "whoami" | "wait-file" | "close-stdin"
+            | "stop-reading" | "family" | "forkbomb" | "hog"
   "path": for "wait-file": answer as "ok" once that file exists
   "marker": a file path, for "hang-once" and "crash-once": hang (crash) if it does not
             exist (creating it), answer as "ok" after that
@@ -49,6 +50,11 @@ named after it, a notification with bad params, answers to unknown ids (one 1 MB
 output for a task that is not running, and its answer (stdout, stderr, hostname, an extra
 member). "leak-error" does the same and answers with a JSON-RPC error quoting them.
 
+"close-stdin" and "stop-reading" run on the thread that reads stdin, which reads no more:
+"close-stdin" closes stdin (the supervisor's next write fails with EPIPE), answers as "ok"
+and waits to be killed; "stop-reading" answers as "ok", then exits 3 as soon as anything
+more arrives in stdin, leaving it unread.
+
 Floods and odd input: "stderrLines": n and "unknownAnswers": n flood before any action: n
 lines on stderr ("flood line N on stderr"), then n answers to ids the supervisor never used.
 Action "fd3-longline" writes a line of "bytes" bytes on the log channel (fd 3), then a log
@@ -59,6 +65,7 @@ byte that is not UTF-8 inside a string of its result.
 import json
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -154,13 +161,33 @@ def run_task(rid, task):
                 inflight[0] -= 1
 
 
+def test_spec(task):
+    """The task's config.test, with config.test.byPlugin[NAME] on top."""
+    spec = dict((task.get("config") or {}).get("test") or {})
+    spec.update((spec.pop("byPlugin", None) or {}).get(NAME, {}))
+    return spec
+
+
+def stop_reading(rid, task, action):
+    """"close-stdin" and "stop-reading", on the thread that reads stdin (see the header)."""
+    if action == "close-stdin":
+        os.close(0)
+    run_task(rid, task)
+    if action == "close-stdin":
+        while True:
+            time.sleep(3600)
+    select.select([0], [], [])
+    sys.stderr.write("testplugin %s: something came on stdin; exiting without reading it\n" % NAME)
+    sys.stderr.flush()
+    os._exit(3)
+
+
 def _run_task(rid, task, seen):
     if os.environ.get("TESTPLUGIN_RUNLOG"):
         with lock, open(os.environ["TESTPLUGIN_RUNLOG"], "a") as f:
             f.write("%s %s %d\n" % (task["taskId"], NAME, PID))
     config = task.get("config") or {}
-    spec = dict(config.get("test") or {})
-    spec.update((spec.pop("byPlugin", None) or {}).get(NAME, {}))
+    spec = test_spec(task)
     action = spec.get("action", "ok")
     task_id = task["taskId"]
     flood(spec)
@@ -379,8 +406,13 @@ def main():
             if method == "cancel":
                 cancels.setdefault(params.get("taskId"), threading.Event()).set()
             continue
+        if method == "ping" and settings.get("pingFile"):
+            with open(settings["pingFile"], "a") as f:
+                f.write("%d\n" % PID)
         if method == "handshake":
             handshake(rid, params)
+        elif method == "task" and test_spec(params).get("action") in ("close-stdin", "stop-reading"):
+            stop_reading(rid, params, test_spec(params)["action"])
         elif method == "task":
             threading.Thread(target=run_task, args=(rid, params), daemon=True).start()
         elif method == "ping" and settings.get("ignorePing"):

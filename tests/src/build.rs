@@ -9,20 +9,27 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The folder with the workspace's binaries, built (or rebuilt) once per test process so
-/// that tests never run stale binaries.
+/// The folder with the workspace's binaries, built (or rebuilt) once per test process, in
+/// the test's own profile, so that tests never run stale binaries.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        // The folder is named after the profile, but "debug" for the dev profile. (Built
+        // without it, a release test ran the last release build of the daemon, however old.)
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_owned(),
+            Some(name) => name.to_owned(),
+        };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--workspace", "--bins"])
+            .args(["build", "--quiet", "--workspace", "--bins", "--profile", &profile])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
-        // target/<profile>/deps/<this test> -> target/<profile>
-        let exe = std::env::current_exe().expect("current_exe");
-        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        dir
     })
 }
 

@@ -1,8 +1,11 @@
 //! The daemon: `loom-provisioner serve` as a real process with a configuration, a data
 //! folder and a systemd notify socket of its own, and HTTP requests to its API.
 
+use std::collections::VecDeque;
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -24,8 +27,10 @@ pub struct Serve {
     pub data_dir: PathBuf,
     /// Where its stderr goes.
     pub log: PathBuf,
-    notify: std::os::unix::net::UnixDatagram,
+    notify: Notifications,
     notify_path: PathBuf,
+    /// Datagrams the test put in the notify socket before the daemon started, to fill it.
+    pub notify_filled: usize,
     /// The READY=1 notification of the last start.
     pub ready_message: String,
     token: Option<String>,
@@ -51,6 +56,7 @@ impl Serve {
     /// [`Serve::request`] is not available).
     pub fn start_listening(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
         let mut serve = Serve::start_listening_later(plugins, listen, extra, env);
+        serve.notify.read();
         serve.spawn();
         serve
     }
@@ -72,7 +78,7 @@ impl Serve {
             .find_map(|l| l.trim().strip_prefix("token_file = "))
             .map(|f| std::fs::read_to_string(f.trim().trim_matches('"')).expect("token file").trim().to_owned());
         let notify_path = dir.join(format!("notify-{}", nanos()));
-        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+        let notify = Notifications::bind(UnixDatagram::bind(&notify_path).expect("bind the notify socket"));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -86,6 +92,7 @@ impl Serve {
             log: dir.join("serve.log"),
             notify,
             notify_path,
+            notify_filled: 0,
             ready_message: String::new(),
             token,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
@@ -94,11 +101,30 @@ impl Serve {
         }
     }
 
+    /// [`Serve::start_with`], with a notify socket that nobody reads (unlike systemd) and
+    /// that is full from the start: the test's own datagrams fill its queue, so that every
+    /// notification of the daemon finds it full, as after a while of not reading it. Waits
+    /// for `GET /healthz` to answer 200 instead of READY=1; [`Serve::read_notifications`]
+    /// starts reading it.
+    pub fn start_with_unread_notify(plugins: &Plugins, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let mut serve = Serve::start_listening_later(plugins, &format!("127.0.0.1:{}", free_port()), extra, env);
+        serve.notify_filled = serve.notify.fill(&serve.notify_path);
+        serve.spawn();
+        serve
+    }
+
+    /// Starts reading the notify socket of [`Serve::start_with_unread_notify`], as
+    /// systemd does.
+    pub fn read_notifications(&self) {
+        self.notify.read();
+    }
+
     /// [`Serve::start`] with the daemon's open-files limit (soft and hard) set to
     /// `open_files` (soft, hard), as `ulimit -Sn` and `ulimit -Hn` would.
     pub fn start_with_open_files(plugins: &Plugins, extra: &str, open_files: (u64, u64)) -> Serve {
         let mut serve = Serve::start_listening_later(plugins, &format!("127.0.0.1:{}", free_port()), extra, &[]);
         serve.open_files = Some(open_files);
+        serve.notify.read();
         serve.spawn();
         serve
     }
@@ -127,9 +153,19 @@ impl Serve {
         }
         let child = command.spawn().expect("start loom-provisioner serve");
         self.child = Some(child);
+        if !self.notify.is_read() {
+            let up = crate::wait_until(Duration::from_secs(60), || self.answers_healthz());
+            assert!(up, "/healthz did not answer 200 within 60 s; log:\n{}", self.log_text());
+            return;
+        }
         self.ready_message = self
             .wait_notification(|m| m.contains("READY=1"), Duration::from_secs(60))
             .unwrap_or_else(|| panic!("no READY=1 within 60 s; log:\n{}", self.log_text()));
+    }
+
+    /// Whether `GET /healthz` answers 200 (false while nothing listens yet).
+    fn answers_healthz(&self) -> bool {
+        self.agent.get(format!("{}/healthz", self.url)).call().is_ok_and(|r| r.status() == 200)
     }
 
     /// The daemon's stderr so far.
@@ -144,10 +180,7 @@ impl Serve {
 
     /// The next notification, within `limit`.
     pub fn next_notification(&self, limit: Duration) -> Option<String> {
-        self.notify.set_read_timeout(Some(limit)).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        self.notify.next(limit)
     }
 
     /// Notifications until one satisfies `pred` (returned), or `None` after `limit`.
@@ -212,6 +245,72 @@ impl Serve {
         let status = wait_or_kill(child.id() as i32, limit, move || child.wait())
             .unwrap_or_else(|| panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log_text()));
         status.ok().and_then(|s| s.code())
+    }
+}
+
+/// The daemon's notifications, read as they come by a thread of their own (as systemd
+/// reads its notify socket at once) and kept until a test asks for them; or, for the tests
+/// of a socket that is not read, not read until the test says so.
+struct Notifications {
+    socket: UnixDatagram,
+    received: Arc<(Mutex<VecDeque<String>>, Condvar)>,
+    reading: std::sync::Once,
+}
+
+impl Notifications {
+    /// `socket`, not read yet: [`Notifications::read`] starts reading it.
+    fn bind(socket: UnixDatagram) -> Notifications {
+        Notifications { socket, received: Arc::default(), reading: std::sync::Once::new() }
+    }
+
+    /// Fills the socket's queue with datagrams (`TEST-FILLER=n`) until it takes no more;
+    /// returns how many.
+    fn fill(&self, path: &std::path::Path) -> usize {
+        let filler = UnixDatagram::unbound().expect("a socket");
+        filler.set_nonblocking(true).expect("non-blocking");
+        let mut n = 0;
+        while filler.send_to(format!("TEST-FILLER={n}").as_bytes(), path).is_ok() {
+            n += 1;
+        }
+        assert!(n > 0, "the notify socket took no datagram");
+        n
+    }
+
+    /// Whether the socket is being read.
+    fn is_read(&self) -> bool {
+        self.reading.is_completed()
+    }
+
+    /// Reads the socket from now on, until [`Notifications`] is dropped.
+    fn read(&self) {
+        self.reading.call_once(|| self.spawn_reader());
+    }
+
+    fn spawn_reader(&self) {
+        let (reader, queue) = (self.socket.try_clone().expect("clone the notify socket"), Arc::clone(&self.received));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the socket is shut down (0 bytes) or fails.
+            while let Ok(n @ 1..) = reader.recv(&mut buf) {
+                let (lock, arrived) = &*queue;
+                lock.lock().expect("notifications").push_back(String::from_utf8_lossy(&buf[..n]).into_owned());
+                arrived.notify_all();
+            }
+        });
+    }
+
+    /// The oldest notification not yet taken, waiting at most `limit` for one.
+    fn next(&self, limit: Duration) -> Option<String> {
+        let (lock, arrived) = &*self.received;
+        let queue = lock.lock().expect("notifications");
+        let (mut queue, _) = arrived.wait_timeout_while(queue, limit, |q| q.is_empty()).expect("notifications");
+        queue.pop_front()
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 

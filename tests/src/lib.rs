@@ -21,6 +21,8 @@
 //! - `daemon`: `loom-provisioner serve` and its API ([`Serve`]).
 //! - `cluster`: `loom-provisioner cluster` on local machines ([`ClusterRig`]).
 //! - `ruby`: Ruby plugins, from fixtures or written by a test ([`Plugins::copy_fixture`]).
+//! - `storm`: the kill storm: `storm-plugin` under the daemon while a thread SIGKILLs its
+//!   processes, and what is counted from outside ([`StormPlugin`], [`Killer`], [`Outcomes`]).
 //!
 //! Modules use only those listed before them (`plugins` runs cleanups that `machines`
 //! registers, rather than knowing about machines).
@@ -37,6 +39,7 @@ mod plugins;
 mod process;
 mod ruby;
 mod sshd;
+mod storm;
 mod sudo;
 mod tasks;
 
@@ -51,5 +54,6 @@ pub use nodes::Nodes;
 pub use plugins::{Plugins, Run};
 pub use process::{alive, processes_with_env, run_with_input, wait_until, zombie_children};
 pub use sshd::PasswordSshd;
+pub use storm::{KILLED_IN_FLIGHT, Killer, Kills, Outcomes, StormPlugin, instances, metric, submit_all, wait_all};
 pub use sudo::SudoUser;
 pub use tasks::{action, merge, task};

@@ -246,6 +246,80 @@ fn ready_follows_every_handshake_and_the_watchdog_is_fed() {
     plugins.assert_no_leftovers();
 }
 
+/// Tasks (four at a time, 1.5 s each) and `/healthz` over `span`: so that the count of
+/// tasks in flight, and with it the daemon's status line (sent every 5 s when it changed),
+/// keeps changing. Each task must succeed and `/healthz` answer 200.
+fn keep_busy(serve: &Serve, plugin: &str, span: Duration) {
+    let began = std::time::Instant::now();
+    let mut round = 0;
+    while began.elapsed() < span {
+        let tasks: Vec<Value> = (0..4)
+            .map(|i| action(&format!("busy-{round}-{i}"), "INSTALL", plugin, json!({"action": "sleep", "ms": 1500})))
+            .collect();
+        for t in &tasks {
+            let (code, v) = serve.submit(t, false);
+            assert_eq!(code, 202, "{v}");
+        }
+        assert_eq!(serve.request("GET", "/healthz", None).0, 200);
+        for t in &tasks {
+            let (_, v) = serve.submit(t, true);
+            assert_eq!(v["result"]["status"], 0, "{v}");
+        }
+        round += 1;
+    }
+}
+
+#[test]
+fn a_notify_socket_nobody_reads_stops_nothing_and_loses_only_status_lines() {
+    let plugins = Plugins::new();
+    test_plugin(&plugins, "automator", "a1", json!({"maxConcurrency": 4}));
+    // Its queue full from the start; a watchdog ping every second on top.
+    let serve = Serve::start_with_unread_notify(&plugins, "", &[("WATCHDOG_USEC", "2000000")]);
+    // Over two status intervals and more, every notification finding the socket full.
+    keep_busy(&serve, "a1", Duration::from_secs(12));
+    // A reload still happens: the daemon's main task does not wait on the socket (it used
+    // to wait there from READY=1 on, forever).
+    test_plugin(&plugins, "automator", "added", json!({}));
+    serve.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(60), || pid_of(&serve, "added").is_some()),
+        "the reload did not happen; log:\n{}",
+        serve.log_text()
+    );
+    // Read again: what is not a status line arrives, in order.
+    serve.read_notifications();
+    let mut ours = Vec::new();
+    while ours.len() < 3 {
+        let m = serve.next_notification(Duration::from_secs(60)).expect("READY, RELOADING, READY within a minute");
+        let kind = m.lines().next().unwrap_or_default().to_owned();
+        if !kind.starts_with("TEST-FILLER=") && kind != "WATCHDOG=1" && !kind.starts_with("STATUS=") {
+            ours.push(kind);
+        }
+    }
+    assert_eq!(ours, ["READY=1", "RELOADING=1", "READY=1"]);
+    assert!(serve.wait_notification(|m| m == "WATCHDOG=1", Duration::from_secs(60)).is_some(), "the watchdog is fed");
+    let log = serve.log_text();
+    assert_eq!(log.matches("status lines are dropped while it cannot take them").count(), 1, "{log}");
+    assert!(!log.contains("could not notify systemd"), "{log}");
+    drop(serve);
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn the_daemon_stops_though_its_notify_socket_is_never_read() {
+    let plugins = Plugins::new();
+    test_plugin(&plugins, "automator", "a1", json!({}));
+    let mut serve = Serve::start_with_unread_notify(&plugins, "", &[]);
+    let (_, v) = serve.submit(&action("t1", "INSTALL", "a1", json!({})), true);
+    assert_eq!(v["result"]["status"], 0, "{v}");
+    serve.signal(Signal::SIGTERM);
+    assert_eq!(serve.wait_exit(Duration::from_secs(60)), Some(0), "log:\n{}", serve.log_text());
+    let log = serve.log_text();
+    assert!(log.contains("exiting without having notified systemd at"), "{log}");
+    assert!(log.contains("of READY=1, STOPPING=1: it did not take them"), "{log}");
+    plugins.assert_no_leftovers();
+}
+
 #[test]
 fn tokens_sizes_and_bodies_are_checked() {
     let plugins = Plugins::new();

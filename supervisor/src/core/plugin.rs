@@ -233,8 +233,12 @@ impl Plugin {
             }
             lease = match self.acquire(task).await {
                 Ok(next) => next,
-                // No process to send it to (stopping, failed): it fails with why the last
-                // one ended.
+                // No process to send it to (stopping, failed): a task that never reached
+                // the last one fails with why none takes it, one that ran with why the
+                // last one ended.
+                Err(refused) if matches!(reply.outcome, Outcome::NotSent(_)) => {
+                    return self.with_attempts(refused, sent + 1);
+                }
                 Err(_) => {
                     let mut result = self.result_of(task, &conn, reply);
                     redact::scrub_result(&mut result, conn.redactor().as_ref());
@@ -427,10 +431,10 @@ mod tests {
     use std::pin::pin;
 
     use loom_protocol::PluginKind::Automator;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
-    use crate::core::testing::{Plugins, action, poll_once, within_a_minute};
+    use crate::core::testing::{Plugins, action, poll_once, started, within_a_minute};
 
     #[tokio::test]
     async fn a_task_past_its_timeout_gets_cancel_and_its_answer_is_kept_with_a_note() {
@@ -512,11 +516,11 @@ mod tests {
         assert_eq!(refused.into_result().stderr, shutting_down("t2"));
         let Err(later) = sup.reserve(&tasks[2]).await else { panic!("a stopped plugin took a task") };
         assert_eq!(later.into_result().stderr, shutting_down("t3"));
-        // The permit taken before the stop: its task fails at once, its process being gone.
+        // The permit taken before the stop: its task fails at once, never sent, its process
+        // being gone and no other coming.
         let r = held.send().await;
         assert_eq!(r.status, 1);
-        assert!(r.stderr.starts_with("automator \"a\", task t1 (INSTALL): the plugin process (pid "), "{}", r.stderr);
-        assert!(r.stderr.ends_with(") was stopped"), "{}", r.stderr);
+        assert_eq!(r.stderr, shutting_down("t1"));
     }
 
     #[tokio::test]
@@ -557,6 +561,46 @@ mod tests {
         assert!(r.stderr.contains("crashing once as asked") && r.extra.get("attempts").is_none(), "{r:?}");
         assert_eq!(crate::core::testing::started(&runlog).len(), 1, "sent once");
         sup.shutdown().await;
+    }
+
+    /// A task sent to a process, with its first task's answer, its run log and its
+    /// plugin's status after the second: for the tests of tasks that never reached a process.
+    async fn second_task_after(first: Value) -> (TaskResult, TaskResult, Vec<String>, Option<String>) {
+        let plugins = Plugins::new();
+        let runlog = plugins.file("runlog");
+        // No pings: nothing but the second task is written to the process after the first.
+        plugins.add(Automator, "a", json!({"env": {"TESTPLUGIN_RUNLOG": runlog}, "pingIntervalSecs": 0}));
+        let sup = plugins.supervisor();
+        let r1 = within_a_minute("the first task", sup.run(&action("t1", "START", "a", first))).await;
+        let r2 = within_a_minute("the second task", sup.run(&action("t2", "INSTALL", "a", json!({})))).await;
+        let last_error = sup.plugin(Automator, "a").expect("plugin a").status()[0].last_error.clone();
+        sup.shutdown().await;
+        (r1, r2, started(&runlog), last_error)
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_write_fails_goes_to_the_next_process_and_is_not_counted_as_sent() {
+        // The first task's process closes its stdin: the second task's line fails (EPIPE).
+        let (r1, r2, started, last_error) = second_task_after(json!({"action": "close-stdin"})).await;
+        assert_eq!(r1.status, 0, "{r1:?}");
+        assert!(last_error.as_deref().is_some_and(|e| e.contains("stopped reading its stdin")), "{last_error:?}");
+        assert_eq!(r2.status, 0, "the plugin never saw it: sent to the next process: {r2:?}");
+        assert_ne!(r2.result["pid"], r1.result["pid"], "answered by the next process");
+        assert!(r2.extra.get("attempts").is_none() && r2.stderr.is_empty(), "one attempt: {r2:?}");
+        assert_eq!(started, ["t1", "t2"], "each started once");
+    }
+
+    #[tokio::test]
+    async fn a_task_left_unread_in_the_pipe_of_a_process_that_died_goes_to_the_next_process() {
+        // The first task's process reads no more, and exits once the second task's line is
+        // in its stdin, whole and unread.
+        let (r1, r2, started, last_error) = second_task_after(json!({"action": "stop-reading"})).await;
+        assert_eq!(r1.status, 0, "{r1:?}");
+        assert!(last_error.as_deref().is_some_and(|e| e.contains("exited with code 3")), "{last_error:?}");
+        assert_eq!(r2.status, 0, "the plugin never read it: sent to the next process: {r2:?}");
+        assert_ne!(r2.result["pid"], r1.result["pid"], "answered by the next process");
+        assert!(r2.extra.get("attempts").is_none() && r2.stderr.is_empty(), "one attempt: {r2:?}");
+        assert_eq!(started, ["t1", "t2"], "each started once");
     }
 
     #[tokio::test]

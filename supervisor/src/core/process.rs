@@ -17,7 +17,7 @@ use std::time::Duration;
 use loom_protocol::{HandshakeParams, HandshakeResult, LogLevel, PROTOCOL_VERSIONS, PluginKind, TaskName, methods};
 use nix::sys::signal::Signal;
 use tokio::process::Child;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::cgroup::Cgroup;
@@ -25,7 +25,7 @@ use crate::core::manifest::{PluginSpec, size_text};
 use crate::core::spawn::{self, ChildSetup};
 use crate::log::secs;
 use crate::wire::capture::LastLines;
-use crate::wire::connection::{Call, Connection, Outcome, ReaderEnd, WriterEnd};
+use crate::wire::connection::{Call, Connection, Outcome, ReaderEnd, Reply, WriterEnd};
 use crate::wire::redact::Redactor;
 
 /// After a pipe closes, how long to wait for the process's exit status.
@@ -316,7 +316,7 @@ impl PluginProcess {
     }
 
     /// Serves until something ends the process: it exits, breaks the protocol, stops
-    /// answering pings while idle, or `control` says so.
+    /// answering pings while idle ([`Ping`]), or `control` says so.
     pub async fn serve(
         &mut self,
         control: &mut mpsc::UnboundedReceiver<Control>,
@@ -328,7 +328,7 @@ impl PluginProcess {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        let mut ping: Option<(Call, tokio::time::Instant)> = None;
+        let mut ping: Option<Ping> = None;
         loop {
             let tick = async {
                 match ping_timer.as_mut() {
@@ -339,7 +339,7 @@ impl PluginProcess {
             let idle = ping.is_none();
             let pong = async {
                 match ping.as_mut() {
-                    Some((call, deadline)) => tokio::time::timeout_at(*deadline, call.wait()).await.ok(),
+                    Some(ping) => ping.answer(spec.ping_timeout).await,
                     None => std::future::pending().await,
                 }
             };
@@ -350,7 +350,7 @@ impl PluginProcess {
                     // timeouts cover a hang then. Ping only when idle.
                     if self.conn.in_flight() == 0 {
                         let call = self.conn.request(methods::PING, &serde_json::json!({}));
-                        ping = Some((call, tokio::time::Instant::now() + spec.ping_timeout));
+                        ping = Some(Ping { call, busy: self.conn.watch_busy() });
                     }
                 }
                 reply = pong => {
@@ -587,6 +587,45 @@ impl PluginProcess {
     }
 }
 
+/// A ping waiting for its answer. Its time runs only while no task is in flight on the
+/// process: a task sent just after the ping may be read first, and a plugin that runs
+/// tasks on the thread that reads stdin answers the ping only once the task is done. A
+/// hang meanwhile is the task's timeout's to catch. Each time the process is idle again,
+/// the ping has its full time from then.
+struct Ping {
+    call: Call,
+    busy: watch::Receiver<bool>,
+}
+
+impl Ping {
+    /// The answer, or `None` once the process has been idle for `limit` without one.
+    ///
+    /// # Cancellation
+    /// Cancel-safe: the call stays in flight, and the next wait starts the time again if idle.
+    async fn answer(&mut self, limit: Duration) -> Option<Reply> {
+        loop {
+            let busy = *self.busy.borrow_and_update();
+            let time_out = async {
+                match busy {
+                    true => std::future::pending().await,
+                    false => tokio::time::sleep(limit).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                reply = self.call.wait() => return Some(reply),
+                () = time_out => return None,
+                changed = self.busy.changed() => {
+                    // The connection is gone only with the process; its end is near.
+                    if changed.is_err() {
+                        return tokio::time::timeout(limit, self.call.wait()).await.ok();
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn check_handshake(spec: &PluginSpec, hs: &HandshakeResult) -> Result<(), HandshakeError> {
     if !PROTOCOL_VERSIONS.contains(&hs.protocol_version) {
         return Err(HandshakeError::UnknownVersion(hs.protocol_version));
@@ -621,6 +660,8 @@ pub fn describe_exit(status: ExitStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use loom_protocol::PluginKind::Automator;
     use serde_json::json;
 
@@ -643,6 +684,46 @@ mod tests {
             assert!(r.stderr.contains(") exited with code 7; its last stderr lines:\n"), "{}", r.stderr);
             assert!(r.stderr.contains("about to crash: boom"), "{}", r.stderr);
         }
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_ping_has_no_deadline_while_a_task_sent_after_it_runs() {
+        let plugins = Plugins::new();
+        let pings = plugins.file("pings");
+        // Pings every second to an idle process, never answered, 3 s to answer; a task
+        // sent just after one takes 7 s, on the thread the plugin does not read stdin with.
+        let settings = json!({"ignorePing": true, "pingFile": pings});
+        plugins.add(
+            Automator,
+            "a",
+            json!({"pingIntervalSecs": 1, "pingTimeoutSecs": 3, "settings": settings, "restart": {"maxRestarts": 100}}),
+        );
+        let sup = plugins.supervisor();
+        let first = sup.run(&action("t0", "START", "a", json!({}))).await;
+        assert_eq!(first.status, 0, "{first:?}");
+        let pinged = within_a_minute("a ping", async {
+            loop {
+                let pid = std::fs::read_to_string(&pings).ok().and_then(|t| t.lines().next()?.parse::<u64>().ok());
+                if let Some(pid) = pid {
+                    break pid;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(first.result["pid"], json!(pinged));
+        let slow = action("t1", "START", "a", json!({"action": "sleep", "ms": 7000}));
+        let r = within_a_minute("the task", sup.run(&slow)).await;
+        // Before the fix: "did not answer a ping within 3 s", 3 s after the ping.
+        assert_eq!(r.status, 0, "{r:?}");
+        assert_eq!(r.result["pid"], json!(pinged), "answered by the process that was pinged");
+        // Idle again, the ping has its 3 s from then, and the process that never answers
+        // it is restarted.
+        let plugin = sup.plugin(Automator, "a").expect("plugin a");
+        within_a_minute("the restart", plugin.wait_for(|s| s[0].restarts >= 1)).await;
+        let why = plugin.status()[0].last_error.clone().unwrap_or_default();
+        assert!(why.contains("did not answer a ping within 3 s"), "{why}");
         sup.shutdown().await;
     }
 

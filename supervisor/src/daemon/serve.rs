@@ -18,6 +18,10 @@ use crate::daemon::config::Config;
 use crate::daemon::http::{self, Listener};
 use crate::daemon::service::{Daemon, StartError};
 
+/// How long the daemon waits, before it exits, for systemd to take the notifications it
+/// could not take at once.
+const NOTIFY_SETTLE: Duration = Duration::from_secs(5);
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -115,6 +119,9 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
     background.cancel();
     stop_http.cancel();
     let _ = http.await;
+    // STOPPING=1 (or an earlier notification) may still wait for systemd to take it.
+    let settling = Arc::clone(&daemon);
+    let _ = tokio::task::spawn_blocking(move || settling.notifier.settle(NOTIFY_SETTLE)).await;
     tracing::info!("stopped");
     Ok(())
 }

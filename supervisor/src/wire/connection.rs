@@ -21,7 +21,9 @@
 //!
 //! Calls in flight are kept in a map from request id to a oneshot sender. When the process
 //! ends, [`Connection::fail_all`] answers every one of them with the reason, so no caller
-//! ever waits on a dead process.
+//! ever waits on a dead process: [`Outcome::Lost`] for a call whose line may have reached
+//! the plugin, [`Outcome::NotSent`] for one whose line never reached it whole (see
+//! [`crate::wire::outbound`]), which the caller may send to another process.
 //!
 //! Everything the plugin says reaches the log through [`Connection::loggable`] or
 //! [`Connection::loggable_name`]: credentials scrubbed ([`crate::wire::redact`]), length bounded.
@@ -40,7 +42,7 @@ use loom_protocol::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
 
@@ -48,8 +50,8 @@ use crate::log::limit::{self, LogLimiter};
 use crate::log::pump::{self, Kind, PLUGIN_TARGET};
 use crate::wire::capture::{CapturedOutput, LastLines};
 use crate::wire::envelope::TaskEnvelope;
-use crate::wire::outbound::Outbound;
 pub use crate::wire::outbound::WriterEnd;
+use crate::wire::outbound::{Mark, Outbound};
 use crate::wire::redact::{self, Redactor, StreamScrubber};
 
 /// Longest stderr line logged as one line; longer ones are cut. Also the most of any
@@ -91,6 +93,8 @@ pub struct Connection {
     stats: Stats,
     /// The plugin's log budget, shared with its other processes.
     limiter: Arc<LogLimiter>,
+    /// Whether a task is in flight; changes only when that does.
+    busy: watch::Sender<bool>,
 }
 
 /// A piece of a task's live output (credentials scrubbed), for [`watch_output`].
@@ -130,6 +134,8 @@ pub struct Stats {
 #[derive(Default)]
 struct State {
     calls: HashMap<i64, Pending>,
+    /// How many of `calls` are tasks.
+    task_calls: usize,
     /// taskId to request id, to route `output` and `progress` and to send `cancel`.
     tasks: HashMap<String, i64>,
     /// Set once the process is gone; later calls fail at once with it.
@@ -139,6 +145,8 @@ struct State {
 struct Pending {
     reply: oneshot::Sender<Reply>,
     task: Option<TaskCall>,
+    /// Where the call's line ends in the stream to the plugin.
+    mark: Mark,
 }
 
 struct TaskCall {
@@ -171,9 +179,12 @@ pub enum Outcome {
     Result(Box<RawValue>),
     /// An `error`.
     Error(ResponseError),
-    /// The process went away while the call was in flight; the text says how.
+    /// The process went away while the call was in flight (its line may have reached the
+    /// plugin); the text says how.
     Lost(Arc<str>),
-    /// The process had gone before the call could be written: the plugin never saw it.
+    /// The process went away before the call's line reached it whole (the connection was
+    /// closed, a write failed, or the line was still queued or unread in the pipe): the
+    /// plugin cannot have acted on it. The text says how the process ended.
     NotSent(Arc<str>),
     /// The plugin answered, but its answer cannot be read (it is not UTF-8); the text
     /// says why.
@@ -227,6 +238,7 @@ impl Connection {
             next_id: AtomicI64::new(1),
             redactor,
             stats: Stats::default(),
+            busy: watch::Sender::new(false),
         })
     }
 
@@ -357,6 +369,20 @@ impl Connection {
         self.lock().calls.len()
     }
 
+    /// Whether a task is in flight, now and as it changes: the value changes only when a
+    /// task is sent to an idle process or the last task in flight ends.
+    pub fn watch_busy(&self) -> watch::Receiver<bool> {
+        self.busy.subscribe()
+    }
+
+    /// Counts a task call in or out, and tells [`Connection::watch_busy`] when that makes
+    /// the process busy or idle. Called under the state lock.
+    fn count_task(&self, st: &mut State, started: bool) {
+        st.task_calls = if started { st.task_calls + 1 } else { st.task_calls.saturating_sub(1) };
+        let busy = st.task_calls > 0;
+        self.busy.send_if_modified(|b| std::mem::replace(b, busy) != busy);
+    }
+
     /// Sends a request; the answer arrives through the returned [`Call`].
     pub fn request(self: &Arc<Self>, method: &str, params: &impl Serialize) -> Call {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -401,17 +427,24 @@ impl Connection {
 
     /// Ends every call in flight with `reason`, and every later call at once, and logs what
     /// the plugin's log budget held back so far ([`LogLimiter::flush`]). Called when the
-    /// process is gone.
+    /// process is gone. Writing to it stops here: a call whose line had reached the plugin
+    /// whole ends [`Outcome::Lost`], any other [`Outcome::NotSent`].
     pub fn fail_all(&self, reason: &str) {
         let reason: Arc<str> = Arc::from(reason);
-        let drained: Vec<Pending> = {
+        let (drained, reach) = {
             let mut st = self.lock();
             st.closed = Some(reason.clone());
             st.tasks.clear();
-            st.calls.drain().map(|(_, p)| p).collect()
+            st.task_calls = 0;
+            self.busy.send_if_modified(|b| std::mem::replace(b, false));
+            // Under the lock, so that no call is written between the two.
+            let reach = self.outbound.stop();
+            (st.calls.drain().map(|(_, p)| p).collect::<Vec<Pending>>(), reach)
         };
         for p in drained {
-            self.finish(p, Outcome::Lost(reason.clone()));
+            let outcome =
+                if reach.reached(p.mark) { Outcome::Lost(reason.clone()) } else { Outcome::NotSent(reason.clone()) };
+            self.finish(p, outcome);
         }
         self.limiter.flush();
     }
@@ -419,7 +452,7 @@ impl Connection {
     fn start_call(self: &Arc<Self>, id: i64, line: Vec<u8>, task: Option<TaskCall>) -> Call {
         let (tx, rx) = oneshot::channel();
         let task_id = task.as_ref().map(|t| t.task_id.clone());
-        let pending = Pending { reply: tx, task };
+        let mut pending = Pending { reply: tx, task, mark: Mark::default() };
         let refused = {
             let mut st = self.lock();
             match st.closed.clone() {
@@ -427,18 +460,19 @@ impl Connection {
                 None => {
                     if let Some(t) = &task_id {
                         st.tasks.insert(t.clone(), id);
+                        self.count_task(&mut st, true);
                     }
-                    // Registered before the line is sent, so the answer cannot arrive first.
+                    // Sent under the lock (never waiting), so that `fail_all` finds the
+                    // call with the mark of its line, and registered before the answer can
+                    // arrive.
+                    pending.mark = self.outbound.send(line);
                     st.calls.insert(id, pending);
                     None
                 }
             }
         };
-        match refused {
-            Some((pending, reason)) => self.finish(pending, Outcome::NotSent(reason)),
-            None => {
-                self.outbound.send(line);
-            }
+        if let Some((pending, reason)) = refused {
+            self.finish(pending, Outcome::NotSent(reason));
         }
         Call { rx, conn: Arc::clone(self), task_id, done: false }
     }
@@ -570,10 +604,11 @@ impl Connection {
         };
         let mut st = self.lock();
         let p = st.calls.remove(id);
-        if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref())
-            && st.tasks.get(&task.task_id) == Some(id)
-        {
-            st.tasks.remove(&task.task_id);
+        if let Some(task) = p.as_ref().and_then(|p| p.task.as_ref()) {
+            if st.tasks.get(&task.task_id) == Some(id) {
+                st.tasks.remove(&task.task_id);
+            }
+            self.count_task(&mut st, false);
         }
         p
     }

@@ -9,6 +9,14 @@
 //!
 //! For stdin that is not a pipe (tests use in-memory streams), every line goes through the
 //! writer task.
+//!
+//! What reached the plugin: every line sent has a [`Mark`], where it ends in the stream.
+//! When the process ends, [`Outbound::stop`] stops all writing and returns a [`Reach`]:
+//! how far into the stream the plugin can have read. A line that ends beyond it never
+//! reached the plugin whole (its write failed, `EPIPE` included, or was cut short, or it
+//! was still queued, or it lay unread in the pipe when the last reader was gone), so the
+//! plugin cannot have acted on it: one message is one line. For streams that are not
+//! pipes, every line sent counts as reached.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,12 +37,41 @@ pub struct Outbound {
 }
 
 struct Direct {
-    /// `None` once closing: then nothing is written directly any more.
+    /// `None` once closing or stopped: then nothing is written directly any more.
     pipe: Option<Arc<pipe::Sender>>,
     /// Lines queued for the writer and not yet completely written.
     queued: usize,
     /// Their bytes.
     queued_bytes: usize,
+    /// Bytes of every line sent so far, written or not: where the last one ends.
+    sent: u64,
+    /// Bytes written into the pipe so far (the last line perhaps in part).
+    written: u64,
+    /// Set by [`Outbound::stop`]: nothing more is written, by anyone.
+    stopped: bool,
+}
+
+/// Where a line ends in the stream of bytes sent to the plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark(u64);
+
+/// How far into the stream the plugin can have read, as [`Outbound::stop`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Not known (a stream that is not a pipe): every line sent may have been read.
+    Unknown,
+    /// No more than this many bytes: a line ending beyond never reached the plugin whole.
+    Bytes(u64),
+}
+
+impl Reach {
+    /// Whether the line ending at `mark` may have reached the plugin whole.
+    pub fn reached(self, mark: Mark) -> bool {
+        match self {
+            Reach::Unknown => true,
+            Reach::Bytes(n) => mark.0 <= n,
+        }
+    }
 }
 
 impl Outbound {
@@ -48,27 +85,43 @@ impl Outbound {
     pub fn pipe(stdin: pipe::Sender) -> (Outbound, JoinHandle<WriterEnd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stdin = Arc::new(stdin);
-        let direct = Arc::new(Mutex::new(Direct { pipe: Some(Arc::clone(&stdin)), queued: 0, queued_bytes: 0 }));
+        let direct = Arc::new(Mutex::new(Direct {
+            pipe: Some(Arc::clone(&stdin)),
+            queued: 0,
+            queued_bytes: 0,
+            sent: 0,
+            written: 0,
+            stopped: false,
+        }));
         let writer = tokio::spawn(ended(write_queued(rx, stdin, Arc::clone(&direct))));
         (Outbound { queue: tx, direct: Some(direct) }, writer)
     }
 
-    /// Sends one or more whole lines. Never waits; after the writer has failed or the
-    /// stream was closed, the line is dropped (the caller learns of it from the writer's
-    /// end and the process's exit).
-    pub fn send(&self, mut line: Vec<u8>) {
+    /// Sends one or more whole lines and returns where they end in the stream (compare it
+    /// with the [`Reach`] of [`Outbound::stop`]). Never waits; after the writer has failed,
+    /// the stream was closed or writing stopped, the line is dropped (the caller learns of
+    /// it from the writer's end and the process's exit, and the line is not reached).
+    pub fn send(&self, mut line: Vec<u8>) -> Mark {
         let Some(direct) = &self.direct else {
             let _ = self.queue.send(Outgoing::Line(line));
-            return;
+            return Mark(0);
         };
         let mut st = lock(direct);
+        st.sent += line.len() as u64;
+        let mark = Mark(st.sent);
         if st.queued == 0
             && let Some(pipe) = &st.pipe
         {
             match pipe.try_write(&line) {
-                Ok(n) if n == line.len() => return,
+                Ok(n) if n == line.len() => {
+                    st.written += n as u64;
+                    return mark;
+                }
                 // The rest moves to the front of the same buffer: a task may be megabytes.
-                Ok(n) => drop(line.drain(..n)),
+                Ok(n) => {
+                    st.written += n as u64;
+                    drop(line.drain(..n));
+                }
                 // Full, or broken: the writer waits for room, or reports the error.
                 Err(_) => {}
             }
@@ -77,6 +130,7 @@ impl Outbound {
         st.queued += 1;
         st.queued_bytes += line.len();
         let _ = self.queue.send(Outgoing::Line(line));
+        mark
     }
 
     /// Bytes waiting for the plugin to read them (0 for streams that are not pipes, which
@@ -95,6 +149,43 @@ impl Outbound {
         });
         let _ = self.queue.send(Outgoing::Close);
     }
+}
+
+impl Outbound {
+    /// Stops all writing, for good, and says how far into the stream the plugin can have
+    /// read: what was written, less what is still unread in the pipe if no process can
+    /// read it any more (the plugin is gone, and nothing it started holds its stdin). A
+    /// line the writer was in the middle of stays cut. Called when the process has ended;
+    /// later calls return the same reach or less.
+    pub fn stop(&self) -> Reach {
+        let Some(direct) = &self.direct else { return Reach::Unknown };
+        let mut st = lock(direct);
+        st.stopped = true;
+        // Whichever holds the pipe still (after `close`, only the writer), the count of
+        // bytes written is ours; the unread rest can be asked of our end only while we hold it.
+        let unread = st.pipe.take().and_then(|pipe| unread_by_anyone(&pipe)).unwrap_or(0);
+        Reach::Bytes(st.written.saturating_sub(unread))
+    }
+}
+
+/// Bytes left in the pipe that no process can read any more: `None` while some process
+/// still holds its read end (it may read them yet), or when the kernel does not say.
+fn unread_by_anyone(pipe: &pipe::Sender) -> Option<u64> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::{AsFd, AsRawFd};
+    // On the write end of a pipe, POLLERR means: no reader left.
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::empty())];
+    let no_reader =
+        poll(&mut fds, PollTimeout::ZERO).ok()? > 0 && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLERR));
+    if !no_reader {
+        return None;
+    }
+    nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+    let mut unread: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer, which points at one; the fd is
+    // open for as long as `pipe` is borrowed.
+    unsafe { fionread(pipe.as_raw_fd(), &mut unread) }.ok()?;
+    u64::try_from(unread).ok()
 }
 
 /// Why the stdin writer stopped.
@@ -133,9 +224,10 @@ async fn write_queued(
             match m {
                 // A large line is written from its own buffer, after what is gathered.
                 Outgoing::Line(line) if line.len() >= BATCH_BYTES => {
-                    write_all(&pipe, &buf).await?;
+                    if !write_all(&pipe, &direct, &buf).await? || !write_all(&pipe, &direct, &line).await? {
+                        return Ok(());
+                    }
                     buf.clear();
-                    write_all(&pipe, &line).await?;
                     lines += 1;
                     bytes += line.len();
                 }
@@ -150,7 +242,9 @@ async fn write_queued(
                 next = rx.try_recv().ok();
             }
         }
-        write_all(&pipe, &buf).await?;
+        if !write_all(&pipe, &direct, &buf).await? {
+            return Ok(());
+        }
         buf.clear();
         let mut st = lock(&direct);
         st.queued -= lines;
@@ -163,17 +257,27 @@ async fn write_queued(
     Ok(())
 }
 
-async fn write_all(pipe: &pipe::Sender, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` whole; false if writing was stopped first ([`Outbound::stop`]), perhaps
+/// half-way. Each write happens under the lock, so that [`Outbound::stop`] sees exactly
+/// what was written.
+async fn write_all(pipe: &pipe::Sender, direct: &Mutex<Direct>, bytes: &[u8]) -> io::Result<bool> {
     let mut written = 0;
     while written < bytes.len() {
         pipe.writable().await?;
+        let mut st = lock(direct);
+        if st.stopped {
+            return Ok(false);
+        }
         match pipe.try_write(&bytes[written..]) {
-            Ok(n) => written += n,
+            Ok(n) => {
+                written += n;
+                st.written += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -232,6 +336,62 @@ mod tests {
         assert!(matches!(writer.await.unwrap(), WriterEnd::Closed));
         assert_eq!(out.queued_bytes(), 0, "all written");
         assert_eq!(reader.join().unwrap(), 64 * 4096);
+    }
+
+    /// Bytes written into the pipe so far.
+    fn written(out: &Outbound) -> u64 {
+        out.direct.as_ref().map_or(0, |d| lock(d).written)
+    }
+
+    /// Waits until `cond` holds: the writer task runs on another thread.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let began = std::time::Instant::now();
+        while !cond() {
+            assert!(began.elapsed() < std::time::Duration::from_secs(60), "{what}: not after a minute");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_line_reaches_the_plugin_only_if_it_could_be_read_whole() {
+        let (sender, mut read) = pipe_pair();
+        let (out, writer) = Outbound::pipe(sender);
+        let read_one = out.send(b"read\n".to_vec());
+        let mut got = [0u8; 5];
+        read.read_exact(&mut got).unwrap();
+        let unread = out.send(b"unread\n".to_vec());
+        until("the second line written", || out.queued_bytes() == 0).await;
+        // Larger than the pipe: written in part, the rest waits for room.
+        let cut = out.send([vec![b'c'; 200_000], vec![b'\n']].concat());
+        until("a part of the long line written", || written(&out) > 12).await;
+        drop(read);
+        // No reader left: this one's write fails (EPIPE).
+        let failed = out.send(b"failed\n".to_vec());
+        assert!(matches!(writer.await.unwrap(), WriterEnd::Failed(e) if e.kind() == io::ErrorKind::BrokenPipe));
+        let reach = out.stop();
+        assert_eq!(reach, Reach::Bytes(5), "what was read");
+        assert!(reach.reached(read_one));
+        for (what, mark) in [("left in the pipe", unread), ("cut", cut), ("failed", failed)] {
+            assert!(!reach.reached(mark), "a line {what} did not reach the plugin: {reach:?} {mark:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_a_process_still_holds_the_pipe_what_was_written_counts_as_reached() {
+        let (sender, mut read) = pipe_pair();
+        let (out, _writer) = Outbound::pipe(sender);
+        let written = out.send(b"unread yet\n".to_vec());
+        until("the line written", || out.queued_bytes() == 0).await;
+        // A process that escaped the plugin's group may still read it.
+        let reach = out.stop();
+        assert!(reach.reached(written), "{reach:?}");
+        // Nothing is written after the stop.
+        let after = out.send(b"after\n".to_vec());
+        assert!(!reach.reached(after));
+        drop(out);
+        let mut text = String::new();
+        read.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "unread yet\n");
     }
 
     #[tokio::test]
