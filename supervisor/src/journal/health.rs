@@ -36,7 +36,9 @@ impl Health {
     pub(crate) fn failed(&self, why: &str) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let why = match &self.folder {
-            Some(folder) if why.contains("I/O error") && read_only(folder) => format!("{why} (the file system is read-only)"),
+            Some(folder) if why.contains("I/O error") && read_only(folder) => {
+                format!("{why} (the file system is read-only)")
+            }
             _ => why.to_owned(),
         };
         let mut problem = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
