@@ -151,11 +151,18 @@ impl Serve {
                 });
             }
         }
+        let logged_before = self.log_text().len();
         let child = command.spawn().expect("start loom-provisioner serve");
         self.child = Some(child);
         if !self.notify.is_read() {
-            let up = crate::wait_until(Duration::from_secs(60), || self.answers_healthz());
-            assert!(up, "/healthz did not answer 200 within 60 s; log:\n{}", self.log_text());
+            // Its own log must say it listens: the port was free when it was chosen, but a
+            // daemon of another test may have taken it since, and would answer /healthz.
+            let listening = format!("listening on {}", self.url);
+            let up = crate::wait_until(Duration::from_secs(60), || {
+                self.log_text().get(logged_before..).is_some_and(|new| new.contains(&listening))
+                    && self.answers_healthz()
+            });
+            assert!(up, "not listening with /healthz answering 200 within 60 s; log:\n{}", self.log_text());
             return;
         }
         self.ready_message = self
