@@ -599,6 +599,15 @@ impl Cgroup {
         joining: &mut Vec<OwnedFd>,
     ) -> Result<PathBuf, String> {
         let dir = base.join(name);
+        if dir.exists() {
+            // Left by an earlier supervisor with this pid (pids come round, and in a
+            // container they repeat): its processes must not share this one's cgroup.
+            tracing::warn!("emptying and removing the cgroup {} left by an earlier supervisor", dir.display());
+            let stale = Cgroup::adopt(dir.clone(), h.kill_by);
+            stale.kill();
+            stale.wait_empty_blocking(Duration::from_secs(10));
+            stale.remove().map_err(|e| format!("cannot remove the stale cgroup {}: {e}", dir.display()))?;
+        }
         let made = (0..3)
             .map(|_| h.ensure(base).and_then(|()| make_dir(&dir)))
             // Another supervisor may remove `base` between the two, when it empties.
@@ -1001,6 +1010,28 @@ mod tests {
             group.remove().unwrap();
             assert!(!path.exists(), "{how:?}: {} is removed", path.display());
         }
+    }
+
+    #[tokio::test]
+    async fn a_cgroup_left_under_the_same_name_is_emptied_before_a_new_process_joins() {
+        if let Some(why) = no_real_cgroups() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        // A supervisor that had this pid before left a cgroup with a process in it.
+        let (old, joining) = Cgroup::create("unit-reused", 0, &Limits::default()).unwrap().unwrap();
+        let mut child = start_in(&old, &joining, "setsid sleep 600 & sleep 600 & wait").await;
+        let leftover = procs(old.path());
+        let (dir, name) = (old.path().to_path_buf(), old.path().file_name().unwrap().to_string_lossy().into_owned());
+        std::mem::forget(old); // as if its supervisor died: nothing kills or removes it
+        let h = hierarchy().unwrap();
+        let mut new = Cgroup { dirs: Vec::new(), kill_by: h.kill_by, memory: None, removed: false };
+        let made = new.make(h, &h.base, &name, &[], &mut Vec::new()).unwrap();
+        assert_eq!(made, dir);
+        assert!(procs(&made).is_empty(), "the new process would share a cgroup with {leftover:?}");
+        let _ = child.wait().await;
+        new.kill();
+        new.remove().unwrap();
     }
 
     #[tokio::test]

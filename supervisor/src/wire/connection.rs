@@ -145,7 +145,7 @@ struct State {
 struct Pending {
     reply: oneshot::Sender<Reply>,
     task: Option<TaskCall>,
-    /// Where the call's line ends in the stream to the plugin.
+    /// Where the call's line starts in the stream to the plugin.
     mark: Mark,
 }
 

@@ -10,13 +10,16 @@
 //! For stdin that is not a pipe (tests use in-memory streams), every line goes through the
 //! writer task.
 //!
-//! What reached the plugin: every line sent has a [`Mark`], where it ends in the stream.
+//! What reached the plugin: every line sent has a [`Mark`], where it starts in the stream.
 //! When the process ends, [`Outbound::stop`] stops all writing and returns a [`Reach`]:
-//! how far into the stream the plugin can have read. A line that ends beyond it never
-//! reached the plugin whole (its write failed, `EPIPE` included, or was cut short, or it
-//! was still queued, or it lay unread in the pipe when the last reader was gone), so the
-//! plugin cannot have acted on it: one message is one line. For streams that are not
-//! pipes, every line sent counts as reached.
+//! how far into the stream the plugin can have read. A line that starts at or beyond it
+//! was never read at all (its write failed, `EPIPE` included, or it was still queued, or
+//! it lay unread in the pipe when the last reader was gone), so the plugin cannot have
+//! acted on it. A line the plugin may have begun to read counts as reached, even if its
+//! end never arrived: a plugin decoding a JSON stream rather than lines acts at the
+//! closing brace, and one that died reading a task (too long for it, say) must not have
+//! that task sent to the next process uncounted. For streams that are not pipes, every
+//! line sent counts as reached.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -51,7 +54,7 @@ struct Direct {
     stopped: bool,
 }
 
-/// Where a line ends in the stream of bytes sent to the plugin.
+/// Where a line starts in the stream of bytes sent to the plugin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Mark(u64);
 
@@ -60,16 +63,16 @@ pub struct Mark(u64);
 pub enum Reach {
     /// Not known (a stream that is not a pipe): every line sent may have been read.
     Unknown,
-    /// No more than this many bytes: a line ending beyond never reached the plugin whole.
+    /// No more than this many bytes: a line starting there or beyond was never read.
     Bytes(u64),
 }
 
 impl Reach {
-    /// Whether the line ending at `mark` may have reached the plugin whole.
+    /// Whether the plugin may have read any of the line starting at `mark`.
     pub fn reached(self, mark: Mark) -> bool {
         match self {
             Reach::Unknown => true,
-            Reach::Bytes(n) => mark.0 <= n,
+            Reach::Bytes(n) => mark.0 < n,
         }
     }
 }
@@ -97,7 +100,7 @@ impl Outbound {
         (Outbound { queue: tx, direct: Some(direct) }, writer)
     }
 
-    /// Sends one or more whole lines and returns where they end in the stream (compare it
+    /// Sends one or more whole lines and returns where they start in the stream (compare it
     /// with the [`Reach`] of [`Outbound::stop`]). Never waits; after the writer has failed,
     /// the stream was closed or writing stopped, the line is dropped (the caller learns of
     /// it from the writer's end and the process's exit, and the line is not reached).
@@ -107,8 +110,8 @@ impl Outbound {
             return Mark(0);
         };
         let mut st = lock(direct);
-        st.sent += line.len() as u64;
         let mark = Mark(st.sent);
+        st.sent += line.len() as u64;
         if st.queued == 0
             && let Some(pipe) = &st.pipe
         {
@@ -374,6 +377,26 @@ mod tests {
         for (what, mark) in [("left in the pipe", unread), ("cut", cut), ("failed", failed)] {
             assert!(!reach.reached(mark), "a line {what} did not reach the plugin: {reach:?} {mark:?}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_line_the_plugin_began_to_read_counts_as_reached_though_its_end_never_came() {
+        let (sender, mut read) = pipe_pair();
+        let (out, _writer) = Outbound::pipe(sender);
+        let first = out.send(b"{\"id\":1}\n".to_vec());
+        let second = out.send(b"{\"id\":2}\n".to_vec());
+        until("both lines written", || out.queued_bytes() == 0).await;
+        // The plugin reads the first line and the second up to its closing brace (a JSON
+        // stream decoder acts there), then dies before the newline.
+        let mut got = [0u8; 17];
+        read.read_exact(&mut got).unwrap();
+        assert_eq!(&got[9..], b"{\"id\":2}");
+        drop(read);
+        let reach = out.stop();
+        assert_eq!(reach, Reach::Bytes(17));
+        assert!(reach.reached(first) && reach.reached(second), "{reach:?}");
+        let after = out.send(b"{\"id\":3}\n".to_vec());
+        assert!(!reach.reached(after), "nothing written after the stop was read");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
