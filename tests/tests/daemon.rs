@@ -500,3 +500,32 @@ fn finished_results_are_pruned_after_the_retention() {
     drop(serve);
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn a_task_accepted_while_the_plugins_start_is_neither_failed_as_interrupted_nor_run_twice() {
+    // The API answers as soon as the daemon listens, before its plugins have finished
+    // their handshakes and before it has dealt with what its last run left unfinished:
+    // a task accepted then is this run's.
+    let plugins = Plugins::new();
+    let runlog = plugins.file("runlog");
+    test_plugin(
+        &plugins,
+        "automator",
+        "slow-start",
+        json!({"env": {"TESTPLUGIN_RUNLOG": runlog}, "handshakeTimeoutSecs": 60,
+               "settings": {"handshakeDelayMs": 8000}}),
+    );
+    let serve = Serve::start_with_unread_notify(&plugins, "", &[]);
+    let (code, v) = serve.submit(&action("early", "INSTALL", "slow-start", json!({})), false);
+    assert_eq!(code, 202, "{v}");
+    let done =
+        wait_until(Duration::from_secs(120), || serve.request("GET", "/v1/tasks/early", None).1["state"] == "done");
+    assert!(done, "log:\n{}", serve.log_text());
+    let (_, v) = serve.request("GET", "/v1/tasks/early", None);
+    assert_eq!(v["result"]["status"], 0, "{v}");
+    // Wait until the daemon is ready (the last run's work dealt with), then count runs.
+    assert!(wait_until(Duration::from_secs(60), || serve.log_text().contains("ready: 1 plugins ready")));
+    let runs = std::fs::read_to_string(&runlog).unwrap_or_default();
+    assert_eq!(runs.lines().filter(|l| l.starts_with("early ")).count(), 1, "run once: {runs}");
+    assert!(!serve.log_text().contains("supervisor restarted while the task ran"), "{}", serve.log_text());
+}

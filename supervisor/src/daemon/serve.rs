@@ -75,12 +75,17 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
             fitted.max_connections
         );
     }
+    // Before the API takes tasks: what is unfinished now is the last run's.
+    let left = daemon.left_by_last_run().await.unwrap_or_else(|e| {
+        tracing::error!("cannot read the journal's unfinished tasks: {e}");
+        Vec::new()
+    });
     let stop_http = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, Arc::clone(&daemon), open_files, stop_http.clone()));
     tracing::info!("listening on {listen}; journal {}", daemon.journal.path().display());
 
     daemon.supervisor.wait_settled().await;
-    match daemon.recover().await {
+    match daemon.recover(left).await {
         Ok((0, 0)) => {}
         Ok((rerun, failed)) => {
             tracing::info!("after the restart: {rerun} tasks run again, {failed} failed as interrupted")

@@ -27,7 +27,7 @@ use crate::daemon::budget::{Budget, Reservation};
 use crate::daemon::config::{Config, ConfigError};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notifier;
-use crate::journal::{Journal, JournalError, Record, State};
+use crate::journal::{Journal, JournalError, Record, State, Unfinished};
 use crate::wire::envelope::TaskEnvelope;
 
 /// What a restart says about a task that was running when the daemon stopped.
@@ -328,17 +328,27 @@ impl Daemon {
         self.unwritten.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// After a restart: runs again what was queued, and what was running if its plugin
-    /// declared that task idempotent; fails the rest with [`RESTARTED`]. Call once the
-    /// plugins have finished their handshakes. Returns (re-run, failed).
+    /// What the daemon's last run left: the results it spilled at its stop are applied
+    /// (their tasks finished), and the tasks still unfinished are returned for
+    /// [`Daemon::recover`]. Call before the API accepts tasks: one accepted after this is
+    /// this run's, and must be neither failed as interrupted nor run a second time.
     ///
     /// # Errors
     /// When the journal fails.
-    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), JournalError> {
-        // Results spilled at the last stop first: their tasks finished.
+    pub async fn left_by_last_run(&self) -> Result<Vec<Unfinished>, JournalError> {
         crate::journal::spill::apply(&self.journal, &self.config().data_dir).await?;
+        self.journal.unfinished().await
+    }
+
+    /// After a restart: runs again what `left` has queued, and what was running if its
+    /// plugin declared that task idempotent; fails the rest with [`RESTARTED`]. Call once
+    /// the plugins have finished their handshakes. Returns (re-run, failed).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn recover(self: &Arc<Self>, left: Vec<Unfinished>) -> Result<(usize, usize), JournalError> {
         let (mut rerun, mut failed) = (0, 0);
-        for u in self.journal.unfinished().await? {
+        for u in left {
             let parsed = RawValue::from_string(u.raw.clone())
                 .map_err(|e| e.to_string())
                 .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()));
