@@ -79,13 +79,8 @@ impl Notifier {
         let Some(inner) = &self.inner else { return };
         let status_only = state.lines().all(|l| l.starts_with("STATUS="));
         let mut st = inner.lock();
-        // Behind a notification waiting to be tried again, in order. A status line would
-        // overtake it, and the one it carries would then replace this newer one: dropped
-        // (the next status line replaces it).
-        if !st.waiting.is_empty() {
-            if status_only {
-                return;
-            }
+        // Behind a notification waiting to be tried again, in order.
+        if !status_only && !st.waiting.is_empty() {
             return Inner::retry(inner, &mut st, state);
         }
         match inner.send_now(state) {
