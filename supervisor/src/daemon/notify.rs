@@ -79,20 +79,18 @@ impl Notifier {
         let Some(inner) = &self.inner else { return };
         let status_only = state.lines().all(|l| l.starts_with("STATUS="));
         let mut st = inner.lock();
-        // Behind a notification waiting to be tried again, in order.
-        if !status_only && !st.waiting.is_empty() {
+        // Behind a notification waiting to be tried again, in order. A status line would
+        // overtake it, and the status that one carries would then replace this newer one:
+        // dropped instead, as when the socket is full (the next status line replaces it).
+        if !st.waiting.is_empty() {
+            if status_only {
+                return inner.status_dropped(&mut st, "a notification before it waits to be sent again");
+            }
             return Inner::retry(inner, &mut st, state);
         }
         match inner.send_now(state) {
             Ok(()) => {}
-            Err(e) if status_only => {
-                if !std::mem::replace(&mut st.warned_status, true) {
-                    tracing::warn!(
-                        "cannot notify systemd at {}: {e}; status lines are dropped while it cannot take them, each replaced by the next (logged once)",
-                        inner.target.describe()
-                    );
-                }
-            }
+            Err(e) if status_only => inner.status_dropped(&mut st, &e.to_string()),
             Err(_) => Inner::retry(inner, &mut st, state),
         }
     }
@@ -147,6 +145,16 @@ impl Notifier {
 }
 
 impl Inner {
+    /// A status line was not sent because of `why`: warned about once.
+    fn status_dropped(&self, st: &mut State, why: &str) {
+        if !std::mem::replace(&mut st.warned_status, true) {
+            tracing::warn!(
+                "cannot notify systemd at {}: {why}; status lines are dropped while it cannot take them, each replaced by the next (logged once)",
+                self.target.describe()
+            );
+        }
+    }
+
     /// A non-blocking socket for `target`, or `None` (logged) when none can be made.
     fn new(target: &str) -> Option<Arc<Inner>> {
         let target = match target.strip_prefix('@') {
