@@ -243,7 +243,7 @@ async fn named(
         Err(JobError::Unknown(_)) => {
             return Err(format!(
                 "no cluster named {name:?} in {} (see `loom-provisioner cluster list`)",
-                store.journal().path().display()
+                store.journal().place()
             ));
         }
         Err(e) => return Err(e.to_string()),
@@ -377,7 +377,7 @@ async fn status(args: StatusArgs) -> Result<Exit, String> {
     };
     let view = ClusterView::load(&store, &lock_dir, &name, args.tasks).await.map_err(|e| e.to_string())?;
     let Some(view) = view else {
-        return Err(format!("no cluster named {name:?} in {}", store.journal().path().display()));
+        return Err(format!("no cluster named {name:?} in {}", store.journal().place()));
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -405,7 +405,7 @@ async fn list(args: ListArgs) -> Result<Exit, String> {
     if args.json {
         let _ = writeln!(out, "{}", json!({ "clusters": views }));
     } else if views.is_empty() {
-        let _ = writeln!(out, "no clusters in {}", store.journal().path().display());
+        let _ = writeln!(out, "no clusters in {}", store.journal().place());
     } else {
         let w = views.iter().map(|v| v.name.len()).max().unwrap_or(7).max(7);
         let _ = writeln!(out, "{:<w$}  {:>5}  {:<24}  state", "cluster", "nodes", "changed");

@@ -12,11 +12,11 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::plan::{JobKind, Mark, Marks, StepKey};
+use crate::journal::sql::{Db, Dialect, Row, SqlError};
 use crate::journal::{Journal, JournalError, now_ms, rfc3339};
 
 /// Where a cluster is.
@@ -223,11 +223,7 @@ impl ClusterStore {
     /// When the journal fails.
     pub async fn list(&self) -> Result<Vec<ClusterRecord>, JournalError> {
         self.journal
-            .run(|c| {
-                let mut q = c.prepare(&format!("{SELECT_CLUSTER} ORDER BY name"))?;
-                let rows = q.query_map([], read_cluster)?;
-                rows.collect()
-            })
+            .run(|c| c.rows(&format!("{SELECT_CLUSTER} ORDER BY name"), &[])?.iter().map(read_cluster).collect())
             .await
     }
 
@@ -241,16 +237,14 @@ impl ClusterStore {
             .run(move |c| {
                 let Some(cluster) = cluster(c, &name)? else { return Ok(None) };
                 let mut learned = HashMap::new();
-                let mut q = c.prepare("SELECT node_id, learned FROM cluster_nodes WHERE cluster = ?1")?;
-                for row in q.query_map(params![name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-                    let (node, text) = row?;
+                for row in c.rows("SELECT node_id, learned FROM cluster_nodes WHERE cluster = $1", &[(&name).into()])? {
+                    let (node, text) = (row.text(0)?, row.text(1)?);
                     let map = serde_json::from_str::<Map<String, Value>>(&text).unwrap_or_default();
                     learned.insert(node, map);
                 }
                 let mut marks = Marks::new();
-                let mut q = c.prepare("SELECT step, mark FROM cluster_steps WHERE cluster = ?1")?;
-                for row in q.query_map(params![name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-                    let (step, mark) = row?;
+                for row in c.rows("SELECT step, mark FROM cluster_steps WHERE cluster = $1", &[(&name).into()])? {
+                    let (step, mark) = (row.text(0)?, row.text(1)?);
                     if let Some(key) = StepKey::decode(&step) {
                         marks.insert(key, if mark == "done" { Mark::Done } else { Mark::Attempted });
                     }
@@ -284,17 +278,17 @@ impl ClusterStore {
                 let existing = cluster(c, &name)?;
                 if existing.as_ref().is_some_and(|e| e.state == ClusterState::Terminated) && kind == JobKind::Up {
                     for table in ["cluster_nodes", "cluster_steps"] {
-                        c.execute(&format!("DELETE FROM {table} WHERE cluster = ?1"), params![name])?;
+                        c.exec(&format!("DELETE FROM {table} WHERE cluster = $1"), &[(&name).into()])?;
                     }
                 }
                 let jobs = existing.map_or(0, |e| e.jobs) + 1;
                 let job = format!("{name}.j{jobs}");
-                c.execute(
+                c.exec(
                     "INSERT INTO clusters (name, spec, state, jobs, last_job, report, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)
-                     ON CONFLICT (name) DO UPDATE SET spec = ?2, state = ?3, jobs = ?4, last_job = ?5,
-                         report = NULL, updated_at = ?6",
-                    params![name, spec, state, jobs, job, now],
+                     VALUES ($1, $2, $3, $4, $5, NULL, $6, $6)
+                     ON CONFLICT (name) DO UPDATE SET spec = $2, state = $3, jobs = $4, last_job = $5,
+                         report = NULL, updated_at = $6",
+                    &[(&name).into(), (&spec).into(), state.into(), jobs.into(), (&job).into(), now.into()],
                 )?;
                 Ok(job)
             })
@@ -320,15 +314,15 @@ impl ClusterStore {
         self.journal
             .run(move |c| {
                 let now = now_ms();
-                c.execute(
+                c.exec(
                     "INSERT INTO cluster_tasks (task_id, cluster, job_id, step, task_name, attempt, state, started_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)
-                     ON CONFLICT (task_id) DO UPDATE SET state = 'running', sends = sends + 1, started_at = ?7",
-                    params![id, cluster, job, step, name, attempt, now],
+                     VALUES ($1, $2, $3, $4, $5, $6, 'running', $7)
+                     ON CONFLICT (task_id) DO UPDATE SET state = 'running', sends = cluster_tasks.sends + 1, started_at = $7",
+                    &[(&id).into(), (&cluster).into(), (&job).into(), (&step).into(), (&name).into(), attempt.into(), now.into()],
                 )?;
-                c.execute(
-                    "INSERT OR IGNORE INTO cluster_steps (cluster, step, mark) VALUES (?1, ?2, 'attempted')",
-                    params![cluster, step],
+                c.exec(
+                    "INSERT INTO cluster_steps (cluster, step, mark) VALUES ($1, $2, 'attempted') ON CONFLICT DO NOTHING",
+                    &[(&cluster).into(), (&step).into()],
                 )?;
                 Ok(())
             })
@@ -344,33 +338,39 @@ impl ClusterStore {
         self.journal
             .run(move |c| {
                 let now = now_ms();
-                c.execute(
-                    "UPDATE cluster_tasks SET state = 'done', status = ?2, stdout = ?3, stderr = ?4, finished_at = ?5
-                     WHERE task_id = ?1",
-                    params![f.task_id, f.status, tail(&f.stdout, OUTPUT_TAIL), tail(&f.stderr, OUTPUT_TAIL), now],
+                c.exec(
+                    "UPDATE cluster_tasks SET state = 'done', status = $2, stdout = $3, stderr = $4, finished_at = $5
+                     WHERE task_id = $1",
+                    &[
+                        (&f.task_id).into(),
+                        f.status.into(),
+                        tail(&f.stdout, OUTPUT_TAIL).into(),
+                        tail(&f.stderr, OUTPUT_TAIL).into(),
+                        now.into(),
+                    ],
                 )?;
                 for k in &f.undo {
-                    c.execute(
-                        "DELETE FROM cluster_steps WHERE cluster = ?1 AND step = ?2",
-                        params![cluster, k.encode()],
+                    c.exec(
+                        "DELETE FROM cluster_steps WHERE cluster = $1 AND step = $2",
+                        &[(&cluster).into(), (&k.encode()).into()],
                     )?;
                 }
                 for k in &f.done {
-                    c.execute(
-                        "INSERT INTO cluster_steps (cluster, step, mark) VALUES (?1, ?2, 'done')
+                    c.exec(
+                        "INSERT INTO cluster_steps (cluster, step, mark) VALUES ($1, $2, 'done')
                          ON CONFLICT (cluster, step) DO UPDATE SET mark = 'done'",
-                        params![cluster, k.encode()],
+                        &[(&cluster).into(), (&k.encode()).into()],
                     )?;
                 }
                 if let Some(learned) = &f.learned {
                     let text = Value::Object(learned.clone()).to_string();
-                    c.execute(
-                        "INSERT INTO cluster_nodes (cluster, node_id, learned) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (cluster, node_id) DO UPDATE SET learned = ?3",
-                        params![cluster, f.step.node, text],
+                    c.exec(
+                        "INSERT INTO cluster_nodes (cluster, node_id, learned) VALUES ($1, $2, $3)
+                         ON CONFLICT (cluster, node_id) DO UPDATE SET learned = $3",
+                        &[(&cluster).into(), (&f.step.node).into(), (&text).into()],
                     )?;
                 }
-                c.execute("UPDATE clusters SET updated_at = ?2 WHERE name = ?1", params![cluster, now])?;
+                c.exec("UPDATE clusters SET updated_at = $2 WHERE name = $1", &[(&cluster).into(), now.into()])?;
                 Ok(())
             })
             .await
@@ -385,11 +385,11 @@ impl ClusterStore {
         let id = task_id.to_owned();
         self.journal
             .run(move |c| {
-                c.execute(
-                    "UPDATE cluster_tasks SET state = 'done', status = -1, finished_at = ?2,
+                c.exec(
+                    "UPDATE cluster_tasks SET state = 'done', status = -1, finished_at = $2,
                          stderr = 'interrupted: the operation that sent it stopped, and the next operation was a different one'
-                     WHERE task_id = ?1",
-                    params![id, now_ms()],
+                     WHERE task_id = $1",
+                    &[(&id).into(), now_ms().into()],
                 )
                 .map(drop)
             })
@@ -408,13 +408,13 @@ impl ClusterStore {
         let (name, report) = (name.to_owned(), report.map(Value::to_string));
         self.journal
             .run(move |c| {
-                c.execute(
-                    "UPDATE clusters SET state = ?2, report = ?3, updated_at = ?4 WHERE name = ?1",
-                    params![name, state.as_str(), report, now_ms()],
+                c.exec(
+                    "UPDATE clusters SET state = $2, report = $3, updated_at = $4 WHERE name = $1",
+                    &[(&name).into(), state.as_str().into(), report.as_ref().into(), now_ms().into()],
                 )?;
                 if state == ClusterState::Terminated {
-                    c.execute("DELETE FROM cluster_nodes WHERE cluster = ?1", params![name])?;
-                    c.execute("DELETE FROM cluster_steps WHERE cluster = ?1", params![name])?;
+                    c.exec("DELETE FROM cluster_nodes WHERE cluster = $1", &[(&name).into()])?;
+                    c.exec("DELETE FROM cluster_steps WHERE cluster = $1", &[(&name).into()])?;
                     mask_spec(c, &name)?;
                 }
                 Ok(())
@@ -431,9 +431,9 @@ impl ClusterStore {
         self.journal
             .run(move |c| {
                 for table in ["cluster_nodes", "cluster_steps", "cluster_tasks"] {
-                    c.execute(&format!("DELETE FROM {table} WHERE cluster = ?1"), params![name])?;
+                    c.exec(&format!("DELETE FROM {table} WHERE cluster = $1"), &[(&name).into()])?;
                 }
-                Ok(c.execute("DELETE FROM clusters WHERE name = ?1", params![name])? > 0)
+                Ok(c.exec("DELETE FROM clusters WHERE name = $1", &[(&name).into()])? > 0)
             })
             .await
     }
@@ -441,9 +441,8 @@ impl ClusterStore {
 
 /// Replaces the credential values of cluster `name`'s stored spec with
 /// [`crate::wire::redact::MASK`] (same rule as for tasks: under credential-named keys).
-fn mask_spec(c: &Connection, name: &str) -> rusqlite::Result<()> {
-    let spec: Option<String> =
-        c.query_row("SELECT spec FROM clusters WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
+fn mask_spec(c: &mut dyn Db, name: &str) -> Result<(), SqlError> {
+    let spec = c.row("SELECT spec FROM clusters WHERE name = $1", &[name.into()])?.map(|r| r.text(0)).transpose()?;
     let Some(mut spec) = spec.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { return Ok(()) };
     // `services` is keyed by service names (data, not field names): each is masked by its
     // own members (Coopr's `actions.<task>.fields.password`).
@@ -457,57 +456,63 @@ fn mask_spec(c: &Connection, name: &str) -> rusqlite::Result<()> {
             .for_each(crate::wire::redact::mask_credentials);
         spec["services"] = services;
     }
-    c.execute("UPDATE clusters SET spec = ?2 WHERE name = ?1", params![name, spec.to_string()]).map(drop)
+    c.exec("UPDATE clusters SET spec = $2 WHERE name = $1", &[name.into(), (&spec.to_string()).into()]).map(drop)
 }
 
 const SELECT_CLUSTER: &str = "SELECT name, spec, state, jobs, last_job, report, created_at, updated_at FROM clusters";
 
-fn cluster(c: &Connection, name: &str) -> rusqlite::Result<Option<ClusterRecord>> {
-    c.query_row(&format!("{SELECT_CLUSTER} WHERE name = ?1"), params![name], read_cluster).optional()
+fn cluster(c: &mut dyn Db, name: &str) -> Result<Option<ClusterRecord>, SqlError> {
+    c.row(&format!("{SELECT_CLUSTER} WHERE name = $1"), &[name.into()])?.map(|r| read_cluster(&r)).transpose()
 }
 
-fn read_cluster(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
-    let spec: String = r.get(1)?;
-    let report: Option<String> = r.get(5)?;
+fn read_cluster(r: &Row) -> Result<ClusterRecord, SqlError> {
     Ok(ClusterRecord {
-        name: r.get(0)?,
-        spec: serde_json::from_str(&spec).unwrap_or(Value::Null),
-        state: ClusterState::parse(&r.get::<_, String>(2)?),
-        jobs: r.get(3)?,
-        last_job: r.get(4)?,
-        report: report.and_then(|t| serde_json::from_str(&t).ok()),
-        created_at: rfc3339(r.get(6)?),
-        updated_at: rfc3339(r.get(7)?),
+        name: r.text(0)?,
+        spec: serde_json::from_str(&r.text(1)?).unwrap_or(Value::Null),
+        state: ClusterState::parse(&r.text(2)?),
+        jobs: r.count(3)?,
+        last_job: r.opt_text(4)?,
+        report: r.opt_text(5)?.and_then(|t| serde_json::from_str(&t).ok()),
+        created_at: rfc3339(r.int(6)?),
+        updated_at: rfc3339(r.int(7)?),
     })
 }
 
-fn tasks_where(c: &Connection, cluster: &str, filter: &str) -> rusqlite::Result<Vec<TaskRow>> {
-    let mut q = c.prepare(&format!(
-        "SELECT task_id, job_id, step, task_name, attempt, state, status, stdout, stderr, sends, started_at, finished_at
-         FROM cluster_tasks WHERE cluster = ?1 {filter} ORDER BY started_at, rowid"
-    ))?;
-    let rows = q.query_map(params![cluster], |r| {
-        let step: String = r.get(2)?;
-        let started: i64 = r.get(10)?;
-        let finished: Option<i64> = r.get(11)?;
-        Ok(StepKey::decode(&step).map(|step| TaskRow {
-            task_id: r.get(0).unwrap_or_default(),
-            job_id: r.get(1).unwrap_or_default(),
+fn tasks_where(c: &mut dyn Db, cluster: &str, filter: &str) -> Result<Vec<TaskRow>, SqlError> {
+    // The order tasks were first recorded in, for tasks started in the same millisecond.
+    let recorded = match c.dialect() {
+        Dialect::Sqlite => "rowid",
+        Dialect::Postgres => "seq",
+    };
+    let rows = c.rows(
+        &format!(
+            "SELECT task_id, job_id, step, task_name, attempt, state, status, stdout, stderr, sends, started_at, finished_at
+             FROM cluster_tasks WHERE cluster = $1 {filter} ORDER BY started_at, {recorded}"
+        ),
+        &[cluster.into()],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(step) = StepKey::decode(&r.text(2)?) else { continue };
+        let (started, finished) = (r.int(10)?, r.opt_int(11)?);
+        out.push(TaskRow {
+            task_id: r.text(0)?,
+            job_id: r.text(1)?,
             step,
-            task_name: r.get(3).unwrap_or_default(),
-            attempt: r.get(4).unwrap_or_default(),
-            state: r.get(5).unwrap_or_default(),
-            status: r.get(6).unwrap_or_default(),
-            stdout: r.get(7).unwrap_or_default(),
-            stderr: r.get(8).unwrap_or_default(),
-            sends: r.get(9).unwrap_or_default(),
+            task_name: r.text(3)?,
+            attempt: r.count(4)?,
+            state: r.text(5)?,
+            status: r.opt_int(6)?,
+            stdout: r.opt_text(7)?,
+            stderr: r.opt_text(8)?,
+            sends: r.count(9)?,
             started_at: rfc3339(started),
             finished_at: finished.map(rfc3339),
             started_ms: started,
             finished_ms: finished,
-        }))
-    })?;
-    rows.filter_map(Result::transpose).collect::<rusqlite::Result<Vec<_>>>()
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

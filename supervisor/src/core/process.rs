@@ -673,10 +673,19 @@ mod tests {
         let plugins = Plugins::new();
         plugins.add(Automator, "a", json!({"maxConcurrency": 2}));
         let sup = plugins.supervisor();
-        let hang = action("t1", "INSTALL", "a", json!({"action": "hang"}));
+        // The crash is sent once the plugin has read the hanging task (it makes the marker
+        // then): a task the dead process never read would go to the next process instead.
+        let marker = plugins.file("hanging");
+        let hang = action("t1", "INSTALL", "a", json!({"action": "hang-once", "marker": marker}));
         let crash = action("t2", "START", "a", json!({"action": "crash", "code": 7}));
+        let crash_once_hanging = async {
+            while !marker.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sup.run(&crash).await
+        };
         let (hung, crashed) =
-            within_a_minute("the answers", async { tokio::join!(sup.run(&hang), sup.run(&crash)) }).await;
+            within_a_minute("the answers", async { tokio::join!(sup.run(&hang), crash_once_hanging) }).await;
         for (r, task) in [(hung, "t1 (INSTALL)"), (crashed, "t2 (START)")] {
             assert_eq!(r.status, 1);
             let why = format!("automator \"a\", task {task}: the plugin process (pid ");

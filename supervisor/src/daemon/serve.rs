@@ -82,7 +82,7 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
     });
     let stop_http = CancellationToken::new();
     let http = tokio::spawn(http::serve(listener, Arc::clone(&daemon), open_files, stop_http.clone()));
-    tracing::info!("listening on {listen}; journal {}", daemon.journal.path().display());
+    tracing::info!("listening on {listen}; journal {}", daemon.journal.place());
 
     daemon.supervisor.wait_settled().await;
     match daemon.recover(left).await {

@@ -219,7 +219,7 @@ impl Daemon {
         });
         accepted.await.unwrap_or_else(|e| {
             Err(SubmitError::Journal(JournalError {
-                path: self.journal.path().to_path_buf(),
+                place: self.journal.place().into(),
                 message: format!("accepting the task failed: {e}"),
             }))
         })

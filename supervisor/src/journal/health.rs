@@ -71,13 +71,6 @@ fn read_only(folder: &std::path::Path) -> bool {
     }
 }
 
-/// Whether `e` says the storage under the journal cannot take a write (full, read-only,
-/// failing), rather than something about one operation.
-pub(crate) fn is_storage_error(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
-    matches!(e.sqlite_error_code(), Some(DiskFull | ReadOnly | SystemIoFailure | CannotOpen))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,15 +92,5 @@ mod tests {
         let writable = Health::of_folder(std::env::temp_dir());
         writable.failed("disk I/O error");
         assert_eq!(writable.problem().as_deref(), Some("disk I/O error"));
-    }
-
-    #[test]
-    fn storage_errors_are_told_from_others() {
-        let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
-        let constraint =
-            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT), None);
-        assert!(is_storage_error(&full));
-        assert!(!is_storage_error(&constraint));
-        assert!(!is_storage_error(&rusqlite::Error::QueryReturnedNoRows));
     }
 }

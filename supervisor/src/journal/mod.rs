@@ -18,7 +18,7 @@
 //! Deleted data does not linger in the files: `secure_delete` makes SQLite overwrite what
 //! it deletes with zeros, and the write-ahead log (which still holds every page as it was
 //! written, task bodies included) is checkpointed into the database and truncated to
-//! nothing within [`CHECKPOINT_AFTER`] of any commit, at most once per that interval under
+//! nothing within [`writer::TIDY_AFTER`] of any commit, at most once per that interval under
 //! load, and on [`Journal::checkpoint`] (a clean stop).
 //!
 //! Every table is created in [`schema`]; the clusters' records are read and written by
@@ -29,41 +29,25 @@ mod health;
 mod retry;
 pub mod schema;
 pub mod spill;
+pub mod sql;
+mod sqlite;
+mod writer;
 
 pub use retry::until_recorded;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 pub use health::Health;
-use health::is_storage_error;
-use schema::VERSION as SCHEMA_VERSION;
+use sql::{Db, Dialect, Row, SqlError};
 
-/// Most operations applied in one transaction.
-const BATCH: usize = 512;
-
-/// How long after a commit the write-ahead log is checkpointed and truncated, taking what
-/// was deleted (a finished task's body) out of every file. Under load, commits in between
-/// share the checkpoint.
-pub const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
-
-type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
-
-/// What the journal thread is asked to do.
-enum Op {
-    /// Apply an operation in the next batch.
-    Job(Job),
-    /// Checkpoint and truncate the write-ahead log now; answer when done.
-    Checkpoint(oneshot::Sender<Result<(), String>>),
-}
+use writer::{Done, Job, Op};
 
 /// A handle on the journal; cheap to clone.
 ///
@@ -79,8 +63,9 @@ enum Op {
 #[derive(Clone)]
 pub struct Journal {
     jobs: std_mpsc::Sender<Op>,
-    path: PathBuf,
+    place: Arc<str>,
     health: Arc<Health>,
+    dialect: Dialect,
 }
 
 /// Where a task is.
@@ -159,10 +144,10 @@ pub struct Counts {
 /// one differently from another (every caller reports it, or tries again), and it is
 /// cloned to every operation of a batch whose commit failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("journal {}: {message}", path.display())]
+#[error("journal {place}: {message}")]
 pub struct JournalError {
-    /// The database file.
-    pub path: PathBuf,
+    /// Where the journal is: its file, or its database server (never with a password).
+    pub place: Arc<str>,
     /// What happened.
     pub message: String,
 }
@@ -172,38 +157,34 @@ impl Journal {
     ///
     /// # Errors
     /// When the folder or database cannot be created or read, has a newer schema, or
-    /// cannot be trusted ([`open_safely`]).
+    /// cannot be trusted.
     pub fn open(data_dir: &Path) -> Result<Journal, JournalError> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = data_dir.join("journal.sqlite3");
-        let fail = |message: String| JournalError { path: path.clone(), message };
-        let (real, conn) = open_safely(data_dir).map_err(fail)?;
-        // Tasks and results carry credentials.
-        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(e.to_string()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 5000;
-             PRAGMA secure_delete = ON;",
-        )
-        .and_then(|()| schema::create(&conn))
-        .map_err(|e| fail(e.to_string()))?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
-        if version > SCHEMA_VERSION {
-            return Err(fail(format!(
-                "schema version {version} is newer than this loom-provisioner understands ({SCHEMA_VERSION})"
-            )));
-        }
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(|e| fail(e.to_string()))?;
+        let path = data_dir.join(sqlite::FILE);
+        let place: Arc<str> = path.display().to_string().into();
+        let fail = |message: String| JournalError { place: Arc::clone(&place), message };
+        let (engine, real) = sqlite::Sqlite::open(data_dir).map_err(fail)?;
+        let health = Health::of_folder(real.parent().map(Path::to_path_buf).unwrap_or_default());
+        Journal::launch(engine, Arc::from(real.display().to_string()), health, Dialect::Sqlite)
+    }
 
+    /// Starts the writer thread on `engine`.
+    fn launch(
+        mut engine: impl writer::Engine + 'static,
+        place: Arc<str>,
+        health: Health,
+        dialect: Dialect,
+    ) -> Result<Journal, JournalError> {
         let (tx, rx) = std_mpsc::channel::<Op>();
-        let health = Arc::new(Health::of_folder(path.parent().map(Path::to_path_buf).unwrap_or_default()));
+        let health = Arc::new(health);
         let thread_health = Arc::clone(&health);
         std::thread::Builder::new()
             .name("loom-journal".into())
-            .spawn(move || writer(&conn, &rx, &thread_health))
-            .map_err(|e| fail(format!("cannot start the journal thread: {e}")))?;
-        Ok(Journal { jobs: tx, path, health })
+            .spawn(move || writer::run(&mut engine, &rx, &thread_health))
+            .map_err(|e| JournalError {
+                place: Arc::clone(&place),
+                message: format!("cannot start the journal thread: {e}"),
+            })?;
+        Ok(Journal { jobs: tx, place, health, dialect })
     }
 
     /// Whether the journal can write, as its last writes found it.
@@ -211,9 +192,18 @@ impl Journal {
         &self.health
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the journal is: its file, or its database server (never with a password).
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// Which engine keeps it.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn error(&self, message: String) -> JournalError {
+        JournalError { place: Arc::clone(&self.place), message }
     }
 
     /// Records a new task as queued, unless one with this id exists: then returns it and
@@ -232,9 +222,9 @@ impl Journal {
             if let Some(existing) = get(c, &id)? {
                 return Ok(Some(existing));
             }
-            c.execute(
-                "INSERT INTO tasks (task_id, task_name, state, task, submitted_at) VALUES (?1, ?2, 'queued', ?3, ?4)",
-                params![id, name, raw.get(), now_ms()],
+            c.exec(
+                "INSERT INTO tasks (task_id, task_name, state, task, submitted_at) VALUES ($1, $2, 'queued', $3, $4)",
+                &[(&id).into(), (&name).into(), raw.get().into(), now_ms().into()],
             )?;
             Ok(None)
         })
@@ -249,9 +239,9 @@ impl Journal {
     pub async fn start(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
         self.run(move |c| {
-            c.execute(
-                "UPDATE tasks SET state = 'running', started_at = ?2, attempts = attempts + 1 WHERE task_id = ?1",
-                params![id, now_ms()],
+            c.exec(
+                "UPDATE tasks SET state = 'running', started_at = $2, attempts = attempts + 1 WHERE task_id = $1",
+                &[(&id).into(), now_ms().into()],
             )
             .map(drop)
         })
@@ -267,9 +257,9 @@ impl Journal {
         let result: std::sync::Arc<str> = result.into();
         let id = task_id.to_owned();
         self.run(move |c| {
-            c.execute(
-                "UPDATE tasks SET state = 'done', result = ?2, finished_at = ?3, task = NULL WHERE task_id = ?1",
-                params![id, &*result, now_ms()],
+            c.exec(
+                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL WHERE task_id = $1",
+                &[(&id).into(), (&*result).into(), now_ms().into()],
             )
             .map(drop)
         })
@@ -282,7 +272,7 @@ impl Journal {
     /// When the journal fails ([`Journal`]).
     pub async fn requeue(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
-        self.run(move |c| c.execute("UPDATE tasks SET state = 'queued' WHERE task_id = ?1", params![id]).map(drop))
+        self.run(move |c| c.exec("UPDATE tasks SET state = 'queued' WHERE task_id = $1", &[(&id).into()]).map(drop))
             .await
     }
 
@@ -301,13 +291,13 @@ impl Journal {
     /// When the journal fails ([`Journal`]).
     pub async fn unfinished(&self) -> Result<Vec<Unfinished>, JournalError> {
         self.run(|c| {
-            let mut q = c.prepare(
+            let rows = c.rows(
                 "SELECT task_id, state, COALESCE(task, '') FROM tasks WHERE state != 'done' ORDER BY submitted_at",
+                &[],
             )?;
-            let rows = q.query_map([], |r| {
-                Ok(Unfinished { task_id: r.get(0)?, state: State::parse(&r.get::<_, String>(1)?), raw: r.get(2)? })
-            })?;
-            rows.collect()
+            rows.iter()
+                .map(|r| Ok(Unfinished { task_id: r.text(0)?, state: State::parse(&r.text(1)?), raw: r.text(2)? }))
+                .collect()
         })
         .await
     }
@@ -318,23 +308,23 @@ impl Journal {
     /// When the journal fails ([`Journal`]); then nothing is deleted.
     pub async fn prune(&self, retention: Duration) -> Result<usize, JournalError> {
         let before = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        self.run(move |c| c.execute("DELETE FROM tasks WHERE state = 'done' AND finished_at <= ?1", params![before]))
+        self.run(move |c| c.exec("DELETE FROM tasks WHERE state = 'done' AND finished_at <= $1", &[before.into()]))
             .await
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    /// Checkpoints the write-ahead log into the database and truncates it, now (after what
-    /// is queued before). Deleted task bodies and results are then in no file. The journal
-    /// does this by itself within [`CHECKPOINT_AFTER`] of a commit; call it before the
-    /// process exits.
+    /// Takes what was deleted out of every file, now (after what is queued before):
+    /// SQLite checkpoints its write-ahead log into the database and truncates it. The
+    /// journal does this by itself within [`writer::TIDY_AFTER`] of a commit; call it before
+    /// the process exits.
     ///
     /// # Errors
     /// When SQLite could not checkpoint it all (another connection reads the file) or the
     /// journal thread has stopped.
     pub async fn checkpoint(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        let fail = |message: String| JournalError { path: self.path.clone(), message };
-        self.jobs.send(Op::Checkpoint(tx)).map_err(|_| fail("the journal thread has stopped".into()))?;
-        rx.await.map_err(|_| fail("the journal thread dropped the request".into()))?.map_err(fail)
+        self.jobs.send(Op::Tidy(tx)).map_err(|_| self.error("the journal thread has stopped".into()))?;
+        rx.await.map_err(|_| self.error("the journal thread dropped the request".into()))?.map_err(|e| self.error(e))
     }
 
     /// Task counts by state.
@@ -343,12 +333,10 @@ impl Journal {
     /// When the journal fails ([`Journal`]).
     pub async fn counts(&self) -> Result<Counts, JournalError> {
         self.run(|c| {
-            let mut q = c.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
             let mut counts = Counts::default();
-            for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (state, n) = row?;
-                let n = u64::try_from(n).unwrap_or(0);
-                match State::parse(&state) {
+            for row in c.rows("SELECT state, COUNT(*) FROM tasks GROUP BY state", &[])? {
+                let n = u64::try_from(row.int(1)?).unwrap_or(0);
+                match State::parse(&row.text(0)?) {
                     State::Queued => counts.queued = n,
                     State::Running => counts.running = n,
                     State::Done => counts.done = n,
@@ -360,7 +348,8 @@ impl Journal {
     }
 
     /// Runs `f` on the journal thread inside the next batch; answers after the commit.
-    /// Everything `f` does commits (or fails) together.
+    /// Everything `f` does commits (or fails) together: when one of its statements fails,
+    /// everything it did is undone, whatever `f` made of the error.
     ///
     /// # Errors
     /// `f`'s error, or the batch's commit failed (then nothing `f` did is kept), or the
@@ -371,174 +360,51 @@ impl Journal {
     /// runs and commits even if the future is dropped: only the answer is lost.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, SqlError> + Send + 'static,
     ) -> Result<T, JournalError> {
         let (tx, rx) = oneshot::channel();
         let health = Arc::clone(&self.health);
         let job: Job = Box::new(move |c| {
             let out = f(c);
             if let Err(e) = &out
-                && is_storage_error(e)
+                && e.storage
             {
-                health.failed(&e.to_string());
+                health.failed(&e.message);
             }
-            Box::new(move |committed: Result<(), String>| {
+            let done: Done = Box::new(move |committed: Result<(), String>| {
                 let answer = match (out, committed) {
-                    (Err(e), _) => Err(e.to_string()),
+                    (Err(e), _) => Err(e.message),
                     (Ok(_), Err(e)) => Err(format!("commit failed: {e}")),
                     (Ok(v), Ok(())) => Ok(v),
                 };
                 let _ = tx.send(answer);
-            })
+            });
+            done
         });
-        let fail = |message: String| JournalError { path: self.path.clone(), message };
-        self.jobs.send(Op::Job(job)).map_err(|_| fail("the journal thread has stopped".into()))?;
-        rx.await.map_err(|_| fail("the journal thread dropped the request".into()))?.map_err(fail)
+        self.jobs.send(Op::Job(job)).map_err(|_| self.error("the journal thread has stopped".into()))?;
+        rx.await.map_err(|_| self.error("the journal thread dropped the request".into()))?.map_err(|e| self.error(e))
     }
 }
 
-/// Creates `data_dir` (mode 0700) if needed, checks it as [`crate::core::trust`] checks plugin
-/// folders (owned by root or the daemon's user, writable by no one else, on its whole
-/// path), and opens the database in it without following symbolic links: the database's
-/// own name and its `-wal`, `-shm` and `-journal` companions (which SQLite opens by name
-/// itself) must not be links, so nobody can point the journal, and the credentials in it,
-/// at another file. Returns the database's path, links on the way resolved.
-fn open_safely(data_dir: &Path) -> Result<(PathBuf, Connection), String> {
-    use rusqlite::OpenFlags;
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(|e| format!("cannot create the data folder {}: {e}", data_dir.display()))?;
-    let dir = crate::core::trust::check(data_dir, crate::core::trust::Kind::Folder)
-        .map_err(|e| format!("data folder: {e}"))?;
-    let path = dir.join("journal.sqlite3");
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let file = PathBuf::from(format!("{}{suffix}", path.display()));
-        match std::fs::symlink_metadata(&file) {
-            Ok(md) if md.file_type().is_symlink() => {
-                return Err(format!(
-                    "{} is a symbolic link, and the journal never follows one (it could point the journal at another file); remove it",
-                    file.display()
-                ));
-            }
-            Ok(md) if !md.is_file() => return Err(format!("{} is not a regular file; remove it", file.display())),
-            _ => {}
-        }
-    }
-    // SQLITE_OPEN_NOFOLLOW: SQLite refuses a path with a link in it (O_NOFOLLOW and more).
-    let conn = Connection::open_with_flags(&path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)
-        .map_err(|e| e.to_string())?;
-    Ok((path, conn))
+fn get(c: &mut dyn Db, id: &str) -> Result<Option<Record>, SqlError> {
+    let row = c.row(
+        "SELECT task_id, task_name, state, submitted_at, started_at, finished_at, attempts, result FROM tasks WHERE task_id = $1",
+        &[id.into()],
+    )?;
+    row.map(|r| read_record(&r)).transpose()
 }
 
-/// The journal thread: apply everything queued, commit once, answer; checkpoint the
-/// write-ahead log [`CHECKPOINT_AFTER`] after a commit, or when asked.
-fn writer(conn: &Connection, ops: &std_mpsc::Receiver<Op>, health: &Health) {
-    let mut due: Option<Instant> = None;
-    loop {
-        let first = match due {
-            None => ops.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
-            Some(at) => ops.recv_timeout(at.saturating_duration_since(Instant::now())),
-        };
-        let first = match first {
-            Ok(op) => op,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                due = checkpoint(conn).err().map(|_| Instant::now() + CHECKPOINT_AFTER);
-                continue;
-            }
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let (batch, asked) = gather(first, ops);
-        if !batch.is_empty() && apply(conn, batch, health) && due.is_none() {
-            due = Some(Instant::now() + CHECKPOINT_AFTER);
-        }
-        if let Some(reply) = asked {
-            let done = checkpoint(conn);
-            due = done.is_err().then(|| Instant::now() + CHECKPOINT_AFTER);
-            let _ = reply.send(done);
-        } else if due.is_some_and(|at| at <= Instant::now()) {
-            // Busy without a pause: checkpoint between batches.
-            due = checkpoint(conn).err().map(|_| Instant::now() + CHECKPOINT_AFTER);
-        }
-    }
-    // Every handle is gone: leave nothing deleted behind.
-    let _ = checkpoint(conn);
-}
-
-/// `first` and the operations queued behind it, up to [`BATCH`] or a checkpoint request
-/// (which ends the batch, so that it covers everything queued before it).
-fn gather(first: Op, ops: &std_mpsc::Receiver<Op>) -> (Vec<Job>, Option<oneshot::Sender<Result<(), String>>>) {
-    let mut batch = Vec::new();
-    let mut next = Some(first);
-    while let Some(op) = next.take() {
-        match op {
-            Op::Job(job) => batch.push(job),
-            Op::Checkpoint(reply) => return (batch, Some(reply)),
-        }
-        if batch.len() < BATCH {
-            next = ops.try_recv().ok();
-        }
-    }
-    (batch, None)
-}
-
-/// Applies `batch` in one transaction and answers each job. Returns whether it committed.
-fn apply(conn: &Connection, batch: Vec<Job>, health: &Health) -> bool {
-    let changes_before = conn.total_changes();
-    let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
-    let dones: Vec<Done> = batch.into_iter().map(|job| job(conn)).collect();
-    let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
-    match &committed {
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!("journal commit failed: {e}");
-            health.failed(e);
-        }
-        // Something was written: the storage takes writes (a batch of reads says nothing).
-        Ok(()) if conn.total_changes() > changes_before => health.wrote(),
-        Ok(()) => {}
-    }
-    let ok = committed.is_ok();
-    for done in dones {
-        done(committed.clone());
-    }
-    ok
-}
-
-/// Copies the write-ahead log into the database and truncates it to nothing.
-///
-/// # Errors
-/// When SQLite fails, or could not copy every frame (a reader holds an older snapshot):
-/// the caller tries again later.
-fn checkpoint(conn: &Connection) -> Result<(), String> {
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).map_err(|e| e.to_string())?;
-    if busy != 0 {
-        return Err("the write-ahead log is in use by another reader; it was not truncated".into());
-    }
-    Ok(())
-}
-
-fn get(c: &Connection, id: &str) -> rusqlite::Result<Option<Record>> {
-    c.query_row(
-        "SELECT task_id, task_name, state, submitted_at, started_at, finished_at, attempts, result FROM tasks WHERE task_id = ?1",
-        params![id],
-        |r| {
-            let result: Option<String> = r.get(7)?;
-            Ok(Record {
-                task_id: r.get(0)?,
-                task_name: r.get(1)?,
-                state: State::parse(&r.get::<_, String>(2)?),
-                submitted_at: rfc3339(r.get(3)?),
-                started_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
-                finished_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
-                attempts: r.get(6)?,
-                result: result.and_then(|t| RawValue::from_string(t).ok()),
-            })
-        },
-    )
-    .optional()
+fn read_record(r: &Row) -> Result<Record, SqlError> {
+    Ok(Record {
+        task_id: r.text(0)?,
+        task_name: r.text(1)?,
+        state: State::parse(&r.text(2)?),
+        submitted_at: rfc3339(r.int(3)?),
+        started_at: r.opt_int(4)?.map(rfc3339),
+        finished_at: r.opt_int(5)?.map(rfc3339),
+        attempts: r.count(6)?,
+        result: r.opt_text(7)?.and_then(|t| RawValue::from_string(t).ok()),
+    })
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -565,6 +431,7 @@ pub fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn raw(text: &str) -> std::sync::Arc<Box<RawValue>> {
         std::sync::Arc::new(RawValue::from_string(text.to_owned()).unwrap())
@@ -606,7 +473,7 @@ mod tests {
             assert_eq!(j.get(id).await.unwrap().map(|r| r.attempts), Some(starts), "starts of {id}");
         }
         // The finished task's body (and its password) is gone; its result stays.
-        let c = Connection::open(j.path()).unwrap();
+        let c = rusqlite::Connection::open(dir.path().join(sqlite::FILE)).unwrap();
         let body: Option<String> = c.query_row("SELECT task FROM tasks WHERE task_id = 'd'", [], |r| r.get(0)).unwrap();
         assert_eq!(body, None);
         let counts = j.counts().await.unwrap();
@@ -704,8 +571,8 @@ mod tests {
         j.accept("t", "CREATE", raw(r#"{"password":"body-secret-wal"}"#)).await.unwrap();
         j.finish("t", r#"{"status":0}"#).await.unwrap();
         // Nothing signals the journal thread's own checkpoint: watch the files, for far
-        // longer than CHECKPOINT_AFTER.
-        let deadline = Instant::now() + CHECKPOINT_AFTER * 30;
+        // longer than TIDY_AFTER.
+        let deadline = Instant::now() + writer::TIDY_AFTER * 30;
         while !files_holding(dir.path(), "body-secret-wal").is_empty() {
             assert!(Instant::now() < deadline, "still in {:?}", files_holding(dir.path(), "body-secret-wal"));
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -725,7 +592,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(&dir.path().join("data")).unwrap();
-        assert_eq!(std::fs::metadata(j.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(j.place()).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(dir.path().join("data")).unwrap().permissions().mode() & 0o777, 0o700);
     }
 

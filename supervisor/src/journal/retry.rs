@@ -44,7 +44,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
@@ -63,7 +62,7 @@ mod tests {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
                 if n < 3 {
-                    Err(JournalError { path: PathBuf::from("/j"), message: "disk full".into() })
+                    Err(JournalError { place: "/j".into(), message: "disk full".into() })
                 } else {
                     Ok(())
                 }

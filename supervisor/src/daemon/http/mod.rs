@@ -212,7 +212,7 @@ fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
     }
     if let Some(why) = daemon.journal.health().problem() {
-        let journal = format!("{}: {why}", daemon.journal.path().display());
+        let journal = format!("{}: {why}", daemon.journal.place());
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "journal cannot write", "journal": journal}),
