@@ -105,6 +105,37 @@ impl Route {
     }
 }
 
+/// The plugins a daemon must have to run `task`, by Loom's rules, as `kind:name` keys
+/// (`provider:ec2`, `automator:shell`; `automator:*` for a BOOTSTRAP that names no
+/// automators: it goes to whichever automators the daemon has). Read from the task
+/// alone, so a daemon can tell which tasks another daemon can run. Empty when the task
+/// names no plugin (any daemon refuses it the same way).
+pub fn needs(task: &TaskEnvelope) -> Vec<String> {
+    match task.task_name {
+        TaskName::Create | TaskName::Confirm | TaskName::Delete => {
+            task.provider.iter().map(|p| format!("{}:{p}", PluginKind::Provider)).collect()
+        }
+        TaskName::Bootstrap => match &task.automators {
+            Some(list) => list.iter().map(|a| format!("{}:{a}", PluginKind::Automator)).collect(),
+            None => vec![format!("{}:*", PluginKind::Automator)],
+        },
+        _ => task.automator.iter().map(|a| format!("{}:{a}", PluginKind::Automator)).collect(),
+    }
+}
+
+impl Table {
+    /// The plugin keys this table runs ([`needs`]' spelling), sorted: each runnable
+    /// plugin, and `automator:*` when it has an automator.
+    pub fn can(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.plugins.keys().map(|(kind, name)| format!("{kind}:{name}")).collect();
+        if self.plugins.keys().any(|(kind, _)| *kind == PluginKind::Automator) {
+            keys.push(format!("{}:*", PluginKind::Automator));
+        }
+        keys.sort_unstable();
+        keys
+    }
+}
+
 /// Routes `task` by Loom's rules.
 pub fn route(sup: &Table, task: &TaskEnvelope) -> Route {
     let context = format!("task {} ({})", task.task_id, task.task_name);

@@ -54,6 +54,9 @@ pub struct Config {
     pub defaults: Defaults,
     /// The API's connection limits (`[http]`).
     pub http: HttpLimits,
+    /// The journal: SQLite in `data_dir`, or a PostgreSQL server shared by a fleet
+    /// (`[journal]`).
+    pub journal: crate::journal::Settings,
 }
 
 /// The API's connection limits (`[http]`); see [`crate::daemon::http`] for what each does.
@@ -172,6 +175,19 @@ struct Raw {
     defaults: RawDefaults,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    journal: RawJournal,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    url: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    name: Option<Spanned<String>>,
+    lease_secs: Option<Spanned<f64>>,
+    heartbeat_secs: Option<Spanned<f64>>,
+    max_claimed: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -351,6 +367,65 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
 
+    let journal = {
+        let rj = &raw.journal;
+        let base = crate::journal::Settings::default();
+        // The URL may hold a password: no message quotes it.
+        if let Some(url) = &rj.url {
+            let u = url.get_ref();
+            let conninfo = u.contains('=') && !u.contains("://");
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://") || conninfo) {
+                return Err(err(
+                    Some(url.span()),
+                    "journal.url must be a PostgreSQL URL (postgres://... or postgresql://...) or key=value connection string; leave it out for SQLite in data_dir".into(),
+                ));
+            }
+        }
+        if let Some(name) = &rj.name {
+            let n = name.get_ref();
+            if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(err(
+                    Some(name.span()),
+                    "journal.name must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+        }
+        let positive = |v: &Option<Spanned<f64>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+            match secs(v, key, 1.0)? {
+                Some(d) if d.is_zero() => Err(err(v.as_ref().map(Spanned::span), format!("{key} must be more than 0"))),
+                d => Ok(d),
+            }
+        };
+        let lease = positive(&rj.lease_secs, "journal.lease_secs")?.unwrap_or(base.lease);
+        let heartbeat = positive(&rj.heartbeat_secs, "journal.heartbeat_secs")?.unwrap_or(base.heartbeat);
+        if heartbeat * 2 > lease {
+            let span = rj.heartbeat_secs.as_ref().or(rj.lease_secs.as_ref()).map(Spanned::span);
+            return Err(err(
+                span,
+                format!(
+                    "journal.heartbeat_secs ({}) must be at most half of journal.lease_secs ({}): a lease must outlast a missed heartbeat",
+                    heartbeat.as_secs_f64(),
+                    lease.as_secs_f64()
+                ),
+            ));
+        }
+        let max_claimed = match &rj.max_claimed {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(err(Some(n.span()), "journal.max_claimed must be at least 1".into()));
+            }
+            Some(n) => *n.get_ref(),
+            None => base.max_claimed,
+        };
+        crate::journal::Settings {
+            url: rj.url.as_ref().map(|u| u.get_ref().clone()),
+            password_file: rj.password_file.as_ref().map(|p| resolve(p.get_ref())),
+            name: rj.name.as_ref().map(|n| n.get_ref().clone()),
+            lease,
+            heartbeat,
+            max_claimed,
+        }
+    };
+
     let max_body_bytes = raw.max_body_bytes.as_ref().map_or(DEFAULT_MAX_BODY_BYTES, |b| *b.get_ref());
     let max_pending_task_bytes =
         raw.max_pending_task_bytes.as_ref().map_or(DEFAULT_MAX_PENDING_TASK_BYTES, |b| *b.get_ref());
@@ -381,6 +456,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         log_level: raw.log.level.clone(),
         defaults: d,
         http,
+        journal,
     })
 }
 

@@ -75,9 +75,10 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
             fitted.max_connections
         );
     }
-    // Before the API takes tasks: what is unfinished now is the last run's.
-    let left = daemon.left_by_last_run().await.unwrap_or_else(|e| {
-        tracing::error!("cannot read the journal's unfinished tasks: {e}");
+    // Before the API takes tasks: what is unfinished now is the last run's (or, in a
+    // fleet, a dead daemon's).
+    let left = daemon.join().await.unwrap_or_else(|e| {
+        tracing::error!("cannot join the fleet or take over the journal's unfinished tasks: {e}");
         Vec::new()
     });
     let stop_http = CancellationToken::new();
@@ -92,6 +93,7 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
         }
         Err(e) => tracing::error!("cannot recover the journal's unfinished tasks: {e}"),
     }
+    daemon.run_fleet();
     match daemon.resume_clusters().await {
         Ok(0) => {}
         Ok(n) => tracing::info!("after the restart: {n} cluster operations resumed"),

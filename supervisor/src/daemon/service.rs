@@ -4,8 +4,13 @@
 //! ([`crate::cli`]) sit on top.
 //!
 //! A task's life here: [`Daemon::submit`] journals it as queued (or finds it there: a
-//! second submission never runs it twice) and spawns [`Daemon::execute`], which journals
-//! it as running, runs it, journals the result, and wakes whoever waits for it.
+//! second submission never runs it twice). When this daemon can run it and has room, it
+//! claims it at once and spawns [`Daemon::execute`], which journals it as running, runs
+//! it, journals the result, and wakes whoever waits for it. Otherwise (a fleet sharing a
+//! PostgreSQL journal) it stays in the fleet's queue, and the claim loop of whichever
+//! daemon has its plugins and room takes it ([`Daemon::run_fleet`]); that loop also
+//! renews this daemon's lease and takes over the tasks of daemons whose lease ran out
+//! ([`crate::journal::Fate`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,11 +32,10 @@ use crate::daemon::budget::{Budget, Reservation};
 use crate::daemon::config::{Config, ConfigError};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notifier;
-use crate::journal::{Journal, JournalError, Record, State, Unfinished};
+use crate::journal::{Event, Fate, Journal, JournalError, Member, Orphan, Record, Settings};
 use crate::wire::envelope::TaskEnvelope;
 
-/// What a restart says about a task that was running when the daemon stopped.
-pub const RESTARTED: &str = "supervisor restarted while the task ran";
+pub use crate::journal::RESTARTED;
 
 /// The running daemon.
 pub struct Daemon {
@@ -57,6 +61,16 @@ pub struct Daemon {
     draining: AtomicBool,
     /// The clusters, in the same journal.
     pub clusters: ClusterStore,
+    /// This daemon in the journal's fleet (a new id after its lease ran out).
+    me: Mutex<Member>,
+    /// How it takes part in the fleet.
+    fleet: Settings,
+    /// The plugin keys it runs, and that list as JSON (`router::needs`' spelling).
+    can: RwLock<Arc<(Vec<String>, String)>>,
+    /// Wakes the claim loop: a task finished here (room), or the fleet changed.
+    wake: Notify,
+    /// Stops the heartbeat, once the daemon has left the fleet at the end of a drain.
+    fleet_stop: tokio_util::sync::CancellationToken,
     /// Cluster operations running here, by cluster: their outcome once there is one.
     cluster_runs: Mutex<ClusterRuns>,
     cluster_stop: tokio_util::sync::CancellationToken,
@@ -129,11 +143,12 @@ impl Daemon {
     /// # Errors
     /// [`StartError`]: the journal cannot be opened or a plugins folder read.
     pub fn start(config: Config, plugin_level: LogLevel) -> Result<Arc<Daemon>, StartError> {
-        let journal = Journal::open(&config.data_dir)?;
+        let journal = Journal::open_with(&config.journal, &config.data_dir)?;
         let clusters = ClusterStore::new(journal.clone());
         let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults)?;
         let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
         let budget = Budget::new(config.max_pending_task_bytes);
+        let config_journal = config.journal.clone();
         Ok(Arc::new(Daemon {
             budget,
             config: RwLock::new(config),
@@ -150,7 +165,52 @@ impl Daemon {
             cluster_runs: Mutex::new(HashMap::new()),
             cluster_stop: tokio_util::sync::CancellationToken::new(),
             cluster_tasks: tokio_util::task::TaskTracker::new(),
+            me: Mutex::new(Member::this_process(&config_journal.member_name())),
+            fleet: config_journal,
+            can: RwLock::new(Arc::new((Vec::new(), "[]".to_owned()))),
+            wake: Notify::new(),
+            fleet_stop: tokio_util::sync::CancellationToken::new(),
         }))
+        .inspect(|d| d.refresh_can())
+    }
+
+    /// This daemon in the fleet.
+    pub fn me(&self) -> Member {
+        self.me.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Whether other daemons may share the journal (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        self.journal.dialect() == crate::journal::sql::Dialect::Postgres
+    }
+
+    fn can(&self) -> Arc<(Vec<String>, String)> {
+        Arc::clone(&self.can.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Reads again which plugin keys this daemon runs (after a start or a reload).
+    fn refresh_can(&self) {
+        let keys = self.supervisor.table().can();
+        let json = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".to_owned());
+        *self.can.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new((keys, json));
+    }
+
+    /// This daemon's plugins for the fleet's `daemons` table: kind, name, instances
+    /// ready, tasks running and queued.
+    fn plugins_json(&self) -> String {
+        let table = self.supervisor.table();
+        let list: Vec<serde_json::Value> = table
+            .plugins()
+            .map(|p| {
+                let status = p.status();
+                let ready = status.iter().filter(|s| s.phase == Phase::Ready).count();
+                serde_json::json!({
+                    "kind": p.kind().as_str(), "name": p.name(), "instances": status.len(),
+                    "ready": ready, "active": p.active(), "queued": p.queued(),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list).to_string()
     }
 
     /// The configuration in force.
@@ -196,15 +256,30 @@ impl Daemon {
             }
         };
         let Some(tx) = claimed else { return self.existing(&id).await };
+        let needs = crate::core::router::needs(&task);
+        // Claimed here at once when this daemon runs it and has room; otherwise left to
+        // whichever daemon of the fleet claims it. Alone (SQLite), it takes every task:
+        // one that none of its plugins runs fails at once, saying why.
+        let mine = !self.shared()
+            || (needs.iter().all(|n| self.can().0.contains(n))
+                && self.active.load(Ordering::SeqCst) < self.fleet.max_claimed);
+        let needs = serde_json::to_string(&needs).unwrap_or_else(|_| "[]".to_owned());
+        let me = mine.then(|| self.me());
         // Journaling and starting the task go together, in a task of their own: if the
         // client goes away while the journal commits, the task still runs (it was
         // accepted), and its id is not left claimed with nothing running it.
         let daemon = Arc::clone(self);
         let accepted = tokio::spawn(async move {
-            let accepted = daemon.journal.accept(&id, task.task_name.as_str(), task.shared_raw()).await;
+            let accepted =
+                daemon.journal.accept(&id, task.task_name.as_str(), &needs, me.as_ref(), task.shared_raw()).await;
             match accepted {
-                Ok(None) => {
+                Ok(None) if me.is_some() => {
                     daemon.spawn(task, tx, room);
+                    Ok(Submitted::New(id))
+                }
+                Ok(None) => {
+                    // In the fleet's queue: its body is in the journal, not held here.
+                    daemon.lock_inflight().remove(&id);
                     Ok(Submitted::New(id))
                 }
                 Ok(Some(existing)) => {
@@ -246,10 +321,14 @@ impl Daemon {
     /// When the journal fails.
     pub async fn wait(&self, id: &str) -> Result<Option<Record>, JournalError> {
         let rx = self.lock_inflight().get(id).cloned();
-        if let Some(mut rx) = rx {
-            let _ = rx.wait_for(Option::is_some).await;
+        match rx {
+            Some(mut rx) => {
+                let _ = rx.wait_for(Option::is_some).await;
+                self.journal.get(id).await
+            }
+            // Queued in the fleet, running on another daemon, or done.
+            None => self.journal.wait_done(id).await,
         }
-        self.journal.get(id).await
     }
 
     fn spawn(self: &Arc<Self>, task: TaskEnvelope, done: watch::Sender<Option<()>>, room: Option<Reservation>) {
@@ -265,6 +344,8 @@ impl Daemon {
             if daemon.active.fetch_sub(1, Ordering::SeqCst) == 1 {
                 daemon.idle.notify_waiters();
             }
+            // Room for another task of the fleet's queue.
+            daemon.wake.notify_one();
         });
     }
 
@@ -279,14 +360,22 @@ impl Daemon {
     async fn execute(&self, task: &TaskEnvelope) {
         let began = Instant::now();
         let mut wait = Duration::from_millis(100);
+        let me = self.me();
         let (route, result) = loop {
             let permit = match self.supervisor.reserve(task).await {
                 Ok(permit) => permit,
                 Err(_) if self.draining() => return self.left_queued(task),
                 Err(refused) => break (refused.route().to_owned(), refused.into_result()),
             };
-            match self.journal.start(&task.task_id).await {
-                Ok(()) => break (permit.route().to_owned(), permit.send().await),
+            // Recorded with the task, so that whichever daemon takes it over after a
+            // crash knows whether running it again is safe.
+            let idempotent = self.supervisor.route(task).1;
+            match self.journal.start(&task.task_id, &me, permit.route(), idempotent).await {
+                Ok(Some(_attempt)) => break (permit.route().to_owned(), permit.send().await),
+                Ok(None) => {
+                    tracing::warn!(task_id = %task.task_id, "not sent: this daemon's lease ran out and another daemon took the task over");
+                    return;
+                }
                 // It cannot be recorded as running, so it does not run: it stays queued in
                 // the journal, its slot goes back, and it is tried again when the journal
                 // can write (or at the next start).
@@ -302,7 +391,7 @@ impl Daemon {
             }
         };
         self.metrics.task(&route, task.task_name.as_str(), result.status, began.elapsed());
-        self.finish(task, result).await;
+        self.finish(task, result, &me).await;
     }
 
     /// A task that never reached a plugin because the daemon is stopping stays queued in
@@ -311,7 +400,7 @@ impl Daemon {
         tracing::info!(task_id = %task.task_id, "not started before the shutdown; it stays queued for the next start");
     }
 
-    async fn finish(&self, task: &TaskEnvelope, result: TaskResult) {
+    async fn finish(&self, task: &TaskEnvelope, result: TaskResult, me: &Member) {
         let report = TaskReport { task_id: Some(task.task_id.clone()), result };
         // Straight to text: a tree of a large result would cost many times its size.
         let text: Arc<str> = serde_json::to_string(&report).unwrap_or_else(|_| "null".to_owned()).into();
@@ -320,7 +409,14 @@ impl Daemon {
         // known here, so that a stop can spill it ([`Daemon::drain`]).
         self.lock_unwritten().insert(task.task_id.clone(), Arc::clone(&text));
         self.idle.notify_waiters();
-        crate::journal::until_recorded(&task.task_id, || self.journal.finish(&task.task_id, Arc::clone(&text))).await;
+        let record = || async {
+            let recorded = self.journal.finish_owned(&task.task_id, me, Arc::clone(&text)).await?;
+            if !recorded {
+                tracing::warn!(task_id = %task.task_id, "its result is not recorded: this daemon's lease ran out while it ran, and another daemon took the task over");
+            }
+            Ok(())
+        };
+        crate::journal::until_recorded(&task.task_id, record).await;
         self.lock_unwritten().remove(&task.task_id);
     }
 
@@ -328,70 +424,218 @@ impl Daemon {
         self.unwritten.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What the daemon's last run left: the results it spilled at its stop are applied
-    /// (their tasks finished), and the tasks still unfinished are returned for
-    /// [`Daemon::recover`]. Call before the API accepts tasks: one accepted after this is
-    /// this run's, and must be neither failed as interrupted nor run a second time.
+    /// Joins the fleet (alone, with SQLite) and takes over what the daemon's last run
+    /// (and, in a fleet, every daemon whose lease ran out) left: the results it spilled at
+    /// its stop are applied first, then its tasks are requeued or failed by the rules of
+    /// [`Fate`]. Returns the tasks of an older journal whose fate needs the plugins
+    /// ([`Daemon::recover`]). Call before the API accepts tasks: one accepted after this
+    /// is this run's, and must be neither failed as interrupted nor run a second time.
     ///
     /// # Errors
     /// When the journal fails.
-    pub async fn left_by_last_run(&self) -> Result<Vec<Unfinished>, JournalError> {
+    pub async fn join(&self) -> Result<Vec<Orphan>, JournalError> {
+        let me = self.me();
+        self.journal.join(&me, &self.plugins_json(), &self.can().1, self.fleet.lease).await?;
         crate::journal::spill::apply(&self.journal, &self.config().data_dir).await?;
-        self.journal.unfinished().await
+        let mut decide = Vec::new();
+        loop {
+            let orphans = self.journal.take_over(&me).await?;
+            if orphans.is_empty() {
+                return Ok(decide);
+            }
+            decide.extend(log_orphans(orphans));
+        }
     }
 
-    /// After a restart: runs again what `left` has queued, and what was running if its
-    /// plugin declared that task idempotent; fails the rest with [`RESTARTED`]. Call once
-    /// the plugins have finished their handshakes. Returns (re-run, failed).
+    /// Decides the fate of tasks an older journal left running (it did not record whether
+    /// their plugin declared them idempotent): run again when the plugin they route to
+    /// declares the task idempotent, failed with [`RESTARTED`] otherwise. Call once the
+    /// plugins have finished their handshakes. Returns (re-run, failed).
     ///
     /// # Errors
     /// When the journal fails.
-    pub async fn recover(self: &Arc<Self>, left: Vec<Unfinished>) -> Result<(usize, usize), JournalError> {
+    pub async fn recover(self: &Arc<Self>, left: Vec<Orphan>) -> Result<(usize, usize), JournalError> {
         let (mut rerun, mut failed) = (0, 0);
         for u in left {
             let parsed = RawValue::from_string(u.raw.clone())
                 .map_err(|e| e.to_string())
                 .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()));
-            let task = match parsed {
-                Ok(t) => t,
-                Err(why) => {
-                    let report = TaskReport {
-                        task_id: Some(u.task_id.clone()),
-                        result: TaskResult::failed(format!(
-                            "{RESTARTED}, and the journaled task cannot be read again: {why}"
-                        )),
-                    };
-                    self.journal.finish(&u.task_id, serde_json::to_string(&report).unwrap_or_default()).await?;
-                    failed += 1;
+            let why = match parsed {
+                Ok(task) if self.supervisor.route(&task).1 => {
+                    tracing::info!(task_id = %task.task_id, "running again after the restart (running before it)");
+                    self.journal.requeue(&task.task_id).await?;
+                    rerun += 1;
                     continue;
                 }
-            };
-            let run_again = match u.state {
-                State::Queued => true,
-                _ => self.supervisor.route(&task).1,
-            };
-            if run_again {
-                tracing::info!(task_id = %task.task_id, "running again after the restart ({:?} before it)", u.state);
-                self.journal.requeue(&task.task_id).await?;
-                let (tx, rx) = watch::channel(None);
-                self.lock_inflight().insert(task.task_id.clone(), rx);
-                // Not counted in the budget: the budget bounded them before the restart.
-                self.spawn(task, tx, None);
-                rerun += 1;
-            } else {
-                let why = format!(
+                Ok(task) => format!(
                     "{RESTARTED}: {} {} was running on {} when the supervisor stopped, and that plugin does not declare {} idempotent, so it was not run again",
                     task.task_name,
                     task.task_id,
                     self.supervisor.route(&task).0,
                     task.task_name
-                );
-                tracing::warn!(task_id = %task.task_id, "{why}");
-                self.finish(&task, TaskResult::failed(why)).await;
-                failed += 1;
-            }
+                ),
+                Err(why) => format!("{RESTARTED}, and the journaled task cannot be read again: {why}"),
+            };
+            tracing::warn!(task_id = %u.task_id, "{why}");
+            let report = TaskReport { task_id: Some(u.task_id.clone()), result: TaskResult::failed(why) };
+            self.journal.finish(&u.task_id, serde_json::to_string(&report).unwrap_or_default()).await?;
+            failed += 1;
+        }
+        if rerun > 0 {
+            self.wake.notify_one();
         }
         Ok((rerun, failed))
+    }
+
+    /// The daemon's part in the fleet, in the background until it drains: a claim loop
+    /// (takes queued tasks it can run while it has room, woken by new tasks, finished
+    /// ones and changes of the fleet, and every 2 s in a fleet as a safety net) and a
+    /// heartbeat (renews its lease; in a fleet, takes over the tasks of daemons whose
+    /// lease ran out and marks tasks no live daemon can run). Call once the plugins
+    /// have finished their handshakes.
+    pub fn run_fleet(self: &Arc<Self>) {
+        tokio::spawn(Arc::clone(self).claim_loop());
+        tokio::spawn(Arc::clone(self).heartbeat_loop());
+    }
+
+    async fn claim_loop(self: Arc<Self>) {
+        let mut events = self.journal.events();
+        // With SQLite nothing else writes the journal: only this process wakes the loop.
+        let poll = if self.shared() { Duration::from_secs(2) } else { Duration::from_secs(3600) };
+        loop {
+            self.claim_some().await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                event = events.recv() => {
+                    if matches!(event, Ok(Event::Done(_))) {
+                        continue;
+                    }
+                    // One claim for every event that arrived meanwhile.
+                    while events.try_recv().is_ok() {}
+                }
+                () = tokio::time::sleep(poll) => {}
+                () = self.cluster_stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims queued tasks while this daemon has room, and runs them.
+    async fn claim_some(self: &Arc<Self>) {
+        loop {
+            let room = self.fleet.max_claimed.saturating_sub(self.active.load(Ordering::SeqCst));
+            if room == 0 || self.draining() {
+                return;
+            }
+            let me = self.me();
+            let claimed = match self.journal.claim(&me, &self.can().1, room).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!("cannot claim queued tasks: {e}");
+                    return;
+                }
+            };
+            let full = claimed.len() == room;
+            for (id, raw) in claimed {
+                self.run_claimed(id, raw, &me).await;
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Runs a task claimed from the fleet's queue.
+    async fn run_claimed(self: &Arc<Self>, id: String, raw: String, me: &Member) {
+        let parsed = RawValue::from_string(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()));
+        let task = match parsed {
+            Ok(task) => task,
+            Err(why) => {
+                let why = format!("the journaled task cannot be read again: {why}");
+                tracing::error!(task_id = %id, "{why}");
+                let report = TaskReport { task_id: Some(id.clone()), result: TaskResult::failed(why) };
+                let text: Arc<str> = serde_json::to_string(&report).unwrap_or_default().into();
+                let write = || async { self.journal.finish_owned(&id, me, Arc::clone(&text)).await.map(drop) };
+                crate::journal::until_recorded(&id, write).await;
+                return;
+            }
+        };
+        let (tx, rx) = watch::channel(None);
+        let earlier = self.lock_inflight().insert(id, rx);
+        match earlier {
+            None => self.spawn(task, tx, None),
+            // Still running here under this daemon's id from before its lease ran out:
+            // the new run waits for it to end.
+            Some(mut earlier) => {
+                let daemon = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _ = earlier.wait_for(Option::is_some).await;
+                    daemon.spawn(task, tx, None);
+                });
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.fleet.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.fleet_stop.cancelled() => return,
+            }
+            self.beat().await;
+        }
+    }
+
+    /// One heartbeat: renews the lease (joins again under a new id if it ran out), then,
+    /// in a fleet, takes over what dead daemons left and marks what no daemon can run.
+    async fn beat(self: &Arc<Self>) {
+        let me = self.me();
+        let (plugins, can) = (self.plugins_json(), self.can());
+        match self.journal.heartbeat(&me, &plugins, &can.1, self.fleet.lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    "this daemon's lease ran out before it could renew it (the journal was out of reach for more than {}): other daemons may have taken its tasks over; joining again",
+                    crate::log::secs(self.fleet.lease)
+                );
+                let renewed = me.renewed();
+                if let Err(e) = self.journal.join(&renewed, &plugins, &can.1, self.fleet.lease).await {
+                    tracing::warn!("cannot join the fleet again: {e}");
+                    return;
+                }
+                *self.me.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = renewed;
+            }
+            Err(e) => {
+                tracing::warn!("cannot renew this daemon's lease: {e}");
+                return;
+            }
+        }
+        if !self.shared() {
+            return;
+        }
+        let me = self.me();
+        loop {
+            match self.journal.take_over(&me).await {
+                Ok(orphans) if orphans.is_empty() => break,
+                Ok(orphans) => {
+                    let decide = log_orphans(orphans);
+                    if let Err(e) = self.recover(decide).await {
+                        tracing::warn!("cannot take over tasks: {e}");
+                    }
+                    self.wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!("cannot take over the tasks of daemons whose lease ran out: {e}");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.journal.mark_waiting().await {
+            tracing::warn!("cannot mark the tasks no daemon can run: {e}");
+        }
     }
 
     /// Where the cluster locks are.
@@ -530,6 +774,11 @@ impl Daemon {
         // be known here as results it has not taken.
         let _ = self.wait_settled_or_unwritten(Duration::from_secs(30)).await;
         self.spill_unwritten().await;
+        // What it claimed and never sent goes back to the fleet's queue; its lease ends.
+        if let Err(e) = self.journal.leave(&self.me()).await {
+            tracing::warn!("cannot leave the fleet cleanly (the others take its tasks over when its lease runs out): {e}");
+        }
+        self.fleet_stop.cancel();
         // The finished tasks' bodies leave the write-ahead log before the process does.
         if let Err(e) = self.journal.checkpoint().await {
             tracing::warn!("cannot checkpoint the journal: {e}");
@@ -635,4 +884,20 @@ impl Daemon {
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<()>>>> {
         self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Logs what became of tasks taken over from dead daemons; returns those left to
+/// [`Daemon::recover`].
+fn log_orphans(orphans: Vec<Orphan>) -> Vec<Orphan> {
+    let mut decide = Vec::new();
+    for o in orphans {
+        match &o.fate {
+            Fate::Requeued => {
+                tracing::info!(task_id = %o.task_id, "taken over and queued again ({} when its daemon stopped)", o.state.as_str());
+            }
+            Fate::Failed(why) => tracing::warn!(task_id = %o.task_id, "{why}"),
+            Fate::Decide => decide.push(o),
+        }
+    }
+    decide
 }

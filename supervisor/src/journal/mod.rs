@@ -25,6 +25,7 @@
 //! `cluster/store.rs` through [`Journal::run`]. Uses the core (whose files are checked
 //! like the journal's, `core/trust.rs`), the wire and the log; nothing above.
 
+mod fleet;
 mod health;
 mod retry;
 pub mod schema;
@@ -42,8 +43,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
+pub use fleet::{Fate, Member, Orphan, Peer, RESTARTED, Settings};
 pub use health::Health;
 use sql::{Db, Dialect, Row, SqlError};
 
@@ -66,7 +68,26 @@ pub struct Journal {
     place: Arc<str>,
     health: Arc<Health>,
     dialect: Dialect,
+    events: broadcast::Sender<Event>,
 }
+
+/// Something that changed in the journal, for whoever waits on it: told after the
+/// commit, by this process's own operations and (PostgreSQL) by the other daemons'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A task any daemon may claim was queued.
+    Queued,
+    /// A task is done.
+    Done(Arc<str>),
+    /// A daemon joined or left.
+    Fleet,
+    /// Something was missed (the listener reconnected): look again.
+    Lagged,
+}
+
+/// Events kept for a subscriber that is behind; one further behind gets
+/// [`Event::Lagged`]'s meaning (look again).
+const EVENTS: usize = 1024;
 
 /// Where a task is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,6 +102,15 @@ pub enum State {
 }
 
 impl State {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Done => "done",
+        }
+    }
+
     fn parse(s: &str) -> State {
         match s {
             "queued" => State::Queued,
@@ -110,6 +140,10 @@ pub struct Record {
     pub finished_at: Option<String>,
     /// How many times it was started (more than 1 after a re-run on recovery).
     pub attempts: u32,
+    /// Why it waits, while no daemon of the fleet can run it (`no live daemon runs
+    /// automator:chef`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// The result, once done: its JSON text as journaled (no tree is built of it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<RawValue>>,
@@ -167,6 +201,19 @@ impl Journal {
         Journal::launch(engine, Arc::from(real.display().to_string()), health, Dialect::Sqlite)
     }
 
+    /// Opens the journal `settings` name: SQLite in `data_dir` when they name no
+    /// PostgreSQL URL.
+    ///
+    /// # Errors
+    /// As [`Journal::open`]; for PostgreSQL, when the server cannot be reached, refuses
+    /// the login, or has a newer schema.
+    pub fn open_with(settings: &Settings, data_dir: &Path) -> Result<Journal, JournalError> {
+        match &settings.url {
+            None => Journal::open(data_dir),
+            Some(_) => Err(JournalError { place: "postgres".into(), message: "PostgreSQL is not available yet".into() }),
+        }
+    }
+
     /// Starts the writer thread on `engine`.
     fn launch(
         mut engine: impl writer::Engine + 'static,
@@ -184,7 +231,8 @@ impl Journal {
                 place: Arc::clone(&place),
                 message: format!("cannot start the journal thread: {e}"),
             })?;
-        Ok(Journal { jobs: tx, place, health, dialect })
+        let (events, _) = broadcast::channel(EVENTS);
+        Ok(Journal { jobs: tx, place, health, dialect, events })
     }
 
     /// Whether the journal can write, as its last writes found it.
@@ -197,6 +245,40 @@ impl Journal {
         &self.place
     }
 
+    /// What changes from now on ([`Event`]). A receiver that falls behind by more than
+    /// a thousand events gets `RecvError::Lagged`: treat it as [`Event::Lagged`].
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Waits until task `id` is done, wherever it runs, and returns it (at once if it
+    /// is; `None` if it is unknown). Woken by [`Event::Done`]; looks again every 5 s in
+    /// case a notification was lost (a database connection that dropped).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    ///
+    /// # Cancellation
+    /// Dropping the future only stops the wait.
+    pub async fn wait_done(&self, id: &str) -> Result<Option<Record>, JournalError> {
+        let mut events = self.events();
+        loop {
+            let record = self.get(id).await?;
+            if record.as_ref().is_none_or(|r| r.state == State::Done) {
+                return Ok(record);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Ok(Event::Done(done))) if &*done == id => break,
+                    Ok(Ok(_)) => {}
+                    // Lagged or closed, or time to look again.
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+        }
+    }
+
     /// Which engine keeps it.
     pub fn dialect(&self) -> Dialect {
         self.dialect
@@ -207,7 +289,9 @@ impl Journal {
     }
 
     /// Records a new task as queued, unless one with this id exists: then returns it and
-    /// records nothing.
+    /// records nothing. `needs` is the plugins that can run it (a JSON array of plugin
+    /// keys); `owner`, the daemon that claims it at once (it runs it), or `None` to leave
+    /// it to whichever daemon claims it ([`Journal::claim`]).
     ///
     /// # Errors
     /// When the journal fails ([`Journal`]); then nothing is recorded.
@@ -215,40 +299,102 @@ impl Journal {
         &self,
         task_id: &str,
         task_name: &str,
+        needs: &str,
+        owner: Option<&Member>,
         raw: std::sync::Arc<Box<RawValue>>,
     ) -> Result<Option<Record>, JournalError> {
-        let (id, name) = (task_id.to_owned(), task_name.to_owned());
-        self.run(move |c| {
-            if let Some(existing) = get(c, &id)? {
-                return Ok(Some(existing));
-            }
-            c.exec(
-                "INSERT INTO tasks (task_id, task_name, state, task, submitted_at) VALUES ($1, $2, 'queued', $3, $4)",
-                &[(&id).into(), (&name).into(), raw.get().into(), now_ms().into()],
-            )?;
-            Ok(None)
-        })
-        .await
+        let (id, name, needs) = (task_id.to_owned(), task_name.to_owned(), needs.to_owned());
+        let owner = owner.map(|m| Arc::clone(&m.id));
+        let unowned = owner.is_none();
+        let accepted = self
+            .run(move |c| {
+                if let Some(existing) = get(c, &id)? {
+                    return Ok(Some(existing));
+                }
+                c.exec(
+                    "INSERT INTO tasks (task_id, task_name, state, task, submitted_at, needs, owner)
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
+                    &[(&id).into(), (&name).into(), raw.get().into(), now_ms().into(), (&needs).into(), owner.as_deref().into()],
+                )?;
+                if owner.is_none() {
+                    c.notify("loom_queued", "")?;
+                }
+                Ok(None)
+            })
+            .await?;
+        if accepted.is_none() && unowned {
+            let _ = self.events.send(Event::Queued);
+        }
+        Ok(accepted)
     }
 
-    /// Marks a task running (committed before it reaches its plugin, so a crash never
-    /// runs it twice unknowingly).
+    /// Marks a task that `me` owns running, sent to `plugin`, which declared it
+    /// idempotent or not (committed before it reaches its plugin, so a crash never runs
+    /// it twice unknowingly). Returns its attempt (1, 2 ...), or `None` when `me` no
+    /// longer owns it (its lease ran out and another daemon took it over): then it must
+    /// not be sent.
     ///
     /// # Errors
     /// When the journal fails ([`Journal`]); then the task is still recorded as it was.
-    pub async fn start(&self, task_id: &str) -> Result<(), JournalError> {
-        let id = task_id.to_owned();
+    pub async fn start(
+        &self,
+        task_id: &str,
+        me: &Member,
+        plugin: &str,
+        idempotent: bool,
+    ) -> Result<Option<u32>, JournalError> {
+        let (id, owner, plugin) = (task_id.to_owned(), Arc::clone(&me.id), plugin.to_owned());
         self.run(move |c| {
-            c.exec(
-                "UPDATE tasks SET state = 'running', started_at = $2, attempts = attempts + 1 WHERE task_id = $1",
-                &[(&id).into(), now_ms().into()],
-            )
-            .map(drop)
+            let lease = match c.dialect() {
+                Dialect::Sqlite => String::new(),
+                Dialect::Postgres => format!(
+                    "AND EXISTS (SELECT 1 FROM daemons d WHERE d.id = $2 AND d.stopped = 0 AND d.lease_until > {})",
+                    c.dialect().now_ms()
+                ),
+            };
+            let row = c.row(
+                &format!(
+                    "UPDATE tasks SET state = 'running', started_at = $3, attempts = attempts + 1, plugin = $4, idempotent = $5
+                     WHERE task_id = $1 AND owner = $2 AND state = 'queued' {lease}
+                     RETURNING attempts"
+                ),
+                &[(&id).into(), (&*owner).into(), now_ms().into(), (&plugin).into(), idempotent.into()],
+            )?;
+            row.map(|r| r.count(0)).transpose()
         })
         .await
     }
 
-    /// Records a task's result (JSON text) and forgets its body.
+    /// Records the result (JSON text) of a task that `me` owns, and forgets its body.
+    /// Returns `false`, recording nothing, when `me` no longer owns it: another daemon
+    /// took it over after `me`'s lease ran out, and its record stands.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]); then the task keeps its body and its state:
+    /// try again ([`until_recorded`]).
+    pub async fn finish_owned(&self, task_id: &str, me: &Member, result: Arc<str>) -> Result<bool, JournalError> {
+        let (id, owner) = (task_id.to_owned(), Arc::clone(&me.id));
+        let done = self
+            .run(move |c| {
+                let n = c.exec(
+                    "UPDATE tasks SET state = 'done', result = $3, finished_at = $4, task = NULL, waiting = NULL
+                     WHERE task_id = $1 AND owner = $2 AND state <> 'done'",
+                    &[(&id).into(), (&*owner).into(), (&*result).into(), now_ms().into()],
+                )?;
+                if n == 1 {
+                    c.notify("loom_done", &id)?;
+                }
+                Ok(n == 1)
+            })
+            .await?;
+        if done {
+            let _ = self.events.send(Event::Done(task_id.into()));
+        }
+        Ok(done)
+    }
+
+    /// Records a task's result (JSON text) and forgets its body, whoever owns it, unless
+    /// it is done already (a result spilled at a stop, a task an older journal left).
     ///
     /// # Errors
     /// When the journal fails ([`Journal`]); then the task keeps its body and its state:
@@ -258,12 +404,15 @@ impl Journal {
         let id = task_id.to_owned();
         self.run(move |c| {
             c.exec(
-                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL WHERE task_id = $1",
+                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL, owner = NULL, waiting = NULL
+                 WHERE task_id = $1 AND state <> 'done'",
                 &[(&id).into(), (&*result).into(), now_ms().into()],
-            )
-            .map(drop)
+            )?;
+            c.notify("loom_done", &id)
         })
-        .await
+        .await?;
+        let _ = self.events.send(Event::Done(task_id.into()));
+        Ok(())
     }
 
     /// Puts a task back in the queue (a re-run after a restart).
@@ -272,8 +421,13 @@ impl Journal {
     /// When the journal fails ([`Journal`]).
     pub async fn requeue(&self, task_id: &str) -> Result<(), JournalError> {
         let id = task_id.to_owned();
-        self.run(move |c| c.exec("UPDATE tasks SET state = 'queued' WHERE task_id = $1", &[(&id).into()]).map(drop))
-            .await
+        self.run(move |c| {
+            c.exec("UPDATE tasks SET state = 'queued', owner = NULL WHERE task_id = $1", &[(&id).into()])?;
+            c.notify("loom_queued", "")
+        })
+        .await?;
+        let _ = self.events.send(Event::Queued);
+        Ok(())
     }
 
     /// The task with this id.
@@ -388,7 +542,8 @@ impl Journal {
 
 fn get(c: &mut dyn Db, id: &str) -> Result<Option<Record>, SqlError> {
     let row = c.row(
-        "SELECT task_id, task_name, state, submitted_at, started_at, finished_at, attempts, result FROM tasks WHERE task_id = $1",
+        "SELECT task_id, task_name, state, submitted_at, started_at, finished_at, attempts, result, waiting
+         FROM tasks WHERE task_id = $1",
         &[id.into()],
     )?;
     row.map(|r| read_record(&r)).transpose()
@@ -404,6 +559,7 @@ fn read_record(r: &Row) -> Result<Record, SqlError> {
         finished_at: r.opt_int(5)?.map(rfc3339),
         attempts: r.count(6)?,
         result: r.opt_text(7)?.and_then(|t| RawValue::from_string(t).ok()),
+        waiting: r.opt_text(8)?,
     })
 }
 
@@ -433,18 +589,23 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    fn me() -> Member {
+        Member::this_process("test")
+    }
+
     fn raw(text: &str) -> std::sync::Arc<Box<RawValue>> {
         std::sync::Arc::new(RawValue::from_string(text.to_owned()).unwrap())
     }
 
     #[tokio::test]
     async fn a_task_goes_from_queued_to_done_and_is_accepted_once() {
+        let me = me();
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
-        assert!(j.accept("t1", "CREATE", raw(r#"{"taskId":"t1"}"#)).await.unwrap().is_none());
-        let again = j.accept("t1", "CREATE", raw(r#"{"taskId":"t1","other":1}"#)).await.unwrap().unwrap();
+        assert!(j.accept("t1", "CREATE", "[]", Some(&me), raw(r#"{"taskId":"t1"}"#)).await.unwrap().is_none());
+        let again = j.accept("t1", "CREATE", "[]", Some(&me), raw(r#"{"taskId":"t1","other":1}"#)).await.unwrap().unwrap();
         assert_eq!(again.state, State::Queued);
-        j.start("t1").await.unwrap();
+        j.start("t1", &me, "p", false).await.unwrap();
         assert_eq!(j.get("t1").await.unwrap().unwrap().state, State::Running);
         j.finish("t1", r#"{"status":0}"#).await.unwrap();
         let done = j.get("t1").await.unwrap().unwrap();
@@ -456,13 +617,14 @@ mod tests {
 
     #[tokio::test]
     async fn survives_a_reopen_with_unfinished_tasks_and_forgets_bodies_of_finished_ones() {
+        let me = me();
         let dir = crate::core::trust::test_dir();
         {
             let j = Journal::open(dir.path()).unwrap();
-            j.accept("q", "INSTALL", raw("{\"q\":1}")).await.unwrap();
-            j.accept("r", "INSTALL", raw("{\"r\":1}")).await.unwrap();
-            j.start("r").await.unwrap();
-            j.accept("d", "INSTALL", raw("{\"password\":\"hunter2\"}")).await.unwrap();
+            j.accept("q", "INSTALL", "[]", Some(&me), raw("{\"q\":1}")).await.unwrap();
+            j.accept("r", "INSTALL", "[]", Some(&me), raw("{\"r\":1}")).await.unwrap();
+            j.start("r", &me, "p", false).await.unwrap();
+            j.accept("d", "INSTALL", "[]", Some(&me), raw("{\"password\":\"hunter2\"}")).await.unwrap();
             j.finish("d", r#"{"status":1}"#).await.unwrap();
         }
         let j = Journal::open(dir.path()).unwrap();
@@ -482,11 +644,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_operation_whose_caller_stopped_waiting_still_commits() {
+        let me = me();
         use futures_util::FutureExt;
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         // Polled once (which queues it), then dropped before its answer.
-        let _ = j.accept("t", "CREATE", raw("{}")).now_or_never();
+        let _ = j.accept("t", "CREATE", "[]", Some(&me), raw("{}")).now_or_never();
         // Operations are applied in the order they were queued: this one sees it.
         assert_eq!(j.get("t").await.unwrap().map(|r| r.state), Some(State::Queued));
         let reopened = Journal::open(dir.path()).unwrap();
@@ -499,8 +662,8 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap();
         let handles: Vec<_> = (0..500)
             .map(|i| {
-                let j = j.clone();
-                tokio::spawn(async move { j.accept(&format!("t{i}"), "START", raw("{}")).await })
+                let (j, me) = (j.clone(), me());
+                tokio::spawn(async move { j.accept(&format!("t{i}"), "START", "[]", Some(&me), raw("{}")).await })
             })
             .collect();
         for h in handles {
@@ -511,11 +674,12 @@ mod tests {
 
     #[tokio::test]
     async fn prune_removes_only_old_finished_tasks() {
+        let me = me();
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
-        j.accept("old", "START", raw("{}")).await.unwrap();
+        j.accept("old", "START", "[]", Some(&me), raw("{}")).await.unwrap();
         j.finish("old", r#"{"status":0}"#).await.unwrap();
-        j.accept("open", "START", raw("{}")).await.unwrap();
+        j.accept("open", "START", "[]", Some(&me), raw("{}")).await.unwrap();
         assert_eq!(j.prune(Duration::from_secs(3600)).await.unwrap(), 0);
         assert_eq!(j.prune(Duration::ZERO).await.unwrap(), 1);
         assert!(j.get("old").await.unwrap().is_none());
@@ -536,14 +700,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_tasks_body_and_a_pruned_result_leave_every_file() {
+        let me = me();
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         // Bodies of all sizes: one in its page, one in overflow pages.
         let small = r#"{"password":"body-secret-small"}"#.to_owned();
         let large = format!(r#"{{"password":"body-secret-large","pad":"{}"}}"#, "x".repeat(20_000));
         for (id, body) in [("s", &small), ("l", &large)] {
-            j.accept(id, "CREATE", raw(body)).await.unwrap();
-            j.start(id).await.unwrap();
+            j.accept(id, "CREATE", "[]", Some(&me), raw(body)).await.unwrap();
+            j.start(id, &me, "p", false).await.unwrap();
         }
         j.checkpoint().await.unwrap();
         assert_eq!(files_holding(dir.path(), "body-secret-small"), ["journal.sqlite3"], "written");
@@ -566,9 +731,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_write_ahead_log_is_truncated_soon_after_a_commit_without_being_asked() {
+        let me = me();
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
-        j.accept("t", "CREATE", raw(r#"{"password":"body-secret-wal"}"#)).await.unwrap();
+        j.accept("t", "CREATE", "[]", Some(&me), raw(r#"{"password":"body-secret-wal"}"#)).await.unwrap();
         j.finish("t", r#"{"status":0}"#).await.unwrap();
         // Nothing signals the journal thread's own checkpoint: watch the files, for far
         // longer than TIDY_AFTER.
@@ -578,6 +744,37 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(std::fs::metadata(dir.path().join("journal.sqlite3-wal")).unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dead_daemons_tasks_are_requeued_or_failed_by_their_plugins_word() {
+        let dir = crate::core::trust::test_dir();
+        let j = Journal::open(dir.path()).unwrap();
+        let lease = Duration::from_secs(60);
+        let old = Member::this_process("d");
+        j.join(&old, "[]", "[]", lease).await.unwrap();
+        for (id, idempotent) in [("claimed", None), ("rerun", Some(true)), ("failed", Some(false))] {
+            j.accept(id, "INSTALL", "[]", Some(&old), raw("{}")).await.unwrap();
+            if let Some(idempotent) = idempotent {
+                assert_eq!(j.start(id, &old, "shell", idempotent).await.unwrap(), Some(1));
+            }
+        }
+        // The next start of the daemon: the old one is dead at once.
+        let new = old.renewed();
+        j.join(&new, "[]", "[]", lease).await.unwrap();
+        let mut fates: Vec<_> = j.take_over(&new).await.unwrap().into_iter().map(|o| (o.task_id, o.fate)).collect();
+        fates.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(fates.len(), 3, "{fates:?}");
+        assert_eq!(fates[0].1, Fate::Requeued, "never sent");
+        assert!(matches!(&fates[1].1, Fate::Failed(why) if why.contains("INSTALL failed was running on shell")), "{fates:?}");
+        assert_eq!(fates[2].1, Fate::Requeued, "idempotent");
+        assert!(j.take_over(&new).await.unwrap().is_empty(), "taken once");
+        // The old daemon's late result is not recorded over the new record.
+        assert!(!j.finish_owned("failed", &old, r#"{"status":0}"#.into()).await.unwrap());
+        assert_eq!(j.get("failed").await.unwrap().unwrap().state, State::Done);
+        let claimed: Vec<String> = j.claim(&new, "[]", 10).await.unwrap().into_iter().map(|c| c.0).collect();
+        assert_eq!(claimed.len(), 2, "{claimed:?}");
+        assert_eq!(j.start("rerun", &new, "shell", true).await.unwrap(), Some(2), "its second attempt");
     }
 
     #[test]

@@ -159,9 +159,10 @@ mod tests {
         let raw = |id: &str| {
             serde_json::value::RawValue::from_string(format!(r#"{{"taskId":"{id}","taskName":"START"}}"#)).unwrap()
         };
+        let me = crate::journal::Member::this_process("test");
         for id in ["t1", "t2"] {
-            journal.accept(id, "START", Arc::new(raw(id))).await.unwrap();
-            journal.start(id).await.unwrap();
+            journal.accept(id, "START", "[]", Some(&me), Arc::new(raw(id))).await.unwrap();
+            journal.start(id, &me, "p", false).await.unwrap();
         }
         let results: Vec<Arc<str>> = ["t1", "t2"]
             .iter()

@@ -18,6 +18,17 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// An expression for the database's clock, in milliseconds since the epoch: leases
+    /// are compared on one clock, the database's, never on the daemons' own.
+    pub fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+            Dialect::Postgres => "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS bigint)",
+        }
+    }
+}
+
 /// A value bound to a placeholder.
 #[derive(Debug, Clone, Copy)]
 pub enum Arg<'a> {
@@ -180,6 +191,18 @@ pub trait Db {
 
     /// Which engine this is.
     fn dialect(&self) -> Dialect;
+
+    /// Tells every daemon that listens on `channel` (PostgreSQL's `NOTIFY`, delivered
+    /// when the transaction commits, never before); SQLite has no one else to tell.
+    ///
+    /// # Errors
+    /// The engine's.
+    fn notify(&mut self, channel: &str, payload: &str) -> Result<(), SqlError> {
+        if self.dialect() == Dialect::Postgres {
+            self.rows("SELECT pg_notify($1, $2)", &[channel.into(), payload.into()])?;
+        }
+        Ok(())
+    }
 
     /// The first row of a query's answer, if any.
     ///

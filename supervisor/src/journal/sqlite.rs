@@ -91,14 +91,17 @@ impl Engine for Sqlite {
 impl Db for Sqlite {
     fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, SqlError> {
         let mut stmt = self.conn.prepare_cached(&sqlite_placeholders(sql)).map_err(error)?;
-        let n = stmt.execute(rusqlite::params_from_iter(args.iter())).map_err(error)?;
+        // A statement written for both engines may leave out an argument the other uses.
+        let used = stmt.parameter_count();
+        let n = stmt.execute(rusqlite::params_from_iter(args.iter().take(used))).map_err(error)?;
         Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 
     fn rows(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
         let mut stmt = self.conn.prepare_cached(&sqlite_placeholders(sql)).map_err(error)?;
         let width = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter())).map_err(error)?;
+        let used = stmt.parameter_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().take(used))).map_err(error)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(error)? {
             let mut row = Vec::with_capacity(width);
