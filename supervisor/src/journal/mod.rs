@@ -26,6 +26,7 @@
 //! like the journal's, `core/trust.rs`), the wire and the log; nothing above.
 
 mod health;
+mod postgres;
 mod retry;
 pub mod schema;
 pub mod spill;
