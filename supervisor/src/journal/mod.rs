@@ -27,6 +27,7 @@
 
 mod fleet;
 mod health;
+mod postgres;
 mod retry;
 pub mod schema;
 pub mod spill;
