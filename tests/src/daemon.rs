@@ -68,9 +68,10 @@ impl Serve {
         let config = dir.join("config.toml");
         let data_dir = dir.join("data");
         let text = format!(
-            "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n{extra}\n",
+            "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n{extra}\n{}",
             plugins.path().display().to_string(),
-            data_dir.display().to_string()
+            data_dir.display().to_string(),
+            journal_for_tests(extra),
         );
         std::fs::write(&config, text).expect("write config");
         let token = extra
@@ -227,6 +228,20 @@ impl Serve {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// POST /v1/tasks, `None` when no answer came (the daemon is gone).
+    pub fn try_submit(&self, task: &Value, wait: bool) -> Option<(u16, Value)> {
+        let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };
+        let request = ureq::http::Request::builder().method("POST").uri(format!("{}{path}", self.url));
+        let request = match &self.token {
+            Some(t) => request.header("authorization", format!("Bearer {t}")),
+            None => request,
+        };
+        let mut resp = self.agent.run(request.body(task.to_string()).ok()?).ok()?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
     /// POST /v1/tasks.
     pub fn submit(&self, task: &Value, wait: bool) -> (u16, Value) {
         let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };
@@ -330,4 +345,21 @@ impl Drop for Serve {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         let _ = wait_or_kill(pid, Duration::from_secs(30), move || child.wait());
     }
+}
+
+/// Whether the daemons of this test run keep their journal on PostgreSQL
+/// (`LOOM_TEST_JOURNAL=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("LOOM_TEST_JOURNAL").as_deref() == Ok("postgres")
+}
+
+/// With `LOOM_TEST_JOURNAL=postgres`, a `[journal]` section for a new database on the
+/// test binary's throwaway PostgreSQL (unless `extra` has its own): the daemon's tests
+/// then run against PostgreSQL instead of SQLite.
+fn journal_for_tests(extra: &str) -> String {
+    if !on_postgres() || extra.contains("[journal]") {
+        return String::new();
+    }
+    let pg = loom_testpg::TestPg::shared().expect("LOOM_TEST_JOURNAL=postgres needs PostgreSQL installed");
+    format!("[journal]\nurl = {:?}\n", pg.database())
 }

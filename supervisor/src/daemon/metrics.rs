@@ -148,6 +148,26 @@ fn esc(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
+/// `loom_fleet_queue_depth{plugin=...}`: tasks queued in the journal, across the fleet,
+/// by each plugin they need (`queued`: the needs, a JSON array, and a count). A task that
+/// needs several plugins (a BOOTSTRAP) counts under each.
+pub fn render_fleet_queue(out: &mut String, queued: &[(String, u64)]) {
+    let mut by_plugin: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (needs, n) in queued {
+        let needs: Vec<String> = serde_json::from_str(needs).unwrap_or_default();
+        if needs.is_empty() {
+            *by_plugin.entry("none".to_owned()).or_default() += n;
+        }
+        for need in needs {
+            *by_plugin.entry(need).or_default() += n;
+        }
+    }
+    header(out, "loom_fleet_queue_depth", "gauge", "Tasks queued in the journal across the fleet, by plugin needed.");
+    for (plugin, n) in by_plugin {
+        let _ = writeln!(out, "loom_fleet_queue_depth{{plugin=\"{}\"}} {n}", esc(&plugin));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -776,7 +776,9 @@ impl Daemon {
         self.spill_unwritten().await;
         // What it claimed and never sent goes back to the fleet's queue; its lease ends.
         if let Err(e) = self.journal.leave(&self.me()).await {
-            tracing::warn!("cannot leave the fleet cleanly (the others take its tasks over when its lease runs out): {e}");
+            tracing::warn!(
+                "cannot leave the fleet cleanly (the others take its tasks over when its lease runs out): {e}"
+            );
         }
         self.fleet_stop.cancel();
         // The finished tasks' bodies leave the write-ahead log before the process does.
@@ -857,6 +859,9 @@ impl Daemon {
         }
         let report = self.supervisor.reload(registry, config.drain_grace);
         *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        // The fleet's tasks this daemon claims from now on.
+        self.refresh_can();
+        self.wake.notify_one();
         Ok(report)
     }
 

@@ -29,6 +29,16 @@ use crate::core::supervisor::TaskReport;
 /// What a restart says about a task that was running when the daemon stopped.
 pub const RESTARTED: &str = "supervisor restarted while the task ran";
 
+/// PostgreSQL: why queued task `q` waits (NULL when a live daemon has every plugin it
+/// needs).
+pub(crate) const WHY_WAITING: &str = "CASE WHEN EXISTS (
+        SELECT 1 FROM daemons d
+        WHERE d.lease_until > CAST(extract(epoch FROM clock_timestamp()) * 1000 AS bigint) AND d.stopped = 0
+            AND q.needs::jsonb <@ d.can::jsonb)
+    THEN NULL
+    ELSE 'no live daemon runs ' || COALESCE((SELECT string_agg(n, ' and ') FROM jsonb_array_elements_text(q.needs::jsonb) n), 'it')
+    END";
+
 /// Most orphaned tasks taken over in one transaction.
 const TAKE_OVER_BATCH: i64 = 500;
 
@@ -167,7 +177,13 @@ impl Journal {
     ///
     /// # Errors
     /// When the journal fails; the lease is then not renewed.
-    pub async fn heartbeat(&self, me: &Member, plugins: &str, can: &str, lease: Duration) -> Result<bool, JournalError> {
+    pub async fn heartbeat(
+        &self,
+        me: &Member,
+        plugins: &str,
+        can: &str,
+        lease: Duration,
+    ) -> Result<bool, JournalError> {
         let (id, plugins, can) = (Arc::clone(&me.id), plugins.to_owned(), can.to_owned());
         let lease = millis(lease);
         self.run(move |c| {
@@ -317,16 +333,10 @@ impl Journal {
             return Ok(0);
         }
         self.run(|c| {
-            let now = c.dialect().now_ms();
             c.exec(
                 &format!(
                     "UPDATE tasks t SET waiting = w.why FROM (
-                         SELECT q.task_id, CASE WHEN EXISTS (
-                             SELECT 1 FROM daemons d WHERE d.lease_until > {now} AND d.stopped = 0
-                                 AND q.needs::jsonb <@ d.can::jsonb)
-                           THEN NULL
-                           ELSE 'no live daemon runs ' || (SELECT string_agg(n, ' and ') FROM jsonb_array_elements_text(q.needs::jsonb) n)
-                         END AS why
+                         SELECT q.task_id, {WHY_WAITING} AS why
                          FROM tasks q WHERE q.state = 'queued' AND q.owner IS NULL) w
                      WHERE t.task_id = w.task_id AND t.waiting IS DISTINCT FROM w.why"
                 ),

@@ -25,6 +25,8 @@
 //! `cluster/store.rs` through [`Journal::run`]. Uses the core (whose files are checked
 //! like the journal's, `core/trust.rs`), the wire and the log; nothing above.
 
+#[cfg(test)]
+mod contract;
 mod fleet;
 mod health;
 mod postgres;
@@ -46,7 +48,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, oneshot};
 
-pub use fleet::{Fate, Member, Orphan, Peer, RESTARTED, Settings};
+pub use fleet::{Fate, Member, Orphan, RESTARTED, Settings};
 pub use health::Health;
 use sql::{Db, Dialect, Row, SqlError};
 
@@ -70,6 +72,8 @@ pub struct Journal {
     health: Arc<Health>,
     dialect: Dialect,
     events: broadcast::Sender<Event>,
+    /// Held by every handle: the listener thread ends when the last one is dropped.
+    _alive: Arc<()>,
 }
 
 /// Something that changed in the journal, for whoever waits on it: told after the
@@ -199,41 +203,62 @@ impl Journal {
         let fail = |message: String| JournalError { place: Arc::clone(&place), message };
         let (engine, real) = sqlite::Sqlite::open(data_dir).map_err(fail)?;
         let health = Health::of_folder(real.parent().map(Path::to_path_buf).unwrap_or_default());
-        Journal::launch(engine, Arc::from(real.display().to_string()), health, Dialect::Sqlite)
+        Journal::launch(move || Ok(engine), Arc::from(real.display().to_string()), health, Dialect::Sqlite)
     }
 
     /// Opens the journal `settings` name: SQLite in `data_dir` when they name no
-    /// PostgreSQL URL.
+    /// PostgreSQL URL. On PostgreSQL it connects (blocking until it has, or failed),
+    /// brings the schema up to date, and listens to the other daemons' notifications.
     ///
     /// # Errors
-    /// As [`Journal::open`]; for PostgreSQL, when the server cannot be reached, refuses
-    /// the login, or has a newer schema.
+    /// As [`Journal::open`]; for PostgreSQL, when the URL is wrong, or the server cannot
+    /// be reached, refuses the login, or has a newer schema. No error holds the password.
     pub fn open_with(settings: &Settings, data_dir: &Path) -> Result<Journal, JournalError> {
-        match &settings.url {
-            None => Journal::open(data_dir),
-            Some(_) => Err(JournalError { place: "postgres".into(), message: "PostgreSQL is not available yet".into() }),
-        }
+        let Some(url) = &settings.url else { return Journal::open(data_dir) };
+        let target = postgres::connect::Target::parse(url, settings.password_file.as_deref())
+            .map_err(|e| JournalError { place: "journal.url".into(), message: e.to_string() })?;
+        let place: Arc<str> = target.place().into();
+        let by = settings.member_name();
+        let for_writer = target.clone();
+        let journal = Journal::launch(
+            move || postgres::engine::Pg::open(for_writer, &by),
+            place,
+            Health::default(),
+            Dialect::Postgres,
+        )?;
+        postgres::listen::start(target, journal.events.clone(), Arc::downgrade(&journal._alive))
+            .map_err(|e| journal.error(format!("cannot start the journal's listener thread: {e}")))?;
+        Ok(journal)
     }
 
-    /// Starts the writer thread on `engine`.
-    fn launch(
-        mut engine: impl writer::Engine + 'static,
+    /// Starts the writer thread on the engine `make` opens there (a PostgreSQL client
+    /// must be made outside the async runtime); returns once it is open.
+    fn launch<E: writer::Engine + 'static>(
+        make: impl FnOnce() -> Result<E, String> + Send + 'static,
         place: Arc<str>,
         health: Health,
         dialect: Dialect,
     ) -> Result<Journal, JournalError> {
+        let fail = |message: String| JournalError { place: Arc::clone(&place), message };
         let (tx, rx) = std_mpsc::channel::<Op>();
+        let (opened_tx, opened) = std_mpsc::sync_channel::<Result<(), String>>(1);
         let health = Arc::new(health);
         let thread_health = Arc::clone(&health);
         std::thread::Builder::new()
             .name("loom-journal".into())
-            .spawn(move || writer::run(&mut engine, &rx, &thread_health))
-            .map_err(|e| JournalError {
-                place: Arc::clone(&place),
-                message: format!("cannot start the journal thread: {e}"),
-            })?;
+            .spawn(move || match make() {
+                Ok(mut engine) => {
+                    let _ = opened_tx.send(Ok(()));
+                    writer::run(&mut engine, &rx, &thread_health);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| fail(format!("cannot start the journal thread: {e}")))?;
+        opened.recv().map_err(|_| fail("the journal thread stopped while opening".into()))?.map_err(fail)?;
         let (events, _) = broadcast::channel(EVENTS);
-        Ok(Journal { jobs: tx, place, health, dialect, events })
+        Ok(Journal { jobs: tx, place, health, dialect, events, _alive: Arc::new(()) })
     }
 
     /// Whether the journal can write, as its last writes found it.
@@ -253,8 +278,10 @@ impl Journal {
     }
 
     /// Waits until task `id` is done, wherever it runs, and returns it (at once if it
-    /// is; `None` if it is unknown). Woken by [`Event::Done`]; looks again every 5 s in
-    /// case a notification was lost (a database connection that dropped).
+    /// is; `None` if it is unknown), or until it waits because no live daemon of the
+    /// fleet can run it (then it is returned queued, saying why). Woken by
+    /// [`Event::Done`]; looks again every 5 s, also in case a notification was lost (a
+    /// database connection that dropped).
     ///
     /// # Errors
     /// When the journal fails.
@@ -265,7 +292,7 @@ impl Journal {
         let mut events = self.events();
         loop {
             let record = self.get(id).await?;
-            if record.as_ref().is_none_or(|r| r.state == State::Done) {
+            if record.as_ref().is_none_or(|r| r.state == State::Done || r.waiting.is_some()) {
                 return Ok(record);
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -315,9 +342,23 @@ impl Journal {
                 c.exec(
                     "INSERT INTO tasks (task_id, task_name, state, task, submitted_at, needs, owner)
                      VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
-                    &[(&id).into(), (&name).into(), raw.get().into(), now_ms().into(), (&needs).into(), owner.as_deref().into()],
+                    &[
+                        (&id).into(),
+                        (&name).into(),
+                        raw.get().into(),
+                        now_ms().into(),
+                        (&needs).into(),
+                        owner.as_deref().into(),
+                    ],
                 )?;
                 if owner.is_none() {
+                    if c.dialect() == Dialect::Postgres {
+                        // Said at once when no live daemon can run it.
+                        c.exec(
+                            &format!("UPDATE tasks q SET waiting = {} WHERE q.task_id = $1", fleet::WHY_WAITING),
+                            &[(&id).into()],
+                        )?;
+                    }
                     c.notify("loom_queued", "")?;
                 }
                 Ok(None)
@@ -604,7 +645,8 @@ mod tests {
         let dir = crate::core::trust::test_dir();
         let j = Journal::open(dir.path()).unwrap();
         assert!(j.accept("t1", "CREATE", "[]", Some(&me), raw(r#"{"taskId":"t1"}"#)).await.unwrap().is_none());
-        let again = j.accept("t1", "CREATE", "[]", Some(&me), raw(r#"{"taskId":"t1","other":1}"#)).await.unwrap().unwrap();
+        let again =
+            j.accept("t1", "CREATE", "[]", Some(&me), raw(r#"{"taskId":"t1","other":1}"#)).await.unwrap().unwrap();
         assert_eq!(again.state, State::Queued);
         j.start("t1", &me, "p", false).await.unwrap();
         assert_eq!(j.get("t1").await.unwrap().unwrap().state, State::Running);
@@ -745,37 +787,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(std::fs::metadata(dir.path().join("journal.sqlite3-wal")).unwrap().len(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_dead_daemons_tasks_are_requeued_or_failed_by_their_plugins_word() {
-        let dir = crate::core::trust::test_dir();
-        let j = Journal::open(dir.path()).unwrap();
-        let lease = Duration::from_secs(60);
-        let old = Member::this_process("d");
-        j.join(&old, "[]", "[]", lease).await.unwrap();
-        for (id, idempotent) in [("claimed", None), ("rerun", Some(true)), ("failed", Some(false))] {
-            j.accept(id, "INSTALL", "[]", Some(&old), raw("{}")).await.unwrap();
-            if let Some(idempotent) = idempotent {
-                assert_eq!(j.start(id, &old, "shell", idempotent).await.unwrap(), Some(1));
-            }
-        }
-        // The next start of the daemon: the old one is dead at once.
-        let new = old.renewed();
-        j.join(&new, "[]", "[]", lease).await.unwrap();
-        let mut fates: Vec<_> = j.take_over(&new).await.unwrap().into_iter().map(|o| (o.task_id, o.fate)).collect();
-        fates.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(fates.len(), 3, "{fates:?}");
-        assert_eq!(fates[0].1, Fate::Requeued, "never sent");
-        assert!(matches!(&fates[1].1, Fate::Failed(why) if why.contains("INSTALL failed was running on shell")), "{fates:?}");
-        assert_eq!(fates[2].1, Fate::Requeued, "idempotent");
-        assert!(j.take_over(&new).await.unwrap().is_empty(), "taken once");
-        // The old daemon's late result is not recorded over the new record.
-        assert!(!j.finish_owned("failed", &old, r#"{"status":0}"#.into()).await.unwrap());
-        assert_eq!(j.get("failed").await.unwrap().unwrap().state, State::Done);
-        let claimed: Vec<String> = j.claim(&new, "[]", 10).await.unwrap().into_iter().map(|c| c.0).collect();
-        assert_eq!(claimed.len(), 2, "{claimed:?}");
-        assert_eq!(j.start("rerun", &new, "shell", true).await.unwrap(), Some(2), "its second attempt");
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub trait Db {
     /// The engine's.
     fn notify(&mut self, channel: &str, payload: &str) -> Result<(), SqlError> {
         if self.dialect() == Dialect::Postgres {
-            self.rows("SELECT pg_notify($1, $2)", &[channel.into(), payload.into()])?;
+            self.exec("SELECT pg_notify($1, $2)", &[channel.into(), payload.into()])?;
         }
         Ok(())
     }

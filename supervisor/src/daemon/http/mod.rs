@@ -155,7 +155,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
             Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {arg}")),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
-        Endpoint::ListPlugins => json_response(StatusCode::OK, &plugins(daemon)),
+        Endpoint::ListPlugins => json_response(StatusCode::OK, &plugins(daemon).await),
         Endpoint::RestartPlugin => restart(daemon, arg),
         Endpoint::ClusterUp => match read_spec(daemon, req, None).await {
             Ok(spec) => cluster_op(daemon, spec, JobKind::Up, wait).await,
@@ -223,7 +223,11 @@ fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
 
 async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
     let counts = daemon.journal.counts().await.ok();
-    let text = daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.journal.health(), daemon.in_flight());
+    let mut text =
+        daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.journal.health(), daemon.in_flight());
+    if let Ok(queued) = daemon.journal.queued_by_needs().await {
+        crate::daemon::metrics::render_fleet_queue(&mut text, &queued);
+    }
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut()
         .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -282,7 +286,9 @@ async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Respons
 
 async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
     match daemon.wait(id).await {
-        Ok(Some(r)) => json_response(StatusCode::OK, &r),
+        Ok(Some(r)) if r.state == crate::journal::State::Done => json_response(StatusCode::OK, &r),
+        // Waiting for a daemon that runs its plugin: said at once, not after a timeout.
+        Ok(Some(r)) => json_response(StatusCode::ACCEPTED, &r),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -387,14 +393,21 @@ async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<
     }
 }
 
-fn plugins(daemon: &Daemon) -> Value {
+/// This daemon's plugins (each marked with the daemon's name), and every daemon of the
+/// fleet with the plugins its last heartbeat reported (with SQLite: this one).
+async fn plugins(daemon: &Daemon) -> Value {
+    let me = daemon.me();
+    let daemons = match daemon.journal.peers().await {
+        Ok(peers) => json!(peers),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     let table = daemon.supervisor.table();
     let list: Vec<Value> = table
         .registry
         .plugins
         .iter()
         .map(|r| {
-            let mut v = json!({"name": r.name, "kind": r.kind, "manifest": r.manifest});
+            let mut v = json!({"name": r.name, "kind": r.kind, "manifest": r.manifest, "daemon": me.name});
             match (&r.availability, table.plugin(r.kind, &r.name)) {
                 (Availability::Runnable(spec), Some(p)) => {
                     v["runnable"] = json!(true);
@@ -421,7 +434,7 @@ fn plugins(daemon: &Daemon) -> Value {
             v
         })
         .collect();
-    json!({"plugins": list})
+    json!({"daemon": {"id": &*me.id, "name": me.name, "host": me.host}, "plugins": list, "daemons": daemons})
 }
 
 fn phase_name(p: &crate::core::pool::Phase) -> &'static str {

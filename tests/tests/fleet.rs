@@ -1,0 +1,204 @@
+//! Several daemons on one PostgreSQL journal (issue 14): tasks accepted by any daemon run
+//! on a daemon that has their plugin, a daemon's death is survived (its tasks taken over
+//! by the others within its lease), and a task no live daemon can run waits, saying why,
+//! until one that can joins.
+//!
+//! Each test has a database of its own on the test binary's throwaway PostgreSQL
+//! (`loom-testpg`). Counted from outside: results over HTTP, task starts in each plugin's
+//! own record, rows in the journal's tables.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use loom_e2e::{Plugins, Serve, StormPlugin, action, wait_until};
+use loom_testpg::TestPg;
+use serde_json::{Value, json};
+
+/// A short lease, so that the failover test takes seconds; the default is 12 s.
+const LEASE_SECS: u64 = 4;
+const HEARTBEAT_SECS: u64 = 1;
+
+fn journal(url: &str, name: &str) -> String {
+    format!("[journal]\nurl = {url:?}\nname = {name:?}\nlease_secs = {LEASE_SECS}\nheartbeat_secs = {HEARTBEAT_SECS}\n")
+}
+
+/// One number from the journal's database.
+fn count(pg: &TestPg, db: &str, sql: &str) -> u64 {
+    pg.psql(db, sql).trim().parse().unwrap_or_else(|_| panic!("{sql}: not a number"))
+}
+
+fn database_of(url: &str) -> String {
+    url.trim_start_matches("postgresql:///").split('?').next().unwrap().to_owned()
+}
+
+/// A daemon of the storm fleet: two storm plugins, one declaring START idempotent.
+struct Member {
+    serve: Arc<Serve>,
+    plain: StormPlugin,
+    idem: StormPlugin,
+    _plugins: Plugins,
+}
+
+fn member(url: &str, name: &str) -> Member {
+    let plugins = Plugins::new();
+    let slots = json!({"instances": 2, "maxConcurrency": 8});
+    let plain = StormPlugin::add(&plugins, "storm-plain", &[], slots.clone());
+    let idem = StormPlugin::add(&plugins, "storm-idem", &["START"], slots);
+    let serve = Arc::new(Serve::start(&plugins, &journal(url, name)));
+    Member { serve, plain, idem, _plugins: plugins }
+}
+
+/// Task id -> starts, over every daemon's processes of `pick`'s plugin.
+fn starts(members: &[Member], pick: fn(&Member) -> &StormPlugin) -> HashMap<String, usize> {
+    let mut all = HashMap::new();
+    for m in members {
+        for (id, n) in pick(m).starts() {
+            *all.entry(id).or_default() += n;
+        }
+    }
+    all
+}
+
+#[test]
+fn three_daemons_share_ten_thousand_tasks_and_survive_the_death_of_one() {
+    let Some(pg) = TestPg::shared() else { return };
+    let url = pg.database();
+    let db = database_of(&url);
+    let members: Vec<Member> = ["d0", "d1", "d2"].iter().map(|n| member(&url, n)).collect();
+
+    let n = 10_000;
+    let tasks: Arc<Vec<Value>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                let plugin = if i % 2 == 0 { &members[0].plain } else { &members[0].idem };
+                plugin.task(&format!("t-{i}"))
+            })
+            .collect(),
+    );
+    // Submitted round-robin to the three daemons by four clients; d1 is SIGKILLed once a
+    // third of the tasks are in. Submissions to it fail from then on (not accepted).
+    let accepted: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let d1_dead = Arc::new(AtomicBool::new(false));
+    let serves: Vec<Arc<Serve>> = members.iter().map(|m| Arc::clone(&m.serve)).collect();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (tasks, accepted, next, serves, d1_dead) =
+                (Arc::clone(&tasks), Arc::clone(&accepted), Arc::clone(&next), serves.clone(), Arc::clone(&d1_dead));
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(task) = tasks.get(i) else { return };
+                    let serve = &serves[i % 3];
+                    if i % 3 == 1 && d1_dead.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let (code, _) = serve.try_submit(task, false).unwrap_or((0, Value::Null));
+                    if code == 202 {
+                        accepted.lock().unwrap().push(i);
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(300), || next.load(Ordering::SeqCst) >= n / 3), "a third submitted");
+    // It has tasks running: each daemon claims what it accepted.
+    let killed_at = Instant::now();
+    d1_dead.store(true, Ordering::SeqCst);
+    members[1].serve.signal(nix::sys::signal::Signal::SIGKILL);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(accepted.len() > n / 2, "most were accepted: {}", accepted.len());
+
+    // d1's tasks are taken over within its lease (and a heartbeat of the others).
+    let owned_by_d1 = "SELECT count(*) FROM loom.tasks t JOIN loom.daemons d ON d.id = t.owner \
+                       WHERE d.name = 'd1' AND t.state <> 'done'";
+    assert!(
+        wait_until(Duration::from_secs(120), || count(pg, &db, owned_by_d1) == 0),
+        "d1's tasks were never taken over"
+    );
+    let took = killed_at.elapsed();
+    println!("d1's tasks taken over {took:?} after its SIGKILL (lease {LEASE_SECS} s)");
+
+    // Every accepted task ends exactly once, on the survivors.
+    for i in &accepted {
+        let (code, v) = members[[0, 2][i % 2]].serve.submit(&tasks[*i], true);
+        assert_eq!((code, v["state"].as_str()), (200, Some("done")), "{}: {v}", tasks[*i]["taskId"]);
+    }
+    assert_eq!(count(pg, &db, "SELECT count(*) FROM loom.tasks WHERE state <> 'done'"), 0, "nothing left queued");
+    let plain = starts(&members, |m| &m.plain);
+    let idem = starts(&members, |m| &m.idem);
+    let mut failed_with_d1 = 0;
+    for i in &accepted {
+        let id = format!("t-{i}");
+        if i % 2 == 0 {
+            assert!(plain.get(&id).copied().unwrap_or(0) <= 1, "{id} (not idempotent) ran twice");
+        }
+        let (_, v) = members[0].serve.request("GET", &format!("/v1/tasks/{id}"), None);
+        if v["result"]["status"] != 0 {
+            let why = v["result"]["stderr"].as_str().unwrap_or_default();
+            assert!(i % 2 == 0, "{id}: an idempotent task failed: {why}");
+            assert!(why.contains("daemon d1 (host ") && why.contains("not run again"), "{id}: {why}");
+            failed_with_d1 += 1;
+        }
+    }
+    let reruns = accepted.iter().filter(|i| *i % 2 == 1 && idem.get(&format!("t-{i}")).is_some_and(|n| *n > 1)).count();
+    println!(
+        "{} accepted; {failed_with_d1} failed with d1 (not idempotent); {reruns} idempotent ones run again",
+        accepted.len()
+    );
+    assert!(took < Duration::from_secs(LEASE_SECS + 30), "taken over after {took:?}");
+}
+
+#[test]
+fn tasks_go_to_a_daemon_that_has_their_plugin_and_wait_for_one_when_none_has() {
+    let Some(pg) = TestPg::shared() else { return };
+    let url = pg.database();
+    let with_plugin = |name: &str, plugin: &str| {
+        let plugins = Plugins::new();
+        plugins.add("automator", plugin, json!({"executable": loom_e2e::test_plugin()}));
+        let serve = Serve::start(&plugins, &journal(&url, name));
+        (serve, plugins)
+    };
+    let (alpha, _a) = with_plugin("da", "alpha");
+    let (beta, _b) = with_plugin("db", "beta");
+    let pid_of = |serve: &Serve, plugin: &str| {
+        let (_, v) = serve.request("GET", "/v1/plugins", None);
+        let p = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == plugin).cloned().unwrap();
+        p["instances"][0]["pid"].as_u64().unwrap()
+    };
+
+    // Submitted to the daemon without the plugin, run by the one with it.
+    let (code, v) = beta.submit(&action("for-alpha", "INSTALL", "alpha", json!({})), true);
+    assert_eq!((code, v["result"]["status"].as_i64()), (200, Some(0)), "{v}");
+    assert_eq!(v["result"]["result"]["pid"].as_u64(), Some(pid_of(&alpha, "alpha")), "{v}");
+    let (_, v) = alpha.submit(&action("for-beta", "INSTALL", "beta", json!({})), true);
+    assert_eq!(v["result"]["result"]["pid"].as_u64(), Some(pid_of(&beta, "beta")), "{v}");
+
+    // Every daemon's plugins, from any daemon.
+    let (_, v) = alpha.request("GET", "/v1/plugins", None);
+    let names: Vec<&str> = v["daemons"].as_array().unwrap().iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["da", "db"], "{v}");
+
+    // Nobody runs gamma: it waits, saying why, on whichever daemon is asked.
+    let (code, v) = alpha.submit(&action("for-gamma", "INSTALL", "gamma", json!({})), true);
+    assert_eq!((code, v["state"].as_str()), (202, Some("queued")), "{v}");
+    assert_eq!(v["waiting"], "no live daemon runs automator:gamma", "{v}");
+    let (_, v) = beta.request("GET", "/v1/tasks/for-gamma", None);
+    assert_eq!(v["waiting"], "no live daemon runs automator:gamma", "{v}");
+    let (_, metrics) = beta.request("GET", "/metrics", None);
+    assert!(metrics.as_str().unwrap().contains("loom_fleet_queue_depth{plugin=\"automator:gamma\"} 1"), "{metrics}");
+
+    // A daemon with gamma joins: it runs it.
+    let (gamma, _g) = with_plugin("dg", "gamma");
+    let done =
+        wait_until(Duration::from_secs(60), || beta.request("GET", "/v1/tasks/for-gamma", None).1["state"] == "done");
+    assert!(done, "the task for gamma never ran");
+    let (_, v) = beta.request("GET", "/v1/tasks/for-gamma", None);
+    assert_eq!(v["result"]["result"]["pid"].as_u64(), Some(pid_of(&gamma, "gamma")), "{v}");
+    assert!(v.get("waiting").is_none(), "{v}");
+}
