@@ -47,6 +47,15 @@ impl Serve {
         Serve::start_with(plugins, extra, &[])
     }
 
+    /// [`Serve::start`] in a folder of its own, `<plugins>/<name>` (its configuration,
+    /// data folder and log): for several daemons on one plugins folder.
+    pub fn start_named(plugins: &Plugins, name: &str, extra: &str) -> Serve {
+        let mut serve = Serve::configure(plugins, name, &format!("127.0.0.1:{}", free_port()), extra, &[]);
+        serve.notify.read();
+        serve.spawn();
+        serve
+    }
+
     /// [`Serve::start`] with extra environment.
     pub fn start_with(plugins: &Plugins, extra: &str, env: &[(&str, &str)]) -> Serve {
         Serve::start_listening(plugins, &format!("127.0.0.1:{}", free_port()), extra, env)
@@ -63,7 +72,12 @@ impl Serve {
 
     /// The daemon, configured but not started: [`Serve::spawn`] starts it.
     fn start_listening_later(plugins: &Plugins, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
-        let dir = plugins.path().join("serve");
+        Serve::configure(plugins, "serve", listen, extra, env)
+    }
+
+    /// The daemon in `<plugins>/<name>`, configured but not started.
+    fn configure(plugins: &Plugins, name: &str, listen: &str, extra: &str, env: &[(&str, &str)]) -> Serve {
+        let dir = plugins.path().join(name);
         std::fs::create_dir_all(&dir).expect("mkdir");
         let config = dir.join("config.toml");
         let data_dir = dir.join("data");

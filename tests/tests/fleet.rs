@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use loom_e2e::{Plugins, Serve, StormPlugin, action, wait_until};
+use loom_e2e::{ClusterRig, Plugins, Serve, StormPlugin, action, wait_until};
 use loom_testpg::TestPg;
 use serde_json::{Value, json};
 
@@ -201,4 +201,55 @@ fn tasks_go_to_a_daemon_that_has_their_plugin_and_wait_for_one_when_none_has() {
     let (_, v) = beta.request("GET", "/v1/tasks/for-gamma", None);
     assert_eq!(v["result"]["result"]["pid"].as_u64(), Some(pid_of(&gamma, "gamma")), "{v}");
     assert!(v.get("waiting").is_none(), "{v}");
+}
+
+#[test]
+fn a_cluster_operation_is_held_by_one_daemon_and_finished_by_another_when_it_dies() {
+    let Some(pg) = TestPg::shared() else { return };
+    let url = pg.database();
+    let rig = ClusterRig::new(json!({}));
+    let mut daemons: Vec<Serve> =
+        (1..=3).map(|i| Serve::start_named(&rig.plugins, &format!("d{i}"), &journal(&url, &format!("d{i}")))).collect();
+    // Two nodes; CONFIGURE waits for a gate file, so the operation is caught midway.
+    let spec = json!({
+        "name": "shared",
+        "provider": {"name": "local"},
+        "nodeGroups": [{"name": "n", "count": 2, "services": ["svc"]}],
+        "services": {"svc": {"actions": {
+            "install": {"type": "shell", "script": "record.sh", "data": "install"},
+            "configure": {"type": "shell", "script": "record.sh", "data": "configure-{n} wait"}}}}
+    });
+    let (code, body) = daemons[0].request("POST", "/v1/clusters", Some(&spec.to_string()));
+    assert_eq!(code, 202, "{body:#}");
+    assert!(
+        wait_until(Duration::from_secs(180), || rig.runlog().iter().filter(|l| l.contains("configure-")).count() == 2),
+        "{:?}",
+        rig.runlog()
+    );
+    // One operation per cluster in the whole fleet.
+    for d in &daemons {
+        let (code, body) = d.request("POST", "/v1/clusters", Some(&spec.to_string()));
+        assert_eq!(code, 409, "{body:#}");
+        assert!(body["error"].as_str().unwrap().contains("daemon d1 on "), "{body:#}");
+    }
+
+    daemons[0].kill9();
+    std::fs::write(rig.work.join("gate"), "").unwrap();
+    // Another daemon takes the cluster once d1's lease ran out, and finishes `up`.
+    assert!(
+        wait_until(Duration::from_secs(180), || daemons[2].request("GET", "/v1/clusters/shared", None).1["state"]
+            == "active"),
+        "not resumed: {}\n{}",
+        daemons[1].log_text(),
+        daemons[2].log_text()
+    );
+    let resumed_by = daemons[1..].iter().filter(|d| d.log_text().contains("resuming up after a restart")).count();
+    assert_eq!(resumed_by, 1, "resumed by exactly one daemon");
+    let (_, status) = daemons[2].request("GET", "/v1/clusters/shared?tasks=true", None);
+    let installs = status["tasks"].as_array().unwrap().iter().filter(|t| t["taskName"] == "INSTALL").count();
+    assert_eq!(installs, 2, "INSTALL ran once per node: {status:#}");
+    let (code, _) = daemons[1].request("DELETE", "/v1/clusters/shared?wait=true", None);
+    assert_eq!(code, 200);
+    assert!(rig.machines_left().is_empty());
+    daemons.clear();
 }

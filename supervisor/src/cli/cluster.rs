@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::cli::exit::Exit;
 use crate::cluster::job::{self, Engine, JobError, Options};
+use crate::cluster::lock::Locks;
 use crate::cluster::outcome::next_steps;
 use crate::cluster::plan::JobKind;
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
@@ -192,10 +193,10 @@ pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
     })
 }
 
-fn open_store(data: &DataArgs) -> Result<(ClusterStore, PathBuf), String> {
+fn open_store(data: &DataArgs) -> Result<(ClusterStore, Locks), String> {
     let dir = data.data_dir.clone().unwrap_or_else(crate::cluster::default_data_dir);
     let journal = Journal::open(&dir).map_err(|e| e.to_string())?;
-    Ok((ClusterStore::new(journal), crate::cluster::lock_dir(&dir)))
+    Ok((ClusterStore::new(journal), Locks::Files(crate::cluster::lock_dir(&dir))))
 }
 
 /// A spec file when `arg` names one, else `None` (it is a cluster name).
@@ -206,14 +207,14 @@ fn spec_file(arg: &str) -> Option<&Path> {
 
 async fn up(args: UpArgs, plugin_level: LogLevel) -> Result<Exit, String> {
     let mut spec = ClusterSpec::load(&args.spec).map_err(|e| e.to_string())?;
-    let (store, lock_dir) = open_store(&args.common.data)?;
+    let (store, locks) = open_store(&args.common.data)?;
     if spec.plugin_dirs.is_empty()
         && args.common.plugins_dirs.is_empty()
         && let Ok(stored) = job::stored_spec(&store, &spec.name).await
     {
         spec.plugin_dirs = stored.plugin_dirs;
     }
-    let done = operate(&store, lock_dir, spec, JobKind::Up, &args.common, plugin_level).await;
+    let done = operate(&store, locks, spec, JobKind::Up, &args.common, plugin_level).await;
     checkpoint(&store).await;
     done
 }
@@ -235,7 +236,7 @@ async fn named(
     use_file: bool,
     plugin_level: LogLevel,
 ) -> Result<Exit, String> {
-    let (store, lock_dir) = open_store(&common.data)?;
+    let (store, locks) = open_store(&common.data)?;
     let file = spec_file(arg).map(ClusterSpec::load).transpose().map_err(|e| e.to_string())?;
     let name = file.as_ref().map_or(arg, |s| s.name.as_str()).to_owned();
     let stored = match job::stored_spec(&store, &name).await {
@@ -263,7 +264,7 @@ async fn named(
     if !common.plugins_dirs.is_empty() {
         spec.plugin_dirs.clear();
     }
-    let done = operate(&store, lock_dir, spec, kind, &common, plugin_level).await;
+    let done = operate(&store, locks, spec, kind, &common, plugin_level).await;
     checkpoint(&store).await;
     done
 }
@@ -272,7 +273,7 @@ async fn named(
 /// stops it, and the same command resumes.
 async fn operate(
     store: &ClusterStore,
-    lock_dir: PathBuf,
+    locks: Locks,
     mut spec: ClusterSpec,
     kind: JobKind,
     common: &Common,
@@ -289,7 +290,7 @@ async fn operate(
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts);
     let progress = make_progress(common.progress);
-    let engine = Engine { supervisor: &supervisor, store, lock_dir: lock_dir.clone() };
+    let engine = Engine { supervisor: &supervisor, store, locks: locks.clone() };
     let signal = crate::cli::signals::interrupt();
     tokio::pin!(signal);
     let result = tokio::select! {
@@ -305,9 +306,9 @@ async fn operate(
             return Ok(Exit::Failed);
         }
         Ok(Err(e)) => return Err(format!("cluster {}: nothing was done:\n{e}", spec.name)),
-        Err(signal) => return interrupted(store, &lock_dir, &spec.name, kind, signal, common.json).await,
+        Err(signal) => return interrupted(store, &locks, &spec.name, kind, signal, common.json).await,
     };
-    let view = ClusterView::load(store, &lock_dir, &spec.name, false).await.map_err(|e| e.to_string())?;
+    let view = ClusterView::load(store, &locks, &spec.name, false).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     if common.json {
         let _ = writeln!(out, "{}", json!({"outcome": outcome, "cluster": view}));
@@ -321,7 +322,7 @@ async fn operate(
 /// After Ctrl-C: the cluster is left incomplete, with how to resume.
 async fn interrupted(
     store: &ClusterStore,
-    lock_dir: &Path,
+    locks: &Locks,
     name: &str,
     kind: JobKind,
     signal: &str,
@@ -339,7 +340,7 @@ async fn interrupted(
         "loom-provisioner: {signal}: cluster {name}: {} stopped; the tasks in flight were cancelled",
         kind.as_str()
     );
-    if let Some(view) = ClusterView::load(store, lock_dir, name, false).await.map_err(|e| e.to_string())? {
+    if let Some(view) = ClusterView::load(store, locks, name, false).await.map_err(|e| e.to_string())? {
         let mut out = std::io::stdout().lock();
         let _ = if as_json { writeln!(out, "{}", json!({"cluster": view})) } else { write!(out, "{}", view.text()) };
     }
@@ -370,12 +371,12 @@ impl Progress for BarsHandle {
 }
 
 async fn status(args: StatusArgs) -> Result<Exit, String> {
-    let (store, lock_dir) = open_store(&args.data)?;
+    let (store, locks) = open_store(&args.data)?;
     let name = match spec_file(&args.cluster) {
         Some(f) => ClusterSpec::load(f).map_err(|e| e.to_string())?.name,
         None => args.cluster.clone(),
     };
-    let view = ClusterView::load(&store, &lock_dir, &name, args.tasks).await.map_err(|e| e.to_string())?;
+    let view = ClusterView::load(&store, &locks, &name, args.tasks).await.map_err(|e| e.to_string())?;
     let Some(view) = view else {
         return Err(format!("no cluster named {name:?} in {}", store.journal().place()));
     };
@@ -393,11 +394,11 @@ async fn status(args: StatusArgs) -> Result<Exit, String> {
 }
 
 async fn list(args: ListArgs) -> Result<Exit, String> {
-    let (store, lock_dir) = open_store(&args.data)?;
+    let (store, locks) = open_store(&args.data)?;
     let records = store.list().await.map_err(|e| e.to_string())?;
     let mut views = Vec::new();
     for r in &records {
-        if let Some(v) = ClusterView::load(&store, &lock_dir, &r.name, false).await.map_err(|e| e.to_string())? {
+        if let Some(v) = ClusterView::load(&store, &locks, &r.name, false).await.map_err(|e| e.to_string())? {
             views.push(v);
         }
     }

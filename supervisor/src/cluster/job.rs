@@ -18,7 +18,7 @@
 //! journal entries stay `running`: the next operation sends them again.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use loom_protocol::{PluginKind, TaskName, TaskResult};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::lock::{ClusterLock, LockError};
+use super::lock::{ClusterLock, LockError, Locks};
 use super::outcome::{Failure, Outcome};
 use super::plan::{self, JobKind, Mark, Marks, Plan, StepKey};
 use super::progress::{Event, Progress};
@@ -73,8 +73,8 @@ pub struct Engine<'a> {
     pub supervisor: &'a Supervisor,
     /// Records everything.
     pub store: &'a ClusterStore,
-    /// Where the per-cluster lock files are.
-    pub lock_dir: PathBuf,
+    /// Where the cluster's operations take turns.
+    pub locks: Locks,
 }
 
 /// Why an operation did not start.
@@ -137,7 +137,7 @@ pub async fn prepare<'a>(
     kind: JobKind,
     options: Options,
 ) -> Result<Prepared<'a>, JobError> {
-    let lock = ClusterLock::acquire(&engine.lock_dir, &spec.name).map_err(JobError::Busy)?;
+    let lock = engine.locks.acquire(&spec.name).await.map_err(JobError::Busy)?;
     let snapshot = engine.store.snapshot(&spec.name).await?;
     if kind != JobKind::Up && snapshot.is_none() {
         return Err(JobError::Unknown(spec.name.clone()));

@@ -2,12 +2,19 @@
 //! and the daemon share the journal): an exclusive `flock` on
 //! `<data_dir>/clusters/<name>.lock`, held for the operation. The kernel releases it
 //! when the process dies, so a killed operation never leaves the cluster locked.
+//!
+//! In a fleet sharing a PostgreSQL journal ([`Locks::Fleet`]), a cluster is held by one
+//! daemon at a time through a row in `cluster_owners`, valid while that daemon's lease
+//! holds: when it dies, another daemon may take the cluster (and resume its operation)
+//! once the lease ran out, and never before.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::journal::{Journal, Member};
 
 /// Why a cluster's lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,14 @@ pub enum LockError {
         source: io::Error,
     },
     /// The lock file cannot be opened.
+    /// The shared journal could not be asked.
+    #[error("cannot take cluster {name} in the fleet's journal: {source}")]
+    Journal {
+        /// The cluster.
+        name: String,
+        /// Why.
+        source: crate::journal::JournalError,
+    },
     #[error("cannot open the lock file {}: {source}", path.display())]
     File {
         /// The file.
@@ -43,7 +58,78 @@ pub enum LockError {
 
 /// A held cluster lock; dropping it releases the cluster.
 pub struct ClusterLock {
-    _file: Flock<File>,
+    _held: Held,
+}
+
+/// Held for what dropping it does (the kernel's unlock, or the lease's release).
+#[allow(dead_code)]
+enum Held {
+    File(Flock<File>),
+    Lease(Lease),
+}
+
+/// A cluster held in the fleet's journal; released (in the background) when dropped.
+struct Lease {
+    journal: Journal,
+    cluster: String,
+    me: Member,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (journal, cluster, me) = (self.journal.clone(), std::mem::take(&mut self.cluster), self.me.clone());
+        // Without a runtime (the process is ending) the lease ends with the daemon's.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = journal.release_cluster(&cluster, &me).await {
+                    tracing::warn!(cluster = %cluster, "cannot release the cluster (it is free once this daemon's lease ends): {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Where a cluster's operations take turns.
+#[derive(Clone)]
+pub enum Locks {
+    /// Lock files in this folder: one daemon (or `cluster` command) per data folder.
+    Files(PathBuf),
+    /// The fleet's journal, for daemon `me`.
+    Fleet {
+        /// The shared journal.
+        journal: Journal,
+        /// This daemon.
+        me: Member,
+    },
+}
+
+impl Locks {
+    /// Takes cluster `name` for an operation, or says who holds it.
+    ///
+    /// # Errors
+    /// [`LockError::Busy`] when another operation holds it (anywhere in the fleet, this
+    /// daemon included); others when the lock cannot be asked for.
+    pub async fn acquire(&self, name: &str) -> Result<ClusterLock, LockError> {
+        match self {
+            Locks::Files(dir) => ClusterLock::acquire(dir, name),
+            Locks::Fleet { journal, me } => match journal.take_cluster(name, me).await {
+                Ok(None) => Ok(ClusterLock {
+                    _held: Held::Lease(Lease { journal: journal.clone(), cluster: name.to_owned(), me: me.clone() }),
+                }),
+                Ok(Some(holder)) => Err(LockError::Busy { name: name.to_owned(), holder: Some(holder) }),
+                Err(source) => Err(LockError::Journal { name: name.to_owned(), source }),
+            },
+        }
+    }
+
+    /// Whether an operation holds cluster `name` now (a journal that cannot be asked
+    /// says no).
+    pub async fn is_held(&self, name: &str) -> bool {
+        match self {
+            Locks::Files(dir) => ClusterLock::is_held(dir, name),
+            Locks::Fleet { journal, .. } => journal.cluster_holder(name).await.ok().flatten().is_some(),
+        }
+    }
 }
 
 fn path(dir: &Path, name: &str) -> PathBuf {
@@ -72,7 +158,7 @@ impl ClusterLock {
                 let _ = locked.set_len(0);
                 let _ = locked.rewind();
                 let _ = writeln!(locked, "pid {}", std::process::id());
-                Ok(ClusterLock { _file: locked })
+                Ok(ClusterLock { _held: Held::File(locked) })
             }
             Err((mut file, _)) => {
                 let mut holder = String::new();

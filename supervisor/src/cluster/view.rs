@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::lock::ClusterLock;
+use super::lock::Locks;
 use super::plan::Mark;
 use super::spec::{self, ClusterSpec};
 use super::store::{ClusterState, ClusterStore, TaskRow};
@@ -100,13 +100,13 @@ impl ClusterView {
     /// When the journal fails.
     pub async fn load(
         store: &ClusterStore,
-        lock_dir: &Path,
+        locks: &Locks,
         name: &str,
         with_tasks: bool,
     ) -> Result<Option<ClusterView>, JournalError> {
         let Some(snap) = store.snapshot(name).await? else { return Ok(None) };
         let tasks = if with_tasks { Some(store.tasks(name).await?) } else { None };
-        let busy = ClusterLock::is_held(lock_dir, name);
+        let busy = locks.is_held(name).await;
         let spec = ClusterSpec::from_value(&snap.cluster.spec, "stored spec", Path::new("/")).ok();
         let mut nodes = Vec::new();
         if let Some(spec) = &spec {

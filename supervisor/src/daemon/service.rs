@@ -71,6 +71,9 @@ pub struct Daemon {
     wake: Notify,
     /// Stops the heartbeat, once the daemon has left the fleet at the end of a drain.
     fleet_stop: tokio_util::sync::CancellationToken,
+    /// Cancelled (and replaced) when this daemon's lease runs out: its cluster
+    /// operations stop, since other daemons may have taken their clusters.
+    lease_lost: Mutex<tokio_util::sync::CancellationToken>,
     /// Cluster operations running here, by cluster: their outcome once there is one.
     cluster_runs: Mutex<ClusterRuns>,
     cluster_stop: tokio_util::sync::CancellationToken,
@@ -170,6 +173,7 @@ impl Daemon {
             can: RwLock::new(Arc::new((Vec::new(), "[]".to_owned()))),
             wake: Notify::new(),
             fleet_stop: tokio_util::sync::CancellationToken::new(),
+            lease_lost: Mutex::new(tokio_util::sync::CancellationToken::new()),
         }))
         .inspect(|d| d.refresh_can())
     }
@@ -607,6 +611,7 @@ impl Daemon {
                     return;
                 }
                 *self.me.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = renewed;
+                std::mem::take(&mut *self.lock_lease_lost()).cancel();
             }
             Err(e) => {
                 tracing::warn!("cannot renew this daemon's lease: {e}");
@@ -636,11 +641,27 @@ impl Daemon {
         if let Err(e) = self.journal.mark_waiting().await {
             tracing::warn!("cannot mark the tasks no daemon can run: {e}");
         }
+        // The operations of clusters whose daemon died.
+        if !self.draining()
+            && let Err(e) = self.resume_clusters().await
+        {
+            tracing::warn!("cannot look for cluster operations to resume: {e}");
+        }
     }
 
-    /// Where the cluster locks are.
-    pub fn cluster_lock_dir(&self) -> std::path::PathBuf {
-        crate::cluster::lock_dir(&self.config().data_dir)
+    fn lock_lease_lost(&self) -> std::sync::MutexGuard<'_, tokio_util::sync::CancellationToken> {
+        self.lease_lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the clusters' operations take turns: lock files in the data folder, or, in
+    /// a fleet, the shared journal (one operation per cluster in the whole fleet).
+    pub fn cluster_locks(&self) -> crate::cluster::lock::Locks {
+        use crate::cluster::lock::Locks;
+        if self.shared() {
+            Locks::Fleet { journal: self.journal.clone(), me: self.me() }
+        } else {
+            Locks::Files(crate::cluster::lock_dir(&self.config().data_dir))
+        }
     }
 
     /// Starts a cluster operation with this daemon's plugins, in the background; returns
@@ -658,9 +679,10 @@ impl Daemon {
         }
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let daemon = Arc::clone(self);
+        let lease_lost = self.lock_lease_lost().clone();
         self.cluster_tasks.spawn(async move {
             let engine =
-                Engine { supervisor: &daemon.supervisor, store: &daemon.clusters, lock_dir: daemon.cluster_lock_dir() };
+                Engine { supervisor: &daemon.supervisor, store: &daemon.clusters, locks: daemon.cluster_locks() };
             let name = spec.name.clone();
             let options = JobOptions::resolve(&spec, None, None);
             let prepared = match job::prepare(&engine, spec, kind, options).await {
@@ -678,6 +700,8 @@ impl Daemon {
                 // Shutting down: the tasks in flight are cancelled and stay recorded as
                 // running; the next start resumes the operation.
                 () = daemon.cluster_stop.cancelled() => None,
+                // This daemon's lease ran out: another daemon may hold the cluster now.
+                () = lease_lost.cancelled() => None,
             };
             if let Some(outcome) = outcome {
                 let _ = done_tx.send(Some(outcome));
@@ -712,9 +736,7 @@ impl Daemon {
     pub async fn resume_clusters(self: &Arc<Self>) -> Result<usize, JournalError> {
         let mut resumed = 0;
         for record in self.clusters.list().await? {
-            if !record.state.is_transient()
-                || crate::cluster::lock::ClusterLock::is_held(&self.cluster_lock_dir(), &record.name)
-            {
+            if !record.state.is_transient() || self.cluster_locks().is_held(&record.name).await {
                 continue;
             }
             let kind = match record.state {
@@ -740,6 +762,10 @@ impl Daemon {
                 Ok(job) => {
                     tracing::info!(cluster = %record.name, job, "resuming {} after a restart", kind.as_str());
                     resumed += 1;
+                }
+                // Another daemon of the fleet took it first: it resumes it.
+                Err(ClusterOpError::Job(JobError::Busy(e))) => {
+                    tracing::debug!(cluster = %record.name, "not resuming {} here: {e}", kind.as_str());
                 }
                 Err(e) => tracing::error!(cluster = %record.name, "cannot resume {}: {e}", kind.as_str()),
             }

@@ -360,6 +360,71 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Takes cluster `name` for daemon `me`, unless a live daemon (`me` included: one
+    /// operation at a time) holds it. Returns `None` when taken, else who holds it.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn take_cluster(&self, name: &str, me: &Member) -> Result<Option<String>, JournalError> {
+        let (name, id) = (name.to_owned(), Arc::clone(&me.id));
+        self.run(move |c| {
+            let now = c.dialect().now_ms();
+            let taken = c.row(
+                &format!(
+                    "INSERT INTO cluster_owners (cluster, daemon, since) VALUES ($1, $2, {now})
+                     ON CONFLICT (cluster) DO UPDATE SET daemon = $2, since = {now}
+                     WHERE NOT EXISTS (SELECT 1 FROM daemons d WHERE d.id = cluster_owners.daemon
+                                       AND d.lease_until > {now} AND d.stopped = 0)
+                     RETURNING daemon"
+                ),
+                &[(&name).into(), (&*id).into()],
+            )?;
+            match taken {
+                Some(_) => Ok(None),
+                None => Ok(Some(holder(c, &name)?.unwrap_or_else(|| "another daemon".to_owned()))),
+            }
+        })
+        .await
+    }
+
+    /// Releases cluster `name` if daemon `me` holds it.
+    ///
+    /// # Errors
+    /// When the journal fails; the cluster is then free once `me`'s lease ends.
+    pub async fn release_cluster(&self, name: &str, me: &Member) -> Result<(), JournalError> {
+        let (name, id) = (name.to_owned(), Arc::clone(&me.id));
+        self.run(move |c| {
+            c.exec("DELETE FROM cluster_owners WHERE cluster = $1 AND daemon = $2", &[(&name).into(), (&*id).into()])
+                .map(drop)
+        })
+        .await
+    }
+
+    /// The live daemon that holds cluster `name`, described (`daemon d1 on host-a, pid
+    /// 4242`), if one does.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn cluster_holder(&self, name: &str) -> Result<Option<String>, JournalError> {
+        let name = name.to_owned();
+        self.run(move |c| holder(c, &name)).await
+    }
+}
+
+/// The live daemon holding cluster `name`, described.
+fn holder(c: &mut dyn Db, name: &str) -> Result<Option<String>, SqlError> {
+    let now = c.dialect().now_ms();
+    let row = c.row(
+        &format!(
+            "SELECT d.name, d.host, d.pid FROM cluster_owners o JOIN daemons d ON d.id = o.daemon
+             WHERE o.cluster = $1 AND d.lease_until > {now} AND d.stopped = 0"
+        ),
+        &[name.into()],
+    )?;
+    row.map(|r| Ok(format!("daemon {} on {}, pid {}", r.text(0)?, r.text(1)?, r.int(2)?))).transpose()
+}
+
 /// Applies the rules of [`Fate`] to one orphaned task (a row of `take_over`'s query).
 fn adopt(c: &mut dyn Db, row: &Row, my_name: &str) -> Result<Orphan, SqlError> {
     let (task_id, task_name) = (row.text(0)?, row.text(1)?);

@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS daemons (
     stopped     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner);
+CREATE TABLE IF NOT EXISTS cluster_owners (
+    cluster     TEXT PRIMARY KEY,
+    daemon      TEXT NOT NULL,
+    since       INTEGER NOT NULL
+);
 ";
 
 /// Clusters: each one's spec and state, each node's learned config, the mark of each

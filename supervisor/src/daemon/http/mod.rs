@@ -348,7 +348,7 @@ async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait
     };
     if wait {
         let outcome = daemon.wait_cluster(&name).await;
-        let view = ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &name, false).await.ok().flatten();
+        let view = ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), &name, false).await.ok().flatten();
         return match outcome {
             Some(Ok(outcome)) => json_response(StatusCode::OK, &json!({"outcome": outcome, "cluster": view})),
             Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -376,7 +376,7 @@ async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
     };
     let mut views = Vec::new();
     for r in records {
-        match ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), &r.name, false).await {
+        match ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), &r.name, false).await {
             Ok(Some(v)) => views.push(v),
             Ok(None) => {}
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -386,7 +386,7 @@ async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
 }
 
 async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<Bytes>> {
-    match ClusterView::load(&daemon.clusters, &daemon.cluster_lock_dir(), name, tasks).await {
+    match ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), name, tasks).await {
         Ok(Some(v)) => json_response(StatusCode::OK, &v),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
