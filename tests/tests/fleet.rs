@@ -253,3 +253,69 @@ fn a_cluster_operation_is_held_by_one_daemon_and_finished_by_another_when_it_die
     assert!(rig.machines_left().is_empty());
     daemons.clear();
 }
+
+#[test]
+fn the_daemons_ride_out_a_postgresql_restart_and_answer_503_while_it_is_away() {
+    // A server of its own: this test restarts it.
+    let Some(pg) = TestPg::start() else { return };
+    let url = pg.database();
+    let db = database_of(&url);
+    let members: Vec<Member> = ["r0", "r1"].iter().map(|n| member(&url, n)).collect();
+    let n = 2_000;
+    let tasks: Arc<Vec<Value>> = Arc::new((0..n).map(|i| members[0].idem.task(&format!("r-{i}"))).collect());
+    let accepted: Arc<std::sync::Mutex<Vec<usize>>> = Arc::default();
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let serves: Vec<Arc<Serve>> = members.iter().map(|m| Arc::clone(&m.serve)).collect();
+    let client = {
+        let (tasks, accepted, unanswered) = (Arc::clone(&tasks), Arc::clone(&accepted), Arc::clone(&unanswered));
+        std::thread::spawn(move || {
+            for (i, task) in tasks.iter().enumerate() {
+                match serves[i % 2].try_submit(task, false) {
+                    Some((202, _)) => accepted.lock().unwrap().push(i),
+                    Some((503, v)) => assert!(v["error"].as_str().is_some(), "{v}"),
+                    Some((code, v)) => panic!("{code}: {v}"),
+                    None => {
+                        unanswered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(120), || accepted.lock().unwrap().len() >= n / 4));
+    pg.restart();
+    client.join().unwrap();
+    assert_eq!(unanswered.load(Ordering::SeqCst), 0, "every request was answered");
+
+    // While the server is away: 503 at once (not a hang), and unhealthy.
+    pg.stop();
+    let (code, v) = members[0].serve.submit(&members[0].idem.task("while-away"), false);
+    assert_eq!(code, 503, "{v}");
+    assert!(!v["error"].as_str().unwrap().contains("password"), "{v}");
+    assert!(
+        wait_until(Duration::from_secs(60), || members[1].serve.request("GET", "/healthz", None).0 == 503),
+        "healthy without its journal"
+    );
+    pg.start_again();
+    assert!(
+        wait_until(Duration::from_secs(60), || members[1].serve.request("GET", "/healthz", None).0 == 200),
+        "never healthy again"
+    );
+
+    // Nothing accepted is lost; each ends once.
+    let accepted = accepted.lock().unwrap().clone();
+    for i in &accepted {
+        let (code, v) = members[i % 2].serve.submit(&tasks[*i], true);
+        assert_eq!((code, v["result"]["status"].as_i64()), (200, Some(0)), "{v}");
+    }
+    // A 503 may hide a commit whose answer the restart cut off: such a task runs too.
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &pg,
+            &db,
+            "SELECT count(*) FROM loom.tasks WHERE state <> 'done'"
+        ) == 0),
+        "left undone"
+    );
+    assert!(count(&pg, &db, "SELECT count(*) FROM loom.tasks") >= accepted.len() as u64);
+    println!("{} of {n} accepted across a restart", accepted.len());
+}

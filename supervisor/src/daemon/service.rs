@@ -71,6 +71,9 @@ pub struct Daemon {
     wake: Notify,
     /// Stops the heartbeat, once the daemon has left the fleet at the end of a drain.
     fleet_stop: tokio_util::sync::CancellationToken,
+    /// Tasks the journal says this daemon owns that it does not work on, as of the last
+    /// heartbeat: given up at the next one if still so ([`Daemon::reconcile`]).
+    suspects: Mutex<std::collections::HashSet<String>>,
     /// Cancelled (and replaced) when this daemon's lease runs out: its cluster
     /// operations stop, since other daemons may have taken their clusters.
     lease_lost: Mutex<tokio_util::sync::CancellationToken>,
@@ -174,6 +177,7 @@ impl Daemon {
             wake: Notify::new(),
             fleet_stop: tokio_util::sync::CancellationToken::new(),
             lease_lost: Mutex::new(tokio_util::sync::CancellationToken::new()),
+            suspects: Mutex::new(std::collections::HashSet::new()),
         }))
         .inspect(|d| d.refresh_can())
     }
@@ -638,6 +642,7 @@ impl Daemon {
                 }
             }
         }
+        self.reconcile(&me).await;
         if let Err(e) = self.journal.mark_waiting().await {
             tracing::warn!("cannot mark the tasks no daemon can run: {e}");
         }
@@ -646,6 +651,44 @@ impl Daemon {
             && let Err(e) = self.resume_clusters().await
         {
             tracing::warn!("cannot look for cluster operations to resume: {e}");
+        }
+    }
+
+    /// Tasks the journal says this daemon owns but that it does not work on: a write
+    /// that gave them to it (accept, claim) committed, but its answer was lost to a
+    /// dropped connection, so nothing here runs them. Seen on two heartbeats in a row
+    /// (one would race a claim being answered), they are given up by the rules of
+    /// [`Fate`], for any daemon to claim.
+    async fn reconcile(&self, me: &Member) {
+        let owned = match self.journal.owned(me).await {
+            Ok(owned) => owned,
+            Err(e) => return tracing::warn!("cannot list the tasks this daemon owns: {e}"),
+        };
+        let idle: std::collections::HashSet<String> = {
+            let inflight = self.lock_inflight();
+            owned.into_iter().filter(|id| !inflight.contains_key(id)).collect()
+        };
+        let give_up: Vec<String> = {
+            let mut suspects = self.suspects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let again = idle.iter().filter(|id| suspects.contains(*id)).cloned().collect();
+            *suspects = idle;
+            again
+        };
+        if give_up.is_empty() {
+            return;
+        }
+        match self.journal.release(me, give_up).await {
+            Ok(orphans) => {
+                for o in &orphans {
+                    tracing::warn!(task_id = %o.task_id, "owned here but not run here (the answer of the write that gave it was lost); given up: {:?}", o.fate);
+                }
+                let mut suspects = self.suspects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for o in orphans {
+                    suspects.remove(&o.task_id);
+                }
+                self.wake.notify_one();
+            }
+            Err(e) => tracing::warn!("cannot give up tasks this daemon does not run: {e}"),
         }
     }
 

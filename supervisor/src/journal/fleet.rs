@@ -412,6 +412,50 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// The tasks `me` owns and has not finished.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn owned(&self, me: &Member) -> Result<Vec<String>, JournalError> {
+        let id = Arc::clone(&me.id);
+        self.run(move |c| {
+            let rows = c.rows("SELECT task_id FROM tasks WHERE owner = $1 AND state <> 'done'", &[(&*id).into()])?;
+            rows.iter().map(|r| r.text(0)).collect()
+        })
+        .await
+    }
+
+    /// Gives up tasks `me` owns but does not work on (a write that claimed them
+    /// committed, but its answer was lost): by the rules of [`Fate`], as if `me` had
+    /// died. Returns what became of them.
+    ///
+    /// # Errors
+    /// When the journal fails; then nothing changed.
+    pub async fn release(&self, me: &Member, ids: Vec<String>) -> Result<Vec<Orphan>, JournalError> {
+        let (id, my_name) = (Arc::clone(&me.id), me.name.clone());
+        self.run(move |c| {
+            let mut orphans = Vec::new();
+            for task in &ids {
+                let row = c.row(
+                    "SELECT t.task_id, t.task_name, t.state, COALESCE(t.task, ''), t.idempotent,
+                            COALESCE(t.plugin, 'its plugin'), NULL, NULL, NULL
+                     FROM tasks t WHERE t.task_id = $1 AND t.owner = $2 AND t.state <> 'done'",
+                    &[task.into(), (&*id).into()],
+                )?;
+                if let Some(row) = row {
+                    orphans.push(adopt(c, &row, &my_name)?);
+                }
+            }
+            if orphans.iter().any(|o| o.fate == Fate::Requeued) {
+                c.notify("loom_queued", "")?;
+            }
+            Ok(orphans)
+        })
+        .await
+    }
+}
+
 /// The live daemon holding cluster `name`, described.
 fn holder(c: &mut dyn Db, name: &str) -> Result<Option<String>, SqlError> {
     let now = c.dialect().now_ms();

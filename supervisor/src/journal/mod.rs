@@ -374,7 +374,9 @@ impl Journal {
     /// idempotent or not (committed before it reaches its plugin, so a crash never runs
     /// it twice unknowingly). Returns its attempt (1, 2 ...), or `None` when `me` no
     /// longer owns it (its lease ran out and another daemon took it over): then it must
-    /// not be sent.
+    /// not be sent. A task already running under `me` is started again: its earlier
+    /// start was committed but its answer lost (a connection that dropped), and nothing
+    /// is sent before an answer.
     ///
     /// # Errors
     /// When the journal fails ([`Journal`]); then the task is still recorded as it was.
@@ -397,7 +399,7 @@ impl Journal {
             let row = c.row(
                 &format!(
                     "UPDATE tasks SET state = 'running', started_at = $3, attempts = attempts + 1, plugin = $4, idempotent = $5
-                     WHERE task_id = $1 AND owner = $2 AND state = 'queued' {lease}
+                     WHERE task_id = $1 AND owner = $2 AND state IN ('queued', 'running') {lease}
                      RETURNING attempts"
                 ),
                 &[(&id).into(), (&*owner).into(), now_ms().into(), (&plugin).into(), idempotent.into()],

@@ -153,7 +153,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Endpoint::GetTask => match daemon.get(arg).await {
             Ok(Some(r)) => json_response(StatusCode::OK, &r),
             Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {arg}")),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => journal_error(daemon, &e.to_string()),
         },
         Endpoint::ListPlugins => json_response(StatusCode::OK, &plugins(daemon).await),
         Endpoint::RestartPlugin => restart(daemon, arg),
@@ -280,7 +280,10 @@ async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Respons
         Ok(Submitted::Existing(record)) => json_response(StatusCode::OK, &record),
         Err(e @ SubmitError::Invalid(_)) => error(StatusCode::BAD_REQUEST, &format!("invalid task: {e}")),
         Err(e @ SubmitError::Draining) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        Err(e @ SubmitError::Journal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e @ SubmitError::Journal(_)) => journal_error(
+            daemon,
+            &format!("{e}; submitting it again is safe (a task id known to the journal never runs twice)"),
+        ),
     }
 }
 
@@ -290,7 +293,7 @@ async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
         // Waiting for a daemon that runs its plugin: said at once, not after a timeout.
         Ok(Some(r)) => json_response(StatusCode::ACCEPTED, &r),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => journal_error(daemon, &e.to_string()),
     }
 }
 
@@ -372,14 +375,14 @@ async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait
 async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
     let records = match daemon.clusters.list().await {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return journal_error(daemon, &e.to_string()),
     };
     let mut views = Vec::new();
     for r in records {
         match ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), &r.name, false).await {
             Ok(Some(v)) => views.push(v),
             Ok(None) => {}
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => return journal_error(daemon, &e.to_string()),
         }
     }
     json_response(StatusCode::OK, &json!({"clusters": views}))
@@ -389,7 +392,7 @@ async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<
     match ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), name, tasks).await {
         Ok(Some(v)) => json_response(StatusCode::OK, &v),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => journal_error(daemon, &e.to_string()),
     }
 }
 
@@ -475,6 +478,17 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<F
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &json!({"error": message}))
+}
+
+/// The journal failed: 503 with `Retry-After` while a shared journal's server is out of
+/// reach (the daemon connects again by itself; nothing is accepted meanwhile), else 500.
+fn journal_error(daemon: &Daemon, message: &str) -> Response<Full<Bytes>> {
+    if daemon.shared() && daemon.journal.health().problem().is_some() {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("2"));
+        return r;
+    }
+    error(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
 
 #[cfg(test)]
