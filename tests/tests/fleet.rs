@@ -319,3 +319,61 @@ fn the_daemons_ride_out_a_postgresql_restart_and_answer_503_while_it_is_away() {
     assert!(count(&pg, &db, "SELECT count(*) FROM loom.tasks") >= accepted.len() as u64);
     println!("{} of {n} accepted across a restart", accepted.len());
 }
+
+#[test]
+fn a_daemons_sqlite_journal_moves_to_postgresql_with_its_tasks_and_clusters() {
+    let Some(pg) = TestPg::shared() else { return };
+    let url = pg.database();
+    let rig = ClusterRig::new(json!({}));
+    rig.plugins.add_test_plugin("automator", "a1", json!({"maxConcurrency": 1}));
+    // One daemon on SQLite: a cluster, a finished task, one running and one queued
+    // behind it when the daemon dies.
+    let mut alone = Serve::start_named(&rig.plugins, "alone", "");
+    let spec = json!({
+        "name": "moved",
+        "provider": {"name": "local"},
+        "nodeGroups": [{"name": "n", "count": 1, "services": ["svc"]}],
+        "services": {"svc": {"actions": {"install": {"type": "shell", "script": "record.sh", "data": "install"}}}}
+    });
+    let (code, body) = alone.request("POST", "/v1/clusters?wait=true", Some(&spec.to_string()));
+    assert_eq!((code, body["outcome"]["state"].as_str()), (200, Some("active")), "{body:#}");
+    let (code, _) = alone.submit(&action("finished", "START", "a1", json!({})), true);
+    assert_eq!(code, 200);
+    alone.submit(&action("running", "INSTALL", "a1", json!({"action": "hang"})), false);
+    alone.submit(&action("queued", "REMOVE", "a1", json!({})), false);
+    assert!(
+        wait_until(Duration::from_secs(60), || alone.request("GET", "/v1/tasks/running", None).1["state"] == "running")
+    );
+    alone.kill9();
+
+    let migrate = |to: &str| {
+        let from = format!("sqlite://{}", alone.data_dir.display());
+        std::process::Command::new(loom_e2e::provisioner())
+            .args(["journal", "migrate", "--from", &from, "--to", to])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&url);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.starts_with("copied 3 tasks, 1 clusters, 1 cluster nodes"), "{stdout}");
+    let again = migrate(&url);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds 3 tasks and 1 clusters"), "{again:?}");
+
+    // A daemon on PostgreSQL has the history, runs what was queued, and takes over what
+    // was running as a restart would.
+    let fleet = Serve::start_named(&rig.plugins, "fleet", &journal(&url, "f1"));
+    let (_, v) = fleet.request("GET", "/v1/tasks/finished", None);
+    assert_eq!((v["state"].as_str(), v["result"]["status"].as_i64()), (Some("done"), Some(0)), "{v}");
+    let (code, v) = fleet.submit(&action("queued", "REMOVE", "a1", json!({})), true);
+    assert_eq!((code, v["result"]["status"].as_i64()), (200, Some(0)), "{v}");
+    let (_, v) = fleet.submit(&action("running", "INSTALL", "a1", json!({})), true);
+    let why = v["result"]["stderr"].as_str().unwrap_or_default();
+    assert!(why.contains("supervisor restarted while the task ran") && why.contains("not run again"), "{v}");
+    let (_, cluster) = fleet.request("GET", "/v1/clusters/moved", None);
+    assert_eq!(cluster["state"], "active", "{cluster:#}");
+    let (code, _) = fleet.request("DELETE", "/v1/clusters/moved?wait=true", None);
+    assert_eq!(code, 200);
+    assert!(rig.machines_left().is_empty());
+}

@@ -18,6 +18,7 @@ mod check;
 mod client;
 mod cluster;
 mod exit;
+mod journal;
 mod plugins;
 mod run;
 mod signals;
@@ -66,6 +67,8 @@ enum Command {
     Status(StatusArgs),
     /// Bring clusters up and down from a spec: machines, then services, in order.
     Cluster(crate::cli::cluster::ClusterArgs),
+    /// The journal outside a daemon: copy one to PostgreSQL for a fleet (`migrate`).
+    Journal(crate::cli::journal::JournalArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -151,6 +154,7 @@ fn dispatch() -> Exit {
             },
             Command::Submit(args) => run::submit(args).await,
             Command::Cluster(args) => crate::cli::cluster::main(args, plugin_level).await,
+            Command::Journal(args) => crate::cli::journal::main(args).await,
             Command::Status(args) => match crate::cli::client::Api::resolve(&args.api) {
                 Ok(api) => crate::cli::client::status(&api, args.task.as_deref(), args.json).await,
                 Err(e) => {

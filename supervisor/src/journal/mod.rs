@@ -27,6 +27,7 @@
 
 #[cfg(test)]
 mod contract;
+pub mod copy;
 mod fleet;
 mod health;
 mod postgres;
