@@ -377,3 +377,38 @@ fn a_daemons_sqlite_journal_moves_to_postgresql_with_its_tasks_and_clusters() {
     assert_eq!(code, 200);
     assert!(rig.machines_left().is_empty());
 }
+
+#[test]
+fn a_clusters_steps_run_on_the_daemons_that_have_their_plugins() {
+    let Some(pg) = TestPg::shared() else { return };
+    let url = pg.database();
+    let rig = ClusterRig::new(json!({}));
+    // The owner of the operation has the provider only; another daemon the automator.
+    let (providers, automators) = (Plugins::new(), Plugins::new());
+    for (to, what) in [(&providers, "providers/local"), (&automators, "automators/shell")] {
+        let target = to.path().join(what);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let copied =
+            std::process::Command::new("cp").arg("-r").arg(rig.plugins.path().join(what)).arg(&target).status();
+        assert!(copied.unwrap().success());
+    }
+    let owner = Serve::start_named(&providers, "owner", &journal(&url, "owner"));
+    let worker = Serve::start_named(&automators, "worker", &journal(&url, "worker"));
+    let spec = json!({
+        "name": "split",
+        "provider": {"name": "local"},
+        "nodeGroups": [{"name": "n", "count": 1, "services": ["svc"]}],
+        "services": {"svc": {"actions": {"install": {"type": "shell", "script": "record.sh", "data": "install"}}}}
+    });
+    let (code, body) = owner.request("POST", "/v1/clusters?wait=true", Some(&spec.to_string()));
+    assert_eq!((code, body["outcome"]["state"].as_str()), (200, Some("active")), "{body:#}\n{}", owner.log_text());
+    assert_eq!(rig.runlog().iter().filter(|l| l.ends_with(" install")).count(), 1, "{:?}", rig.runlog());
+    // The automator's steps ran on the worker: its journal records them as its tasks.
+    let (_, status) = owner.request("GET", "/v1/clusters/split?tasks=true", None);
+    let install = status["tasks"].as_array().unwrap().iter().find(|t| t["taskName"] == "INSTALL").cloned().unwrap();
+    let (_, task) = worker.request("GET", &format!("/v1/tasks/{}", install["taskId"].as_str().unwrap()), None);
+    assert_eq!((task["state"].as_str(), task["result"]["status"].as_i64()), (Some("done"), Some(0)), "{task}");
+    let (code, _) = owner.request("DELETE", "/v1/clusters/split?wait=true", None);
+    assert_eq!(code, 200);
+    assert!(rig.machines_left().is_empty());
+}

@@ -32,6 +32,7 @@ use super::lock::{ClusterLock, LockError, Locks};
 use super::outcome::{Failure, Outcome};
 use super::plan::{self, JobKind, Mark, Marks, Plan, StepKey};
 use super::progress::{Event, Progress};
+use super::remote;
 use super::spec::{ClusterSpec, NodeSpec};
 use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
 use super::task::{self, Tasks};
@@ -75,6 +76,26 @@ pub struct Engine<'a> {
     pub store: &'a ClusterStore,
     /// Where the cluster's operations take turns.
     pub locks: Locks,
+}
+
+impl Engine<'_> {
+    /// The fleet's journal, when this operation runs in a fleet and `task` needs a plugin
+    /// this daemon lacks: then another daemon that has it runs it.
+    fn runs_elsewhere(&self, task: &TaskEnvelope) -> Option<&crate::journal::Journal> {
+        let Locks::Fleet { journal, .. } = &self.locks else { return None };
+        let here = self.supervisor.table().can();
+        let needs = crate::core::router::needs(task);
+        (!needs.is_empty() && !needs.iter().all(|n| here.contains(n))).then_some(journal)
+    }
+
+    /// The plugin keys the other live daemons of the fleet run (none outside a fleet).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    async fn fleet_plugins(&self) -> Result<BTreeSet<String>, JobError> {
+        let Locks::Fleet { journal, .. } = &self.locks else { return Ok(BTreeSet::new()) };
+        Ok(journal.fleet_can().await?)
+    }
 }
 
 /// Why an operation did not start.
@@ -150,7 +171,8 @@ pub async fn prepare<'a>(
     };
     check_nodes(&spec, &learned)?;
     let plan = plan::build(kind, &spec, &marks, &learned);
-    check_plugins(&spec, &plan, &engine.supervisor.table())?;
+    let elsewhere = engine.fleet_plugins().await?;
+    check_plugins(&spec, &plan, &engine.supervisor.table(), &elsewhere)?;
 
     let job_id = engine.store.begin(&spec.name, &spec.to_value(), kind).await?;
     let mut interrupted_by_step = HashMap::new();
@@ -271,7 +293,9 @@ fn check_nodes(spec: &ClusterSpec, learned: &HashMap<String, Map<String, Value>>
 }
 
 /// Every plugin the plan needs is registered and runnable; else nothing runs.
-fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table) -> Result<(), JobError> {
+/// A plugin this daemon lacks may run on another daemon of the fleet (`elsewhere`: the
+/// `kind:name` keys live daemons run).
+fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table, elsewhere: &BTreeSet<String>) -> Result<(), JobError> {
     let mut needed: BTreeSet<(PluginKind, String, String)> = BTreeSet::new();
     let nodes = spec.nodes();
     for step in &plan.steps {
@@ -298,7 +322,10 @@ fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table) -> Result<(), J
     let mut problems = Vec::new();
     let mut reported = BTreeSet::new();
     for (kind, name, at) in needed {
-        if table.plugin(kind, &name).is_some() || !reported.insert((kind, name.clone())) {
+        if table.plugin(kind, &name).is_some()
+            || elsewhere.contains(&format!("{kind}:{name}"))
+            || !reported.insert((kind, name.clone()))
+        {
             continue;
         }
         let registered = table.registry.plugins.iter().find(|r| r.kind == kind && r.name == name);
@@ -470,6 +497,14 @@ impl Runner<'_> {
         let cluster = &self.spec.name;
         self.progress.event(&Event::TaskStarted { key, task_id: &task_id, task, attempt });
         let mut began = Instant::now();
+        if let Some(journal) = self.engine.runs_elsewhere(&envelope) {
+            let recorded = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
+            let result = match recorded {
+                Ok(()) => remote::run(journal, &envelope).await,
+                Err(e) => TaskResult::failed(format!("not sent: {e}")),
+            };
+            return self.record(key, task, &task_id, attempt, result, began.elapsed()).await;
+        }
         let result = match self.engine.supervisor.reserve(&envelope).await {
             Ok(permit) => match store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await {
                 Ok(()) => {

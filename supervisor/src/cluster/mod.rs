@@ -22,6 +22,7 @@ pub mod lock;
 pub mod outcome;
 pub mod plan;
 pub mod progress;
+mod remote;
 pub mod spec;
 pub mod store;
 pub mod task;

@@ -413,6 +413,23 @@ impl Journal {
 }
 
 impl Journal {
+    /// The plugin keys (`kind:name`) the live daemons of the fleet run.
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn fleet_can(&self) -> Result<std::collections::BTreeSet<String>, JournalError> {
+        self.run(|c| {
+            let now = c.dialect().now_ms();
+            let rows = c.rows(&format!("SELECT can FROM daemons WHERE lease_until > {now} AND stopped = 0"), &[])?;
+            let mut keys = std::collections::BTreeSet::new();
+            for r in rows {
+                keys.extend(serde_json::from_str::<Vec<String>>(&r.text(0)?).unwrap_or_default());
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
     /// The tasks `me` owns and has not finished.
     ///
     /// # Errors
