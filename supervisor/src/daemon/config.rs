@@ -704,4 +704,30 @@ idle_timeout_secs = 5
         assert_eq!(Listen::parse("/run/a.sock").unwrap(), Listen::Unix("/run/a.sock".into()));
         assert_eq!(Listen::parse("http://127.0.0.1:1/").unwrap().to_string(), "http://127.0.0.1:1");
     }
+
+    #[test]
+    fn the_journal_section_is_checked_and_never_quotes_the_url() {
+        let base = "plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n[journal]\n";
+        let c = parse_text(&format!(
+            "{base}url = \"postgres://loom:s3cret@db/loom\"\nname = \"prov-a\"\nlease_secs = 20\nheartbeat_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.journal.url.as_deref(), Some("postgres://loom:s3cret@db/loom"));
+        assert_eq!((c.journal.lease, c.journal.heartbeat), (Duration::from_secs(20), Duration::from_secs(5)));
+        assert_eq!(
+            parse_text("plugin_dirs = [\"p\"]\ndata_dir = \"d\"\n").unwrap().journal,
+            crate::journal::Settings::default()
+        );
+        for (text, says) in [
+            ("url = \"mysql://root:s3cret@db\"\n", "journal.url must be a PostgreSQL URL"),
+            ("url = \"postgres://db/loom\"\nheartbeat_secs = 7\n", "at most half of journal.lease_secs"),
+            ("name = \"a b\"\n", "journal.name must be"),
+            ("max_claimed = 0\n", "journal.max_claimed must be at least 1"),
+            ("lease_secs = 0\n", "journal.lease_secs must be more than 0"),
+        ] {
+            let e = parse_text(&format!("{base}{text}")).unwrap_err();
+            assert!(e.message.contains(says), "{text}: {}", e.message);
+            assert!(!e.message.contains("s3cret") && e.line.is_some(), "{text}: {e:?}");
+        }
+    }
 }
