@@ -109,8 +109,20 @@ impl Route {
 /// (`provider:ec2`, `automator:shell`; `automator:*` for a BOOTSTRAP that names no
 /// automators: it goes to whichever automators the daemon has). Read from the task
 /// alone, so a daemon can tell which tasks another daemon can run. Empty when the task
-/// names no plugin (any daemon refuses it the same way).
+/// names no plugin (any daemon refuses it the same way). A name holding one of the
+/// task's credentials (a hostile task) is masked: the keys are stored and shown
+/// (`waiting`), and no registered plugin has such a name anyway.
 pub fn needs(task: &TaskEnvelope) -> Vec<String> {
+    let mut needs = names_needed(task);
+    for need in &mut needs {
+        if let std::borrow::Cow::Owned(masked) = crate::wire::redact::scrub_values(need, &task.secrets) {
+            *need = masked;
+        }
+    }
+    needs
+}
+
+fn names_needed(task: &TaskEnvelope) -> Vec<String> {
     match task.task_name {
         TaskName::Create | TaskName::Confirm | TaskName::Delete => {
             task.provider.iter().map(|p| format!("{}:{p}", PluginKind::Provider)).collect()
@@ -420,5 +432,22 @@ mod tests {
 
         let nothing = Merged::new(0).finish();
         assert_eq!((nothing.status, nothing.stdout.as_str()), (0, "no automators to bootstrap\n"));
+    }
+
+    #[test]
+    fn a_daemon_needs_the_plugins_a_task_routes_to_and_never_its_credentials() {
+        assert_eq!(needs(&action("t", "INSTALL", "shell", json!({}))), ["automator:shell"]);
+        let create = task("t", "CREATE", json!({"provider": {"providertype": "ec2"}}));
+        assert_eq!(needs(&create), ["provider:ec2"]);
+        assert_eq!(needs(&task("t", "BOOTSTRAP", json!({}))), ["automator:*"]);
+        // A hostile task naming an automator after its own password.
+        let boot = task(
+            "t",
+            "BOOTSTRAP",
+            json!({"automators": ["shell", "pw-SECRET-1"], "ssh-auth": {"user": "u", "password": "pw-SECRET-1"}}),
+        );
+        assert_eq!(needs(&boot), ["automator:shell", "automator:[redacted]"]);
+        let table = table(&plugins());
+        assert_eq!(table.can(), ["automator:*", "automator:a1", "automator:a2", "provider:p1"]);
     }
 }

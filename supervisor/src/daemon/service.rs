@@ -69,6 +69,10 @@ pub struct Daemon {
     can: RwLock<Arc<(Vec<String>, String)>>,
     /// Wakes the claim loop: a task finished here (room), or the fleet changed.
     wake: Notify,
+    /// Whether claimable tasks may be waiting in the journal for room here (the last
+    /// claim was full, or there was no room): only then does a finished task wake the
+    /// claim loop, which otherwise would ask the journal after every task for nothing.
+    backlog: AtomicBool,
     /// Stops the heartbeat, once the daemon has left the fleet at the end of a drain.
     fleet_stop: tokio_util::sync::CancellationToken,
     /// Tasks the journal says this daemon owns that it does not work on, as of the last
@@ -175,6 +179,7 @@ impl Daemon {
             fleet: config_journal,
             can: RwLock::new(Arc::new((Vec::new(), "[]".to_owned()))),
             wake: Notify::new(),
+            backlog: AtomicBool::new(false),
             fleet_stop: tokio_util::sync::CancellationToken::new(),
             lease_lost: Mutex::new(tokio_util::sync::CancellationToken::new()),
             suspects: Mutex::new(std::collections::HashSet::new()),
@@ -352,8 +357,10 @@ impl Daemon {
             if daemon.active.fetch_sub(1, Ordering::SeqCst) == 1 {
                 daemon.idle.notify_waiters();
             }
-            // Room for another task of the fleet's queue.
-            daemon.wake.notify_one();
+            // Room for another task of the fleet's queue, if one may wait there.
+            if daemon.backlog.load(Ordering::SeqCst) {
+                daemon.wake.notify_one();
+            }
         });
     }
 
@@ -532,6 +539,8 @@ impl Daemon {
         loop {
             let room = self.fleet.max_claimed.saturating_sub(self.active.load(Ordering::SeqCst));
             if room == 0 || self.draining() {
+                // Tasks may wait for this room: a task that ends here looks again.
+                self.backlog.store(room == 0, Ordering::SeqCst);
                 return;
             }
             let me = self.me();
@@ -543,6 +552,8 @@ impl Daemon {
                 }
             };
             let full = claimed.len() == room;
+            // Fewer than asked: none claimable is left (a new one wakes the loop itself).
+            self.backlog.store(full, Ordering::SeqCst);
             for (id, raw) in claimed {
                 self.run_claimed(id, raw, &me).await;
             }

@@ -513,7 +513,8 @@ fn adopt(c: &mut dyn Db, row: &Row, my_name: &str) -> Result<Orphan, SqlError> {
             let report = TaskReport { task_id: Some(task_id.clone()), result: TaskResult::failed(why.clone()) };
             let text = serde_json::to_string(&report).unwrap_or_else(|_| "null".to_owned());
             c.exec(
-                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL, owner = NULL WHERE task_id = $1",
+                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL, owner = NULL, needs = NULL
+                 WHERE task_id = $1",
                 &[(&task_id).into(), (&text).into(), now_ms().into()],
             )?;
             c.notify("loom_done", &task_id)?;

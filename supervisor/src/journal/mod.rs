@@ -422,7 +422,7 @@ impl Journal {
         let done = self
             .run(move |c| {
                 let n = c.exec(
-                    "UPDATE tasks SET state = 'done', result = $3, finished_at = $4, task = NULL, waiting = NULL
+                    "UPDATE tasks SET state = 'done', result = $3, finished_at = $4, task = NULL, waiting = NULL, needs = NULL
                      WHERE task_id = $1 AND owner = $2 AND state <> 'done'",
                     &[(&id).into(), (&*owner).into(), (&*result).into(), now_ms().into()],
                 )?;
@@ -449,7 +449,8 @@ impl Journal {
         let id = task_id.to_owned();
         self.run(move |c| {
             c.exec(
-                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL, owner = NULL, waiting = NULL
+                "UPDATE tasks SET state = 'done', result = $2, finished_at = $3, task = NULL, owner = NULL, waiting = NULL,
+                     needs = NULL
                  WHERE task_id = $1 AND state <> 'done'",
                 &[(&id).into(), (&*result).into(), now_ms().into()],
             )?;
