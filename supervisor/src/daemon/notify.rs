@@ -352,7 +352,10 @@ mod tests {
         let got = read_until(&listener, "STOPPING=1");
         let ours: Vec<&str> = got.iter().skip(filled).map(String::as_str).collect();
         assert_eq!(ours, ["READY=1\nSTATUS=ready", "WATCHDOG=1", "STOPPING=1\nSTATUS=draining"]);
-        // Once the queue has room, status lines go again.
+        // Once the queue has room and nothing waits to be sent again, status lines go
+        // again. (STOPPING=1 is read here a moment before the retrying thread, whose send
+        // it was, marks it sent: until then a status line is still dropped.)
+        n.settle(Duration::from_secs(60));
         n.status("after");
         assert_eq!(read_until(&listener, "STATUS=after"), ["STATUS=after"]);
     }
