@@ -621,4 +621,33 @@ mod tests {
         assert!(store.forget("c").await.unwrap());
         assert!(store.list().await.unwrap().is_empty());
     }
+
+    /// The cluster tables on both engines (`crate::journal::contract`).
+    async fn the_cluster_tables_work(journal: Journal) {
+        let store = ClusterStore::new(journal);
+        let job = store.begin("c", &json!({"name": "c"}), JobKind::Up).await.unwrap();
+        let create = StepKey::node(TaskName::Create, "c-a-1");
+        store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
+        store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
+        let tasks = store.tasks("c").await.unwrap();
+        assert_eq!((tasks.len(), tasks[0].sends), (1, 2));
+        let snap = store.snapshot("c").await.unwrap().unwrap();
+        assert_eq!(snap.interrupted.len(), 1);
+        assert_eq!(snap.marks.get(&create), Some(&Mark::Attempted));
+        store.end("c", ClusterState::Terminated, None).await.unwrap();
+        assert_eq!(store.get("c").await.unwrap().unwrap().state, ClusterState::Terminated);
+        assert!(store.forget("c").await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cluster_tables_work_on_sqlite() {
+        the_cluster_tables_work(crate::journal::contract::sqlite().open()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cluster_tables_work_on_postgres() {
+        if let Some(fresh) = crate::journal::contract::postgres() {
+            the_cluster_tables_work(fresh.open()).await;
+        }
+    }
 }

@@ -60,7 +60,6 @@ on_both_engines!(
     a_failed_operation_is_undone_alone_and_its_batch_commits,
     two_daemons_never_claim_one_task,
     a_wait_ends_when_the_task_is_done,
-    the_cluster_tables_work,
 );
 
 fn raw(text: &str) -> Arc<Box<RawValue>> {
@@ -222,22 +221,4 @@ async fn a_wait_ends_when_the_task_is_done(fresh: Fresh) {
     let done = tokio::time::timeout(Duration::from_secs(60), waiter).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(done.state, State::Done);
     assert!(j.wait_done("unknown").await.unwrap().is_none());
-}
-
-async fn the_cluster_tables_work(fresh: Fresh) {
-    use crate::cluster::plan::{JobKind, StepKey};
-    use crate::cluster::{ClusterState, ClusterStore};
-    use loom_protocol::TaskName;
-    let store = ClusterStore::new(fresh.open());
-    let job = store.begin("c", &serde_json::json!({"name": "c"}), JobKind::Up).await.unwrap();
-    let create = StepKey::node(TaskName::Create, "c-a-1");
-    store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
-    store.started("c", &job, "t1", &create, "CREATE", 1).await.unwrap();
-    let tasks = store.tasks("c").await.unwrap();
-    assert_eq!((tasks.len(), tasks[0].sends), (1, 2));
-    let snap = store.snapshot("c").await.unwrap().unwrap();
-    assert_eq!(snap.interrupted.len(), 1);
-    store.end("c", ClusterState::Terminated, None).await.unwrap();
-    assert_eq!(store.get("c").await.unwrap().unwrap().state, ClusterState::Terminated);
-    assert!(store.forget("c").await.unwrap());
 }

@@ -26,7 +26,7 @@
 //! like the journal's, `core/trust.rs`), the wire and the log; nothing above.
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 pub mod copy;
 mod fleet;
 mod health;
