@@ -66,12 +66,30 @@ pub(crate) fn start_daemon(
     listen: &str,
 ) -> Result<Reaped, String> {
     let plugins = write_registry(&dir.0.join("plugins"), exe, &[], instances)?;
+    start_serve(daemon, &plugins, dir, listen, "", Stdio::inherit())
+}
+
+/// Starts `loom-provisioner serve` in `dir` on the plugins folder `plugins`, listening on
+/// `listen`, with `extra` (TOML: top-level keys, then tables) in its configuration and its
+/// log to `stderr`,
+/// and waits for its `READY=1` on a notify socket of its own.
+///
+/// # Errors
+/// When it cannot be started, or says nothing for 60 s (it is then stopped).
+pub(crate) fn start_serve(
+    daemon: &Path,
+    plugins: &Path,
+    dir: &TempDir,
+    listen: &str,
+    extra: &str,
+    stderr: Stdio,
+) -> Result<Reaped, String> {
     let socket_path = dir.0.join("notify.sock");
     let notify = UnixDatagram::bind(&socket_path).map_err(|e| format!("cannot bind {}: {e}", socket_path.display()))?;
     notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
     let config = dir.0.join("config.toml");
     let text = format!(
-        "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n[log]\nlevel = \"warn\"\n",
+        "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n{extra}\n[log]\nlevel = \"warn\"\n",
         plugins.display().to_string(),
         dir.0.join("data").display().to_string(),
     );
@@ -82,15 +100,18 @@ pub(crate) fn start_daemon(
         .env("NOTIFY_SOCKET", &socket_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
-    let proc = Reaped(child);
-    wait_ready(&notify)?;
+    let proc = Reaped(child, notify);
+    wait_ready(&proc.1)?;
     Ok(proc)
 }
 
-/// The daemon, stopped with SIGTERM (and reaped) however the round ends.
-pub(crate) struct Reaped(pub(crate) Child);
+/// The daemon, stopped with SIGTERM (and reaped) however the round ends, and its notify
+/// socket: kept bound while it runs, so that its notifications are taken as systemd takes
+/// them (with nothing bound there, its stop waits 5 s for `STOPPING=1` to be taken).
+pub(crate) struct Reaped(pub(crate) Child, UnixDatagram);
 
 impl Reaped {
     pub(crate) fn stop(&mut self) {
