@@ -480,8 +480,7 @@ fn fleet_analysis(f: &Figures) -> String {
          and {:.2}x one). One daemon on PostgreSQL keeps {:.2} of the 2 cores busy (on SQLite {:.2}): it \
          waits on its journal's one connection, where every statement of a batch (each operation under a \
          savepoint of its own) is a round trip to the server, where SQLite's are calls in the process. \
-         More daemons are more connections at work at once, until the cores are full ({:.2} and {:.2} busy \
-         with 2 and 3).",
+         More daemons put more connections to work at once: 2 and 3 keep {:.2} and {:.2} cores busy.",
         a[0],
         a[1],
         a[1] / a[0],
@@ -714,7 +713,7 @@ mod tests {
             "Done end to end: 7000, 950 (0.14x), 1700 and 2300 (1.79x and 2.42x)",
             "150 us on SQLite, 600 us on PostgreSQL (4.0x), 650 and 800 us with 2 and 3 daemons (1.08x and 1.33x",
             "keeps 0.57 of the 2 cores busy (on SQLite 1.05)",
-            "(1.10 and 1.84 busy with 2 and 3)",
+            "2 and 3 keep 1.10 and 1.84 cores busy.",
             "Failover: 12.0 s (fastest 11.0, slowest 13.5)",
             "| a fleet with the default lease and heartbeat fails over within about 15 s (median) | 12.0 s | yes | \
              (reported only) |",
