@@ -225,8 +225,10 @@ impl Env {
 /// A daemon of the section, on a Unix socket, its log in a file; stopped (SIGTERM) and
 /// its folder removed when dropped.
 struct Daemon {
+    name: String,
     proc: Reaped,
     api: PathBuf,
+    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -250,7 +252,7 @@ impl Daemon {
         daemons.0.push(proc.0.id());
         let stopped = daemons.1;
         drop(daemons);
-        let mut daemon = Daemon { proc, api, _dir: dir };
+        let mut daemon = Daemon { name: name.to_owned(), proc, api, log, _dir: dir };
         if stopped {
             daemon.kill();
             return Err("stopped".into());
@@ -260,6 +262,11 @@ impl Daemon {
 
     fn conn(&self) -> Conn {
         Conn::new(&self.api)
+    }
+
+    /// The end of its log, for an error (its folder goes with it).
+    fn log_tail(&self) -> String {
+        format!("daemon {}'s log:\n{}", self.name, tail(&self.log))
     }
 
     /// SIGKILL, as a machine dies; then reaped.
@@ -354,7 +361,8 @@ fn throughput(env: &Env, server: &Server, daemons: usize, shared: bool, plan: &P
     let mut conn = fleet[0].conn();
     while journal_done(&mut conn)? < n as u64 {
         if began.elapsed() > Duration::from_secs(600) {
-            return Err(format!("{n} tasks were not all done 10 minutes after they were posted"));
+            let logs: Vec<String> = fleet.iter().map(Daemon::log_tail).collect();
+            return Err(format!("{n} tasks were not all done 10 minutes after they were posted; {}", logs.join("\n")));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -530,7 +538,7 @@ fn failover(env: &Env, server: &Server, (start, kill): (f64, f64)) -> Result<f64
     let last = again.iter().flatten().max().copied();
     match last {
         Some(last) if restarted => Ok((last - killed) as f64 / 1e3),
-        _ => Err("the killed daemon's tasks were not all started again within 120 s".into()),
+        _ => Err(format!("the killed daemon's tasks were not all started again within 120 s; {}", survivor.log_tail())),
     }
 }
 
