@@ -413,9 +413,10 @@ fn analysis(f: &Figures) -> String {
             s.push_str(&format!(
                 " With 256 MiB more resident in the supervisor's process it is {:.1} ms: plugins are started with \
                  fork and exec, because the parent-death signal and the log channel must be set up in the child \
-                 before exec, and fork copies the parent's page tables. The daemon itself stays near 11 MB \
-                 (above), so this matters only for a supervisor embedded in a large process.",
+                 before exec, and fork copies the parent's page tables. The daemon itself stays small{}, so \
+                 this matters only for a supervisor embedded in a large process.",
                 f.median(RESTART_HEAVY),
+                if f.median(RSS).is_nan() { String::new() } else { format!(" ({:.0} MB above)", f.median(RSS)) },
             ));
         }
         s.push('\n');
