@@ -2,8 +2,9 @@
 # The whole benchmark in one command: builds what it measures (release), then runs
 # loom-bench, which measures everything in one run (the peers from ../shared/peers and
 # the cluster against ansible-playbook included; it installs ansible-core from PyPI into
-# /tmp/loom-bench-ansible if ansible-playbook is missing) and writes BENCHMARKS.md and
-# bench/latency.svg. Takes about 15 minutes.
+# /tmp/loom-bench-ansible if ansible-playbook is missing; the fleet on a throwaway
+# PostgreSQL server, when PostgreSQL is installed) and writes BENCHMARKS.md and
+# bench/latency.svg. Takes about 20 minutes.
 #
 #   bench/run.sh            the full run; writes the report and the chart
 #   bench/run.sh --quick    the smoke run CI does (under a minute); writes nothing

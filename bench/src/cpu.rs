@@ -46,6 +46,28 @@ pub fn process(pid: u32) -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// [`process`] of `pid` and of every process descending from it that still runs (a
+/// daemon with its plugins, a PostgreSQL server with its backends).
+pub fn tree(pid: u32) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        total += process(p);
+        todo.extend(children(p));
+    }
+    total
+}
+
+/// The running children of `pid` (none when it is gone).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
 fn usage(who: UsageWho) -> Duration {
     getrusage(who).map_or(Duration::ZERO, |u| timeval(u.user_time()) + timeval(u.system_time()))
 }
@@ -77,5 +99,30 @@ mod tests {
         assert!(own() > before, "20 ms of spinning used no CPU time");
         assert!(process(std::process::id()) > Duration::ZERO);
         assert_eq!(process(u32::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_tree_counts_the_running_descendants() {
+        // A shell whose child spins until killed.
+        let mut shell =
+            std::process::Command::new("sh").args(["-c", "sh -c 'while :; do :; done' & wait"]).spawn().unwrap();
+        let pid = shell.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let child = loop {
+            if let Some(&child) = children(pid).first() {
+                break child;
+            }
+            assert!(std::time::Instant::now() < deadline, "the shell started no child");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        while process(child) < Duration::from_millis(50) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The spinning is the child's: the tree counts it, the shell alone does not.
+        let (alone, whole) = (process(pid), tree(pid));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = shell.wait();
+        assert!(whole >= alone + Duration::from_millis(50), "tree {whole:?}, the shell alone {alone:?}");
+        assert_eq!(tree(u32::MAX), Duration::ZERO);
     }
 }

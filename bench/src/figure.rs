@@ -45,11 +45,22 @@ impl Figure {
     }
 }
 
-/// The figures of one run, looked up by name, and remarks for the report.
+/// The figures of one run, looked up by name, remarks for the report, and facts about the
+/// run (a server's version) by key.
 #[derive(Default)]
-pub struct Figures(pub Vec<Figure>, pub Vec<String>);
+pub struct Figures(pub Vec<Figure>, pub Vec<String>, pub Vec<(&'static str, String)>);
 
 impl Figures {
+    /// Records a fact about the run under `key`.
+    pub fn set_fact(&mut self, key: &'static str, value: String) {
+        self.2.push((key, value));
+    }
+
+    /// The fact recorded under `key`.
+    pub fn fact(&self, key: &str) -> Option<&str> {
+        self.2.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+
     /// A remark printed under the table (e.g. why something was not measured).
     pub fn note(&mut self, text: String) {
         self.1.push(text);

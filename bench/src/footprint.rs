@@ -4,6 +4,8 @@
 //! Readiness is systemd's own signal: the harness listens on `$NOTIFY_SOCKET` and waits
 //! for `READY=1`, which the daemon sends once every instance has finished its handshake.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -49,8 +51,8 @@ pub fn round(daemon: &Path, exe: &Path, instances: u32, idle: Duration) -> Resul
     daemon_proc.stop();
     Ok(Round {
         rss_mb,
-        idle_cpu_percent: (cpu1 - cpu0) as f64 / 1e9 / window * 100.0,
-        wakeups_per_sec: (switches1 - switches0) as f64 / window,
+        idle_cpu_percent: grown(&cpu0, &cpu1) as f64 / 1e9 / window * 100.0,
+        wakeups_per_sec: grown(&switches0, &switches1) as f64 / window,
         plugin_rss_mb: plugin_rss[plugin_rss.len() / 2],
         ready_secs,
     })
@@ -66,12 +68,30 @@ pub(crate) fn start_daemon(
     listen: &str,
 ) -> Result<Reaped, String> {
     let plugins = write_registry(&dir.0.join("plugins"), exe, &[], instances)?;
+    start_serve(daemon, &plugins, dir, listen, "", Stdio::inherit())
+}
+
+/// Starts `loom-provisioner serve` in `dir` on the plugins folder `plugins`, listening on
+/// `listen`, with `extra` (TOML: top-level keys, then tables) in its configuration and its
+/// log to `stderr`,
+/// and waits for its `READY=1` on a notify socket of its own.
+///
+/// # Errors
+/// When it cannot be started, or says nothing for 60 s (it is then stopped).
+pub(crate) fn start_serve(
+    daemon: &Path,
+    plugins: &Path,
+    dir: &TempDir,
+    listen: &str,
+    extra: &str,
+    stderr: Stdio,
+) -> Result<Reaped, String> {
     let socket_path = dir.0.join("notify.sock");
     let notify = UnixDatagram::bind(&socket_path).map_err(|e| format!("cannot bind {}: {e}", socket_path.display()))?;
     notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
     let config = dir.0.join("config.toml");
     let text = format!(
-        "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n[log]\nlevel = \"warn\"\n",
+        "plugin_dirs = [{:?}]\nlisten = {listen:?}\ndata_dir = {:?}\n{extra}\n[log]\nlevel = \"warn\"\n",
         plugins.display().to_string(),
         dir.0.join("data").display().to_string(),
     );
@@ -82,15 +102,18 @@ pub(crate) fn start_daemon(
         .env("NOTIFY_SOCKET", &socket_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", daemon.display()))?;
-    let proc = Reaped(child);
-    wait_ready(&notify)?;
+    let proc = Reaped(child, notify);
+    wait_ready(&proc.1)?;
     Ok(proc)
 }
 
-/// The daemon, stopped with SIGTERM (and reaped) however the round ends.
-pub(crate) struct Reaped(pub(crate) Child);
+/// The daemon, stopped with SIGTERM (and reaped) however the round ends, and its notify
+/// socket: kept bound while it runs, so that its notifications are taken as systemd takes
+/// them (with nothing bound there, its stop waits 5 s for `STOPPING=1` to be taken).
+pub(crate) struct Reaped(pub(crate) Child, UnixDatagram);
 
 impl Reaped {
     pub(crate) fn stop(&mut self) {
@@ -119,13 +142,16 @@ fn wait_ready(notify: &UnixDatagram) -> Result<(), String> {
     }
 }
 
-/// CPU time of every thread of `pid`, in nanoseconds (`/proc/PID/task/*/schedstat`).
-fn cpu_ns(pid: u32) -> Result<u64, String> {
+/// A counter of each thread of a process, by thread id.
+type PerThread = HashMap<OsString, u64>;
+
+/// CPU time of each thread of `pid`, in nanoseconds (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> Result<PerThread, String> {
     per_thread(pid, "schedstat", |text| text.split_whitespace().next().and_then(|v| v.parse().ok()))
 }
 
-/// Context switches of every thread of `pid`, voluntary and not.
-fn switches(pid: u32) -> Result<u64, String> {
+/// Context switches of each thread of `pid`, voluntary and not.
+fn switches(pid: u32) -> Result<PerThread, String> {
     per_thread(pid, "status", |text| {
         let field =
             |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
@@ -133,14 +159,22 @@ fn switches(pid: u32) -> Result<u64, String> {
     })
 }
 
-fn per_thread(pid: u32, file: &str, read: impl Fn(&str) -> Option<u64>) -> Result<u64, String> {
+fn per_thread(pid: u32, file: &str, read: impl Fn(&str) -> Option<u64>) -> Result<PerThread, String> {
     let tasks =
         std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("cannot read /proc/{pid}/task: {e}"))?;
     Ok(tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join(file)).ok())
-        .filter_map(|text| read(&text))
-        .sum())
+        .filter_map(|t| Some((t.file_name(), read(&std::fs::read_to_string(t.path().join(file)).ok()?)?)))
+        .collect())
+}
+
+/// How much the threads' counters grew from `before` to `after`: a thread that started in
+/// between counts from zero, one that ended is left out. (Its counter is gone with it: a
+/// sum over the living threads would go backwards, as it did when the runtime's blocking
+/// threads, busy starting the plugins, ended after their 10 s keep-alive within the window.
+/// Such a thread has been idle that long, so it took no CPU in the window.)
+fn grown(before: &PerThread, after: &PerThread) -> u64 {
+    after.iter().map(|(tid, now)| now.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum()
 }
 
 pub(crate) fn rss_kb(pid: u32) -> Result<f64, String> {
@@ -160,4 +194,22 @@ fn children(pid: u32) -> Result<Vec<u32>, String> {
         out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(counters: &[(&str, u64)]) -> PerThread {
+        counters.iter().map(|(tid, n)| (OsString::from(tid), *n)).collect()
+    }
+
+    #[test]
+    fn threads_that_end_in_the_window_do_not_count_against_it() {
+        // 101 and 102 ended (with much time on them), 104 started, 100 and 103 grew.
+        let before = threads(&[("100", 500), ("101", 90_000), ("102", 7_000), ("103", 20)]);
+        let after = threads(&[("100", 530), ("103", 25), ("104", 4)]);
+        assert_eq!(grown(&before, &after), 30 + 5 + 4);
+        assert_eq!(grown(&after, &after), 0);
+    }
 }

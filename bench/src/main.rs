@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Each section is one module: `floor` (raw pipe, and the plugin started from scratch),
-//! `supervised` (sequential, pipelined, restart), `peers`, `footprint`, `flood`, `cluster`;
+//! `supervised` (sequential, pipelined, restart), `peers`, `footprint`, `flood`, `cluster`,
+//! `fleet` (daemons on one PostgreSQL, beside one on SQLite; `http` is its API client);
 //! `cpu` counts CPU time; `figure` holds the verdict rule; `report` and `chart` write the
 //! results.
 
@@ -20,10 +21,12 @@ mod chart;
 mod cluster;
 mod cpu;
 mod figure;
+mod fleet;
 mod flood;
 mod floor;
 mod footprint;
 mod hostile;
+mod http;
 mod peers;
 mod report;
 mod supervised;
@@ -39,12 +42,12 @@ use supervised::{Bench, MakeTask, start_task, tiny_task};
 #[derive(Parser, Debug)]
 #[command(name = "loom-bench", about = "Benchmarks the supervisor beside a raw pipe floor and its peers, in one run")]
 struct Args {
-    /// Fewer calls, no peers, no cluster and no contrast restarts: CI's gate (well under a
+    /// Fewer calls, no peers, no cluster, no fleet and no contrast restarts: CI's gate (well under a
     /// minute), which fails only when a goal free of the host's speed (a ratio of figures
     /// measured side by side, memory, a count) is missed by more than 3x.
     #[arg(long)]
     quick: bool,
-    /// Only these sections (comma-separated): latency, pipelined, restart, flood, footprint, hostile, cluster.
+    /// Only these sections (comma-separated): latency, pipelined, restart, flood, footprint, hostile, cluster, fleet.
     #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
     only: Vec<Section>,
     /// The peers to run beside the supervisor (the full run only).
@@ -76,6 +79,9 @@ enum Section {
     Hostile,
     /// `cluster up` of 10 and 20 local machines against ansible-playbook (the full run only).
     Cluster,
+    /// Daemons on one PostgreSQL beside one on SQLite: tasks/s accepted and done,
+    /// claim-to-send latency, failover time (the full run only).
+    Fleet,
 }
 
 /// How much each measurement does.
@@ -91,6 +97,7 @@ pub struct Size {
     contrast: bool,
     flood_lines: u64,
     idle: std::time::Duration,
+    fleet: fleet::Plan,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +112,7 @@ fn main() -> ExitCode {
             contrast: false,
             flood_lines: 20_000,
             idle: std::time::Duration::from_secs(2),
+            fleet: fleet::Plan { rounds: 2, tasks: 2_000, clients: 12, claims: 30, failovers: 1 },
         }
     } else {
         Size {
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
             contrast: true,
             flood_lines: 100_000,
             idle: std::time::Duration::from_secs(10),
+            fleet: fleet::Plan { rounds: 5, tasks: 10_000, clients: 24, claims: 100, failovers: 5 },
         }
     };
     if let Err(e) = flood::install_log_sink() {
@@ -140,7 +149,7 @@ fn main() -> ExitCode {
                 Section::Hostile,
             ];
             if !args.quick {
-                all.push(Section::Cluster);
+                all.extend([Section::Cluster, Section::Fleet]);
             }
             all
         }
@@ -149,7 +158,19 @@ fn main() -> ExitCode {
     };
     // Spawned, so that the calls run on a worker thread as a daemon's requests do
     // (`block_on` would poll them on the main thread, and every answer would cross threads).
-    let measured = runtime.block_on(async move { tokio::spawn(async move { run(&sections, &size).await }).await });
+    let measured = runtime.block_on(async move {
+        let run = tokio::spawn(async move { run(&sections, &size).await });
+        tokio::select! {
+            measured = run => measured,
+            signal = interrupted() => {
+                // The fleet's PostgreSQL server runs in a session of its own: no terminal's
+                // signal reaches it, and it would outlive the benchmark.
+                fleet::stop_everything();
+                eprintln!("loom-bench: {signal}: stopped");
+                std::process::exit(130);
+            }
+        }
+    });
     let figures = match measured.unwrap_or_else(|e| Err(format!("the benchmark panicked: {e}"))) {
         Ok(figures) => figures,
         Err(e) => {
@@ -181,6 +202,18 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Waits for SIGINT or SIGTERM; its name. Never returns when neither can be watched.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// `name` in the folder of this executable (where cargo builds every binary).
@@ -242,6 +275,7 @@ async fn measure(section: Section, exe: &Path, size: &Size, figures: &mut Figure
             measured.into_iter().for_each(|f| figures.push(f));
             Ok(())
         }
+        Section::Fleet => fleet_section(exe, &size.fleet, figures).await,
         Section::Cluster => {
             let rounds = size.rounds.min(5);
             let measured = blocking("the cluster measurement", move || cluster_rounds(rounds)).await?;
@@ -477,6 +511,21 @@ fn cluster_rounds(rounds: usize) -> Result<Vec<Figure>, String> {
     }
     out.push(command);
     Ok(out)
+}
+
+/// The fleet on a throwaway PostgreSQL server; a note instead when PostgreSQL is not
+/// installed.
+async fn fleet_section(exe: &Path, plan: &fleet::Plan, figures: &mut Figures) -> Result<(), String> {
+    let daemon = sibling("loom-provisioner", "loom-supervisor")?;
+    let (exe, plan) = (exe.to_path_buf(), *plan);
+    match blocking("the fleet measurement", move || fleet::measure(&daemon, &exe, &plan)).await? {
+        Some(measured) => {
+            measured.figures.into_iter().for_each(|f| figures.push(f));
+            figures.set_fact("postgres", measured.postgres);
+        }
+        None => figures.note("The fleet was not measured: PostgreSQL is not installed (initdb, pg_ctl).".into()),
+    }
+    Ok(())
 }
 
 /// Returns freed heap memory to the system (glibc keeps it otherwise).

@@ -172,9 +172,17 @@ impl Bench {
 /// # Errors
 /// When it cannot be written.
 pub fn write_registry(dir: &Path, exe: &Path, args: &[&str], instances: u32) -> Result<PathBuf, String> {
-    let folder = dir.join("automators/noop");
+    write_plugin(dir, "noop", exe, args, instances)
+}
+
+/// [`write_registry`] with the plugin registered as automator `name`.
+///
+/// # Errors
+/// When it cannot be written.
+pub fn write_plugin(dir: &Path, name: &str, exe: &Path, args: &[&str], instances: u32) -> Result<PathBuf, String> {
+    let folder = dir.join("automators").join(name);
     std::fs::create_dir_all(&folder).map_err(|e| format!("cannot make {}: {e}", folder.display()))?;
-    let manifest = serde_json::json!({"noop": {
+    let manifest = serde_json::json!({name: {
         "executable": exe, "args": args, "instances": instances,
         // As root (CI), the supervisor runs a plugin as root only when its manifest says so;
         // not root, the key changes nothing.
@@ -184,7 +192,7 @@ pub fn write_registry(dir: &Path, exe: &Path, args: &[&str], instances: u32) -> 
         // restart measured is the immediate one, not the backoff of a crash loop.
         "restart": {"withinSecs": 1},
     }});
-    std::fs::write(folder.join("noop.json"), manifest.to_string()).map_err(|e| e.to_string())?;
+    std::fs::write(folder.join(format!("{name}.json")), manifest.to_string()).map_err(|e| e.to_string())?;
     Ok(dir.to_path_buf())
 }
 

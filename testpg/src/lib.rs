@@ -4,7 +4,7 @@
 //! server that listens on a Unix socket in that folder (no TCP port, no global name a
 //! parallel test run could collide with), trusts user `loom`, and does not fsync (the tests
 //! do not survive power loss, they test the code above). [`TestPg::start_with`] adds a
-//! password (SCRAM), TLS, and a listener on a free loopback port. [`TestPg::shared`] is one
+//! password (SCRAM), TLS, a listener on a free loopback port, and fsync (for benchmarks). [`TestPg::shared`] is one
 //! server for the whole test binary, stopped when it exits.
 //!
 //! As root the folder belongs to `nobody` and the server runs as `nobody` (PostgreSQL refuses
@@ -43,6 +43,10 @@ pub struct Options {
     pub ssl: Option<(PathBuf, PathBuf)>,
     /// Listen on a free port on 127.0.0.1 too ([`TestPg::port`]).
     pub tcp: bool,
+    /// Sync every commit to disk (`fsync` on), as a production server does: for the
+    /// benchmark, which compares the journal on PostgreSQL with SQLite's, which syncs
+    /// every commit. Off by default: the tests do not survive power loss.
+    pub fsync: bool,
 }
 
 /// A private PostgreSQL server; stopped (`-m immediate`) and its folder removed on drop.
@@ -52,6 +56,7 @@ pub struct TestPg {
     port: u16,
     tcp: bool,
     password: Option<String>,
+    fsync: bool,
     owner: Option<(Uid, Gid)>,
     databases: AtomicU32,
 }
@@ -94,6 +99,7 @@ impl TestPg {
             port: if tcp { free_port() } else { 5432 },
             tcp,
             password: options.password,
+            fsync: options.fsync,
             owner: server_user(),
             databases: AtomicU32::new(0),
         };
@@ -288,9 +294,10 @@ impl TestPg {
     fn server_options(&self) -> String {
         let listen = if self.tcp { "127.0.0.1" } else { "" };
         let mut options = format!(
-            "-k {} -p {} -c listen_addresses='{listen}' -c max_connections=500 -c fsync=off",
+            "-k {} -p {} -c listen_addresses='{listen}' -c max_connections=500 -c fsync={}",
             shell_quote(&self.socket_dir().to_string_lossy()),
-            self.port
+            self.port,
+            if self.fsync { "on" } else { "off" },
         );
         if self.data_dir().join("server.crt").exists() {
             options.push_str(" -c ssl=on");

@@ -99,6 +99,17 @@ fn the_shared_server_is_stopped_when_the_test_binary_exits() {
 }
 
 #[test]
+fn commits_are_synced_to_disk_only_when_asked() {
+    let Some(pg) = TestPg::start() else { return };
+    assert_eq!(pg.psql("postgres", "SHOW fsync").trim(), "off");
+    drop(pg);
+    let Some(pg) = TestPg::start_with(Options { fsync: true, ..Options::default() }) else { return };
+    assert_eq!(pg.psql("postgres", "SHOW fsync").trim(), "on");
+    pg.restart();
+    assert_eq!(pg.psql("postgres", "SHOW fsync").trim(), "on", "after a restart");
+}
+
+#[test]
 fn a_password_is_required_when_one_is_set() {
     let Some(pg) =
         TestPg::start_with(Options { password: Some("s3cret p@ss".into()), tcp: true, ..Options::default() })

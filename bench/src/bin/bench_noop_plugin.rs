@@ -2,7 +2,10 @@
 //! on the Rust SDK that answers every task at once with status 0 and logs nothing, except
 //! INSTALL with `config.flood: N`, which sends N info log lines (yielding to other tasks
 //! every 64 lines, as a task doing real work between its log lines would), and START
-//! with `config.resultKeys: N`, which answers a result of N keys. With
+//! with `config.resultKeys: N`, which answers a result of N keys, or `config.sleepMs: N`,
+//! which answers after N ms (a task that takes a while, for the fleet's failover). With
+//! `--idempotent`, the same plugin declares START idempotent (safe to run twice), so that
+//! a daemon taking over a dead one's START tasks runs them again. With
 //! `--echo`, no protocol at all: it copies each stdin line to stdout, with blocking std
 //! I/O, for the raw pipe floor. With `--raw`, the least a plugin can do: blocking std I/O,
 //! no JSON parser, every task answered `{"status":0}`, so that the supervisor's own share
@@ -22,8 +25,11 @@ impl Automator for Noop {
     }
 
     /// START with `config.resultKeys: N` answers a result of N keys (the hostile-input
-    /// section's million-key answers).
+    /// section's million-key answers); with `config.sleepMs: N`, after N ms.
     async fn action(&self, task: Task, _ctx: Context) -> TaskOutcome {
+        if let Some(ms) = task.config.get("sleepMs").and_then(serde_json::Value::as_u64) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let keys = task.config.get("resultKeys").and_then(serde_json::Value::as_u64).unwrap_or(0);
         let mut result = TaskResult::ok();
         result.result = (0..keys).map(|i| (format!("k{i}"), serde_json::Value::from(i))).collect();
@@ -88,5 +94,8 @@ fn main() -> ExitCode {
         Some("--raw") => return serve_lines(raw),
         _ => {}
     }
-    Plugin::new("bench-noop", env!("CARGO_PKG_VERSION")).max_concurrency(4096).serve_automator(Noop)
+    let plugin = Plugin::new("bench-noop", env!("CARGO_PKG_VERSION")).max_concurrency(4096);
+    let idempotent = std::env::args().skip(1).any(|a| a == "--idempotent");
+    let plugin = if idempotent { plugin.idempotent([loom_plugin_sdk::TaskName::Start]) } else { plugin };
+    plugin.serve_automator(Noop)
 }
