@@ -4,6 +4,7 @@
 //! The supervisor's real log path is used (its `tracing` subscriber, the log thread of
 //! `loom_supervisor::log::pump`); the formatted lines go to a counter instead of stderr.
 
+use crate::figure::median;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -81,13 +82,4 @@ async fn timed(bench: &Bench, i: usize) -> Result<f64, String> {
     let began = Instant::now();
     bench.call(task).await?;
     Ok(began.elapsed().as_secs_f64() * 1e6)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }

@@ -124,6 +124,20 @@ impl Permit<'_> {
         }
     }
 
+    /// Whether every plugin the task goes to declared it safe to run twice (what a
+    /// daemon taking it over after a crash needs to know), read from the reservation
+    /// rather than by routing the task again.
+    pub fn is_idempotent(&self) -> bool {
+        let name = self.task.task_name;
+        match &self.reserved {
+            Reserved::One { plugin, .. } => plugin.is_idempotent(name),
+            Reserved::Bootstrap { first, rest, .. } => {
+                first.as_ref().is_some_and(|(_, p, _)| p.is_idempotent(name))
+                    && rest.iter().all(|(_, p)| p.as_ref().is_ok_and(|p| p.is_idempotent(name)))
+            }
+        }
+    }
+
     /// Sends the task and returns its result. Never fails: every way a task can go wrong
     /// becomes a result with a non-zero status and the cause in `stderr`, naming the
     /// plugin and the task. The result is scrubbed of the task's credential values, except

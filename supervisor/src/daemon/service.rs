@@ -384,8 +384,7 @@ impl Daemon {
             };
             // Recorded with the task, so that whichever daemon takes it over after a
             // crash knows whether running it again is safe.
-            let idempotent = self.supervisor.route(task).1;
-            match self.journal.start(&task.task_id, &me, permit.route(), idempotent).await {
+            match self.journal.start(&task.task_id, &me, permit.route(), permit.is_idempotent()).await {
                 Ok(Some(_attempt)) => break (permit.route().to_owned(), permit.send().await),
                 Ok(None) => {
                     tracing::warn!(task_id = %task.task_id, "not sent: this daemon's lease ran out and another daemon took the task over");
