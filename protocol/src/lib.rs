@@ -35,6 +35,9 @@ pub use task::{Config, Task, TaskResult};
 /// The protocol versions this crate speaks. A handshake agrees on one of them.
 pub const PROTOCOL_VERSIONS: &[u32] = &[1];
 
+/// PROTOCOL.md, the specification, as text: `check` quotes the rule it reports from it.
+pub const SPEC: &str = include_str!("../PROTOCOL.md");
+
 /// The environment variable that tells a plugin which protocol version to expect.
 pub const ENV_PROTOCOL: &str = "LOOM_PLUGIN_PROTOCOL";
 /// The environment variable that carries the plugin's registered name.

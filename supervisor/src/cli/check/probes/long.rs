@@ -1,0 +1,229 @@
+//! Rules that need a task that runs long: cancel, ping while busy, end of file and
+//! shutdown with a task in flight, concurrency. The long task is the check protocol's
+//! wait task (PROTOCOL.md section 10); a plugin that does not run it gets "untested"
+//! for these rules, never a pass.
+
+use std::time::{Duration, Instant};
+
+use loom_protocol::{codes, methods};
+use serde_json::{Value, json};
+
+use crate::cli::check::probes::Ctx;
+use crate::cli::check::probes::tasks::judge_answer;
+use crate::cli::check::report::Evidence;
+use crate::cli::check::subject::{Answer, Subject};
+use crate::log::secs;
+
+const NEEDS_WAIT: [&str; 5] = [
+    "P-4.5-cancel-running",
+    "P-4.5-cancelled-answer",
+    "P-4.3-ping-busy",
+    "P-4.4-shutdown-in-flight",
+    "P-4.1-concurrency",
+];
+
+/// How long the calibration wait task waits.
+const CALIBRATE: f64 = 1.0;
+
+fn wait_task(ctx: &Ctx<'_>, id: &str, secs: f64) -> Value {
+    let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
+    ctx.samples.wait(ctx.kind(), &declared, id, secs)
+}
+
+/// A wait task of 1 s: answered with status 0 no sooner than 1 s means the plugin runs
+/// wait tasks.
+pub async fn calibrate(ctx: &mut Ctx<'_>) {
+    let Some(mut s) = ctx.session().await else { return };
+    let started = Instant::now();
+    let id = s.request(methods::TASK, wait_task(ctx, "check-wait-calibrate", CALIBRATE)).await;
+    let answer = ctx.wait(&mut s, id, ctx.opts.task + Duration::from_secs_f64(CALIBRATE)).await;
+    let took = started.elapsed();
+    let outcome = judge_answer(ctx, &s, id, &answer, "a wait task");
+    let waits = outcome.is_some_and(|o| o.status == 0) && took >= Duration::from_secs_f64(CALIBRATE);
+    ctx.waits = Some(waits);
+    if !waits {
+        for rule in NEEDS_WAIT {
+            ctx.untested(rule, "it does not run the check protocol's wait task (PROTOCOL.md section 10); no task ran long enough");
+        }
+        if answer.missing() {
+            ctx.missed("P-3-answer-once", &s, id, &answer, "a wait task of 1 s");
+        }
+    }
+    ctx.give_back(s, answer.missing()).await;
+}
+
+fn waits(ctx: &Ctx<'_>) -> bool {
+    ctx.waits == Some(true)
+}
+
+/// Sends a ping and waits for its answer: once it comes, every line sent before it has
+/// been read. `None` when it does not come in the step's time.
+async fn read_so_far(ctx: &mut Ctx<'_>, s: &mut Subject) -> Option<Duration> {
+    let started = Instant::now();
+    let id = s.request(methods::PING, json!({})).await;
+    // Not counted as a miss: a plugin may answer a ping only between tasks (a SHOULD).
+    let answer = s.answer(id, ctx.opts.step).await;
+    (!answer.missing()).then(|| started.elapsed())
+}
+
+/// A wait task of 60 s, a ping while it runs (P-4.3-ping-busy), then `cancel`: its
+/// answer must come within the cancel grace (P-4.5-cancel-running), non-zero with
+/// `cancelled: true` (P-4.5-cancelled-answer).
+pub async fn cancel_running(ctx: &mut Ctx<'_>) {
+    if !waits(ctx) {
+        return;
+    }
+    let Some(mut s) = ctx.session().await else { return };
+    let id = s.request(methods::TASK, wait_task(ctx, "check-wait-cancel", 60.0)).await;
+    match read_so_far(ctx, &mut s).await {
+        Some(took) => ctx.pass("P-4.3-ping-busy", format!("a ping sent while a task ran was answered in {}", millis(took))),
+        None => {
+            let e = Evidence::says(format!("a ping sent while a task ran was not answered within {}", secs(ctx.opts.step)));
+            ctx.fail("P-4.3-ping-busy", e);
+        }
+    }
+    s.notify(methods::CANCEL, json!({"taskId": "check-wait-cancel"})).await;
+    let grace = ctx.spec.cancel_grace.max(ctx.opts.step);
+    let answer = ctx.wait(&mut s, id, grace).await;
+    if answer.missing() {
+        ctx.missed("P-4.5-cancel-running", &s, id, &answer, &format!("a running task, cancelled (the grace is the manifest's cancelGraceSecs, {})", secs(grace)));
+        ctx.give_back(s, true).await;
+        return;
+    }
+    ctx.pass("P-4.5-cancel-running", "a running task was answered soon after its cancel");
+    let outcome = judge_answer(ctx, &s, id, &answer, "a cancelled task");
+    let cancelled = answer.result().and_then(|r| r.get("cancelled")) == Some(&Value::Bool(true));
+    match outcome {
+        Some(o) if o.status != 0 && cancelled => ctx.pass("P-4.5-cancelled-answer", "non-zero status and \"cancelled\": true"),
+        _ => {
+            let e = ctx.evidence(&s, Some(id), Some(&answer), "a cancelled task's answer should have a non-zero status and \"cancelled\": true");
+            ctx.fail("P-4.5-cancelled-answer", e);
+        }
+    }
+    ctx.give_back(s, false).await;
+}
+
+/// A fresh process: a task in hand when stdin closes; its answer must still come, then
+/// the exit (P-1-eof-answers).
+pub async fn eof_in_flight(ctx: &mut Ctx<'_>) {
+    let Some(mut s) = ctx.fresh().await else { return };
+    let (task, limit, weak) = if waits(ctx) {
+        (wait_task(ctx, "check-wait-eof", 1.0), ctx.opts.step + Duration::from_secs(1), "")
+    } else {
+        let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
+        (ctx.samples.harmless(ctx.kind(), &declared, "check-eof"), ctx.opts.task, " (a quick task: the plugin runs no wait task)")
+    };
+    let id = s.request(methods::TASK, task).await;
+    let _ = read_so_far(ctx, &mut s).await;
+    s.close_stdin();
+    let answer = ctx.wait(&mut s, id, limit).await;
+    if answer.missing() {
+        ctx.missed("P-1-eof-answers", &s, id, &answer, "a task in hand when stdin closed");
+        ctx.retire(s).await;
+        return;
+    }
+    match s.wait_exit(ctx.opts.step).await {
+        Some(_) => ctx.pass("P-1-eof-answers", format!("answered the task in hand, then exited{weak}")),
+        None => ctx.fail("P-1-eof-exit", Evidence::says(format!("answered its task, but still running {} after stdin closed", secs(ctx.opts.step)))),
+    }
+    ctx.retire(s).await;
+}
+
+/// A fresh process with a task running: `shutdown` answered at once, not after the
+/// task (P-4.4-shutdown-in-flight); a task after it refused with -32003
+/// (P-4.4-refuse-after-shutdown); the running task still answered at end of file.
+pub async fn shutdown_in_flight(ctx: &mut Ctx<'_>) {
+    let Some(mut s) = ctx.fresh().await else { return };
+    let running = ctx.waits == Some(true);
+    let wait = ctx.opts.step.as_secs_f64() + 2.0;
+    let task_id = if running {
+        let id = s.request(methods::TASK, wait_task(ctx, "check-wait-shutdown", wait)).await;
+        let _ = read_so_far(ctx, &mut s).await;
+        Some(id)
+    } else {
+        None
+    };
+    let sid = s.request(methods::SHUTDOWN, json!({})).await;
+    let answer = ctx.wait(&mut s, sid, ctx.opts.step).await;
+    if answer.result().is_none() {
+        let rule = if running { "P-4.4-shutdown-in-flight" } else { "P-4.4-shutdown" };
+        ctx.missed(rule, &s, sid, &answer, if running { "shutdown with a task running" } else { "shutdown" });
+        ctx.retire(s).await;
+        return;
+    }
+    if running {
+        ctx.pass("P-4.4-shutdown-in-flight", "answered shutdown at once with a task running");
+    }
+    let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
+    let late = ctx.samples.harmless(ctx.kind(), &declared, "check-after-shutdown");
+    let lid = s.request(methods::TASK, late).await;
+    let answer = ctx.wait(&mut s, lid, ctx.opts.step).await;
+    match answer.error_code() {
+        Some(codes::SHUTTING_DOWN) => ctx.pass("P-4.4-refuse-after-shutdown", "a task after shutdown: error -32003"),
+        _ if answer.missing() => ctx.missed("P-3-answer-once", &s, lid, &answer, "a task sent after shutdown"),
+        _ => {
+            let e = ctx.evidence(&s, Some(lid), Some(&answer), format!("a task after shutdown {}; expected error -32003", answer.describe()));
+            ctx.fail("P-4.4-refuse-after-shutdown", e);
+        }
+    }
+    s.close_stdin();
+    if let Some(id) = task_id {
+        let answer = ctx.wait(&mut s, id, Duration::from_secs_f64(wait) + ctx.opts.step).await;
+        if answer.missing() {
+            ctx.missed("P-1-eof-answers", &s, id, &answer, "a task running at shutdown, after stdin closed");
+        }
+    }
+    ctx.retire(s).await;
+}
+
+/// How long each concurrent wait task waits.
+const CONCURRENT_WAIT: f64 = 3.0;
+
+/// A fresh process, alone: as many wait tasks at once as it declares (at most 8); run
+/// concurrently, all are answered in about one wait, not one after another
+/// (P-4.1-concurrency).
+pub async fn concurrency(ctx: &mut Ctx<'_>) {
+    let n = ctx.declared.as_ref().map_or(1, |d| d.max_concurrency).min(8);
+    if n <= 1 {
+        ctx.pass("P-4.1-concurrency", "it declares maxConcurrency 1");
+        return;
+    }
+    if !waits(ctx) {
+        return;
+    }
+    let Some(mut s) = ctx.fresh().await else { return };
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(s.request(methods::TASK, wait_task(ctx, &format!("check-wait-concurrent-{i}"), CONCURRENT_WAIT)).await);
+    }
+    let limit = Duration::from_secs_f64(CONCURRENT_WAIT * 2.0) + ctx.opts.step;
+    let mut last = Duration::ZERO;
+    for id in ids {
+        let answer = ctx.wait(&mut s, id, limit.saturating_sub(started.elapsed())).await;
+        if answer.missing() {
+            ctx.missed("P-4.1-concurrency", &s, id, &answer, &format!("one of {n} wait tasks sent at once"));
+            ctx.retire(s).await;
+            return;
+        }
+        last = started.elapsed();
+    }
+    // Run one after another, they take n waits; at once, one (plus start-up).
+    if last.as_secs_f64() < CONCURRENT_WAIT * 1.75 {
+        ctx.pass("P-4.1-concurrency", format!("{n} tasks of {CONCURRENT_WAIT} s sent at once were all answered in {:.1} s", last.as_secs_f64()));
+    } else {
+        ctx.fail("P-4.1-concurrency", Evidence::says(format!(
+            "it declares maxConcurrency {n}, but {n} tasks of {CONCURRENT_WAIT} s sent at once took {:.1} s: they did not run at the same time",
+            last.as_secs_f64()
+        )));
+    }
+    ctx.retire(s).await;
+}
+
+fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// Keeps `Answer` in use for readers of this module's signatures.
+#[allow(dead_code)]
+fn _answer(_: &Answer) {}
