@@ -30,7 +30,8 @@ Per task (config.test, and config.test.byPlugin[<name>] on top of it):
             exist (creating it), answer as "ok" after that
   "status", "stdout", "stderr", "result": what "ok" answers
   "code": exit code for "crash"; "bytes": length for "longline"; "ms": for "sleep"
-  "honorCancel": for "hang", answer when cancelled
+  "honorCancel": for "hang", answer when cancelled (status 2; with "sayCancelled": true,
+                 also "cancelled": true, as PROTOCOL.md 4.5 asks)
   "statusByTask": {"INSTALL": 3, ...}: the status "ok" answers for those task names
 
 Escapes and runaways: "family" starts two descendants that leave the plugin's process
@@ -216,7 +217,10 @@ def _run_task(rid, task, seen):
         event = cancels.setdefault(task_id, threading.Event())
         if spec.get("honorCancel"):
             event.wait()
-            return send({"jsonrpc": "2.0", "id": rid, "result": {"status": 2, "stderr": "cancelled as asked\n"}})
+            answer = {"status": 2, "stderr": "cancelled as asked\n"}
+            if spec.get("sayCancelled"):
+                answer["cancelled"] = True
+            return send({"jsonrpc": "2.0", "id": rid, "result": answer})
         while True:
             time.sleep(3600)
     if action == "junk":

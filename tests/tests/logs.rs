@@ -92,3 +92,25 @@ fn credentials_in_a_task_never_reach_the_log() {
     assert!(!results.contains(api_key), "error messages must not quote task fields: {results}");
     plugins.assert_no_leftovers();
 }
+
+#[test]
+fn a_handshake_offering_more_concurrency_than_the_manifest_allows_is_noted_once_with_both_numbers() {
+    let plugins = Plugins::new();
+    // The test plugin offers maxConcurrency 8; one manifest allows 2, the other 8.
+    plugins.add_test_plugin("automator", "eager", json!({"maxConcurrency": 2}));
+    plugins.add_test_plugin("automator", "allowed", json!({"maxConcurrency": 8}));
+    let run = plugins.run(
+        &[action("t-eager", "INSTALL", "eager", json!({})), action("t-allowed", "INSTALL", "allowed", json!({}))],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let notes: Vec<&str> = run.stderr.lines().filter(|l| l.contains("offers maxConcurrency")).collect();
+    assert_eq!(notes.len(), 1, "one notice, for the plugin whose manifest allows less:\n{}", run.stderr);
+    let note = notes[0];
+    assert!(note.contains("INFO") && note.contains("plugin=eager"), "{note}");
+    assert!(
+        note.contains("offers maxConcurrency 8, but its manifest allows 2 (the manifest's \"maxConcurrency\", default 1): it gets 2"),
+        "{note}"
+    );
+    plugins.assert_no_leftovers();
+}

@@ -83,6 +83,12 @@ async fn serve_one(
     };
     let capacity =
         handshake.max_concurrency.map_or(spec.max_concurrency, |n| spec.max_concurrency.min(n as usize)).max(1);
+    if let Some(offered) = handshake.max_concurrency.filter(|&n| n as usize > spec.max_concurrency) {
+        // Authors expect the plugin's own number to count; say where the limit comes from.
+        tracing::info!(plugin = %spec.name, pid = process.pid(),
+            "the plugin offers maxConcurrency {offered}, but its manifest allows {} (the manifest's \"maxConcurrency\", default 1): it gets {}",
+            spec.max_concurrency, spec.max_concurrency);
+    }
     let version = process.connection().loggable_name(&handshake.version);
     tracing::info!(plugin = %spec.name, pid = process.pid(), version = %version,
         "ready: {} tasks at once, handles {}", capacity,

@@ -18,7 +18,7 @@ use crate::core::instance::{self, Control};
 use crate::core::manifest::PluginSpec;
 use crate::core::pool::{InstanceStatus, Lease, Phase, Pool};
 use crate::log::secs;
-use crate::wire::capture::CapturedOutput;
+use crate::wire::capture::{CapturedOutput, OUTPUT_TAIL_BYTES, keep_tail};
 use crate::wire::connection::{Call, Connection, Outcome, Reply};
 use crate::wire::envelope::TaskEnvelope;
 use crate::wire::redact;
@@ -322,10 +322,19 @@ impl Plugin {
         let timed_out = format!("timed out after {}", secs(timeout));
         if let Ok(reply) = tokio::time::timeout(grace, call.wait()).await {
             let mut result = self.result_of(task, &conn, reply);
+            let cancelled = crate::wire::answer::is_cancelled(&result);
             if result.status == 0 {
                 result.status = 1;
             }
-            let note = format!("{}: {timed_out}; it stopped when cancelled", self.context(task));
+            // A plugin that says `"cancelled": true` is reported as cancelled, not failed.
+            let (outcome, note) = if cancelled {
+                ("cancelled", "cancelled: the plugin stopped it when asked")
+            } else {
+                ("failed", "it stopped when cancelled")
+            };
+            tracing::info!(plugin = %self.spec.name, pid = conn.pid(), task_id = %task.task_id,
+                "task {} {outcome} after its timeout (status {})", task.task_name, result.status);
+            let note = format!("{}: {timed_out}; {note}", self.context(task));
             result.stderr = join_lines(&result.stderr, &note);
             return result;
         }
@@ -347,8 +356,17 @@ impl Plugin {
         self.failure(task, &why, output)
     }
 
-    /// Turns the plugin's answer into a task result.
+    /// Turns the plugin's answer into a task result, its `stdout` and `stderr` cut to
+    /// their last [`OUTPUT_TAIL_BYTES`] each (an answer may be 16 MiB long, and results
+    /// go to the journal, the API and the log).
     fn result_of(&self, task: &TaskEnvelope, conn: &Connection, reply: Reply) -> TaskResult {
+        let mut result = self.read_answer(task, conn, reply);
+        keep_tail(&mut result.stdout, OUTPUT_TAIL_BYTES);
+        keep_tail(&mut result.stderr, OUTPUT_TAIL_BYTES);
+        result
+    }
+
+    fn read_answer(&self, task: &TaskEnvelope, conn: &Connection, reply: Reply) -> TaskResult {
         match reply.outcome {
             Outcome::Result(raw) => match crate::wire::answer::read(raw.get()) {
                 Ok(mut result) => {
@@ -447,6 +465,38 @@ mod tests {
         assert_eq!(r.stderr, format!("cancelled as asked\n{note}"));
         let plugin = sup.plugin(Automator, "a").expect("plugin a");
         assert_eq!(plugin.status()[0].restarts, 0, "the process was not killed");
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_the_plugin_says_it_cancelled_is_reported_as_cancelled_with_its_flag() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({"timeouts": {"INSTALL": 1}, "cancelGraceSecs": 60}));
+        let sup = plugins.supervisor();
+        let test = json!({"action": "hang", "honorCancel": true, "sayCancelled": true});
+        let r = sup.run(&action("t1", "INSTALL", "a", test)).await;
+        assert_eq!(r.status, 2, "the plugin's own status: {r:?}");
+        assert_eq!(r.extra.get("cancelled"), Some(&Value::Bool(true)), "the flag is passed on: {r:?}");
+        let note =
+            "automator \"a\", task t1 (INSTALL): timed out after 1 s; cancelled: the plugin stopped it when asked";
+        assert_eq!(r.stderr, format!("cancelled as asked\n{note}"));
+        sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_stdout_and_stderr_of_an_answer_are_cut_to_their_last_64_kib() {
+        let plugins = Plugins::new();
+        plugins.add(Automator, "a", json!({}));
+        let sup = plugins.supervisor();
+        let (out, err) = (format!("{}END-OUT", "o".repeat(200_000)), format!("{}END-ERR", "e".repeat(100_000)));
+        let r = sup.run(&action("t1", "INSTALL", "a", json!({"stdout": out, "stderr": err}))).await;
+        assert_eq!(r.status, 0, "{}", r.stderr.len());
+        let cut = OUTPUT_TAIL_BYTES;
+        let note = |n: usize| format!("[... {} earlier bytes not kept ...]\n", n - cut);
+        assert_eq!(r.stdout, format!("{}{}END-OUT", note(out.len()), "o".repeat(cut - 7)));
+        assert_eq!(r.stderr, format!("{}{}END-ERR", note(err.len()), "e".repeat(cut - 7)));
+        let small = sup.run(&action("t2", "INSTALL", "a", json!({"stdout": "short"}))).await;
+        assert_eq!(small.stdout, "short", "within the limit, kept whole");
         sup.shutdown().await;
     }
 

@@ -52,6 +52,12 @@ pub fn read(raw: &str) -> Result<TaskResult, AnswerError> {
     serde_json::from_str::<TaskResult>(raw).map_err(|e| describe(&e))
 }
 
+/// Whether the plugin says it stopped the task because of a `cancel`: a non-zero
+/// status with `"cancelled": true` (PROTOCOL.md 4.5). A success is never cancelled.
+pub fn is_cancelled(result: &TaskResult) -> bool {
+    result.status != 0 && result.extra.get("cancelled") == Some(&serde_json::Value::Bool(true))
+}
+
 /// Fails when `raw` holds more than `max` values.
 fn count_values(raw: &str, max: usize) -> Result<(), AnswerError> {
     let mut n = 0;

@@ -57,6 +57,18 @@ impl TailBuffer {
     }
 }
 
+/// Cuts `text` to its last `cap` bytes (never splitting a character), with the note
+/// [`TailBuffer`] puts in front saying how many bytes were cut. Text within `cap` is
+/// left alone.
+pub fn keep_tail(text: &mut String, cap: usize) {
+    if text.len() <= cap {
+        return;
+    }
+    let mut tail = TailBuffer::new(cap);
+    tail.push(text);
+    *text = tail.into_string();
+}
+
 /// Live output of one task, from `output` notifications.
 #[derive(Debug, Clone)]
 pub struct CapturedOutput {
@@ -139,6 +151,16 @@ mod tests {
         b.push("hello\n");
         b.push("world\n");
         assert_eq!(b.into_string(), "hello\nworld\n");
+    }
+
+    #[test]
+    fn keep_tail_cuts_long_text_only() {
+        let mut short = "hello".to_owned();
+        keep_tail(&mut short, 5);
+        assert_eq!(short, "hello");
+        let mut long = "0123456789".repeat(3);
+        keep_tail(&mut long, 10);
+        assert_eq!(long, "[... 20 earlier bytes not kept ...]\n0123456789");
     }
 
     #[test]
