@@ -238,7 +238,9 @@ const NOT_MESSAGES: &[(&str, IsNot)] = &[
                     .all(|r| r["id"].as_str().is_some_and(|id| id.starts_with("P-")) && r.get("applies").is_some())
         })
     }),
-    ("a task's `loom-check` config (section 10)", |v| v.get("loom-check").is_some() && v.get("taskId").is_none()),
+    ("a task's `loom-check` config (section 10), or the `config` holding it", |v| {
+        v.get("taskId").is_none() && (v.get("loom-check").is_some() || v["config"].get("loom-check").is_some())
+    }),
 ];
 
 /// What a JSON value of a ```json block is.
@@ -338,7 +340,7 @@ impl Checker<'_> {
     fn session(&mut self, block: &Block) {
         let mut asked: HashMap<i64, String> = HashMap::new();
         for (n, line) in block.body.iter().enumerate() {
-            let (from_supervisor, text) = match line.split_at_checked(2) {
+            let (from_supervisor, text) = match line.trim_start().split_at_checked(2) {
                 Some(("> ", text)) => (true, text),
                 Some(("< ", text)) => (false, text),
                 _ => continue, // commentary
@@ -380,7 +382,7 @@ impl Checker<'_> {
 }
 
 fn is_session(block: &Block) -> bool {
-    block.body.iter().any(|l| l.starts_with("> {") || l.starts_with("< {"))
+    block.body.iter().map(|l| l.trim_start()).any(|l| l.starts_with("> {") || l.starts_with("< {"))
 }
 
 #[test]
@@ -393,7 +395,7 @@ fn every_example_of_the_spec_validates() {
         if is_session(&block) {
             sessions += 1;
             checker.session(&block);
-        } else if block.lang == "json" {
+        } else if block.lang.eq_ignore_ascii_case("json") {
             json_blocks += 1;
             checker.json_block(&block);
         }
