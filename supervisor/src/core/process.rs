@@ -252,11 +252,6 @@ impl PluginProcess {
         &self.conn
     }
 
-    /// How the process exited, once it has.
-    pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.exit
-    }
-
     /// Sends the handshake and checks the answer.
     ///
     /// # Errors

@@ -150,12 +150,11 @@ impl Subject {
     /// limit closes stdin: the plugin stopped reading.
     pub async fn send_raw(&mut self, mut line: Vec<u8>) -> bool {
         let Some(stdin) = self.stdin.as_mut() else { return false };
-        let shown = line.clone();
+        // Recorded before it is written: the answer may be read before the write returns.
+        self.transcript.push(Side::Sent, line.clone(), false);
         line.push(b'\n');
         let ok = matches!(tokio::time::timeout(self.write_limit, stdin.write_all(&line)).await, Ok(Ok(())));
-        if ok {
-            self.transcript.push(Side::Sent, shown, false);
-        } else {
+        if !ok {
             self.stdin = None;
         }
         ok
@@ -183,12 +182,6 @@ impl Subject {
     pub async fn notify(&mut self, method: &str, params: Value) {
         let line = serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
         self.send_raw(line.unwrap_or_default()).await;
-    }
-
-    /// Sends a request and waits up to `limit` for its answer.
-    pub async fn ask(&mut self, method: &str, params: Value, limit: Duration) -> Answer {
-        let id = self.request(method, params).await;
-        self.answer(id, limit).await
     }
 
     /// Waits up to `limit` for the answer to `id`. Stops early when it can no longer come:

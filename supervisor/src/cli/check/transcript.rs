@@ -9,7 +9,6 @@
 //! past [`KEPT_BYTES`] in all, lines keep only their first [`OVERLONG_KEPT`] bytes.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -49,8 +48,6 @@ impl Side {
 /// One line, without its newline.
 #[derive(Debug, Clone)]
 pub struct Line {
-    /// When it was read or written.
-    pub at: Instant,
     /// Where.
     pub side: Side,
     /// Its bytes (cut, when `cut`).
@@ -227,7 +224,7 @@ impl Transcript {
             bytes.truncate(OVERLONG_KEPT);
         }
         lines.kept += bytes.len();
-        lines.lines.push(Line { at: Instant::now(), side, bytes, overlong, cut });
+        lines.lines.push(Line { side, bytes, overlong, cut });
         let n = lines.lines.len();
         drop(lines);
         self.changed.send_replace(n);

@@ -47,13 +47,14 @@ fn not_applicable(ctx: &mut Ctx<'_>, tasks: &[TaskName], idempotent: &[TaskName]
     if idempotent.is_empty() {
         ctx.set("P-4.1-idempotent", na("it lists no idempotentTasks"));
     }
-    if !tasks.contains(&TaskName::Delete) {
+    let provider = ctx.kind() == PluginKind::Provider;
+    if provider && !tasks.contains(&TaskName::Delete) {
         ctx.set("P-4.2-delete-unknown", na("it does not handle DELETE"));
     }
-    if !tasks.contains(&TaskName::Bootstrap) {
+    if !provider && !tasks.contains(&TaskName::Bootstrap) {
         ctx.set("P-4.2-bootstrap-twice", na("it does not handle BOOTSTRAP"));
     }
-    if !tasks.iter().any(|t| *t != TaskName::Bootstrap) {
+    if !provider && !tasks.iter().any(|t| *t != TaskName::Bootstrap) {
         ctx.set("P-4.2-coopr-action", na("it handles no service action"));
     }
 }
