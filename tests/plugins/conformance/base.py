@@ -55,7 +55,7 @@ BREAKS = {
     "P-4.2-invalid-params": "answers -32603 (not -32602) to task params it cannot read",
     "P-4.2-status-integer": "answers CONFIRM (provider) or START (automator) with the status as a string",
     "P-4.2-result-members": "answers CONFIRM (provider) or START (automator) with `stdout` as a list",
-    "P-4.2-answer-limits": "answers CONFIRM (provider) or START (automator) with a result nested 200 levels deep",
+    "P-4.2-answer-limits": "answers CONFIRM (provider) or START (automator) with a result of 100,001 values",
     "P-4.2-credentials-private": "logs config.ssh-auth.password in each task's log notification",
     "P-4.2-credentials-in-result": "puts a copy of its own generated ssh-auth beside `result` in each successful answer",
     "P-4.2-delete-unknown": "DELETE of a machine it does not know: status 1",
@@ -272,10 +272,8 @@ def spoil(result):
     if broken("P-4.2-result-members"):
         result["stdout"] = ["a"]
     if broken("P-4.2-answer-limits"):
-        deep = {}
-        for _ in range(200):
-            deep = {"d": deep}
-        result["result"] = deep
+        # Past the 100,000 values an answer may hold, yet shallow: any JSON parser reads it.
+        result["result"] = {"values": [0] * 100001}
 
 
 PASSWORD = "base-" + secrets.token_hex(8)  # the generated machines' password
