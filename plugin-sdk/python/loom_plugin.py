@@ -263,8 +263,9 @@ class Context:
         for p in pumps:
             p.start()
         self.on_cancel(kill)
-        # Wait for the exit without reaping it, so that the pid (the group's id) cannot be
-        # reused while a cancel may still signal it.
+        # Wait for the exit without reaping it, then for the output pipes to close: the
+        # unreaped leader keeps its pid (the group's id) from reuse meanwhile, so a cancel
+        # can still kill what the command left in its group holding the pipes.
         while True:
             try:
                 os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
@@ -273,11 +274,11 @@ class Context:
                 break
             except InterruptedError:
                 continue
+        for p in pumps:
+            p.join()
         with gone:
             state["exited"] = True
         code = proc.wait()
-        for p in pumps:
-            p.join()
         return {"status": code if code >= 0 else 128 - code, "stdout": tails["stdout"].text(),
                 "stderr": tails["stderr"].text()}
 
