@@ -32,7 +32,13 @@
 //! Inside a task, `println!` is safe: the SDK moves the protocol off fd 1 and points fd 1
 //! at stderr, which the supervisor logs. `tracing` events are forwarded to the supervisor
 //! as `log` notifications, with the task's id.
+//!
+//! Under `loom-provisioner check` (`LOOM_CHECK=1`), a task whose `config` holds
+//! `"loom-check": {"waitSecs": N}` is the check protocol's wait task (PROTOCOL.md): the
+//! SDK answers it itself, without calling the plugin's code. A task that fails after its
+//! `cancel` is answered with `"cancelled": true`.
 
+mod check;
 mod context;
 mod forward;
 mod plugin;

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::context::{Context, Outbox};
 use crate::plugin::{Automator, Provider, TaskOutcome};
-use crate::{Plugin, forward, stdio};
+use crate::{Plugin, check, forward, stdio};
 
 pub(crate) type BoxFuture = Pin<Box<dyn std::future::Future<Output = TaskOutcome> + Send>>;
 
@@ -117,6 +117,7 @@ pub(crate) async fn serve<D: Dispatch>(info: Plugin, handler: D) -> std::process
         running: Arc::new(Mutex::new(HashMap::new())),
         tracker: TaskTracker::new(),
         shutting_down: false,
+        check_mode: check::enabled(),
     };
     let mut lines = FramedRead::new(io.input, LineCodec::new(loom_protocol::DEFAULT_MAX_LINE_BYTES, Overflow::Error));
     while let Some(line) = lines.next().await {
@@ -153,6 +154,8 @@ struct Server<D> {
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
     tracker: TaskTracker,
     shutting_down: bool,
+    /// Started by `loom-provisioner check` (`LOOM_CHECK=1`): wait tasks are answered here.
+    check_mode: bool,
 }
 
 impl<D: Dispatch> Server<D> {
@@ -273,9 +276,17 @@ impl<D: Dispatch> Server<D> {
         }
         let token = CancellationToken::new();
         let task_id = task.task_id.clone();
-        let ctx = Context::new(task_id.clone(), Arc::clone(settings), self.outbox.clone(), token.clone());
+        // The check protocol's wait task never reaches the plugin's code.
+        let work: BoxFuture = match self.check_mode.then(|| check::wait_of(&task)).flatten() {
+            Some(Ok(wait)) => Box::pin(check::wait(wait, token.clone()).map(Ok)),
+            Some(Err(why)) => Box::pin(std::future::ready(Ok(TaskResult::failed(why)))),
+            None => {
+                let ctx = Context::new(task_id.clone(), Arc::clone(settings), self.outbox.clone(), token.clone());
+                Arc::clone(handler).run(task, ctx)
+            }
+        };
         let span = tracing::info_span!("task", task_id = %task_id);
-        let mut run = Box::pin(AssertUnwindSafe(Arc::clone(handler).run(task, ctx)).catch_unwind().instrument(span));
+        let mut run = Box::pin(AssertUnwindSafe(work).catch_unwind().instrument(span));
         // Polled once here first: a task that needs no I/O (a no-op, a quick check) is
         // answered without a spawn or a trip through the scheduler. One that is not done
         // is spawned; its first poll there registers the real waker (the no-op one used
@@ -284,10 +295,13 @@ impl<D: Dispatch> Server<D> {
         if let Poll::Ready(outcome) = first {
             return self.outbox.answer(Response::ok(id, &result_of(outcome)));
         }
-        lock(&self.running).insert(task_id.clone(), token);
+        lock(&self.running).insert(task_id.clone(), token.clone());
         let (outbox, running) = (self.outbox.clone(), Arc::clone(&self.running));
         self.tracker.spawn(async move {
-            let result = result_of(run.await);
+            let mut result = result_of(run.await);
+            if token.is_cancelled() {
+                check::mark_cancelled(&mut result);
+            }
             lock(&running).remove(&task_id);
             outbox.answer(Response::ok(id, &result));
         });
@@ -319,4 +333,88 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use loom_protocol::PluginKind;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    use super::*;
+    use crate::TaskError;
+
+    /// A provider whose every task waits for its cancel, then fails saying it ran.
+    struct UntilCancelled;
+
+    impl Dispatch for UntilCancelled {
+        const KIND: PluginKind = PluginKind::Provider;
+        fn setup(&mut self, _: &Map<String, Value>) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn run(self: Arc<Self>, _task: Task, ctx: Context) -> BoxFuture {
+            Box::pin(async move {
+                ctx.cancelled().await;
+                Err(TaskError::new("the handler ran"))
+            })
+        }
+    }
+
+    /// A serving server (handshake done) and the task lane's receiving end.
+    fn server(check_mode: bool) -> (Server<UntilCancelled>, UnboundedReceiver<Outgoing>) {
+        let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
+        let (logs_tx, _) = mpsc::unbounded_channel();
+        let server = Server {
+            info: Plugin::new("t", "1"),
+            outbox: Outbox::new(tasks_tx, logs_tx),
+            phase: Phase::Serving { handler: Arc::new(UntilCancelled), settings: Arc::new(Map::new()) },
+            running: Arc::new(Mutex::new(HashMap::new())),
+            tracker: TaskTracker::new(),
+            shutting_down: false,
+            check_mode,
+        };
+        (server, tasks_rx)
+    }
+
+    /// The next answer's `result`. (The deadline only keeps a broken build from hanging.)
+    async fn next_result(rx: &mut UnboundedReceiver<Outgoing>) -> Value {
+        let Some(Outgoing::Line(line)) = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap() else {
+            panic!("the task lane closed")
+        };
+        serde_json::from_slice::<Value>(&line).unwrap()["result"].clone()
+    }
+
+    fn wait_task(server: &mut Server<UntilCancelled>) {
+        let task = json!({"jsonrpc": "2.0", "id": 5, "method": "task", "params": {"taskId": "w", "taskName": "DELETE",
+            "config": {"loom-check": {"waitSecs": 300}}}});
+        server.handle_line(task.to_string().as_bytes());
+    }
+
+    fn cancel(server: &mut Server<UntilCancelled>) {
+        server.handle_line(br#"{"jsonrpc":"2.0","method":"cancel","params":{"taskId":"w"}}"#);
+    }
+
+    #[tokio::test]
+    async fn under_check_a_wait_task_is_answered_by_the_sdk_and_its_cancel_at_once() {
+        let (mut server, mut rx) = server(true);
+        wait_task(&mut server);
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "a 300 s wait task answered before its cancel");
+        cancel(&mut server);
+        let result = next_result(&mut rx).await;
+        assert_eq!(result, json!({"status": 1, "result": {}, "stdout": "", "stderr": "cancelled", "cancelled": true}));
+    }
+
+    #[tokio::test]
+    async fn without_check_the_key_is_plain_config_and_a_cancelled_failure_says_cancelled() {
+        let (mut server, mut rx) = server(false);
+        wait_task(&mut server);
+        cancel(&mut server);
+        let result = next_result(&mut rx).await;
+        assert_eq!(
+            (&result["stderr"], &result["status"], &result["cancelled"]),
+            (&json!("the handler ran"), &json!(1), &json!(true))
+        );
+    }
 }

@@ -66,6 +66,7 @@ fn cancel_reaches_the_task_and_its_error_keeps_status_and_result_keys() {
     let r = run.result("slow");
     assert_eq!(r["status"], 7, "{r}");
     assert_eq!(r["result"]["partial"], true);
+    assert_eq!(r["cancelled"], true, "a failure after its cancel says so: {r}");
     let why = r["stderr"].as_str().unwrap();
     assert!(
         why.contains("stopped: cancelled") && why.contains("timed out after 0.5 s; it stopped when cancelled"),
