@@ -30,7 +30,7 @@ BREAKS = {
     "P-1-eof-exit": "at end of input before any handshake, keeps running (only the EOF probe on a fresh process without a handshake closes stdin there)",
     "P-1-eof-answers": "at end of input, exits at once, dropping the tasks in flight",
     "P-1-eof-exit-zero": "exits with code 3 at end of input, after answering",
-    "P-1-fd3-stdout": "sends each task's output notification on fd 3 (before the task's answer)",
+    "P-1-fd3-stdout": "sends an output notification on fd 3 at the start of each wait task (its other output stays on stdout)",
     "P-2-one-line": "writes two log notifications of each task on one stdout line",
     "P-2-utf8": "writes a log notification with a Latin-1 byte (not UTF-8) on stdout for each task",
     "P-2-no-batches": "writes the log notifications of each task on stdout as one JSON array",
@@ -195,6 +195,13 @@ def wait_secs(config):
     return n
 
 
+def is_wait(task):
+    try:
+        return wait_secs(task.get("config") or {}) is not None
+    except ValueError:
+        return False
+
+
 def create(task, config):
     def make(state):
         known = state["created"].get(task["taskId"])
@@ -342,6 +349,11 @@ class Plugin:
         task_id, name = task["taskId"], task["taskName"]
         with self.serial if broken("P-4.1-concurrency") else NoLock():
             self.announce(task)
+            if broken("P-1-fd3-stdout") and LOG_FD is not None and is_wait(task):
+                # At the start of a wait task, long before its answer: read from another
+                # pipe than the answer, it cannot arrive after it and look like output for
+                # a task already answered (P-5.3-output-running).
+                notify("output", {"taskId": task_id, "stream": "stdout", "data": "waiting\n"}, LOG_FD)
             try:
                 result = self.idempotent_rerun(task, kind) or execute(task, kind, stop)
             except Exception as e:  # a failure of this task only
@@ -349,8 +361,7 @@ class Plugin:
         output = result.pop("_output", None)
         if output:
             # Output belongs to a running task, on stdout, before its answer.
-            fd = 3 if broken("P-1-fd3-stdout") and LOG_FD is not None else PROTO_FD
-            notify("output", {"taskId": task_id, "stream": "stdout", "data": output}, fd)
+            notify("output", {"taskId": task_id, "stream": "stdout", "data": output})
         if name == SHAPE_TASK[kind]:
             spoil(result)
         if broken("P-4.2-credentials-in-result") and result.get("status") == 0:
