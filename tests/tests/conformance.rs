@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 /// How long one `check` may take before the test gives up on it (its own deadline is 30 s).
 const CHECK_LIMIT: Duration = Duration::from_secs(90);
 
-/// How many `check` runs the catalogue runs at once: enough to finish the ~90 cases in about
+/// How many `check` runs the catalogue runs at once: enough to finish the ~45 cases in about
 /// two minutes, few enough that a loaded two-core machine keeps the wait tasks' timing.
 fn threads() -> usize {
     std::env::var("LOOM_CONFORMANCE_THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or(4)
@@ -213,7 +213,10 @@ fn check_broken(case: &Case) -> Result<f64, String> {
 fn check_fails_each_broken_plugin_for_its_rule_and_no_other() {
     let cases: Vec<Case> = rules()
         .into_iter()
-        .flat_map(|rule| rule.kinds.clone().into_iter().map(move |kind| Case { rule: rule.clone(), kind }))
+        .enumerate()
+        // A rule about both kinds is broken on one of them, taking turns: the probes are
+        // the same for both, and the suite stays short.
+        .map(|(i, rule)| Case { kind: rule.kinds[i % rule.kinds.len()], rule })
         .collect();
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());

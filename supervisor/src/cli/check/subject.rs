@@ -265,6 +265,11 @@ impl Subject {
         id.as_i64().is_some_and(|n| self.sent.contains(&n)) && id.is_i64()
     }
 
+    /// The method of a request still waiting for its answer.
+    pub fn method_of(&self, id: i64) -> Option<&str> {
+        self.pending.get(&id).map(String::as_str)
+    }
+
     /// Closes its stdin (end of file).
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -211,9 +211,14 @@ impl<'a> Ctx<'a> {
     }
 
     /// Waits for the answer to `id`, counting misses: after
-    /// [`MISSES_TO_GIVE_UP`] in a row, the run gives up.
+    /// [`MISSES_TO_GIVE_UP`] in a row, the run gives up. An answered handshake does not
+    /// break the row: a plugin that answers only handshakes has stopped answering.
     pub async fn wait(&mut self, s: &mut Subject, id: i64, limit: Duration) -> Answer {
+        let handshake = s.method_of(id) == Some(methods::HANDSHAKE);
         let answer = s.answer(id, limit).await;
+        if handshake && !answer.missing() {
+            return answer;
+        }
         if answer.missing() {
             self.misses += 1;
             if self.misses >= MISSES_TO_GIVE_UP {

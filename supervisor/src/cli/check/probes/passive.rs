@@ -170,7 +170,9 @@ fn notification(line: &Line, method: &str, params: &Value, running: &BTreeMap<St
     }
     if method == methods::OUTPUT {
         if line.side == Side::Fd3 {
+            // Its order against stdout is lost: only the rule about fd 3 judges it.
             f.add("P-1-fd3-stdout", || "an output notification on fd 3; output goes on stdout".into(), line);
+            return;
         }
         let task = params.get("taskId").and_then(Value::as_str).unwrap_or_default();
         if !running.values().any(|t| t == task) {
