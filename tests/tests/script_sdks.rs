@@ -6,7 +6,7 @@
 //! installs it).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use loom_e2e::{Plugins, chmod, provisioner, run_with_input, task, tempdir, workspace};
@@ -330,6 +330,67 @@ fn python_cancel_reaches_the_handler_and_kills_its_command() {
 fn node_cancel_reaches_the_handler_and_kills_its_command() {
     if Lang::Node.available() {
         cancel_reaches_the_handler_and_the_command(Lang::Node);
+    }
+}
+
+/// Runs the probe of `lang` by hand (no supervisor): a handshake and one task that logs,
+/// stdin then closed. Returns what it wrote on stdout and on fd 3, and its exit code.
+fn talk_to_probe(lang: Lang, with_log_channel: bool) -> (String, String, Option<i32>) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (log_read, log_write) = nix::unistd::pipe().unwrap();
+    let mut log_read = std::fs::File::from(log_read);
+    let mut cmd = Command::new(lang.probe());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).env_remove("LOOM_LOG_FD");
+    if with_log_channel {
+        let fd = log_write.as_raw_fd();
+        cmd.env("LOOM_LOG_FD", "3");
+        // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(
+                move || if nix::libc::dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) },
+            );
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(log_write);
+    let handshake = json!({"jsonrpc": "2.0", "id": 1, "method": "handshake",
+        "params": {"protocolVersions": [1], "plugin": "probe", "kind": "automator", "logLevel": "info"}});
+    let task = json!({"jsonrpc": "2.0", "id": 2, "method": "task", "params": probe_task("t", "INSTALL", "ok")});
+    let mut stdin = child.stdin.take().unwrap();
+    write!(stdin, "{handshake}\n{task}\n").unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let code = child.wait().unwrap().code();
+    let mut log = String::new();
+    log_read.read_to_string(&mut log).unwrap();
+    (out, log, code)
+}
+
+fn log_lines_take_the_log_channel_when_given(lang: Lang) {
+    let (out, log, code) = talk_to_probe(lang, true);
+    assert_eq!(code, Some(0), "exit 0 at the end of stdin");
+    assert!(out.contains(r#""id":2"#) && out.contains(r#""status":0"#), "the answer is on stdout: {out}");
+    assert!(!out.contains(r#""method":"log""#), "no log line on stdout: {out}");
+    assert!(log.contains(r#""method":"log""#) && log.contains("a log line from the probe"), "{log}");
+
+    // Started without the variable, it logs on stdout, as PROTOCOL.md's base case.
+    let (out, log, _) = talk_to_probe(lang, false);
+    assert!(out.contains(r#""id":2"#) && out.contains("a log line from the probe"), "{out}");
+    assert!(log.is_empty(), "{log}");
+}
+
+#[test]
+fn python_log_lines_take_the_log_channel_when_given_and_answers_stay_on_stdout() {
+    log_lines_take_the_log_channel_when_given(Lang::Python);
+}
+
+#[test]
+fn node_log_lines_take_the_log_channel_when_given_and_answers_stay_on_stdout() {
+    if Lang::Node.available() {
+        log_lines_take_the_log_channel_when_given(Lang::Node);
     }
 }
 

@@ -23,6 +23,7 @@ plugin.task(async (task, ctx) => {
   if (what === "run-cancel") {
     return ctx.run(["/bin/sh", "-c", "echo started; sleep 300"]);
   }
+  ctx.info("a log line from the probe");
   return { pid: process.pid };
 });
 

@@ -25,6 +25,7 @@ def probe(task, ctx):
         return {"status": 7, "result": {"partial": True}, "stderr": "stopped: cancelled=%s" % ctx.cancelled.is_set()}
     if what == "run-cancel":
         return ctx.run(["/bin/sh", "-c", "echo started; sleep 300"])
+    ctx.info("a log line from the probe")
     return {"pid": os.getpid()}
 
 
