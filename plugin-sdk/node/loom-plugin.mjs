@@ -59,11 +59,11 @@
  * -32003 after `shutdown`, -32601 for unknown methods; unknown notifications, unknown
  * members and lines that are not JSON are ignored. On end of stdin it cancels the tasks
  * in flight, answers them and exits 0. Each message is written whole, in order, on a
- * private description of stdout. Log lines go to fd 3 when `LOOM_LOG_FD=3` names an
- * inherited, writable pipe (else stdout). `console.log` and `process.stdout.write` are
- * safe: they go to stderr. (A command started with `stdio: "inherit"` would still
- * write on the protocol's pipe: use `ctx.run`, or pipes.) The SDK never logs task
- * contents. Under `LOOM_CHECK=1` (`loom-provisioner check` only), a task whose config
+ * private description of stdout. Log lines go to fd 3 when `LOOM_LOG_FD=3` names a
+ * writable pipe whose read end is not this process's own (else stdout). `console.log`
+ * and `process.stdout.write` are safe: they go to stderr. (A command started with
+ * `stdio: "inherit"` would still write on the protocol's pipe: use `ctx.run`, or
+ * pipes.) The SDK never logs task contents. Under `LOOM_CHECK=1` (`loom-provisioner check` only), a task whose config
  * holds `"loom-check": {"waitSecs": N}` is answered by the SDK (PROTOCOL.md, the check
  * protocol): it waits N seconds, or answers cancelled at once on `cancel`.
  */
@@ -155,13 +155,13 @@ function takeLogFd() {
   }
   let why;
   try {
-    // fdinfo's flags (octal) hold close-on-exec and the access mode.
-    const info = fs.readFileSync("/proc/self/fdinfo/3", "utf8");
-    const flags = parseInt((/^flags:\s*([0-7]+)/m.exec(info) || [])[1] ?? "", 8);
-    const accmode = flags & 3;
-    if (Number.isNaN(flags) || flags & 0o2000000) why = "which this process opened (close-on-exec is set)";
-    else if (!fs.fstatSync(3).isFIFO()) why = "which is not a pipe";
-    else if (accmode !== 1 && accmode !== 2) why = "which is not open for writing";
+    // Node marks inherited descriptors close-on-exec at startup, so that flag cannot tell
+    // the supervisor's pipe from Node's own (when fd 3 was not inherited, Node's internal
+    // descriptors take the number). Node's own pipes have their read end in this
+    // process; the log channel's read end is the supervisor's.
+    if (!fs.fstatSync(3).isFIFO()) why = "which is not a pipe";
+    else if (![1, 2].includes(accessMode(3))) why = "which is not open for writing";
+    else if (holdsReadEnd(3)) why = "a pipe whose read end this process holds (its own, not inherited)";
     else {
       const fd = fs.openSync("/proc/self/fd/3", fs.constants.O_WRONLY);
       fs.closeSync(3);
@@ -172,6 +172,26 @@ function takeLogFd() {
   }
   process.stderr.write(`loom-plugin: LOOM_LOG_FD names fd 3, ${why}; log lines go to stdout\n`);
   return null;
+}
+
+/** The access mode (0 read, 1 write, 2 both) of descriptor `fd`, from its fdinfo. */
+function accessMode(fd) {
+  const info = fs.readFileSync(`/proc/self/fdinfo/${fd}`, "utf8");
+  const flags = parseInt((/^flags:\s*([0-7]+)/m.exec(info) ?? [])[1] ?? "", 8);
+  return Number.isNaN(flags) ? -1 : flags & 3;
+}
+
+/** Whether another descriptor of this process reads the pipe `fd` writes to. */
+function holdsReadEnd(fd) {
+  const pipe = fs.readlinkSync(`/proc/self/fd/${fd}`);
+  return fs.readdirSync("/proc/self/fd").some((n) => {
+    if (n === String(fd)) return false;
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${n}`) === pipe && accessMode(n) === 0;
+    } catch {
+      return false; // closed meanwhile (the listing's own descriptor)
+    }
+  });
 }
 
 /** The last TAIL_CHARS of a stream's text. */

@@ -4,22 +4,27 @@ One file: copy it beside your plugin, or import it by a path relative to your
 executable (a manifest cannot set PYTHONPATH). A whole provider::
 
     #!/usr/bin/env python3
-    import json, os, sys, tempfile, uuid
+    import os, sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "../../.."))
-    from loom_plugin import Plugin
+    from loom_plugin import Plugin, TaskFailed
 
     plugin = Plugin("pyfile", "1.0.0", kind="provider", max_concurrency=4,
                     idempotent_tasks=["CONFIRM", "DELETE"])
-    STATE = os.path.join(tempfile.gettempdir(), "loom-pyfile-%d.json" % os.getuid())
 
     @plugin.task("CREATE")
     def create(task, ctx):
-        ...                                  # ask for a machine
-        return {"providerid": "m-1"}         # result keys: status 0
+        ctx.info("creating %s" % task["config"].get("hostname"))
+        return {"providerid": "m-1"}                # result keys: status 0
+
+    @plugin.task("CONFIRM")
+    def confirm(task, ctx):
+        if task["config"].get("providerid") != "m-1":
+            raise TaskFailed("no such machine")     # status 1, the message in stderr
+        return {"status": 0, "result": {"ipaddress": "127.0.0.1"}, "hostname": "m-1.local"}
 
     @plugin.task("DELETE")
     def delete(task, ctx):
-        return None                          # success, no result keys
+        return None                                 # success, no result keys
 
     plugin.serve()
 
