@@ -25,10 +25,16 @@ fn cli(args: &[&str], input: &str) -> (Option<i32>, String, String) {
 #[test]
 fn the_python_example_passes_check() {
     let dir = workspace().join("plugins/examples/automators/pyexample");
-    let (code, out, err) = cli(&["check", dir.to_str().unwrap()], "");
+    let (code, out, err) = cli(&["check", dir.to_str().unwrap(), "--json"], "");
     assert_eq!(code, Some(0), "{out}\n{err}");
-    assert!(out.contains("17 passed, 0 failed"), "{out}");
-    assert!(!out.contains("FAIL"), "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let not_passed: Vec<&Value> = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !matches!(r["verdict"].as_str(), Some("pass" | "n/a")))
+        .collect();
+    assert!(not_passed.is_empty(), "{not_passed:#?}");
 }
 
 #[test]
@@ -52,8 +58,12 @@ fn check_fails_a_plugin_that_writes_junk_and_says_why() {
     std::fs::write(&sample, action("s1", "INSTALL", "junky", json!({"action": "junk"})).to_string()).unwrap();
     let (code, out, _) = cli(&["check", manifest.to_str().unwrap(), "--task", sample.to_str().unwrap()], "");
     assert_eq!(code, Some(1), "{out}");
-    let stdout_line = out.lines().find(|l| l.contains("stdout:")).unwrap();
-    assert!(stdout_line.contains("FAIL") && stdout_line.contains("1 line(s) that are not JSON-RPC"), "{out}");
+    let rule_line = out.lines().find(|l| l.contains("P-2-stdout-messages")).unwrap();
+    assert!(
+        rule_line.contains("FAIL") && rule_line.contains("a line on stdout that is not a JSON-RPC message"),
+        "{out}"
+    );
+    assert!(out.contains("spec 2: \"Every line a plugin writes on stdout MUST be a message.\""), "{out}");
     plugins.assert_no_leftovers();
 }
 

@@ -311,7 +311,8 @@ fn cancel_reaches_the_handler_and_the_command(lang: Lang) {
     );
     let why = slow["stderr"].as_str().unwrap();
     assert!(
-        why.contains("stopped: cancelled=True") && why.contains("timed out after 1 s; it stopped when cancelled"),
+        why.contains("stopped: cancelled=True")
+            && why.contains("timed out after 1 s; cancelled: the plugin stopped it when asked"),
         "{why}"
     );
     // The command the task ran was killed (a leftover `sleep` would carry the test's marker).

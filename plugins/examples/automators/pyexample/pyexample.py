@@ -6,6 +6,8 @@ It runs each service action's script on this host with `sh -c`, in a work folder
 $LOOM_ACTION_DATA. Output is streamed live as `output` notifications; the exit code
 decides the status. Tasks run on threads, so `ping` and `cancel` are answered while
 they run; `cancel` kills the script's process group. The plugin exits when stdin closes.
+Under `loom-provisioner check` (LOOM_CHECK=1) it runs the check protocol's wait tasks
+(PROTOCOL.md section 10).
 """
 
 import json
@@ -48,6 +50,7 @@ class Plugin:
         self.ready = False
         self.shutting_down = False
         self.running = {}  # taskId -> subprocess.Popen or None
+        self.cancels = {}  # taskId -> threading.Event, set by cancel
         self.lock = threading.Lock()
         self.threads = []
 
@@ -77,10 +80,14 @@ class Plugin:
             return error(rid, -32004, "task before handshake")
         if self.shutting_down:
             return error(rid, -32003, "shutting down")
-        if not isinstance(task, dict) or task.get("taskName") not in TASKS:
-            return error(rid, -32002, "this plugin does not handle %r" % (task.get("taskName") if isinstance(task, dict) else task))
+        if not isinstance(task, dict) or not isinstance(task.get("taskId"), str) \
+                or not isinstance(task.get("taskName"), str):
+            return error(rid, -32602, "the params are not a task: taskId and taskName must be strings")
+        if task["taskName"] not in TASKS:
+            return error(rid, -32002, "this plugin does not handle %r" % task["taskName"])
         with self.lock:
             self.running[task["taskId"]] = None
+            self.cancels[task["taskId"]] = threading.Event()
         t = threading.Thread(target=self.run_task, args=(rid, task), daemon=True)
         self.threads.append(t)
         t.start()
@@ -93,10 +100,14 @@ class Plugin:
             result = {"status": 1, "result": {}, "stdout": "", "stderr": "pyexample: %s" % e}
         with self.lock:
             self.running.pop(task_id, None)
+            self.cancels.pop(task_id, None)
         answer(rid, result)
 
     def execute(self, task):
         task_id, name = task["taskId"], task["taskName"]
+        wait = (task.get("config") or {}).get("loom-check")
+        if os.environ.get("LOOM_CHECK") == "1" and isinstance(wait, dict):
+            return self.check_wait(task_id, wait.get("waitSecs"))
         os.makedirs(self.work_dir, exist_ok=True)
         if name == "BOOTSTRAP":
             self.log("info", "work folder %s is ready" % self.work_dir, task_id)
@@ -126,9 +137,19 @@ class Plugin:
             r.join()
         out, err = "".join(captured["stdout"]), "".join(captured["stderr"])
         if code < 0:
-            return {"status": 1, "result": {"exitcode": code}, "stdout": out,
+            return {"status": 1, "result": {"exitcode": code}, "stdout": out, "cancelled": True,
                     "stderr": err + "killed by signal %d (cancelled)\n" % -code}
         return {"status": 0 if code == 0 else 1, "result": {"exitcode": code}, "stdout": out, "stderr": err}
+
+    def check_wait(self, task_id, secs):
+        """The check protocol's wait task: nothing but a wait, cut short by cancel."""
+        if not isinstance(secs, (int, float)) or not 0 < secs <= 300:
+            return {"status": 1, "result": {}, "stderr": "loom-check.waitSecs must be a number of seconds, 0 to 300"}
+        with self.lock:
+            event = self.cancels.get(task_id) or threading.Event()
+        if event.wait(secs):
+            return {"status": 1, "result": {}, "cancelled": True, "stderr": "cancelled"}
+        return {"status": 0, "result": {}}
 
     def pump(self, pipe, stream, task_id, captured):
         for raw in iter(pipe.readline, b""):
@@ -141,6 +162,7 @@ class Plugin:
         with self.lock:
             if task_id not in self.running:
                 return  # already answered: ignore
+            self.cancels[task_id].set()
             proc = self.running.get(task_id)
             if proc is None:
                 # Its script has not started yet: removing the entry tells execute() to

@@ -231,7 +231,9 @@ impl Subject {
                 Kind::TooDeep if only => return Some(Answer::Broken(i, "P-4.2-answer-limits")),
                 Kind::SeveralValues if only => return Some(Answer::Broken(i, "P-2-one-line")),
                 Kind::Unfinished => match join_from(&lines.lines, i) {
-                    Joined::Value(v, _) if v.get("id") == Some(&json!(id)) => return Some(Answer::Broken(i, "P-2-one-line")),
+                    Joined::Value(v, _) if v.get("id") == Some(&json!(id)) => {
+                        return Some(Answer::Broken(i, "P-2-one-line"));
+                    }
                     Joined::Value(_, end) => *from = end + 1,
                     Joined::Open => {
                         // Wait for the rest before reading past it.

@@ -292,11 +292,17 @@ mod tests {
         assert!(matches!(classify(br#"{"jsonrpc":"2.0","method":"log","params":{}}"#), Kind::Notification { .. }));
         assert_eq!(classify(br#"{"jsonrpc":"2.0","id":1,"method":"x"}"#), Kind::Request);
         assert_eq!(classify(br#"[{"jsonrpc":"2.0","method":"log"}]"#), Kind::Batch);
-        assert_eq!(classify(br#"{"jsonrpc":"2.0","method":"log"} {"jsonrpc":"2.0","method":"log"}"#), Kind::SeveralValues);
+        assert_eq!(
+            classify(br#"{"jsonrpc":"2.0","method":"log"} {"jsonrpc":"2.0","method":"log"}"#),
+            Kind::SeveralValues
+        );
         assert_eq!(classify(b"{"), Kind::Unfinished);
         assert_eq!(classify(b"debug: started"), Kind::Junk);
         assert_eq!(classify(b"  "), Kind::Blank);
-        assert!(matches!(classify(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"stdout\":\"\xff\"}}"), Kind::NotUtf8 { lossy: Some(_) }));
+        assert!(matches!(
+            classify(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"stdout\":\"\xff\"}}"),
+            Kind::NotUtf8 { lossy: Some(_) }
+        ));
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert_eq!(classify(deep.as_bytes()), Kind::TooDeep);
     }

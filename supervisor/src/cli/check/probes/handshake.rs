@@ -29,18 +29,29 @@ pub async fn main(ctx: &mut Ctx<'_>) {
             match result.get("protocolVersion").and_then(Value::as_u64) {
                 Some(1) => ctx.pass("P-4.1-version-choice", "offered [1, 2], chose 1"),
                 other => {
-                    let e = ctx.evidence(&s, Some(id), Some(&answer), format!(
-                        "offered [1, 2], chose {}; only version 1 exists",
-                        other.map_or("nothing".to_owned(), |v| v.to_string())
-                    ));
+                    let e = ctx.evidence(
+                        &s,
+                        Some(id),
+                        Some(&answer),
+                        format!(
+                            "offered [1, 2], chose {}; only version 1 exists",
+                            other.map_or("nothing".to_owned(), |v| v.to_string())
+                        ),
+                    );
                     ctx.fail("P-4.1-version-choice", e);
                 }
             }
-            let wrong: Vec<&str> = declared.tasks.iter().filter(|t| t.kind() != ctx.kind()).map(|t| t.as_str()).collect();
+            let wrong: Vec<&str> =
+                declared.tasks.iter().filter(|t| t.kind() != ctx.kind()).map(|t| t.as_str()).collect();
             if wrong.is_empty() {
                 ctx.pass("P-4.1-tasks-kind", "every declared task is of its kind");
             } else {
-                let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a {} declared {}", ctx.kind(), wrong.join(", ")));
+                let e = ctx.evidence(
+                    &s,
+                    Some(id),
+                    Some(&answer),
+                    format!("a {} declared {}", ctx.kind(), wrong.join(", ")),
+                );
                 ctx.fail("P-4.1-tasks-kind", e);
             }
             if declared.max_concurrency > ctx.spec.max_concurrency as u64 {
@@ -89,7 +100,9 @@ fn judge(r: &Value) -> Result<(Declared, String), String> {
 
 fn task_names(list: &[Value]) -> Result<Vec<TaskName>, String> {
     list.iter()
-        .map(|t| t.as_str().and_then(|s| s.parse::<TaskName>().ok()).ok_or_else(|| crate::cli::check::subject::short(t)))
+        .map(|t| {
+            t.as_str().and_then(|s| s.parse::<TaskName>().ok()).ok_or_else(|| crate::cli::check::subject::short(t))
+        })
         .collect()
 }
 
@@ -101,7 +114,12 @@ pub async fn version_none(ctx: &mut Ctx<'_>) {
     if answer.error_code() == Some(codes::UNSUPPORTED_PROTOCOL) {
         ctx.pass("P-4.1-version-none", "offered [2] alone: error -32001");
     } else {
-        let e = ctx.evidence(&s, Some(id), Some(&answer), format!("offered [2] alone, {}; expected error -32001", answer.describe()));
+        let e = ctx.evidence(
+            &s,
+            Some(id),
+            Some(&answer),
+            format!("offered [2] alone, {}; expected error -32001", answer.describe()),
+        );
         ctx.fail("P-4.1-version-none", e);
     }
     ctx.retire(s).await;
@@ -120,7 +138,12 @@ pub async fn unknown_members(ctx: &mut Ctx<'_>) {
         .await;
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     if answer.result().is_none() {
-        let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a handshake with unknown members {}", answer.describe()));
+        let e = ctx.evidence(
+            &s,
+            Some(id),
+            Some(&answer),
+            format!("a handshake with unknown members {}", answer.describe()),
+        );
         ctx.fail("P-3-unknown-members", e);
         ctx.retire(s).await;
         return;
@@ -145,10 +168,18 @@ pub async fn unknown_members(ctx: &mut Ctx<'_>) {
     let answer = ctx.wait(&mut s, id, ctx.opts.task).await;
     match &answer {
         Answer::Got(m, _) if m.get("result").and_then(|r| r.get("status")).is_some() => {
-            ctx.pass("P-3-unknown-members", "a handshake, a ping and a task with unknown members were answered as usual");
+            ctx.pass(
+                "P-3-unknown-members",
+                "a handshake, a ping and a task with unknown members were answered as usual",
+            );
         }
         Answer::Got(..) => {
-            let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a task with unknown members {}; expected a task result", answer.describe()));
+            let e = ctx.evidence(
+                &s,
+                Some(id),
+                Some(&answer),
+                format!("a task with unknown members {}; expected a task result", answer.describe()),
+            );
             ctx.fail("P-3-unknown-members", e);
         }
         _ => ctx.missed("P-3-unknown-members", &s, id, &answer, "a task with unknown members"),

@@ -86,9 +86,12 @@ pub async fn cancel_running(ctx: &mut Ctx<'_>) {
     let Some(mut s) = ctx.session().await else { return };
     let id = s.request(methods::TASK, task).await;
     match read_so_far(ctx, &mut s).await {
-        Some(took) => ctx.pass("P-4.3-ping-busy", format!("a ping sent while a task ran was answered in {}", millis(took))),
+        Some(took) => {
+            ctx.pass("P-4.3-ping-busy", format!("a ping sent while a task ran was answered in {}", millis(took)))
+        }
         None => {
-            let e = Evidence::says(format!("a ping sent while a task ran was not answered within {}", secs(ctx.opts.step)));
+            let e =
+                Evidence::says(format!("a ping sent while a task ran was not answered within {}", secs(ctx.opts.step)));
             ctx.fail("P-4.3-ping-busy", e);
         }
     }
@@ -96,7 +99,13 @@ pub async fn cancel_running(ctx: &mut Ctx<'_>) {
     let grace = ctx.spec.cancel_grace.max(ctx.opts.step);
     let answer = ctx.wait(&mut s, id, grace).await;
     if answer.missing() {
-        ctx.missed("P-4.5-cancel-running", &s, id, &answer, &format!("a running task, cancelled (the grace is the manifest's cancelGraceSecs, {})", secs(grace)));
+        ctx.missed(
+            "P-4.5-cancel-running",
+            &s,
+            id,
+            &answer,
+            &format!("a running task, cancelled (the grace is the manifest's cancelGraceSecs, {})", secs(grace)),
+        );
         ctx.give_back(s, true).await;
         return;
     }
@@ -104,9 +113,16 @@ pub async fn cancel_running(ctx: &mut Ctx<'_>) {
     let outcome = judge_answer(ctx, &s, id, &answer, "a cancelled task");
     let cancelled = answer.result().and_then(|r| r.get("cancelled")) == Some(&Value::Bool(true));
     match outcome {
-        Some(o) if o.status != 0 && cancelled => ctx.pass("P-4.5-cancelled-answer", "non-zero status and \"cancelled\": true"),
+        Some(o) if o.status != 0 && cancelled => {
+            ctx.pass("P-4.5-cancelled-answer", "non-zero status and \"cancelled\": true")
+        }
         _ => {
-            let e = ctx.evidence(&s, Some(id), Some(&answer), "a cancelled task's answer should have a non-zero status and \"cancelled\": true");
+            let e = ctx.evidence(
+                &s,
+                Some(id),
+                Some(&answer),
+                "a cancelled task's answer should have a non-zero status and \"cancelled\": true",
+            );
             ctx.fail("P-4.5-cancelled-answer", e);
         }
     }
@@ -121,7 +137,11 @@ pub async fn eof_in_flight(ctx: &mut Ctx<'_>) {
         (wait_task(ctx, "check-wait-eof", 1.0), ctx.opts.step + Duration::from_secs(1), "")
     } else {
         let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
-        (ctx.samples.harmless(ctx.kind(), &declared, "check-eof"), ctx.opts.task, " (a quick task: the plugin runs no wait task)")
+        (
+            ctx.samples.harmless(ctx.kind(), &declared, "check-eof"),
+            ctx.opts.task,
+            " (a quick task: the plugin runs no wait task)",
+        )
     };
     let id = s.request(methods::TASK, task).await;
     let _ = read_so_far(ctx, &mut s).await;
@@ -134,7 +154,10 @@ pub async fn eof_in_flight(ctx: &mut Ctx<'_>) {
     }
     match s.wait_exit(ctx.opts.step).await {
         Some(_) => ctx.pass("P-1-eof-answers", format!("answered the task in hand, then exited{weak}")),
-        None => ctx.fail("P-1-eof-exit", Evidence::says(format!("answered its task, but still running {} after stdin closed", secs(ctx.opts.step)))),
+        None => ctx.fail(
+            "P-1-eof-exit",
+            Evidence::says(format!("answered its task, but still running {} after stdin closed", secs(ctx.opts.step))),
+        ),
     }
     ctx.retire(s).await;
 }
@@ -172,7 +195,12 @@ pub async fn shutdown_in_flight(ctx: &mut Ctx<'_>) {
         Some(codes::SHUTTING_DOWN) => ctx.pass("P-4.4-refuse-after-shutdown", "a task after shutdown: error -32003"),
         _ if answer.missing() => ctx.missed("P-3-answer-once", &s, lid, &answer, "a task sent after shutdown"),
         _ => {
-            let e = ctx.evidence(&s, Some(lid), Some(&answer), format!("a task after shutdown {}; expected error -32003", answer.describe()));
+            let e = ctx.evidence(
+                &s,
+                Some(lid),
+                Some(&answer),
+                format!("a task after shutdown {}; expected error -32003", answer.describe()),
+            );
             ctx.fail("P-4.4-refuse-after-shutdown", e);
         }
     }
@@ -205,7 +233,9 @@ pub async fn concurrency(ctx: &mut Ctx<'_>) {
     let started = Instant::now();
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(s.request(methods::TASK, wait_task(ctx, &format!("check-wait-concurrent-{i}"), CONCURRENT_WAIT)).await);
+        ids.push(
+            s.request(methods::TASK, wait_task(ctx, &format!("check-wait-concurrent-{i}"), CONCURRENT_WAIT)).await,
+        );
     }
     let limit = Duration::from_secs_f64(CONCURRENT_WAIT * 2.0) + ctx.opts.step;
     let mut last = Duration::ZERO;
@@ -220,7 +250,10 @@ pub async fn concurrency(ctx: &mut Ctx<'_>) {
     }
     // Run one after another, they take n waits; at once, one (plus start-up).
     if last.as_secs_f64() < CONCURRENT_WAIT * 1.75 {
-        ctx.pass("P-4.1-concurrency", format!("{n} tasks of {CONCURRENT_WAIT} s sent at once were all answered in {:.1} s", last.as_secs_f64()));
+        ctx.pass(
+            "P-4.1-concurrency",
+            format!("{n} tasks of {CONCURRENT_WAIT} s sent at once were all answered in {:.1} s", last.as_secs_f64()),
+        );
     } else {
         ctx.fail("P-4.1-concurrency", Evidence::says(format!(
             "it declares maxConcurrency {n}, but {n} tasks of {CONCURRENT_WAIT} s sent at once took {:.1} s: they did not run at the same time",

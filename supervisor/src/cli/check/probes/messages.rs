@@ -24,7 +24,12 @@ async fn steps(ctx: &mut Ctx<'_>, s: &mut Subject) -> bool {
     match answer.result() {
         Some(Value::Object(_)) => ctx.pass("P-4.3-ping", "answered {}"),
         Some(_) => {
-            let e = ctx.evidence(s, Some(id), Some(&answer), format!("ping {}; expected the result {{}}", answer.describe()));
+            let e = ctx.evidence(
+                s,
+                Some(id),
+                Some(&answer),
+                format!("ping {}; expected the result {{}}", answer.describe()),
+            );
             ctx.fail("P-4.3-ping", e);
         }
         None if answer.missing() => {
@@ -32,7 +37,12 @@ async fn steps(ctx: &mut Ctx<'_>, s: &mut Subject) -> bool {
             return false;
         }
         None => {
-            let e = ctx.evidence(s, Some(id), Some(&answer), format!("ping {}; expected the result {{}}", answer.describe()));
+            let e = ctx.evidence(
+                s,
+                Some(id),
+                Some(&answer),
+                format!("ping {}; expected the result {{}}", answer.describe()),
+            );
             ctx.fail("P-4.3-ping", e);
         }
     }
@@ -46,7 +56,12 @@ async fn steps(ctx: &mut Ctx<'_>, s: &mut Subject) -> bool {
             return false;
         }
         _ => {
-            let e = ctx.evidence(s, Some(id), Some(&answer), format!("an unknown method {}; expected error -32601", answer.describe()));
+            let e = ctx.evidence(
+                s,
+                Some(id),
+                Some(&answer),
+                format!("an unknown method {}; expected error -32601", answer.describe()),
+            );
             ctx.fail("P-3-unknown-method", e);
         }
     }
@@ -90,7 +105,12 @@ pub async fn invalid_params(ctx: &mut Ctx<'_>) {
         Some(codes::INVALID_PARAMS) => ctx.pass("P-4.2-invalid-params", "a task with unreadable params: error -32602"),
         _ if poisoned => ctx.missed("P-3-answer-once", &s, id, &answer, "a task with unreadable params"),
         _ => {
-            let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a task with unreadable params {}; expected error -32602", answer.describe()));
+            let e = ctx.evidence(
+                &s,
+                Some(id),
+                Some(&answer),
+                format!("a task with unreadable params {}; expected error -32602", answer.describe()),
+            );
             ctx.fail("P-4.2-invalid-params", e);
         }
     }
@@ -124,7 +144,12 @@ pub async fn undeclared(ctx: &mut Ctx<'_>) {
             }
             (Some(_), _) | (None, Some(1..) | Some(..=-1)) => {
                 ctx.pass("P-4.2-undeclared-task", format!("{what} {}", answer.describe()));
-                let e = ctx.evidence(&s, Some(id), Some(&answer), format!("{what} {}; expected error -32002", answer.describe()));
+                let e = ctx.evidence(
+                    &s,
+                    Some(id),
+                    Some(&answer),
+                    format!("{what} {}; expected error -32002", answer.describe()),
+                );
                 ctx.fail("P-4.2-undeclared-code", e);
             }
             _ if answer.missing() => {
@@ -133,7 +158,12 @@ pub async fn undeclared(ctx: &mut Ctx<'_>) {
                 continue;
             }
             _ => {
-                let e = ctx.evidence(&s, Some(id), Some(&answer), format!("{what} {}; expected error -32002", answer.describe()));
+                let e = ctx.evidence(
+                    &s,
+                    Some(id),
+                    Some(&answer),
+                    format!("{what} {}; expected error -32002", answer.describe()),
+                );
                 ctx.fail("P-4.2-undeclared-task", e);
             }
         }

@@ -233,7 +233,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// Evidence for a step: `detail`, the line sent with `id` and the answer's line.
-    pub fn evidence(&self, s: &Subject, id: Option<i64>, answer: Option<&Answer>, detail: impl Into<String>) -> Evidence {
+    pub fn evidence(
+        &self,
+        s: &Subject,
+        id: Option<i64>,
+        answer: Option<&Answer>,
+        detail: impl Into<String>,
+    ) -> Evidence {
         let lines = s.transcript.lock();
         let sent = id
             .and_then(|id| {

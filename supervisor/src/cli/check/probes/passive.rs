@@ -134,7 +134,8 @@ type Ids<'a> = (&'a BTreeSet<String>, &'a mut BTreeSet<String>, &'a mut BTreeMap
 fn answer(line: &Line, id: Value, message: &Value, ids: Ids<'_>, planted: &Planted, f: &mut Findings) {
     let (sent, answered, running) = ids;
     let key = id.to_string();
-    let parse_error = id.is_null() && message.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64) == Some(-32700);
+    let parse_error =
+        id.is_null() && message.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64) == Some(-32700);
     if line.side == Side::Fd3 {
         f.add("P-1-fd3-stdout", || "an answer on fd 3; answers go on stdout".into(), line);
     }
@@ -155,7 +156,14 @@ fn answer(line: &Line, id: Value, message: &Value, ids: Ids<'_>, planted: &Plant
     leak(planted, &shown.to_string(), "in an answer outside \"result\"", line, f);
 }
 
-fn notification(line: &Line, method: &str, params: &Value, running: &BTreeMap<String, String>, planted: &Planted, f: &mut Findings) {
+fn notification(
+    line: &Line,
+    method: &str,
+    params: &Value,
+    running: &BTreeMap<String, String>,
+    planted: &Planted,
+    f: &mut Findings,
+) {
     leak(planted, &params.to_string(), &format!("in a {method:?} notification"), line, f);
     let well_formed = match method {
         methods::LOG => serde_json::from_value::<LogParams>(params.clone()).is_ok(),
@@ -165,7 +173,11 @@ fn notification(line: &Line, method: &str, params: &Value, running: &BTreeMap<St
         _ => true,
     };
     if !well_formed {
-        f.add("P-5-notifications", || format!("a {method:?} notification whose params do not match PROTOCOL.md section 5"), line);
+        f.add(
+            "P-5-notifications",
+            || format!("a {method:?} notification whose params do not match PROTOCOL.md section 5"),
+            line,
+        );
         return;
     }
     if method == methods::OUTPUT {

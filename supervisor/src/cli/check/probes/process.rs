@@ -32,7 +32,10 @@ async fn expect_exit(ctx: &mut Ctx<'_>, s: &mut Subject, when: &str) {
         }
         None => ctx.fail(
             "P-1-eof-exit",
-            Evidence::says(format!("still running {} after its stdin closed {when} (raise --timeout if it is slow)", secs(limit))),
+            Evidence::says(format!(
+                "still running {} after its stdin closed {when} (raise --timeout if it is slow)",
+                secs(limit)
+            )),
         ),
     }
 }
@@ -48,14 +51,27 @@ pub async fn before_handshake(ctx: &mut Ctx<'_>) {
     match answer.error_code() {
         Some(codes::NOT_INITIALIZED) => ctx.pass("P-4.1-before-handshake", "a task before the handshake: error -32004"),
         _ if answer.missing() => {
-            let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a task sent before the handshake: {}", answer.describe()));
+            let e = ctx.evidence(
+                &s,
+                Some(id),
+                Some(&answer),
+                format!("a task sent before the handshake: {}", answer.describe()),
+            );
             ctx.fail("P-3-answer-once", e);
-            ctx.untested("P-4.1-before-handshake", "the task before the handshake was not answered (see P-3-answer-once)");
+            ctx.untested(
+                "P-4.1-before-handshake",
+                "the task before the handshake was not answered (see P-3-answer-once)",
+            );
             ctx.retire(s).await;
             return;
         }
         _ => {
-            let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a task before the handshake {}; expected error -32004", answer.describe()));
+            let e = ctx.evidence(
+                &s,
+                Some(id),
+                Some(&answer),
+                format!("a task before the handshake {}; expected error -32004", answer.describe()),
+            );
             ctx.fail("P-4.1-before-handshake", e);
         }
     }
@@ -63,7 +79,12 @@ pub async fn before_handshake(ctx: &mut Ctx<'_>) {
     let hid = s.request(methods::HANDSHAKE, params).await;
     let hs = ctx.wait(&mut s, hid, ctx.opts.step).await;
     if hs.result().is_none() {
-        let e = ctx.evidence(&s, Some(hid), Some(&hs), format!("after a task before the handshake, the handshake {}", hs.describe()));
+        let e = ctx.evidence(
+            &s,
+            Some(hid),
+            Some(&hs),
+            format!("after a task before the handshake, the handshake {}", hs.describe()),
+        );
         ctx.fail("P-4.1-before-handshake", e);
         ctx.retire(s).await;
         return;
@@ -80,7 +101,12 @@ pub async fn shutdown(ctx: &mut Ctx<'_>) {
     let id = s.request(methods::SHUTDOWN, json!({})).await;
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     if !answer.result().is_some_and(serde_json::Value::is_object) {
-        let e = ctx.evidence(&s, Some(id), Some(&answer), format!("shutdown {}; expected the result {{}}", answer.describe()));
+        let e = ctx.evidence(
+            &s,
+            Some(id),
+            Some(&answer),
+            format!("shutdown {}; expected the result {{}}", answer.describe()),
+        );
         ctx.fail("P-4.4-shutdown", e);
         ctx.retire(s).await;
         return;
@@ -93,7 +119,10 @@ pub async fn shutdown(ctx: &mut Ctx<'_>) {
             if status.code() == Some(0) {
                 ctx.pass("P-1-eof-exit-zero", "exited with code 0");
             } else {
-                ctx.fail("P-1-eof-exit-zero", Evidence::says(format!("{} after shutdown and end of file", describe_exit(status))));
+                ctx.fail(
+                    "P-1-eof-exit-zero",
+                    Evidence::says(format!("{} after shutdown and end of file", describe_exit(status))),
+                );
             }
         }
         None => ctx.fail(

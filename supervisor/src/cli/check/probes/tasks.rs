@@ -32,7 +32,7 @@ pub async fn lifecycle(ctx: &mut Ctx<'_>) {
         }
         match name {
             TaskName::Bootstrap => bootstrap_twice(ctx, &learned, first.status).await,
-            TaskName::Delete => delete_twice(ctx, &learned).await,
+            TaskName::Delete => delete_twice(ctx, &learned, first.status).await,
             _ if ctx.kind() == PluginKind::Automator && !coopr_done => {
                 coopr_done = true;
                 coopr(ctx, name, first.status).await;
@@ -104,7 +104,8 @@ pub fn judge_answer(ctx: &mut Ctx<'_>, s: &Subject, id: i64, answer: &Answer, wh
     }
     let body = message.get("result").cloned().unwrap_or(Value::Null);
     let status = body.get("status");
-    let Some(status) = status.and_then(Value::as_i64).filter(|_| status.is_some_and(|v| v.is_i64() || v.is_u64())) else {
+    let Some(status) = status.and_then(Value::as_i64).filter(|_| status.is_some_and(|v| v.is_i64() || v.is_u64()))
+    else {
         let e = ctx.evidence(s, Some(id), Some(answer), format!("{what} answered without an integer \"status\""));
         ctx.fail("P-4.2-status-integer", e);
         return Some(Outcome { status: 1, body });
@@ -119,7 +120,12 @@ pub fn judge_answer(ctx: &mut Ctx<'_>, s: &Subject, id: i64, answer: &Answer, wh
     }
     match secret_outside_result(&body) {
         Some(key) => {
-            let e = ctx.evidence(s, Some(id), Some(answer), format!("{what}: the answer holds the credential key {key:?} outside \"result\""));
+            let e = ctx.evidence(
+                s,
+                Some(id),
+                Some(answer),
+                format!("{what}: the answer holds the credential key {key:?} outside \"result\""),
+            );
             ctx.fail("P-4.2-credentials-in-result", e);
         }
         None => ctx.pass("P-4.2-credentials-in-result", "no credential keys outside result"),
@@ -149,9 +155,10 @@ fn secret_outside_result(body: &Value) -> Option<String> {
             _ => None,
         }
     }
-    body.as_object()?.iter().filter(|(k, _)| k.as_str() != "result").find_map(|(k, v)| {
-        if is_secret_key(k) { Some(k.clone()) } else { walk(v) }
-    })
+    body.as_object()?
+        .iter()
+        .filter(|(k, _)| k.as_str() != "result")
+        .find_map(|(k, v)| if is_secret_key(k) { Some(k.clone()) } else { walk(v) })
 }
 
 /// An idempotent task sent again with the same id: it must succeed again.
@@ -161,7 +168,9 @@ async fn again(ctx: &mut Ctx<'_>, name: TaskName, task: Value, first: i64) {
         (0, 0) => ctx.pass("P-4.1-idempotent", format!("{name}, listed in idempotentTasks, succeeded twice")),
         (0, n) => ctx.fail(
             "P-4.1-idempotent",
-            Evidence::says(format!("{name} is listed in idempotentTasks; it succeeded, then answered status {n} when run again")),
+            Evidence::says(format!(
+                "{name} is listed in idempotentTasks; it succeeded, then answered status {n} when run again"
+            )),
         ),
         (n, _) => ctx.untested("P-4.1-idempotent", format!("the sample {name} answered status {n} here; pass --task")),
     }
@@ -169,7 +178,10 @@ async fn again(ctx: &mut Ctx<'_>, name: TaskName, task: Value, first: i64) {
 
 async fn bootstrap_twice(ctx: &mut Ctx<'_>, learned: &Map<String, Value>, first: i64) {
     if first != 0 {
-        ctx.untested("P-4.2-bootstrap-twice", format!("the sample BOOTSTRAP answered status {first} here; pass --task with one that works"));
+        ctx.untested(
+            "P-4.2-bootstrap-twice",
+            format!("the sample BOOTSTRAP answered status {first} here; pass --task with one that works"),
+        );
         return;
     }
     let task = ctx.samples.task(TaskName::Bootstrap, "check-bootstrap-again", learned);
@@ -177,15 +189,34 @@ async fn bootstrap_twice(ctx: &mut Ctx<'_>, learned: &Map<String, Value>, first:
     if second.status == 0 {
         ctx.pass("P-4.2-bootstrap-twice", "BOOTSTRAP succeeded twice on one node");
     } else {
-        ctx.fail("P-4.2-bootstrap-twice", Evidence::says(format!("BOOTSTRAP succeeded, then answered status {} when run again on the same node", second.status)));
+        ctx.fail(
+            "P-4.2-bootstrap-twice",
+            Evidence::says(format!(
+                "BOOTSTRAP succeeded, then answered status {} when run again on the same node",
+                second.status
+            )),
+        );
     }
 }
 
-async fn delete_twice(ctx: &mut Ctx<'_>, learned: &Map<String, Value>) {
+/// DELETE again, of the machine just deleted, and of one that never existed. When the
+/// sample DELETE itself failed (the sample cannot reach a real cloud here, say), its
+/// repetitions prove nothing: untested.
+async fn delete_twice(ctx: &mut Ctx<'_>, learned: &Map<String, Value>, first: i64) {
+    if first != 0 {
+        ctx.untested(
+            "P-4.2-delete-unknown",
+            format!("the sample DELETE answered status {first} here; pass --task files whose CREATE and DELETE work (against a test account)"),
+        );
+        return;
+    }
     let task = ctx.samples.task(TaskName::Delete, "check-delete-again", learned);
     if let Some(second) = run(ctx, task, "DELETE of a machine already deleted").await {
         if second.status != 0 {
-            ctx.fail("P-4.2-delete-unknown", Evidence::says(format!("DELETE of a machine it had just deleted answered status {}", second.status)));
+            ctx.fail(
+                "P-4.2-delete-unknown",
+                Evidence::says(format!("DELETE of a machine it had just deleted answered status {}", second.status)),
+            );
         }
     }
     let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
