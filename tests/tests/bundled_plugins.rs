@@ -81,6 +81,7 @@ fn each_bundled_plugin_passes_check() {
         let (code, out, err) = cli(&["check", path.to_str().unwrap()]);
         assert_eq!(code, Some(0), "{name}:\n{out}\n{err}");
         assert!(out.contains(" 0 failed"), "{name}: {out}");
+        println!("check {name}: {}", out.lines().last().unwrap_or_default());
     }
     // CREATE's machine flowed into CONFIRM and DELETE: the check left no machine behind.
     let left = std::fs::read_dir(state.path().join("local")).unwrap().flatten().filter(|e| e.path().is_dir()).count();

@@ -175,7 +175,8 @@ fn a_cancelled_action_kills_the_remote_command_and_its_children() {
     assert_ne!(r["status"], 0);
     let why = r["stderr"].as_str().unwrap();
     assert!(
-        why.contains("cancelled: stopped slow.sh") && why.contains("timed out after 2 s; it stopped when cancelled"),
+        why.contains("cancelled: stopped slow.sh")
+            && why.contains("timed out after 2 s; cancelled: the plugin stopped it when asked"),
         "{why}"
     );
     assert!(

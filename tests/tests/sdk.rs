@@ -69,7 +69,8 @@ fn cancel_reaches_the_task_and_its_error_keeps_status_and_result_keys() {
     assert_eq!(r["cancelled"], true, "a failure after its cancel says so: {r}");
     let why = r["stderr"].as_str().unwrap();
     assert!(
-        why.contains("stopped: cancelled") && why.contains("timed out after 0.5 s; it stopped when cancelled"),
+        why.contains("stopped: cancelled")
+            && why.contains("timed out after 0.5 s; cancelled: the plugin stopped it when asked"),
         "{why}"
     );
     p.assert_no_leftovers();

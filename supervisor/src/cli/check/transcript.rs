@@ -5,8 +5,9 @@
 //! [`Transcript`], so a line's position says what had been sent before it: that is how
 //! an `output` notification is known to be about a task in flight, and how a late
 //! answer is told from a duplicate. Memory is bounded whatever the plugin writes: a line
-//! longer than the plugin's `maxLineBytes` keeps its first [`OVERLONG_KEPT`] bytes, and
-//! past [`KEPT_BYTES`] in all, lines keep only their first [`OVERLONG_KEPT`] bytes.
+//! longer than the plugin's `maxLineBytes` keeps its first [`OVERLONG_KEPT`] bytes; past
+//! [`KEPT_BYTES`] in all, lines keep only their first [`OVERLONG_KEPT`] bytes; past
+//! [`MAX_LINES`] lines, the plugin's further lines are read and counted, not kept.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +19,10 @@ use tokio::sync::watch;
 pub const OVERLONG_KEPT: usize = 4096;
 
 /// How many bytes of lines a transcript keeps in full.
-pub const KEPT_BYTES: usize = 64 * 1024 * 1024;
+pub const KEPT_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many lines a transcript keeps (a conformant plugin writes a few hundred).
+pub const MAX_LINES: usize = 100_000;
 
 /// Where a line went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +198,8 @@ pub struct Lines {
     /// Every line so far.
     pub lines: Vec<Line>,
     kept: usize,
+    /// Lines the plugin wrote past [`MAX_LINES`], not kept.
+    pub dropped: usize,
     /// Whether the plugin closed its stdout (nothing more can be answered).
     pub stdout_closed: bool,
 }
@@ -219,6 +225,10 @@ impl Transcript {
     /// Appends a line and wakes the waiters.
     pub fn push(&self, side: Side, mut bytes: Vec<u8>, overlong: bool) {
         let mut lines = self.lock();
+        if lines.lines.len() >= MAX_LINES && side != Side::Sent {
+            lines.dropped += 1;
+            return;
+        }
         let cut = overlong || lines.kept + bytes.len() > KEPT_BYTES;
         if cut {
             bytes.truncate(OVERLONG_KEPT);

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::cli::check::probes::Ctx;
 use crate::cli::check::report::{Evidence, Verdict};
 use crate::cli::check::sample::Planted;
-use crate::cli::check::transcript::{Joined, Kind, Line, Side, join_from};
+use crate::cli::check::transcript::{Joined, Kind, Line, MAX_LINES, Side, join_from};
 
 /// At most this many JSON values in an answer (PROTOCOL.md 4.2).
 const MAX_VALUES: usize = 100_000;
@@ -48,10 +48,17 @@ const PASSIVE: [&str; 13] = [
 pub fn judge(ctx: &mut Ctx<'_>) {
     let mut f = Findings::default();
     let mut lines_seen = 0;
+    let mut dropped = 0;
     for t in &ctx.transcripts {
         let lines = t.lock();
         lines_seen += lines.lines.len();
+        dropped += lines.dropped;
         scan(&lines.lines, &ctx.samples.planted, &mut f);
+    }
+    if dropped > 0 {
+        ctx.notes.push(format!(
+            "the plugin wrote more than {MAX_LINES} lines on one process; {dropped} were read but not kept, so answers among them were missed"
+        ));
     }
     for rule in PASSIVE {
         match f.first.remove(rule) {
