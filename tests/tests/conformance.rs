@@ -20,7 +20,7 @@ const CHECK_LIMIT: Duration = Duration::from_secs(90);
 /// How many `check` runs the catalogue runs at once: enough to finish the ~45 cases in under
 /// a minute (they mostly wait on timeouts), few enough that a loaded two-core machine keeps the wait tasks' timing.
 fn threads() -> usize {
-    std::env::var("LOOM_CONFORMANCE_THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or(6)
+    std::env::var("LOOM_CONFORMANCE_THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or(8)
 }
 
 fn base_py() -> PathBuf {

@@ -20,7 +20,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::core::cgroup::Cgroup;
+use crate::core::cgroup::{Cgroup, Joining};
 use crate::core::manifest::{PluginSpec, size_text};
 use crate::core::spawn::{self, ChildSetup};
 use crate::log::secs;
@@ -177,17 +177,7 @@ impl PluginProcess {
         let vetted = crate::core::vet::vet_blocking(spec).await.map_err(io::Error::other)?;
         let identity = vetted.identity.as_ref();
         let mut setup = ChildSetup::with_rlimits(&spec.limits)?;
-        let made = if spec.keep_descendants {
-            Cgroup::refused_by_manifest(&spec.name, &spec.limits);
-            None
-        } else {
-            let (name, limits) = (spec.name.clone(), spec.limits.clone());
-            tokio::task::spawn_blocking(move || Cgroup::create(&name, instance, &limits))
-                .await
-                .map_err(|e| io::Error::other(format!("the cgroup set-up failed: {e}")))?
-                .map_err(io::Error::other)?
-        };
-        let (cgroup, joining) = made.map_or((None, None), |(c, j)| (Some(c), Some(j)));
+        let (cgroup, joining) = cgroup_for(spec, instance).await?;
         setup.cgroup_procs = joining.as_ref().map(|j| j.fds()).unwrap_or_default();
         // The log channel: a pipe whose write end becomes the plugin's fd 3.
         let (log_read, log_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
@@ -635,6 +625,24 @@ fn check_handshake(spec: &PluginSpec, hs: &HandshakeResult) -> Result<(), Handsh
         return Err(HandshakeError::ZeroConcurrency);
     }
     Ok(())
+}
+
+/// The cgroup a new process of `spec` joins, and the descriptors that make it join;
+/// `None` where the supervisor cannot make one or the manifest keeps its descendants.
+///
+/// # Errors
+/// When the cgroup or its limits cannot be set up.
+pub async fn cgroup_for(spec: &PluginSpec, instance: usize) -> io::Result<(Option<Cgroup>, Option<Joining>)> {
+    if spec.keep_descendants {
+        Cgroup::refused_by_manifest(&spec.name, &spec.limits);
+        return Ok((None, None));
+    }
+    let (name, limits) = (spec.name.clone(), spec.limits.clone());
+    let made = tokio::task::spawn_blocking(move || Cgroup::create(&name, instance, &limits))
+        .await
+        .map_err(|e| io::Error::other(format!("the cgroup set-up failed: {e}")))?
+        .map_err(io::Error::other)?;
+    Ok(made.map_or((None, None), |(c, j)| (Some(c), Some(j))))
 }
 
 /// "exited with code 3", "was killed by signal 9 (SIGKILL)".

@@ -140,8 +140,8 @@ fn prepare(args: &CheckArgs) -> Result<(PluginSpec, Samples, (Duration, Duration
     let seconds = |v: f64, flag: &str| {
         Duration::try_from_secs_f64(v)
             .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("{flag} must be a number of seconds above 0"))
+            .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
+            .ok_or_else(|| format!("{flag} must be a number of seconds above 0, at most 3600"))
     };
     let opts = (seconds(args.timeout, "--timeout")?, seconds(args.task_timeout, "--task-timeout")?);
     Ok((spec.clone(), Samples::new(&spec.name, user, slow, secrets), opts))

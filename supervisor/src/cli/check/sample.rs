@@ -78,6 +78,10 @@ impl Samples {
             t["taskId"] = json!(task_id);
             return t;
         }
+        self.builtin(name, task_id, learned)
+    }
+
+    fn builtin(&self, name: TaskName, task_id: &str, learned: &Map<String, Value>) -> Value {
         let p = &self.plugin;
         let mut task = json!({
             "taskId": task_id,
@@ -111,8 +115,8 @@ impl Samples {
     }
 
     /// The same action task in Coopr's form: `action.fields.{script, args}`.
-    pub fn coopr_form(&self, name: TaskName, task_id: &str) -> Value {
-        let mut t = self.task(name, task_id, &Map::new());
+    pub fn coopr_form(&self, name: TaskName, task_id: &str, learned: &Map<String, Value>) -> Value {
+        let mut t = self.task(name, task_id, learned);
         let action = &mut t["config"]["service"]["action"];
         if let Some(script) = action.get("script").cloned() {
             let args = action.get("data").cloned().unwrap_or(json!(""));
@@ -122,10 +126,11 @@ impl Samples {
     }
 
     /// A task that cannot harm anything: DELETE of a machine that does not exist, or
-    /// REMOVE; else the last task the plugin declared.
+    /// REMOVE; else the last task the plugin declared. Always the built-in sample, with
+    /// its fake credentials, never a user's `--task` (which may reach a real cloud).
     pub fn harmless(&self, kind: PluginKind, declared: &[TaskName], task_id: &str) -> Value {
         let name = harmless_name(kind, declared);
-        let mut t = self.task(name, task_id, &Map::new());
+        let mut t = self.builtin(name, task_id, &Map::new());
         t["config"]["providerid"] = json!(format!("loom-check-unknown-{task_id}"));
         t
     }
@@ -161,7 +166,7 @@ mod tests {
         let s = Samples::new("p", BTreeMap::new(), None, vec![]);
         let t = s.task(TaskName::Create, "t1", &Map::new());
         assert_eq!(t["config"]["ssh-auth"]["password"], json!(s.planted.values[0].1));
-        let c = s.coopr_form(TaskName::Install, "t2");
+        let c = s.coopr_form(TaskName::Install, "t2", &Map::new());
         assert_eq!(c["config"]["service"]["action"]["fields"]["script"], json!("echo loom-check"));
     }
 }

@@ -4,8 +4,9 @@
 //! reader repairs, skips and routes what a plugin writes, and `check` must see exactly
 //! what was written (a wrong id, a second answer, a pretty-printed answer, bad bytes) and
 //! stop waiting the moment an answer can no longer come. The process is started as the
-//! supervisor starts it (same command, environment, limits and fd 3), plus
-//! `LOOM_CHECK=1` (PROTOCOL.md section 10), in its own process group, without a cgroup.
+//! supervisor starts it (same command, environment, limits, cgroup and fd 3), plus
+//! `LOOM_CHECK=1` (PROTOCOL.md section 10). Ending it kills everything it started: its
+//! cgroup, or its process group where there is none.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 
 use crate::cli::check::transcript::{Joined, Kind, Side, Transcript, join_from};
+use crate::core::cgroup::Cgroup;
 use crate::core::manifest::PluginSpec;
 use crate::core::spawn::{self, ChildSetup};
 
@@ -102,6 +104,11 @@ pub struct Subject {
     pending: BTreeMap<i64, String>,
     /// Every id sent.
     sent: Vec<i64>,
+    /// Requests that could not be written (stdin closed): their answers never come.
+    unsent: Vec<i64>,
+    cgroup: Option<Cgroup>,
+    /// Where in the transcript each awaited request's answer was found.
+    answered_at: BTreeMap<i64, usize>,
     /// Where in the transcript each request was sent.
     sent_at: BTreeMap<i64, usize>,
     exit: Option<ExitStatus>,
@@ -116,12 +123,15 @@ impl Subject {
     /// When the checks of [`crate::core::vet`] refuse it or it cannot be started.
     pub async fn start(spec: &PluginSpec, write_limit: Duration) -> io::Result<Subject> {
         let vetted = crate::core::vet::vet_blocking(spec).await.map_err(io::Error::other)?;
-        let setup = ChildSetup::with_rlimits(&spec.limits)?;
+        let mut setup = ChildSetup::with_rlimits(&spec.limits)?;
+        let (cgroup, joining) = crate::core::process::cgroup_for(spec, 0).await?;
+        setup.cgroup_procs = joining.as_ref().map(|j| j.fds()).unwrap_or_default();
         let (log_read, log_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let mut cmd = spawn::command(spec, vetted.identity.as_ref());
         cmd.env(ENV_CHECK, "1");
         let mut child = spawn::spawn(cmd, Some(std::os::fd::AsFd::as_fd(&log_write)), setup).await?;
         drop(log_write);
+        drop(joining);
         let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -140,7 +150,10 @@ impl Subject {
             next_id: 1,
             pending: BTreeMap::new(),
             sent: Vec::new(),
+            unsent: Vec::new(),
+            cgroup,
             sent_at: BTreeMap::new(),
+            answered_at: BTreeMap::new(),
             exit: None,
             write_limit,
         })
@@ -168,7 +181,9 @@ impl Subject {
         self.sent.push(id);
         self.sent_at.insert(id, self.transcript.lock().lines.len());
         let line = serde_json::to_vec(&build(id)).unwrap_or_default();
-        self.send_raw(line).await;
+        if !self.send_raw(line).await {
+            self.unsent.push(id);
+        }
         id
     }
 
@@ -191,6 +206,10 @@ impl Subject {
     /// # Cancellation
     /// Cancel-safe: the answer is read from the transcript, whenever it comes.
     pub async fn answer(&mut self, id: i64, limit: Duration) -> Answer {
+        if self.unsent.contains(&id) {
+            self.pending.remove(&id);
+            return Answer::Ended;
+        }
         let deadline = tokio::time::Instant::now() + limit;
         let mut changes = self.transcript.watch();
         let mut from = 0;
@@ -198,6 +217,9 @@ impl Subject {
             changes.borrow_and_update();
             if let Some(found) = self.find_answer(id, &mut from) {
                 self.pending.remove(&id);
+                if let Answer::Got(_, i) = found {
+                    self.answered_at.insert(id, i);
+                }
                 return found;
             }
             if self.transcript.lock().stdout_closed {
@@ -221,12 +243,27 @@ impl Subject {
             if line.side != Side::Stdout {
                 continue;
             }
+            if line.overlong && only {
+                return Some(Answer::Broken(i, "P-2-line-limit"));
+            }
             match line.kind() {
                 Kind::Answer { id: got, .. } if got == json!(id) => {
                     return line_message(&line.bytes).map(|m| Answer::Got(m, i));
                 }
                 Kind::Answer { id: got, message } if only && !self.was_sent(&got) && !is_parse_error(&message) => {
                     return Some(Answer::Broken(i, "P-3-id-copied"));
+                }
+                // A second answer to a request answered before.
+                Kind::Answer { id: got, .. }
+                    if only && got.as_i64().and_then(|n| self.answered_at.get(&n)).is_some_and(|&first| first != i) =>
+                {
+                    return Some(Answer::Broken(i, "P-3-answer-once"));
+                }
+                // An answer that is not JSON-RPC 2.0 (no "jsonrpc" member, say).
+                Kind::Junk
+                    if serde_json::from_slice::<Value>(&line.bytes).is_ok_and(|m| m.get("id") == Some(&json!(id))) =>
+                {
+                    return Some(Answer::Broken(i, "P-2-stdout-messages"));
                 }
                 Kind::TooDeep if only => return Some(Answer::Broken(i, "P-4.2-answer-limits")),
                 Kind::SeveralValues if only => return Some(Answer::Broken(i, "P-2-one-line")),
@@ -267,6 +304,17 @@ impl Subject {
         id.as_i64().is_some_and(|n| self.sent.contains(&n)) && id.is_i64()
     }
 
+    /// Whether an answer to `id` has arrived (read from the transcript, without waiting).
+    pub fn answered(&self, id: i64) -> bool {
+        let lines = self.transcript.lock();
+        let from = self.sent_at.get(&id).copied().unwrap_or(0);
+        lines
+            .lines
+            .iter()
+            .skip(from)
+            .any(|l| l.side == Side::Stdout && matches!(l.kind(), Kind::Answer { id: got, .. } if got == json!(id)))
+    }
+
     /// The method of a request still waiting for its answer.
     pub fn method_of(&self, id: i64) -> Option<&str> {
         self.pending.get(&id).map(String::as_str)
@@ -287,17 +335,23 @@ impl Subject {
         self.exit
     }
 
-    /// How it exited, once it has.
-    pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.exit
-    }
-
     /// Ends it: SIGKILL to its process group (whatever it started goes too), reaped.
     /// Returns its transcript.
     pub async fn finish(mut self) -> Transcript {
-        spawn::signal_group(self.pid, Signal::SIGKILL);
+        match &self.cgroup {
+            Some(cgroup) => cgroup.kill(),
+            None => spawn::signal_group(self.pid, Signal::SIGKILL),
+        }
         self.stdin = None;
         let _ = self.wait_exit(Duration::from_secs(10)).await;
+        if let Some(cgroup) = self.cgroup.take() {
+            if !cgroup.wait_empty(Duration::from_secs(10)).await {
+                tracing::warn!(pid = self.pid, "processes of the checked plugin outlived SIGKILL");
+            }
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(pid = self.pid, "cannot remove the checked plugin's cgroup yet: {e}");
+            }
+        }
         // Let the readers take what was left in the pipes; a descendant that left the
         // group may hold them open, so this is bounded.
         let started = Instant::now();

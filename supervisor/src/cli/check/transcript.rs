@@ -19,7 +19,7 @@ use tokio::sync::watch;
 pub const OVERLONG_KEPT: usize = 4096;
 
 /// How many bytes of lines a transcript keeps in full.
-pub const KEPT_BYTES: usize = 16 * 1024 * 1024;
+pub const KEPT_BYTES: usize = 8 * 1024 * 1024;
 
 /// How many lines a transcript keeps (a conformant plugin writes a few hundred).
 pub const MAX_LINES: usize = 100_000;
@@ -63,10 +63,19 @@ pub struct Line {
 }
 
 impl Line {
-    /// The line as text, bad bytes replaced, cut to `max` characters: for a report.
-    pub fn quote(&self, max: usize) -> String {
-        let text = String::from_utf8_lossy(&self.bytes);
-        let mut quoted: String = text.chars().take(max).collect();
+    /// The line as text for a report: bad bytes replaced, `scrub` applied to the whole
+    /// line (before any cut, so that no part of a credential is left), control
+    /// characters escaped, cut to `max` characters.
+    pub fn quote(&self, max: usize, scrub: impl Fn(&str) -> String) -> String {
+        let text = scrub(&String::from_utf8_lossy(&self.bytes));
+        let mut quoted = String::new();
+        for c in text.chars().take(max) {
+            if c.is_control() {
+                quoted.extend(c.escape_default());
+            } else {
+                quoted.push(c);
+            }
+        }
         if self.cut || text.chars().count() > max {
             quoted.push_str(" ...");
         }
@@ -154,6 +163,8 @@ fn message_kind(value: Value) -> Kind {
         }
         (Some(_), Some(_)) if !has_answer => Kind::Request,
         (None, Some(id)) if has_answer => Kind::Answer { id: id.clone(), message: value.clone() },
+        // An answer without its id: judged as one whose id is wrong.
+        (None, None) if has_answer => Kind::Answer { id: Value::Null, message: value.clone() },
         _ => Kind::Junk,
     }
 }
@@ -173,7 +184,10 @@ pub enum Joined {
 /// make one JSON value: a message pretty-printed over several lines.
 pub fn join_from(lines: &[Line], first: usize) -> Joined {
     let mut text = Vec::new();
-    for (i, line) in lines.iter().enumerate().skip(first).filter(|(_, l)| l.side == Side::Stdout).take(1000) {
+    for (i, line) in lines.iter().enumerate().skip(first).filter(|(_, l)| l.side == Side::Stdout).take(JOIN_LINES) {
+        if text.len() + line.bytes.len() > JOIN_BYTES {
+            return Joined::Not;
+        }
         text.extend_from_slice(&line.bytes);
         text.push(b'\n');
         match serde_json::from_slice::<Value>(&text) {
@@ -182,8 +196,17 @@ pub fn join_from(lines: &[Line], first: usize) -> Joined {
             Err(_) => return Joined::Not,
         }
     }
-    Joined::Open
+    if lines.iter().skip(first).filter(|l| l.side == Side::Stdout).count() >= JOIN_LINES {
+        Joined::Not
+    } else {
+        Joined::Open
+    }
 }
+
+/// How many lines, and bytes, a pretty-printed message may take before `check` stops
+/// trying to join them (and reads them as lines that are not messages).
+const JOIN_LINES: usize = 200;
+const JOIN_BYTES: usize = 1024 * 1024;
 
 /// The lines of one process, shared by its readers and its driver.
 #[derive(Debug, Clone)]
@@ -223,15 +246,17 @@ impl Transcript {
     }
 
     /// Appends a line and wakes the waiters.
-    pub fn push(&self, side: Side, mut bytes: Vec<u8>, overlong: bool) {
+    pub fn push(&self, side: Side, bytes: Vec<u8>, overlong: bool) {
+        let mut bytes = bytes;
         let mut lines = self.lock();
         if lines.lines.len() >= MAX_LINES && side != Side::Sent {
             lines.dropped += 1;
             return;
         }
         let cut = overlong || lines.kept + bytes.len() > KEPT_BYTES;
-        if cut {
-            bytes.truncate(OVERLONG_KEPT);
+        if cut && bytes.len() > OVERLONG_KEPT {
+            // A copy: truncating would keep the whole allocation of a long line.
+            bytes = bytes[..OVERLONG_KEPT].to_vec();
         }
         lines.kept += bytes.len();
         lines.lines.push(Line { side, bytes, overlong, cut });
@@ -277,9 +302,15 @@ impl Transcript {
                 }
                 pipe.consume(take);
                 if ends {
-                    let bytes = std::mem::take(&mut line);
-                    let bytes = if bytes.ends_with(b"\r") { bytes[..bytes.len() - 1].to_vec() } else { bytes };
-                    this.push(side, bytes, std::mem::take(&mut overlong));
+                    if line.ends_with(b"\r") {
+                        line.pop();
+                    }
+                    // Sized to the line: the buffer may have grown to a long one.
+                    this.push(side, line.as_slice().to_vec(), std::mem::take(&mut overlong));
+                    line.clear();
+                    if line.capacity() > 1024 * 1024 {
+                        line = Vec::new();
+                    }
                 }
             }
             if !line.is_empty() || overlong {

@@ -43,7 +43,10 @@ pub async fn main(ctx: &mut Ctx<'_>) {
             }
             let wrong: Vec<&str> =
                 declared.tasks.iter().filter(|t| t.kind() != ctx.kind()).map(|t| t.as_str()).collect();
-            if wrong.is_empty() {
+            if let Some(why) = &declared.tasks_problem {
+                let e = ctx.evidence(&s, Some(id), Some(&answer), why.clone());
+                ctx.fail("P-4.1-tasks-kind", e);
+            } else if wrong.is_empty() {
                 ctx.pass("P-4.1-tasks-kind", "every declared task is of its kind");
             } else {
                 let e = ctx.evidence(
@@ -59,6 +62,9 @@ pub async fn main(ctx: &mut Ctx<'_>) {
                     "the plugin offers maxConcurrency {}, and its manifest allows {}: the supervisor sends it at most {} task(s) at once (raise `maxConcurrency` in the manifest)",
                     declared.max_concurrency, ctx.spec.max_concurrency, ctx.spec.max_concurrency
                 ));
+            }
+            if declared.tasks.is_empty() {
+                ctx.gave_up = Some("the plugin declared no task it handles (see P-4.1-tasks-kind)".into());
             }
             ctx.declared = Some(declared);
             ctx.give_back(s, false).await;
@@ -78,10 +84,13 @@ fn judge(r: &Value) -> Result<(Declared, String), String> {
     let name = r.get("name").and_then(Value::as_str).ok_or_else(|| missing("name (a string)"))?;
     let version = r.get("version").and_then(Value::as_str).ok_or_else(|| missing("version (a string)"))?;
     let tasks = r.get("tasks").and_then(Value::as_array).ok_or_else(|| missing("tasks (an array)"))?;
-    if tasks.is_empty() {
-        return Err("\"tasks\" is empty; a plugin declares the tasks it handles".into());
-    }
-    let names = task_names(tasks).map_err(|t| format!("\"tasks\" names {t}, which is not a Loom task"))?;
+    // What is wrong with the list is P-4.1-tasks-kind's to report; the known names go on.
+    let names: Vec<TaskName> = tasks.iter().filter_map(|t| t.as_str()?.parse().ok()).collect();
+    let tasks_problem = if tasks.is_empty() {
+        Some("\"tasks\" is empty; a plugin declares the tasks it handles".to_owned())
+    } else {
+        task_names(tasks).err().map(|t| format!("\"tasks\" names {t}, which is not a Loom task"))
+    };
     let max = match r.get("maxConcurrency") {
         None | Some(Value::Null) => 1,
         Some(v) => v.as_u64().filter(|n| *n >= 1).ok_or("\"maxConcurrency\" is not an integer of at least 1")?,
@@ -95,7 +104,7 @@ fn judge(r: &Value) -> Result<(Declared, String), String> {
         "{name} {version}, tasks {}, maxConcurrency {max}",
         names.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" ")
     );
-    Ok((Declared { tasks: names, max_concurrency: max, idempotent }, summary))
+    Ok((Declared { tasks: names, max_concurrency: max, idempotent, tasks_problem }, summary))
 }
 
 fn task_names(list: &[Value]) -> Result<Vec<TaskName>, String> {
@@ -113,6 +122,8 @@ pub async fn version_none(ctx: &mut Ctx<'_>) {
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     if answer.error_code() == Some(codes::UNSUPPORTED_PROTOCOL) {
         ctx.pass("P-4.1-version-none", "offered [2] alone: error -32001");
+    } else if answer.missing() {
+        ctx.missed("P-4.1-version-none", &s, id, &answer, "a handshake offering [2] alone");
     } else {
         let e = ctx.evidence(
             &s,
@@ -155,8 +166,7 @@ pub async fn unknown_members(ctx: &mut Ctx<'_>) {
         .await;
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     if answer.result().is_none() {
-        let e = ctx.evidence(&s, Some(id), Some(&answer), format!("a ping with unknown members {}", answer.describe()));
-        ctx.fail("P-3-unknown-members", e);
+        refused(ctx, &s, id, &answer, "a ping with unknown members");
         ctx.retire(s).await;
         return;
     }
@@ -166,23 +176,24 @@ pub async fn unknown_members(ctx: &mut Ctx<'_>) {
     task["config"]["loomCheckExtra"] = json!([1, 2]);
     let id = s.request(methods::TASK, task).await;
     let answer = ctx.wait(&mut s, id, ctx.opts.task).await;
-    match &answer {
-        Answer::Got(m, _) if m.get("result").and_then(|r| r.get("status")).is_some() => {
-            ctx.pass(
-                "P-3-unknown-members",
-                "a handshake, a ping and a task with unknown members were answered as usual",
-            );
+    // A task may fail for reasons of its own (error answers count as status 1); only
+    // "invalid request" or "invalid params" say the unknown members were refused.
+    match answer.error_code() {
+        Some(codes::INVALID_REQUEST | codes::INVALID_PARAMS) => {
+            refused(ctx, &s, id, &answer, "a task with unknown members")
         }
-        Answer::Got(..) => {
-            let e = ctx.evidence(
-                &s,
-                Some(id),
-                Some(&answer),
-                format!("a task with unknown members {}; expected a task result", answer.describe()),
-            );
-            ctx.fail("P-3-unknown-members", e);
-        }
-        _ => ctx.missed("P-3-unknown-members", &s, id, &answer, "a task with unknown members"),
+        _ if answer.missing() => ctx.missed("P-3-unknown-members", &s, id, &answer, "a task with unknown members"),
+        _ => ctx
+            .pass("P-3-unknown-members", "a handshake, a ping and a task with unknown members were answered as usual"),
     }
     ctx.retire(s).await;
+}
+
+fn refused(ctx: &mut Ctx<'_>, s: &crate::cli::check::subject::Subject, id: i64, answer: &Answer, what: &str) {
+    if answer.missing() {
+        ctx.missed("P-3-unknown-members", s, id, answer, what);
+    } else {
+        let e = ctx.evidence(s, Some(id), Some(answer), format!("{what} {}", answer.describe()));
+        ctx.fail("P-3-unknown-members", e);
+    }
 }

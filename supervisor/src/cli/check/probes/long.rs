@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::cli::check::probes::Ctx;
 use crate::cli::check::probes::tasks::judge_answer;
 use crate::cli::check::report::Evidence;
-use crate::cli::check::subject::Subject;
+use crate::cli::check::subject::{Answer, Subject};
 use crate::log::secs;
 
 const NEEDS_WAIT: [&str; 5] = [
@@ -23,18 +23,26 @@ const NEEDS_WAIT: [&str; 5] = [
 ];
 
 /// The rules that a user's slow task (`--slow-task`) can test.
-const CANCEL_RULES: [&str; 3] = ["P-4.5-cancel-running", "P-4.5-cancelled-answer", "P-4.3-ping-busy"];
+const SLOW_TASK_RULES: [&str; 3] = ["P-4.5-cancel-running", "P-4.5-cancelled-answer", "P-4.3-ping-busy"];
 
-/// How long the calibration wait task waits.
-const CALIBRATE: f64 = 1.0;
+/// How long the calibration wait task waits: a real task of the plugin is unlikely to
+/// take just as long and pass for one.
+const CALIBRATE: f64 = 1.5;
+
+/// How long the cancelled wait task would run: longer than any grace `check` gives it.
+const CANCELLED_WAIT: f64 = 120.0;
+
+/// The longest `check` waits for a cancelled task's answer, whatever the manifest's
+/// `cancelGraceSecs`.
+const MAX_CANCEL_GRACE: Duration = Duration::from_secs(30);
 
 fn wait_task(ctx: &Ctx<'_>, id: &str, secs: f64) -> Value {
     let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
     ctx.samples.wait(ctx.kind(), &declared, id, secs)
 }
 
-/// A wait task of 1 s: answered with status 0 no sooner than 1 s means the plugin runs
-/// wait tasks.
+/// A wait task of 1.5 s: answered with status 0 no sooner than that means the plugin
+/// runs wait tasks.
 pub async fn calibrate(ctx: &mut Ctx<'_>) {
     let Some(mut s) = ctx.session().await else { return };
     let started = Instant::now();
@@ -46,11 +54,11 @@ pub async fn calibrate(ctx: &mut Ctx<'_>) {
     ctx.waits = Some(waits);
     if !waits {
         let slow = ctx.samples.slow.is_some();
-        for rule in NEEDS_WAIT.iter().filter(|r| !slow || !CANCEL_RULES.contains(r)) {
+        for rule in NEEDS_WAIT.iter().filter(|r| !slow || !SLOW_TASK_RULES.contains(r)) {
             ctx.untested(rule, "it does not run the check protocol's wait task (PROTOCOL.md section 10); no task ran long enough (or give --slow-task)");
         }
         if answer.missing() {
-            ctx.missed("P-3-answer-once", &s, id, &answer, "a wait task of 1 s");
+            ctx.missed("P-3-answer-once", &s, id, &answer, "a wait task of 1.5 s");
         }
     }
     ctx.give_back(s, answer.missing()).await;
@@ -70,12 +78,12 @@ async fn read_so_far(ctx: &mut Ctx<'_>, s: &mut Subject) -> Option<Duration> {
     (!answer.missing()).then(|| started.elapsed())
 }
 
-/// A wait task of 60 s, a ping while it runs (P-4.3-ping-busy), then `cancel`: its
-/// answer must come within the cancel grace (P-4.5-cancel-running), non-zero with
-/// `cancelled: true` (P-4.5-cancelled-answer).
+/// A long wait task, a ping while it runs (P-4.3-ping-busy), then `cancel`: its answer
+/// must come after the cancel and within the cancel grace (P-4.5-cancel-running),
+/// non-zero with `cancelled: true` (P-4.5-cancelled-answer).
 pub async fn cancel_running(ctx: &mut Ctx<'_>) {
     let task = match (waits(ctx), &ctx.samples.slow) {
-        (true, _) => wait_task(ctx, "check-wait-cancel", 60.0),
+        (true, _) => wait_task(ctx, "check-wait-cancel", CANCELLED_WAIT),
         (false, Some(slow)) => {
             let mut t = slow.clone();
             t["taskId"] = json!("check-wait-cancel");
@@ -95,9 +103,19 @@ pub async fn cancel_running(ctx: &mut Ctx<'_>) {
             ctx.fail("P-4.3-ping-busy", e);
         }
     }
+    let cancel_at = s.transcript.lock().lines.len();
     s.notify(methods::CANCEL, json!({"taskId": "check-wait-cancel"})).await;
-    let grace = ctx.spec.cancel_grace.max(ctx.opts.step);
+    let grace = ctx.spec.cancel_grace.clamp(ctx.opts.step, MAX_CANCEL_GRACE);
     let answer = ctx.wait(&mut s, id, grace).await;
+    if let Answer::Got(_, i) = &answer
+        && *i < cancel_at
+    {
+        // The task ended by itself before it could be cancelled (a slow task too quick).
+        ctx.untested("P-4.5-cancel-running", "the long task was answered before its cancel was sent");
+        ctx.untested("P-4.5-cancelled-answer", "the long task was answered before its cancel was sent");
+        ctx.give_back(s, false).await;
+        return;
+    }
     if answer.missing() {
         ctx.missed(
             "P-4.5-cancel-running",
@@ -129,22 +147,23 @@ pub async fn cancel_running(ctx: &mut Ctx<'_>) {
     ctx.give_back(s, false).await;
 }
 
-/// A fresh process: a task in hand when stdin closes; its answer must still come, then
-/// the exit (P-1-eof-answers).
+/// A fresh process: a task in hand when stdin closes; its answer must still come, after
+/// the end of file, then the exit (P-1-eof-answers). Without wait tasks, a quick task is
+/// sent with the end of file right behind it; answered before the end of file was even
+/// written, it proves nothing.
 pub async fn eof_in_flight(ctx: &mut Ctx<'_>) {
     let Some(mut s) = ctx.fresh().await else { return };
-    let (task, limit, weak) = if waits(ctx) {
-        (wait_task(ctx, "check-wait-eof", 1.0), ctx.opts.step + Duration::from_secs(1), "")
+    let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
+    let (task, limit) = if waits(ctx) {
+        (wait_task(ctx, "check-wait-eof", 1.0), ctx.opts.step + Duration::from_secs(1))
     } else {
-        let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
-        (
-            ctx.samples.harmless(ctx.kind(), &declared, "check-eof"),
-            ctx.opts.task,
-            " (a quick task: the plugin runs no wait task)",
-        )
+        (ctx.samples.harmless(ctx.kind(), &declared, "check-eof"), ctx.opts.task)
     };
     let id = s.request(methods::TASK, task).await;
-    let _ = read_so_far(ctx, &mut s).await;
+    if waits(ctx) {
+        let _ = read_so_far(ctx, &mut s).await;
+    }
+    let closed_at = s.transcript.lock().lines.len();
     s.close_stdin();
     let answer = ctx.wait(&mut s, id, limit).await;
     if answer.missing() {
@@ -153,7 +172,13 @@ pub async fn eof_in_flight(ctx: &mut Ctx<'_>) {
         return;
     }
     match s.wait_exit(ctx.opts.step).await {
-        Some(_) => ctx.pass("P-1-eof-answers", format!("answered the task in hand, then exited{weak}")),
+        _ if matches!(answer, Answer::Got(_, i) if i < closed_at) => {
+            ctx.untested(
+                "P-1-eof-answers",
+                "the quick task was answered before stdin closed (the plugin runs no wait task)",
+            );
+        }
+        Some(_) => ctx.pass("P-1-eof-answers", "answered the task in hand after stdin closed, then exited"),
         None => ctx.fail(
             "P-1-eof-exit",
             Evidence::says(format!("answered its task, but still running {} after stdin closed", secs(ctx.opts.step))),
@@ -167,8 +192,10 @@ pub async fn eof_in_flight(ctx: &mut Ctx<'_>) {
 /// (P-4.4-refuse-after-shutdown); the running task still answered at end of file.
 pub async fn shutdown_in_flight(ctx: &mut Ctx<'_>) {
     let Some(mut s) = ctx.fresh().await else { return };
-    let running = ctx.waits == Some(true);
-    let wait = ctx.opts.step.as_secs_f64() + 2.0;
+    let running = waits(ctx);
+    // Longer than a step, so that a plugin answering `shutdown` only after its tasks
+    // misses the step's time; within the check protocol's 300 s.
+    let wait = (ctx.opts.step.as_secs_f64() + 2.0).min(300.0);
     let task_id = if running {
         let id = s.request(methods::TASK, wait_task(ctx, "check-wait-shutdown", wait)).await;
         let _ = read_so_far(ctx, &mut s).await;
@@ -184,8 +211,13 @@ pub async fn shutdown_in_flight(ctx: &mut Ctx<'_>) {
         ctx.retire(s).await;
         return;
     }
-    if running {
-        ctx.pass("P-4.4-shutdown-in-flight", "answered shutdown at once with a task running");
+    if let Some(task) = task_id {
+        if s.answered(task) {
+            let e = ctx.evidence(&s, Some(sid), Some(&answer), "answered shutdown only after the task in flight");
+            ctx.fail("P-4.4-shutdown-in-flight", e);
+        } else {
+            ctx.pass("P-4.4-shutdown-in-flight", "answered shutdown at once with a task running");
+        }
     }
     let declared = ctx.declared.as_ref().map(|d| d.tasks.clone()).unwrap_or_default();
     let late = ctx.samples.harmless(ctx.kind(), &declared, "check-after-shutdown");
@@ -248,8 +280,14 @@ pub async fn concurrency(ctx: &mut Ctx<'_>) {
         }
         last = started.elapsed();
     }
-    // Run one after another, they take n waits; at once, one (plus start-up).
-    if last.as_secs_f64() < CONCURRENT_WAIT * 1.75 {
+    // Run one after another, they take n waits; at once, one (plus start-up). Each
+    // must really have waited.
+    if last.as_secs_f64() < CONCURRENT_WAIT {
+        ctx.untested(
+            "P-4.1-concurrency",
+            format!("the wait tasks were answered in {:.1} s, before their wait", last.as_secs_f64()),
+        );
+    } else if last.as_secs_f64() < CONCURRENT_WAIT * 1.75 {
         ctx.pass(
             "P-4.1-concurrency",
             format!("{n} tasks of {CONCURRENT_WAIT} s sent at once were all answered in {:.1} s", last.as_secs_f64()),

@@ -2,11 +2,11 @@
 //! that is not JSON, `cancel` of an unknown task, unreadable task params, tasks the
 //! plugin did not declare.
 
-use loom_protocol::{PluginKind, TaskName, codes, methods};
+use loom_protocol::{PluginKind, codes, methods};
 use serde_json::{Value, json};
 
 use crate::cli::check::probes::Ctx;
-use crate::cli::check::subject::{Answer, Subject};
+use crate::cli::check::subject::Subject;
 
 /// `ping`, an unknown method, unknown notifications, a line that is not JSON and a
 /// `cancel` for a task never sent, each followed by a ping to see the plugin is still
@@ -84,15 +84,30 @@ async fn alive(ctx: &mut Ctx<'_>, s: &mut Subject, rule: &'static str, what: &st
     let id = s.request(methods::PING, json!({})).await;
     let answer = ctx.wait(s, id, ctx.opts.step).await;
     if answer.missing() {
-        let why = match s.exit_status() {
-            Some(_) | None if matches!(answer, Answer::Ended) => "the process ended".to_owned(),
-            _ => answer.describe(),
-        };
-        ctx.missed(rule, s, id, &answer, &format!("after {what}, the next ping: {why}"));
+        ctx.missed(rule, s, id, &answer, &format!("after {what}, the next ping"));
         return false;
     }
     ctx.pass(rule, format!("ignored {what}; the next ping was answered"));
     true
+}
+
+/// After the tasks ran: a `cancel` for one the plugin already answered must be ignored
+/// too.
+pub async fn cancel_answered(ctx: &mut Ctx<'_>) {
+    let Some(first) =
+        ctx.declared.as_ref().and_then(|d| ctx.kind().tasks().iter().find(|t| d.tasks.contains(t)).copied())
+    else {
+        return;
+    };
+    // Only where the task was answered: a fresh process never saw it.
+    let Some(mut s) = ctx.live_session() else {
+        ctx.untested("P-4.5-cancel-unknown", "the process that ran the tasks did not last");
+        return;
+    };
+    let task_id = format!("check-{}", first.as_str().to_lowercase());
+    s.notify(methods::CANCEL, json!({"taskId": task_id})).await;
+    let ok = alive(ctx, &mut s, "P-4.5-cancel-unknown", "a cancel for a task already answered").await;
+    ctx.give_back(s, !ok).await;
 }
 
 /// A `task` whose params are not a task (`taskId` a number): error -32602 expected.
@@ -122,12 +137,15 @@ pub async fn invalid_params(ctx: &mut Ctx<'_>) {
 /// (P-4.2-undeclared-code).
 pub async fn undeclared(ctx: &mut Ctx<'_>) {
     let Some(declared) = ctx.declared.clone() else { return };
-    let other = match ctx.kind() {
-        PluginKind::Provider => TaskName::Install,
-        PluginKind::Automator => TaskName::Create,
+    let other_kind = match ctx.kind() {
+        PluginKind::Provider => PluginKind::Automator,
+        PluginKind::Automator => PluginKind::Provider,
     };
+    // One it did not declare: a plugin that declares the other kind's tasks is
+    // P-4.1-tasks-kind's to report.
+    let other = other_kind.tasks().iter().copied().find(|t| !declared.tasks.contains(t));
     let own = ctx.kind().tasks().iter().copied().find(|t| !declared.tasks.contains(t));
-    for (i, name) in own.into_iter().chain([other]).enumerate() {
+    for (i, name) in own.into_iter().chain(other).enumerate() {
         if ctx.stop() {
             return;
         }

@@ -24,7 +24,7 @@ use crate::cli::check::sample::Samples;
 use crate::cli::check::subject::{Answer, Subject};
 use crate::cli::check::transcript::{Side, Transcript};
 use crate::core::manifest::PluginSpec;
-use crate::wire::redact::scrub_values;
+use crate::wire::redact::{MIN_SECRET_LEN, is_secret_key, scrub_values};
 
 /// How `check` runs.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ pub struct Declared {
     pub max_concurrency: u64,
     /// `idempotentTasks`.
     pub idempotent: Vec<TaskName>,
+    /// What is wrong with `tasks`, if anything (empty, or names no Loom task).
+    pub tasks_problem: Option<String>,
 }
 
 /// The state of one run.
@@ -72,6 +74,9 @@ pub struct Ctx<'a> {
     deadline: Duration,
     /// Why the remaining probes were skipped.
     pub gave_up: Option<String>,
+    /// Real credentials to keep out of the report, longest first: the values of the
+    /// user's `--task` files and of the manifest's settings under credential keys.
+    secrets: Vec<String>,
 }
 
 /// Missed answers in a row after which the plugin is deemed to have stopped answering.
@@ -92,8 +97,9 @@ impl<'a> Ctx<'a> {
             session: None,
             misses: 0,
             started: Instant::now(),
-            deadline: (opts.step * 10).max(Duration::from_secs(60)),
+            deadline: opts.step.saturating_mul(10).max(Duration::from_secs(60)),
             gave_up: None,
+            secrets: secrets_of(samples, spec),
         }
     }
 
@@ -119,8 +125,19 @@ impl<'a> Ctx<'a> {
         self.gave_up.is_some()
     }
 
-    /// Records a verdict.
+    /// Records a verdict, its text scrubbed of real credentials (it may quote what the
+    /// plugin answered).
     pub fn set(&mut self, id: &'static str, v: Verdict) {
+        let v = match v {
+            Verdict::Pass(t) => Verdict::Pass(self.quote(&t)),
+            Verdict::Untested(t) => Verdict::Untested(self.quote(&t)),
+            Verdict::NotApplicable(t) => Verdict::NotApplicable(t),
+            Verdict::Fail(e) => Verdict::Fail(Evidence {
+                detail: self.quote(&e.detail),
+                sent: e.sent.iter().map(|l| self.quote(l)).collect(),
+                received: e.received.iter().map(|l| self.quote(l)).collect(),
+            }),
+        };
         self.verdicts.set(id, v);
     }
 
@@ -189,6 +206,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The shared process, if one is alive from earlier probes (never a fresh one).
+    pub fn live_session(&mut self) -> Option<Subject> {
+        self.session.take()
+    }
+
     /// Gives the shared process back for the next probe, or, when `poisoned` (a step
     /// went unanswered, or its state is no longer known), ends it.
     pub async fn give_back(&mut self, s: Subject, poisoned: bool) {
@@ -249,12 +271,12 @@ impl<'a> Ctx<'a> {
                             == Some(json!(id))
                 })
             })
-            .map(|l| self.quote(&l.quote(300)))
+            .map(|l| l.quote(300, |t| self.quote(t)))
             .into_iter()
             .collect();
         let received = match answer {
             Some(Answer::Got(_, i) | Answer::Broken(i, _)) => {
-                lines.lines.get(*i).map(|l| self.quote(&l.quote(300))).into_iter().collect()
+                lines.lines.get(*i).map(|l| l.quote(300, |t| self.quote(t))).into_iter().collect()
             }
             _ => vec![],
         };
@@ -274,11 +296,28 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// `text` with the credentials of the user's own tasks replaced; the planted ones
-    /// are fake and shown, so that an author sees the leak.
+    /// `text` with the credentials of the user's own tasks and of the manifest's
+    /// settings replaced; the planted ones are fake and shown, so that an author sees
+    /// the leak.
     pub fn quote(&self, text: &str) -> String {
-        scrub_values(text, &self.samples.secrets).into_owned()
+        scrub_values(text, &self.secrets).into_owned()
     }
+}
+
+fn secrets_of(samples: &Samples, spec: &PluginSpec) -> Vec<String> {
+    fn walk(v: &Value, under_secret: bool, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, v)| walk(v, under_secret || is_secret_key(k), out)),
+            Value::Array(a) => a.iter().for_each(|v| walk(v, under_secret, out)),
+            Value::String(s) if under_secret && s.len() >= MIN_SECRET_LEN => out.push(s.clone()),
+            _ => {}
+        }
+    }
+    let mut secrets = samples.secrets.clone();
+    walk(&Value::Object(spec.settings.clone()), false, &mut secrets);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    secrets
 }
 
 async fn run_probes(ctx: &mut Ctx<'_>) {
@@ -296,6 +335,7 @@ async fn run_probes(ctx: &mut Ctx<'_>) {
     probe!(messages::invalid_params);
     probe!(messages::undeclared);
     probe!(tasks::lifecycle);
+    probe!(messages::cancel_answered);
     probe!(long::calibrate);
     probe!(long::cancel_running);
     probe!(long::eof_in_flight);

@@ -10,21 +10,28 @@ use crate::cli::check::probes::Ctx;
 use crate::cli::check::report::{Evidence, Verdict};
 use crate::cli::check::sample::Planted;
 use crate::cli::check::transcript::{Joined, Kind, Line, MAX_LINES, Side, join_from};
+use crate::wire::redact::is_secret_key;
 
 /// At most this many JSON values in an answer (PROTOCOL.md 4.2).
 const MAX_VALUES: usize = 100_000;
 
 /// The passive rules, each with the first line that breaks it and how many do.
-#[derive(Default)]
-struct Findings {
+struct Findings<'a> {
     first: BTreeMap<&'static str, (String, String)>,
     count: BTreeMap<&'static str, usize>,
+    /// The text of a line for the report (real credentials scrubbed).
+    quote: &'a dyn Fn(&str) -> String,
+    /// The fake credentials planted in the built-in tasks.
+    planted: &'a Planted,
+    /// The real ones: of the user's `--task` files and the manifest's settings.
+    real: &'a [String],
 }
 
-impl Findings {
+impl Findings<'_> {
     fn add(&mut self, rule: &'static str, what: impl FnOnce() -> String, line: &Line) {
         *self.count.entry(rule).or_default() += 1;
-        self.first.entry(rule).or_insert_with(|| (what(), format!("{}: {}", line.side.name(), line.quote(300))));
+        let quote = self.quote;
+        self.first.entry(rule).or_insert_with(|| (what(), format!("{}: {}", line.side.name(), line.quote(300, quote))));
     }
 }
 
@@ -46,35 +53,53 @@ const PASSIVE: [&str; 13] = [
 
 /// Judges the passive rules over every process's transcript.
 pub fn judge(ctx: &mut Ctx<'_>) {
-    let mut f = Findings::default();
-    let mut lines_seen = 0;
-    let mut dropped = 0;
-    for t in &ctx.transcripts {
-        let lines = t.lock();
-        lines_seen += lines.lines.len();
-        dropped += lines.dropped;
-        scan(&lines.lines, &ctx.samples.planted, &mut f);
-    }
+    let (mut first, count, lines_seen, dropped, tasks_answered) = {
+        let quote = |t: &str| ctx.quote(t);
+        let real: Vec<String> = ctx.secrets.iter().filter(|s| s.len() >= 6).cloned().collect();
+        let mut f = Findings {
+            first: BTreeMap::new(),
+            count: BTreeMap::new(),
+            quote: &quote,
+            planted: &ctx.samples.planted,
+            real: &real,
+        };
+        let (mut lines_seen, mut dropped, mut tasks_answered) = (0, 0, 0);
+        for t in &ctx.transcripts {
+            let lines = t.lock();
+            lines_seen += lines.lines.len();
+            dropped += lines.dropped;
+            tasks_answered += scan(&lines.lines, &mut f);
+        }
+        (f.first, f.count, lines_seen, dropped, tasks_answered)
+    };
     if dropped > 0 {
         ctx.notes.push(format!(
             "the plugin wrote more than {MAX_LINES} lines on one process; {dropped} were read but not kept, so answers among them were missed"
         ));
     }
     for rule in PASSIVE {
-        match f.first.remove(rule) {
+        match first.remove(rule) {
             Some((what, line)) => {
-                let n = f.count.get(rule).copied().unwrap_or(1);
+                let n = count.get(rule).copied().unwrap_or(1);
                 let more = if n > 1 { format!(" ({n} times)") } else { String::new() };
-                let e = Evidence { detail: format!("{what}{more}"), sent: vec![], received: vec![ctx.quote(&line)] };
+                let e = Evidence { detail: format!("{what}{more}"), sent: vec![], received: vec![line] };
                 ctx.set(rule, Verdict::Fail(e));
+            }
+            // Without a task answered, nothing carried the planted credentials back.
+            None if tasks_answered == 0 && TASK_RULES.contains(&rule) => {
+                ctx.untested(rule, "no task was answered");
             }
             None => ctx.pass(rule, format!("nothing against it in {lines_seen} lines")),
         }
     }
 }
 
-/// One process's lines, in order.
-fn scan(lines: &[Line], planted: &Planted, f: &mut Findings) {
+/// Passive rules that only tasks can break.
+const TASK_RULES: [&str; 3] = ["P-4.2-credentials-private", "P-4.2-answer-limits", "P-5.3-output-running"];
+
+/// One process's lines, in order; how many task answers it holds.
+fn scan(lines: &[Line], f: &mut Findings<'_>) -> usize {
+    let mut tasks_answered = 0;
     let mut sent: BTreeSet<String> = BTreeSet::new();
     let mut answered: BTreeSet<String> = BTreeSet::new();
     // Task requests sent and not answered yet: request id -> taskId.
@@ -86,27 +111,28 @@ fn scan(lines: &[Line], planted: &Planted, f: &mut Findings) {
             continue;
         }
         if line.side == Side::Stderr {
-            leak(planted, &String::from_utf8_lossy(&line.bytes), "on stderr", line, f);
+            leak(&String::from_utf8_lossy(&line.bytes), "on stderr", line, f);
             continue;
         }
         if line.overlong {
             f.add("P-2-line-limit", || format!("a line on {} longer than maxLineBytes", line.side.name()), line);
             continue;
         }
-        if i < skip_to {
+        if i < skip_to || line.cut {
+            // A line cut to the record's budget cannot be judged.
             continue;
         }
         match line.kind() {
             Kind::Blank => {}
             Kind::Answer { id, message } => {
-                answer(line, id, &message, (&sent, &mut answered, &mut running), planted, f);
+                tasks_answered += usize::from(answer(line, id, &message, (&sent, &mut answered, &mut running), f));
             }
-            Kind::Notification { method, params } => notification(line, &method, &params, &running, planted, f),
+            Kind::Notification { method, params } => notification(line, &method, &params, &running, f),
             Kind::Request => f.add("P-3-no-requests", || "the plugin sent a request".into(), line),
             Kind::Batch => f.add("P-2-no-batches", || "a JSON array (a batch) on one line".into(), line),
             Kind::NotUtf8 { .. } => {
                 f.add("P-2-utf8", || format!("a line on {} that is not UTF-8", line.side.name()), line);
-                leak(planted, &String::from_utf8_lossy(&line.bytes), "in a line that is not UTF-8", line, f);
+                leak(&String::from_utf8_lossy(&line.bytes), "in a line that is not UTF-8", line, f);
             }
             Kind::TooDeep => f.add("P-4.2-answer-limits", || "a message nested deeper than 128 levels".into(), line),
             Kind::SeveralValues => f.add("P-2-one-line", || "several JSON values on one line".into(), line),
@@ -118,11 +144,12 @@ fn scan(lines: &[Line], planted: &Planted, f: &mut Findings) {
             }
             Kind::Junk if line.side == Side::Stdout => {
                 f.add("P-2-stdout-messages", || "a line on stdout that is not a JSON-RPC message".into(), line);
-                leak(planted, &String::from_utf8_lossy(&line.bytes), "on stdout", line, f);
+                leak(&String::from_utf8_lossy(&line.bytes), "on stdout", line, f);
             }
-            Kind::Junk => leak(planted, &String::from_utf8_lossy(&line.bytes), "on fd 3", line, f),
+            Kind::Junk => leak(&String::from_utf8_lossy(&line.bytes), "on fd 3", line, f),
         }
     }
+    tasks_answered
 }
 
 fn note_sent(line: &Line, sent: &mut BTreeSet<String>, running: &mut BTreeMap<String, String>) {
@@ -138,7 +165,8 @@ fn note_sent(line: &Line, sent: &mut BTreeSet<String>, running: &mut BTreeMap<St
 
 type Ids<'a> = (&'a BTreeSet<String>, &'a mut BTreeSet<String>, &'a mut BTreeMap<String, String>);
 
-fn answer(line: &Line, id: Value, message: &Value, ids: Ids<'_>, planted: &Planted, f: &mut Findings) {
+/// Judges one answer; whether it answers a task.
+fn answer(line: &Line, id: Value, message: &Value, ids: Ids<'_>, f: &mut Findings<'_>) -> bool {
     let (sent, answered, running) = ids;
     let key = id.to_string();
     let parse_error =
@@ -155,23 +183,30 @@ fn answer(line: &Line, id: Value, message: &Value, ids: Ids<'_>, planted: &Plant
     if count_values(message) > MAX_VALUES {
         f.add("P-4.2-answer-limits", || format!("an answer with more than {MAX_VALUES} JSON values"), line);
     }
-    // A task answer's `result.result` is where credentials may go.
+    // A task answer's `result.result` is where credentials may go; members under
+    // credential keys elsewhere are P-4.2-credentials-in-result's to report.
     let mut shown = message.clone();
     if was_task && let Some(r) = shown.get_mut("result").and_then(Value::as_object_mut) {
         r.remove("result");
     }
-    leak(planted, &shown.to_string(), "in an answer outside \"result\"", line, f);
+    drop_secret_keys(&mut shown);
+    leak(&shown.to_string(), "in an answer outside \"result\"", line, f);
+    was_task
 }
 
-fn notification(
-    line: &Line,
-    method: &str,
-    params: &Value,
-    running: &BTreeMap<String, String>,
-    planted: &Planted,
-    f: &mut Findings,
-) {
-    leak(planted, &params.to_string(), &format!("in a {method:?} notification"), line, f);
+fn drop_secret_keys(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !is_secret_key(k));
+            m.values_mut().for_each(drop_secret_keys);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_secret_keys),
+        _ => {}
+    }
+}
+
+fn notification(line: &Line, method: &str, params: &Value, running: &BTreeMap<String, String>, f: &mut Findings<'_>) {
+    leak(&params.to_string(), &format!("in a {method:?} notification"), line, f);
     let well_formed = match method {
         methods::LOG => serde_json::from_value::<LogParams>(params.clone()).is_ok(),
         methods::PROGRESS => serde_json::from_value::<ProgressParams>(params.clone())
@@ -200,9 +235,15 @@ fn notification(
     }
 }
 
-fn leak(planted: &Planted, text: &str, where_: &str, line: &Line, f: &mut Findings) {
-    if let Some(place) = planted.found_in(text) {
+fn leak(text: &str, where_: &str, line: &Line, f: &mut Findings<'_>) {
+    if let Some(place) = f.planted.found_in(text) {
         f.add("P-4.2-credentials-private", || format!("the planted {place} showed {where_}"), line);
+    } else if f.real.iter().any(|s| text.contains(s.as_str())) {
+        f.add(
+            "P-4.2-credentials-private",
+            || format!("a credential of a --task file or of the settings showed {where_}"),
+            line,
+        );
     }
 }
 

@@ -51,13 +51,7 @@ pub async fn before_handshake(ctx: &mut Ctx<'_>) {
     match answer.error_code() {
         Some(codes::NOT_INITIALIZED) => ctx.pass("P-4.1-before-handshake", "a task before the handshake: error -32004"),
         _ if answer.missing() => {
-            let e = ctx.evidence(
-                &s,
-                Some(id),
-                Some(&answer),
-                format!("a task sent before the handshake: {}", answer.describe()),
-            );
-            ctx.fail("P-3-answer-once", e);
+            ctx.missed("P-3-answer-once", &s, id, &answer, "a task sent before the handshake");
             ctx.untested(
                 "P-4.1-before-handshake",
                 "the task before the handshake was not answered (see P-3-answer-once)",

@@ -35,7 +35,7 @@ pub async fn lifecycle(ctx: &mut Ctx<'_>) {
             TaskName::Delete => delete_twice(ctx, &learned, first.status).await,
             _ if ctx.kind() == PluginKind::Automator && !coopr_done => {
                 coopr_done = true;
-                coopr(ctx, name, first.status).await;
+                coopr(ctx, name, first.status, &learned).await;
             }
             _ => {}
         }
@@ -66,6 +66,15 @@ pub struct Outcome {
     pub status: i64,
     /// The answer's `result` member (the task result object).
     pub body: Value,
+    /// The task line and its answer, quoted for a report.
+    pub lines: Evidence,
+}
+
+impl Outcome {
+    /// Evidence for a failure: `detail`, with the task and its answer.
+    fn evidence(&self, detail: String) -> Evidence {
+        Evidence { detail, ..self.lines.clone() }
+    }
 }
 
 impl Outcome {
@@ -84,6 +93,9 @@ impl Outcome {
 /// Sends `task` on the shared process and judges its answer. `None` when it has none
 /// (the failure is recorded and the process replaced).
 pub async fn run(ctx: &mut Ctx<'_>, task: Value, what: &str) -> Option<Outcome> {
+    if ctx.stop() {
+        return None;
+    }
     let mut s = ctx.session().await?;
     let id = s.request(methods::TASK, task).await;
     let answer = ctx.wait(&mut s, id, ctx.opts.task).await;
@@ -99,8 +111,9 @@ pub async fn run(ctx: &mut Ctx<'_>, task: Value, what: &str) -> Option<Outcome> 
 /// Judges a task answer against the rules on results; its outcome.
 pub fn judge_answer(ctx: &mut Ctx<'_>, s: &Subject, id: i64, answer: &Answer, what: &str) -> Option<Outcome> {
     let Answer::Got(message, _) = answer else { return None };
+    let lines = ctx.evidence(s, Some(id), Some(answer), "");
     if message.get("error").is_some() {
-        return Some(Outcome { status: 1, body: Value::Null });
+        return Some(Outcome { status: 1, body: Value::Null, lines });
     }
     let body = message.get("result").cloned().unwrap_or(Value::Null);
     let status = body.get("status");
@@ -108,7 +121,7 @@ pub fn judge_answer(ctx: &mut Ctx<'_>, s: &Subject, id: i64, answer: &Answer, wh
     else {
         let e = ctx.evidence(s, Some(id), Some(answer), format!("{what} answered without an integer \"status\""));
         ctx.fail("P-4.2-status-integer", e);
-        return Some(Outcome { status: 1, body });
+        return Some(Outcome { status: 1, body, lines });
     };
     ctx.pass("P-4.2-status-integer", "every task answer had an integer status");
     match bad_member(&body) {
@@ -130,7 +143,7 @@ pub fn judge_answer(ctx: &mut Ctx<'_>, s: &Subject, id: i64, answer: &Answer, wh
         }
         None => ctx.pass("P-4.2-credentials-in-result", "no credential keys outside result"),
     }
-    Some(Outcome { status, body })
+    Some(Outcome { status, body, lines })
 }
 
 /// The first member of a task result of the wrong type.
@@ -144,6 +157,7 @@ fn bad_member(body: &Value) -> Option<String> {
         .or_else(|| typed("stderr", Value::is_string, "a string"))
         .or_else(|| typed("hostname", Value::is_string, "a string"))
         .or_else(|| typed("ipaddresses", Value::is_object, "an object"))
+        .or_else(|| typed("cancelled", Value::is_boolean, "true or false"))
 }
 
 /// The first credential-like key anywhere in a task result but under `result`.
@@ -225,18 +239,27 @@ async fn delete_twice(ctx: &mut Ctx<'_>, learned: &Map<String, Value>, first: i6
     if unknown.status == 0 {
         ctx.pass("P-4.2-delete-unknown", "DELETE of a machine already gone and of an unknown one: status 0");
     } else {
-        ctx.fail("P-4.2-delete-unknown", Evidence::says(format!("DELETE of an unknown machine (providerid \"loom-check-unknown-check-delete-unknown\") answered status {}", unknown.status)));
+        let e = unknown.evidence(format!("DELETE of a machine that never existed answered status {}", unknown.status));
+        ctx.fail("P-4.2-delete-unknown", e);
     }
 }
 
-/// The first action task again, in Coopr's form: the same status expected.
-async fn coopr(ctx: &mut Ctx<'_>, name: TaskName, loom_status: i64) {
-    let task = ctx.samples.coopr_form(name, &format!("check-{}-coopr", name.as_str().to_lowercase()));
+/// The first action task again, in Coopr's form: the same status expected. When the
+/// sample fails in Loom's form too, equal statuses prove nothing: untested.
+async fn coopr(ctx: &mut Ctx<'_>, name: TaskName, loom_status: i64, learned: &Map<String, Value>) {
+    if loom_status != 0 {
+        ctx.untested(
+            "P-4.2-coopr-action",
+            format!("the sample {name} answered status {loom_status} here; pass --task with one that works"),
+        );
+        return;
+    }
+    let task = ctx.samples.coopr_form(name, &format!("check-{}-coopr", name.as_str().to_lowercase()), learned);
     let Some(coopr) = run(ctx, task, &format!("{name} in Coopr's form")).await else { return };
     if coopr.status == loom_status {
         ctx.pass("P-4.2-coopr-action", format!("{name} answered status {loom_status} in Loom's and in Coopr's form"));
     } else {
-        ctx.fail("P-4.2-coopr-action", Evidence::says(format!(
+        ctx.fail("P-4.2-coopr-action", coopr.evidence(format!(
             "{name} answered status {loom_status} with Loom's action {{type, script, data}} and status {} with Coopr's {{type, fields: {{script, args}}}}",
             coopr.status
         )));
