@@ -63,6 +63,7 @@ fn each_bundled_plugin_passes_check() {
         ("provider", "fixed", json!({"stateFile": writable.join("fixed.json")})),
         ("provider", "ec2", json!({"maxAttempts": 1})),
     ];
+    let mut paths = Vec::new();
     for (kind, name, settings) in overrides {
         let shipped: Value = serde_json::from_str(
             &std::fs::read_to_string(workspace().join(format!("plugins/{name}/{name}.json"))).unwrap(),
@@ -77,12 +78,19 @@ fn each_bundled_plugin_passes_check() {
         for (k, v) in settings.as_object().unwrap() {
             manifest["settings"][k] = v.clone();
         }
-        let path = plugins.add(kind, name, manifest);
-        let (code, out, err) = cli(&["check", path.to_str().unwrap()]);
-        assert_eq!(code, Some(0), "{name}:\n{out}\n{err}");
-        assert!(out.contains(" 0 failed"), "{name}: {out}");
-        println!("check {name}: {}", out.lines().last().unwrap_or_default());
+        paths.push((name, plugins.add(kind, name, manifest)));
     }
+    // At once: each check mostly waits on its plugin's wait tasks.
+    std::thread::scope(|s| {
+        for (name, path) in &paths {
+            s.spawn(move || {
+                let (code, out, err) = cli(&["check", path.to_str().unwrap()]);
+                assert_eq!(code, Some(0), "{name}:\n{out}\n{err}");
+                assert!(out.contains(" 0 failed"), "{name}: {out}");
+                println!("check {name}: {}", out.lines().last().unwrap_or_default());
+            });
+        }
+    });
     // CREATE's machine flowed into CONFIRM and DELETE: the check left no machine behind.
     let left = std::fs::read_dir(state.path().join("local")).unwrap().flatten().filter(|e| e.path().is_dir()).count();
     assert_eq!(left, 0);
