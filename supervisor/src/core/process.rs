@@ -197,11 +197,7 @@ impl PluginProcess {
             })?;
         drop(log_write);
         drop(joining);
-        let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(io::Error::other("the plugin's pipes were not set up"));
-        };
+        let spawn::Pipes { pid, stdin, stdout, stderr } = spawn::take_pipes(&mut child)?;
         let name: Arc<str> = Arc::from(spec.name.as_str());
         let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin.into_owned_fd()?)?;
         let (conn, writer) = Connection::for_pipe(Arc::clone(&name), pid, stdin, Arc::new(Redactor::default()));

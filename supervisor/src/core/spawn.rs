@@ -230,6 +230,31 @@ fn spawner() -> &'static std_mpsc::Sender<SpawnRequest> {
     })
 }
 
+/// A started child's pid and its three pipes.
+pub struct Pipes {
+    /// Its process id.
+    pub pid: u32,
+    /// Where the messages to it go.
+    pub stdin: tokio::process::ChildStdin,
+    /// Where its messages come from.
+    pub stdout: tokio::process::ChildStdout,
+    /// Its free text.
+    pub stderr: tokio::process::ChildStderr,
+}
+
+/// Takes the pid and pipes of a child [`spawn`]ed from a [`command`].
+///
+/// # Errors
+/// When it exited before its pid was read, or its pipes were taken already.
+pub fn take_pipes(child: &mut Child) -> io::Result<Pipes> {
+    let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(io::Error::other("the plugin's pipes were not set up"));
+    };
+    Ok(Pipes { pid, stdin, stdout, stderr })
+}
+
 /// Sends `signal` to the process group led by `pid`. A group that no longer exists is
 /// not an error.
 pub fn signal_group(pid: u32, signal: Signal) {

@@ -132,11 +132,7 @@ impl Subject {
         let mut child = spawn::spawn(cmd, Some(std::os::fd::AsFd::as_fd(&log_write)), setup).await?;
         drop(log_write);
         drop(joining);
-        let pid = child.id().ok_or_else(|| io::Error::other("the plugin exited before its pid was read"))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(io::Error::other("the plugin's pipes were not set up"));
-        };
+        let spawn::Pipes { pid, stdin, stdout, stderr } = spawn::take_pipes(&mut child)?;
         let transcript = Transcript::default();
         let max = spec.max_line_bytes;
         transcript.spawn_reader(Side::Stdout, stdout, max);
