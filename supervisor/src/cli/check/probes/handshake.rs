@@ -18,8 +18,7 @@ pub async fn main(ctx: &mut Ctx<'_>) {
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     let Some(result) = answer.result().cloned() else {
         let hint = if matches!(answer, Answer::Timeout(_)) { " (raise --timeout if it starts slowly)" } else { "" };
-        let e = ctx.evidence(&s, Some(id), Some(&answer), format!("the handshake {}{hint}", answer.describe()));
-        ctx.fail("P-4.1-handshake", e);
+        ctx.fail_step("P-4.1-handshake", &s, id, &answer, format!("the handshake {}{hint}", answer.describe()));
         ctx.retire(s).await;
         return;
     };
@@ -29,33 +28,32 @@ pub async fn main(ctx: &mut Ctx<'_>) {
             match result.get("protocolVersion").and_then(Value::as_u64) {
                 Some(1) => ctx.pass("P-4.1-version-choice", "offered [1, 2], chose 1"),
                 other => {
-                    let e = ctx.evidence(
+                    ctx.fail_step(
+                        "P-4.1-version-choice",
                         &s,
-                        Some(id),
-                        Some(&answer),
+                        id,
+                        &answer,
                         format!(
                             "offered [1, 2], chose {}; only version 1 exists",
                             other.map_or("nothing".to_owned(), |v| v.to_string())
                         ),
                     );
-                    ctx.fail("P-4.1-version-choice", e);
                 }
             }
             let wrong: Vec<&str> =
                 declared.tasks.iter().filter(|t| t.kind() != ctx.kind()).map(|t| t.as_str()).collect();
             if let Some(why) = &declared.tasks_problem {
-                let e = ctx.evidence(&s, Some(id), Some(&answer), why.clone());
-                ctx.fail("P-4.1-tasks-kind", e);
+                ctx.fail_step("P-4.1-tasks-kind", &s, id, &answer, why.clone());
             } else if wrong.is_empty() {
                 ctx.pass("P-4.1-tasks-kind", "every declared task is of its kind");
             } else {
-                let e = ctx.evidence(
+                ctx.fail_step(
+                    "P-4.1-tasks-kind",
                     &s,
-                    Some(id),
-                    Some(&answer),
+                    id,
+                    &answer,
                     format!("a {} declared {}", ctx.kind(), wrong.join(", ")),
                 );
-                ctx.fail("P-4.1-tasks-kind", e);
             }
             if declared.max_concurrency > ctx.spec.max_concurrency as u64 {
                 ctx.notes.push(format!(
@@ -70,8 +68,7 @@ pub async fn main(ctx: &mut Ctx<'_>) {
             ctx.give_back(s, false).await;
         }
         Err(why) => {
-            let e = ctx.evidence(&s, Some(id), Some(&answer), why);
-            ctx.fail("P-4.1-handshake", e);
+            ctx.fail_step("P-4.1-handshake", &s, id, &answer, why);
             ctx.retire(s).await;
         }
     }
@@ -125,13 +122,13 @@ pub async fn version_none(ctx: &mut Ctx<'_>) {
     } else if answer.missing() {
         ctx.missed("P-4.1-version-none", &s, id, &answer, "a handshake offering [2] alone");
     } else {
-        let e = ctx.evidence(
+        ctx.fail_step(
+            "P-4.1-version-none",
             &s,
-            Some(id),
-            Some(&answer),
+            id,
+            &answer,
             format!("offered [2] alone, {}; expected error -32001", answer.describe()),
         );
-        ctx.fail("P-4.1-version-none", e);
     }
     ctx.retire(s).await;
 }
@@ -149,13 +146,13 @@ pub async fn unknown_members(ctx: &mut Ctx<'_>) {
         .await;
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     if answer.result().is_none() {
-        let e = ctx.evidence(
+        ctx.fail_step(
+            "P-3-unknown-members",
             &s,
-            Some(id),
-            Some(&answer),
+            id,
+            &answer,
             format!("a handshake with unknown members {}", answer.describe()),
         );
-        ctx.fail("P-3-unknown-members", e);
         ctx.retire(s).await;
         return;
     }
@@ -193,7 +190,6 @@ fn refused(ctx: &mut Ctx<'_>, s: &crate::cli::check::subject::Subject, id: i64, 
     if answer.missing() {
         ctx.missed("P-3-unknown-members", s, id, answer, what);
     } else {
-        let e = ctx.evidence(s, Some(id), Some(answer), format!("{what} {}", answer.describe()));
-        ctx.fail("P-3-unknown-members", e);
+        ctx.fail_step("P-3-unknown-members", s, id, answer, format!("{what} {}", answer.describe()));
     }
 }

@@ -135,13 +135,13 @@ pub async fn cancel_running(ctx: &mut Ctx<'_>) {
             ctx.pass("P-4.5-cancelled-answer", "non-zero status and \"cancelled\": true")
         }
         _ => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.5-cancelled-answer",
                 &s,
-                Some(id),
-                Some(&answer),
+                id,
+                &answer,
                 "a cancelled task's answer should have a non-zero status and \"cancelled\": true",
             );
-            ctx.fail("P-4.5-cancelled-answer", e);
         }
     }
     ctx.give_back(s, false).await;
@@ -213,8 +213,13 @@ pub async fn shutdown_in_flight(ctx: &mut Ctx<'_>) {
     }
     if let Some(task) = task_id {
         if s.answered(task) {
-            let e = ctx.evidence(&s, Some(sid), Some(&answer), "answered shutdown only after the task in flight");
-            ctx.fail("P-4.4-shutdown-in-flight", e);
+            ctx.fail_step(
+                "P-4.4-shutdown-in-flight",
+                &s,
+                sid,
+                &answer,
+                "answered shutdown only after the task in flight",
+            );
         } else {
             ctx.pass("P-4.4-shutdown-in-flight", "answered shutdown at once with a task running");
         }
@@ -227,13 +232,13 @@ pub async fn shutdown_in_flight(ctx: &mut Ctx<'_>) {
         Some(codes::SHUTTING_DOWN) => ctx.pass("P-4.4-refuse-after-shutdown", "a task after shutdown: error -32003"),
         _ if answer.missing() => ctx.missed("P-3-answer-once", &s, lid, &answer, "a task sent after shutdown"),
         _ => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.4-refuse-after-shutdown",
                 &s,
-                Some(lid),
-                Some(&answer),
+                lid,
+                &answer,
                 format!("a task after shutdown {}; expected error -32003", answer.describe()),
             );
-            ctx.fail("P-4.4-refuse-after-shutdown", e);
         }
     }
     s.close_stdin();

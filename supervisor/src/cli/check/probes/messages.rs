@@ -24,26 +24,26 @@ async fn steps(ctx: &mut Ctx<'_>, s: &mut Subject) -> bool {
     match answer.result() {
         Some(Value::Object(_)) => ctx.pass("P-4.3-ping", "answered {}"),
         Some(_) => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.3-ping",
                 s,
-                Some(id),
-                Some(&answer),
+                id,
+                &answer,
                 format!("ping {}; expected the result {{}}", answer.describe()),
             );
-            ctx.fail("P-4.3-ping", e);
         }
         None if answer.missing() => {
             ctx.missed("P-4.3-ping", s, id, &answer, "ping");
             return false;
         }
         None => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.3-ping",
                 s,
-                Some(id),
-                Some(&answer),
+                id,
+                &answer,
                 format!("ping {}; expected the result {{}}", answer.describe()),
             );
-            ctx.fail("P-4.3-ping", e);
         }
     }
 
@@ -56,13 +56,13 @@ async fn steps(ctx: &mut Ctx<'_>, s: &mut Subject) -> bool {
             return false;
         }
         _ => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-3-unknown-method",
                 s,
-                Some(id),
-                Some(&answer),
+                id,
+                &answer,
                 format!("an unknown method {}; expected error -32601", answer.describe()),
             );
-            ctx.fail("P-3-unknown-method", e);
         }
     }
 
@@ -120,13 +120,13 @@ pub async fn invalid_params(ctx: &mut Ctx<'_>) {
         Some(codes::INVALID_PARAMS) => ctx.pass("P-4.2-invalid-params", "a task with unreadable params: error -32602"),
         _ if poisoned => ctx.missed("P-3-answer-once", &s, id, &answer, "a task with unreadable params"),
         _ => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.2-invalid-params",
                 &s,
-                Some(id),
-                Some(&answer),
+                id,
+                &answer,
                 format!("a task with unreadable params {}; expected error -32602", answer.describe()),
             );
-            ctx.fail("P-4.2-invalid-params", e);
         }
     }
     ctx.give_back(s, poisoned).await;
@@ -162,13 +162,13 @@ pub async fn undeclared(ctx: &mut Ctx<'_>) {
             }
             (Some(_), _) | (None, Some(1..) | Some(..=-1)) => {
                 ctx.pass("P-4.2-undeclared-task", format!("{what} {}", answer.describe()));
-                let e = ctx.evidence(
+                ctx.fail_step(
+                    "P-4.2-undeclared-code",
                     &s,
-                    Some(id),
-                    Some(&answer),
+                    id,
+                    &answer,
                     format!("{what} {}; expected error -32002", answer.describe()),
                 );
-                ctx.fail("P-4.2-undeclared-code", e);
             }
             _ if answer.missing() => {
                 ctx.missed("P-3-answer-once", &s, id, &answer, &format!("the task {name}, which it did not declare"));
@@ -176,13 +176,13 @@ pub async fn undeclared(ctx: &mut Ctx<'_>) {
                 continue;
             }
             _ => {
-                let e = ctx.evidence(
+                ctx.fail_step(
+                    "P-4.2-undeclared-task",
                     &s,
-                    Some(id),
-                    Some(&answer),
+                    id,
+                    &answer,
                     format!("{what} {}; expected error -32002", answer.describe()),
                 );
-                ctx.fail("P-4.2-undeclared-task", e);
             }
         }
         ctx.give_back(s, false).await;

@@ -283,6 +283,13 @@ impl<'a> Ctx<'a> {
         Evidence { detail: detail.into(), sent, received }
     }
 
+    /// Records a failure of rule `id` at a step: `detail`, with the request sent and the
+    /// answer that came.
+    pub fn fail_step(&mut self, id: &'static str, s: &Subject, sent: i64, answer: &Answer, detail: impl Into<String>) {
+        let e = self.evidence(s, Some(sent), Some(answer), detail);
+        self.fail(id, e);
+    }
+
     /// Records a step whose answer is missing against rule `id`, unless the answer came
     /// but broke another rule that the passive checks report (a wrong id, bad bytes):
     /// one failure per bug.

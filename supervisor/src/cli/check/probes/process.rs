@@ -60,26 +60,26 @@ pub async fn before_handshake(ctx: &mut Ctx<'_>) {
             return;
         }
         _ => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.1-before-handshake",
                 &s,
-                Some(id),
-                Some(&answer),
+                id,
+                &answer,
                 format!("a task before the handshake {}; expected error -32004", answer.describe()),
             );
-            ctx.fail("P-4.1-before-handshake", e);
         }
     }
     let params = ctx.handshake_params(PROTOCOL_VERSIONS);
     let hid = s.request(methods::HANDSHAKE, params).await;
     let hs = ctx.wait(&mut s, hid, ctx.opts.step).await;
     if hs.result().is_none() {
-        let e = ctx.evidence(
+        ctx.fail_step(
+            "P-4.1-before-handshake",
             &s,
-            Some(hid),
-            Some(&hs),
+            hid,
+            &hs,
             format!("after a task before the handshake, the handshake {}", hs.describe()),
         );
-        ctx.fail("P-4.1-before-handshake", e);
         ctx.retire(s).await;
         return;
     }
@@ -95,13 +95,13 @@ pub async fn shutdown(ctx: &mut Ctx<'_>) {
     let id = s.request(methods::SHUTDOWN, json!({})).await;
     let answer = ctx.wait(&mut s, id, ctx.opts.step).await;
     if !answer.result().is_some_and(serde_json::Value::is_object) {
-        let e = ctx.evidence(
+        ctx.fail_step(
+            "P-4.4-shutdown",
             &s,
-            Some(id),
-            Some(&answer),
+            id,
+            &answer,
             format!("shutdown {}; expected the result {{}}", answer.describe()),
         );
-        ctx.fail("P-4.4-shutdown", e);
         ctx.retire(s).await;
         return;
     }

@@ -119,27 +119,25 @@ pub fn judge_answer(ctx: &mut Ctx<'_>, s: &Subject, id: i64, answer: &Answer, wh
     let status = body.get("status");
     let Some(status) = status.and_then(Value::as_i64).filter(|_| status.is_some_and(|v| v.is_i64() || v.is_u64()))
     else {
-        let e = ctx.evidence(s, Some(id), Some(answer), format!("{what} answered without an integer \"status\""));
-        ctx.fail("P-4.2-status-integer", e);
+        ctx.fail_step("P-4.2-status-integer", s, id, answer, format!("{what} answered without an integer \"status\""));
         return Some(Outcome { status: 1, body, lines });
     };
     ctx.pass("P-4.2-status-integer", "every task answer had an integer status");
     match bad_member(&body) {
         Some(why) => {
-            let e = ctx.evidence(s, Some(id), Some(answer), format!("{what}: {why}"));
-            ctx.fail("P-4.2-result-members", e);
+            ctx.fail_step("P-4.2-result-members", s, id, answer, format!("{what}: {why}"));
         }
         None => ctx.pass("P-4.2-result-members", "every task answer's members had their types"),
     }
     match secret_outside_result(&body) {
         Some(key) => {
-            let e = ctx.evidence(
+            ctx.fail_step(
+                "P-4.2-credentials-in-result",
                 s,
-                Some(id),
-                Some(answer),
+                id,
+                answer,
                 format!("{what}: the answer holds the credential key {key:?} outside \"result\""),
             );
-            ctx.fail("P-4.2-credentials-in-result", e);
         }
         None => ctx.pass("P-4.2-credentials-in-result", "no credential keys outside result"),
     }
