@@ -1,4 +1,5 @@
-//! One plugin's manifest: `{"<name>": {"executable": ..., ...}}`, read into a [`PluginSpec`].
+//! One plugin's manifest entry (`{"executable": ..., ...}` or `{"classname": ...}`), read into a
+//! [`PluginSpec`]; which entries a file holds is [`crate::core::manifest_shape`]'s.
 //!
 //! Manifests are read field by field rather than through `#[derive(Deserialize)]` so that
 //! every error names the key and says what was expected, and so that no error ever quotes
@@ -274,6 +275,11 @@ const KNOWN_KEYS: &[&str] = &[
     "maxLineBytes",
     "classname",
     "description",
+    // Loom's and Coopr's entries: the type's name and what their server showed and
+    // uploaded (its fields, its resource types). Not used here.
+    "name",
+    "parameters",
+    "resourceTypes",
     "user",
     "group",
     "sha256",
@@ -354,7 +360,7 @@ fn parse_body(
     let max_concurrency = f.count("maxConcurrency", 1, 65_536)?.unwrap_or(1);
     let (executable, args, ruby_class) = match (executable, classname) {
         (Some(executable), _) => (resolve_executable(&dir, &executable)?, f.string_list("args")?, None),
-        (None, Some(classname)) => match ruby_command(&dir, &classname, max_concurrency) {
+        (None, Some(classname)) => match crate::core::ruby::command(&dir, &classname, max_concurrency) {
             Ok((ruby, args)) => (ruby, args, Some(classname)),
             Err(why) => return Ok(Entry::NotRunnable(why)),
         },
@@ -442,49 +448,6 @@ fn parse_body(
         dir,
         ruby_class,
     })))
-}
-
-/// The command that runs a seed-style Ruby plugin: `ruby loom-ruby-host --class C --dir D`,
-/// or why it cannot run here.
-fn ruby_command(dir: &Path, classname: &str, concurrency: usize) -> Result<(PathBuf, Vec<String>), String> {
-    let ruby = which::which("ruby").map_err(|_| {
-        format!("seed-style Ruby plugin (classname {classname:?}): `ruby` is not on PATH; install Ruby (apt-get install ruby)")
-    })?;
-    let host = ruby_host().ok_or_else(|| {
-        format!(
-            "seed-style Ruby plugin (classname {classname:?}): the Ruby host loom-ruby-host was not found next to loom-provisioner, \
-             in ../share/loom-provisioner/, in the checkout's plugins/ruby-host/ or on PATH; set $LOOM_RUBY_HOST"
-        )
-    })?;
-    let args = vec![
-        host.display().to_string(),
-        "--class".into(),
-        classname.to_owned(),
-        "--dir".into(),
-        dir.display().to_string(),
-        "--concurrency".into(),
-        concurrency.to_string(),
-    ];
-    Ok((ruby, args))
-}
-
-/// Where `loom-ruby-host` is: `$LOOM_RUBY_HOST`, next to this binary, in
-/// `../share/loom-provisioner/` from it, in a checkout's `plugins/ruby-host/` (from
-/// `target/<profile>/`), or on PATH.
-pub fn ruby_host() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LOOM_RUBY_HOST").map(PathBuf::from) {
-        return p.is_file().then_some(p);
-    }
-    let exe_dir = std::env::current_exe().ok()?.parent()?.to_path_buf();
-    [
-        exe_dir.join("loom-ruby-host"),
-        exe_dir.join("../share/loom-provisioner/loom-ruby-host"),
-        exe_dir.join("../../plugins/ruby-host/loom-ruby-host"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .map(|p| std::path::absolute(&p).unwrap_or(p))
-    .or_else(|| which::which("loom-ruby-host").ok())
 }
 
 impl Default for RestartPolicy {

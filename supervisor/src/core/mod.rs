@@ -8,12 +8,14 @@
 pub mod cgroup;
 pub mod instance;
 pub mod manifest;
+pub mod manifest_shape;
 pub mod plugin;
 pub mod pool;
 pub mod process;
 pub mod registry;
 pub mod restart;
 pub mod router;
+pub mod ruby;
 pub mod runas;
 pub mod spawn;
 pub mod supervisor;

@@ -1,7 +1,10 @@
 //! Finds plugins: `<dir>/providers/<name>/<name>.json` and `<dir>/automators/<name>/<name>.json`,
-//! the layout of Loom's seed. One bad manifest is reported and skipped; it never stops the
-//! others from loading. A plugin whose files cannot be trusted, or that has no user to run
-//! as, registers as not runnable with the reason ([`crate::core::vet`]).
+//! the layout of Loom's seed, and Coopr's `<dir>/<name>/<name>.json` for manifests that
+//! declare their types ([`crate::core::manifest_shape`]). One bad manifest is reported and
+//! skipped; it never stops the others from loading. A plugin whose files cannot be
+//! trusted, or that has no user to run as, registers as not runnable with the reason
+//! ([`crate::core::vet`]); so does a Ruby plugin whose libraries are not installed
+//! ([`crate::core::ruby`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use loom_protocol::PluginKind;
 use serde_json::Value;
 
 use crate::core::manifest::{self, Defaults, Entry, PluginSpec};
+use crate::core::manifest_shape::{self, Declared};
 use crate::core::trust::{self, Kind};
 
 /// Every plugin found, runnable or not, and every problem met on the way.
@@ -131,19 +135,26 @@ impl Registry {
                 let kind_dir = dir.join(format!("{kind}s"));
                 if kind_dir.is_dir() {
                     found_any = true;
-                    reg.scan_kind_dir(&kind_dir, kind);
+                    reg.scan_plugin_folders(&kind_dir, Some(kind));
                 }
+            }
+            // Coopr's newer layout: <dir>/<plugin>/<plugin>.json, the kinds in the files.
+            if !found_any {
+                found_any = reg.scan_plugin_folders(dir, None);
             }
             if !found_any {
                 reg.problems.push(Problem {
                     file: dir.clone(),
                     plugin: None,
                     key: None,
-                    message: "has neither a providers/ nor an automators/ folder; no plugins here".into(),
+                    message: "has neither a providers/ nor an automators/ folder, nor plugin folders whose manifests \
+                              declare providertypes or automatortypes; no plugins here"
+                        .into(),
                     severity: Severity::Warning,
                 });
             }
         }
+        reg.mark_missing_ruby_libraries();
         reg.plugins.sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
         Ok(reg)
     }
@@ -158,12 +169,23 @@ impl Registry {
         self.plugins.iter().filter(|p| p.kind == kind).map(|p| p.name.as_str()).collect()
     }
 
-    fn scan_kind_dir(&mut self, kind_dir: &Path, kind: PluginKind) {
-        for folder in sorted_entries(kind_dir).into_iter().filter(|p| p.is_dir()) {
+    /// Loads the manifests of every folder in `parent`, whose kind (when it is a
+    /// `providers/` or `automators/` folder) is `kind`. Without a kind, only manifests that
+    /// declare their types are taken. Whether any manifest was found.
+    fn scan_plugin_folders(&mut self, parent: &Path, kind: Option<PluginKind>) -> bool {
+        let mut found = false;
+        for folder in sorted_entries(parent).into_iter().filter(|p| p.is_dir()) {
             for manifest in self.manifests_in(&folder) {
+                if kind.is_none()
+                    && !read_json(&manifest).is_ok_and(|v| v.as_object().is_some_and(manifest_shape::is_typed))
+                {
+                    continue;
+                }
+                found = true;
                 self.load_manifest(&manifest, kind);
             }
         }
+        found
     }
 
     /// `<folder>/<folder name>.json` when it exists; otherwise every JSON file in the
@@ -179,22 +201,30 @@ impl Registry {
         sorted_entries(folder)
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json") && p.is_file())
-            .filter(|p| read_json(p).is_ok_and(|v| looks_like_manifest(&v)))
+            .filter(|p| read_json(p).is_ok_and(|v| manifest_shape::looks_like_manifest(&v)))
             .collect()
     }
 
-    fn load_manifest(&mut self, path: &Path, kind: PluginKind) {
+    fn load_manifest(&mut self, path: &Path, folder_kind: Option<PluginKind>) {
         let doc = match read_json(path) {
             Ok(doc) => doc,
             Err(message) => return self.error(path, None, None, message),
         };
-        let Some(entries) = doc.as_object().filter(|o| !o.is_empty()) else {
-            return self.error(path, None, None, "expected an object {\"<plugin name>\": {...}}".into());
+        let declarations = match manifest_shape::declared(&doc, folder_kind) {
+            Ok(d) => d,
+            Err(message) => return self.error(path, None, None, message),
         };
+        for f in declarations.findings {
+            match f.is_error {
+                true => self.error(path, Some(&f.plugin), None, f.message),
+                false => self.warn(path, &f.plugin, None, f.message),
+            }
+        }
         // A manifest others can write is not read further: its entries are listed as not
         // runnable, with the reason, whatever they say.
         let untrusted = trust::check(path, Kind::File).err().map(|e| format!("refused to run it: {e}"));
-        for (name, body) in entries {
+        for Declared { name, kind, body } in declarations.plugins {
+            let name = &name.to_owned();
             if let Some(why) = &untrusted {
                 self.refuse(path, name, kind, why.clone());
                 continue;
@@ -252,6 +282,39 @@ impl Registry {
         }
     }
 
+    /// Marks the Ruby plugins whose code needs libraries that are not installed as not
+    /// runnable, naming each library with the gem and the package that provide it. Asked
+    /// of the Ruby host once for all of them; when that fails, they stay runnable (the host
+    /// reports the same when it starts).
+    fn mark_missing_ruby_libraries(&mut self) {
+        let ruby_specs: Vec<Arc<PluginSpec>> = self
+            .plugins
+            .iter()
+            .filter_map(|p| match &p.availability {
+                Availability::Runnable(spec) if spec.ruby_class.is_some() => Some(Arc::clone(spec)),
+                _ => None,
+            })
+            .collect();
+        let Some(first) = ruby_specs.first() else { return };
+        let Some(host) = first.args.first().map(PathBuf::from) else { return };
+        let mut dirs: Vec<PathBuf> = ruby_specs.iter().map(|s| s.dir.clone()).collect();
+        dirs.sort();
+        dirs.dedup();
+        let missing = match crate::core::ruby::missing_libraries(&first.executable, &host, &dirs) {
+            Ok(m) => m,
+            Err(e) => return tracing::debug!("could not ask loom-ruby-host which libraries are missing: {e}"),
+        };
+        for spec in ruby_specs {
+            let Some(libs) = missing.get(&spec.dir).filter(|l| !l.is_empty()) else { continue };
+            let class = spec.ruby_class.as_deref().unwrap_or_default();
+            let why = format!("Ruby plugin (classname {class:?}) needs {}", libs.join("; "));
+            self.error(&spec.manifest, Some(&spec.name), None, why.clone());
+            if let Some(p) = self.plugins.iter_mut().find(|p| p.kind == spec.kind && p.name == spec.name) {
+                p.availability = Availability::NotRunnable(why);
+            }
+        }
+    }
+
     /// Registers `name` as not runnable for `why`, unless the name is taken.
     fn refuse(&mut self, path: &Path, name: &str, kind: PluginKind, why: String) {
         if let Some(existing) = self.get(kind, name) {
@@ -297,12 +360,6 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
 fn read_json(path: &Path) -> Result<Value, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     crate::wire::json::read_value(&text).map_err(|e| e.to_string())
-}
-
-fn looks_like_manifest(v: &Value) -> bool {
-    v.as_object().is_some_and(|o| {
-        !o.is_empty() && o.values().all(|e| e.get("executable").is_some() || e.get("classname").is_some())
-    })
 }
 
 /// The kind named by a folder called `providers` or `automators`, if any.
@@ -380,6 +437,84 @@ mod tests {
             "{texts:?}"
         );
         assert!(!texts.iter().any(|t| t.contains("data.json")), "{texts:?}");
+    }
+
+    #[test]
+    fn loom_and_coopr_manifests_register_each_declared_type() {
+        let d = crate::core::trust::test_dir();
+        let root = d.path();
+        // Coopr's fog provider: one file, several types, each its own class. Its "name"
+        // and "description" are not plugins.
+        write(
+            root,
+            "providers/fog/fog.json",
+            r#"{"name": "fog", "description": "clouds", "providertypes": ["aws", "google"],
+                "aws": {"name": "aws", "classname": "FogProviderAWS", "parameters": {"admin": {}}},
+                "google": {"name": "google", "executable": "sh", "resourceTypes": {}}}"#,
+        );
+        // Two such files share "name" and "description" without colliding.
+        write(
+            root,
+            "automators/shell_automator/shell_automator.json",
+            r#"{"name": "shell", "description": "d", "automatortypes": ["shell"], "shell": {"name": "shell", "executable": "sh"}}"#,
+        );
+        write(
+            root,
+            "automators/docker_automator/docker_automator.json",
+            r#"{"name": "docker", "description": "d", "automatortypes": ["docker"], "docker": {"executable": "sh"}}"#,
+        );
+        let reg = load(&[root.to_path_buf()]).unwrap();
+        let names: Vec<_> = reg.plugins.iter().map(|p| format!("{}/{}", p.kind, p.name)).collect();
+        assert_eq!(names, ["automator/docker", "automator/shell", "provider/aws", "provider/google"]);
+        assert!(matches!(reg.get(PluginKind::Provider, "google").unwrap().availability, Availability::Runnable(_)));
+        if let Availability::Runnable(spec) = &reg.get(PluginKind::Provider, "aws").unwrap().availability {
+            assert_eq!(spec.ruby_class.as_deref(), Some("FogProviderAWS"));
+        }
+        // No warning for Loom's own keys, no plugin called "name".
+        let texts: Vec<String> = reg.problems.iter().map(ToString::to_string).collect();
+        assert!(!texts.iter().any(|t| t.contains("already registered") || t.contains("unknown")), "{texts:?}");
+    }
+
+    #[test]
+    fn coopr_layout_without_kind_folders_takes_the_kinds_from_the_files() {
+        let d = crate::core::trust::test_dir();
+        let root = d.path();
+        write(
+            root,
+            "shell/shell.json",
+            r#"{"name": "shell", "automatortypes": ["shell"], "shell": {"executable": "sh"}}"#,
+        );
+        write(
+            root,
+            "fixed/fixed.json",
+            r#"{"name": "fixed", "providertypes": ["fixed"], "fixed": {"executable": "sh"}}"#,
+        );
+        // A seed-style file here has no kind: said, and skipped.
+        write(root, "odd/odd.json", r#"{"odd": {"executable": "sh"}}"#);
+        let reg = load(&[root.to_path_buf()]).unwrap();
+        let names: Vec<_> = reg.plugins.iter().map(|p| format!("{}/{}", p.kind, p.name)).collect();
+        assert_eq!(names, ["automator/shell", "provider/fixed"]);
+        assert!(reg.problems.is_empty(), "{:?}", reg.problems);
+    }
+
+    #[test]
+    fn a_type_declared_without_its_entry_is_reported_and_the_others_load() {
+        let d = crate::core::trust::test_dir();
+        write(
+            d.path(),
+            "providers/p/p.json",
+            r#"{"name": "p", "providertypes": ["here", "gone"], "here": {"executable": "sh"}, "extra": {}}"#,
+        );
+        let reg = load(&[d.path().to_path_buf()]).unwrap();
+        assert_eq!(reg.names(PluginKind::Provider), ["here"]);
+        let texts: Vec<String> = reg.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            texts.iter().any(|t| t.contains(
+                "p.json: plugin \"gone\": is declared in \"providertypes\", but the file has no \"gone\" entry"
+            )),
+            "{texts:?}"
+        );
+        assert!(texts.iter().any(|t| t.contains("plugin \"extra\": is in neither")), "{texts:?}");
     }
 
     #[test]

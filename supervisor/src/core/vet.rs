@@ -81,9 +81,12 @@ pub fn vet(spec: &PluginSpec) -> Result<Vetted, VetError> {
         }
     }
     if spec.ruby_class.is_some() {
-        // The Ruby host runs the code of every *.rb in the folder.
-        for rb in ruby_files(&spec.dir) {
-            trust::check(&rb, Kind::File).map_err(refused)?;
+        // The Ruby host runs the code of the *.rb files in the folder and below (what they
+        // require_relative), and its own.
+        let host = spec.args.first().map(Path::new);
+        let host_files = host.map(crate::core::ruby::host_files).unwrap_or_default();
+        for rb in crate::core::ruby::rb_files(&spec.dir, 4).iter().chain(&host_files) {
+            trust::check(rb, Kind::File).map_err(refused)?;
         }
     }
     Ok(match runas::resolve(&spec.run_as)? {
@@ -134,18 +137,6 @@ pub fn sha256_of(path: &Path) -> std::io::Result<[u8; 32]> {
 /// Lower-case hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn ruby_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rb"))
-        .collect();
-    files.sort();
-    files
 }
 
 #[cfg(test)]

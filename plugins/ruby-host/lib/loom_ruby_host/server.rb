@@ -1,0 +1,144 @@
+# frozen_string_literal: true
+
+require 'fileutils'
+require 'tmpdir'
+
+module LoomHost
+  # Reads requests from stdin on the main thread and runs tasks on worker threads.
+  class Server
+    def initialize(loader, concurrency)
+      @loader = loader
+      @concurrency = [concurrency, 1].max
+      @queue = Queue.new
+      @running = {}
+      @lock = Mutex.new
+      @ready = false
+      @shutting_down = false
+      @workers = []
+    end
+
+    def run
+      $stdin.each_line do |line|
+        next if line.strip.empty?
+
+        begin
+          msg = JSON.parse(line)
+        rescue JSON::ParserError => e
+          LoomHost.error(nil, -32_700, "not JSON: #{e.message[0, 100]}")
+          next
+        end
+        next unless msg.is_a?(Hash)
+
+        dispatch(msg)
+      end
+      # stdin closed: finish what was taken, then exit.
+      @concurrency.times { @queue << nil }
+      @workers.each(&:join)
+    end
+
+    private
+
+    def dispatch(msg)
+      method = msg['method']
+      id = msg['id']
+      params = msg['params'] || {}
+      if id.nil?
+        cancel(params['taskId']) if method == 'cancel' && params.is_a?(Hash)
+        return
+      end
+      case method
+      when 'handshake' then handshake(id, params)
+      when 'task' then enqueue(id, params)
+      when 'ping' then LoomHost.answer(id, {})
+      when 'shutdown'
+        @shutting_down = true
+        LoomHost.answer(id, {})
+      else LoomHost.error(id, -32_601, "unknown method #{method.inspect}")
+      end
+    end
+
+    def handshake(id, params)
+      unless (params['protocolVersions'] || []).include?(1)
+        return LoomHost.error(id, -32_001, 'this Ruby host speaks protocol version 1 only')
+      end
+
+      @kind = params['kind']
+      LoomHost.log_level = params['logLevel'] || 'info'
+      problem = @loader.problem_for(@kind) || coopr_setup(params)
+      return LoomHost.error(id, -32_603, "cannot load the Ruby plugin: #{problem}") if problem
+
+      @ready = true
+      start_workers
+      LoomHost.log('debug', "restored for this Ruby: #{Compat::RESTORED.join(', ')}", nil) unless Compat::RESTORED.empty?
+      tasks = @kind == 'provider' ? Provider::TASKS : Automator::TASKS
+      LoomHost.answer(id, { 'protocolVersion' => 1, 'name' => @loader.klass.name, 'version' => "ruby #{RUBY_VERSION}",
+                            'tasks' => tasks, 'maxConcurrency' => @concurrency })
+    end
+
+    # Coopr's plugins run with `env` (`work_dir`, `tenant`) and in the working directory
+    # Coopr gave them, <work_dir>/<tenant>/<providertypes|automatortypes>/<name>, where
+    # they keep resources (the shell automator's scripts and archives, SSH keys). From the
+    # manifest's settings `workDir` (default: a folder of this user's under the temporary
+    # folder) and `tenant` (default: superadmin, Coopr's). Returns a problem, or nil.
+    def coopr_setup(params)
+      return nil unless @loader.coopr?
+
+      settings = params['settings'].is_a?(Hash) ? params['settings'] : {}
+      work_dir = File.expand_path((settings['workDir'] || File.join(Dir.tmpdir, "loom-ruby-host-#{Process.uid}")).to_s)
+      tenant = (settings['tenant'] || 'superadmin').to_s
+      name = (params['plugin'] || @loader.klass.name).to_s
+      cwd = File.join(work_dir, tenant, "#{@kind}types", name)
+      FileUtils.mkdir_p(cwd, mode: 0o700)
+      Dir.chdir(cwd)
+      Invocation.coopr_env = settings.merge(work_dir: work_dir, tenant: tenant, name: name,
+                                            'provisioner.work.dir' => work_dir)
+      nil
+    rescue SystemCallError => e
+      "Coopr's working directory #{cwd || work_dir} cannot be made or entered: #{e.message} " \
+        '(set "workDir" in the manifest\'s settings to a folder this plugin\'s user may write)'
+    end
+
+    def start_workers
+      return unless @workers.empty?
+
+      @workers = Array.new(@concurrency) do
+        Thread.new do
+          while (job = @queue.pop)
+            run_task(*job)
+          end
+        end
+      end
+    end
+
+    def enqueue(id, task)
+      return LoomHost.error(id, -32_004, 'task before handshake') unless @ready
+      return LoomHost.error(id, -32_003, 'shutting down') if @shutting_down
+      unless task.is_a?(Hash) && task['taskId'].is_a?(String)
+        return LoomHost.error(id, -32_602, 'the task has no taskId')
+      end
+
+      @queue << [id, task]
+    end
+
+    def cancel(task_id)
+      thread = @lock.synchronize { @running[task_id] }
+      thread&.raise(Cancelled, 'cancelled by the supervisor')
+    end
+
+    def run_task(id, task)
+      @lock.synchronize { @running[task['taskId']] = Thread.current }
+      result = begin
+        Invocation.new(@loader.klass, task).call
+      rescue Cancelled => e
+        { 'status' => 1, 'result' => {}, 'stdout' => '', 'stderr' => "#{e.message}\n" }
+      ensure
+        @lock.synchronize { @running.delete(task['taskId']) }
+      end
+      LoomHost.answer(id, result)
+    rescue SystemExit => e
+      # `exit` or `abort` in a plugin ended Loom's worker; it ends this process too.
+      $stderr.flush
+      Kernel.exit!(e.status.zero? ? 1 : e.status)
+    end
+  end
+end
