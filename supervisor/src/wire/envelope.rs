@@ -389,7 +389,8 @@ impl Scan<'_> {
 /// Collects `value` and the other forms a plugin may print it in: each of its lines (a
 /// private key printed to stderr reaches the log line by line), and its JSON-escaped
 /// forms, as serde and as Python's `json.dumps` write them (a plugin that prints its task
-/// prints `pa\"ss` for `pa"ss`, `\u00e4` for `ä`, and a key's lines joined by `\n`).
+/// prints `pa\"ss` for `pa"ss`, `\u00e4` for `ä`, and a key's lines joined by `\n`), and
+/// Ruby's `inspect` (`\#{` for `#{`).
 fn push_forms(secrets: &mut Vec<String>, value: String) {
     if value.contains(['\n', '\r']) {
         let lines = value.lines().map(|l| l.trim_end_matches('\r')).filter(|l| l.len() >= MIN_SECRET_LEN);
@@ -399,6 +400,11 @@ fn push_forms(secrets: &mut Vec<String>, value: String) {
     let escaped = escaped.get(1..escaped.len().saturating_sub(1)).unwrap_or_default();
     if escaped != value {
         secrets.push(escaped.to_owned());
+    }
+    // Ruby's `inspect` (what an exception message holding a task shows) escapes as JSON
+    // does, and also `#` before `{`, `$` and `@`.
+    if ["#{", "#$", "#@"].iter().any(|m| value.contains(m)) {
+        secrets.push(escaped.replace("#{", "\\#{").replace("#$", "\\#$").replace("#@", "\\#@"));
     }
     if !value.is_ascii() {
         let ascii: String = escaped
@@ -825,6 +831,14 @@ mod tests {
         ] {
             assert!(t.secrets.iter().any(|x| x == s), "{s:?} in {:?}", t.secrets);
         }
+    }
+
+    #[test]
+    fn rubys_inspect_form_of_a_value_is_a_secret_too() {
+        let t = parse(r#"{"taskId":"t","taskName":"CREATE","config":{"password":"a\"b#{c}#$d#@e"}}"#).unwrap();
+        // What `{"password" => value}.inspect` shows inside an exception's message.
+        let inspected = r#"a\"b\#{c}\#$d\#@e"#;
+        assert!(t.secrets.iter().any(|x| x == inspected), "{inspected:?} in {:?}", t.secrets);
     }
 
     #[test]
