@@ -283,9 +283,24 @@ fn a_timed_out_ruby_task_is_cancelled_without_killing_the_plugin() {
         .run(&[boot("b1"), action("slow", "INSTALL", "sleeper", json!({})), boot("b2")], &["--concurrency", "1"]);
     let why = run.result("slow")["stderr"].as_str().unwrap().to_owned();
     assert!(
-        why.contains("cancelled by the supervisor") && why.contains("timed out after 1 s; it stopped when cancelled"),
+        why.contains("cancelled by the supervisor")
+            && why.contains("timed out after 1 s; cancelled: the plugin stopped it when asked"),
         "{why}"
     );
     assert_eq!(run.result("b1")["result"]["pid"], run.result("b2")["result"]["pid"], "the same process");
     plugins.assert_no_leftovers();
+}
+
+#[test]
+fn the_hosts_own_ruby_tests_pass() {
+    let out = Command::new("ruby")
+        .arg(loom_e2e::workspace().join("plugins/ruby-host/test/host_test.rb"))
+        .output()
+        .expect("ruby on PATH");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 failures, 0 errors"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

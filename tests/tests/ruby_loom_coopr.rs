@@ -105,15 +105,20 @@ fn coopr_plugins_load_and_run_and_one_manifest_registers_each_of_its_types() {
     let scripts = work.path().join("acme/automatortypes/coopr_shell/scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     for s in ["service.sh", "fail.sh"] {
-        std::fs::copy(loom_e2e::workspace().join("tests/fixtures/ruby/automators/loom_shell/scripts").join(s), scripts.join(s))
-            .unwrap();
+        std::fs::copy(
+            loom_e2e::workspace().join("tests/fixtures/ruby/automators/loom_shell/scripts").join(s),
+            scripts.join(s),
+        )
+        .unwrap();
     }
     let settings = json!({"settings": {"workDir": work.path(), "tenant": "acme"}});
     plugins.copy_fixture_with("ruby/automators/coopr_shell", &settings);
     plugins.copy_fixture_with("ruby/providers/coopr_clouds", &settings);
 
     let listing = plugins_listing(&plugins);
-    for (name, class) in [("cloud_a", "CloudAProvider"), ("cloud_b", "CloudBProvider"), ("coopr_shell", "CooprShellAutomator")] {
+    for (name, class) in
+        [("cloud_a", "CloudAProvider"), ("cloud_b", "CloudBProvider"), ("coopr_shell", "CooprShellAutomator")]
+    {
         let line = listing.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} missing: {listing}"));
         assert!(line.contains(" runnable ") && line.contains(&format!("Ruby class {class}")), "{listing}");
     }
@@ -122,17 +127,18 @@ fn coopr_plugins_load_and_run_and_one_manifest_registers_each_of_its_types() {
     // Both types of one manifest, each by its own class, in its own working directory.
     let provider = |t: &str| json!({"name": t, "providertype": t, "provisioner": {"api_password": "s3cret-cloud"}});
     let config = |t: &str, id: &str| json!({"hostname": "h1", "flavor": "small", "image": "img", "providerid": id, "provider": provider(t)});
-    let run = plugins.run(
-        &[task("a", "CREATE", config("cloud_a", "")), task("b", "CREATE", config("cloud_b", ""))],
-        &[],
-    );
+    let run =
+        plugins.run(&[task("a", "CREATE", config("cloud_a", "")), task("b", "CREATE", config("cloud_b", ""))], &[]);
     assert_eq!(run.result("a")["result"]["providerid"], "cloudaprovider-h1", "{}", run.stderr);
     assert_eq!(run.result("b")["result"]["providerid"], "cloudbprovider-h1");
     assert_eq!(run.result("a")["result"]["ssh-auth"], json!({"user": "root", "password": "s3cret-cloud"}));
     assert!(work.path().join("acme/providertypes/cloud_a/cloudaprovider-h1.json").is_file());
     assert!(work.path().join("acme/providertypes/cloud_b/cloudbprovider-h1.json").is_file());
     let run = plugins.run(
-        &[task("a", "CONFIRM", config("cloud_a", "cloudaprovider-h1")), task("b", "CONFIRM", config("cloud_b", "cloudbprovider-h1"))],
+        &[
+            task("a", "CONFIRM", config("cloud_a", "cloudaprovider-h1")),
+            task("b", "CONFIRM", config("cloud_b", "cloudbprovider-h1")),
+        ],
         &[],
     );
     let a = run.result("a");
@@ -184,7 +190,9 @@ fn a_fog_provider_creates_and_deletes_an_instance_on_moto() {
     assert!(id.starts_with("i-"), "{id}");
     nodes.phase(&plugins, "confirm", "CONFIRM", |_| json!({}));
     assert_eq!(nodes.configs[0]["state"], "running");
-    assert!(nodes.configs[0]["ipaddresses"]["access_v4"].as_str().is_some_and(|a| a.parse::<std::net::Ipv4Addr>().is_ok()));
+    assert!(
+        nodes.configs[0]["ipaddresses"]["access_v4"].as_str().is_some_and(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+    );
     nodes.phase(&plugins, "delete", "DELETE", |_| json!({}));
 
     let ec2 = json!({"name": "ec2", "providertype": "ec2", "provisioner": {
@@ -208,7 +216,8 @@ fn a_plugin_whose_gem_is_missing_is_listed_with_the_gem_and_its_package() {
     );
     assert!(listing.lines().any(|l| l.contains("cloud_a") && l.contains(" runnable ")), "the others run: {listing}");
     // A task for it fails saying the same.
-    let run = plugins.run(&[task("j", "CREATE", json!({"provider": {"name": "fog_joyent", "providertype": "fog_joyent"}}))], &[]);
+    let run = plugins
+        .run(&[task("j", "CREATE", json!({"provider": {"name": "fog_joyent", "providertype": "fog_joyent"}}))], &[]);
     assert!(run.result("j")["stderr"].as_str().unwrap().contains("gem install fog-joyent"), "{}", run.result("j"));
 }
 
@@ -244,5 +253,30 @@ fn credentials_in_ruby_exceptions_do_not_come_back_outside_result() {
             assert!(!run.stderr.contains(form), "{form} reached the log");
         }
     }
-    assert!(run.result("loom")["stderr"].as_str().unwrap().starts_with("ArgumentError: bad task"), "{}", run.result("loom"));
+    assert!(
+        run.result("loom")["stderr"].as_str().unwrap().starts_with("ArgumentError: bad task"),
+        "{}",
+        run.result("loom")
+    );
+}
+
+#[test]
+fn loom_and_coopr_plugins_pass_check() {
+    let plugins = Plugins::new();
+    let loom = plugins.copy_fixture("ruby/automators/loom_shell");
+    plugins.copy_fixture("ruby/providers/coopr_clouds");
+    let dir = plugins.path().to_str().unwrap().to_owned();
+    for args in [vec!["check", loom.to_str().unwrap()], vec!["check", "cloud_b", "--plugins-dir", &dir]] {
+        let mut cmd = Command::new(provisioner());
+        cmd.args(&args);
+        let out = run_with_input(cmd, "", Duration::from_secs(300));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(" 0 failed"), "{text}");
+    }
+    // A file of several plugins names them when asked to check it as one.
+    let mut cmd = Command::new(provisioner());
+    cmd.args(["check", plugins.path().join("providers/coopr_clouds").to_str().unwrap()]);
+    let out = run_with_input(cmd, "", Duration::from_secs(120));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("declares 2 plugins (cloud_a, cloud_b); check one by name"));
 }

@@ -70,7 +70,6 @@ module LoomHost
       @ready = true
       start_workers
       LoomHost.log('debug', "restored for this Ruby: #{Compat::RESTORED.join(', ')}", nil) unless Compat::RESTORED.empty?
-      tasks = @kind == 'provider' ? Provider::TASKS : Automator::TASKS
       LoomHost.answer(id, { 'protocolVersion' => 1, 'name' => @loader.klass.name, 'version' => "ruby #{RUBY_VERSION}",
                             'tasks' => tasks, 'maxConcurrency' => @concurrency })
     end
@@ -98,6 +97,10 @@ module LoomHost
         '(set "workDir" in the manifest\'s settings to a folder this plugin\'s user may write)'
     end
 
+    def tasks
+      @kind == 'provider' ? Provider::TASKS : Automator::TASKS
+    end
+
     def start_workers
       return unless @workers.empty?
 
@@ -116,6 +119,9 @@ module LoomHost
       unless task.is_a?(Hash) && task['taskId'].is_a?(String)
         return LoomHost.error(id, -32_602, 'the task has no taskId')
       end
+      unless tasks.include?(task['taskName'])
+        return LoomHost.error(id, -32_002, "a #{@kind} does not run #{task['taskName'].to_s[0, 40].inspect} tasks")
+      end
 
       @queue << [id, task]
     end
@@ -128,9 +134,10 @@ module LoomHost
     def run_task(id, task)
       @lock.synchronize { @running[task['taskId']] = Thread.current }
       result = begin
-        Invocation.new(@loader.klass, task).call
+        wait = CHECKING ? check_wait(task) : nil
+        wait ? wait_task(wait) : Invocation.new(@loader.klass, task).call
       rescue Cancelled => e
-        { 'status' => 1, 'result' => {}, 'stdout' => '', 'stderr' => "#{e.message}\n" }
+        { 'status' => 1, 'result' => {}, 'stdout' => '', 'stderr' => "#{e.message}\n", 'cancelled' => true }
       ensure
         @lock.synchronize { @running.delete(task['taskId']) }
       end
@@ -139,6 +146,20 @@ module LoomHost
       # `exit` or `abort` in a plugin ended Loom's worker; it ends this process too.
       $stderr.flush
       Kernel.exit!(e.status.zero? ? 1 : e.status)
+    end
+
+    # `check`'s wait task (PROTOCOL.md section 10), only when `check` started us.
+    CHECKING = ENV['LOOM_CHECK'] == '1'
+
+    def check_wait(task)
+      config = task['config'].is_a?(Hash) ? task['config'] : {}
+      wait = config['loom-check'].is_a?(Hash) ? config['loom-check']['waitSecs'] : nil
+      wait.is_a?(Numeric) && wait.positive? && wait <= 300 ? wait : nil
+    end
+
+    def wait_task(secs)
+      sleep(secs)
+      { 'status' => 0, 'result' => {}, 'stdout' => '', 'stderr' => '' }
     end
   end
 end

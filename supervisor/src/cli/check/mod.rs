@@ -33,6 +33,7 @@ use crate::cli::check::sample::Samples;
 use crate::cli::exit::Exit;
 use crate::cli::plugins::load_registry;
 use crate::core::manifest::{self, Defaults, Entry, PluginSpec};
+use crate::core::manifest_shape;
 use crate::core::registry::Availability;
 use crate::core::registry::kind_of_folder;
 use crate::wire::envelope::TaskEnvelope;
@@ -255,18 +256,31 @@ fn find(args: &CheckArgs) -> Result<PluginSpec, String> {
     }
 }
 
+/// The one plugin the manifest at `path` declares (of `kind`, when given), in either
+/// shape ([`crate::core::manifest_shape`]).
 fn spec_from_manifest(path: &Path, kind: Option<PluginKind>, defaults: &Defaults) -> Result<PluginSpec, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let doc = crate::wire::json::read_value(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let kind = kind
-        .or_else(|| path.parent()?.parent().and_then(kind_of_folder))
-        .ok_or_else(|| format!("{}: cannot tell the plugin's kind from its folder; add --kind", path.display()))?;
-    let entries =
-        doc.as_object().ok_or_else(|| format!("{}: expected {{\"<plugin name>\": {{...}}}}", path.display()))?;
-    let [(name, body)] = entries.iter().collect::<Vec<_>>()[..] else {
-        return Err(format!("{}: expected exactly one plugin entry", path.display()));
+    let folder_kind = kind.or_else(|| path.parent()?.parent().and_then(kind_of_folder));
+    let declared = manifest_shape::declared(&doc, folder_kind).map_err(|e| {
+        let hint = if folder_kind.is_none() { "; add --kind" } else { "" };
+        format!("{}: {e}{hint}", path.display())
+    })?;
+    let plugins: Vec<_> = declared.plugins.iter().filter(|p| kind.is_none_or(|k| k == p.kind)).collect();
+    let [one] = plugins[..] else {
+        let names: Vec<&str> = plugins.iter().map(|p| p.name).collect();
+        return Err(match names.as_slice() {
+            [] => format!("{}: declares no plugin to check", path.display()),
+            _ => format!(
+                "{}: declares {} plugins ({}); check one by name: check NAME --plugins-dir <the folder above providers/ and automators/>",
+                path.display(),
+                names.len(),
+                names.join(", ")
+            ),
+        });
     };
-    match manifest::parse_entry_with(name, kind, path, body, defaults).entry {
+    let name = one.name;
+    match manifest::parse_entry_with(name, one.kind, path, one.body, defaults).entry {
         Ok(Entry::Runnable(spec)) => Ok(*spec),
         Ok(Entry::NotRunnable(why)) => Err(format!("{}: {name:?}: {why}", path.display())),
         Err(p) => Err(format!("{}: key {:?}: {}", path.display(), p.key, p.message)),

@@ -1,0 +1,165 @@
+# frozen_string_literal: true
+
+# The host's own pieces, tested without a supervisor: `ruby test/host_test.rb` (run by
+# tests/tests/ruby.rs). The end-to-end behaviour is tested from Rust.
+
+require 'minitest/autorun'
+require 'json'
+require 'tmpdir'
+require 'tempfile'
+
+LIB = File.expand_path('../lib/loom_ruby_host', __dir__)
+%w[wire compat gems ssh calls loom_api coopr_api loader invocation].each { |f| require File.join(LIB, f) }
+
+class CompatTest < Minitest::Test
+  def test_removed_methods_come_back_only_where_missing
+    File.singleton_class.send(:remove_method, :exists?) if File.respond_to?(:exists?)
+    refute File.respond_to?(:exists?)
+    restored = LoomHost::Compat.install
+    assert_includes restored, 'File.exists?'
+    assert File.exists?(__FILE__)
+    refute File.exists?('/no/such/file')
+    # A second install finds nothing missing.
+    before = restored.dup
+    LoomHost::Compat.install
+    assert_equal before, LoomHost::Compat::RESTORED
+    assert_equal 'a%20b', URI.escape('a b')
+    assert_equal Integer, Fixnum
+  end
+end
+
+# Records how it was called.
+class SeedStyle < Automator
+  def bootstrap(ssh_auth)
+    @result['got'] = ssh_auth
+  end
+
+  def install(ssh_auth, script, data)
+    @result['got'] = [ssh_auth, script, data]
+  end
+end
+
+class HashStyle < Automator
+  def initialize(task)
+    super(task)
+  end
+
+  def bootstrap(inputmap)
+    @result['got'] = inputmap
+  end
+
+  def install(inputmap)
+    @result['got'] = inputmap
+  end
+end
+
+class OnlyBootstrap < Automator
+  def bootstrap(input)
+    @result['got'] = input
+  end
+end
+
+class CooprStyle < Coopr::Plugin::Provider
+  def create(inputmap)
+    @result['got'] = inputmap
+  end
+end
+
+class SeedProvider < Provider
+  def create(inputmap)
+    @result['got'] = inputmap
+  end
+end
+
+class CallsTest < Minitest::Test
+  AUTH = { 'user' => 'root', 'password' => 'pw', 'port' => 2222 }.freeze
+
+  def task(name, config)
+    { 'taskId' => 't', 'taskName' => name, 'config' => config }
+  end
+
+  def call(klass, name, config, *args)
+    plugin = klass.new(*args, task(name, config))
+    method, call_args = LoomHost::Calls.new(plugin, plugin.task).call_for(name)
+    plugin.public_send(method, *call_args)
+    plugin.result['got']
+  end
+
+  def automator_config
+    { 'ssh-auth' => AUTH, 'hostname' => 'h', 'ipaddresses' => { 'access_v4' => '10.0.0.1' }, 'ipaddress' => '10.9.9.9',
+      'service' => { 'action' => { 'type' => 'x', 'script' => 's.sh', 'data' => 'd' } } }
+  end
+
+  def test_methods_requiring_several_arguments_are_called_the_seed_guides_way
+    assert_equal [AUTH, 's.sh', 'd'], call(SeedStyle, 'INSTALL', automator_config)
+    assert_equal AUTH, call(SeedStyle, 'BOOTSTRAP', automator_config)
+  end
+
+  def test_one_argument_methods_get_loom_0_9_7s_hash
+    got = call(HashStyle, 'INSTALL', automator_config)
+    assert_equal({ 'hostname' => 'h', 'ipaddress' => '10.0.0.1', 'sshauth' => AUTH,
+                   'fields' => { 'script' => 's.sh', 'args' => 'd' } }, got)
+    assert_equal({ 'hostname' => 'h', 'ipaddress' => '10.0.0.1', 'sshauth' => AUTH },
+                 call(HashStyle, 'BOOTSTRAP', automator_config))
+    # Coopr's `fields` when the task has them.
+    config = automator_config
+    config['service'] = { 'action' => { 'type' => 'x', 'fields' => { 'script' => 'a', 'args' => 'b' } } }
+    assert_equal({ 'script' => 'a', 'args' => 'b' }, call(HashStyle, 'INSTALL', config)['fields'])
+  end
+
+  def test_a_lone_bootstrap_gets_a_hash_that_serves_both
+    got = call(OnlyBootstrap, 'BOOTSTRAP', automator_config)
+    assert_equal 'root', got['user']
+    assert_equal AUTH, got['sshauth']
+    assert_equal '10.0.0.1', got['ipaddress']
+  end
+
+  def test_providers_get_loom_keys_and_the_seed_guides_extras_except_on_coopr
+    config = { 'flavor' => 'f', 'image' => 'i', 'hostname' => 'h', 'providerid' => 'p',
+               'provider' => { 'provisioner' => { 'region' => 'r' } } }
+    assert_equal({ 'flavor' => 'f', 'image' => 'i', 'hostname' => 'h', 'fields' => { 'region' => 'r' } },
+                 call(CooprStyle, 'CREATE', config, {}))
+    seed = call(SeedProvider, 'CREATE', config)
+    assert_equal 'r', seed['region']
+    assert_equal 'p', seed['providerid']
+    assert_equal({ 'region' => 'r' }, seed['fields'])
+  end
+end
+
+class SshTargetTest < Minitest::Test
+  KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOoLE1T1io/f1xB0y6l2BWGTXR94LTHv3Y4ohpjyM/Bl'
+
+  def target
+    LoomHost::Ssh::Target.from_task('config' => { 'ipaddresses' => { 'access_v4' => '127.0.0.1' },
+                                                  'ssh-auth' => { 'port' => '2201' },
+                                                  'ssh_host_keys' => { 'ed25519' => KEY } })
+  end
+
+  def test_the_tasks_machine_gets_its_port_and_pinned_key_and_others_nothing
+    opts = target.options_for('127.0.0.1', { paranoid: false, password: 'x' })
+    assert_equal 2201, opts[:port]
+    refute opts.key?(:paranoid)
+    assert_kind_of LoomHost::Ssh::PinnedKeys, opts[:verify_host_key]
+    assert_equal ['ssh-ed25519'], opts[:host_key]
+    assert_equal 'x', opts[:password]
+    # A port the plugin gave stays.
+    assert_equal 22, target.options_for('127.0.0.1', { port: 22 })[:port]
+    other = { password: 'x' }
+    assert_same other, target.options_for('10.1.1.1', other)
+  end
+end
+
+class GemsTest < Minitest::Test
+  def test_top_level_requires_and_what_the_bases_loaded_are_needed_indented_ones_not
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, 'p.rb'), "require 'fog/joyent'\nrequire_relative 'lib/x'\nclass P < Coopr::Plugin::Provider; end\n")
+      Dir.mkdir(File.join(dir, 'lib'))
+      File.write(File.join(dir, 'lib', 'x.rb'), "require \"zzz/top\"\nbegin\n  require 'optional/thing'\nrescue LoadError\nend\n")
+      needed = LoomHost::Gems.needed(dir)
+      assert_equal %w[fog/joyent net/ssh net/scp deep_merge/rails_compat zzz/top], needed
+      missing = LoomHost::Gems.missing(dir)
+      assert_includes missing, 'the Ruby library fog/joyent (gem fog-joyent) is not installed: gem install fog-joyent (no Debian package provides it)'
+      assert_includes missing, 'the Ruby library zzz/top is not installed'
+    end
+  end
+end
