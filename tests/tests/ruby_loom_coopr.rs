@@ -211,7 +211,7 @@ fn a_plugin_whose_gem_is_missing_is_listed_with_the_gem_and_its_package() {
     let listing = plugins_listing(&plugins);
     let line = listing.lines().find(|l| l.contains("fog_joyent") && l.contains("not runnable")).unwrap_or("");
     assert!(
-        line.contains("needs the Ruby library fog/joyent (gem fog-joyent) is not installed: gem install fog-joyent (no Debian package provides it)"),
+        line.contains("cannot load: the Ruby library fog/joyent (gem fog-joyent) is not installed: gem install fog-joyent (no Debian package provides it)"),
         "{listing}"
     );
     assert!(listing.lines().any(|l| l.contains("cloud_a") && l.contains(" runnable ")), "the others run: {listing}");

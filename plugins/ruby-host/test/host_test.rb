@@ -152,14 +152,15 @@ end
 class GemsTest < Minitest::Test
   def test_top_level_requires_and_what_the_bases_loaded_are_needed_indented_ones_not
     Dir.mktmpdir do |dir|
-      File.write(File.join(dir, 'p.rb'), "require 'fog/joyent'\nrequire_relative 'lib/x'\nclass P < Coopr::Plugin::Provider; end\n")
+      File.write(File.join(dir, 'p.rb'), "gem 'knife-joyent', '= 0.4.8'\nrequire 'fog/joyent'\nrequire_relative 'lib/x'\nclass P < Coopr::Plugin::Provider; end\n")
       Dir.mkdir(File.join(dir, 'lib'))
       File.write(File.join(dir, 'lib', 'x.rb'), "require \"zzz/top\"\nbegin\n  require 'optional/thing'\nrescue LoadError\nend\n")
       needed = LoomHost::Gems.needed(dir)
-      assert_equal %w[fog/joyent net/ssh net/scp deep_merge/rails_compat zzz/top], needed
+      assert_equal [%w[knife-joyent], %w[fog/joyent net/ssh net/scp deep_merge/rails_compat zzz/top]], needed
       missing = LoomHost::Gems.missing(dir)
       assert_includes missing, 'the Ruby library fog/joyent (gem fog-joyent) is not installed: gem install fog-joyent (no Debian package provides it)'
       assert_includes missing, 'the Ruby library zzz/top is not installed'
+      assert_includes missing, 'the gem knife-joyent is not installed: gem install knife-joyent (no Debian package provides it)'
     end
   end
 end

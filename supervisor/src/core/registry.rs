@@ -307,7 +307,7 @@ impl Registry {
         for spec in ruby_specs {
             let Some(libs) = missing.get(&spec.dir).filter(|l| !l.is_empty()) else { continue };
             let class = spec.ruby_class.as_deref().unwrap_or_default();
-            let why = format!("Ruby plugin (classname {class:?}) needs {}", libs.join("; "));
+            let why = format!("Ruby plugin (classname {class:?}) cannot load: {}", libs.join("; "));
             self.error(&spec.manifest, Some(&spec.name), None, why.clone());
             if let Some(p) = self.plugins.iter_mut().find(|p| p.kind == spec.kind && p.name == spec.name) {
                 p.availability = Availability::NotRunnable(why);

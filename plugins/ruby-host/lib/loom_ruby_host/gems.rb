@@ -39,12 +39,24 @@ module LoomHost
 
     # "the Ruby library fog/joyent (gem fog-joyent) is not installed: ..." with what to do.
     def self.describe(lib)
-      key = KNOWN.keys.select { |k| lib == k || lib.start_with?("#{k}/") }.max_by(&:length)
-      gem, package = KNOWN[key]
+      gem = gem_of(lib)
       return "the Ruby library #{lib} is not installed" unless gem
+
+      package = KNOWN.values.find { |g, _| g == gem }&.last
 
       fix = package ? "apt-get install #{package}, or gem install #{gem}" : "gem install #{gem} (no Debian package provides it)"
       "the Ruby library #{lib} (gem #{gem}) is not installed: #{fix}"
+    end
+
+    # "the gem knife-joyent is not installed: ..." with what to do.
+    def self.describe_gem(gem)
+      package = KNOWN.values.find { |g, _| g == gem }&.last
+      fix = package ? "apt-get install #{package}, or gem install #{gem}" : "gem install #{gem} (no Debian package provides it)"
+      "the gem #{gem} is not installed: #{fix}"
+    end
+
+    def self.gem_installed?(gem)
+      Gem::Specification.find_all_by_name(gem).any?
     end
 
     def self.installed?(lib)
@@ -58,19 +70,34 @@ module LoomHost
 
     # The libraries that the plugin in `dir` needs and that are not installed, each with
     # what to install. Reads the *.rb files the host would load and those they
-    # require_relative; counts only `require` lines at the start of a line (a require
-    # inside a method or a `begin ... rescue LoadError` is the plugin's own business).
+    # require_relative; counts only `require` and `gem` lines at the start of a line (a
+    # require inside a method or a `begin ... rescue LoadError` is the plugin's own
+    # business).
     def self.missing(dir)
-      needed(dir).reject { |lib| installed?(lib) }.map { |lib| describe(lib) }
+      gems, libs = needed(dir)
+      missing_gems = gems.reject { |gem| gem_installed?(gem) }
+      # One line per gem: a plugin requiring five files of a missing gem needs it once.
+      missing_libs = libs.reject { |lib| installed?(lib) }.uniq { |lib| gem_of(lib) || lib }
+      missing_libs.reject! { |lib| missing_gems.include?(gem_of(lib)) }
+      missing_gems.map { |gem| describe_gem(gem) } + missing_libs.map { |lib| describe(lib) }
     end
 
+    # The gem that provides `lib`, when known.
+    def self.gem_of(lib)
+      key = KNOWN.keys.select { |k| lib == k || lib.start_with?("#{k}/") }.max_by(&:length)
+      KNOWN[key]&.first
+    end
+
+    # [gems activated with a top-level `gem 'name'`, libraries required], each once.
     def self.needed(dir)
+      gems = []
       libs = []
       each_source(dir) do |text|
+        text.scan(/^gem\s*\(?\s*['"]([^'"\s]+)['"]/) { |(gem)| gems << gem }
         text.scan(/^require\s*\(?\s*['"]([^'"\s]+)['"]/) { |(lib)| libs << lib }
         IMPLIED.each { |pattern, implied| libs.concat(Array(implied)) if text.match?(pattern) }
       end
-      libs.uniq
+      [gems.uniq, libs.uniq]
     end
 
     def self.each_source(dir)

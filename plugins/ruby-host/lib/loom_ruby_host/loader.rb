@@ -42,7 +42,7 @@ module LoomHost
     # package that provides them, before any of its code runs.
     def check_libraries
       missing = Gems.missing(@dir)
-      @problem = "the plugin in #{@dir} needs #{missing.join('; ')}" unless missing.empty?
+      @problem = "#{missing.join('; ')} (needed by the plugin in #{@dir})" unless missing.empty?
     end
 
     def load_files
@@ -60,6 +60,8 @@ module LoomHost
       nil
     rescue SyntaxError => e
       "#{File.basename(file)}: syntax error: #{e.message.lines.first(3).join.strip}"
+    rescue Gem::LoadError => e
+      "#{File.basename(file)}: #{Gems.describe_gem(e.name.to_s)} (at #{location(e)})"
     rescue LoadError => e
       "#{File.basename(file)}: #{Gems.describe(e.path || e.message)} (at #{location(e)})"
     rescue ScriptError, StandardError => e
