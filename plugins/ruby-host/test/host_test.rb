@@ -7,6 +7,8 @@ require 'minitest/autorun'
 require 'json'
 require 'tmpdir'
 require 'tempfile'
+require 'open3'
+require 'timeout'
 
 LIB = File.expand_path('../lib/loom_ruby_host', __dir__)
 %w[wire compat gems ssh calls loom_api coopr_api loader invocation].each { |f| require File.join(LIB, f) }
@@ -161,6 +163,88 @@ class GemsTest < Minitest::Test
       assert_includes missing, 'the Ruby library fog/joyent (gem fog-joyent) is not installed: gem install fog-joyent (no Debian package provides it)'
       assert_includes missing, 'the Ruby library zzz/top is not installed'
       assert_includes missing, 'the gem knife-joyent is not installed: gem install knife-joyent (no Debian package provides it)'
+    end
+  end
+end
+
+# The host as the supervisor runs it: a process speaking JSON-RPC on stdin and stdout.
+class ServerTest < Minitest::Test
+  HOST = File.expand_path('../loom-ruby-host', __dir__)
+
+  def start(dir, classname)
+    stdin, stdout, stderr, wait = Open3.popen3('ruby', HOST, '--class', classname, '--dir', dir)
+    @io = [stdin, stdout, stderr, wait]
+    stdin.sync = true
+  end
+
+  def send_line(msg)
+    @io[0].puts(msg.is_a?(String) ? msg : JSON.generate(msg))
+  end
+
+  def answer
+    line = Timeout.timeout(60) { @io[1].gets }
+    JSON.parse(line)
+  end
+
+  def answer_for(id)
+    loop do
+      msg = answer
+      return msg if msg['id'] == id
+    end
+  end
+
+  def handshake
+    send_line({ 'jsonrpc' => '2.0', 'id' => 1, 'method' => 'handshake',
+                'params' => { 'protocolVersions' => [1], 'kind' => 'automator', 'settings' => {} } })
+    answer_for(1)
+  end
+
+  def teardown
+    return unless @io
+
+    @io[0].close unless @io[0].closed?
+    Process.kill('KILL', @io[3].pid) rescue nil # rubocop:disable Style/RescueModifier
+  end
+
+  def test_a_request_it_cannot_read_is_answered_and_the_host_goes_on
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, 'a.rb'), "class A < Automator\nend\n")
+      start(dir, 'A')
+      send_line('{"jsonrpc":"2.0","id":7,"method":"handshake","params":[1]}')
+      assert_equal(-32_602, answer_for(7)['error']['code'])
+      send_line({ 'jsonrpc' => '2.0', 'id' => 8, 'method' => 'ping' })
+      assert_equal({}, answer_for(8)['result'])
+    end
+  end
+
+  def test_a_cancel_stops_a_task_whose_code_rescues_standard_errors
+    Dir.mktmpdir do |dir|
+      File.write(File.join(dir, 'a.rb'), <<~RUBY)
+        class A < Automator
+          def install(_auth, _script, _data)
+            begin
+              log.info 'sleeping'
+              sleep 300
+            rescue => e
+              @result['status'] = 0
+            end
+          end
+        end
+      RUBY
+      start(dir, 'A')
+      assert_equal 1, handshake['result']['protocolVersion']
+      send_line({ 'jsonrpc' => '2.0', 'id' => 2, 'method' => 'task',
+                  'params' => { 'taskId' => 't', 'taskName' => 'INSTALL', 'config' => {} } })
+      # The log line says the task's code is running; then cancel it.
+      msg = nil
+      msg = answer until msg && msg['method'] == 'log' && msg['params']['message'] == 'sleeping'
+      send_line({ 'jsonrpc' => '2.0', 'method' => 'cancel', 'params' => { 'taskId' => 't' } })
+      result = answer_for(2)['result']
+      assert_equal [1, true], [result['status'], result['cancelled']], result.inspect
+      # The worker lives on.
+      send_line({ 'jsonrpc' => '2.0', 'id' => 3, 'method' => 'task',
+                  'params' => { 'taskId' => 'u', 'taskName' => 'CREATE', 'config' => {} } })
+      assert_equal(-32_002, answer_for(3)['error']['code'], 'an automator does not run CREATE')
     end
   end
 end

@@ -6,6 +6,7 @@
 //! ([`crate::core::vet`]); so does a Ruby plugin whose libraries are not installed
 //! ([`crate::core::ruby`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -284,8 +285,10 @@ impl Registry {
 
     /// Marks the Ruby plugins whose code needs libraries that are not installed as not
     /// runnable, naming each library with the gem and the package that provide it. Asked
-    /// of the Ruby host once for all of them; when that fails, they stay runnable (the host
-    /// reports the same when it starts).
+    /// of the Ruby host once per environment the plugins run in (the home of the user
+    /// they run as, and the gem paths their manifests set, which decide which gems Ruby
+    /// sees); when that fails, they stay runnable and the host reports the same when it
+    /// starts.
     fn mark_missing_ruby_libraries(&mut self) {
         let ruby_specs: Vec<Arc<PluginSpec>> = self
             .plugins
@@ -295,22 +298,30 @@ impl Registry {
                 _ => None,
             })
             .collect();
-        let Some(first) = ruby_specs.first() else { return };
-        let Some(host) = first.args.first().map(PathBuf::from) else { return };
-        let mut dirs: Vec<PathBuf> = ruby_specs.iter().map(|s| s.dir.clone()).collect();
-        dirs.sort();
-        dirs.dedup();
-        let missing = match crate::core::ruby::missing_libraries(&first.executable, &host, &dirs) {
-            Ok(m) => m,
-            Err(e) => return tracing::debug!("could not ask loom-ruby-host which libraries are missing: {e}"),
-        };
+        let mut groups: BTreeMap<Vec<(String, String)>, Vec<Arc<PluginSpec>>> = BTreeMap::new();
         for spec in ruby_specs {
-            let Some(libs) = missing.get(&spec.dir).filter(|l| !l.is_empty()) else { continue };
-            let class = spec.ruby_class.as_deref().unwrap_or_default();
-            let why = format!("Ruby plugin (classname {class:?}) cannot load: {}", libs.join("; "));
-            self.error(&spec.manifest, Some(&spec.name), None, why.clone());
-            if let Some(p) = self.plugins.iter_mut().find(|p| p.kind == spec.kind && p.name == spec.name) {
-                p.availability = Availability::NotRunnable(why);
+            groups.entry(gem_environment(&spec)).or_default().push(spec);
+        }
+        for (env, specs) in groups {
+            let Some(host) = specs[0].args.first().map(PathBuf::from) else { continue };
+            let mut dirs: Vec<PathBuf> = specs.iter().map(|s| s.dir.clone()).collect();
+            dirs.sort();
+            dirs.dedup();
+            let missing = match crate::core::ruby::missing_libraries(&specs[0].executable, &host, &dirs, &env) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("could not ask loom-ruby-host which Ruby libraries the plugins need: {e}");
+                    continue;
+                }
+            };
+            for spec in specs {
+                let Some(libs) = missing.get(&spec.dir).filter(|l| !l.is_empty()) else { continue };
+                let class = spec.ruby_class.as_deref().unwrap_or_default();
+                let why = format!("Ruby plugin (classname {class:?}) cannot load: {}", libs.join("; "));
+                self.error(&spec.manifest, Some(&spec.name), None, why.clone());
+                if let Some(p) = self.plugins.iter_mut().find(|p| p.kind == spec.kind && p.name == spec.name) {
+                    p.availability = Availability::NotRunnable(why);
+                }
             }
         }
     }
@@ -348,6 +359,22 @@ impl Registry {
             severity: Severity::Error,
         });
     }
+}
+
+/// What decides which gems a Ruby plugin sees: `HOME` (user-installed gems) as its process
+/// gets it, and the gem and library paths its manifest's `env` sets.
+fn gem_environment(spec: &PluginSpec) -> Vec<(String, String)> {
+    let home = match crate::core::runas::resolve(&spec.run_as) {
+        Ok(crate::core::runas::Plan::Switch(identity)) => Some(identity.home.display().to_string()),
+        _ => std::env::var("HOME").ok(),
+    };
+    let mut env: Vec<(String, String)> = home.map(|h| ("HOME".to_owned(), h)).into_iter().collect();
+    for key in ["GEM_HOME", "GEM_PATH", "RUBYLIB"] {
+        if let Some(v) = spec.env.get(key) {
+            env.push((key.to_owned(), v.clone()));
+        }
+    }
+    env
 }
 
 fn sorted_entries(dir: &Path) -> Vec<PathBuf> {

@@ -65,20 +65,23 @@ pub fn host_files(host: &Path) -> Vec<PathBuf> {
     let Some(lib) = std::fs::canonicalize(host).ok().and_then(|h| h.parent().map(|d| d.join("lib"))) else {
         return Vec::new();
     };
-    rb_files(&lib, 4)
+    rb_files(&lib, 8)
 }
 
-/// Every `*.rb` under `dir`, `depth` folders down at most, sorted; at most 10,000.
+/// Every `*.rb` under `dir`, `depth` folders down at most, links followed, sorted; at most
+/// 10,000.
 pub fn rb_files(dir: &Path, depth: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0)];
     while let Some((d, level)) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
             let path = entry.path();
-            if kind.is_dir() && level < depth {
+            // Links followed, as Ruby follows them when it loads a file: a linked file or
+            // folder is checked like any other (the depth bounds a loop of links).
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if meta.is_dir() && level < depth {
                 stack.push((path, level + 1));
-            } else if kind.is_file() && path.extension().is_some_and(|x| x == "rb") && out.len() < 10_000 {
+            } else if meta.is_file() && path.extension().is_some_and(|x| x == "rb") && out.len() < 10_000 {
                 out.push(path);
             }
         }
@@ -89,18 +92,24 @@ pub fn rb_files(dir: &Path, depth: usize) -> Vec<PathBuf> {
 
 /// For each of `dirs` (plugin folders), the Ruby libraries its code needs that are not
 /// installed, each said with the gem and the package that provides it. Asks the host
-/// (`ruby loom-ruby-host --needs DIR...`, one process for all), which reads the plugins'
-/// files and never runs them.
+/// (`ruby loom-ruby-host --needs DIR...`, one process for all, with `env`: see the
+/// registry), which reads the plugins' files and never runs them.
 ///
 /// # Errors
 /// When the host could not be run or did not answer in time; nothing is known then.
-pub fn missing_libraries(ruby: &Path, host: &Path, dirs: &[PathBuf]) -> Result<HashMap<PathBuf, Vec<String>>, String> {
+pub fn missing_libraries(
+    ruby: &Path,
+    host: &Path,
+    dirs: &[PathBuf],
+    env: &[(String, String)],
+) -> Result<HashMap<PathBuf, Vec<String>>, String> {
     let mut child = Command::new(ruby)
         .arg(host)
         .arg("--needs")
         .args(dirs)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -143,5 +152,15 @@ mod tests {
         };
         assert_eq!(rel(rb_files(d.path(), 4)), ["a.rb", "lib/b.rb", "lib/x/c.rb"]);
         assert_eq!(rel(rb_files(d.path(), 1)), ["a.rb", "lib/b.rb"]);
+        // Linked files and folders are followed, as Ruby follows them; a loop ends at the depth.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("d.rb"), "").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("d.rb"), d.path().join("linked.rb")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("linkdir")).unwrap();
+        std::os::unix::fs::symlink(d.path(), d.path().join("lib/loop")).unwrap();
+        let found = rel(rb_files(d.path(), 3));
+        for want in ["linked.rb", "linkdir/d.rb", "lib/loop/a.rb"] {
+            assert!(found.iter().any(|f| f == want), "{want} in {found:?}");
+        }
     }
 }

@@ -85,7 +85,7 @@ pub fn vet(spec: &PluginSpec) -> Result<Vetted, VetError> {
         // require_relative), and its own.
         let host = spec.args.first().map(Path::new);
         let host_files = host.map(crate::core::ruby::host_files).unwrap_or_default();
-        for rb in crate::core::ruby::rb_files(&spec.dir, 4).iter().chain(&host_files) {
+        for rb in crate::core::ruby::rb_files(&spec.dir, 8).iter().chain(&host_files) {
             trust::check(rb, Kind::File).map_err(refused)?;
         }
     }

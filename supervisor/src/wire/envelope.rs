@@ -401,10 +401,9 @@ fn push_forms(secrets: &mut Vec<String>, value: String) {
     if escaped != value {
         secrets.push(escaped.to_owned());
     }
-    // Ruby's `inspect` (what an exception message holding a task shows) escapes as JSON
-    // does, and also `#` before `{`, `$` and `@`.
-    if ["#{", "#$", "#@"].iter().any(|m| value.contains(m)) {
-        secrets.push(escaped.replace("#{", "\\#{").replace("#$", "\\#$").replace("#@", "\\#@"));
+    let inspected = ruby_inspect(&value);
+    if inspected != value && inspected != escaped {
+        secrets.push(inspected);
     }
     if !value.is_ascii() {
         let ascii: String = escaped
@@ -420,6 +419,33 @@ fn push_forms(secrets: &mut Vec<String>, value: String) {
         secrets.push(ascii);
     }
     secrets.push(value);
+}
+
+/// `value` as Ruby's `String#inspect` writes a UTF-8 string between its quotes (what an
+/// exception message holding a task shows): `\"`, `\\`, `\n`, `\t`, `\r`, `\f`, `\v`,
+/// `\b`, `\a`, `\e`, `\#` before `{`, `$` and `@`, `\uXXXX` for the other ASCII control
+/// characters and DEL, the rest as it is.
+fn ruby_inspect(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{b}' => out.push_str("\\v"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{1b}' => out.push_str("\\e"),
+            '#' if matches!(chars.peek(), Some('{' | '$' | '@')) => out.push_str("\\#"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl<'de> DeserializeSeed<'de> for Scan<'_> {
@@ -835,9 +861,12 @@ mod tests {
 
     #[test]
     fn rubys_inspect_form_of_a_value_is_a_secret_too() {
-        let t = parse(r#"{"taskId":"t","taskName":"CREATE","config":{"password":"a\"b#{c}#$d#@e"}}"#).unwrap();
-        // What `{"password" => value}.inspect` shows inside an exception's message.
-        let inspected = r#"a\"b\#{c}\#$d\#@e"#;
+        let t =
+            parse(r#"{"taskId":"t","taskName":"CREATE","config":{"password":"a\"b#{c}#$d#@e\u001b\u007f\u0001ü"}}"#)
+                .unwrap();
+        // What `{"password" => value}.inspect` shows inside an exception's message
+        // (`ruby -e 'p "a\"b\#{c}\#$d\#@e\e\x7f\x01ü"'`).
+        let inspected = r#"a\"b\#{c}\#$d\#@e\e\u007F\u0001ü"#;
         assert!(t.secrets.iter().any(|x| x == inspected), "{inspected:?} in {:?}", t.secrets);
     }
 

@@ -118,17 +118,19 @@ module Coopr
     class Automator < Base
       TASKS = %w[BOOTSTRAP INSTALL CONFIGURE INITIALIZE START STOP REMOVE].freeze
 
+      # Coopr verified the rsa key; a provider of ours may have recorded another type
+      # only (`local` records ed25519): then that one is verified.
       def before_task
-        verify_ssh_host_key(LoomHost::Calls.new(self, @task).ipaddress, nil)
+        keys = (@task['config'] || {})['ssh_host_keys']
+        type = keys.is_a?(Hash) && !keys.key?('rsa') && !keys.empty? ? keys.keys.first.to_s : 'rsa'
+        verify_ssh_host_key(LoomHost::Calls.new(self, @task).ipaddress, type)
       end
 
-      # Compares `host`'s key of `type` (default: rsa if recorded, else the first recorded
-      # type) with the task's `ssh_host_keys`; raises when they differ, warns when none is
-      # recorded.
+      # Compares `host`'s key of `type` with the task's `ssh_host_keys`; raises when they
+      # differ, warns when none is recorded.
       def verify_ssh_host_key(host, type = 'rsa')
         config = @task['config'] || {}
         keys = config['ssh_host_keys'].is_a?(Hash) ? config['ssh_host_keys'] : {}
-        type ||= keys.key?('rsa') ? 'rsa' : keys.keys.first
         hostname = config['hostname']
         unless host && type && keys.key?(type)
           log.warn "SSH Host key not stored for #{hostname}... Skipping verification"

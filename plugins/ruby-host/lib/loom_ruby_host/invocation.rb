@@ -1,15 +1,28 @@
 # frozen_string_literal: true
 
 module LoomHost
-  class Cancelled < StandardError; end
+  # Raised in a task's thread when the supervisor cancels it. An Exception, not a
+  # StandardError, so that a plugin's `rescue => e` does not swallow it (`rescue
+  # Exception` still does: that plugin then finishes the task as it likes).
+  class Cancelled < Exception; end # rubocop:disable Lint/InheritException
 
   # One task on a fresh plugin object, made and called the way Loom or Coopr did, and its
   # answer: the plugin's @result, or a failure saying why.
   class Invocation
-    # Coopr's `env` for the objects of Coopr's classes (set at the handshake).
+    # Coopr's `env` for the objects of Coopr's classes, and their working directory (set
+    # at the handshake).
     @coopr_env = {}
+    @coopr_cwd = nil
     class << self
-      attr_accessor :coopr_env
+      attr_accessor :coopr_env, :coopr_cwd
+
+      # Makes and enters `dir`, again before each task, as Coopr did (a cleaner may have
+      # removed it). Every task of this process has the same one, so tasks on other
+      # threads are not moved.
+      def enter(dir)
+        FileUtils.mkdir_p(dir, mode: 0o700)
+        Dir.chdir(dir) unless Dir.pwd == dir
+      end
     end
 
     def initialize(klass, task)
@@ -38,6 +51,7 @@ module LoomHost
     # A new object: Coopr's classes get (env, task), Loom's (task), and a class whose own
     # initialize takes nothing, nothing.
     def make
+      Invocation.enter(Invocation.coopr_cwd) if Invocation.coopr_cwd && @klass <= Coopr::Plugin::Base
       plugin = if @klass <= Coopr::Plugin::Base then @klass.new(Invocation.coopr_env, @task)
                elsif takes_task? then @klass.new(@task)
                else @klass.new

@@ -29,7 +29,12 @@ module LoomHost
         end
         next unless msg.is_a?(Hash)
 
-        dispatch(msg)
+        begin
+          dispatch(msg)
+        rescue StandardError => e
+          # A request this host could not take (odd params, say) never ends it.
+          LoomHost.error(msg['id'], -32_603, "#{e.class}: #{e.message[0, 200]}") unless msg['id'].nil?
+        end
       end
       # stdin closed: finish what was taken, then exit.
       @concurrency.times { @queue << nil }
@@ -42,6 +47,8 @@ module LoomHost
       method = msg['method']
       id = msg['id']
       params = msg['params'] || {}
+      return LoomHost.error(id, -32_602, 'params must be an object') unless params.is_a?(Hash) || id.nil?
+
       if id.nil?
         cancel(params['taskId']) if method == 'cancel' && params.is_a?(Hash)
         return
@@ -77,24 +84,40 @@ module LoomHost
     # Coopr's plugins run with `env` (`work_dir`, `tenant`) and in the working directory
     # Coopr gave them, <work_dir>/<tenant>/<providertypes|automatortypes>/<name>, where
     # they keep resources (the shell automator's scripts and archives, SSH keys). From the
-    # manifest's settings `workDir` (default: a folder of this user's under the temporary
-    # folder) and `tenant` (default: superadmin, Coopr's). Returns a problem, or nil.
+    # manifest's settings `workDir` and `tenant` (default: superadmin, Coopr's). Without
+    # `workDir`: a folder of this user's own under the temporary folder, made 0700 and
+    # refused when someone else made it first. Returns a problem, or nil.
     def coopr_setup(params)
       return nil unless @loader.coopr?
 
       settings = params['settings'].is_a?(Hash) ? params['settings'] : {}
-      work_dir = File.expand_path((settings['workDir'] || File.join(Dir.tmpdir, "loom-ruby-host-#{Process.uid}")).to_s)
+      work_dir = settings['workDir'] ? File.expand_path(settings['workDir'].to_s) : private_work_dir
       tenant = (settings['tenant'] || 'superadmin').to_s
       name = (params['plugin'] || @loader.klass.name).to_s
       cwd = File.join(work_dir, tenant, "#{@kind}types", name)
-      FileUtils.mkdir_p(cwd, mode: 0o700)
-      Dir.chdir(cwd)
       Invocation.coopr_env = settings.merge(work_dir: work_dir, tenant: tenant, name: name,
                                             'provisioner.work.dir' => work_dir)
+      Invocation.coopr_cwd = cwd
+      Invocation.enter(cwd)
       nil
-    rescue SystemCallError => e
-      "Coopr's working directory #{cwd || work_dir} cannot be made or entered: #{e.message} " \
+    rescue SystemCallError, SecurityError => e
+      "Coopr's working directory #{cwd || work_dir} cannot be used: #{e.message} " \
         '(set "workDir" in the manifest\'s settings to a folder this plugin\'s user may write)'
+    end
+
+    def private_work_dir
+      dir = File.join(Dir.tmpdir, "loom-ruby-host-#{Process.uid}")
+      begin
+        Dir.mkdir(dir, 0o700)
+      rescue Errno::EEXIST
+        nil
+      end
+      stat = File.lstat(dir)
+      unless stat.directory? && stat.uid == Process.uid && (stat.mode & 0o077).zero?
+        raise SecurityError, "#{dir} is not a folder of this user's own, closed to others"
+      end
+
+      dir
     end
 
     def tasks
@@ -126,22 +149,28 @@ module LoomHost
       @queue << [id, task]
     end
 
+    # Raised in the task's thread while the task runs, and only then: under the lock that
+    # the thread takes to say it is done, so it cannot land in the next task.
     def cancel(task_id)
-      thread = @lock.synchronize { @running[task_id] }
-      thread&.raise(Cancelled, 'cancelled by the supervisor')
+      @lock.synchronize { @running[task_id]&.raise(Cancelled, 'cancelled by the supervisor') }
     end
 
+    # One task. A cancel is taken only while the task's code runs; its bookkeeping and
+    # its answer are never cut short by one.
     def run_task(id, task)
-      @lock.synchronize { @running[task['taskId']] = Thread.current }
-      result = begin
-        wait = CHECKING ? check_wait(task) : nil
-        wait ? wait_task(wait) : Invocation.new(@loader.klass, task).call
-      rescue Cancelled => e
-        { 'status' => 1, 'result' => {}, 'stdout' => '', 'stderr' => "#{e.message}\n", 'cancelled' => true }
-      ensure
-        @lock.synchronize { @running.delete(task['taskId']) }
+      Thread.handle_interrupt(Cancelled => :never) do
+        @lock.synchronize { @running[task['taskId']] = Thread.current }
+        result = begin
+          Thread.handle_interrupt(Cancelled => :immediate) { compute(task) }
+        rescue Cancelled => e
+          { 'status' => 1, 'result' => {}, 'stdout' => '', 'stderr' => "#{e.message}\n", 'cancelled' => true }
+        ensure
+          @lock.synchronize { @running.delete(task['taskId']) }
+        end
+        LoomHost.answer(id, result)
       end
-      LoomHost.answer(id, result)
+    rescue Cancelled
+      nil # a cancel that arrived as the task ended: it was answered
     rescue SystemExit => e
       # `exit` or `abort` in a plugin ended Loom's worker; it ends this process too.
       $stderr.flush
@@ -150,6 +179,11 @@ module LoomHost
 
     # `check`'s wait task (PROTOCOL.md section 10), only when `check` started us.
     CHECKING = ENV['LOOM_CHECK'] == '1'
+
+    def compute(task)
+      wait = CHECKING ? check_wait(task) : nil
+      wait ? wait_task(wait) : Invocation.new(@loader.klass, task).call
+    end
 
     def check_wait(task)
       config = task['config'].is_a?(Hash) ? task['config'] : {}

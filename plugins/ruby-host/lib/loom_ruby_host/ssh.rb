@@ -37,7 +37,7 @@ module LoomHost
       port = Target.current&.port_for(host)
       args = ['ssh-keyscan', '-T', '10', '-t', type]
       args += ['-p', port.to_s] if port
-      out, = Open3.capture3(*args, host.to_s)
+      out, = Open3.capture3(*args, '--', host.to_s)
       keytype = type == 'dsa' ? 'dss' : type
       line = out.lines.find { |l| !l.start_with?('#') && l.split[1].to_s.include?(keytype) }
       key = line&.split&.at(2)

@@ -18,9 +18,10 @@ module LoomHost
     attr_writer :out
   end
 
+  # One line, written whole: a cancel (Thread#raise) arriving meanwhile waits until it is.
   def self.send_message(msg)
-    line = JSON.generate(msg)
-    WRITE_LOCK.synchronize { @out.write(line, "\n") }
+    line = "#{JSON.generate(msg)}\n"
+    Thread.handle_interrupt(Exception => :never) { WRITE_LOCK.synchronize { @out.write(line) } }
   end
 
   def self.answer(id, result)
@@ -43,9 +44,11 @@ module LoomHost
     notify('log', params)
   end
 
-  # The task the calling thread runs (set by the server around each task), or nil.
+  # The task the calling thread runs (set by the server around each task, and given to
+  # the threads a task starts), or nil. A thread variable, not a fiber-local one, so that
+  # code run in a Fiber or an Enumerator sees it too.
   def self.current_task
-    Thread.current[:loom_task]
+    Thread.current.thread_variable_get(:loom_task)
   end
 
   def self.current_task_id
@@ -55,12 +58,29 @@ module LoomHost
 
   # Runs the block with `task` as the calling thread's task.
   def self.with_task(task)
-    before = Thread.current[:loom_task]
-    Thread.current[:loom_task] = task
+    before = Thread.current.thread_variable_get(:loom_task)
+    Thread.current.thread_variable_set(:loom_task, task)
     yield
   ensure
-    Thread.current[:loom_task] = before
+    Thread.current.thread_variable_set(:loom_task, before)
   end
+
+  # Prepended to Thread's singleton: a thread started during a task runs under that task
+  # (its log lines carry the task's id; its SSH connections get the task's port and keys).
+  module InheritTask
+    %i[new start fork].each do |name|
+      define_method(name) do |*args, &block|
+        task = LoomHost.current_task
+        return super(*args, &block) unless task && block
+
+        super(*args) do |*block_args|
+          Thread.current.thread_variable_set(:loom_task, task)
+          block.call(*block_args)
+        end
+      end
+    end
+  end
+  Thread.singleton_class.prepend(InheritTask)
 
   # The `log` object of a plugin: Ruby Logger's methods, sent as `log` notifications under
   # the task the calling thread runs.

@@ -82,6 +82,12 @@ pub async fn serve(listener: Listener, daemon: Arc<Daemon>, open_files: u64, sto
     let tasks = TaskTracker::new();
     let mut errors = AcceptErrors::default();
     loop {
+        // A descriptor is taken at accept: make room under the cap first.
+        let limits = daemon.config().http.fitted(open_files);
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = table.room(limits.max_connections) => {}
+        }
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             a = accept(&listener) => a,
@@ -104,7 +110,6 @@ pub async fn serve(listener: Listener, daemon: Arc<Daemon>, open_files: u64, sto
                 continue;
             }
         };
-        let limits = daemon.config().http.fitted(open_files);
         let Some(activity) = table.admit(limits.max_connections) else {
             refuse(io);
             continue;
@@ -360,22 +365,41 @@ impl Drop for Busy {
     }
 }
 
-/// The open connections.
+/// The open connections, and the evicted ones whose descriptors are not closed yet.
 #[derive(Debug)]
 struct Table {
     epoch: Instant,
     inner: Mutex<TableInner>,
+    /// Fired when a connection's task ends (its descriptor is closed).
+    freed: Notify,
 }
 
 #[derive(Debug, Default)]
 struct TableInner {
     next_id: u64,
     open: HashMap<u64, Arc<Activity>>,
+    /// Evicted connections still holding their descriptor until their task notices.
+    /// They count against the cap: under load a task may take a while to run, and
+    /// accepting in the meantime would go past the open-files limit.
+    closing: usize,
+}
+
+impl TableInner {
+    fn in_use(&self) -> usize {
+        self.open.len() + self.closing
+    }
+
+    fn evict(&mut self, victim: &Activity) {
+        if self.open.remove(&victim.id).is_some() {
+            self.closing += 1;
+            victim.evict.notify_one();
+        }
+    }
 }
 
 impl Default for Table {
     fn default() -> Table {
-        Table { epoch: Instant::now(), inner: Mutex::default() }
+        Table { epoch: Instant::now(), inner: Mutex::default(), freed: Notify::new() }
     }
 }
 
@@ -384,10 +408,9 @@ impl Table {
     /// longest without a request in hand. `None`: every connection is busy.
     fn admit(&self, max: usize) -> Option<Arc<Activity>> {
         let mut inner = self.lock();
-        if inner.open.len() >= max {
+        if inner.in_use() >= max {
             let victim = Self::longest_waiting(&inner)?;
-            inner.open.remove(&victim.id);
-            victim.evict.notify_one();
+            inner.evict(&victim);
         }
         inner.next_id += 1;
         let activity = Arc::new(Activity::new(inner.next_id, self.epoch));
@@ -399,8 +422,32 @@ impl Table {
     fn evict_one(&self) {
         let mut inner = self.lock();
         if let Some(victim) = Self::longest_waiting(&inner) {
-            inner.open.remove(&victim.id);
-            victim.evict.notify_one();
+            inner.evict(&victim);
+        }
+    }
+
+    /// Waits until one more connection fits under `max` descriptors, evicted connections
+    /// counted until they have closed. At the cap it evicts the connection that has
+    /// waited longest without a request in hand and waits for a connection to close
+    /// (evicting another every 100 ms that none does). Returns at once when every
+    /// connection is busy and none is closing: the next one is then refused.
+    ///
+    /// # Cancellation
+    /// Dropping the future leaves the evictions made; nothing else changes.
+    async fn room(&self, max: usize) {
+        loop {
+            {
+                let mut inner = self.lock();
+                if inner.in_use() < max {
+                    return;
+                }
+                match Self::longest_waiting(&inner) {
+                    Some(victim) => inner.evict(&victim),
+                    None if inner.closing == 0 => return,
+                    None => {}
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.freed.notified()).await;
         }
     }
 
@@ -408,8 +455,14 @@ impl Table {
         inner.open.values().filter(|a| a.evictable()).min_by_key(|a| a.since()).cloned()
     }
 
+    /// Forgets a connection whose task has ended (open, or evicted and now closed).
     fn remove(&self, activity: &Activity) {
-        self.lock().open.remove(&activity.id);
+        let mut inner = self.lock();
+        if inner.open.remove(&activity.id).is_none() {
+            inner.closing = inner.closing.saturating_sub(1);
+        }
+        drop(inner);
+        self.freed.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
@@ -542,6 +595,30 @@ mod tests {
         let _receiving = Busy::enter(Arc::clone(&c), true);
         assert!(table.admit(2).is_none(), "a request receiving its body is not evicted; all busy: refused");
         assert!(table.lock().open.contains_key(&c.id));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_holds_its_place_until_it_has_closed() {
+        let table = Arc::new(Table::default());
+        let a = table.admit(2).unwrap();
+        let b = table.admit(2).unwrap();
+        let _busy = Busy::enter(Arc::clone(&a), false);
+        // At the cap: room() tells b to go, and waits for it to be gone.
+        let waiting = {
+            let table = Arc::clone(&table);
+            tokio::spawn(async move { table.room(2).await })
+        };
+        b.evict.notified().await;
+        assert_eq!(table.lock().in_use(), 2, "b's descriptor is still open");
+        assert!(!waiting.is_finished(), "no room until b's task ends");
+        table.remove(&b);
+        waiting.await.unwrap();
+        assert_eq!(table.lock().in_use(), 1);
+        // Every connection busy and none closing: no waiting (the next is refused).
+        let c = table.admit(2).unwrap();
+        let _c_busy = Busy::enter(Arc::clone(&c), false);
+        table.room(2).await;
+        assert!(table.admit(2).is_none());
     }
 
     #[test]
