@@ -33,6 +33,14 @@ module LoomHost
       @config = @task['config'].is_a?(Hash) ? @task['config'] : {}
     end
 
+    # What both bases' `runTask` do: call the task's method on `plugin` in its
+    # convention, and return its @result.
+    def self.run(plugin, task)
+      method, args = new(plugin, task).call_for(task['taskName'])
+      plugin.public_send(method, *args)
+      plugin.result
+    end
+
     def self.method_for(name)
       METHODS[name] || name.to_s.downcase
     end

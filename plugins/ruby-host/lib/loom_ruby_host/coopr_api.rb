@@ -100,9 +100,7 @@ module Coopr
 
       def runTask # rubocop:disable Naming/MethodName -- Coopr's name
         before_task
-        method, args = LoomHost::Calls.new(self, @task).call_for(@task['taskName'])
-        public_send(method, *args)
-        @result
+        LoomHost::Calls.run(self, @task)
       end
 
       def before_task; end

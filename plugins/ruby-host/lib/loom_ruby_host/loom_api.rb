@@ -29,9 +29,7 @@ class LoomPlugin
   # Calls the method for the task in the convention the class was written in
   # (LoomHost::Calls) and returns @result. A plugin may override it, as in Loom.
   def runTask # rubocop:disable Naming/MethodName -- Loom's name
-    method, args = LoomHost::Calls.new(self, @task).call_for(@task['taskName'])
-    public_send(method, *args)
-    @result
+    LoomHost::Calls.run(self, @task)
   end
 end
 
