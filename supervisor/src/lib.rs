@@ -55,3 +55,9 @@ pub mod inputs {
     pub use crate::wire::connection::Connection;
     pub use crate::wire::redact::{MASK, MIN_SECRET_LEN, Redactor, is_secret_key};
 }
+
+/// This build's version (the crate's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this build was made from (12 hex digits; `$LOOM_COMMIT` for a build outside
+/// git; "unknown" when neither said): in `--version` and `loom_build_info`.
+pub const COMMIT: &str = env!("LOOM_COMMIT");

@@ -72,3 +72,14 @@ pub fn test_plugin() -> PathBuf {
 pub(crate) fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
+
+/// This checkout's commit as the binaries built from it name it (`--version`,
+/// `loom_build_info`): 12 hex digits, or "unknown" outside git.
+pub fn checkout_commit() -> String {
+    let out =
+        std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(workspace()).output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        _ => "unknown".to_owned(),
+    }
+}

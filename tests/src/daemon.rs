@@ -217,6 +217,15 @@ impl Serve {
         None
     }
 
+    /// `GET /metrics`, checked by Prometheus' own parser (`promtool check metrics`, from
+    /// Debian's `prometheus`, which `.ci/run` installs): panics on any problem it reports.
+    pub fn metrics(&self) -> String {
+        let (code, text) = self.request("GET", "/metrics", None);
+        let text = text.as_str().unwrap_or_else(|| panic!("/metrics answered {code} {text}")).to_owned();
+        crate::promtool_check(&text);
+        text
+    }
+
     /// An HTTP request with the configured token; the status and the JSON body.
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         self.request_with(method, path, body, self.token.as_deref())

@@ -10,9 +10,15 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `cmd` with `input` on stdin and waits up to `limit`; kills it and panics after.
-pub fn run_with_input(mut cmd: Command, input: &str, limit: Duration) -> Output {
+pub fn run_with_input(cmd: Command, input: &str, limit: Duration) -> Output {
+    run_with_stderr(cmd, input, Stdio::piped(), limit)
+}
+
+/// Like [`run_with_input`], with the child's stderr connected to `stderr` (a socket, a
+/// terminal); the output's `stderr` is empty unless `stderr` is [`Stdio::piped`].
+pub fn run_with_stderr(mut cmd: Command, input: &str, stderr: Stdio, limit: Duration) -> Output {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let mut stdin = child.stdin.take().expect("stdin");
     let input = input.to_owned();

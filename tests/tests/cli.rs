@@ -151,6 +151,14 @@ fn bad_input_is_a_usage_error_that_names_the_line_and_runs_nothing() {
 }
 
 #[test]
+fn version_names_the_commit() {
+    let (code, out, _) = cli(&["--version"], "");
+    assert_eq!(code, Some(0));
+    let commit = loom_e2e::checkout_commit();
+    assert_eq!(out.trim(), format!("loom-provisioner {} (commit {commit})", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
 fn usage_and_configuration_errors_exit_2() {
     let (code, _, err) = cli(&["run", "--plugins-dir", "/no/such/folder"], "{}");
     assert_eq!(code, Some(2));

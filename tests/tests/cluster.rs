@@ -535,6 +535,18 @@ fn the_daemon_runs_cluster_operations_over_its_api_and_resumes_them_after_a_cras
     assert_eq!(get("127.0.0.1:18401/").unwrap().trim(), "Hello from a Loom cluster, served by web-1.local-demo");
     let (_, list) = serve.request("GET", "/v1/clusters", None);
     assert_eq!(list["clusters"][0]["name"], "local-demo");
+    // Every task the operation sent is counted, with the operation and the cluster's state.
+    let (_, status) = serve.request("GET", "/v1/clusters/local-demo?tasks=true", None);
+    let metrics = serve.metrics();
+    assert_eq!(loom_e2e::metric_sum(&metrics, "loom_tasks_total") as usize, tasks(&status).len(), "{metrics}");
+    for line in [
+        "loom_tasks_total{plugin=\"local\",task=\"CREATE\",outcome=\"success\"} 2",
+        "loom_tasks_total{plugin=\"shell\",task=\"BOOTSTRAP\",outcome=\"success\"} 2",
+        "loom_cluster_operations_total{operation=\"up\",outcome=\"success\"} 1",
+        "loom_clusters{state=\"active\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 
     // Refusals: a bad spec, an unknown cluster, a cluster that is busy.
     let (code, body) = serve.request("POST", "/v1/clusters", Some(r#"{"name": "x", "nodeGroups": []}"#));

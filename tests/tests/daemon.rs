@@ -56,16 +56,24 @@ fn tasks_over_http_are_journaled_answered_and_never_run_twice() {
     assert_eq!(runs(&plugins), BTreeMap::from([("t1".to_owned(), 1), ("t2".to_owned(), 1)]));
     assert_eq!(serve.request("GET", "/v1/tasks/nope", None).0, 404);
 
-    let (_, metrics) = serve.request("GET", "/metrics", None);
-    let metrics = metrics.as_str().unwrap().to_owned();
+    let metrics = serve.metrics();
     for line in [
         "loom_tasks_total{plugin=\"a1\",task=\"INSTALL\",outcome=\"success\"} 1",
         "loom_tasks_total{plugin=\"a1\",task=\"START\",outcome=\"failure\"} 1",
         "loom_task_duration_seconds_count{plugin=\"a1\",task=\"INSTALL\"} 1",
         "loom_plugin_instances_ready{plugin=\"a1\",kind=\"automator\"} 1",
         "loom_journal_tasks{state=\"done\"} 2",
+        "loom_clusters{state=\"active\"} 0",
+        &format!(
+            "loom_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            loom_e2e::checkout_commit()
+        ),
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    for name in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds", "process_max_fds"] {
+        assert!(loom_e2e::metric_sum(&metrics, name) > 0.0, "{name} missing:\n{metrics}");
     }
 
     // Plugins, and an operator's restart.

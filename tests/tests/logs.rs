@@ -114,3 +114,81 @@ fn a_handshake_offering_more_concurrency_than_the_manifest_allows_is_noted_once_
     );
     plugins.assert_no_leftovers();
 }
+
+/// `run` with the chatty plugin's log task, stderr on `stderr`, with `env`.
+fn chatty_run(plugins: &Plugins, stderr: std::process::Stdio, env: &[(&str, &str)]) -> std::process::Output {
+    let input = format!("{}\n", action("t-log", "INSTALL", "chatty", json!({"action": "log"})));
+    let mut cmd = std::process::Command::new(loom_e2e::provisioner());
+    cmd.arg("run").arg("--plugins-dir").arg(plugins.path()).args(["--log-level", "debug"]);
+    cmd.env_remove("NO_COLOR").env_remove("JOURNAL_STREAM").envs(env.iter().copied());
+    loom_e2e::run_with_stderr(cmd, &input, stderr, std::time::Duration::from_secs(60))
+}
+
+/// Everything written to the other end of `ours` until every copy of its peer closes.
+fn read_all_in_background(mut ours: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        // A terminal's master answers EIO once the last slave closes: that is its end.
+        while let Ok(n @ 1..) = ours.read(&mut buf) {
+            text.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+#[test]
+fn under_journald_lines_carry_their_syslog_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "chatty", json!({}));
+    // systemd connects stderr to journald's stream socket and names it in JOURNAL_STREAM.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let theirs = std::fs::File::from(std::os::fd::OwnedFd::from(theirs));
+    let meta = theirs.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let reader = read_all_in_background(ours);
+    let out = chatty_run(&plugins, theirs.into(), &[("JOURNAL_STREAM", &stream)]);
+    let log = reader.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    for (priority, text) in [
+        ("<7>", "chatty says debug"),
+        ("<6>", "chatty says info"),
+        ("<4>", "chatty says warn"),
+        ("<3>", "chatty says error"),
+    ] {
+        let line = log.lines().find(|l| l.contains(text)).unwrap_or_else(|| panic!("{text} missing:\n{log}"));
+        let rest = line.strip_prefix(priority).unwrap_or_else(|| panic!("{line:?} does not start with {priority}"));
+        // Straight to the level: journald adds its own time.
+        let first = rest.split_whitespace().next().unwrap_or_default();
+        assert!(["DEBUG", "INFO", "WARN", "ERROR"].contains(&first), "{line:?}");
+    }
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+
+    // The variable names another stream (stderr was redirected): the usual lines.
+    let out = chatty_run(&plugins, std::process::Stdio::piped(), &[("JOURNAL_STREAM", &stream)]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log.lines().find(|l| l.contains("chatty says warn")).unwrap_or_else(|| panic!("{log}"));
+    assert!(!line.starts_with('<') && line.starts_with(|c: char| c.is_ascii_digit()), "a timestamp first: {line:?}");
+    plugins.assert_no_leftovers();
+}
+
+#[test]
+fn colours_on_a_terminal_unless_no_color_is_set() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "chatty", json!({}));
+    let on_terminal = |env: &[(&str, &str)]| {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let reader = read_all_in_background(std::fs::File::from(pty.master));
+        let out = chatty_run(&plugins, std::fs::File::from(pty.slave).into(), env);
+        let log = reader.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{log}");
+        assert!(log.contains("chatty says warn"), "{log}");
+        log
+    };
+    assert!(on_terminal(&[]).contains("\u{1b}["), "colours on a terminal");
+    assert!(on_terminal(&[("NO_COLOR", "")]).contains("\u{1b}["), "an empty NO_COLOR does not count");
+    let plain = on_terminal(&[("NO_COLOR", "1")]);
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+    plugins.assert_no_leftovers();
+}

@@ -33,10 +33,13 @@ use crate::cli::plugins::PluginsArgs;
 use crate::cli::run::{RunArgs, SubmitArgs};
 use crate::log::{self, Format};
 
+/// `--version`: the version and the commit it was built from.
+const VERSION_AND_COMMIT: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LOOM_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "loom-provisioner",
-    version,
+    version = VERSION_AND_COMMIT,
     about = "Runs Loom provisioner plugins out of process and sends them tasks"
 )]
 struct Cli {

@@ -369,6 +369,15 @@ struct Runner<'a> {
     interrupted: Mutex<HashMap<StepKey, TaskRow>>,
 }
 
+/// A task's answer, as it came back.
+struct Answer {
+    result: TaskResult,
+    /// From hand-over to the plugin to the answer.
+    elapsed: Duration,
+    /// Where it went ([`Event::TaskFinished`]'s `plugin`).
+    plugin: String,
+}
+
 /// One send's outcome.
 struct Sent {
     task_id: String,
@@ -503,40 +512,39 @@ impl Runner<'_> {
                 Ok(()) => remote::run(journal, &envelope).await,
                 Err(e) => TaskResult::failed(format!("not sent: {e}")),
             };
-            return self.record(key, task, &task_id, attempt, result, began.elapsed()).await;
+            let plugin = crate::core::router::needs(&envelope).join("+");
+            let answer = Answer { result, elapsed: began.elapsed(), plugin };
+            return self.record(key, task, &task_id, attempt, answer).await;
         }
-        let result = match self.engine.supervisor.reserve(&envelope).await {
-            Ok(permit) => match store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await {
-                Ok(()) => {
-                    began = Instant::now();
-                    permit.send().await
+        let (result, plugin) = match self.engine.supervisor.reserve(&envelope).await {
+            Ok(permit) => {
+                let plugin = permit.route().to_owned();
+                match store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await {
+                    Ok(()) => {
+                        began = Instant::now();
+                        (permit.send().await, plugin)
+                    }
+                    Err(e) => {
+                        let result = permit.abandon(&e.to_string());
+                        // Recorded all the same, as a task that was not sent.
+                        let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
+                        (result, plugin)
+                    }
                 }
-                Err(e) => {
-                    let result = permit.abandon(&e.to_string());
-                    // Recorded all the same, as a task that was not sent.
-                    let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
-                    result
-                }
-            },
+            }
             Err(refused) => {
                 // Refused before it was sent (no plugin): still recorded.
                 let _ = store.started(cluster, &self.job_id, &task_id, key, task.as_str(), attempt).await;
-                refused.into_result()
+                let plugin = refused.route().to_owned();
+                (refused.into_result(), plugin)
             }
         };
-        let elapsed = began.elapsed();
-        self.record(key, task, &task_id, attempt, result, elapsed).await
+        let answer = Answer { result, elapsed: began.elapsed(), plugin };
+        self.record(key, task, &task_id, attempt, answer).await
     }
 
-    async fn record(
-        &self,
-        key: &StepKey,
-        task: TaskName,
-        task_id: &str,
-        attempt: u32,
-        result: TaskResult,
-        elapsed: Duration,
-    ) -> Sent {
+    async fn record(&self, key: &StepKey, task: TaskName, task_id: &str, attempt: u32, answer: Answer) -> Sent {
+        let Answer { result, elapsed, plugin } = answer;
         // A script may print a credential it was given: the supervisor scrubbed the result
         // (all but its `result` member) before it came here, so it reaches neither the
         // journal nor the report.
@@ -584,7 +592,17 @@ impl Runner<'_> {
         };
         self.persist(finished).await;
         let retrying = status != 0 && !fatal && attempt < self.options.attempts;
-        self.progress.event(&Event::TaskFinished { key, task_id, task, status, elapsed, stderr: &stderr, retrying });
+        let plugin = &plugin;
+        self.progress.event(&Event::TaskFinished {
+            key,
+            task_id,
+            task,
+            plugin,
+            status,
+            elapsed,
+            stderr: &stderr,
+            retrying,
+        });
         Sent { task_id: task_id.to_owned(), status, stdout, stderr, fatal }
     }
 

@@ -54,6 +54,9 @@ pub enum Event<'a> {
         task_id: &'a str,
         /// The task.
         task: TaskName,
+        /// The plugin it went to (as the daemon's metrics name it: `shell`, `local+shell`
+        /// for a BOOTSTRAP, `none` when no plugin could take it).
+        plugin: &'a str,
         /// Its status (0: success).
         status: i64,
         /// How long it ran.

@@ -38,6 +38,16 @@ pub enum ClusterState {
 }
 
 impl ClusterState {
+    /// Every state, in the order of a cluster's life.
+    pub const ALL: [ClusterState; 6] = [
+        ClusterState::Creating,
+        ClusterState::Active,
+        ClusterState::Updating,
+        ClusterState::Incomplete,
+        ClusterState::Deleting,
+        ClusterState::Terminated,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -224,6 +234,27 @@ impl ClusterStore {
     pub async fn list(&self) -> Result<Vec<ClusterRecord>, JournalError> {
         self.journal
             .run(|c| c.rows(&format!("{SELECT_CLUSTER} ORDER BY name"), &[])?.iter().map(read_cluster).collect())
+            .await
+    }
+
+    /// How many clusters are in each state (states with none are left out).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn count_by_state(&self) -> Result<Vec<(ClusterState, u64)>, JournalError> {
+        self.journal
+            .run(|c| {
+                let rows = c.rows("SELECT state, COUNT(*) FROM clusters GROUP BY state", &[])?;
+                let mut counts: Vec<(ClusterState, u64)> = Vec::new();
+                for r in &rows {
+                    let (state, n) = (ClusterState::parse(&r.text(0)?), u64::from(r.count(1)?));
+                    match counts.iter_mut().find(|(s, _)| *s == state) {
+                        Some((_, total)) => *total += n,
+                        None => counts.push((state, n)),
+                    }
+                }
+                Ok(counts)
+            })
             .await
     }
 

@@ -1,12 +1,21 @@
-//! Metrics in Prometheus' text format: tasks by plugin, task name and outcome; task
-//! durations as histograms; plus gauges read from the plugins and the journal when
-//! scraped.
+//! Metrics in Prometheus' text format: tasks by plugin, task name and outcome (those of
+//! the task API and those of cluster operations alike); task durations as histograms;
+//! cluster operations by kind and outcome; plus gauges read from the plugins, the journal
+//! and this process when scraped ([`Readings`], [`process`]).
+//!
+//! Written by hand: a few dozen series with fixed names, and the format's escaping is
+//! one function ([`esc`]); `promtool check metrics` reads it in the tests.
+
+mod process;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::cluster::outcome::Outcome;
+use crate::cluster::progress::{Event, Progress};
+use crate::cluster::store::ClusterState;
 use crate::core::router::Table;
 use crate::journal::Counts;
 use crate::journal::Health;
@@ -31,6 +40,22 @@ struct Inner {
     durations: BTreeMap<(String, String), Histogram>,
     /// HTTP requests by status code.
     http: BTreeMap<u16, u64>,
+    /// (operation, outcome) -> cluster operations ended.
+    cluster_ops: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// What is read when `/metrics` is scraped, besides the counters.
+pub struct Readings<'a> {
+    /// The plugins.
+    pub table: &'a Table,
+    /// The task API's tasks in the journal by state, when the journal answered.
+    pub journal: Option<Counts>,
+    /// Whether the journal can write.
+    pub journal_health: &'a Health,
+    /// Tasks accepted and not finished.
+    pub in_flight: usize,
+    /// Clusters by state, when the journal answered.
+    pub clusters: Option<Vec<(ClusterState, u64)>>,
 }
 
 #[derive(Default)]
@@ -57,6 +82,13 @@ impl Metrics {
         h.sum += secs;
     }
 
+    /// Records an ended cluster operation.
+    pub fn cluster_operation(&self, outcome: &Outcome) {
+        let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let how = if outcome.ok() { "success" } else { "failure" };
+        *m.cluster_ops.entry((outcome.operation, how)).or_default() += 1;
+    }
+
     /// Records an HTTP answer.
     pub fn http(&self, status: u16) {
         let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -64,9 +96,12 @@ impl Metrics {
     }
 
     /// Everything, in the text exposition format.
-    pub fn render(&self, table: &Table, journal: Option<Counts>, journal_health: &Health, in_flight: usize) -> String {
+    pub fn render(&self, now: &Readings<'_>) -> String {
         let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = String::new();
+        header(&mut out, "loom_build_info", "gauge", "Always 1: the version and commit of this build.");
+        let _ =
+            writeln!(out, "loom_build_info{{version=\"{}\",commit=\"{}\"}} 1", esc(crate::VERSION), esc(crate::COMMIT));
         header(&mut out, "loom_tasks_total", "counter", "Tasks finished, by plugin, task name and outcome.");
         for ((plugin, task, outcome), n) in &m.tasks {
             let _ = writeln!(
@@ -105,13 +140,30 @@ impl Metrics {
         ];
         for (name, kind, help, read) in gauges {
             header(&mut out, name, kind, help);
-            for p in table.plugins() {
+            for p in now.table.plugins() {
                 let _ = writeln!(out, "{name}{{plugin=\"{}\",kind=\"{}\"}} {}", esc(p.name()), p.kind(), read(p));
             }
         }
         header(&mut out, "loom_tasks_in_flight", "gauge", "Tasks accepted and not finished.");
-        let _ = writeln!(out, "loom_tasks_in_flight {in_flight}");
-        if let Some(c) = journal {
+        let _ = writeln!(out, "loom_tasks_in_flight {}", now.in_flight);
+        header(
+            &mut out,
+            "loom_cluster_operations_total",
+            "counter",
+            "Cluster operations ended, by operation and outcome.",
+        );
+        for ((operation, outcome), n) in &m.cluster_ops {
+            let _ =
+                writeln!(out, "loom_cluster_operations_total{{operation=\"{operation}\",outcome=\"{outcome}\"}} {n}");
+        }
+        if let Some(clusters) = &now.clusters {
+            header(&mut out, "loom_clusters", "gauge", "Clusters in the journal, by state.");
+            for state in ClusterState::ALL {
+                let n = clusters.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+                let _ = writeln!(out, "loom_clusters{{state=\"{}\"}} {n}", state.as_str());
+            }
+        }
+        if let Some(c) = now.journal {
             header(&mut out, "loom_journal_tasks", "gauge", "Tasks in the journal, by state.");
             for (state, n) in [("queued", c.queued), ("running", c.running), ("done", c.done)] {
                 let _ = writeln!(out, "loom_journal_tasks{{state=\"{state}\"}} {n}");
@@ -123,19 +175,46 @@ impl Metrics {
             "counter",
             "Journal writes that failed (a full disk, a read-only file system).",
         );
-        let _ = writeln!(out, "loom_journal_write_failures_total {}", journal_health.failures());
+        let _ = writeln!(out, "loom_journal_write_failures_total {}", now.journal_health.failures());
         header(
             &mut out,
             "loom_journal_writable",
             "gauge",
             "1 while the journal's last write succeeded, 0 while it cannot write.",
         );
-        let _ = writeln!(out, "loom_journal_writable {}", u8::from(journal_health.problem().is_none()));
+        let _ = writeln!(out, "loom_journal_writable {}", u8::from(now.journal_health.problem().is_none()));
         header(&mut out, "loom_http_responses_total", "counter", "HTTP answers by status code.");
         for (code, n) in &m.http {
             let _ = writeln!(out, "loom_http_responses_total{{code=\"{code}\"}} {n}");
         }
+        process::render(&mut out);
         out
+    }
+}
+
+/// A cluster operation's [`Progress`] in the daemon: `inner`'s, and every task and the
+/// operation's end counted in [`Metrics`].
+pub struct Counted<'a, P> {
+    /// Counts.
+    pub metrics: &'a Metrics,
+    /// Shows.
+    pub inner: P,
+}
+
+impl<P: Progress> Progress for Counted<'_, P> {
+    fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::TaskFinished { plugin, task, status, elapsed, .. } => {
+                self.metrics.task(plugin, task.as_str(), *status, *elapsed);
+            }
+            Event::Finished { outcome } => self.metrics.cluster_operation(outcome),
+            _ => {}
+        }
+        self.inner.event(event);
+    }
+
+    fn wants_output(&self) -> bool {
+        self.inner.wants_output()
     }
 }
 
@@ -182,12 +261,19 @@ mod tests {
             crate::core::supervisor::Options::default(),
         )
         .table();
-        let text = m.render(&table, None, &Health::default(), 0);
+        let readings =
+            Readings { table: &table, journal: None, journal_health: &Health::default(), in_flight: 0, clusters: None };
+        let text = m.render(&readings);
         assert!(text.contains("loom_tasks_total{plugin=\"shell\",task=\"INSTALL\",outcome=\"success\"} 1"), "{text}");
         assert!(text.contains("loom_tasks_total{plugin=\"shell\",task=\"INSTALL\",outcome=\"failure\"} 1"));
         assert!(text.contains("loom_task_duration_seconds_bucket{plugin=\"shell\",task=\"INSTALL\",le=\"0.05\"} 1"));
         assert!(text.contains("loom_task_duration_seconds_bucket{plugin=\"shell\",task=\"INSTALL\",le=\"5\"} 2"));
         assert!(text.contains("loom_task_duration_seconds_count{plugin=\"shell\",task=\"INSTALL\"} 2"));
         assert_eq!(esc("a\"b\\c"), "a\\\"b\\\\c");
+        assert!(text.contains(&format!(
+            "loom_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            crate::VERSION,
+            crate::COMMIT
+        )));
     }
 }

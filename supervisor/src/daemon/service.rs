@@ -30,7 +30,7 @@ use crate::core::registry::{LoadError, Registry};
 use crate::core::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
 use crate::daemon::budget::{Budget, Reservation};
 use crate::daemon::config::{Config, ConfigError};
-use crate::daemon::metrics::Metrics;
+use crate::daemon::metrics::{Counted, Metrics};
 use crate::daemon::notify::Notifier;
 use crate::journal::{Event, Fate, Journal, JournalError, Member, Orphan, Record, Settings};
 use crate::wire::envelope::TaskEnvelope;
@@ -748,8 +748,9 @@ impl Daemon {
             let (done_tx, done_rx) = watch::channel(None);
             daemon.lock_cluster_runs().insert(name.clone(), done_rx);
             let _ = ready_tx.send(Ok(prepared.job_id().to_owned()));
+            let progress = Counted { metrics: &daemon.metrics, inner: Log };
             let outcome = tokio::select! {
-                r = prepared.execute(&Log) => Some(r.map_err(Arc::new)),
+                r = prepared.execute(&progress) => Some(r.map_err(Arc::new)),
                 // Shutting down: the tasks in flight are cancelled and stay recorded as
                 // running; the next start resumes the operation.
                 () = daemon.cluster_stop.cancelled() => None,

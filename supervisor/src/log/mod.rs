@@ -7,6 +7,7 @@
 //!
 //! The lowest layer: uses only the protocol crate; every layer above may log.
 
+pub mod journald;
 pub mod limit;
 pub mod pump;
 
@@ -15,7 +16,10 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use loom_protocol::LogLevel;
+use tracing_subscriber::Layer;
+use tracing_subscriber::Registry;
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::prelude::*;
 
 /// Output format.
@@ -92,27 +96,32 @@ impl Drop for EventWriter {
 }
 
 /// Installs the global subscriber. Does nothing if one is installed already (tests).
+///
+/// Colours only on a terminal, and not when `NO_COLOR` is set to anything but the empty
+/// string (<https://no-color.org>). Under systemd with stderr connected to the journal,
+/// each line carries its syslog priority and no timestamp ([`journald`]).
 pub fn init(format: Format, filter: Targets) {
-    let ansi = std::io::stderr().is_terminal();
-    let result = match format {
-        Format::Human => tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer().with_writer(EventWriter::default).with_ansi(ansi).with_filter(filter),
-            )
-            .try_init(),
-        Format::Json => tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(EventWriter::default)
-                    .with_filter(filter),
-            )
-            .try_init(),
+    let journal = journald::stderr_is_journal();
+    let ansi = !journal && wants_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let layer = tracing_subscriber::fmt::layer().with_writer(EventWriter::default).with_ansi(ansi);
+    let json =
+        || tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false).with_span_list(false);
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, journal) {
+        (Format::Human, false) => layer.boxed(),
+        (Format::Human, true) => layer
+            .event_format(journald::Prioritised(tracing_subscriber::fmt::format().without_time().with_ansi(false)))
+            .boxed(),
+        (Format::Json, false) => layer.fmt_fields(JsonFields::new()).event_format(json()).boxed(),
+        (Format::Json, true) => {
+            layer.fmt_fields(JsonFields::new()).event_format(journald::Prioritised(json().without_time())).boxed()
+        }
     };
-    let _ = result;
+    let _ = tracing_subscriber::registry().with(layer.with_filter(filter)).try_init();
+}
+
+/// Whether to colour the log: on a terminal, unless `NO_COLOR` is set and not empty.
+fn wants_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// The most detailed level `filter` lets through for plugin events: told to plugins in
@@ -144,6 +153,15 @@ mod tests {
         assert_eq!(plugin_level(&parse_filter("info").unwrap()), LogLevel::Info);
         assert_eq!(plugin_level(&parse_filter("warn,loom::plugin=trace").unwrap()), LogLevel::Trace);
         assert_eq!(plugin_level(&parse_filter("error").unwrap()), LogLevel::Error);
+    }
+
+    #[test]
+    fn no_color_turns_colours_off_unless_empty() {
+        use std::ffi::OsStr;
+        assert!(wants_colour(true, None));
+        assert!(wants_colour(true, Some(OsStr::new(""))));
+        assert!(!wants_colour(true, Some(OsStr::new("1"))));
+        assert!(!wants_colour(false, None));
     }
 
     #[test]

@@ -222,9 +222,15 @@ fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
 }
 
 async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
-    let counts = daemon.journal.counts().await.ok();
-    let mut text =
-        daemon.metrics.render(&daemon.supervisor.table(), counts, daemon.journal.health(), daemon.in_flight());
+    let table = daemon.supervisor.table();
+    let readings = crate::daemon::metrics::Readings {
+        table: &table,
+        journal: daemon.journal.counts().await.ok(),
+        journal_health: daemon.journal.health(),
+        in_flight: daemon.in_flight(),
+        clusters: daemon.clusters.count_by_state().await.ok(),
+    };
+    let mut text = daemon.metrics.render(&readings);
     if let Ok(queued) = daemon.journal.queued_by_needs().await {
         crate::daemon::metrics::render_fleet_queue(&mut text, &queued);
     }
