@@ -312,6 +312,33 @@ fn a_script_that_always_fails_leaves_the_cluster_incomplete_until_fixed_then_res
 }
 
 #[test]
+fn down_after_a_failed_install_is_not_failed_by_the_remove_of_what_was_never_installed() {
+    let rig = ClusterRig::new(json!({}));
+    let actions =
+        [("install", "missing.sh", "install"), ("start", "record.sh", "start"), ("remove", "missing.sh", "remove")];
+    let spec = rig.write_spec("halfway.json", &spec_with("halfway", 1, &actions));
+    let up = rig.cluster(&["up", spec.to_str().unwrap(), "--attempts", "1"]);
+    assert_eq!(up.code, Some(1), "{}", up.stderr);
+    assert_eq!(up.json["outcome"]["failed"][0]["step"], "INSTALL svc on halfway-n-1", "{:#}", up.json);
+
+    let down = rig.cluster(&["down", "halfway"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    let outcome = &down.json["outcome"];
+    assert_eq!(outcome["state"], "terminated", "{outcome:#}");
+    let notes: Vec<&str> = outcome["notes"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(
+        notes.iter().any(|n| n.starts_with("REMOVE svc on halfway-n-1 failed")
+            && n.ends_with("not counted as a failure: svc was never installed on halfway-n-1")),
+        "{notes:?}"
+    );
+    // It was tried (it may clean up half an install), and STOP was not: nothing started.
+    let status = rig.status("halfway");
+    assert!(tasks(&status).iter().any(|t| t["taskName"] == "REMOVE"), "{status:#}");
+    assert!(tasks(&status).iter().all(|t| t["taskName"] != "STOP"), "{status:#}");
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
 fn credentials_in_the_spec_never_reach_the_output_the_report_or_the_log() {
     let rig = ClusterRig::new(json!({}));
     let mut spec = spec_with("secret", 1, &[("install", "leak.sh", "install")]);

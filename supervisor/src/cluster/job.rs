@@ -222,7 +222,7 @@ impl Prepared<'_> {
             interrupted: Mutex::new(interrupted),
         };
         progress.event(&Event::Planned { cluster: &spec.name, job_id: &job_id, kind, plan: &plan });
-        let (succeeded, failed) = tokio::select! {
+        let (succeeded, failed, tolerated) = tokio::select! {
             done = runner.execute(&plan) => done,
             never = forward_output(progress) => match never {},
         };
@@ -241,7 +241,7 @@ impl Prepared<'_> {
             succeeded,
             not_run,
             failed,
-            notes: plan.notes,
+            notes: plan.notes.into_iter().chain(tolerated).collect(),
         };
         let report = (!outcome.ok()).then(|| outcome.report());
         engine.store.end(&spec.name, state, report.as_ref()).await?;
@@ -389,11 +389,12 @@ struct Sent {
 }
 
 impl Runner<'_> {
-    /// Runs the steps; returns how many succeeded and the failures.
-    async fn execute(&self, plan: &Plan) -> (usize, Vec<Failure>) {
+    /// Runs the steps; returns how many succeeded, the failures, and notes on the
+    /// failures that do not count ([`plan::Step::tolerated`]).
+    async fn execute(&self, plan: &Plan) -> (usize, Vec<Failure>, Vec<String>) {
         let mut schedule = plan.schedule();
         let mut running = FuturesUnordered::new();
-        let (mut succeeded, mut failures) = (0, Vec::new());
+        let (mut succeeded, mut failures, mut notes) = (0, Vec::new(), Vec::new());
         loop {
             while failures.is_empty() && running.len() < self.options.parallel {
                 let Some(i) = schedule.next_ready() else { break };
@@ -405,10 +406,21 @@ impl Runner<'_> {
                     succeeded += 1;
                     schedule.done(i);
                 }
-                Err(failure) => failures.push(failure),
+                Err(failure) => match &plan.steps[i].tolerated {
+                    Some(why) => {
+                        let said = super::progress::last_line(&failure.stderr);
+                        notes.push(format!(
+                            "{} failed with status {} ({said}); not counted as a failure: {why}",
+                            failure.step, failure.status
+                        ));
+                        succeeded += 1;
+                        schedule.done(i);
+                    }
+                    None => failures.push(failure),
+                },
             }
         }
-        (succeeded, failures)
+        (succeeded, failures, notes)
     }
 
     /// Runs one step, with its retries.

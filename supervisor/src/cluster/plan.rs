@@ -134,6 +134,10 @@ pub struct Step {
     pub key: StepKey,
     /// Indexes (in [`Plan::steps`]) of the steps it waits for.
     pub after: Vec<usize>,
+    /// Why its failure does not fail the operation, when it does not: `down`'s STOP of a
+    /// service whose START never succeeded, REMOVE of one whose INSTALL never did (the
+    /// machine goes anyway). Such a step is tried once.
+    pub tolerated: Option<String>,
 }
 
 impl Plan {
@@ -215,7 +219,15 @@ impl Graph {
     fn add(&mut self, key: StepKey) {
         if !self.index.contains_key(&key) {
             self.index.insert(key.clone(), self.plan.steps.len());
-            self.plan.steps.push(Step { key, after: Vec::new() });
+            self.plan.steps.push(Step { key, after: Vec::new(), tolerated: None });
+        }
+    }
+
+    /// Adds a step whose failure does not fail the operation, saying why.
+    fn add_tolerated(&mut self, key: StepKey, why: String) {
+        self.add(key.clone());
+        if let Some(&i) = self.index.get(&key) {
+            self.plan.steps[i].tolerated = Some(why);
         }
     }
 
@@ -385,16 +397,34 @@ pub fn down(spec: &ClusterSpec, marks: &Marks, learned: &HashMap<String, Map<Str
         for n in &nodes {
             for s in spec.services_of(n) {
                 let Some(svc) = spec.services.get(s) else { continue };
-                let started = if svc.actions.contains_key(&TaskName::Start) {
-                    marks.contains_key(&StepKey::service(TaskName::Start, &n.id, s))
-                } else {
-                    touched(marks, &n.id, s)
-                };
-                if started && svc.actions.contains_key(&TaskName::Stop) {
-                    g.add(StepKey::service(TaskName::Stop, &n.id, s));
+                // A step whose counterpart was tried but never succeeded is still tried
+                // (it may clean up half a start or install), and its failure is only
+                // noted: the script may not be there at all.
+                let mark = |task| marks.get(&StepKey::service(task, &n.id, s)).copied();
+                if svc.actions.contains_key(&TaskName::Stop) {
+                    let start = if svc.actions.contains_key(&TaskName::Start) {
+                        mark(TaskName::Start)
+                    } else {
+                        touched(marks, &n.id, s).then_some(Mark::Done)
+                    };
+                    match start {
+                        Some(Mark::Done) => g.add(StepKey::service(TaskName::Stop, &n.id, s)),
+                        Some(Mark::Attempted) => g.add_tolerated(
+                            StepKey::service(TaskName::Stop, &n.id, s),
+                            format!("{s} never started on {}", n.id),
+                        ),
+                        None => {}
+                    }
                 }
                 if touched(marks, &n.id, s) && svc.actions.contains_key(&TaskName::Remove) {
-                    g.add(StepKey::service(TaskName::Remove, &n.id, s));
+                    let key = StepKey::service(TaskName::Remove, &n.id, s);
+                    let installed =
+                        !svc.actions.contains_key(&TaskName::Install) || mark(TaskName::Install) == Some(Mark::Done);
+                    if installed {
+                        g.add(key);
+                    } else {
+                        g.add_tolerated(key, format!("{s} was never installed on {}", n.id));
+                    }
                 }
             }
         }
@@ -640,6 +670,30 @@ mod tests {
         assert_eq!(plan.notes.len(), 1, "c-app-2 was created but has no providerid: {:?}", plan.notes);
         let forced = down(&spec(), &marks, &learned, true);
         assert!(forced.steps.iter().all(|s| s.key.task == TaskName::Delete));
+        assert!(plan.steps.iter().all(|s| s.tolerated.is_none()));
+    }
+
+    #[test]
+    fn down_after_a_failed_install_tries_remove_without_counting_on_it() {
+        let full = up(&spec(), &Marks::new());
+        let mut marks = all_done(&full);
+        // db failed to install on c-db-1, so nothing after it ran there.
+        marks.retain(|key, _| !(key.node == "c-db-1" && key.service.is_some()));
+        marks.insert(k("INSTALL c-db-1 db"), Mark::Attempted);
+        let learned = HashMap::new();
+        let plan = down(&spec(), &marks, &learned, false);
+        let step = |plan: &Plan, key: &str| plan.steps.iter().find(|s| s.key == k(key)).cloned();
+        let remove = step(&plan, "REMOVE c-db-1 db").expect("REMOVE is still tried");
+        assert_eq!(remove.tolerated.as_deref(), Some("db was never installed on c-db-1"));
+        assert!(step(&plan, "STOP c-db-1 db").is_none(), "never started: nothing to stop");
+        assert!(step(&plan, "STOP c-app-1 app").is_some_and(|s| s.tolerated.is_none()));
+        // A START that was tried and failed: STOP is tried, its failure only noted.
+        marks.insert(k("INSTALL c-db-1 db"), Mark::Done);
+        marks.insert(k("START c-db-1 db"), Mark::Attempted);
+        let plan = down(&spec(), &marks, &learned, false);
+        let stop = step(&plan, "STOP c-db-1 db").unwrap();
+        assert_eq!(stop.tolerated.as_deref(), Some("db never started on c-db-1"));
+        assert!(step(&plan, "REMOVE c-db-1 db").unwrap().tolerated.is_none());
     }
 
     #[test]
@@ -663,7 +717,11 @@ mod tests {
         let steps = after
             .iter()
             .enumerate()
-            .map(|(i, a)| Step { key: StepKey::node(TaskName::Create, &format!("n{i}")), after: a.to_vec() })
+            .map(|(i, a)| Step {
+                key: StepKey::node(TaskName::Create, &format!("n{i}")),
+                after: a.to_vec(),
+                tolerated: None,
+            })
             .collect();
         Plan { steps, notes: Vec::new() }
     }

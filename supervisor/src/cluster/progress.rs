@@ -104,7 +104,8 @@ fn what(key: &StepKey, task: TaskName) -> String {
     }
 }
 
-fn last_line(text: &str) -> &str {
+/// The last line of `text` that is not blank.
+pub(super) fn last_line(text: &str) -> &str {
     text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
 }
 
@@ -148,9 +149,6 @@ impl Progress for Lines {
         match event {
             Event::Planned { cluster, job_id, kind, plan } => {
                 self.line(&format!("cluster {cluster}: {} ({job_id}): {} steps", kind.as_str(), plan.steps.len()));
-                for note in &plan.notes {
-                    self.line(&format!("note: {note}"));
-                }
             }
             Event::TaskStarted { key, task_id, task, attempt } => {
                 let again = if *attempt > 1 { format!(", attempt {attempt}") } else { String::new() };
@@ -171,7 +169,12 @@ impl Progress for Lines {
                 }
             }
             Event::Output { .. } => {}
-            Event::Finished { outcome } => self.line(&summary(outcome)),
+            Event::Finished { outcome } => {
+                self.line(&summary(outcome));
+                for note in &outcome.notes {
+                    self.line(&format!("note: {note}"));
+                }
+            }
         }
     }
 }
@@ -201,6 +204,9 @@ impl Progress for Log {
                     tracing::info!("{}", summary(outcome));
                 } else {
                     tracing::warn!("{}", summary(outcome));
+                }
+                for note in &outcome.notes {
+                    tracing::info!(cluster = %outcome.cluster, "note: {note}");
                 }
             }
         }
@@ -353,6 +359,9 @@ impl Progress for Bars {
                 }
                 if let Some(bar) = &st.overall {
                     bar.abandon_with_message(summary(outcome));
+                }
+                for note in &outcome.notes {
+                    let _ = self.multi.println(format!("note: {note}"));
                 }
             }
         }
