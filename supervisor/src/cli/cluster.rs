@@ -17,7 +17,7 @@ use crate::cli::exit::Exit;
 use crate::cluster::job::{self, Engine, JobError, Options};
 use crate::cluster::lock::Locks;
 use crate::cluster::outcome::next_steps;
-use crate::cluster::plan::JobKind;
+use crate::cluster::plan::{JobKind, Scope};
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::store::{ClusterState, ClusterStore};
@@ -72,6 +72,15 @@ struct Common {
     /// Print the outcome and the cluster as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Only these nodes (id or hostname), node groups or services (repeatable, or
+    /// comma-separated). A service picks its steps on the nodes that have it; a node or
+    /// group picks every step of its nodes. Steps outside the limit are not run; one
+    /// the limit needs that is not done already is an error, and nothing is sent.
+    #[arg(long, value_name = "NODE|GROUP|SERVICE", value_delimiter = ',')]
+    limit: Vec<String>,
+    /// `restart-services --rolling`: nodes per batch (set from [`NamedArgs`]).
+    #[arg(skip)]
+    rolling: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,6 +129,14 @@ struct NamedArgs {
     /// The cluster's name, or its spec file.
     #[arg(value_name = "NAME|SPEC")]
     cluster: String,
+    /// Restart node batch by node batch: STOP then START the services of `--batch`
+    /// nodes, then of the next ones; a failure stops the roll.
+    #[arg(long)]
+    rolling: bool,
+    /// Nodes per batch of a rolling restart.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "rolling",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
     #[command(flatten)]
     common: Common,
 }
@@ -177,7 +194,8 @@ pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
         ClusterCommand::Down(a) => {
             named(&a.cluster, JobKind::Down { force: a.force }, a.common, false, plugin_level).await
         }
-        ClusterCommand::RestartServices(a) => {
+        ClusterCommand::RestartServices(mut a) => {
+            a.common.rolling = a.rolling.then(|| usize::try_from(a.batch).unwrap_or(1));
             named(&a.cluster, JobKind::RestartServices, a.common, false, plugin_level).await
         }
         ClusterCommand::Reconfigure(a) => {
@@ -288,7 +306,9 @@ async fn operate(
     let registry = crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as)
         .ok_or("cannot read the plugins folders")?;
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
-    let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts);
+    let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
+    let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts)
+        .with_scope(scope);
     let progress = make_progress(common.progress);
     let engine = Engine { supervisor: &supervisor, store, locks: locks.clone() };
     let signal = crate::cli::signals::interrupt();

@@ -50,12 +50,15 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 const REPORT_TAIL: usize = 4096;
 
 /// How an operation runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Most tasks at once.
     pub parallel: usize,
     /// Attempts per step.
     pub attempts: u32,
+    /// What part of the cluster it touches (`--limit`), and how a restart rolls. Its
+    /// `previous` is filled in by [`prepare`] from the stored spec.
+    pub scope: plan::Scope,
 }
 
 impl Options {
@@ -64,7 +67,14 @@ impl Options {
         Options {
             parallel: parallel.or(spec.parallel).unwrap_or(DEFAULT_PARALLEL).max(1),
             attempts: attempts.or(spec.attempts).unwrap_or(DEFAULT_ATTEMPTS).max(1),
+            scope: plan::Scope::default(),
         }
+    }
+
+    /// The same, within `scope`.
+    #[must_use]
+    pub fn with_scope(self, scope: plan::Scope) -> Options {
+        Options { scope, ..self }
     }
 }
 
@@ -143,6 +153,10 @@ pub struct Prepared<'a> {
     learned: HashMap<String, Map<String, Value>>,
     marks: Marks,
     interrupted: HashMap<StepKey, TaskRow>,
+    /// Only part of the cluster: a `down` that succeeds leaves it active.
+    partial: bool,
+    /// A scale-down: the spec stored once it succeeds.
+    settle: Option<Value>,
     _lock: ClusterLock,
 }
 
@@ -163,18 +177,34 @@ pub async fn prepare<'a>(
     if kind != JobKind::Up && snapshot.is_none() {
         return Err(JobError::Unknown(spec.name.clone()));
     }
-    let (learned, marks, interrupted) = match snapshot {
-        Some(s) if s.cluster.state != ClusterState::Terminated || kind != JobKind::Up => {
-            (s.learned, s.marks, s.interrupted)
+    let live = snapshot.filter(|s| s.cluster.state != ClusterState::Terminated || kind != JobKind::Up);
+    let stored = live.as_ref().map(|s| s.cluster.spec.clone());
+    let (learned, marks, interrupted) = live.map(|s| (s.learned, s.marks, s.interrupted)).unwrap_or_default();
+    let mut options = options;
+    options.scope.previous = match (&stored, kind) {
+        (Some(v), JobKind::Up | JobKind::Reconfigure { .. }) => {
+            ClusterSpec::from_value(v, &format!("the stored spec of cluster {}", spec.name), Path::new("/")).ok()
         }
-        _ => Default::default(),
+        _ => None,
     };
-    check_nodes(&spec, &learned)?;
-    let plan = plan::build(kind, &spec, &marks, &learned);
+    check_nodes(&spec, options.scope.previous.as_ref(), &learned)?;
+    let plan = plan::build(kind, &spec, &marks, &learned, &options.scope).map_err(JobError::Refused)?;
+    let previous = options.scope.previous.as_ref();
+    let shrinking = previous.is_some_and(|p| !plan::dropped_nodes(&spec, p, &marks, &learned).is_empty());
     let elsewhere = engine.fleet_plugins().await?;
-    check_plugins(&spec, &plan, &engine.supervisor.table(), &elsewhere)?;
+    check_plugins(&spec, previous, &plan, &engine.supervisor.table(), &elsewhere)?;
 
-    let job_id = engine.store.begin(&spec.name, &spec.to_value(), kind).await?;
+    // A scale-down keeps the spec that still has the nodes it takes away until it has
+    // succeeded: an operation after a failure finds them there. Like a limited one, it
+    // runs as an update: a daemon restart does not resume it as a plain `up`.
+    let partial = shrinking || !options.scope.limit.is_empty() || options.scope.rolling.is_some();
+    let recorded = match (&stored, shrinking) {
+        (Some(v), true) => v.clone(),
+        _ => spec.to_value(),
+    };
+    let during = if partial { ClusterState::Updating } else { ClusterState::during(kind) };
+    let job_id = engine.store.begin_as(&spec.name, &recorded, kind, during).await?;
+    let settle = shrinking.then(|| spec.to_value());
     let mut interrupted_by_step = HashMap::new();
     for row in interrupted {
         if plan.find(&row.step).is_some() {
@@ -194,6 +224,8 @@ pub async fn prepare<'a>(
         learned,
         marks,
         interrupted: interrupted_by_step,
+        partial,
+        settle,
         _lock: lock,
     })
 }
@@ -209,11 +241,14 @@ impl Prepared<'_> {
     /// # Errors
     /// The journal failed at the end (every task's result was recorded before).
     pub async fn execute(self, progress: &dyn Progress) -> Result<Outcome, JobError> {
-        let Prepared { engine, spec, kind, options, plan, job_id, learned, marks, interrupted, _lock } = self;
+        let Prepared { engine, spec, kind, options, plan, job_id, learned, marks, interrupted, partial, settle, _lock } =
+            self;
+        let previous = options.scope.previous.clone();
         let runner = Runner {
             engine,
             spec: &spec,
             nodes: spec.nodes(),
+            previous: previous.as_ref().map(|p| (p, p.nodes())),
             job_id: job_id.clone(),
             options,
             progress,
@@ -229,9 +264,10 @@ impl Prepared<'_> {
         let not_run = plan.steps.len() - succeeded - failed.len();
         let state = match (failed.is_empty() && not_run == 0, kind) {
             (false, _) => ClusterState::Incomplete,
-            (true, JobKind::Down { .. }) => ClusterState::Terminated,
+            (true, JobKind::Down { .. }) if !partial => ClusterState::Terminated,
             (true, _) => ClusterState::Active,
         };
+        let rolled = rolling_note(&plan, &failed);
         let outcome = Outcome {
             cluster: spec.name.clone(),
             job_id,
@@ -241,13 +277,32 @@ impl Prepared<'_> {
             succeeded,
             not_run,
             failed,
-            notes: plan.notes.into_iter().chain(tolerated).collect(),
+            notes: plan.notes.into_iter().chain(tolerated).chain(rolled).collect(),
         };
+        if let (Some(settle), true) = (&settle, outcome.ok()) {
+            let kept: BTreeSet<String> = spec.nodes().into_iter().map(|n| n.id).collect();
+            engine.store.settle(&spec.name, settle, &kept).await?;
+        }
         let report = (!outcome.ok()).then(|| outcome.report());
         engine.store.end(&spec.name, state, report.as_ref()).await?;
         progress.event(&Event::Finished { outcome: &outcome });
         Ok(outcome)
     }
+}
+
+/// Where a rolling restart stopped: the batch of the first failure, and how many
+/// batches after it were not touched.
+fn rolling_note(plan: &Plan, failed: &[Failure]) -> Option<String> {
+    let first = failed.first()?;
+    let at = plan.batches.iter().position(|b| b.contains(&first.node))?;
+    let total = plan.batches.len();
+    let nodes = plan.batches.get(at).map(|b| b.join(", ")).unwrap_or_default();
+    Some(format!(
+        "rolling restart stopped in batch {} of {total} (nodes {nodes}): {} failed; {} later batch(es) were not touched",
+        at + 1,
+        first.step,
+        total - at - 1
+    ))
 }
 
 /// Passes every task's live output to `progress`, if it wants it; never returns.
@@ -275,9 +330,19 @@ pub async fn stored_spec(store: &ClusterStore, name: &str) -> Result<ClusterSpec
         .map_err(|e| JobError::Refused(vec![e.to_string()]))
 }
 
-/// A spec may add nodes to a cluster, but not drop machines that exist.
-fn check_nodes(spec: &ClusterSpec, learned: &HashMap<String, Map<String, Value>>) -> Result<(), JobError> {
-    let ids: BTreeSet<String> = spec.nodes().into_iter().map(|n| n.id).collect();
+/// A spec may add nodes to a cluster, and drop nodes the cluster's stored spec
+/// (`previous`) has (a scale-down takes them away); it may not drop machines that no
+/// spec describes any more.
+///
+/// # Errors
+/// [`JobError::Refused`] naming the nodes whose machines would be lost track of.
+fn check_nodes(
+    spec: &ClusterSpec,
+    previous: Option<&ClusterSpec>,
+    learned: &HashMap<String, Map<String, Value>>,
+) -> Result<(), JobError> {
+    let ids: BTreeSet<String> =
+        spec.nodes().into_iter().chain(previous.map(ClusterSpec::nodes).unwrap_or_default()).map(|n| n.id).collect();
     let dropped: Vec<&String> =
         learned.iter().filter(|(id, l)| !ids.contains(*id) && l.contains_key("providerid")).map(|(id, _)| id).collect();
     if dropped.is_empty() {
@@ -286,7 +351,7 @@ fn check_nodes(spec: &ClusterSpec, learned: &HashMap<String, Map<String, Value>>
     let mut dropped: Vec<&str> = dropped.into_iter().map(String::as_str).collect();
     dropped.sort_unstable();
     Err(JobError::Refused(vec![format!(
-        "nodeGroups: cluster {} has machines this spec no longer has ({}); removing nodes is not supported: take the cluster down first, or restore the node groups",
+        "nodeGroups: cluster {} has machines neither this spec nor its stored spec has ({}): take the cluster down first, or restore the node groups",
         spec.name,
         dropped.join(", ")
     )]))
@@ -295,11 +360,23 @@ fn check_nodes(spec: &ClusterSpec, learned: &HashMap<String, Map<String, Value>>
 /// Every plugin the plan needs is registered and runnable; else nothing runs.
 /// A plugin this daemon lacks may run on another daemon of the fleet (`elsewhere`: the
 /// `kind:name` keys live daemons run).
-fn check_plugins(spec: &ClusterSpec, plan: &Plan, table: &Table, elsewhere: &BTreeSet<String>) -> Result<(), JobError> {
+/// Steps of nodes only `previous` has (a scale-down) are checked against `previous`.
+fn check_plugins(
+    spec: &ClusterSpec,
+    previous: Option<&ClusterSpec>,
+    plan: &Plan,
+    table: &Table,
+    elsewhere: &BTreeSet<String>,
+) -> Result<(), JobError> {
     let mut needed: BTreeSet<(PluginKind, String, String)> = BTreeSet::new();
-    let nodes = spec.nodes();
+    let here = spec.nodes();
+    let there = previous.map(ClusterSpec::nodes).unwrap_or_default();
     for step in &plan.steps {
         let k = &step.key;
+        let (spec, nodes) = match previous {
+            Some(p) if !here.iter().any(|n| n.id == k.node) => (p, &there),
+            _ => (spec, &here),
+        };
         match (k.task.kind(), &k.service) {
             (PluginKind::Provider, _) => {
                 needed.insert((PluginKind::Provider, spec.provider.name.clone(), "provider.name".into()));
@@ -361,6 +438,8 @@ struct Runner<'a> {
     engine: &'a Engine<'a>,
     spec: &'a ClusterSpec,
     nodes: Vec<NodeSpec>,
+    /// The stored spec and its nodes, for the nodes a scale-down takes away.
+    previous: Option<(&'a ClusterSpec, Vec<NodeSpec>)>,
     job_id: String,
     options: Options,
     progress: &'a dyn Progress,
@@ -501,9 +580,9 @@ impl Runner<'_> {
 
     /// Sends one task and records everything about it.
     async fn send(&self, key: &StepKey, task: TaskName, attempt: u32, reuse_id: Option<String>) -> Sent {
-        let task_id = reuse_id.unwrap_or_else(|| self.tasks().id(key, task, attempt));
+        let task_id = reuse_id.unwrap_or_else(|| self.tasks(&key.node).id(key, task, attempt));
         // Built under the lock, from the live configs: no copy of every node's config.
-        let body = self.tasks().body(key, task, &task_id, &self.lock_learned());
+        let body = self.tasks(&key.node).body(key, task, &task_id, &self.lock_learned());
         let envelope = match RawValue::from_string(body.to_string())
             .map_err(|e| e.to_string())
             .and_then(|raw| TaskEnvelope::parse(raw).map_err(|e| e.to_string()))
@@ -625,9 +704,15 @@ impl Runner<'_> {
         until_recorded(&finished.task_id, || self.engine.store.finished(cluster, finished.clone())).await;
     }
 
-    /// What this operation's tasks are built from.
-    fn tasks(&self) -> Tasks<'_> {
-        Tasks { spec: self.spec, nodes: &self.nodes, job_id: &self.job_id }
+    /// What the tasks of `node` are built from: the stored spec for a node only it has
+    /// (a scale-down takes it away), else this operation's.
+    fn tasks(&self, node: &str) -> Tasks<'_> {
+        match &self.previous {
+            Some((spec, nodes)) if !self.nodes.iter().any(|n| n.id == node) => {
+                Tasks { spec, nodes, job_id: &self.job_id }
+            }
+            _ => Tasks { spec: self.spec, nodes: &self.nodes, job_id: &self.job_id },
+        }
     }
 
     fn lock_learned(&self) -> std::sync::MutexGuard<'_, HashMap<String, Map<String, Value>>> {
@@ -650,7 +735,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_spec_may_add_nodes_but_not_drop_machines_that_exist() {
+    fn a_spec_may_drop_nodes_its_stored_spec_has_but_not_machines_no_spec_has() {
         let spec = |count: u32| {
             ClusterSpec::from_value(
                 &json!({"name": "c", "provider": {"name": "local"},
@@ -663,8 +748,12 @@ mod tests {
         let made = |ids: &[&str]| -> HashMap<String, Map<String, Value>> {
             ids.iter().map(|id| ((*id).to_owned(), json!({"providerid": "p"}).as_object().cloned().unwrap())).collect()
         };
-        assert!(check_nodes(&spec(3), &made(&["c-a-1", "c-a-2"])).is_ok());
-        let e = check_nodes(&spec(1), &made(&["c-a-1", "c-a-2"])).unwrap_err().to_string();
-        assert!(e.starts_with("nodeGroups: cluster c has machines this spec no longer has (c-a-2)"), "{e}");
+        assert!(check_nodes(&spec(3), None, &made(&["c-a-1", "c-a-2"])).is_ok());
+        assert!(check_nodes(&spec(1), Some(&spec(2)), &made(&["c-a-1", "c-a-2"])).is_ok());
+        let e = check_nodes(&spec(1), Some(&spec(1)), &made(&["c-a-1", "c-a-2"])).unwrap_err().to_string();
+        assert!(
+            e.starts_with("nodeGroups: cluster c has machines neither this spec nor its stored spec has (c-a-2)"),
+            "{e}"
+        );
     }
 }

@@ -125,6 +125,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Things the operator should know (e.g. a machine that cannot be deleted).
     pub notes: Vec<String>,
+    /// A rolling restart's batches of node ids, in order (empty otherwise).
+    pub batches: Vec<Vec<String>>,
 }
 
 /// One step and what must finish before it.
@@ -272,7 +274,23 @@ impl Graph {
                 s
             })
             .collect();
-        Plan { steps: sorted, notes: plan.notes }
+        Plan { steps: sorted, notes: plan.notes, batches: plan.batches }
+    }
+
+    /// Adds `plan`'s steps for which `keep` holds, each waiting for the kept steps it
+    /// waited for directly or through steps left out.
+    fn absorb(&mut self, plan: &Plan, keep: &dyn Fn(&StepKey) -> bool) {
+        for s in plan.steps.iter().filter(|s| keep(&s.key)) {
+            match &s.tolerated {
+                Some(why) => self.add_tolerated(s.key.clone(), why.clone()),
+                None => self.add(s.key.clone()),
+            }
+        }
+        for (i, s) in plan.steps.iter().enumerate().filter(|(_, s)| keep(&s.key)) {
+            for a in kept_ancestors(plan, i, keep) {
+                self.edge(&plan.steps[a].key, &s.key);
+            }
+        }
     }
 
     /// Every step whose task is `then` waits for every step whose task is `first`.
@@ -287,6 +305,52 @@ impl Graph {
             }
         }
     }
+}
+
+/// The steps `i` waits for that `keep` holds for, looking through those it does not.
+fn kept_ancestors(plan: &Plan, i: usize, keep: &dyn Fn(&StepKey) -> bool) -> BTreeSet<usize> {
+    let mut found = BTreeSet::new();
+    let mut seen = HashSet::new();
+    let mut stack: Vec<usize> = plan.steps.get(i).map(|s| s.after.clone()).unwrap_or_default();
+    while let Some(a) = stack.pop() {
+        let Some(step) = plan.steps.get(a) else { continue };
+        if !seen.insert(a) {
+            continue;
+        }
+        if keep(&step.key) {
+            found.insert(a);
+        } else {
+            stack.extend(&step.after);
+        }
+    }
+    found
+}
+
+/// `plan` without the steps `keep` does not hold for; the kept steps keep their order.
+fn retain(plan: Plan, keep: &dyn Fn(&StepKey) -> bool) -> Plan {
+    let mut g = Graph::default();
+    g.absorb(&plan, keep);
+    g.plan.notes = plan.notes;
+    g.plan.batches = plan.batches;
+    g.finish()
+}
+
+/// `first`, then `second`: each step of `second` that `first` lacks waits for every step
+/// of `first`; a step in both runs once, where `first` put it.
+fn then(first: Plan, second: Plan) -> Plan {
+    let mut g = Graph::default();
+    g.absorb(&first, &|_| true);
+    let firsts: Vec<StepKey> = first.steps.iter().map(|s| s.key.clone()).collect();
+    let fresh: HashSet<&StepKey> = second.steps.iter().map(|s| &s.key).filter(|k| !g.index.contains_key(*k)).collect();
+    g.absorb(&second, &|k| fresh.contains(k));
+    for k in &fresh {
+        for f in &firsts {
+            g.edge(f, k);
+        }
+    }
+    g.plan.notes = first.notes.into_iter().chain(second.notes).collect();
+    g.plan.batches = if first.batches.is_empty() { second.batches } else { first.batches };
+    g.finish()
 }
 
 /// The service actions `up` runs, in order.
@@ -542,14 +606,211 @@ pub fn reconfigure(spec: &ClusterSpec, marks: &Marks, restart: bool) -> Plan {
     g.finish()
 }
 
-/// The plan for `kind`.
-pub fn build(kind: JobKind, spec: &ClusterSpec, marks: &Marks, learned: &HashMap<String, Map<String, Value>>) -> Plan {
-    match kind {
-        JobKind::Up => up(spec, marks),
-        JobKind::Down { force } => down(spec, marks, learned, force),
-        JobKind::RestartServices => restart_services(spec, marks),
-        JobKind::Reconfigure { restart } => reconfigure(spec, marks, restart),
+/// Restarting the started services node batch by node batch, `batch` nodes at a time
+/// (in the spec's order): per batch STOP (dependents first), then START (requirements
+/// first), of the services on its nodes; the next batch's STOPs wait for every START of
+/// the batch before. Services of other batches are not ordered against a batch's.
+pub fn rolling_restart(spec: &ClusterSpec, marks: &Marks, batch: usize) -> Plan {
+    let pairs = started(spec, marks);
+    let mut order: Vec<&String> = Vec::new();
+    for (n, _) in &pairs {
+        if !order.contains(&n) {
+            order.push(n);
+        }
     }
+    let batches: Vec<Vec<String>> =
+        order.chunks(batch.max(1)).map(|c| c.iter().map(|n| (*n).clone()).collect()).collect();
+    let mut g = Graph::default();
+    let mut previous: Vec<StepKey> = Vec::new();
+    for nodes in &batches {
+        let in_batch: Vec<(String, String)> = pairs.iter().filter(|(n, _)| nodes.contains(n)).cloned().collect();
+        let stops: Vec<StepKey> = in_batch.iter().map(|(n, s)| StepKey::service(TaskName::Stop, n, s)).collect();
+        let starts: Vec<StepKey> = in_batch.iter().map(|(n, s)| StepKey::service(TaskName::Start, n, s)).collect();
+        stops.iter().chain(&starts).for_each(|k| g.add(k.clone()));
+        for (stop, start) in stops.iter().flat_map(|stop| starts.iter().map(move |start| (stop, start))) {
+            g.edge(stop, start);
+        }
+        for (p, stop) in previous.iter().flat_map(|p| stops.iter().map(move |s| (p, s))) {
+            g.edge(p, stop);
+        }
+        stop_start_edges(&mut g, spec, &in_batch);
+        previous = starts;
+    }
+    g.plan.batches = batches;
+    g.finish()
+}
+
+/// How much of the cluster an operation touches, and how; [`Scope::default`] is all of
+/// it, as before.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// `--limit` names: node ids, hostnames, node group names, service names (see
+    /// [`Selection`]); empty: every node and service.
+    pub limit: Vec<String>,
+    /// `restart-services --rolling`: nodes per batch ([`rolling_restart`]).
+    pub rolling: Option<usize>,
+    /// For `up` and `reconfigure`: the spec the cluster last ran with. Its nodes that the
+    /// new spec drops, and that have anything recorded, are taken away first
+    /// ([`scale_down`]).
+    pub previous: Option<ClusterSpec>,
+}
+
+/// The nodes and services `--limit` names pick. A node id, a hostname or a node group
+/// name picks whole nodes: every step of theirs. A service name picks that service's
+/// steps on the nodes that have it, and no node step (CREATE, CONFIRM, BOOTSTRAP,
+/// DELETE).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Whole nodes, by id.
+    pub nodes: BTreeSet<String>,
+    /// Services, on every node that has them.
+    pub services: BTreeSet<String>,
+}
+
+impl Selection {
+    /// What `names` pick in `spec` (a name may be given as `a,b`).
+    ///
+    /// # Errors
+    /// One problem per name that is no node id, hostname, node group or service.
+    pub fn resolve(spec: &ClusterSpec, names: &[String]) -> Result<Selection, Vec<String>> {
+        let nodes = spec.nodes();
+        let mut sel = Selection::default();
+        let mut problems = Vec::new();
+        for name in names.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
+            let group = spec.node_groups.iter().position(|g| g.name == name);
+            let picked: Vec<&NodeSpec> =
+                nodes.iter().filter(|n| n.id == name || n.hostname == name || Some(n.group) == group).collect();
+            let service = spec.services.contains_key(name);
+            if picked.is_empty() && !service && group.is_none() {
+                problems.push(format!(
+                    "--limit {name}: cluster {} has no node, hostname, node group or service named {name:?}",
+                    spec.name
+                ));
+            }
+            sel.nodes.extend(picked.into_iter().map(|n| n.id.clone()));
+            if service {
+                sel.services.insert(name.to_owned());
+            }
+        }
+        if problems.is_empty() { Ok(sel) } else { Err(problems) }
+    }
+
+    /// Whether the step is picked.
+    pub fn covers(&self, key: &StepKey) -> bool {
+        self.nodes.contains(&key.node) || key.service.as_ref().is_some_and(|s| self.services.contains(s))
+    }
+}
+
+/// `plan` cut to what `sel` picks. A kept step that waits for a step left out needs that
+/// step done already (its mark), unless the step left out only orders a teardown (STOP,
+/// REMOVE, DELETE: dependents stop first).
+///
+/// # Errors
+/// One problem per step left out that a kept step needs and that is not done.
+pub fn limit(plan: Plan, sel: &Selection, marks: &Marks) -> Result<Plan, Vec<String>> {
+    let keep = |k: &StepKey| sel.covers(k);
+    let teardown = |k: &StepKey| matches!(k.task, TaskName::Stop | TaskName::Remove | TaskName::Delete);
+    let mut problems = BTreeSet::new();
+    for s in plan.steps.iter().filter(|s| keep(&s.key)) {
+        for a in &s.after {
+            let Some(needed) = plan.steps.get(*a).map(|n| &n.key) else { continue };
+            if !keep(needed) && !teardown(needed) && marks.get(needed) != Some(&Mark::Done) {
+                problems.insert(format!(
+                    "--limit: {} needs {needed}, which is outside the limit and not done: run it first (widen --limit, or run without it)",
+                    s.key
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.into_iter().collect());
+    }
+    let mut plan = retain(plan, &keep);
+    let touched: HashSet<&String> = plan.steps.iter().map(|s| &s.key.node).collect();
+    let batches: Vec<Vec<String>> = plan
+        .batches
+        .iter()
+        .map(|b| b.iter().filter(|n| touched.contains(n)).cloned().collect::<Vec<_>>())
+        .filter(|b| !b.is_empty())
+        .collect();
+    plan.batches = batches;
+    Ok(plan)
+}
+
+/// The nodes of `previous` that `spec` drops and that have anything recorded (a mark, or
+/// something a task returned): those a scale-down takes away.
+pub fn dropped_nodes(
+    spec: &ClusterSpec,
+    previous: &ClusterSpec,
+    marks: &Marks,
+    learned: &HashMap<String, Map<String, Value>>,
+) -> Vec<String> {
+    let kept: HashSet<String> = spec.nodes().into_iter().map(|n| n.id).collect();
+    previous
+        .nodes()
+        .into_iter()
+        .map(|n| n.id)
+        .filter(|id| !kept.contains(id))
+        .filter(|id| marks.keys().any(|k| k.node == *id) || learned.get(id).is_some_and(|l| !l.is_empty()))
+        .collect()
+}
+
+/// Taking `removed` nodes (of `previous`, the spec the cluster last ran with) out of a
+/// live cluster: their STOP, REMOVE, DELETE as [`down`] plans them (dependents on other
+/// nodes are not stopped first: they stay). [`build`] runs the rest of the operation
+/// after it, then BOOTSTRAP and CONFIGURE of the remaining nodes, whose `config.nodes`
+/// no longer lists them.
+pub fn removal(
+    previous: &ClusterSpec,
+    removed: &[String],
+    marks: &Marks,
+    learned: &HashMap<String, Map<String, Value>>,
+) -> Plan {
+    retain(down(previous, marks, learned, false), &|k| removed.contains(&k.node))
+}
+
+/// The plan for `kind` within `scope`.
+///
+/// # Errors
+/// The problems, one per line, when `scope` cannot be planned: an unknown `--limit`
+/// name, a step outside the limit that one inside needs and that is not done, or a limit
+/// given while the spec drops nodes. Nothing is planned then.
+pub fn build(
+    kind: JobKind,
+    spec: &ClusterSpec,
+    marks: &Marks,
+    learned: &HashMap<String, Map<String, Value>>,
+    scope: &Scope,
+) -> Result<Plan, Vec<String>> {
+    let plan = match (kind, scope.rolling) {
+        (JobKind::Up, _) => up(spec, marks),
+        (JobKind::Down { force }, _) => down(spec, marks, learned, force),
+        (JobKind::RestartServices, None) => restart_services(spec, marks),
+        (JobKind::RestartServices, Some(batch)) => rolling_restart(spec, marks, batch),
+        (JobKind::Reconfigure { restart }, _) => reconfigure(spec, marks, restart),
+    };
+    let removed = match (&scope.previous, kind) {
+        (Some(previous), JobKind::Up | JobKind::Reconfigure { .. }) => dropped_nodes(spec, previous, marks, learned),
+        _ => Vec::new(),
+    };
+    if let (Some(previous), false) = (&scope.previous, removed.is_empty()) {
+        if !scope.limit.is_empty() {
+            return Err(vec![format!(
+                "--limit cannot be used while the spec drops nodes ({}): run without --limit to take them away first",
+                removed.join(", ")
+            )]);
+        }
+        let removal = removal(previous, &removed, marks, learned);
+        return Ok(match kind {
+            JobKind::Up => then(then(removal, plan), reconfigure(spec, marks, false)),
+            _ => then(removal, plan),
+        });
+    }
+    if scope.limit.is_empty() {
+        return Ok(plan);
+    }
+    let sel = Selection::resolve(spec, &scope.limit)?;
+    limit(plan, &sel, marks)
 }
 
 /// What a successful step undoes: keys whose marks go (a STOP un-starts, a REMOVE
@@ -723,7 +984,7 @@ mod tests {
                 tolerated: None,
             })
             .collect();
-        Plan { steps, notes: Vec::new() }
+        Plan { steps, notes: Vec::new(), batches: Vec::new() }
     }
 
     /// Every step the schedule hands out now.

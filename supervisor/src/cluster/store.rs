@@ -10,7 +10,7 @@
 //! restart). When it is terminated, both go (see [`ClusterStore::end`]). Task outputs
 //! kept here were scrubbed of credentials by the supervisor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -301,8 +301,24 @@ impl ClusterStore {
     /// # Errors
     /// When the journal fails.
     pub async fn begin(&self, name: &str, spec: &Value, kind: JobKind) -> Result<String, JournalError> {
+        self.begin_as(name, spec, kind, ClusterState::during(kind)).await
+    }
+
+    /// [`ClusterStore::begin`], with the cluster in `state` while it runs (an operation
+    /// on part of the cluster runs as `updating`, which a restarted daemon does not
+    /// resume).
+    ///
+    /// # Errors
+    /// When the journal fails.
+    pub async fn begin_as(
+        &self,
+        name: &str,
+        spec: &Value,
+        kind: JobKind,
+        state: ClusterState,
+    ) -> Result<String, JournalError> {
         let (name, spec) = (name.to_owned(), spec.to_string());
-        let state = ClusterState::during(kind).as_str();
+        let state = state.as_str();
         self.journal
             .run(move |c| {
                 let now = now_ms();
@@ -447,6 +463,43 @@ impl ClusterStore {
                     c.exec("DELETE FROM cluster_nodes WHERE cluster = $1", &[(&name).into()])?;
                     c.exec("DELETE FROM cluster_steps WHERE cluster = $1", &[(&name).into()])?;
                     mask_spec(c, &name)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// After a scale-down succeeded: records `spec` as the cluster's, and forgets what was
+    /// recorded about nodes not in `kept` (their configs and step marks; their tasks stay
+    /// in the history).
+    ///
+    /// # Errors
+    /// When the journal fails; nothing is changed then.
+    pub async fn settle(&self, name: &str, spec: &Value, kept: &BTreeSet<String>) -> Result<(), JournalError> {
+        let (name, spec, kept) = (name.to_owned(), spec.to_string(), kept.clone());
+        self.journal
+            .run(move |c| {
+                c.exec(
+                    "UPDATE clusters SET spec = $2, updated_at = $3 WHERE name = $1",
+                    &[(&name).into(), (&spec).into(), now_ms().into()],
+                )?;
+                for row in c.rows("SELECT node_id FROM cluster_nodes WHERE cluster = $1", &[(&name).into()])? {
+                    let node = row.text(0)?;
+                    if !kept.contains(&node) {
+                        c.exec(
+                            "DELETE FROM cluster_nodes WHERE cluster = $1 AND node_id = $2",
+                            &[(&name).into(), (&node).into()],
+                        )?;
+                    }
+                }
+                for row in c.rows("SELECT step FROM cluster_steps WHERE cluster = $1", &[(&name).into()])? {
+                    let step = row.text(0)?;
+                    if StepKey::decode(&step).is_some_and(|k| !kept.contains(&k.node)) {
+                        c.exec(
+                            "DELETE FROM cluster_steps WHERE cluster = $1 AND step = $2",
+                            &[(&name).into(), (&step).into()],
+                        )?;
+                    }
                 }
                 Ok(())
             })

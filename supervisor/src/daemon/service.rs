@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::cluster::job::{self, Engine, JobError, Options as JobOptions};
 use crate::cluster::outcome::Outcome;
+use crate::cluster::plan::Scope;
 use crate::cluster::progress::Log;
 use crate::cluster::{ClusterSpec, ClusterState, ClusterStore, JobKind};
 use crate::core::pool::Phase;
@@ -727,6 +728,20 @@ impl Daemon {
         spec: ClusterSpec,
         kind: JobKind,
     ) -> Result<String, ClusterOpError> {
+        self.start_cluster_op_within(spec, kind, Scope::default()).await
+    }
+
+    /// [`Daemon::start_cluster_op`] on part of the cluster, or rolling ([`Scope`]).
+    ///
+    /// # Errors
+    /// As [`Daemon::start_cluster_op`]; an unknown `--limit` name or a step the limit
+    /// needs that is not done is [`JobError::Refused`].
+    pub async fn start_cluster_op_within(
+        self: &Arc<Self>,
+        spec: ClusterSpec,
+        kind: JobKind,
+        scope: Scope,
+    ) -> Result<String, ClusterOpError> {
         if self.draining() {
             return Err(ClusterOpError::Draining);
         }
@@ -737,7 +752,7 @@ impl Daemon {
             let engine =
                 Engine { supervisor: &daemon.supervisor, store: &daemon.clusters, locks: daemon.cluster_locks() };
             let name = spec.name.clone();
-            let options = JobOptions::resolve(&spec, None, None);
+            let options = JobOptions::resolve(&spec, None, None).with_scope(scope);
             let prepared = match job::prepare(&engine, spec, kind, options).await {
                 Ok(p) => p,
                 Err(e) => {

@@ -6,14 +6,19 @@
 //! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
 //! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error) |
 //! | `POST /v1/plugins/{name}/restart` | 202, 404 |
-//! | `POST /v1/clusters[?wait=true]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec or a missing plugin (with `problems`), 409 busy |
+//! | `POST /v1/clusters[?wait=true][&limit=L]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec, a missing plugin or a bad limit (with `problems`), 409 busy. A spec that drops nodes of a live cluster takes them away (scale-down) |
 //! | `GET /v1/clusters` | 200 `{"clusters": [...]}` |
 //! | `GET /v1/clusters/{name}[?tasks=true]` | 200 the cluster (as `cluster status --json`), 404 |
-//! | `DELETE /v1/clusters/{name}[?force=true][&wait=true]` | 202 `down` started (as POST), 404, 409 |
-//! | `POST /v1/clusters/{name}/restart-services[?wait=true]` | 202, 404, 409 |
-//! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true]` (body: optionally the changed spec) | 202, 400, 404, 409 |
+//! | `DELETE /v1/clusters/{name}[?force=true][&wait=true][&limit=L]` | 202 `down` started (as POST), 400, 404, 409 |
+//! | `POST /v1/clusters/{name}/restart-services[?wait=true][&limit=L][&rolling=true[&batch=N]]` | 202, 400, 404, 409 |
+//! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true][&limit=L]` (body: optionally the changed spec) | 202, 400, 404, 409 |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
+//!
+//! `limit` (repeatable, or comma-separated; percent-encoded) is the commands' `--limit`:
+//! node ids, hostnames, node groups or services; `rolling` and `batch` (nodes per batch,
+//! default 1) are `restart-services --rolling --batch N`. A `batch` that is not a number
+//! from 1 gets 400.
 //!
 //! With a token configured every path but `/healthz` needs `Authorization: Bearer <token>`
 //! (401 without). Bodies over `max_body_bytes` get 413, bodies slower than
@@ -29,6 +34,7 @@ use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICA
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::cluster::plan::Scope;
 use crate::cluster::view::ClusterView;
 use crate::cluster::{ClusterSpec, JobError, JobKind};
 use crate::core::registry::Availability;
@@ -146,6 +152,10 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
     };
     let arg = args.first().copied().unwrap_or_default();
     let wait = flag(&req, "wait");
+    let scope = match scope(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     match endpoint {
         Endpoint::Health => health(daemon),
         Endpoint::Metrics => metrics(daemon).await,
@@ -158,17 +168,17 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Endpoint::ListPlugins => json_response(StatusCode::OK, &plugins(daemon).await),
         Endpoint::RestartPlugin => restart(daemon, arg),
         Endpoint::ClusterUp => match read_spec(daemon, req, None).await {
-            Ok(spec) => cluster_op(daemon, spec, JobKind::Up, wait).await,
+            Ok(spec) => cluster_op(daemon, spec, JobKind::Up, scope, wait).await,
             Err(r) => r,
         },
         Endpoint::ListClusters => cluster_list(daemon).await,
         Endpoint::GetCluster => cluster_get(daemon, arg, flag(&req, "tasks")).await,
         Endpoint::ClusterDown => match stored(daemon, arg).await {
-            Ok(spec) => cluster_op(daemon, spec, JobKind::Down { force: flag(&req, "force") }, wait).await,
+            Ok(spec) => cluster_op(daemon, spec, JobKind::Down { force: flag(&req, "force") }, scope, wait).await,
             Err(r) => r,
         },
         Endpoint::RestartServices => match stored(daemon, arg).await {
-            Ok(spec) => cluster_op(daemon, spec, JobKind::RestartServices, wait).await,
+            Ok(spec) => cluster_op(daemon, spec, JobKind::RestartServices, scope, wait).await,
             Err(r) => r,
         },
         Endpoint::Reconfigure => {
@@ -179,7 +189,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
                 Err(r) => Err(r),
             };
             match spec {
-                Ok(spec) if spec.name == name => cluster_op(daemon, spec, kind, wait).await,
+                Ok(spec) if spec.name == name => cluster_op(daemon, spec, kind, scope, wait).await,
                 Ok(spec) => {
                     error(StatusCode::BAD_REQUEST, &format!("the spec is for cluster {:?}, not {name:?}", spec.name))
                 }
@@ -245,6 +255,30 @@ fn flag(req: &Request<Body>, name: &str) -> bool {
     req.uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1")))
+}
+
+/// The query's `limit` (repeatable, comma lists), `rolling` and `batch`.
+///
+/// # Errors
+/// 400 when a `limit` is not valid percent-encoding or `batch` is not a number from 1.
+fn scope(req: &Request<Body>) -> Result<Scope, Response<Full<Bytes>>> {
+    let pairs: Vec<(&str, &str)> =
+        req.uri().query().unwrap_or_default().split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect();
+    let mut limit = Vec::new();
+    for (_, v) in pairs.iter().filter(|(k, _)| *k == "limit") {
+        let v = path::decode(&v.replace('+', " "))
+            .ok_or_else(|| error(StatusCode::BAD_REQUEST, &format!("limit={v}: not valid percent-encoding")))?;
+        limit.extend(v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned));
+    }
+    let batch = match pairs.iter().find(|(k, _)| *k == "batch") {
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => return Err(error(StatusCode::BAD_REQUEST, &format!("batch={v}: give a number of nodes from 1"))),
+        },
+        None => 1,
+    };
+    let rolling = flag(req, "rolling").then_some(batch);
+    Ok(Scope { limit, rolling, previous: None })
 }
 
 /// Cluster specs are small; this keeps a spec's tree small too.
@@ -346,9 +380,15 @@ fn job_error(e: &JobError) -> Response<Full<Bytes>> {
     }
 }
 
-async fn cluster_op(daemon: &Arc<Daemon>, spec: ClusterSpec, kind: JobKind, wait: bool) -> Response<Full<Bytes>> {
+async fn cluster_op(
+    daemon: &Arc<Daemon>,
+    spec: ClusterSpec,
+    kind: JobKind,
+    scope: Scope,
+    wait: bool,
+) -> Response<Full<Bytes>> {
     let name = spec.name.clone();
-    let job = match daemon.start_cluster_op(spec, kind).await {
+    let job = match daemon.start_cluster_op_within(spec, kind, scope).await {
         Ok(job) => job,
         Err(ClusterOpError::Draining) => {
             return error(StatusCode::SERVICE_UNAVAILABLE, &ClusterOpError::Draining.to_string());

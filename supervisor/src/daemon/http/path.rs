@@ -8,7 +8,9 @@ pub(super) fn segments(path: &str) -> Option<Vec<String>> {
     path.split('/').filter(|s| !s.is_empty()).map(decode).collect()
 }
 
-fn decode(segment: &str) -> Option<String> {
+/// `segment` percent-decoded; `None` when an escape is malformed or the result is not
+/// UTF-8.
+pub(super) fn decode(segment: &str) -> Option<String> {
     if !segment.contains('%') {
         return Some(segment.to_owned());
     }
