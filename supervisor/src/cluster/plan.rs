@@ -833,15 +833,19 @@ mod tests {
     use std::path::Path;
 
     fn spec() -> ClusterSpec {
+        spec_of(json!([
+            {"name": "db", "services": ["db"]},
+            {"name": "app", "count": 2, "services": ["app"]}
+        ]))
+    }
+
+    fn spec_of(groups: Value) -> ClusterSpec {
         let sh = |script: &str| json!({"type": "shell", "script": script});
         ClusterSpec::from_value(
             &json!({
                 "name": "c",
                 "provider": {"name": "local"},
-                "nodeGroups": [
-                    {"name": "db", "services": ["db"]},
-                    {"name": "app", "count": 2, "services": ["app"]}
-                ],
+                "nodeGroups": groups,
                 "services": {
                     "db": {"actions": {"install": sh("i"), "configure": sh("c"), "start": sh("s"), "stop": sh("x"), "remove": sh("r")}},
                     "app": {"requires": ["db"], "actions": {"install": sh("i"), "initialize": sh("n"), "start": sh("s"), "stop": sh("x")}}
@@ -1052,5 +1056,154 @@ mod tests {
         assert_eq!(undone_by(&k("REMOVE c-db-1 db"), &marks).len(), 3);
         assert_eq!(undone_by(&k("DELETE c-app-1"), &marks).len(), 3 + 3);
         assert_eq!(k("INSTALL c-db-1 db").to_string(), "INSTALL db on c-db-1");
+    }
+
+    fn keys(plan: &Plan) -> Vec<String> {
+        plan.steps.iter().map(|s| s.key.encode()).collect()
+    }
+
+    fn scoped(limit: &[&str]) -> Scope {
+        Scope { limit: limit.iter().map(|l| (*l).to_owned()).collect(), ..Scope::default() }
+    }
+
+    fn made(nodes: &[&str]) -> HashMap<String, Map<String, Value>> {
+        nodes.iter().map(|n| ((*n).to_owned(), json!({"providerid": "x"}).as_object().unwrap().clone())).collect()
+    }
+
+    #[test]
+    fn a_rolling_restart_stops_and_starts_one_batch_after_the_other() {
+        let marks = all_done(&up(&spec(), &Marks::new()));
+        let plan = rolling_restart(&spec(), &marks, 1);
+        assert_eq!(plan.batches, [vec!["c-db-1"], vec!["c-app-1"], vec!["c-app-2"]]);
+        assert_eq!(
+            keys(&plan),
+            [
+                "STOP c-db-1 db",
+                "START c-db-1 db",
+                "STOP c-app-1 app",
+                "START c-app-1 app",
+                "STOP c-app-2 app",
+                "START c-app-2 app"
+            ]
+        );
+        assert!(waits(&plan, "STOP c-app-1 app", "START c-db-1 db"));
+        assert!(waits(&plan, "STOP c-app-2 app", "START c-app-1 app"));
+        assert!(!waits(&plan, "STOP c-db-1 db", "STOP c-app-1 app"), "no edge back to a later batch");
+        let plan = rolling_restart(&spec(), &marks, 2);
+        assert_eq!(plan.batches, [vec!["c-db-1", "c-app-1"], vec!["c-app-2"]]);
+        assert!(waits(&plan, "STOP c-db-1 db", "STOP c-app-1 app"), "dependents stop first within a batch");
+        assert!(waits(&plan, "START c-app-1 app", "START c-db-1 db"), "requirements start first");
+        assert!(waits(&plan, "STOP c-app-2 app", "START c-app-1 app"));
+        assert!(!waits(&plan, "START c-app-1 app", "STOP c-app-2 app"));
+        let built = build(
+            JobKind::RestartServices,
+            &spec(),
+            &marks,
+            &HashMap::new(),
+            &Scope { rolling: Some(1), ..Scope::default() },
+        )
+        .unwrap();
+        assert_eq!(built.batches.len(), 3);
+    }
+
+    #[test]
+    fn a_limit_keeps_the_steps_it_picks_and_needs_what_it_leaves_out_done() {
+        let marks = all_done(&up(&spec(), &Marks::new()));
+        let none = HashMap::new();
+        let restart = |limit: &[&str]| build(JobKind::RestartServices, &spec(), &marks, &none, &scoped(limit));
+        assert_eq!(keys(&restart(&["c-app-1"]).unwrap()), ["STOP c-app-1 app", "START c-app-1 app"]);
+        // By hostname, comma list, group: the same nodes.
+        let host = spec().nodes()[1].hostname.clone();
+        assert_eq!(keys(&restart(&[host.as_str()]).unwrap()).len(), 2);
+        assert_eq!(keys(&restart(&["c-db-1,c-app-2"]).unwrap()).len(), 4);
+        let e = restart(&["c-app-1", "nosuch"]).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("\"nosuch\""), "{e:?}");
+        // A group picks its nodes' steps; a service its own steps, and no node step.
+        let plan = build(JobKind::Reconfigure { restart: false }, &spec(), &marks, &none, &scoped(&["db"])).unwrap();
+        assert_eq!(keys(&plan), ["BOOTSTRAP c-db-1", "CONFIGURE c-db-1 db"]);
+        let data = spec_of(json!([{"name": "data", "services": ["db", "app"]}]));
+        let marks_data = all_done(&up(&data, &Marks::new()));
+        let plan = build(JobKind::Reconfigure { restart: false }, &data, &marks_data, &none, &scoped(&["db"])).unwrap();
+        assert_eq!(keys(&plan), ["CONFIGURE c-data-1 db"]);
+        // A rolling restart within a limit keeps only the batches it touches.
+        let scope = Scope { rolling: Some(1), ..scoped(&["app"]) };
+        let plan = build(JobKind::RestartServices, &spec(), &marks, &none, &scope).unwrap();
+        assert_eq!(plan.batches, [vec!["c-app-1"], vec!["c-app-2"]]);
+        assert!(waits(&plan, "STOP c-app-2 app", "START c-app-1 app"));
+        // up: a step the limit needs that is not done is refused, naming it.
+        let fresh = Marks::new();
+        let e = build(JobKind::Up, &spec(), &fresh, &none, &scoped(&["c-app-1"])).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("CONFIRM c-db-1") && p.contains("outside the limit")), "{e:?}");
+        // up of one node once the others are done: only its steps.
+        let mut marks = marks.clone();
+        marks.retain(|k, _| k.node != "c-app-2");
+        let plan = build(JobKind::Up, &spec(), &marks, &none, &scoped(&["c-app-2"])).unwrap();
+        assert!(plan.steps.iter().all(|s| s.key.node == "c-app-2"), "{:?}", keys(&plan));
+        assert!(plan.find(&k("CREATE c-app-2")).is_some());
+    }
+
+    #[test]
+    fn down_of_one_node_stops_its_services_and_deletes_only_its_machine() {
+        let marks = all_done(&up(&spec(), &Marks::new()));
+        let learned = made(&["c-db-1", "c-app-1", "c-app-2"]);
+        let plan = build(JobKind::Down { force: false }, &spec(), &marks, &learned, &scoped(&["c-app-2"])).unwrap();
+        assert_eq!(keys(&plan), ["STOP c-app-2 app", "DELETE c-app-2"]);
+        // The db's STOP waits for its dependents' STOPs only to order a teardown.
+        let plan = build(JobKind::Down { force: false }, &spec(), &marks, &learned, &scoped(&["c-db-1"])).unwrap();
+        assert_eq!(keys(&plan), ["STOP c-db-1 db", "REMOVE c-db-1 db", "DELETE c-db-1"]);
+    }
+
+    #[test]
+    fn a_spec_that_drops_nodes_takes_them_away_then_reconfigures_the_rest() {
+        let old = spec();
+        let marks = all_done(&up(&old, &Marks::new()));
+        let learned = made(&["c-db-1", "c-app-1", "c-app-2"]);
+        let smaller = spec_of(json!([
+            {"name": "db", "services": ["db"]},
+            {"name": "app", "count": 1, "services": ["app"]}
+        ]));
+        let scope = Scope { previous: Some(old.clone()), ..Scope::default() };
+        let plan = build(JobKind::Up, &smaller, &marks, &learned, &scope).unwrap();
+        assert_eq!(
+            keys(&plan),
+            ["STOP c-app-2 app", "DELETE c-app-2", "BOOTSTRAP c-db-1", "BOOTSTRAP c-app-1", "CONFIGURE c-db-1 db"]
+        );
+        assert!(waits(&plan, "BOOTSTRAP c-db-1", "DELETE c-app-2"));
+        let plan = build(JobKind::Reconfigure { restart: true }, &smaller, &marks, &learned, &scope).unwrap();
+        assert!(waits(&plan, "STOP c-db-1 db", "DELETE c-app-2"));
+        assert!(waits(&plan, "START c-app-1 app", "CONFIGURE c-db-1 db"));
+        assert!(plan.find(&k("STOP c-app-2 app")).is_some());
+        // Nothing recorded for the dropped node: nothing to take away.
+        let mut clean = marks.clone();
+        clean.retain(|k, _| k.node != "c-app-2");
+        let plan = build(JobKind::Up, &smaller, &clean, &made(&["c-db-1", "c-app-1"]), &scope).unwrap();
+        assert!(plan.steps.is_empty(), "{:?}", keys(&plan));
+        // With a limit: refused.
+        let e = build(JobKind::Up, &smaller, &marks, &learned, &Scope { previous: Some(old), ..scoped(&["db"]) });
+        assert!(e.unwrap_err()[0].contains("drops nodes (c-app-2)"));
+    }
+
+    #[test]
+    fn a_spec_may_drop_a_node_and_add_another_at_once() {
+        let old = spec();
+        let marks = all_done(&up(&old, &Marks::new()));
+        let learned = made(&["c-db-1", "c-app-1", "c-app-2"]);
+        let changed = spec_of(json!([
+            {"name": "db", "services": ["db"]},
+            {"name": "app", "count": 1, "services": ["app"]},
+            {"name": "web", "count": 1, "services": ["app"]}
+        ]));
+        let scope = Scope { previous: Some(old), ..Scope::default() };
+        let plan = build(JobKind::Up, &changed, &marks, &learned, &scope).unwrap();
+        assert!(waits(&plan, "CREATE c-web-1", "DELETE c-app-2"));
+        assert!(waits(&plan, "START c-web-1 app", "BOOTSTRAP c-web-1"));
+        // The remaining nodes are reconfigured once the new one is there.
+        assert!(waits(&plan, "BOOTSTRAP c-app-1", "CONFIRM c-web-1"));
+        assert!(waits(&plan, "CONFIGURE c-db-1 db", "BOOTSTRAP c-app-1"));
+        // Sorted: every step after those it waits for (no cycle).
+        for (i, s) in plan.steps.iter().enumerate() {
+            assert!(s.after.iter().all(|a| *a < i), "{} is before one of its requirements", s.key);
+        }
     }
 }
