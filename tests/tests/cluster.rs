@@ -625,3 +625,183 @@ fn the_daemon_runs_cluster_operations_over_its_api_and_resumes_them_after_a_cras
     assert_eq!(code, 200);
     assert!(rig.machines_left().is_empty());
 }
+
+/// The run log's lines from `from` on, as `(node, task)` of each run of `job` (`j2`),
+/// in the order they ran.
+fn runs_of(rig: &ClusterRig, job: &str) -> Vec<(String, String)> {
+    rig.runlog()
+        .iter()
+        .filter_map(|l| l.split(' ').next())
+        .filter_map(|id| {
+            let mut parts = id.split('.');
+            let (node, task) = (parts.next()?, parts.next()?);
+            id.rsplit('.')
+                .next()
+                .is_some_and(|tail| tail.starts_with(&format!("{job}a")))
+                .then(|| (node.to_owned(), task.to_owned()))
+        })
+        .collect()
+}
+
+/// The ids in the `config.nodes` a node's last `nodes.sh` run saw.
+fn nodes_seen(rig: &ClusterRig, node: &str) -> Vec<String> {
+    std::fs::read_to_string(rig.work.join(format!("nodes-{node}")))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn providerids(status: &Value) -> HashMap<String, String> {
+    nodes(status)
+        .iter()
+        .filter_map(|n| Some((n["id"].as_str()?.to_owned(), n["providerid"].as_str()?.to_owned())))
+        .collect()
+}
+
+const RECORDED: [(&str, &str, &str); 5] = [
+    ("install", "record.sh", "install"),
+    ("configure", "nodes.sh", "configure"),
+    ("start", "record.sh", "start"),
+    ("stop", "record.sh", "stop"),
+    ("remove", "record.sh", "remove"),
+];
+
+#[test]
+fn a_spec_with_fewer_nodes_takes_the_dropped_node_away_and_reconfigures_the_rest() {
+    let rig = ClusterRig::new(json!({}));
+    let path = rig.write_spec("shrink.json", &spec_with("shrink", 3, &RECORDED));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let ids = providerids(&rig.status("shrink"));
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(nodes_seen(&rig, "shrink-n-1"), ["shrink-n-1", "shrink-n-2", "shrink-n-3"]);
+    let gone = ids["shrink-n-3"].clone();
+    assert!(rig.machines_left().contains(&gone));
+
+    rig.write_spec("shrink.json", &spec_with("shrink", 2, &RECORDED));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    assert_eq!(up.json["outcome"]["state"], "active", "{:#}", up.json);
+    // The dropped node's services were stopped and removed, then its machine deleted.
+    let runs = runs_of(&rig, "j2");
+    let at = |node: &str, task: &str| runs.iter().position(|(n, t)| n == node && t == task);
+    let (stop, remove) = (at("shrink-n-3", "STOP"), at("shrink-n-3", "REMOVE"));
+    assert!(stop.is_some() && remove.is_some() && stop < remove, "{runs:?}");
+    assert!(!rig.machines_left().contains(&gone), "{:?}", rig.machines_left());
+    assert!(machine_processes(&gone).is_empty(), "{:?}", machine_processes(&gone));
+    // The others were configured again, after the DELETE, with config.nodes without it.
+    for n in ["shrink-n-1", "shrink-n-2"] {
+        assert!(at(n, "CONFIGURE") > remove, "{runs:?}");
+        assert_eq!(nodes_seen(&rig, n), ["shrink-n-1", "shrink-n-2"]);
+    }
+    assert!(!runs.iter().any(|(n, t)| n != "shrink-n-3" && (t == "STOP" || t == "INSTALL")), "{runs:?}");
+    let status = rig.status("shrink");
+    let t = times(&status);
+    after(&t, "BOOTSTRAP shrink-n-1", "DELETE shrink-n-3");
+    // The cluster now has two nodes; the same spec again has nothing to do.
+    assert_eq!(status["state"], "active");
+    let left: Vec<String> = nodes(&status).iter().filter_map(|n| n["id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(left, ["shrink-n-1", "shrink-n-2"], "{status:#}");
+    let again = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!((again.code, again.json["outcome"]["steps"].as_u64()), (Some(0), Some(0)), "{:#}", again.json);
+
+    // Growing again makes a new third node; its BOOTSTRAP sees every node.
+    rig.write_spec("shrink.json", &spec_with("shrink", 3, &RECORDED));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    assert_eq!(nodes_seen(&rig, "shrink-n-3"), ["shrink-n-1", "shrink-n-2", "shrink-n-3"]);
+    let down = rig.cluster(&["down", "shrink"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
+fn limit_picks_the_nodes_an_operation_touches() {
+    let rig = ClusterRig::new(json!({}));
+    let path = rig.write_spec("limited.json", &spec_with("limited", 2, &RECORDED));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+
+    let run = rig.cluster(&["restart-services", "limited", "--limit", "limited-n-2"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let runs = runs_of(&rig, "j2");
+    let expected = [("limited-n-2", "STOP"), ("limited-n-2", "START")].map(|(n, t)| (n.to_owned(), t.to_owned()));
+    assert_eq!(runs, expected);
+
+    // An unknown name: nothing is sent, and the error names it.
+    let run = rig.cluster(&["reconfigure", "limited", "--limit", "limited-n-2,nosuch"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("\"nosuch\""), "{}", run.stderr);
+
+    // A service: its CONFIGURE on every node that has it, no BOOTSTRAP.
+    let run = rig.cluster(&["reconfigure", "limited", "--limit", "svc"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let job = run.json["outcome"]["jobId"].as_str().unwrap().rsplit('.').next().unwrap().to_owned();
+    let mut runs = runs_of(&rig, &job);
+    runs.sort();
+    let expected =
+        [("limited-n-1", "CONFIGURE"), ("limited-n-2", "CONFIGURE")].map(|(n, t)| (n.to_owned(), t.to_owned()));
+    assert_eq!(runs, expected);
+
+    // down of one node: its machine goes, the cluster stays active with the other.
+    let ids = providerids(&rig.status("limited"));
+    let down = rig.cluster(&["down", "limited", "--limit", "limited-n-1"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert_eq!(down.json["outcome"]["state"], "active", "{:#}", down.json);
+    assert_eq!(rig.machines_left(), [ids["limited-n-2"].clone()]);
+    let status = rig.status("limited");
+    assert_eq!(status["state"], "active");
+    // `up` makes it again (it is still in the spec).
+    let up = rig.cluster(&["up", path.to_str().unwrap(), "--limit", "limited-n-1"]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    assert_eq!(rig.machines_left().len(), 2);
+    let down = rig.cluster(&["down", "limited"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
+fn a_rolling_restart_goes_batch_by_batch_and_stops_at_a_failure() {
+    let rig = ClusterRig::new(json!({}));
+    let actions = [("start", "fails-on.sh", "start"), ("stop", "record.sh", "stop")];
+    let path = rig.write_spec("rolling.json", &spec_with("rolling", 3, &actions));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let pair = |n: u32, t: &str| (format!("rolling-n-{n}"), t.to_owned());
+
+    let run = rig.cluster(&["restart-services", "rolling", "--rolling"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let expected: Vec<_> = (1..=3).flat_map(|n| [pair(n, "STOP"), pair(n, "START")]).collect();
+    assert_eq!(runs_of(&rig, "j2"), expected);
+
+    // Batches of two: both STOPs of the first batch come before its STARTs, and the
+    // third node only after.
+    let run = rig.cluster(&["restart-services", "rolling", "--rolling", "--batch", "2"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let runs = runs_of(&rig, "j3");
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    let mut first: Vec<_> = runs[..4].to_vec();
+    first.sort();
+    assert_eq!(first, [pair(1, "START"), pair(1, "STOP"), pair(2, "START"), pair(2, "STOP")]);
+    assert!(runs[..2].iter().all(|(_, t)| t == "STOP"), "{runs:?}");
+    assert_eq!(runs[4..], [pair(3, "STOP"), pair(3, "START")]);
+
+    // START fails on the second node: the third is not touched.
+    std::fs::write(rig.work.join("fail-rolling-n-2"), "").unwrap();
+    let run = rig.cluster(&["restart-services", "rolling", "--rolling", "--attempts", "1"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let outcome = &run.json["outcome"];
+    assert_eq!(outcome["failed"][0]["step"], "START svc on rolling-n-2", "{outcome:#}");
+    assert_eq!(outcome["state"], "incomplete");
+    let notes: Vec<&str> = outcome["notes"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(
+        notes.iter().any(|n| n.starts_with("rolling restart stopped in batch 2 of 3 (nodes rolling-n-2)")),
+        "{notes:?}"
+    );
+    assert_eq!(runs_of(&rig, "j4"), [pair(1, "STOP"), pair(1, "START"), pair(2, "STOP"), pair(2, "START")]);
+    std::fs::remove_file(rig.work.join("fail-rolling-n-2")).unwrap();
+    let down = rig.cluster(&["down", "rolling"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
