@@ -805,3 +805,39 @@ fn a_rolling_restart_goes_batch_by_batch_and_stops_at_a_failure() {
     assert_eq!(down.code, Some(0), "{}", down.stderr);
     assert!(rig.machines_left().is_empty());
 }
+
+#[test]
+fn the_api_takes_limit_rolling_and_batch_and_a_smaller_spec() {
+    let rig = ClusterRig::new(json!({}));
+    let serve = Serve::start(&rig.plugins, "");
+    let spec = |n| spec_with("api", n, &RECORDED).to_string();
+    let (code, body) = serve.request("POST", "/v1/clusters?wait=true", Some(&spec(3)));
+    assert_eq!(code, 200, "{body:#}\n{}", serve.log_text());
+    let pair = |n: u32, t: &str| (format!("api-n-{n}"), t.to_owned());
+
+    let (code, body) = serve.request("POST", "/v1/clusters/api/restart-services?wait=true&limit=api-n-2", None);
+    assert_eq!((code, &body["outcome"]["state"]), (200, &json!("active")), "{body:#}");
+    assert_eq!(runs_of(&rig, "j2"), [pair(2, "STOP"), pair(2, "START")]);
+
+    let path = "/v1/clusters/api/restart-services?wait=true&rolling=true&batch=2&limit=api-n-1&limit=api-n-2,api-n-3";
+    let (code, body) = serve.request("POST", path, None);
+    assert_eq!(code, 200, "{body:#}");
+    let runs = runs_of(&rig, "j3");
+    assert_eq!(runs[4..], [pair(3, "STOP"), pair(3, "START")], "{runs:?}");
+
+    let (code, body) = serve.request("DELETE", "/v1/clusters/api?limit=nosuch", None);
+    assert_eq!(code, 400, "{body:#}");
+    assert!(body["problems"][0].as_str().unwrap().contains("\"nosuch\""), "{body:#}");
+    let (code, _) = serve.request("POST", "/v1/clusters/api/restart-services?rolling=true&batch=0", None);
+    assert_eq!(code, 400);
+
+    // A smaller spec: the third node goes.
+    let (code, body) = serve.request("POST", "/v1/clusters?wait=true", Some(&spec(2)));
+    assert_eq!((code, &body["outcome"]["state"]), (200, &json!("active")), "{body:#}");
+    assert_eq!(nodes(&body["cluster"]).len(), 2, "{body:#}");
+    assert_eq!(rig.machines_left().len(), 2);
+    assert_eq!(nodes_seen(&rig, "api-n-1"), ["api-n-1", "api-n-2"]);
+    let (code, _) = serve.request("DELETE", "/v1/clusters/api?wait=true", None);
+    assert_eq!(code, 200);
+    assert!(rig.machines_left().is_empty());
+}

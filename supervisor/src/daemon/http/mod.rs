@@ -407,7 +407,13 @@ async fn cluster_op(
             ),
         };
     }
-    let state = crate::cluster::ClusterState::during(kind).as_str();
+    // As recorded: an operation on part of the cluster (a limit, a scale-down) runs as
+    // `updating`.
+    let state = match daemon.clusters.get(&name).await {
+        Ok(Some(record)) => record.state,
+        _ => crate::cluster::ClusterState::during(kind),
+    }
+    .as_str();
     let mut r = json_response(
         StatusCode::ACCEPTED,
         &json!({"cluster": name, "jobId": job, "operation": kind.as_str(), "state": state}),
