@@ -34,7 +34,8 @@ pub struct ClusterArgs {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Bring a cluster up from its spec, or resume one that stopped part way.
+    /// Bring a cluster up from its spec, or resume one that stopped part way; a spec
+    /// with fewer nodes takes the dropped ones away (scale-down).
     Up(UpArgs),
     /// Stop a cluster's services and delete its machines.
     Down(DownArgs),
@@ -42,7 +43,8 @@ enum ClusterCommand {
     Status(StatusArgs),
     /// List the clusters.
     List(ListArgs),
-    /// STOP every started service, then START them (requirements first).
+    /// STOP every started service, then START them (requirements first); with
+    /// `--rolling`, a batch of nodes at a time.
     RestartServices(NamedArgs),
     /// BOOTSTRAP and CONFIGURE again, e.g. after changing the spec's config or scripts.
     Reconfigure(ReconfigureArgs),

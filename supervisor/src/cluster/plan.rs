@@ -15,6 +15,17 @@
 //!   defines it; then DELETE of each machine the provider made.
 //! - **restart-services**: STOP (dependents first), then START (requirements first).
 //! - **reconfigure**: BOOTSTRAP, CONFIGURE; with restart BOOTSTRAP, STOP, CONFIGURE, START.
+//!
+//! Within a [`Scope`] ([`build`]):
+//!
+//! - **rolling restart** ([`rolling_restart`]): the restart node batch by node batch.
+//! - **limit** ([`Selection`], [`limit`]): only the picked steps, in the same order; a step
+//!   left out that a kept one needs must be done already (else the plan is refused), but
+//!   a STOP, REMOVE or DELETE left out only ordered a teardown and is not needed.
+//! - **scale-down** ([`removal`]): an `up` or `reconfigure` whose spec drops nodes that
+//!   have anything recorded first takes them away (STOP, REMOVE, DELETE, from the stored
+//!   spec); then the operation; then (for `up`) BOOTSTRAP and CONFIGURE of the remaining
+//!   nodes, so that their `config.nodes` no longer lists them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;

@@ -154,7 +154,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
     let wait = flag(&req, "wait");
     let scope = match scope(&req) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     match endpoint {
         Endpoint::Health => health(daemon),
@@ -260,20 +260,20 @@ fn flag(req: &Request<Body>, name: &str) -> bool {
 /// The query's `limit` (repeatable, comma lists), `rolling` and `batch`.
 ///
 /// # Errors
-/// 400 when a `limit` is not valid percent-encoding or `batch` is not a number from 1.
-fn scope(req: &Request<Body>) -> Result<Scope, Response<Full<Bytes>>> {
+/// Why (the answer is 400) when a `limit` is not valid percent-encoding or `batch` is not
+/// a number from 1.
+fn scope(req: &Request<Body>) -> Result<Scope, String> {
     let pairs: Vec<(&str, &str)> =
         req.uri().query().unwrap_or_default().split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect();
     let mut limit = Vec::new();
     for (_, v) in pairs.iter().filter(|(k, _)| *k == "limit") {
-        let v = path::decode(&v.replace('+', " "))
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, &format!("limit={v}: not valid percent-encoding")))?;
+        let v = path::decode(&v.replace('+', " ")).ok_or_else(|| format!("limit={v}: not valid percent-encoding"))?;
         limit.extend(v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned));
     }
     let batch = match pairs.iter().find(|(k, _)| *k == "batch") {
         Some((_, v)) => match v.parse::<usize>() {
             Ok(n) if n >= 1 => n,
-            _ => return Err(error(StatusCode::BAD_REQUEST, &format!("batch={v}: give a number of nodes from 1"))),
+            _ => return Err(format!("batch={v}: give a number of nodes from 1")),
         },
         None => 1,
     };
