@@ -155,6 +155,9 @@ pub struct Prepared<'a> {
     interrupted: HashMap<StepKey, TaskRow>,
     /// Only part of the cluster: a `down` that succeeds leaves it active.
     partial: bool,
+    /// With `--limit`: the cluster's state and report before (a limited operation that
+    /// succeeds leaves an `incomplete` cluster so, unless it was an `up` that finished it).
+    before: Option<(ClusterState, Option<Value>)>,
     /// A scale-down: the spec stored once it succeeds.
     settle: Option<Value>,
     _lock: ClusterLock,
@@ -178,6 +181,8 @@ pub async fn prepare<'a>(
         return Err(JobError::Unknown(spec.name.clone()));
     }
     let live = snapshot.filter(|s| s.cluster.state != ClusterState::Terminated || kind != JobKind::Up);
+    let before =
+        live.as_ref().filter(|_| !options.scope.limit.is_empty()).map(|s| (s.cluster.state, s.cluster.report.clone()));
     let stored = live.as_ref().map(|s| s.cluster.spec.clone());
     let (learned, marks, interrupted) = live.map(|s| (s.learned, s.marks, s.interrupted)).unwrap_or_default();
     let mut options = options;
@@ -225,6 +230,7 @@ pub async fn prepare<'a>(
         marks,
         interrupted: interrupted_by_step,
         partial,
+        before,
         settle,
         _lock: lock,
     })
@@ -241,8 +247,21 @@ impl Prepared<'_> {
     /// # Errors
     /// The journal failed at the end (every task's result was recorded before).
     pub async fn execute(self, progress: &dyn Progress) -> Result<Outcome, JobError> {
-        let Prepared { engine, spec, kind, options, plan, job_id, learned, marks, interrupted, partial, settle, _lock } =
-            self;
+        let Prepared {
+            engine,
+            spec,
+            kind,
+            options,
+            plan,
+            job_id,
+            learned,
+            marks,
+            interrupted,
+            partial,
+            before,
+            settle,
+            _lock,
+        } = self;
         let previous = options.scope.previous.clone();
         let runner = Runner {
             engine,
@@ -262,10 +281,12 @@ impl Prepared<'_> {
             never = forward_output(progress) => match never {},
         };
         let not_run = plan.steps.len() - succeeded - failed.len();
-        let state = match (failed.is_empty() && not_run == 0, kind) {
-            (false, _) => ClusterState::Incomplete,
-            (true, JobKind::Down { .. }) if !partial => ClusterState::Terminated,
-            (true, _) => ClusterState::Active,
+        let finished_up = kind == JobKind::Up && plan::up(&spec, &runner.lock_marks()).steps.is_empty();
+        let (state, kept_report) = match (failed.is_empty() && not_run == 0, kind, before) {
+            (false, _, _) => (ClusterState::Incomplete, None),
+            (true, _, Some((ClusterState::Incomplete, report))) if !finished_up => (ClusterState::Incomplete, report),
+            (true, JobKind::Down { .. }, None) if !partial => (ClusterState::Terminated, None),
+            (true, _, _) => (ClusterState::Active, None),
         };
         let rolled = rolling_note(&plan, &failed);
         let outcome = Outcome {
@@ -283,7 +304,7 @@ impl Prepared<'_> {
             let kept: BTreeSet<String> = spec.nodes().into_iter().map(|n| n.id).collect();
             engine.store.settle(&spec.name, settle, &kept).await?;
         }
-        let report = (!outcome.ok()).then(|| outcome.report());
+        let report = if outcome.ok() { kept_report } else { Some(outcome.report()) };
         engine.store.end(&spec.name, state, report.as_ref()).await?;
         progress.event(&Event::Finished { outcome: &outcome });
         Ok(outcome)
