@@ -711,6 +711,14 @@ fn a_spec_with_fewer_nodes_takes_the_dropped_node_away_and_reconfigures_the_rest
     let up = rig.cluster(&["up", path.to_str().unwrap()]);
     assert_eq!(up.code, Some(0), "{}", up.stderr);
     assert_eq!(nodes_seen(&rig, "shrink-n-3"), ["shrink-n-1", "shrink-n-2", "shrink-n-3"]);
+    // reconfigure with a smaller spec takes a node away too.
+    let third = providerids(&rig.status("shrink"))["shrink-n-3"].clone();
+    rig.write_spec("shrink.json", &spec_with("shrink", 2, &RECORDED));
+    let run = rig.cluster(&["reconfigure", path.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(!rig.machines_left().contains(&third), "{:?}", rig.machines_left());
+    assert_eq!(nodes_seen(&rig, "shrink-n-2"), ["shrink-n-1", "shrink-n-2"]);
+    assert_eq!(nodes(&rig.status("shrink")).len(), 2);
     let down = rig.cluster(&["down", "shrink"]);
     assert_eq!(down.code, Some(0), "{}", down.stderr);
     assert!(rig.machines_left().is_empty());
