@@ -849,3 +849,34 @@ fn the_api_takes_limit_rolling_and_batch_and_a_smaller_spec() {
     assert_eq!(code, 200);
     assert!(rig.machines_left().is_empty());
 }
+
+#[test]
+fn a_scale_down_that_fails_keeps_the_node_in_the_cluster_until_it_is_run_again() {
+    let rig = ClusterRig::new(json!({}));
+    let actions = [("start", "record.sh", "start"), ("stop", "fails-on.sh", "stop"), ("configure", "nodes.sh", "c")];
+    let path = rig.write_spec("stuck.json", &spec_with("stuck", 2, &actions));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let second = providerids(&rig.status("stuck"))["stuck-n-2"].clone();
+
+    std::fs::write(rig.work.join("fail-stuck-n-2"), "").unwrap();
+    rig.write_spec("stuck.json", &spec_with("stuck", 1, &actions));
+    let up = rig.cluster(&["up", path.to_str().unwrap(), "--attempts", "1"]);
+    assert_eq!(up.code, Some(1), "{}", up.stderr);
+    assert_eq!(up.json["outcome"]["failed"][0]["step"], "STOP svc on stuck-n-2", "{:#}", up.json);
+    // Still there, and still in the cluster's spec.
+    assert!(rig.machines_left().contains(&second));
+    let status = rig.status("stuck");
+    assert_eq!(status["state"], "incomplete");
+    assert_eq!(nodes(&status).len(), 2, "{status:#}");
+
+    std::fs::remove_file(rig.work.join("fail-stuck-n-2")).unwrap();
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    assert!(!rig.machines_left().contains(&second), "{:?}", rig.machines_left());
+    assert_eq!(nodes(&rig.status("stuck")).len(), 1);
+    assert_eq!(nodes_seen(&rig, "stuck-n-1"), ["stuck-n-1"]);
+    let down = rig.cluster(&["down", "stuck"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
