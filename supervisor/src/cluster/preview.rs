@@ -56,7 +56,11 @@ impl<'a> PluginView<'a> {
     /// The plugins of a registry no supervisor runs (`cluster plan`): those it has as
     /// runnable; none elsewhere.
     pub fn of_registry(registry: &'a Registry) -> PluginView<'a> {
-        PluginView { registry, runnable: Box::new(|kind, name| registered_runnable(registry, kind, name)), elsewhere: BTreeSet::new() }
+        PluginView {
+            registry,
+            runnable: Box::new(|kind, name| registered_runnable(registry, kind, name)),
+            elsewhere: BTreeSet::new(),
+        }
     }
 }
 
@@ -451,7 +455,12 @@ fn fields_checks(at: &str, fields: &Map<String, Value>) -> Vec<Check> {
 
 /// Collects the credential-named leaves (path, value) and the `ssh-auth` objects under
 /// `o`, at most [`MAX_PATHS`] of each.
-fn walk<'v>(o: &'v Map<String, Value>, at: &str, secrets: &mut Vec<(String, &'v Value)>, auths: &mut Vec<(String, &'v Value)>) {
+fn walk<'v>(
+    o: &'v Map<String, Value>,
+    at: &str,
+    secrets: &mut Vec<(String, &'v Value)>,
+    auths: &mut Vec<(String, &'v Value)>,
+) {
     for (k, v) in o {
         let p = format!("{at}.{k}");
         if k == "ssh-auth" {
@@ -855,10 +864,9 @@ mod tests {
         for s in scripts {
             std::fs::write(dir.join("scripts").join(s), "").unwrap();
         }
-        for (kind, name, settings) in [
-            ("providers", "local", json!({})),
-            ("automators", "shell", json!({"scripts": "../../../scripts"})),
-        ] {
+        for (kind, name, settings) in
+            [("providers", "local", json!({})), ("automators", "shell", json!({"scripts": "../../../scripts"}))]
+        {
             let d = dir.join("plugins").join(kind).join(name);
             std::fs::create_dir_all(&d).unwrap();
             let mut manifest = json!({"executable": bin, "settings": settings});
@@ -920,13 +928,23 @@ mod tests {
         let p = build(&spec(&v), JobKind::Up, None, &view(&reg));
         assert!(!p.ok);
         let f = failed(&p);
-        assert!(f.iter().any(|m| m.starts_with("plugins: services.db.actions.configure.type: no automator plugin named \"chef\"")), "{f:#?}");
+        assert!(
+            f.iter()
+                .any(|m| m
+                    .starts_with("plugins: services.db.actions.configure.type: no automator plugin named \"chef\"")),
+            "{f:#?}"
+        );
         assert!(f.iter().any(|m| m.starts_with("scripts: services.app.actions.install: app.sh is not in ")), "{f:#?}");
         assert!(f.iter().any(|m| m == "credentials: provider.fields.api_password: is empty"), "{f:#?}");
         assert_eq!(f.len(), 3, "{f:#?}");
     }
 
-    fn known(s: &ClusterSpec, state: ClusterState, marks: Marks, learned: HashMap<String, Map<String, Value>>) -> Snapshot {
+    fn known(
+        s: &ClusterSpec,
+        state: ClusterState,
+        marks: Marks,
+        learned: HashMap<String, Map<String, Value>>,
+    ) -> Snapshot {
         Snapshot {
             cluster: ClusterRecord {
                 name: s.name.clone(),
@@ -1000,7 +1018,9 @@ mod tests {
         let p = build(&s, JobKind::Up, Some(&snap), &view(&reg));
         assert_eq!(
             failed(&p),
-            ["placeholders: services.app.actions.install on c-app-1: {ipaddress} has no value (no address recorded for the node)"]
+            [
+                "placeholders: services.app.actions.install on c-app-1: {ipaddress} has no value (no address recorded for the node)"
+            ]
         );
         assert!(!serde_json::to_string(&p).unwrap().contains("\"pw\""));
     }
