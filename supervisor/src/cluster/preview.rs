@@ -42,12 +42,15 @@ use crate::wire::redact::{MASK, is_secret_key, printable};
 /// Most changed key paths listed per node (and for the whole spec).
 const MAX_PATHS: usize = 64;
 
+/// Whether the plugin of a kind and name can take tasks here.
+pub type Runnable<'a> = Box<dyn Fn(PluginKind, &str) -> bool + Send + Sync + 'a>;
+
 /// The plugins as seen from where the operation would run.
 pub struct PluginView<'a> {
     /// What is registered.
     pub registry: &'a Registry,
     /// Whether the plugin of this kind and name can take tasks here.
-    pub runnable: Box<dyn Fn(PluginKind, &str) -> bool + Send + Sync + 'a>,
+    pub runnable: Runnable<'a>,
     /// `kind:name` keys other live daemons of the fleet run (empty outside a fleet).
     pub elsewhere: BTreeSet<String>,
 }
