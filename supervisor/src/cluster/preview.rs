@@ -344,7 +344,7 @@ fn script_of(action: &Map<String, Value>) -> Option<&str> {
 fn script_checks(spec: &ClusterSpec, plan: &Plan, registry: &Registry) -> Vec<Check> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for key in &plan.steps.iter().map(|s| &s.key).collect::<Vec<_>>() {
+    for key in plan.steps.iter().map(|s| &s.key) {
         let Some(service) = &key.service else { continue };
         let Some(action) = spec.services.get(service).and_then(|s| s.actions.get(&key.task)) else { continue };
         let Some(automator) = action.get("type").and_then(Value::as_str) else { continue };
