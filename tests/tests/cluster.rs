@@ -626,6 +626,165 @@ fn the_daemon_runs_cluster_operations_over_its_api_and_resumes_them_after_a_cras
     assert!(rig.machines_left().is_empty());
 }
 
+/// Puts a recorder in front of the `local` and `shell` plugins of `rig`: every line the
+/// supervisor sends either of them (the handshake, each task) is appended to
+/// `<plugins>/<name>.received`. Returns a count of the tasks received so far.
+fn record_tasks(rig: &ClusterRig) -> impl Fn() -> usize + '_ {
+    use std::os::unix::fs::PermissionsExt;
+    for (kind, name) in [("providers", "local"), ("automators", "shell")] {
+        let path = rig.plugins.path().join(kind).join(name).join(format!("{name}.json"));
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let real = manifest[name]["executable"].as_str().unwrap().to_owned();
+        let log = rig.plugins.path().join(format!("{name}.received"));
+        let wrapper = rig.plugins.path().join(format!("record-{name}"));
+        std::fs::write(&wrapper, format!("#!/bin/sh\ntee -a '{}' | '{real}' \"$@\"\n", log.display())).unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        manifest[name]["executable"] = json!(wrapper);
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    }
+    move || {
+        ["local", "shell"]
+            .iter()
+            .map(|n| std::fs::read_to_string(rig.plugins.path().join(format!("{n}.received"))).unwrap_or_default())
+            .map(|text| text.lines().filter(|l| l.contains("\"taskName\"")).count())
+            .sum()
+    }
+}
+
+/// The steps of a plan (`cluster plan --json`), in order.
+fn plan_steps(plan: &Value) -> Vec<String> {
+    plan["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn a_plan_sends_nothing_changes_nothing_and_is_what_up_then_runs() {
+    let rig = ClusterRig::new(json!({}));
+    let received = record_tasks(&rig);
+    let mut spec = ClusterRig::example(18500, 2);
+    let path = rig.write_spec("demo.json", &spec);
+    let file = path.to_str().unwrap();
+
+    // Before the cluster exists: plan and up --dry-run agree; down has nothing to plan.
+    let plan = rig.cluster(&["plan", file, "--plugins-dir", rig.plugins.path().to_str().unwrap(), "--json"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.stderr);
+    let plan = plan.json;
+    assert_eq!((plan["operation"].as_str(), plan["ok"].as_bool()), (Some("up"), Some(true)), "{plan:#}");
+    assert_eq!(plan_steps(&plan).len(), 18);
+    assert!(plan["changes"]["since"].is_null());
+    for check in ["plugins", "scripts", "credentials", "placeholders"] {
+        assert!(plan["checks"].as_array().unwrap().iter().any(|c| c["check"] == check), "no {check}: {plan:#}");
+    }
+    let dry = rig.cluster(&["up", file, "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    assert_eq!(dry.json["steps"], plan["steps"]);
+    let down = rig.cluster(&["down", "local-demo", "--dry-run"]);
+    assert_eq!(down.code, Some(2), "{}", down.stderr);
+    assert!(down.stderr.contains("no cluster named \"local-demo\""), "{}", down.stderr);
+    assert_eq!(received(), 0, "a plugin received a task");
+    let list = rig.cluster(&["list", "--json"]);
+    assert_eq!(list.json["clusters"], json!([]), "{:#}", list.json);
+    assert!(rig.machines_left().is_empty());
+
+    // The real up runs the plan's steps, each after those the plan says it waits for.
+    let up = rig.cluster(&["up", file]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    assert!(received() >= 18, "the recorder saw {} tasks", received());
+    let status = rig.status("local-demo");
+    let job = up.json["outcome"]["jobId"].as_str().unwrap();
+    let ran: std::collections::BTreeSet<String> =
+        tasks(&status).iter().filter(|t| t["jobId"] == job).map(|t| t["step"].as_str().unwrap().to_owned()).collect();
+    let planned: std::collections::BTreeSet<String> = plan_steps(&plan).into_iter().collect();
+    assert_eq!(ran, planned);
+    let t = times(&status);
+    let steps = plan_steps(&plan);
+    for (i, step) in plan["steps"].as_array().unwrap().iter().enumerate() {
+        for a in step["after"].as_array().unwrap() {
+            let a = a.as_u64().unwrap() as usize;
+            assert!(a < i && plan["steps"][a]["wave"].as_u64() < step["wave"].as_u64(), "{step:#}");
+            after(&t, &steps[i], &steps[a]);
+        }
+    }
+
+    // Planning every operation on the active cluster sends nothing and changes nothing.
+    let sent = received();
+    let before = rig.status("local-demo");
+    spec["config"]["greeting"] = json!("a greeting that is not shown");
+    spec["nodeGroups"][1]["count"] = json!(3);
+    let changed = rig.write_spec("changed.json", &spec);
+    let run = rig.cluster(&["plan", changed.to_str().unwrap(), "--plugins-dir", rig.plugins.path().to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let text = String::from_utf8_lossy(
+        &rig.command(&["plan", changed.to_str().unwrap(), "--plugins-dir", rig.plugins.path().to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(text.starts_with("cluster local-demo: up ("), "{text}");
+    assert!(text.contains("\nnode local-demo-web-3 (new)\n  CREATE[1] -> CONFIRM[2] -> BOOTSTRAP[3]\n"), "{text}");
+    assert!(text.contains("\n  + node local-demo-web-3\n"), "{text}");
+    assert!(text.contains("\n  ~ node local-demo-web-1\n      config: ~ cluster.greeting\n"), "{text}");
+    assert!(!text.contains("not shown"), "{text}");
+    for (op, expect) in [
+        (vec!["down", "local-demo", "--dry-run"], "DELETE local-demo-web-2"),
+        (vec!["down", "local-demo", "--dry-run", "--force"], "DELETE local-demo-store-1"),
+        (vec!["reconfigure", changed.to_str().unwrap(), "--dry-run", "--restart"], "CONFIGURE local-demo-web-1 web"),
+        (vec!["restart-services", "local-demo", "--dry-run"], "STOP local-demo-store-1 store"),
+    ] {
+        let run = rig.cluster(&op);
+        assert_eq!(run.code, Some(0), "{op:?}: {}", run.stderr);
+        assert!(plan_steps(&run.json).iter().any(|s| s == expect), "{op:?}: {:#}", run.json);
+    }
+    // A check that fails: exit 1, the script named.
+    spec["services"]["web"]["actions"]["start"]["script"] = json!("missing.sh");
+    let broken = rig.write_spec("broken.json", &spec);
+    let run = rig.cluster(&["up", broken.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let failed: Vec<&Value> =
+        run.json["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{:#}", run.json);
+    assert!(failed[0]["message"].as_str().unwrap().starts_with("services.web.actions.start: missing.sh is not in "));
+    assert_eq!(received(), sent, "a plugin received a task");
+    assert_eq!(rig.status("local-demo"), before);
+
+    let down = rig.cluster(&["down", "local-demo"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
+fn the_api_plans_without_sending_anything() {
+    let rig = ClusterRig::new(json!({}));
+    let serve = Serve::start(&rig.plugins, "");
+    let spec = ClusterRig::example(18600, 1).to_string();
+    let (code, plan) = serve.request("POST", "/v1/clusters/local-demo/plan", Some(&spec));
+    assert_eq!(code, 200, "{plan:#}");
+    assert_eq!((plan["ok"].as_bool(), plan_steps(&plan).len()), (Some(true), 12), "{plan:#}");
+    assert_eq!(serve.request("POST", "/v1/clusters/local-demo/plan?op=down", None).0, 404);
+    assert_eq!(serve.request("POST", "/v1/clusters/other/plan", Some(&spec)).0, 400);
+    assert_eq!(serve.request("GET", "/v1/clusters", None).1["clusters"], json!([]));
+    assert_eq!(loom_e2e::metric_sum(&serve.metrics(), "loom_tasks_total"), 0.0);
+
+    let (code, body) = serve.request("POST", "/v1/clusters?wait=true", Some(&spec));
+    assert_eq!(code, 200, "{body:#}");
+    let (_, before) = serve.request("GET", "/v1/clusters/local-demo?tasks=true", None);
+    let sent = loom_e2e::metric_sum(&serve.metrics(), "loom_tasks_total");
+    let (code, plan) = serve.request("POST", "/v1/clusters/local-demo/plan?op=down&force=true", None);
+    assert_eq!(code, 200, "{plan:#}");
+    assert_eq!(plan_steps(&plan), ["DELETE local-demo-store-1", "DELETE local-demo-web-1"]);
+    assert_eq!(plan["force"], true);
+    let (code, plan) = serve.request("POST", "/v1/clusters/local-demo/plan?op=reconfigure&restart=true", None);
+    assert_eq!((code, plan["ok"].as_bool()), (200, Some(true)), "{plan:#}");
+    assert_eq!(plan["changes"]["spec"], json!([]));
+    assert_eq!(serve.request("POST", "/v1/clusters/local-demo/plan?op=sideways", None).0, 400);
+    assert_eq!(loom_e2e::metric_sum(&serve.metrics(), "loom_tasks_total"), sent);
+    assert_eq!(serve.request("GET", "/v1/clusters/local-demo?tasks=true", None).1, before);
+
+    let (code, _) = serve.request("DELETE", "/v1/clusters/local-demo?wait=true", None);
+    assert_eq!(code, 200);
+    assert!(rig.machines_left().is_empty());
+}
+
 /// The run log's lines from `from` on, as `(node, task)` of each run of `job` (`j2`),
 /// in the order they ran.
 fn runs_of(rig: &ClusterRig, job: &str) -> Vec<(String, String)> {

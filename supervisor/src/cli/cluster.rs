@@ -1,9 +1,10 @@
 //! `loom-provisioner cluster up | down | status | list | restart-services | reconfigure |
-//! forget`.
+//! forget | plan`.
 //!
 //! Exit codes: 0 done; 1 the operation failed or was interrupted (the cluster is
 //! `incomplete`, see `cluster status`), or another operation holds the cluster; 2 a bad
-//! spec, a missing plugin, a usage error: nothing was sent.
+//! spec, a missing plugin, a usage error: nothing was sent. `plan` and `--dry-run` (which
+//! send nothing): 0 every check passed, 1 one failed, 2 a bad spec or usage.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::cluster::job::{self, Engine, JobError, Options};
 use crate::cluster::lock::Locks;
 use crate::cluster::outcome::next_steps;
 use crate::cluster::plan::{JobKind, Scope};
+use crate::cluster::preview;
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::store::{ClusterState, ClusterStore};
@@ -50,6 +52,9 @@ enum ClusterCommand {
     Reconfigure(ReconfigureArgs),
     /// Forget a terminated cluster's history.
     Forget(ForgetArgs),
+    /// Show what an operation would do, what changed since the last applied spec, and
+    /// check what can be checked before anything is sent; sends nothing, records nothing.
+    Plan(PlanArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,6 +88,9 @@ struct Common {
     /// `restart-services --rolling`: nodes per batch (set from [`NamedArgs`]).
     #[arg(skip)]
     rolling: Option<usize>,
+    /// Show the plan and run the checks (as `cluster plan`); send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -181,6 +189,37 @@ struct ListArgs {
 }
 
 #[derive(Args, Debug)]
+struct PlanArgs {
+    /// The cluster's spec file, or (for an operation on the stored spec) its name.
+    #[arg(value_name = "SPEC|NAME")]
+    cluster: String,
+    /// The operation to plan.
+    #[arg(long, value_enum, default_value_t = PlanOp::Up)]
+    op: PlanOp,
+    /// With `--op down`: delete the machines without stopping or removing their services.
+    #[arg(long)]
+    force: bool,
+    /// With `--op reconfigure`: stop the services before CONFIGURE and start them after.
+    #[arg(long)]
+    restart: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// The operations `cluster plan` previews.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PlanOp {
+    /// `cluster up`.
+    Up,
+    /// `cluster down`.
+    Down,
+    /// `cluster restart-services`.
+    RestartServices,
+    /// `cluster reconfigure`.
+    Reconfigure,
+}
+
+#[derive(Args, Debug)]
 struct ForgetArgs {
     /// The cluster's name.
     #[arg(value_name = "NAME")]
@@ -206,6 +245,7 @@ pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
         ClusterCommand::Status(a) => status(a).await,
         ClusterCommand::List(a) => list(a).await,
         ClusterCommand::Forget(a) => forget(a).await,
+        ClusterCommand::Plan(a) => plan(a, plugin_level).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("loom-provisioner: {e}");
@@ -235,7 +275,9 @@ async fn up(args: UpArgs, plugin_level: LogLevel) -> Result<Exit, String> {
         spec.plugin_dirs = stored.plugin_dirs;
     }
     let done = operate(&store, locks, spec, JobKind::Up, &args.common, plugin_level).await;
-    checkpoint(&store).await;
+    if !args.common.dry_run {
+        checkpoint(&store).await;
+    }
     done
 }
 
@@ -285,7 +327,9 @@ async fn named(
         spec.plugin_dirs.clear();
     }
     let done = operate(&store, locks, spec, kind, &common, plugin_level).await;
-    checkpoint(&store).await;
+    if !common.dry_run {
+        checkpoint(&store).await;
+    }
     done
 }
 
@@ -307,6 +351,10 @@ async fn operate(
     }
     let registry = crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as)
         .ok_or("cannot read the plugins folders")?;
+    if common.dry_run {
+        let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
+        return show_preview(store, &spec, kind, &scope, &registry, common.json).await;
+    }
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
     let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts)
@@ -367,6 +415,47 @@ async fn interrupted(
         let _ = if as_json { writeln!(out, "{}", json!({"cluster": view})) } else { write!(out, "{}", view.text()) };
     }
     Ok(Exit::Failed)
+}
+
+/// `cluster plan`: the operation's own command with `--dry-run`.
+async fn plan(args: PlanArgs, plugin_level: LogLevel) -> Result<Exit, String> {
+    let PlanArgs { cluster, op, force, restart, mut common } = args;
+    common.dry_run = true;
+    match op {
+        PlanOp::Up => match spec_file(&cluster) {
+            Some(file) => up(UpArgs { spec: file.to_path_buf(), common }, plugin_level).await,
+            None => named(&cluster, JobKind::Up, common, false, plugin_level).await,
+        },
+        PlanOp::Down => named(&cluster, JobKind::Down { force }, common, false, plugin_level).await,
+        PlanOp::RestartServices => named(&cluster, JobKind::RestartServices, common, false, plugin_level).await,
+        PlanOp::Reconfigure => named(&cluster, JobKind::Reconfigure { restart }, common, true, plugin_level).await,
+    }
+}
+
+/// Shows what `kind` would do on `spec` with the plugins of `registry` (none is
+/// started); exit 0 when every check passes, 1 when one fails.
+///
+/// # Errors
+/// The journal cannot be read, or `kind` is not `up` and the store has no such cluster.
+async fn show_preview(
+    store: &ClusterStore,
+    spec: &ClusterSpec,
+    kind: JobKind,
+    scope: &Scope,
+    registry: &crate::core::registry::Registry,
+    as_json: bool,
+) -> Result<Exit, String> {
+    let plugins = preview::PluginView::of_registry(registry);
+    let preview = preview::preview(store, spec, kind, scope, &plugins).await.map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let _ = writeln!(out, "{}", serde_json::to_string(&preview).unwrap_or_default());
+    } else {
+        let fancy = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let _ = write!(out, "{}", preview.text(fancy));
+    }
+    let _ = out.flush();
+    Ok(Exit::ok_if(preview.ok))
 }
 
 fn make_progress(mode: ProgressMode) -> Box<dyn Progress> {

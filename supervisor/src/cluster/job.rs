@@ -36,7 +36,7 @@ use super::remote;
 use super::spec::{ClusterSpec, NodeSpec};
 use super::store::{ClusterState, ClusterStore, Finished, TaskRow};
 use super::task::{self, Tasks};
-use crate::core::registry::Availability;
+use crate::core::registry::{Availability, Registry};
 use crate::core::router::Table;
 use crate::core::supervisor::Supervisor;
 use crate::journal::{JournalError, until_recorded};
@@ -357,7 +357,7 @@ pub async fn stored_spec(store: &ClusterStore, name: &str) -> Result<ClusterSpec
 ///
 /// # Errors
 /// [`JobError::Refused`] naming the nodes whose machines would be lost track of.
-fn check_nodes(
+pub fn check_nodes(
     spec: &ClusterSpec,
     previous: Option<&ClusterSpec>,
     learned: &HashMap<String, Map<String, Value>>,
@@ -389,6 +389,28 @@ fn check_plugins(
     table: &Table,
     elsewhere: &BTreeSet<String>,
 ) -> Result<(), JobError> {
+    let runnable = |kind: PluginKind, name: &str| table.plugin(kind, name).is_some();
+    let problems: Vec<String> = needed_plugins(spec, previous, plan)
+        .into_iter()
+        .filter_map(|need| plugin_problem(&need, &table.registry, &runnable, elsewhere))
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(JobError::Refused(problems)) }
+}
+
+/// A plugin a plan sends tasks to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NeededPlugin {
+    /// Provider or automator.
+    pub kind: PluginKind,
+    /// Its name.
+    pub name: String,
+    /// Where the spec names it: `provider.name`, `services.web.actions.start.type`.
+    pub at: String,
+}
+
+/// The plugins `plan`'s steps go to, each once, sorted by kind and name. Steps of nodes
+/// only `previous` (the stored spec) has, which a scale-down takes away, go by it.
+pub fn needed_plugins(spec: &ClusterSpec, previous: Option<&ClusterSpec>, plan: &Plan) -> Vec<NeededPlugin> {
     let mut needed: BTreeSet<(PluginKind, String, String)> = BTreeSet::new();
     let here = spec.nodes();
     let there = previous.map(ClusterSpec::nodes).unwrap_or_default();
@@ -417,30 +439,39 @@ fn check_plugins(
             }
         }
     }
-    let mut problems = Vec::new();
-    let mut reported = BTreeSet::new();
-    for (kind, name, at) in needed {
-        if table.plugin(kind, &name).is_some()
-            || elsewhere.contains(&format!("{kind}:{name}"))
-            || !reported.insert((kind, name.clone()))
-        {
-            continue;
-        }
-        let registered = table.registry.plugins.iter().find(|r| r.kind == kind && r.name == name);
-        let why = match registered.map(|r| &r.availability) {
-            Some(Availability::NotRunnable(why)) => {
-                format!("{kind} plugin {name:?} is registered but cannot run: {why}")
-            }
-            _ => {
-                let names: Vec<&str> =
-                    table.registry.plugins.iter().filter(|r| r.kind == kind).map(|r| r.name.as_str()).collect();
-                let list = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
-                format!("no {kind} plugin named {name:?} is registered (registered {kind}s: {list})")
-            }
-        };
-        problems.push(format!("{at}: {why}"));
+    let mut seen = BTreeSet::new();
+    needed
+        .into_iter()
+        .filter(|(kind, name, _)| seen.insert((*kind, name.clone())))
+        .map(|(kind, name, at)| NeededPlugin { kind, name, at })
+        .collect()
+}
+
+/// Why `need` cannot run here (`at: why`), or `None` when it can: `runnable` here, or on
+/// another daemon of the fleet (`elsewhere`: the `kind:name` keys live daemons run).
+pub fn plugin_problem(
+    need: &NeededPlugin,
+    registry: &Registry,
+    runnable: &dyn Fn(PluginKind, &str) -> bool,
+    elsewhere: &BTreeSet<String>,
+) -> Option<String> {
+    let NeededPlugin { kind, name, at } = need;
+    if runnable(*kind, name) || elsewhere.contains(&format!("{kind}:{name}")) {
+        return None;
     }
-    if problems.is_empty() { Ok(()) } else { Err(JobError::Refused(problems)) }
+    let registered = registry.plugins.iter().find(|r| r.kind == *kind && r.name == *name);
+    let why = match registered.map(|r| &r.availability) {
+        Some(Availability::NotRunnable(why)) => {
+            format!("{kind} plugin {name:?} is registered but cannot run: {why}")
+        }
+        _ => {
+            let names: Vec<&str> =
+                registry.plugins.iter().filter(|r| r.kind == *kind).map(|r| r.name.as_str()).collect();
+            let list = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+            format!("no {kind} plugin named {name:?} is registered (registered {kind}s: {list})")
+        }
+    };
+    Some(format!("{at}: {why}"))
 }
 
 /// Where the spec first names automator `automator`: `services.web.actions.start.type`.

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | the description, checked | [`spec`] |
 //! | which tasks, in which order | [`plan`] (pure) |
+//! | what an operation would do, checked before anything is sent | [`preview`] |
 //! | running them: retries, recording each result | [`job`] |
 //! | the task each step sends, results flowing into later tasks | [`task`] |
 //! | how an operation ended, what to do next | [`outcome`] |
@@ -21,6 +22,7 @@ pub mod job;
 pub mod lock;
 pub mod outcome;
 pub mod plan;
+pub mod preview;
 pub mod progress;
 mod remote;
 pub mod spec;

@@ -12,6 +12,7 @@
 //! | `DELETE /v1/clusters/{name}[?force=true][&wait=true][&limit=L]` | 202 `down` started (as POST), 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/restart-services[?wait=true][&limit=L][&rolling=true[&batch=N]]` | 202, 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true][&limit=L]` (body: optionally the changed spec) | 202, 400, 404, 409 |
+//! | `POST /v1/clusters/{name}/plan[?op=up\|down\|restart-services\|reconfigure][&force=true][&restart=true][&limit=L][&rolling=true[&batch=N]]` (body: for `up` and `reconfigure`, optionally the spec; else the stored one) | 200 what the operation would do, sending nothing (as `cluster plan --json`; `ok` false when a check failed), 400, 404 |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
@@ -196,6 +197,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
                 Err(r) => r,
             }
         }
+        Endpoint::ClusterPlan => cluster_plan(daemon, req, arg, scope).await,
     }
 }
 
@@ -422,6 +424,62 @@ async fn cluster_op(
         r.headers_mut().insert(LOCATION, v);
     }
     r
+}
+
+/// The value of `name` in the query, if given.
+fn query_value<'r>(req: &'r Request<Body>, name: &str) -> Option<&'r str> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `POST /v1/clusters/{name}/plan`: what `op` would do on cluster `name`, from the body's
+/// spec (`up`, `reconfigure`) or the stored one; sends nothing, records nothing.
+async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Scope) -> Response<Full<Bytes>> {
+    let kind = match query_value(&req, "op").unwrap_or("up") {
+        "up" => JobKind::Up,
+        "down" => JobKind::Down { force: flag(&req, "force") },
+        "restart-services" => JobKind::RestartServices,
+        "reconfigure" => JobKind::Reconfigure { restart: flag(&req, "restart") },
+        _ => return error(StatusCode::BAD_REQUEST, "op must be up, down, restart-services or reconfigure"),
+    };
+    let stored = match crate::cluster::job::stored_spec(&daemon.clusters, name).await {
+        Ok(spec) => Some(spec),
+        Err(JobError::Unknown(_)) if kind == JobKind::Up => None,
+        Err(e) => return job_error(&e),
+    };
+    let spec = match kind {
+        JobKind::Up | JobKind::Reconfigure { .. } => match read_spec(daemon, req, stored).await {
+            Ok(spec) => spec,
+            Err(r) => return r,
+        },
+        _ => match stored {
+            Some(mut spec) => {
+                spec.plugin_dirs = daemon.config().plugin_dirs;
+                spec
+            }
+            None => return error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
+        },
+    };
+    if spec.name != name {
+        return error(StatusCode::BAD_REQUEST, &format!("the spec is for cluster {:?}, not {name:?}", spec.name));
+    }
+    let table = daemon.supervisor.table();
+    let elsewhere = if daemon.shared() {
+        match daemon.journal.fleet_can().await {
+            Ok(keys) => keys,
+            Err(e) => return journal_error(daemon, &e.to_string()),
+        }
+    } else {
+        Default::default()
+    };
+    let plugins = crate::cluster::preview::PluginView {
+        registry: &table.registry,
+        runnable: Box::new(|kind, name| table.plugin(kind, name).is_some()),
+        elsewhere,
+    };
+    match crate::cluster::preview::preview(&daemon.clusters, &spec, kind, &scope, &plugins).await {
+        Ok(preview) => json_response(StatusCode::OK, &preview),
+        Err(e) => job_error(&e),
+    }
 }
 
 async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {

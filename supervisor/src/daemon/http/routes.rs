@@ -18,6 +18,7 @@ pub(super) enum Endpoint {
     ClusterDown,
     RestartServices,
     Reconfigure,
+    ClusterPlan,
 }
 
 /// Every endpoint: its method, its path (`*` stands for one segment, passed on), and what
@@ -35,6 +36,7 @@ pub(super) const ROUTES: &[(Method, &[&str], Endpoint)] = &[
     (Method::DELETE, &["v1", "clusters", "*"], Endpoint::ClusterDown),
     (Method::POST, &["v1", "clusters", "*", "restart-services"], Endpoint::RestartServices),
     (Method::POST, &["v1", "clusters", "*", "reconfigure"], Endpoint::Reconfigure),
+    (Method::POST, &["v1", "clusters", "*", "plan"], Endpoint::ClusterPlan),
 ];
 
 /// Where a request goes.
