@@ -626,8 +626,8 @@ fn the_daemon_runs_cluster_operations_over_its_api_and_resumes_them_after_a_cras
     assert!(rig.machines_left().is_empty());
 }
 
-/// The run log's lines from `from` on, as `(node, task)` of each run of `job` (`j2`),
-/// in the order they ran.
+/// The runs of job `job` (`j2`) in the run log, as `(node, task)`, in the order they
+/// ran.
 fn runs_of(rig: &ClusterRig, job: &str) -> Vec<(String, String)> {
     rig.runlog()
         .iter()
