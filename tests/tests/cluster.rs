@@ -785,8 +785,8 @@ fn the_api_plans_without_sending_anything() {
     assert!(rig.machines_left().is_empty());
 }
 
-/// The run log's lines from `from` on, as `(node, task)` of each run of `job` (`j2`),
-/// in the order they ran.
+/// The runs of job `job` (`j2`) in the run log, as `(node, task)`, in the order they
+/// ran.
 fn runs_of(rig: &ClusterRig, job: &str) -> Vec<(String, String)> {
     rig.runlog()
         .iter()
