@@ -1025,6 +1025,34 @@ mod tests {
     }
 
     #[test]
+    fn a_preview_plans_within_the_limit_and_previews_a_scale_down() {
+        let dir = crate::core::trust::test_dir();
+        let reg = registry(dir.path(), &["db.sh", "app.sh"]);
+        let s = spec(&spec_value(dir.path()));
+        let marks: Marks = plan::up(&s, &Marks::new()).steps.iter().map(|st| (st.key.clone(), Mark::Done)).collect();
+        let learned: HashMap<String, Map<String, Value>> = s
+            .nodes()
+            .iter()
+            .map(|n| (n.id.clone(), json!({"providerid": "p", "ipaddress": "10.0.0.1"}).as_object().cloned().unwrap()))
+            .collect();
+        let snap = known(&s, ClusterState::Active, marks, learned);
+        let scope = |limit: &str| plan::Scope { limit: vec![limit.to_owned()], ..plan::Scope::default() };
+        let p = build(&s, JobKind::RestartServices, Some(&snap), &scope("c-db-1"), &view(&reg));
+        let steps: Vec<&str> = p.steps.iter().map(|st| st.step.as_str()).collect();
+        assert_eq!(steps, ["STOP c-db-1 db", "START c-db-1 db"]);
+        let p = build(&s, JobKind::RestartServices, Some(&snap), &scope("nosuch"), &view(&reg));
+        assert!(p.steps.is_empty() && !p.ok);
+        assert!(failed(&p).iter().any(|m| m.starts_with("limit: --limit nosuch:")), "{:#?}", failed(&p));
+        // A spec with one app node fewer: its removal, then the rest reconfigured.
+        let mut smaller = spec_value(dir.path());
+        smaller["nodeGroups"][1]["count"] = json!(1);
+        let p = build(&spec(&smaller), JobKind::Up, Some(&snap), &plan::Scope::default(), &view(&reg));
+        assert!(p.steps.iter().any(|st| st.step == "DELETE c-app-2"), "{:#?}", p.steps);
+        assert!(p.steps.iter().any(|st| st.step == "BOOTSTRAP c-app-1"), "{:#?}", p.steps);
+        assert!(!failed(&p).iter().any(|m| m.starts_with("nodes:")), "{:#?}", failed(&p));
+    }
+
+    #[test]
     fn placeholders_without_a_value_fail_unless_the_plan_makes_the_machine() {
         let dir = crate::core::trust::test_dir();
         let reg = registry(dir.path(), &["db.sh", "app.sh"]);
