@@ -153,9 +153,19 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
     };
     let arg = args.first().copied().unwrap_or_default();
     let wait = flag(&req, "wait");
+    // Only the cluster operations read `limit`, `rolling` and `batch`.
+    let operates = matches!(
+        endpoint,
+        Endpoint::ClusterUp
+            | Endpoint::ClusterDown
+            | Endpoint::RestartServices
+            | Endpoint::Reconfigure
+            | Endpoint::ClusterPlan
+    );
     let scope = match scope(&req) {
         Ok(s) => s,
-        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        Err(why) if operates => return error(StatusCode::BAD_REQUEST, &why),
+        Err(_) => Scope::default(),
     };
     match endpoint {
         Endpoint::Health => health(daemon),
