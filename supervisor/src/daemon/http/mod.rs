@@ -152,9 +152,15 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
     };
     let arg = args.first().copied().unwrap_or_default();
     let wait = flag(&req, "wait");
+    // Only the cluster operations read `limit`, `rolling` and `batch`.
+    let operates = matches!(
+        endpoint,
+        Endpoint::ClusterUp | Endpoint::ClusterDown | Endpoint::RestartServices | Endpoint::Reconfigure
+    );
     let scope = match scope(&req) {
         Ok(s) => s,
-        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        Err(why) if operates => return error(StatusCode::BAD_REQUEST, &why),
+        Err(_) => Scope::default(),
     };
     match endpoint {
         Endpoint::Health => health(daemon),
