@@ -68,6 +68,18 @@ fn a_passed_descriptor_that_is_not_a_listening_tcp_socket_is_refused_saying_why(
         assert!(stderr.contains("socket activation: fd 3 (LISTEN_FDS=1)") && stderr.contains(expected), "{stderr}");
         assert!(stderr.contains("ListenStream="), "says what the unit needs: {stderr}");
     }
+
+    // A socket on every address, and no token: refused as `listen` would be.
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "plugin_dirs = [\".\"]\ndata_dir = \"data\"\n").unwrap();
+    let open = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let out = socket_activated(open.as_raw_fd()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not a loopback address, so token_file must be set in") && stderr.contains("config.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
