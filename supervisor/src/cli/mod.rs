@@ -65,6 +65,10 @@ enum Command {
     /// Run the protocol conformance suite against one plugin.
     Check(check::CheckArgs),
     /// Run the daemon: the HTTP task API, a durable journal, systemd notifications.
+    ///
+    /// Socket-activated by systemd (loom-provisioner.socket: LISTEN_FDS and LISTEN_PID
+    /// set, the socket as fd 3), it serves on that TCP socket instead of the
+    /// configuration's `listen`.
     Serve(ServeArgs),
     /// Send tasks to a running daemon (one JSON document, or one object per line).
     Submit(SubmitArgs),
