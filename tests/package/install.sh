@@ -123,7 +123,10 @@ env -u NOTIFY_SOCKET HOME=/var/lib/loom-provisioner \
   setpriv --reuid=loom-provisioner --regid=loom-provisioner --init-groups -- \
   /usr/bin/loom-provisioner serve --config "$confdir/config.toml" 2>"$work/serve.log" &
 daemon_pid=$!
-get() { curl -fsS --max-time 10 "http://127.0.0.1:$port$1"; }
+get() { # get PATH: the body of a 200 answer on stdout; fails on anything else
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://127.0.0.1:$port$1"
+}
 deadline=$((SECONDS + 60))
 until get /healthz >/dev/null 2>&1; do
   kill -0 "$daemon_pid" 2>/dev/null || fail "serve exited; its log:\n$(cat "$work/serve.log")"
