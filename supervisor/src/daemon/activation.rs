@@ -75,8 +75,10 @@ pub unsafe fn take_from_env() -> Result<Option<Activated>, ActivationError> {
     let Some(count) = passed_to(pid.as_deref(), fds.as_deref(), std::process::id())? else {
         return Ok(None);
     };
-    // The unused ones too: no plugin may inherit them.
-    for fd in FIRST_FD + 1..FIRST_FD.saturating_add(i32::try_from(count).unwrap_or(i32::MAX)) {
+    // The unused ones too: no plugin may inherit them. (A bogus huge count costs no more
+    // than the open-files limit's worth of failed calls.)
+    let passed = i32::try_from(count.min(1 << 20)).unwrap_or(1 << 20);
+    for fd in FIRST_FD + 1..FIRST_FD + passed {
         // SAFETY: only borrowed for the call; an fd that is not open fails with EBADF.
         let _ = fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
