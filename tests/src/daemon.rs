@@ -37,6 +37,9 @@ pub struct Serve {
     env: Vec<(String, String)>,
     /// The open-files limits (soft, hard) the daemon starts with, when set.
     open_files: Option<(u64, u64)>,
+    /// A socket passed as systemd's socket activation passes it (fd 3, LISTEN_FDS=1,
+    /// LISTEN_PID the daemon's), when set.
+    activation: Option<std::net::TcpListener>,
     agent: ureq::Agent,
 }
 
@@ -112,6 +115,7 @@ impl Serve {
             token,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             open_files: None,
+            activation: None,
             agent,
         }
     }
@@ -144,10 +148,36 @@ impl Serve {
         serve
     }
 
+    /// [`Serve::start`] socket-activated, as `loom-provisioner.socket` starts it: the
+    /// test binds `activation` (its address becomes [`Serve::url`]) and passes it as fd 3
+    /// with `LISTEN_FDS=1` and `LISTEN_PID` set to the daemon's pid; the configuration's
+    /// `listen` is `listen`, which the daemon must then leave alone. `env` is added to the
+    /// daemon's environment.
+    pub fn start_activated(
+        plugins: &Plugins,
+        activation: std::net::TcpListener,
+        listen: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Serve {
+        let mut serve = Serve::start_listening_later(plugins, listen, extra, env);
+        serve.url = format!("http://{}", activation.local_addr().expect("the socket's address"));
+        serve.activation = Some(activation);
+        serve.notify.read();
+        serve.spawn();
+        serve
+    }
+
     /// Starts the process (again) and waits for READY=1.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let mut command = Command::new(provisioner());
+        let mut command = match &self.activation {
+            Some(socket) => {
+                use std::os::fd::AsRawFd;
+                socket_activated(socket.as_raw_fd())
+            }
+            None => Command::new(provisioner()),
+        };
         command
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -291,6 +321,33 @@ impl Serve {
             .unwrap_or_else(|| panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log_text()));
         status.ok().and_then(|s| s.code())
     }
+}
+
+/// `loom-provisioner` started as systemd starts a socket-activated service: `fd` (open in
+/// this process for as long as the command is spawned) as fd 3 and `LISTEN_FDS=1`, through
+/// `sh`, whose `exec` keeps its pid, so that `LISTEN_PID` can be set to the pid the daemon
+/// will have (`$$`). Arguments are added after it.
+pub fn socket_activated(fd: std::os::fd::RawFd) -> Command {
+    use std::os::fd::AsFd;
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    command.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""]).arg(provisioner());
+    // SAFETY: between fork and exec only dup2 and fcntl run, both async-signal-safe; the
+    // child's fd 3 is replaced on purpose (nothing in the child owns it), and the OwnedFd
+    // dup2_raw returns is forgotten so that nothing closes it before exec.
+    unsafe {
+        command.pre_exec(move || {
+            let socket = std::os::fd::BorrowedFd::borrow_raw(fd);
+            if fd == 3 {
+                // dup2 onto itself would keep close-on-exec set.
+                nix::fcntl::fcntl(socket.as_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+            } else {
+                std::mem::forget(nix::unistd::dup2_raw(socket, 3)?);
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// The daemon's notifications, read as they come by a thread of their own (as systemd

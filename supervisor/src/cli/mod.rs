@@ -8,7 +8,8 @@
 //! | `check`: the conformance suite against one plugin | `check.rs` |
 //! | `submit`, `status`: the daemon's client | `client.rs` (`submit` reads tasks as `run` does) |
 //! | `cluster`: `up`, `down`, `status`, ... | `cluster.rs` |
-//! | `serve`: the daemon | `daemon/serve.rs` |
+//! | `serve`: the daemon | `daemon/serve.rs` (socket activation: `daemon/activation.rs`) |
+//! | `completions`, `man`: made from this file's definitions | `docs.rs` |
 //! | exit codes, the same for every command | `exit.rs` |
 //! | SIGINT and SIGTERM while a command runs | `signals.rs` |
 //!
@@ -17,6 +18,7 @@
 mod check;
 mod client;
 mod cluster;
+mod docs;
 mod exit;
 mod journal;
 mod plugins;
@@ -63,6 +65,10 @@ enum Command {
     /// Run the protocol conformance suite against one plugin.
     Check(check::CheckArgs),
     /// Run the daemon: the HTTP task API, a durable journal, systemd notifications.
+    ///
+    /// Socket-activated by systemd (loom-provisioner.socket: LISTEN_FDS and LISTEN_PID
+    /// set, the socket as fd 3), it serves on that TCP socket instead of the
+    /// configuration's `listen`.
     Serve(ServeArgs),
     /// Send tasks to a running daemon (one JSON document, or one object per line).
     Submit(SubmitArgs),
@@ -72,6 +78,10 @@ enum Command {
     Cluster(crate::cli::cluster::ClusterArgs),
     /// The journal outside a daemon: copy one to PostgreSQL for a fleet (`migrate`).
     Journal(crate::cli::journal::JournalArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (this command's and one per subcommand) into a folder.
+    Man(docs::ManArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +115,20 @@ fn dispatch() -> Exit {
             let _ = e.print();
             return if e.use_stderr() { Exit::Usage } else { Exit::Success };
         }
+    };
+    // A socket systemd passed (loom-provisioner.socket) is taken before anything else:
+    // no other thread runs yet, so its variables can be removed from the environment.
+    let activated = match &cli.command {
+        // SAFETY: single-threaded here (no runtime, no log thread yet), and nothing has
+        // opened a file that could be fd 3.
+        Command::Serve(_) => match unsafe { crate::daemon::activation::take_from_env() } {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("loom-provisioner: {e}");
+                return Exit::Usage;
+            }
+        },
+        _ => None,
     };
     // The daemon's configuration is read first: it may set the log level and format.
     let config = match &cli.command {
@@ -146,7 +170,7 @@ fn dispatch() -> Exit {
             Command::Plugins(args) => plugins::plugins(&args),
             Command::Check(args) => check::main(args, plugin_level).await,
             Command::Serve(_) => match config {
-                Some(config) => match crate::daemon::serve::serve(config, plugin_level).await {
+                Some(config) => match crate::daemon::serve::serve(config, activated, plugin_level).await {
                     Ok(()) => Exit::Success,
                     Err(e) => {
                         eprintln!("loom-provisioner: {e}");
@@ -158,6 +182,8 @@ fn dispatch() -> Exit {
             Command::Submit(args) => run::submit(args).await,
             Command::Cluster(args) => crate::cli::cluster::main(args, plugin_level).await,
             Command::Journal(args) => crate::cli::journal::main(args).await,
+            Command::Completions(args) => docs::completions(&args),
+            Command::Man(args) => docs::man(&args),
             Command::Status(args) => match crate::cli::client::Api::resolve(&args.api) {
                 Ok(api) => crate::cli::client::status(&api, args.task.as_deref(), args.json).await,
                 Err(e) => {

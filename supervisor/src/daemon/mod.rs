@@ -1,10 +1,11 @@
 //! The daemon (`loom-provisioner serve`): its configuration ([`config`]), the service
 //! that journals and runs submitted tasks and cluster operations ([`service`]), the HTTP
-//! API ([`http`]), systemd ([`notify`]), metrics ([`metrics`]), and bounds on what it
+//! API ([`http`]), systemd ([`notify`], [`activation`]), metrics ([`metrics`]), and bounds on what it
 //! holds ([`budget`], [`memory`]); [`serve`] puts them together.
 //!
 //! Uses the clusters, the journal, the core, the wire and the log; nothing above.
 
+pub mod activation;
 pub mod budget;
 pub mod config;
 pub mod http;

@@ -14,7 +14,8 @@ use loom_protocol::LogLevel;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::config::Config;
+use crate::daemon::activation::Activated;
+use crate::daemon::config::{Config, Listen};
 use crate::daemon::http::{self, Listener};
 use crate::daemon::service::{Daemon, StartError};
 
@@ -38,6 +39,9 @@ pub enum ServeError {
         /// Why.
         source: http::BindError,
     },
+    /// The socket systemd passed cannot be used as it is.
+    #[error("socket activation: {0}")]
+    Activated(String),
     /// The journal or the plugins folders could not be opened.
     #[error("{0}")]
     Start(StartError),
@@ -47,25 +51,32 @@ impl ServeError {
     /// Whether the daemon never started (a configuration or start-up problem), rather than
     /// failing while it ran.
     pub fn is_start_up(&self) -> bool {
-        matches!(self, ServeError::Listen { .. } | ServeError::Start(_))
+        matches!(self, ServeError::Listen { .. } | ServeError::Activated(_) | ServeError::Start(_))
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT, on the socket systemd passed (`activated`)
+/// or else on the configuration's `listen`.
 ///
 /// # Errors
 /// [`ServeError`] when it cannot start; once it runs, it stops only on a signal.
-pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeError> {
+pub async fn serve(config: Config, activated: Option<Activated>, plugin_level: LogLevel) -> Result<(), ServeError> {
     crate::daemon::memory::tune();
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
-    let listen = config.listen.clone();
-    let listener = Listener::bind(&listen).await.map_err(|source| ServeError::Listen {
-        listen: listen.to_string(),
-        config: config.path.clone(),
-        source,
-    })?;
+    let (listener, listen) = match activated {
+        Some(activated) => take_activated(activated, &config)?,
+        None => {
+            let listen = config.listen.clone();
+            let listener = Listener::bind(&listen).await.map_err(|source| ServeError::Listen {
+                listen: listen.to_string(),
+                config: config.path.clone(),
+                source,
+            })?;
+            (listener, listen)
+        }
+    };
     let daemon = Daemon::start(config, plugin_level).map_err(ServeError::Start)?;
     let open_files = http::raise_open_files_limit();
     let fitted = daemon.config().http.fitted(open_files);
@@ -131,6 +142,29 @@ pub async fn serve(config: Config, plugin_level: LogLevel) -> Result<(), ServeEr
     let _ = tokio::task::spawn_blocking(move || settling.notifier.settle(NOTIFY_SETTLE)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The socket systemd passed, as the API's listener, under the rules `listen` has: off
+/// loopback only with a token.
+fn take_activated(activated: Activated, config: &Config) -> Result<(Listener, Listen), ServeError> {
+    let Activated { listener, address, unused } = activated;
+    if !address.ip().is_loopback() && config.token.is_none() {
+        return Err(ServeError::Activated(format!(
+            "the socket is on {address}, not a loopback address, so token_file must be set in {} (bearer-token auth)",
+            config.path.display()
+        )));
+    }
+    if unused > 0 {
+        tracing::warn!("socket activation: {unused} more sockets were passed; only the first (fd 3) is used");
+    }
+    if config.listen != Listen::Tcp(address) {
+        tracing::info!("socket activation: serving on the socket systemd passed, not on listen ({})", config.listen);
+    }
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        .map(|l| (Listener::Tcp(l), Listen::Tcp(address)))
+        .map_err(|e| ServeError::Activated(format!("cannot use the socket on {address}: {e}")))
 }
 
 async fn reload(daemon: &Arc<Daemon>) {
