@@ -93,6 +93,11 @@ $install || exit 0
 # --- Installed, on this machine (root; a throwaway machine: it adds a system user).
 [ "$(id -u)" = 0 ] || fail "--install needs root"
 dpkg -s loom-provisioner >/dev/null 2>&1 && fail "loom-provisioner is installed already; remove it first (dpkg -P loom-provisioner)"
+# The user the package adds stays after a purge, as Debian's policy has it; when this test
+# made it, it takes it away again, so the machine is as it found it (.ci/run runs README's
+# walk-through, whose `useradd` wants a machine without it).
+had_user=false
+getent passwd loom-provisioner >/dev/null && had_user=true
 DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" || fail "dpkg -i $deb"
 for f in "${expected_files[@]}"; do
   [ -e "/${f#/}" ] || fail "/$f is not installed"
@@ -157,4 +162,5 @@ dpkg -r loom-provisioner || fail "dpkg -r"
 [ -f /etc/loom-provisioner/config.toml ] || fail "the conffile was removed by dpkg -r (only purge removes it)"
 dpkg -P loom-provisioner || fail "dpkg -P"
 [ ! -e /etc/loom-provisioner/config.toml ] && [ ! -e /var/lib/loom-provisioner ] || fail "config or data left after dpkg -P"
+$had_user || userdel loom-provisioner || fail "userdel loom-provisioner"
 ok "removed and purged"
