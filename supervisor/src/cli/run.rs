@@ -249,8 +249,10 @@ pub enum TaskProblem {
         /// How long it may be.
         why: String,
     },
-    /// Streamed input: the input ended inside a document.
-    #[error("{input}: line {line}: the input ends inside a JSON document")]
+    /// Streamed input: a document cut short by the end of the input or by a new one.
+    #[error(
+        "{input}: line {line}: a JSON document that is not finished (the input ends, or a line starting with {{ comes first)"
+    )]
     Unfinished {
         /// `<stdin>`, or the pipe's name.
         input: String,

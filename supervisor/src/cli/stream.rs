@@ -8,7 +8,6 @@
 //! The exit code is then 1.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::io::{BufRead, Write};
 
 use futures_util::StreamExt;
@@ -103,9 +102,11 @@ fn read_line_bounded(input: &mut dyn BufRead, line: &mut Vec<u8>, max: usize) ->
     }
 }
 
-/// Cuts lines into JSON documents. A document may span lines (a pretty-printed task);
-/// lines are gathered until what is gathered parses, breaks, or grows past
-/// [`MAX_TASK_BYTES`].
+/// Cuts lines into JSON documents. A document may span lines (a pretty-printed task):
+/// lines are gathered while brackets are open, then parsed. A line that starts with `{` at
+/// its first column while a document is open begins a new one: the open one was cut short
+/// and is reported (a producer's truncated line does not swallow the next task). Nothing
+/// gathered grows past [`MAX_TASK_BYTES`].
 struct Splitter {
     name: String,
     /// Lines read so far.
@@ -113,40 +114,100 @@ struct Splitter {
     /// The document being gathered, and the line it starts on.
     pending: Vec<u8>,
     pending_line: usize,
+    /// Brackets open in `pending`.
+    nesting: Nesting,
     ended: bool,
+}
+
+/// Brackets open outside strings, counted as bytes arrive.
+#[derive(Default)]
+struct Nesting {
+    depth: i64,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Nesting {
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => self.depth -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether more lines are needed (a string cannot go on past its line).
+    fn open(&self) -> bool {
+        self.depth > 0 && !self.in_string
+    }
 }
 
 impl Splitter {
     fn new(name: String) -> Splitter {
-        Splitter { name, lines: 0, pending: Vec::new(), pending_line: 0, ended: false }
+        Splitter { name, lines: 0, pending: Vec::new(), pending_line: 0, nesting: Nesting::default(), ended: false }
     }
 
     /// One more line; `complete` is false for a line longer than the bound (dropped).
     fn line(&mut self, line: &[u8], complete: bool) -> Vec<Item> {
         self.lines += 1;
-        if self.pending.iter().all(u8::is_ascii_whitespace) {
-            self.pending.clear();
+        let mut items = Vec::new();
+        if self.has_pending() && line.first() == Some(&b'{') {
+            items.extend(self.unfinished());
+        }
+        if !self.has_pending() {
+            self.clear();
             self.pending_line = self.lines;
         }
         if !complete || self.pending.len() + line.len() > MAX_TASK_BYTES {
             let at = self.pending_line;
-            self.pending.clear();
+            self.clear();
             let why = format!("longer than {MAX_TASK_BYTES} bytes; skipped");
-            return vec![self.bad(TaskProblem::TooLong { input: self.name.clone(), line: at, why }, at)];
+            items.push(self.bad(TaskProblem::TooLong { input: self.name.clone(), line: at, why }, at));
+            return items;
         }
         self.pending.extend_from_slice(line);
-        self.documents()
+        self.nesting.scan(line);
+        if !self.nesting.open() {
+            items.extend(self.documents());
+        }
+        items
     }
 
     /// The end of the input: a document left open is reported.
     fn end(&mut self) -> Vec<Item> {
         self.ended = true;
-        if self.pending.iter().all(u8::is_ascii_whitespace) {
-            return Vec::new();
+        self.unfinished().into_iter().collect()
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.iter().all(u8::is_ascii_whitespace)
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.nesting = Nesting::default();
+    }
+
+    /// The document gathered so far, reported as cut short (nothing when there is none).
+    fn unfinished(&mut self) -> Option<Item> {
+        if !self.has_pending() {
+            return None;
         }
         let at = self.pending_line;
-        self.pending.clear();
-        vec![self.bad(TaskProblem::Unfinished { input: self.name.clone(), line: at }, at)]
+        self.clear();
+        Some(self.bad(TaskProblem::Unfinished { input: self.name.clone(), line: at }, at))
     }
 
     fn unreadable(&mut self, source: std::io::Error) -> Item {
@@ -192,6 +253,8 @@ impl Splitter {
         let next_line = line_of(used);
         self.pending.drain(..used);
         self.pending_line = next_line;
+        self.nesting = Nesting::default();
+        self.nesting.scan(&self.pending);
         items
     }
 
@@ -277,11 +340,10 @@ pub(crate) async fn run_stream(
     Exit::ok_if(all_ok)
 }
 
-fn start(sup: &Supervisor, task: TaskEnvelope) -> impl Future<Output = TaskReport> + '_ {
-    async move {
-        let result = sup.run(&task).await;
-        TaskReport { task_id: Some(task.task_id), result }
-    }
+/// Runs one task; dropping the future cancels it (its plugin gets a `cancel`).
+async fn start(sup: &Supervisor, task: TaskEnvelope) -> TaskReport {
+    let result = sup.run(&task).await;
+    TaskReport { task_id: Some(task.task_id), result }
 }
 
 /// Bad input: its cause on stderr, and a failed result line with its `line`.
@@ -345,7 +407,15 @@ mod tests {
         assert!(!got[0].contains("secret"), "{got:?}");
         assert!(got[1].starts_with("2:bad:Some(\"b\"):in: line 2: task b: \"taskName\" is missing"), "{got:?}");
         assert_eq!(got[2], "3:c");
-        assert!(got[3].starts_with("4:bad:None:in: line 4: the input ends inside"), "{got:?}");
+        assert!(got[3].starts_with("4:bad:None:in: line 4: a JSON document that is not finished"), "{got:?}");
+    }
+
+    #[test]
+    fn a_truncated_line_does_not_swallow_the_next_task() {
+        let got = split("{\"taskId\": \"a\", \"config\": {\"x\": \"}{\"\n{\"taskId\":\"b\",\"taskName\":\"CREATE\"}\n");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].starts_with("1:bad:None:in: line 1: a JSON document that is not finished"), "{got:?}");
+        assert_eq!(got[1], "2:b");
     }
 
     #[test]
