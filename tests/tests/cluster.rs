@@ -1116,4 +1116,27 @@ fn cluster_commands_with_api_run_on_the_daemon() {
     let (code, _, err) = cluster_client(&["status", "nope"], &env);
     assert_eq!(code, Some(2));
     assert!(err.contains("answered 404: no cluster named \"nope\""), "{err}");
+
+    // --no-wait: the job id once accepted; a cluster that is busy: the daemon's 409, exit 1.
+    let gated = rig.write_spec(
+        "gated.json",
+        &spec_with("gated", 1, &[("install", "record.sh", "install"), ("configure", "record.sh", "configure wait")]),
+    );
+    let (code, out, err) = cluster_client(&["up", gated.to_str().unwrap(), "--no-wait", "--json"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    let accepted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((accepted["operation"].as_str(), accepted["state"].as_str()), (Some("up"), Some("creating")));
+    assert!(accepted["jobId"].as_str().is_some_and(|j| j.starts_with("gated.")), "{accepted}");
+    let (code, _, err) = cluster_client(&["restart-services", "gated"], &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("answered 409") && err.contains("is busy"), "{err}");
+    std::fs::write(rig.work.join("gate"), "").unwrap();
+    let settled = || {
+        let (_, out, _) = cluster_client(&["status", "gated", "--json"], &env);
+        serde_json::from_str::<Value>(&out).is_ok_and(|v| v["state"] == "active" && v["busy"] == false)
+    };
+    assert!(wait_until(Duration::from_secs(120), settled), "up did not finish: {}", serve.log_text());
+    let (code, _, err) = cluster_client(&["down", "gated"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(rig.machines_left().is_empty());
 }
