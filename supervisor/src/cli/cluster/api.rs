@@ -432,6 +432,46 @@ fn exit_for(status: u16) -> Exit {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    }
+
+    /// The method, path with query, and whether a body is sent, for `args`.
+    fn built(args: &[&str]) -> Result<(Method, String, bool), String> {
+        let cli = <Cli as clap::Parser>::try_parse_from([&["cluster"], args].concat()).map_err(|e| e.to_string())?;
+        let (r, _) = request(&cli.command)?;
+        Ok((r.method, format!("{}?{}", r.path, r.query.join("&")), r.body.is_some()))
+    }
+
+    #[test]
+    fn flags_become_the_endpoints_query() {
+        let api = ["--api", "http://127.0.0.1:1"];
+        let with = |args: &[&'static str]| [args, &api[..]].concat();
+        assert_eq!(
+            built(&with(&["down", "c1", "--force"])),
+            Ok((Method::DELETE, "/v1/clusters/c1?wait=true&force=true".into(), false))
+        );
+        assert_eq!(
+            built(&with(&["reconfigure", "c1", "--restart", "--no-wait"])),
+            Ok((Method::POST, "/v1/clusters/c1/reconfigure?restart=true".into(), false))
+        );
+        assert_eq!(
+            built(&with(&["restart-services", "c1"])),
+            Ok((Method::POST, "/v1/clusters/c1/restart-services?wait=true".into(), false))
+        );
+        assert_eq!(
+            built(&with(&["status", "c1", "--tasks"])),
+            Ok((Method::GET, "/v1/clusters/c1?tasks=true".into(), false))
+        );
+        assert!(
+            built(&with(&["down", "c1", "--plugins-dir", "/p"]))
+                .is_err_and(|e| e.contains("--plugins-dir is not available"))
+        );
+        assert!(built(&with(&["forget", "c1"])).is_err_and(|e| e.contains("not available over the API")));
+    }
+
     #[test]
     fn names_are_encoded_in_paths() {
         assert_eq!(cluster_path("demo-1", "/reconfigure"), "/v1/clusters/demo-1/reconfigure");
