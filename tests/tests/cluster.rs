@@ -1079,6 +1079,12 @@ fn cluster_commands_with_api_run_on_the_daemon() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("cluster viaapi: active\n") && out.contains("viaapi-n-1"), "{out}");
 
+    // A plan over the API sends nothing (the run log below has no extra STOP or START).
+    let (code, out, err) = cluster_client(&with(&["restart-services", "viaapi", "--dry-run", "--json"]), &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["ok"], true, "{plan:#}");
+
     let (code, out, err) = cluster_client(&with(&["restart-services", "viaapi"]), &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("cluster viaapi: active\n"), "{out}");

@@ -469,6 +469,14 @@ mod tests {
             built(&with(&["down", "c1", "--plugins-dir", "/p"]))
                 .is_err_and(|e| e.contains("--plugins-dir is not available"))
         );
+        assert_eq!(
+            built(&with(&["down", "c1", "--force", "--dry-run"])),
+            Ok((Method::POST, "/v1/clusters/c1/plan?op=down&force=true".into(), false))
+        );
+        assert_eq!(
+            built(&with(&["plan", "c1", "--op", "reconfigure", "--restart"])),
+            Ok((Method::POST, "/v1/clusters/c1/plan?op=reconfigure&restart=true".into(), false))
+        );
         assert!(built(&with(&["forget", "c1"])).is_err_and(|e| e.contains("not available over the API")));
     }
 
