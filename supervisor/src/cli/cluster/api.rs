@@ -107,7 +107,9 @@ fn request(command: &ClusterCommand) -> Result<(Request, Shown), String> {
             operation(&cluster_name(&a.cluster)?, JobKind::Down { force: a.force }, &a.common, None)
         }
         ClusterCommand::RestartServices(a) => {
-            operation(&cluster_name(&a.cluster)?, JobKind::RestartServices, &a.common, None)
+            let mut common = a.common.clone();
+            common.rolling = a.rolling.then(|| usize::try_from(a.batch).unwrap_or(1));
+            operation(&cluster_name(&a.cluster)?, JobKind::RestartServices, &common, None)
         }
         ClusterCommand::Reconfigure(a) => {
             let kind = JobKind::Reconfigure { restart: a.restart };
@@ -182,6 +184,7 @@ fn plan(name: &str, kind: JobKind, common: &Common, body: Option<Vec<u8>>) -> Re
     local_only(common)?;
     let mut query = vec![format!("op={}", kind.as_str())];
     query.extend(kind_query(kind));
+    query.extend(scope_query(common));
     let request = Request { method: Method::POST, path: cluster_path(name, "/plan"), query, body };
     Ok((request, Shown::Plan { json: common.json }))
 }
@@ -194,6 +197,18 @@ fn operation_query(kind: JobKind, common: &Common) -> Vec<String> {
         query.push("wait=true".to_owned());
     }
     query.extend(kind_query(kind));
+    query.extend(scope_query(common));
+    query
+}
+
+/// `--limit`, `--rolling` and `--batch` as the API takes them: `limit=` per name,
+/// `rolling=true&batch=N`.
+fn scope_query(common: &Common) -> Vec<String> {
+    let mut query: Vec<String> = common.limit.iter().map(|l| format!("limit={}", encode(l))).collect();
+    if let Some(batch) = common.rolling {
+        query.push("rolling=true".to_owned());
+        query.push(format!("batch={batch}"));
+    }
     query
 }
 
@@ -232,16 +247,20 @@ fn cluster_name(arg: &str) -> Result<String, String> {
 
 /// `/v1/clusters/{name}{rest}`, the name percent-encoded.
 fn cluster_path(name: &str, rest: &str) -> String {
-    let mut path = String::from("/v1/clusters/");
-    for b in name.bytes() {
+    format!("/v1/clusters/{}{rest}", encode(name))
+}
+
+/// `text` percent-encoded: every byte but letters, digits and `-_.~`.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            path.push(char::from(b));
+            out.push(char::from(b));
         } else {
-            path.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    path.push_str(rest);
-    path
+    out
 }
 
 /// Sends `request` and shows the answer; see [`dispatch`].
@@ -468,6 +487,14 @@ mod tests {
         assert!(
             built(&with(&["down", "c1", "--plugins-dir", "/p"]))
                 .is_err_and(|e| e.contains("--plugins-dir is not available"))
+        );
+        assert_eq!(
+            built(&with(&["restart-services", "c1", "--rolling", "--batch", "2", "--limit", "web,db 1"])),
+            Ok((
+                Method::POST,
+                "/v1/clusters/c1/restart-services?wait=true&limit=web&limit=db%201&rolling=true&batch=2".into(),
+                false
+            ))
         );
         assert_eq!(
             built(&with(&["down", "c1", "--force", "--dry-run"])),
