@@ -1,5 +1,6 @@
 //! The command line: exit codes, `plugins`, `check`, and bad input.
 
+use std::io::Write;
 use std::process::Command;
 
 use loom_e2e::{Plugins, action, bin_dir, provisioner, run_with_input, workspace};
@@ -132,22 +133,90 @@ fn a_bad_manifest_does_not_stop_the_others() {
 }
 
 #[test]
-fn bad_input_is_a_usage_error_that_names_the_line_and_runs_nothing() {
+fn bad_input_in_a_file_is_a_usage_error_that_names_the_line_and_runs_nothing() {
     let plugins = Plugins::new();
     let pidfile = plugins.file("pids");
     plugins.add_test_plugin("automator", "a1", json!({"env": {"TESTPLUGIN_PIDFILE": pidfile}}));
     let input =
         format!("{}\n{{\"taskId\": \"t2\", \"taskName\": \"UPGRADE\"}}\n", action("t1", "INSTALL", "a1", json!({})));
-    let run = plugins.run_input(&input, &[]);
-    assert_eq!(run.code, Some(2));
-    assert!(run.results.is_empty());
-    assert!(
-        run.stderr.contains("<stdin>: line 2: task t2: \"taskName\" must be one of CREATE,")
-            && !run.stderr.contains("UPGRADE"),
-        "{}",
-        run.stderr
-    );
+    let file = plugins.file("tasks.jsonl");
+    std::fs::write(&file, &input).unwrap();
+    // As an argument, and as stdin: a regular file either way.
+    let run = plugins.run_input("", &[file.to_str().unwrap()]);
+    let mut cmd = Command::new(provisioner());
+    cmd.args(["run", "--plugins-dir", plugins.path().to_str().unwrap()]);
+    cmd.stdin(std::fs::File::open(&file).unwrap());
+    let on_stdin = cmd.output().unwrap();
+    for (code, stdout, stderr, name) in [
+        (run.code, run.results.len(), run.stderr.clone(), file.display().to_string()),
+        (
+            on_stdin.status.code(),
+            on_stdin.stdout.len(),
+            String::from_utf8_lossy(&on_stdin.stderr).into_owned(),
+            "<stdin>".into(),
+        ),
+    ] {
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stdout, 0, "nothing ran: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}: line 2: task t2: \"taskName\" must be one of CREATE,"))
+                && !stderr.contains("UPGRADE"),
+            "{stderr}"
+        );
+    }
     assert!(!pidfile.exists(), "no plugin was started");
+}
+
+/// `run` behind a producer that keeps its pipe open: one result line per task as soon as
+/// it ends; a bad line gets its own failed result line and the others run.
+#[test]
+fn run_streams_results_while_stdin_stays_open() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "a1", json!({}));
+    let mut child = Command::new(provisioner())
+        .args(["run", "--plugins-dir", plugins.path().to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = result_lines(child.stdout.take().unwrap());
+    let next = || -> Value {
+        let line = lines.recv_timeout(Duration::from_secs(60)).expect("a result line within 60 s");
+        serde_json::from_str(&line).unwrap()
+    };
+    writeln!(stdin, "{}", action("s1", "INSTALL", "a1", json!({}))).unwrap();
+    let first = next();
+    assert_eq!((first["taskId"].as_str(), first["status"].as_i64()), (Some("s1"), Some(0)), "{first}");
+    writeln!(stdin, "{{\"taskId\": \"s2\", \"taskName\": \"UPGRADE\", \"password\": \"hunter2\"}}").unwrap();
+    let bad = next();
+    assert_eq!((bad["taskId"].as_str(), bad["line"].as_u64(), bad["status"].as_i64()), (Some("s2"), Some(2), Some(1)));
+    assert!(!bad.to_string().contains("hunter2") && !bad.to_string().contains("UPGRADE"), "{bad}");
+    writeln!(stdin, "{}", action("s3", "START", "a1", json!({"status": 3}))).unwrap();
+    let third = next();
+    assert_eq!((third["taskId"].as_str(), third["status"].as_i64()), (Some("s3"), Some(3)), "{third}");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a task failed and a line was bad: {stderr}");
+    assert!(stderr.contains("<stdin>: line 2: task s2: \"taskName\" must be one of CREATE,"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(lines.recv_timeout(Duration::from_secs(60)).is_err(), "no more result lines");
+    plugins.assert_no_leftovers();
+}
+
+/// The lines a reader yields, on a channel, read by a thread of their own.
+fn result_lines(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[test]

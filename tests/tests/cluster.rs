@@ -1039,3 +1039,110 @@ fn a_scale_down_that_fails_keeps_the_node_in_the_cluster_until_it_is_run_again()
     assert_eq!(down.code, Some(0), "{}", down.stderr);
     assert!(rig.machines_left().is_empty());
 }
+
+/// `loom-provisioner cluster <args>` as a client of a daemon (no journal or plugins of its
+/// own): exit code, stdout, stderr.
+fn cluster_client<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(loom_e2e::provisioner());
+    cmd.arg("cluster").args(args).env_remove("LOOM_API").env_remove("LOOM_TOKEN_FILE").envs(env.iter().copied());
+    let out = loom_e2e::run_with_input(cmd, "", Duration::from_secs(300));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn cluster_commands_with_api_run_on_the_daemon() {
+    let rig = ClusterRig::new(json!({}));
+    let token = rig.plugins.file("token");
+    std::fs::write(&token, "cluster-api-token-0123456789\n").unwrap();
+    loom_e2e::chmod(&token, 0o600);
+    let serve = Serve::start(&rig.plugins, &format!("token_file = {:?}", token.display().to_string()));
+    let spec = rig.write_spec(
+        "viaapi.json",
+        &spec_with(
+            "viaapi",
+            1,
+            &[("install", "record.sh", "install"), ("start", "record.sh", "start"), ("stop", "record.sh", "stop")],
+        ),
+    );
+    let token = token.to_str().unwrap();
+    let api = ["--api", serve.url.as_str(), "--token-file", token];
+    let with = |args: &[&str]| -> Vec<String> { args.iter().chain(&api).map(|s| (*s).to_owned()).collect() };
+
+    let (code, out, err) = cluster_client(&with(&["up", spec.to_str().unwrap(), "--json"]), &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}\n{}", serve.log_text());
+    let up: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((up["outcome"]["operation"].as_str(), up["outcome"]["state"].as_str()), (Some("up"), Some("active")));
+    assert!(rig.machines_left().len() == 1, "the daemon's local provider made the machine");
+
+    let (code, out, err) = cluster_client(&with(&["status", "viaapi"]), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("cluster viaapi: active\n") && out.contains("viaapi-n-1"), "{out}");
+
+    // A plan over the API sends nothing (the run log below has no extra STOP or START).
+    let (code, out, err) = cluster_client(&with(&["restart-services", "viaapi", "--dry-run", "--json"]), &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["ok"], true, "{plan:#}");
+
+    let (code, out, err) = cluster_client(&with(&["restart-services", "viaapi"]), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("cluster viaapi: active\n"), "{out}");
+    assert!(err.contains("restart-services") && err.contains(", 0 failed, 0 not run"), "{err}");
+    let runs: Vec<String> = rig.runlog().iter().filter_map(|l| l.split(' ').nth(1).map(str::to_owned)).collect();
+    assert_eq!(runs, ["install", "start", "stop", "start"], "{:?}", rig.runlog());
+
+    // A wrong token: the daemon's message with its status, and exit 2; nothing was done.
+    let bad = rig.plugins.file("bad-token");
+    std::fs::write(&bad, "not-the-token-0123456789\n").unwrap();
+    let (code, _, err) =
+        cluster_client(&["down", "viaapi", "--api", &serve.url, "--token-file", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("the daemon at {} answered 401: a bearer token is required", serve.url)), "{err}");
+    assert!(!err.contains("not-the-token"), "{err}");
+
+    // $LOOM_API and $LOOM_TOKEN_FILE in place of the flags.
+    let env = [("LOOM_API", serve.url.as_str()), ("LOOM_TOKEN_FILE", token)];
+    let (code, out, err) = cluster_client(&["list"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.lines().any(|l| l.starts_with("viaapi ") && l.ends_with(" active")), "{out}");
+    let (code, out, err) = cluster_client(&["down", "viaapi", "--json"], &env);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let down: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(down["cluster"]["state"], "terminated", "{down:#}");
+    assert!(rig.machines_left().is_empty());
+
+    // What the API does not have, or that only works here, is refused before anything is sent.
+    let (code, _, err) = cluster_client(&["forget", "viaapi"], &env);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cluster forget is not available over the API"), "{err}");
+    let (code, _, err) = cluster_client(&["up", spec.to_str().unwrap(), "--parallel", "2"], &env);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--parallel is not available over the API"), "{err}");
+    let (code, _, err) = cluster_client(&["status", "nope"], &env);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("answered 404: no cluster named \"nope\""), "{err}");
+
+    // --no-wait: the job id once accepted; a cluster that is busy: the daemon's 409, exit 1.
+    let gated = rig.write_spec(
+        "gated.json",
+        &spec_with("gated", 1, &[("install", "record.sh", "install"), ("configure", "record.sh", "configure wait")]),
+    );
+    let (code, out, err) = cluster_client(&["up", gated.to_str().unwrap(), "--no-wait", "--json"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    let accepted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((accepted["operation"].as_str(), accepted["state"].as_str()), (Some("up"), Some("creating")));
+    assert!(accepted["jobId"].as_str().is_some_and(|j| j.starts_with("gated.")), "{accepted}");
+    let (code, _, err) = cluster_client(&["restart-services", "gated"], &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("answered 409") && err.contains("is busy"), "{err}");
+    std::fs::write(rig.work.join("gate"), "").unwrap();
+    let settled = || {
+        let (_, out, _) = cluster_client(&["status", "gated", "--json"], &env);
+        serde_json::from_str::<Value>(&out).is_ok_and(|v| v["state"] == "active" && v["busy"] == false)
+    };
+    assert!(wait_until(Duration::from_secs(120), settled), "up did not finish: {}", serve.log_text());
+    let (code, _, err) = cluster_client(&["down", "gated"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(rig.machines_left().is_empty());
+}

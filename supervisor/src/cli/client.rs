@@ -70,10 +70,19 @@ pub enum CallError {
         /// Why.
         source: hyper::Error,
     },
+    /// The answer is longer than [`MAX_ANSWER_BYTES`]; it was not read further.
+    #[error("{target}: the answer is longer than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge {
+        /// The address.
+        target: Listen,
+    },
     /// The request could not be built (a path that is not a URI path).
     #[error(transparent)]
     Request(#[from] hyper::http::Error),
 }
+
+/// The most of an answer read; a longer one is an error ([`CallError::TooLarge`]).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// A resolved API endpoint.
 pub struct Api {
@@ -105,7 +114,7 @@ impl Api {
         Ok(Api { target, token })
     }
 
-    /// Sends one request; returns the status and the body.
+    /// Sends one request; returns the status and the body (at most [`MAX_ANSWER_BYTES`]).
     ///
     /// # Errors
     /// [`CallError`], when the daemon cannot be reached or the connection fails; the text
@@ -133,8 +142,20 @@ impl Api {
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let resp = sender.send_request(req).await.map_err(|e| self.failed(e))?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| self.failed(e))?.to_bytes();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await;
+        let body = match body {
+            Ok(b) => b.to_bytes(),
+            Err(e) => match e.downcast::<hyper::Error>() {
+                Ok(e) => return Err(self.failed(*e)),
+                Err(_) => return Err(CallError::TooLarge { target: self.target.clone() }),
+            },
+        };
         Ok((status, body.to_vec()))
+    }
+
+    /// Where the daemon is, as `--api` takes it.
+    pub fn target(&self) -> &Listen {
+        &self.target
     }
 
     fn unreachable(&self, source: std::io::Error) -> CallError {

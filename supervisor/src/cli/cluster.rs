@@ -1,6 +1,8 @@
 //! `loom-provisioner cluster up | down | status | list | restart-services | reconfigure |
 //! forget | plan`.
 //!
+//! With `--api URL` (or `$LOOM_API`) each command goes to a daemon instead ([`api`]).
+//!
 //! Exit codes: 0 done; 1 the operation failed or was interrupted (the cluster is
 //! `incomplete`, see `cluster status`), or another operation holds the cluster; 2 a bad
 //! spec, a missing plugin, a usage error: nothing was sent. `plan` and `--dry-run` (which
@@ -26,6 +28,8 @@ use crate::cluster::store::{ClusterState, ClusterStore};
 use crate::cluster::view::ClusterView;
 use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
 use crate::journal::Journal;
+
+mod api;
 
 /// `loom-provisioner cluster ...`.
 #[derive(Args, Debug)]
@@ -91,6 +95,8 @@ struct Common {
     /// Show the plan and run the checks (as `cluster plan`); send nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    remote: api::RemoteArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -177,6 +183,8 @@ struct StatusArgs {
     tasks: bool,
     #[command(flatten)]
     data: DataArgs,
+    #[command(flatten)]
+    api: crate::cli::client::ApiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +194,8 @@ struct ListArgs {
     json: bool,
     #[command(flatten)]
     data: DataArgs,
+    #[command(flatten)]
+    api: crate::cli::client::ApiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -226,10 +236,15 @@ struct ForgetArgs {
     cluster: String,
     #[command(flatten)]
     data: DataArgs,
+    #[command(flatten)]
+    api: crate::cli::client::ApiArgs,
 }
 
 /// Runs a `cluster` command.
 pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
+    if let Some(exit) = api::dispatch(&args.command).await {
+        return exit;
+    }
     let result = match args.command {
         ClusterCommand::Up(a) => up(a, plugin_level).await,
         ClusterCommand::Down(a) => {

@@ -3,7 +3,7 @@
 //!
 //! | | |
 //! |---|---|
-//! | `run`: tasks through plugins started here, results on stdout | `run.rs` |
+//! | `run`: tasks through plugins started here, results on stdout | `run.rs`; read as they arrive from a pipe: `stream.rs` |
 //! | `plugins`: what the plugins folders hold; whom plugins run as | `plugins.rs` |
 //! | `check`: the conformance suite against one plugin | `check.rs` |
 //! | `submit`, `status`: the daemon's client | `client.rs` (`submit` reads tasks as `run` does) |
@@ -24,6 +24,7 @@ mod journal;
 mod plugins;
 mod run;
 mod signals;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,7 +3,8 @@
 //! daemon ([`crate::cli::client`]).
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
@@ -13,6 +14,7 @@ use serde_json::value::RawValue;
 use crate::cli::exit::Exit;
 use crate::cli::plugins::{RunAsArgs, load_registry};
 use crate::cli::signals::interrupt;
+use crate::cli::stream::print_line;
 use crate::core::supervisor::{Options, Supervisor, TaskReport};
 use crate::wire::envelope::{InvalidTask, TaskEnvelope};
 
@@ -26,8 +28,9 @@ pub struct RunArgs {
     /// How many tasks to run at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: u32,
-    /// The tasks; "-" or nothing for stdin. The whole input is read and checked before
-    /// any task runs.
+    /// The tasks; "-" or nothing for stdin. A regular file is read and checked whole before
+    /// any task runs; a pipe, terminal or socket is read as tasks arrive, each running as
+    /// soon as it is read and its result printed when it ends.
     #[arg(value_name = "FILE")]
     pub(crate) input: Option<PathBuf>,
 }
@@ -49,23 +52,87 @@ pub async fn run(args: RunArgs, plugin_level: LogLevel) -> Exit {
         return Exit::Usage;
     };
     let source = args.input.as_deref().filter(|p| *p != Path::new("-"));
-    let tasks = match read_tasks(source) {
-        Ok(tasks) => tasks,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("loom-provisioner: {e}");
-            }
+    let name = source.map_or_else(|| "<stdin>".to_owned(), |p| p.display().to_string());
+    let input = match open_input(source) {
+        Ok(input) => input,
+        Err(source) => {
+            eprintln!("loom-provisioner: {}", TaskProblem::Unreadable { input: name, source });
             return Exit::Usage;
         }
     };
-    let accepted: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
-    let sup = Supervisor::new(registry, Options { eager: false, log_level: plugin_level });
+    let concurrency = args.concurrency as usize;
+    match input {
+        Input::File(file) => {
+            let tasks = match read_all(&name, file) {
+                Ok(tasks) => tasks,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("loom-provisioner: {e}");
+                    }
+                    return Exit::Usage;
+                }
+            };
+            let sup = Supervisor::new(registry, Options { eager: false, log_level: plugin_level });
+            let exit = run_batch(&sup, &tasks, concurrency).await;
+            sup.shutdown().await;
+            exit
+        }
+        Input::Stream(reader) => {
+            let items = crate::cli::stream::spawn_reader(name.clone(), reader, concurrency);
+            let sup = Supervisor::new(registry, Options { eager: false, log_level: plugin_level });
+            let exit = crate::cli::stream::run_stream(&sup, &name, items, concurrency).await;
+            sup.shutdown().await;
+            exit
+        }
+    }
+}
 
-    let mut results = futures_util::stream::iter(tasks.iter().map(|task| {
-        let sup = &sup;
-        async move { TaskReport { task_id: Some(task.task_id.clone()), result: sup.run(task).await } }
-    }))
-    .buffer_unordered(args.concurrency as usize);
+/// Where `run` reads its tasks.
+enum Input {
+    /// A regular file: read whole and checked before anything runs.
+    File(std::fs::File),
+    /// A pipe, terminal or socket: read as tasks arrive ([`crate::cli::stream`]).
+    Stream(Box<dyn BufRead + Send>),
+}
+
+/// Opens `source` (stdin when `None`) and tells a regular file from a stream.
+///
+/// # Errors
+/// The file cannot be opened, or its type cannot be read.
+fn open_input(source: Option<&Path>) -> std::io::Result<Input> {
+    let file = match source {
+        Some(path) => std::fs::File::open(path)?,
+        None => std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?),
+    };
+    if file.metadata()?.is_file() {
+        Ok(Input::File(file))
+    } else {
+        Ok(Input::Stream(Box::new(std::io::BufReader::with_capacity(64 * 1024, file))))
+    }
+}
+
+/// Reads a regular file whole and checks every task ([`parse_tasks`]).
+fn read_all(name: &str, mut file: std::fs::File) -> Result<Vec<TaskEnvelope>, Vec<TaskProblem>> {
+    let mut data = Vec::new();
+    if let Err(source) = file.read_to_end(&mut data) {
+        return Err(vec![TaskProblem::Unreadable { input: name.to_owned(), source }]);
+    }
+    parse_tasks(name, &data)
+}
+
+/// Runs checked tasks, at most `concurrency` at once, printing each result line when its
+/// task ends.
+///
+/// # Cancellation
+/// On SIGINT or SIGTERM the tasks still running are cancelled (each gets a `cancel`) and
+/// every task without a result gets a line saying it was interrupted.
+async fn run_batch(sup: &Supervisor, tasks: &[TaskEnvelope], concurrency: usize) -> Exit {
+    let accepted: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+    let mut results =
+        futures_util::stream::iter(tasks.iter().map(|task| async move {
+            TaskReport { task_id: Some(task.task_id.clone()), result: sup.run(task).await }
+        }))
+        .buffer_unordered(concurrency);
 
     let mut reported = HashSet::new();
     let mut all_ok = true;
@@ -80,7 +147,7 @@ pub async fn run(args: RunArgs, plugin_level: LogLevel) -> Exit {
                     if let Some(id) = &report.task_id {
                         reported.insert(id.clone());
                     }
-                    print_report(&report);
+                    print_line(&report);
                 }
                 None => break None,
             },
@@ -94,10 +161,9 @@ pub async fn run(args: RunArgs, plugin_level: LogLevel) -> Exit {
         for id in accepted.iter().filter(|id| !reported.contains(*id)) {
             all_ok = false;
             let why = format!("interrupted by {signal} before the task finished; it was cancelled");
-            print_report(&TaskReport { task_id: Some(id.clone()), result: TaskResult::failed(why) });
+            print_line(&TaskReport { task_id: Some(id.clone()), result: TaskResult::failed(why) });
         }
     }
-    sup.shutdown().await;
     Exit::ok_if(all_ok)
 }
 
@@ -119,14 +185,6 @@ pub async fn submit(args: SubmitArgs) -> Exit {
             Exit::Usage
         }
     }
-}
-
-fn print_report(report: &TaskReport) {
-    let mut out = std::io::stdout().lock();
-    // serde_json cannot fail on a TaskReport: string keys, plain values.
-    let _ = serde_json::to_writer(&mut out, report);
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
 }
 
 /// One problem with the tasks' input, naming the input (a file, or `<stdin>`) and, for a
@@ -170,6 +228,46 @@ pub enum TaskProblem {
         line: usize,
         /// Why.
         source: InvalidTask,
+    },
+    /// Streamed input: not JSON at this line; reading goes on at the next line.
+    #[error("{input}: line {line} column {column}: not valid JSON")]
+    NotJsonLine {
+        /// `<stdin>`, or the pipe's name.
+        input: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+    },
+    /// Streamed input: a document or line longer than the bound.
+    #[error("{input}: line {line}: {why}")]
+    TooLong {
+        /// `<stdin>`, or the pipe's name.
+        input: String,
+        /// Where it starts.
+        line: usize,
+        /// How long it may be.
+        why: String,
+    },
+    /// Streamed input: a document cut short by the end of the input or by a new one.
+    #[error(
+        "{input}: line {line}: a JSON document that is not finished (the input ends, or a line starting with {{ comes first)"
+    )]
+    Unfinished {
+        /// `<stdin>`, or the pipe's name.
+        input: String,
+        /// Where the document starts.
+        line: usize,
+    },
+    /// Streamed input: a task whose id a task still running has.
+    #[error("{input}: line {line}: task {task_id} is still running; this one was not run")]
+    Running {
+        /// `<stdin>`, or the pipe's name.
+        input: String,
+        /// The task's first line.
+        line: usize,
+        /// Its id.
+        task_id: String,
     },
     /// Nothing but whitespace.
     #[error("{input}: no tasks in the input")]

@@ -20,7 +20,7 @@ use crate::journal::sql::{Db, Dialect, Row, SqlError};
 use crate::journal::{Journal, JournalError, now_ms, rfc3339};
 
 /// Where a cluster is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterState {
     /// `up` is running (or was, when its process died).

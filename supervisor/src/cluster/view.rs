@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::lock::Locks;
@@ -14,8 +14,9 @@ use super::spec::{self, ClusterSpec};
 use super::store::{ClusterState, ClusterStore, TaskRow};
 use crate::journal::JournalError;
 
-/// A cluster, for people and scripts.
-#[derive(Debug, Clone, Serialize)]
+/// A cluster, for people and scripts; read back from a daemon's answer by `cluster ...
+/// --api`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterView {
     /// Its name.
@@ -42,13 +43,14 @@ pub struct ClusterView {
     /// Why the last operation failed, and what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<Value>,
-    /// Every task attempt, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Every task attempt, when asked for (not read back from JSON: a daemon's answer
+    /// keeps them as JSON).
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub tasks: Option<Vec<TaskRow>>,
 }
 
 /// One node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     /// Its id.
@@ -73,7 +75,7 @@ pub struct NodeView {
 }
 
 /// A service's address.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Endpoint {
     /// The service.
     pub service: String,
@@ -82,7 +84,7 @@ pub struct Endpoint {
 }
 
 /// Login details without secrets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SshView {
     /// The user.
     pub user: String,
