@@ -53,7 +53,9 @@ pub use moto::Moto;
 pub use net::http_get;
 pub use nodes::Nodes;
 pub use plugins::{Plugins, Run};
-pub use process::{alive, processes_with_env, run_with_input, run_with_stderr, wait_until, zombie_children};
+pub use process::{
+    alive, processes_with_env, run_with_input, run_with_stderr, wait_or_kill, wait_until, zombie_children,
+};
 pub use promtool::{metric_sum, promtool_check};
 pub use sshd::PasswordSshd;
 pub use storm::{KILLED_IN_FLIGHT, Killer, Kills, Outcomes, StormPlugin, instances, metric, submit_all, wait_all};

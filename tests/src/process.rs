@@ -35,7 +35,7 @@ pub fn run_with_stderr(mut cmd: Command, input: &str, stderr: Stdio, limit: Dura
 
 /// Runs `wait`, which waits for process `pid`, on a thread of its own and returns what it
 /// returns; if that takes longer than `limit`, kills `pid` (SIGKILL) and returns `None`.
-pub(crate) fn wait_or_kill<T: Send + 'static>(
+pub fn wait_or_kill<T: Send + 'static>(
     pid: i32,
     limit: Duration,
     wait: impl FnOnce() -> T + Send + 'static,

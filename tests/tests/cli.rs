@@ -206,6 +206,33 @@ fn run_streams_results_while_stdin_stays_open() {
     plugins.assert_no_leftovers();
 }
 
+#[test]
+fn run_stops_reading_when_its_stdout_is_closed() {
+    let plugins = Plugins::new();
+    plugins.add_test_plugin("automator", "a1", json!({}));
+    let mut child = Command::new(provisioner())
+        .args(["run", "--plugins-dir", plugins.path().to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Nobody reads the results any more.
+    drop(child.stdout.take());
+    writeln!(stdin, "{}", action("s1", "INSTALL", "a1", json!({}))).unwrap();
+    // stdin stays open: `run` ends because its results cannot be delivered.
+    let stderr = child.stderr.take().unwrap();
+    let pid = child.id() as i32;
+    let status = loom_e2e::wait_or_kill(pid, Duration::from_secs(120), move || child.wait().unwrap())
+        .expect("run ended within 120 s of its stdout closing, stdin still open");
+    let stderr = std::io::read_to_string(stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stdout was closed: no more of <stdin> is read"), "{stderr}");
+    drop(stdin);
+    plugins.assert_no_leftovers();
+}
+
 /// The lines a reader yields, on a channel, read by a thread of their own.
 fn result_lines(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();

@@ -17,7 +17,8 @@ use crate::daemon::config::{ConfigError, DEFAULT_LISTEN, Listen, ListenError};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// The API: `http://HOST:PORT` or `unix:/path/to/api.sock` (default: the daemon
-    /// configuration's `listen` with --config, else 127.0.0.1:55056).
+    /// configuration's `listen` with --config, else 127.0.0.1:55056; `cluster` commands
+    /// run here, not on a daemon, unless --api, $LOOM_API or --config is given).
     #[arg(long, env = "LOOM_API", value_name = "URL")]
     pub api: Option<String>,
     /// A file holding the bearer token (default: the configuration's `token_file`).

@@ -6,6 +6,9 @@
 //! its text: tasks carry credentials) and stdout gets a result line for it, with `status` 1,
 //! `taskId` when it could be read (else `null`) and `line`, so that a consumer can match it.
 //! The exit code is then 1.
+//!
+//! When stdout goes away (its reader closed it), no more input is read: results could not
+//! be delivered. The tasks running finish, and `run` exits 1 saying so on stderr.
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -279,6 +282,7 @@ pub(crate) async fn run_stream(
     let mut running = FuturesUnordered::new();
     let mut in_flight: HashSet<String> = HashSet::new();
     let (mut all_ok, mut any, mut input_done) = (true, false, false);
+    let mut output = Output::default();
     let signal = crate::cli::signals::interrupt();
     tokio::pin!(signal);
     let interrupted = loop {
@@ -294,14 +298,14 @@ pub(crate) async fn run_stream(
                     in_flight.remove(id);
                 }
                 all_ok &= report.result.status == 0;
-                print_line(&report);
+                output.print(&report);
             }
             item = items.recv(), if room => match item {
                 None => input_done = true,
                 Some(Item::Task(task, line)) if in_flight.contains(&task.task_id) => {
                     let problem = TaskProblem::Running { input: name.to_owned(), line, task_id: task.task_id };
                     all_ok = false;
-                    report_bad(&problem, line, None);
+                    report_bad(&mut output, &problem, line, None);
                 }
                 Some(Item::Task(task, _)) => {
                     any = true;
@@ -314,11 +318,19 @@ pub(crate) async fn run_stream(
                 }
                 Some(Item::Bad(problem, line, id)) => {
                     all_ok = false;
-                    report_bad(&problem, line, id);
+                    report_bad(&mut output, &problem, line, id);
                 }
             },
         }
+        if output.gone && !input_done {
+            eprintln!(
+                "loom-provisioner: stdout was closed: no more of {name} is read; the {} task(s) running finish first",
+                running.len()
+            );
+            input_done = true;
+        }
     };
+    all_ok &= !output.gone;
     drop(running);
     if let Some(signal) = interrupted {
         tracing::warn!("{signal}: cancelling the tasks still running and stopping the plugins");
@@ -347,11 +359,25 @@ async fn start(sup: &Supervisor, task: TaskEnvelope) -> TaskReport {
 }
 
 /// Bad input: its cause on stderr, and a failed result line with its `line`.
-fn report_bad(problem: &TaskProblem, line: usize, task_id: Option<String>) {
+fn report_bad(output: &mut Output, problem: &TaskProblem, line: usize, task_id: Option<String>) {
     let text = problem.to_string();
     eprintln!("loom-provisioner: {text}");
     let result = TaskResult::failed(format!("not run: {text}"));
-    print_line(&BadLine { task_id, line, result });
+    output.print(&BadLine { task_id, line, result });
+}
+
+/// stdout, remembering whether a write failed (its reader is gone: `EPIPE`).
+#[derive(Default)]
+struct Output {
+    gone: bool,
+}
+
+impl Output {
+    fn print(&mut self, report: &impl serde::Serialize) {
+        if !self.gone && write_line(report).is_err() {
+            self.gone = true;
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -363,13 +389,21 @@ struct BadLine {
     result: TaskResult,
 }
 
-/// One result line on stdout, flushed at once.
+/// One result line on stdout, flushed at once; a failed write is not reported (for the
+/// batch path and interruptions, where nothing else would be done about it).
 pub(crate) fn print_line(report: &impl serde::Serialize) {
+    let _ = write_line(report);
+}
+
+/// One result line on stdout, flushed at once.
+///
+/// # Errors
+/// The write's (`EPIPE` once stdout's reader is gone: Rust ignores `SIGPIPE`).
+fn write_line(report: &impl serde::Serialize) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    // serde_json cannot fail on these: string keys, plain values.
-    let _ = serde_json::to_writer(&mut out, report);
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
+    serde_json::to_writer(&mut out, report)?;
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 #[cfg(test)]
