@@ -20,6 +20,7 @@ mod client;
 mod cluster;
 mod docs;
 mod exit;
+mod input;
 mod journal;
 mod plugins;
 mod run;

@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::cli::exit::Exit;
-use crate::cli::run::TaskProblem;
+use crate::cli::input::TaskProblem;
 use crate::core::supervisor::{Supervisor, TaskReport};
 use crate::wire::envelope::TaskEnvelope;
 
