@@ -92,6 +92,9 @@ struct Common {
     /// `restart-services --rolling`: nodes per batch (set from [`NamedArgs`]).
     #[arg(skip)]
     rolling: Option<usize>,
+    /// `--remove-nodes` of `up`, `reconfigure` and `plan` (set from their arguments).
+    #[arg(skip)]
+    remove_nodes: bool,
     /// Show the plan and run the checks (as `cluster plan`); send nothing.
     #[arg(long)]
     dry_run: bool,
@@ -124,6 +127,11 @@ struct UpArgs {
     /// The cluster's spec (JSON, or TOML by its extension).
     #[arg(value_name = "SPEC")]
     spec: PathBuf,
+    /// Let the spec drop nodes that have machines: they are stopped, removed and deleted
+    /// (scale-down). Without it such a spec is refused, so that renaming a node group
+    /// does not delete its machines.
+    #[arg(long)]
+    remove_nodes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -166,6 +174,11 @@ struct ReconfigureArgs {
     /// Stop the services before CONFIGURE and start them after.
     #[arg(long)]
     restart: bool,
+    /// Let the spec drop nodes that have machines: they are stopped, removed and deleted
+    /// (scale-down). Without it such a spec is refused, so that renaming a node group
+    /// does not delete its machines.
+    #[arg(long)]
+    remove_nodes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -212,6 +225,10 @@ struct PlanArgs {
     /// With `--op reconfigure`: stop the services before CONFIGURE and start them after.
     #[arg(long)]
     restart: bool,
+    /// With `--op up` or `reconfigure`: as their `--remove-nodes` (the plan shows the
+    /// nodes a spec drops either way; without it, the check fails).
+    #[arg(long)]
+    remove_nodes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -240,13 +257,47 @@ struct ForgetArgs {
     api: crate::cli::client::ApiArgs,
 }
 
+/// `--limit` names are not empty (`--limit ''`, `--limit a,,b`, `--limit group:`).
+///
+/// # Errors
+/// Says so.
+fn check_limit(command: &ClusterCommand) -> Result<(), String> {
+    let common = match command {
+        ClusterCommand::Up(a) => &a.common,
+        ClusterCommand::Down(a) => &a.common,
+        ClusterCommand::RestartServices(a) => &a.common,
+        ClusterCommand::Reconfigure(a) => &a.common,
+        ClusterCommand::Plan(a) => &a.common,
+        ClusterCommand::Status(_) | ClusterCommand::List(_) | ClusterCommand::Forget(_) => return Ok(()),
+    };
+    let name = |l: &str| {
+        l.split_once(':')
+            .filter(|(k, _)| ["node", "group", "service"].contains(k))
+            .map_or(l, |(_, n)| n)
+            .trim()
+            .to_owned()
+    };
+    match common.limit.iter().find(|l| name(l).is_empty()) {
+        Some(l) if l.is_empty() => Err("--limit: an empty name".into()),
+        Some(l) => Err(format!("--limit {l}: an empty name")),
+        None => Ok(()),
+    }
+}
+
 /// Runs a `cluster` command.
 pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
+    if let Err(e) = check_limit(&args.command) {
+        eprintln!("loom-provisioner: {e}");
+        return Exit::Usage;
+    }
     if let Some(exit) = api::dispatch(&args.command).await {
         return exit;
     }
     let result = match args.command {
-        ClusterCommand::Up(a) => up(a, plugin_level).await,
+        ClusterCommand::Up(mut a) => {
+            a.common.remove_nodes = a.remove_nodes;
+            up(a, plugin_level).await
+        }
         ClusterCommand::Down(a) => {
             named(&a.cluster, JobKind::Down { force: a.force }, a.common, false, plugin_level).await
         }
@@ -254,7 +305,8 @@ pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
             a.common.rolling = a.rolling.then(|| usize::try_from(a.batch).unwrap_or(1));
             named(&a.cluster, JobKind::RestartServices, a.common, false, plugin_level).await
         }
-        ClusterCommand::Reconfigure(a) => {
+        ClusterCommand::Reconfigure(mut a) => {
+            a.common.remove_nodes = a.remove_nodes;
             named(&a.cluster, JobKind::Reconfigure { restart: a.restart }, a.common, true, plugin_level).await
         }
         ClusterCommand::Status(a) => status(a).await,
@@ -366,12 +418,16 @@ async fn operate(
     }
     let registry = crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as)
         .ok_or("cannot read the plugins folders")?;
+    let scope = Scope {
+        limit: common.limit.clone(),
+        rolling: common.rolling,
+        remove_nodes: common.remove_nodes,
+        ..Scope::default()
+    };
     if common.dry_run {
-        let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
         return show_preview(store, &spec, kind, &scope, &registry, common.json).await;
     }
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
-    let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts)
         .with_scope(scope);
     let progress = make_progress(common.progress);
@@ -434,11 +490,12 @@ async fn interrupted(
 
 /// `cluster plan`: the operation's own command with `--dry-run`.
 async fn plan(args: PlanArgs, plugin_level: LogLevel) -> Result<Exit, String> {
-    let PlanArgs { cluster, op, force, restart, mut common } = args;
+    let PlanArgs { cluster, op, force, restart, remove_nodes, mut common } = args;
     common.dry_run = true;
+    common.remove_nodes = remove_nodes;
     match op {
         PlanOp::Up => match spec_file(&cluster) {
-            Some(file) => up(UpArgs { spec: file.to_path_buf(), common }, plugin_level).await,
+            Some(file) => up(UpArgs { spec: file.to_path_buf(), remove_nodes, common }, plugin_level).await,
             None => named(&cluster, JobKind::Up, common, false, plugin_level).await,
         },
         PlanOp::Down => named(&cluster, JobKind::Down { force }, common, false, plugin_level).await,

@@ -199,12 +199,13 @@ pub async fn prepare<'a>(
     let elsewhere = engine.fleet_plugins().await?;
     check_plugins(&spec, previous, &plan, &engine.supervisor.table(), &elsewhere)?;
 
-    // A scale-down keeps the spec that still has the nodes it takes away until it has
-    // succeeded: an operation after a failure finds them there. Like a limited one, it
-    // runs as an update: a daemon restart does not resume it as a plain `up`.
+    // A scale-down keeps a spec that still has the nodes it takes away until it has
+    // succeeded: an operation after a failure finds them there, and the nodes it adds
+    // too (a `down` then deletes every machine). Like a limited one, it runs as an
+    // update: a daemon restart does not resume it as a plain `up`.
     let partial = shrinking || !options.scope.limit.is_empty() || options.scope.rolling.is_some();
     let recorded = match (&stored, shrinking) {
-        (Some(v), true) => v.clone(),
+        (Some(v), true) => union_spec(v, &spec),
         _ => spec.to_value(),
     };
     let during = if partial { ClusterState::Updating } else { ClusterState::during(kind) };
@@ -308,6 +309,45 @@ impl Prepared<'_> {
         engine.store.end(&spec.name, state, report.as_ref()).await?;
         progress.event(&Event::Finished { outcome: &outcome });
         Ok(outcome)
+    }
+}
+
+/// The stored spec `stored` with the node groups and services of `spec` it lacks, and
+/// each shared group's count raised to `spec`'s where that is higher: every node of both
+/// (an extra node of a shared group as `stored` describes the group). What a scale-down
+/// records while it runs. `stored` itself when the union is not a valid spec (e.g. too
+/// many nodes).
+fn union_spec(stored: &Value, spec: &ClusterSpec) -> Value {
+    let new = spec.to_value();
+    let mut out = stored.clone();
+    if let (Some(groups), Some(new_groups)) =
+        (out.get_mut("nodeGroups").and_then(Value::as_array_mut), new.get("nodeGroups").and_then(Value::as_array))
+    {
+        for g in new_groups {
+            let name = g.get("name");
+            match groups.iter_mut().find(|o| o.get("name") == name) {
+                Some(old) => {
+                    let count = |v: &Value| v.get("count").and_then(Value::as_u64).unwrap_or(1);
+                    if count(g) > count(old)
+                        && let Some(o) = old.as_object_mut()
+                    {
+                        o.insert("count".into(), count(g).into());
+                    }
+                }
+                None => groups.push(g.clone()),
+            }
+        }
+    }
+    if let (Some(services), Some(new_services)) =
+        (out.get_mut("services").and_then(Value::as_object_mut), new.get("services").and_then(Value::as_object))
+    {
+        for (name, s) in new_services {
+            services.entry(name.clone()).or_insert_with(|| s.clone());
+        }
+    }
+    match ClusterSpec::from_value(&out, "the union of the stored spec and the new one", Path::new("/")) {
+        Ok(_) => out,
+        Err(_) => stored.clone(),
     }
 }
 

@@ -167,6 +167,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Err(why) if operates => return error(StatusCode::BAD_REQUEST, &why),
         Err(_) => Scope::default(),
     };
+    let scope = with_remove_nodes(scope, &req);
     match endpoint {
         Endpoint::Health => health(daemon),
         Endpoint::Metrics => metrics(daemon).await,
@@ -290,7 +291,13 @@ fn scope(req: &Request<Body>) -> Result<Scope, String> {
         None => 1,
     };
     let rolling = flag(req, "rolling").then_some(batch);
-    Ok(Scope { limit, rolling, previous: None })
+    Ok(Scope { limit, rolling, ..Scope::default() })
+}
+
+/// `scope` with the query's `removeNodes=true` (`--remove-nodes`): a spec may drop
+/// nodes that have machines, which are then stopped, removed and deleted.
+fn with_remove_nodes(scope: Scope, req: &Request<Body>) -> Scope {
+    Scope { remove_nodes: flag(req, "removeNodes"), ..scope }
 }
 
 /// Cluster specs are small; this keeps a spec's tree small too.
