@@ -24,7 +24,7 @@ use crate::cluster::plan::{JobKind, Scope};
 use crate::cluster::preview;
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
 use crate::cluster::spec::ClusterSpec;
-use crate::cluster::store::{ClusterState, ClusterStore};
+use crate::cluster::store::{ClusterRecord, ClusterState, ClusterStore};
 use crate::cluster::view::ClusterView;
 use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
 use crate::journal::Journal;
@@ -434,8 +434,15 @@ async fn operate(
     let engine = Engine { supervisor: &supervisor, store, locks: locks.clone() };
     let signal = crate::cli::signals::interrupt();
     tokio::pin!(signal);
+    // The job's id once it is recorded: Ctrl-C after that leaves it incomplete.
+    let started: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = async {
+        let prepared = job::prepare(&engine, spec.clone(), kind, options).await?;
+        let _ = started.set(prepared.job_id().to_owned());
+        prepared.execute(progress.as_ref()).await
+    };
     let result = tokio::select! {
-        r = job::run(&engine, &spec, kind, options, progress.as_ref()) => Ok(r),
+        r = run => Ok(r),
         name = &mut signal => Err(name),
     };
     drop(progress);
@@ -447,7 +454,10 @@ async fn operate(
             return Ok(Exit::Failed);
         }
         Ok(Err(e)) => return Err(format!("cluster {}: nothing was done:\n{e}", spec.name)),
-        Err(signal) => return interrupted(store, &locks, &spec.name, kind, signal, common.json).await,
+        Err(signal) => {
+            let job = started.get().map(String::as_str);
+            return interrupted(store, &locks, &spec.name, kind, job, signal, common.json).await;
+        }
     };
     let view = ClusterView::load(store, &locks, &spec.name, false).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
@@ -460,17 +470,26 @@ async fn operate(
     Ok(Exit::ok_if(outcome.ok()))
 }
 
-/// After Ctrl-C: the cluster is left incomplete, with how to resume.
+/// Whether `record` is left by job `job` (`None`: none was recorded) cut short: the
+/// cluster is in a transient state (`creating`, `deleting`, or `updating`, which is how
+/// limited, rolling and scaling operations of any kind run) and its last job is `job`.
+fn left_running_by(record: &ClusterRecord, job: Option<&str>) -> bool {
+    record.state.is_transient() && job.is_some() && record.last_job.as_deref() == job
+}
+
+/// After Ctrl-C: the cluster is left incomplete (when `job`, the operation's job, had
+/// started), with how to resume.
 async fn interrupted(
     store: &ClusterStore,
     locks: &Locks,
     name: &str,
     kind: JobKind,
+    job: Option<&str>,
     signal: &str,
     as_json: bool,
 ) -> Result<Exit, String> {
     let record = store.get(name).await.map_err(|e| e.to_string())?;
-    if let Some(r) = record.filter(|r| r.state == ClusterState::during(kind)) {
+    if let Some(r) = record.filter(|r| left_running_by(r, job)) {
         let report = json!({
             "job": r.last_job, "operation": kind.as_str(), "failed": [], "interrupted": signal,
             "next": next_steps(name, kind.as_str(), None),
@@ -616,5 +635,32 @@ async fn forget(args: ForgetArgs) -> Result<Exit, String> {
             println!("cluster {} forgotten", args.cluster);
             Ok(Exit::Success)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn ctrl_c_leaves_incomplete_any_transient_state_of_this_job_only() {
+        let record = |state, last: &str| ClusterRecord {
+            name: "c".into(),
+            spec: Value::Null,
+            state,
+            jobs: 2,
+            last_job: Some(last.into()),
+            report: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        // A limited `up` or `down` runs as `updating`, not `creating` / `deleting`.
+        for state in [ClusterState::Updating, ClusterState::Creating, ClusterState::Deleting] {
+            assert!(left_running_by(&record(state, "c.j2"), Some("c.j2")), "{state:?}");
+        }
+        assert!(!left_running_by(&record(ClusterState::Updating, "c.j3"), Some("c.j2")), "another job's");
+        assert!(!left_running_by(&record(ClusterState::Active, "c.j2"), Some("c.j2")), "it had ended");
+        assert!(!left_running_by(&record(ClusterState::Updating, "c.j2"), None), "nothing was recorded");
     }
 }

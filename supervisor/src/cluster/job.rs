@@ -14,7 +14,7 @@
 //! is left `incomplete` with a report of what failed and what to do ([`Outcome`]).
 //!
 //! # Cancellation
-//! Dropping [`run`]'s future cancels the tasks in flight (each gets a `cancel`). Their
+//! Dropping [`Prepared::execute`]'s future cancels the tasks in flight (each gets a `cancel`). Their
 //! journal entries stay `running`: the next operation sends them again.
 
 use std::collections::{BTreeSet, HashMap};
@@ -125,22 +125,6 @@ pub enum JobError {
     Journal(#[from] JournalError),
 }
 
-/// Runs `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
-/// the others, usually the stored one, which [`stored_spec`] reads): [`prepare`], then
-/// [`Prepared::execute`].
-///
-/// # Errors
-/// [`JobError`]: nothing was sent.
-pub async fn run(
-    engine: &Engine<'_>,
-    spec: &ClusterSpec,
-    kind: JobKind,
-    options: Options,
-    progress: &dyn Progress,
-) -> Result<Outcome, JobError> {
-    prepare(engine, spec.clone(), kind, options).await?.execute(progress).await
-}
-
 /// An operation that has started (its job is recorded and the cluster locked) and has
 /// not sent anything yet.
 pub struct Prepared<'a> {
@@ -163,6 +147,10 @@ pub struct Prepared<'a> {
     _lock: ClusterLock,
 }
 
+/// Starts `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
+/// the others, usually the stored one, which [`stored_spec`] reads); then
+/// [`Prepared::execute`] runs it.
+///
 /// Locks the cluster, plans the operation and checks that it can run (the spec's nodes,
 /// the plugins), then records its start. Fails at once if another operation holds the
 /// cluster.
