@@ -815,6 +815,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_scale_down_records_every_node_of_the_old_and_the_new_spec() {
+        let spec = |groups: Value| {
+            json!({"name": "c", "provider": {"name": "local"}, "nodeGroups": groups,
+                   "services": {"s": {"actions": {"start": {"type": "shell", "script": "s"}}}}})
+        };
+        let old = spec(json!([{"name": "a", "count": 2, "services": ["s"]}]));
+        let new = ClusterSpec::from_value(
+            &json!({"name": "c", "provider": {"name": "local"},
+                    "nodeGroups": [{"name": "a", "count": 1, "services": ["s"]}, {"name": "b", "count": 3, "services": ["t"]}],
+                    "services": {"s": {"actions": {"start": {"type": "shell", "script": "s"}}}, "t": {"actions": {"start": {"type": "shell", "script": "s"}}}}}),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        let union = ClusterSpec::from_value(&union_spec(&old, &new), "t", Path::new("/")).unwrap();
+        let ids: Vec<String> = union.nodes().into_iter().map(|n| n.id).collect();
+        assert_eq!(ids, ["c-a-1", "c-a-2", "c-b-1", "c-b-2", "c-b-3"]);
+        assert!(union.services.contains_key("t"));
+        // A shared group grows to the larger count.
+        let grown =
+            ClusterSpec::from_value(&spec(json!([{"name": "a", "count": 3, "services": ["s"]}])), "t", Path::new("/"))
+                .unwrap();
+        let union = ClusterSpec::from_value(&union_spec(&old, &grown), "t", Path::new("/")).unwrap();
+        assert_eq!(union.nodes().len(), 3);
+    }
+
+    #[test]
     fn a_spec_may_drop_nodes_its_stored_spec_has_but_not_machines_no_spec_has() {
         let spec = |count: u32| {
             ClusterSpec::from_value(
