@@ -85,8 +85,10 @@ struct Common {
     json: bool,
     /// Only these nodes (id or hostname), node groups or services (repeatable, or
     /// comma-separated). A service picks its steps on the nodes that have it; a node or
-    /// group picks every step of its nodes. Steps outside the limit are not run; one
-    /// the limit needs that is not done already is an error, and nothing is sent.
+    /// group picks every step of its nodes. `node:NAME`, `group:NAME`, `service:NAME`
+    /// say which a name is; a plain name that is several, picking different steps, is
+    /// refused. Steps outside the limit are not run; one the limit needs that is not
+    /// done already is an error, and nothing is sent.
     #[arg(long, value_name = "NODE|GROUP|SERVICE", value_delimiter = ',')]
     limit: Vec<String>,
     /// `restart-services --rolling`: nodes per batch (set from [`NamedArgs`]).

@@ -21,10 +21,12 @@
 //! - **rolling restart** ([`rolling_restart`]): the restart node batch by node batch.
 //! - **limit** ([`Selection`], [`limit`]): only the picked steps, in the same order; a step
 //!   left out that a kept one needs must be done already (else the plan is refused), but
-//!   a STOP, REMOVE or DELETE left out only ordered a teardown and is not needed.
+//!   a STOP, REMOVE or DELETE left out only ordered a teardown and is not needed. A
+//!   `reconfigure` keeps the BOOTSTRAP of the nodes whose service steps it picks.
+//!   A plain name with meanings that pick different steps is refused.
 //! - **scale-down** ([`removal`]): an `up` or `reconfigure` whose spec drops nodes that
 //!   have anything recorded first takes them away (STOP, REMOVE, DELETE, from the stored
-//!   spec); then the operation; then (for `up`) BOOTSTRAP and CONFIGURE of the remaining
+//!   spec; only with [`Scope::remove_nodes`] when any has a machine); then the operation; then (for `up`) BOOTSTRAP and CONFIGURE of the remaining
 //!   nodes, so that their `config.nodes` no longer lists them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -655,8 +657,9 @@ pub fn rolling_restart(spec: &ClusterSpec, marks: &Marks, batch: usize) -> Plan 
 /// it, as before.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    /// `--limit` names: node ids, hostnames, node group names, service names (see
-    /// [`Selection`]); empty: every node and service.
+    /// `--limit` names: node ids, hostnames, node group names, service names, each
+    /// maybe prefixed `node:`, `group:`, `service:` (see [`Selection`]); empty: every
+    /// node and service.
     pub limit: Vec<String>,
     /// `restart-services --rolling`: nodes per batch ([`rolling_restart`]).
     pub rolling: Option<usize>,
