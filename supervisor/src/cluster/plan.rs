@@ -866,21 +866,31 @@ pub fn removal(
 }
 
 /// Why dropping `removed` nodes (of `previous`) is refused: some have machines (a
-/// `providerid`) and `remove_nodes` (`--remove-nodes`, `removeNodes=true`) was not
+/// `providerid`, and no DELETE done since) and `remove_nodes` (`--remove-nodes`, `removeNodes=true`) was not
 /// given. Names those nodes, how to opt in, and, when a dropped node's group is gone
 /// from `spec` altogether, that the group looks renamed.
 pub fn removal_refused(
     spec: &ClusterSpec,
     previous: &ClusterSpec,
     removed: &[String],
+    marks: &Marks,
     learned: &HashMap<String, Map<String, Value>>,
     remove_nodes: bool,
 ) -> Option<String> {
     if remove_nodes {
         return None;
     }
-    let machines: Vec<&String> =
-        removed.iter().filter(|id| learned.get(*id).is_some_and(|l| l.contains_key("providerid"))).collect();
+    // A machine whose DELETE succeeded (a scale-down that failed later) is gone, unless a
+    // CREATE was recorded since (a DELETE undoes every mark of its node).
+    let gone = |id: &str| {
+        marks.get(&StepKey::node(TaskName::Delete, id)) == Some(&Mark::Done)
+            && !marks.contains_key(&StepKey::node(TaskName::Create, id))
+    };
+    let machines: Vec<&String> = removed
+        .iter()
+        .filter(|id| learned.get(*id).is_some_and(|l| l.contains_key("providerid")))
+        .filter(|id| !gone(id))
+        .collect();
     if machines.is_empty() {
         return None;
     }
@@ -934,7 +944,7 @@ pub fn build(
         _ => Vec::new(),
     };
     if let (Some(previous), false) = (&scope.previous, removed.is_empty()) {
-        if let Some(problem) = removal_refused(spec, previous, &removed, learned, scope.remove_nodes) {
+        if let Some(problem) = removal_refused(spec, previous, &removed, marks, learned, scope.remove_nodes) {
             return Err(vec![problem]);
         }
         if !scope.limit.is_empty() {
@@ -1448,9 +1458,16 @@ mod tests {
         let e = build(JobKind::Up, &renamed, &marks, &learned, &scope).unwrap_err();
         assert!(e[0].contains("(c-app-1, c-app-2)"), "{e:?}");
         assert!(e[0].contains("node group app is no longer in the spec") && e[0].contains("renamed"), "{e:?}");
-        // Dropped nodes without a machine (nothing made yet) need no flag.
+        // Dropped nodes without a machine (nothing made yet, or deleted) need no flag.
         let plan = build(JobKind::Up, &smaller, &marks, &made(&["c-db-1", "c-app-1"]), &scope).unwrap();
         assert!(plan.find(&k("STOP c-app-2 app")).is_some(), "{:?}", keys(&plan));
+        let mut deleted = marks.clone();
+        deleted.retain(|k, _| k.node != "c-app-2");
+        deleted.insert(k("DELETE c-app-2"), Mark::Done);
+        assert!(build(JobKind::Up, &smaller, &deleted, &learned, &scope).is_ok());
+        // Made again since (`down --limit`, then `up`): a machine again.
+        deleted.insert(k("CREATE c-app-2"), Mark::Done);
+        assert!(build(JobKind::Up, &smaller, &deleted, &learned, &scope).is_err());
     }
 
     #[test]

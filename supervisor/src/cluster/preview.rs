@@ -255,7 +255,9 @@ pub fn build(
     // The nodes a spec drops are shown (and their steps) with or without
     // `--remove-nodes`; without it, when they have machines, the `nodes` check fails.
     let dropped = previous.map(|p| plan::dropped_nodes(spec, p, marks, learned)).unwrap_or_default();
-    if let Some(why) = previous.and_then(|p| plan::removal_refused(spec, p, &dropped, learned, scope.remove_nodes)) {
+    if let Some(why) =
+        previous.and_then(|p| plan::removal_refused(spec, p, &dropped, marks, learned, scope.remove_nodes))
+    {
         checks.push(Check::failed("nodes", &why));
     }
     let shown = plan::Scope { remove_nodes: true, ..scope.clone() };
