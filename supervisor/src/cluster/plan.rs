@@ -699,7 +699,7 @@ const LIMIT_KINDS: [&str; 3] = ["node", "group", "service"];
 pub struct Named {
     /// The name as given.
     pub name: String,
-    /// One selection per kind it names, in the order of [`LIMIT_KINDS`].
+    /// One selection per kind it names, in the order node, group, service.
     pub meanings: Vec<(&'static str, Selection)>,
 }
 

@@ -10,7 +10,9 @@
 //! The checks, each `ok`, `failed` or `skipped` with a message naming the plugin, service,
 //! file or field (never a credential's value):
 //!
-//! - **nodes**: the spec does not drop machines that exist ([`job::check_nodes`]);
+//! - **nodes**: the spec does not drop machines that exist ([`job::check_nodes`]), nor
+//!   nodes with machines without `--remove-nodes` ([`plan::removal_refused`]; the plan
+//!   shows their removal either way);
 //! - **plugins**: every plugin the steps go to is registered and runnable (as
 //!   [`job::prepare`] checks it);
 //! - **scripts**: each action's script is in the folder the automator uploads
