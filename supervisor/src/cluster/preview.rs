@@ -411,6 +411,14 @@ fn script_check(at: &str, automator: &str, script: &str, folder: Option<&Path>) 
     if Path::new(script).is_absolute() || script.contains('{') {
         return Check::skipped("scripts", &format!("{at}: {script} is looked up on the machines"));
     }
+    // Not looked up: the answer would tell an API client which files exist outside the
+    // scripts folder on the daemon's host.
+    if Path::new(script).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Check::skipped(
+            "scripts",
+            &format!("{at}: the script names a path outside the scripts folder; not checked"),
+        );
+    }
     if !folder.is_dir() {
         return Check::failed(
             "scripts",
@@ -928,6 +936,18 @@ mod tests {
 
     fn failed(p: &Preview) -> Vec<String> {
         p.checks.iter().filter(|c| c.status == "failed").map(|c| format!("{}: {}", c.check, c.message)).collect()
+    }
+
+    #[test]
+    fn a_script_outside_the_scripts_folder_is_not_looked_up() {
+        let dir = crate::core::trust::test_dir();
+        std::fs::create_dir(dir.path().join("scripts")).unwrap();
+        std::fs::write(dir.path().join("secret"), "x").unwrap();
+        let scripts = dir.path().join("scripts");
+        let check = script_check("svc.install", "shell", "../secret", Some(&scripts));
+        assert_eq!(check.status, "skipped", "{check:?}");
+        assert!(!check.message.contains(&dir.path().display().to_string()), "{check:?}");
+        assert_eq!(script_check("svc.install", "shell", "nope.sh", Some(&scripts)).status, "failed");
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub async fn serve(config: Config, activated: Option<Activated>, plugin_level: L
         }
     };
     let daemon = Daemon::start(config, plugin_level).map_err(ServeError::Start)?;
+    daemon.serving_on(listen.clone());
     let open_files = http::raise_open_files_limit();
     let fitted = daemon.config().http.fitted(open_files);
     if fitted.max_connections < daemon.config().http.max_connections {

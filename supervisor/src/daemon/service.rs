@@ -30,7 +30,7 @@ use crate::core::pool::Phase;
 use crate::core::registry::{LoadError, Registry};
 use crate::core::supervisor::{Options, ReloadReport, Supervisor, TaskReport};
 use crate::daemon::budget::{Budget, Reservation};
-use crate::daemon::config::{Config, ConfigError};
+use crate::daemon::config::{Config, ConfigError, Listen};
 use crate::daemon::metrics::{Counted, Metrics};
 use crate::daemon::notify::Notifier;
 use crate::journal::{Event, Fate, Journal, JournalError, Member, Orphan, Record, Settings};
@@ -41,6 +41,9 @@ pub use crate::journal::RESTARTED;
 /// The running daemon.
 pub struct Daemon {
     config: RwLock<Config>,
+    /// Where the API is served, once it is ([`Daemon::serving_on`]): a reload must not
+    /// take the token away while that is off loopback.
+    serving: std::sync::OnceLock<Listen>,
     /// The plugins.
     pub supervisor: Supervisor,
     /// The journal.
@@ -126,6 +129,15 @@ pub enum ReloadError {
     /// A plugins folder cannot be read.
     #[error(transparent)]
     Plugins(#[from] LoadError),
+    /// The new configuration has no `token_file` while the API is served off loopback
+    /// (on the socket systemd passed, or on the `listen` in force until a restart).
+    #[error("{}: the API is served on {on}, not a loopback address, so token_file must stay set", config.display())]
+    Unauthenticated {
+        /// The configuration file.
+        config: std::path::PathBuf,
+        /// Where the API is served.
+        on: std::net::SocketAddr,
+    },
 }
 
 /// Why a cluster operation was not started.
@@ -163,6 +175,7 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             budget,
             config: RwLock::new(config),
+            serving: std::sync::OnceLock::new(),
             supervisor,
             journal,
             metrics: Metrics::default(),
@@ -941,8 +954,16 @@ impl Daemon {
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.config().path;
         let config = crate::daemon::config::load(&path)?;
-        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults)?;
         let old = self.config();
+        // The address served stays until a restart, whatever the new `listen` says.
+        let on = self.serving.get().unwrap_or(&old.listen);
+        if let Listen::Tcp(on) = on
+            && !on.ip().is_loopback()
+            && config.token.is_none()
+        {
+            return Err(ReloadError::Unauthenticated { config: path, on: *on });
+        }
+        let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults)?;
         if config.listen != old.listen || config.data_dir != old.data_dir {
             tracing::warn!("listen and data_dir changes take effect at the next restart");
         }
@@ -958,6 +979,13 @@ impl Daemon {
         self.refresh_can();
         self.wake.notify_one();
         Ok(report)
+    }
+
+    /// Records where the API is served (the socket systemd passed, or `listen`); called
+    /// once, by [`crate::daemon::serve`], before the API takes requests. A second call
+    /// changes nothing.
+    pub fn serving_on(&self, listen: Listen) {
+        let _ = self.serving.set(listen);
     }
 
     /// A one-line summary for systemd's STATUS=.

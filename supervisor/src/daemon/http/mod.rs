@@ -164,7 +164,11 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
             | Endpoint::Reconfigure
             | Endpoint::ClusterPlan
     );
-    let scope = match scope(&req) {
+    // `rolling` and `batch` belong to restart-services (and its plan) only: on `down` they
+    // would make a full teardown a partial one.
+    let rolls = endpoint == Endpoint::RestartServices
+        || (endpoint == Endpoint::ClusterPlan && query_value(&req, "op") == Some("restart-services"));
+    let scope = match scope(&req, rolls) {
         Ok(s) => s,
         Err(why) if operates => return error(StatusCode::BAD_REQUEST, &why),
         Err(_) => Scope::default(),
@@ -272,28 +276,38 @@ fn flag(req: &Request<Body>, name: &str) -> bool {
         .is_some_and(|q| q.split('&').any(|kv| kv == name || kv == format!("{name}=true") || kv == format!("{name}=1")))
 }
 
-/// The query's `limit` (repeatable, comma lists), `rolling` and `batch`.
+/// The query's `limit` (repeatable, comma lists), and `rolling` and `batch` where `rolls`.
 ///
 /// # Errors
-/// Why (the answer is 400) when a `limit` is not valid percent-encoding or `batch` is not
-/// a number from 1.
-fn scope(req: &Request<Body>) -> Result<Scope, String> {
+/// Why (the answer is 400), naming the parameter, never its value: a `limit` that is not
+/// valid percent-encoding or names nothing (`limit=` with an empty variable must not mean
+/// the whole cluster), a `batch` that is not a number from 1, `rolling` or `batch` where
+/// the operation does not restart services.
+fn scope(req: &Request<Body>, rolls: bool) -> Result<Scope, String> {
     let pairs: Vec<(&str, &str)> =
         req.uri().query().unwrap_or_default().split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect();
     let mut limit = Vec::new();
     for (_, v) in pairs.iter().filter(|(k, _)| *k == "limit") {
-        let v = path::decode(&v.replace('+', " ")).ok_or_else(|| format!("limit={v}: not valid percent-encoding"))?;
-        limit.extend(v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned));
+        let v = path::decode(&v.replace('+', " ")).ok_or("limit: not valid percent-encoding")?;
+        let names: Vec<&str> = v.split(',').map(str::trim).collect();
+        if names.iter().any(|n| n.is_empty()) {
+            return Err("limit: an empty name (give node ids, hostnames, groups or services)".to_owned());
+        }
+        limit.extend(names.into_iter().map(str::to_owned));
     }
-    let batch = match pairs.iter().find(|(k, _)| *k == "batch") {
+    let batch = pairs.iter().find(|(k, _)| *k == "batch");
+    let rolling = flag(req, "rolling");
+    if !rolls && (rolling || batch.is_some()) {
+        return Err("rolling and batch apply to restart-services only".to_owned());
+    }
+    let batch = match batch {
         Some((_, v)) => match v.parse::<usize>() {
             Ok(n) if n >= 1 => n,
-            _ => return Err(format!("batch={v}: give a number of nodes from 1")),
+            _ => return Err("batch: give a number of nodes from 1".to_owned()),
         },
         None => 1,
     };
-    let rolling = flag(req, "rolling").then_some(batch);
-    Ok(Scope { limit, rolling, ..Scope::default() })
+    Ok(Scope { limit, rolling: rolling.then_some(batch), ..Scope::default() })
 }
 
 /// `scope` with the query's `removeNodes=true` (`--remove-nodes`): a spec may drop
@@ -625,10 +639,12 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A daemon without plugins, in a temporary folder.
+    /// A daemon without plugins, in a temporary folder (its config.toml written there, for
+    /// reloads).
     fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
         std::fs::create_dir_all(dir.join("plugins")).unwrap();
         let text = "plugin_dirs = [\"plugins\"]\ndata_dir = \"data\"\n[http]\nidle_timeout_secs = 1\n";
+        std::fs::write(dir.join("config.toml"), text).unwrap();
         let config = crate::daemon::config::parse(&dir.join("config.toml"), text).unwrap();
         Daemon::start(config, loom_protocol::LogLevel::Warn).unwrap()
     }
@@ -656,6 +672,59 @@ mod tests {
         let junk = exchange(&daemon, b"\x00\xff garbage\r\n\r\n").await;
         assert!(junk.is_empty() || junk.starts_with("HTTP/1.1 400"), "{junk}");
         daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn cluster_scope_parameters_are_checked_before_anything_runs() {
+        let dir = crate::core::trust::test_dir();
+        let daemon = daemon(dir.path());
+        let status = |answer: String| answer.get(9..12).unwrap_or_default().to_owned();
+        let ask = |line: &str| format!("{line} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").into_bytes();
+        // `limit=` from an empty variable must not mean the whole cluster.
+        for line in
+            ["DELETE /v1/clusters/c?limit=", "DELETE /v1/clusters/c?limit=a,,b", "DELETE /v1/clusters/c?limit=%20"]
+        {
+            let answer = exchange(&daemon, &ask(line)).await;
+            assert_eq!(status(answer.clone()), "400", "{line}: {answer}");
+            assert!(answer.contains("limit: an empty name"), "{answer}");
+        }
+        // `rolling` would make a `down` partial: only restart-services takes it.
+        for line in [
+            "DELETE /v1/clusters/c?rolling=true",
+            "POST /v1/clusters?batch=2",
+            "POST /v1/clusters/c/plan?op=down&rolling",
+        ] {
+            let answer = exchange(&daemon, &ask(line)).await;
+            assert_eq!(status(answer.clone()), "400", "{line}: {answer}");
+            assert!(answer.contains("rolling and batch apply to restart-services only"), "{answer}");
+        }
+        let answer = exchange(&daemon, &ask("POST /v1/clusters/c/restart-services?batch=0&rolling")).await;
+        assert!(answer.contains("batch: give a number of nodes from 1"), "{answer}");
+        // Taken where they belong: the unknown cluster is what is wrong then.
+        for line in [
+            "POST /v1/clusters/c/restart-services?rolling&batch=2&limit=n1",
+            "POST /v1/clusters/c/plan?op=restart-services&rolling",
+        ] {
+            let answer = exchange(&daemon, &ask(line)).await;
+            assert_eq!(status(answer.clone()), "404", "{line}: {answer}");
+        }
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_token_while_the_api_is_served_off_loopback() {
+        let dir = crate::core::trust::test_dir();
+        let open = daemon(dir.path());
+        // As when systemd passed a socket on every address: the configuration itself says
+        // 127.0.0.1 and has no token.
+        open.serving_on(Listen::Tcp("0.0.0.0:55056".parse().unwrap()));
+        let err = open.reload().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("served on 0.0.0.0:55056, not a loopback address, so token_file must stay set"), "{err}");
+        let loopback = daemon(&dir.path().join("other"));
+        loopback.serving_on(Listen::Tcp("127.0.0.1:55056".parse().unwrap()));
+        assert!(loopback.reload().is_ok());
+        open.drain(std::time::Duration::from_secs(1)).await;
+        loopback.drain(std::time::Duration::from_secs(1)).await;
     }
 
     #[test]
