@@ -839,7 +839,17 @@ fn a_spec_with_fewer_nodes_takes_the_dropped_node_away_and_reconfigures_the_rest
     assert!(rig.machines_left().contains(&gone));
 
     rig.write_spec("shrink.json", &spec_with("shrink", 2, &RECORDED));
-    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    // Without --remove-nodes: refused, naming the node and the flag; nothing is deleted.
+    let refused = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("(shrink-n-3)") && refused.stderr.contains("--remove-nodes"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("renamed"), "{}", refused.stderr);
+    assert!(rig.machines_left().contains(&gone));
+    assert_eq!(nodes(&rig.status("shrink")).len(), 3);
+    let refused = rig.cluster(&["reconfigure", path.to_str().unwrap()]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(rig.machines_left().contains(&gone));
+    let up = rig.cluster(&["up", path.to_str().unwrap(), "--remove-nodes"]);
     assert_eq!(up.code, Some(0), "{}", up.stderr);
     assert_eq!(up.json["outcome"]["state"], "active", "{:#}", up.json);
     // The dropped node's services were stopped and removed, then its machine deleted.
@@ -873,7 +883,7 @@ fn a_spec_with_fewer_nodes_takes_the_dropped_node_away_and_reconfigures_the_rest
     // reconfigure with a smaller spec takes a node away too.
     let third = providerids(&rig.status("shrink"))["shrink-n-3"].clone();
     rig.write_spec("shrink.json", &spec_with("shrink", 2, &RECORDED));
-    let run = rig.cluster(&["reconfigure", path.to_str().unwrap()]);
+    let run = rig.cluster(&["reconfigure", path.to_str().unwrap(), "--remove-nodes"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(!rig.machines_left().contains(&third), "{:?}", rig.machines_left());
     assert_eq!(nodes_seen(&rig, "shrink-n-2"), ["shrink-n-1", "shrink-n-2"]);
@@ -998,8 +1008,17 @@ fn the_api_takes_limit_rolling_and_batch_and_a_smaller_spec() {
     let (code, _) = serve.request("POST", "/v1/clusters/api/restart-services?rolling=true&batch=0", None);
     assert_eq!(code, 400);
 
-    // A smaller spec: the third node goes.
+    // A smaller spec: refused without removeNodes=true (nothing deleted), then the third
+    // node goes.
     let (code, body) = serve.request("POST", "/v1/clusters?wait=true", Some(&spec(2)));
+    assert_eq!(code, 400, "{body:#}");
+    let problem = body["problems"][0].as_str().unwrap_or_default();
+    assert!(problem.contains("(api-n-3)") && problem.contains("removeNodes=true"), "{body:#}");
+    assert_eq!(rig.machines_left().len(), 3);
+    let (code, body) = serve.request("POST", "/v1/clusters/api/plan?op=up", Some(&spec(2)));
+    assert_eq!((code, &body["ok"]), (200, &json!(false)), "{body:#}");
+    assert!(body["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "api-n-3" && n["status"] == "removed"));
+    let (code, body) = serve.request("POST", "/v1/clusters?wait=true&removeNodes=true", Some(&spec(2)));
     assert_eq!((code, &body["outcome"]["state"]), (200, &json!("active")), "{body:#}");
     assert_eq!(nodes(&body["cluster"]).len(), 2, "{body:#}");
     assert_eq!(rig.machines_left().len(), 2);
@@ -1020,7 +1039,7 @@ fn a_scale_down_that_fails_keeps_the_node_in_the_cluster_until_it_is_run_again()
 
     std::fs::write(rig.work.join("fail-stuck-n-2"), "").unwrap();
     rig.write_spec("stuck.json", &spec_with("stuck", 1, &actions));
-    let up = rig.cluster(&["up", path.to_str().unwrap(), "--attempts", "1"]);
+    let up = rig.cluster(&["up", path.to_str().unwrap(), "--attempts", "1", "--remove-nodes"]);
     assert_eq!(up.code, Some(1), "{}", up.stderr);
     assert_eq!(up.json["outcome"]["failed"][0]["step"], "STOP svc on stuck-n-2", "{:#}", up.json);
     // Still there, and still in the cluster's spec.
@@ -1030,7 +1049,7 @@ fn a_scale_down_that_fails_keeps_the_node_in_the_cluster_until_it_is_run_again()
     assert_eq!(nodes(&status).len(), 2, "{status:#}");
 
     std::fs::remove_file(rig.work.join("fail-stuck-n-2")).unwrap();
-    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    let up = rig.cluster(&["up", path.to_str().unwrap(), "--remove-nodes"]);
     assert_eq!(up.code, Some(0), "{}", up.stderr);
     assert!(!rig.machines_left().contains(&second), "{:?}", rig.machines_left());
     assert_eq!(nodes(&rig.status("stuck")).len(), 1);
@@ -1038,6 +1057,65 @@ fn a_scale_down_that_fails_keeps_the_node_in_the_cluster_until_it_is_run_again()
     let down = rig.cluster(&["down", "stuck"]);
     assert_eq!(down.code, Some(0), "{}", down.stderr);
     assert!(rig.machines_left().is_empty());
+}
+
+/// `spec_with`'s spec whose node groups are `groups` (name, count), each running `svc`.
+fn spec_of_groups(name: &str, groups: &[(&str, u32)], actions: &[(&str, &str, &str)]) -> Value {
+    let mut spec = spec_with(name, 1, actions);
+    spec["nodeGroups"] =
+        groups.iter().map(|(g, n)| json!({"name": g, "count": n, "services": ["svc"]})).collect::<Vec<_>>().into();
+    spec
+}
+
+#[test]
+fn a_renamed_group_is_refused_and_its_machines_stay() {
+    let rig = ClusterRig::new(json!({}));
+    let path = rig.write_spec("renamed.json", &spec_of_groups("renamed", &[("web", 2)], &RECORDED));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let before = rig.machines_left();
+    assert_eq!(before.len(), 2);
+
+    rig.write_spec("renamed.json", &spec_of_groups("renamed", &[("frontend", 2)], &RECORDED));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(2), "{}", up.stderr);
+    for part in
+        ["(renamed-web-1, renamed-web-2)", "--remove-nodes", "node group web is no longer in the spec", "renamed"]
+    {
+        assert!(up.stderr.contains(part), "{part}: {}", up.stderr);
+    }
+    assert_eq!(rig.machines_left(), before);
+    // The plan shows what would go, and fails its check.
+    let plan = rig.cluster(&["plan", path.to_str().unwrap()]);
+    assert_eq!(plan.code, Some(1), "{}", plan.stderr);
+    let down = rig.cluster(&["down", "renamed"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty());
+}
+
+#[test]
+fn a_scale_down_with_a_scale_up_that_fails_can_still_be_taken_down() {
+    let rig = ClusterRig::new(json!({}));
+    let actions = [("install", "fails-on.sh", "install"), ("configure", "nodes.sh", "c")];
+    let path = rig.write_spec("mixed.json", &spec_of_groups("mixed", &[("a", 2)], &actions));
+    let up = rig.cluster(&["up", path.to_str().unwrap()]);
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+
+    // Drop mixed-a-2, add mixed-b-1, whose INSTALL fails.
+    std::fs::write(rig.work.join("fail-mixed-b-1"), "").unwrap();
+    rig.write_spec("mixed.json", &spec_of_groups("mixed", &[("a", 1), ("b", 1)], &actions));
+    let up = rig.cluster(&["up", path.to_str().unwrap(), "--attempts", "1", "--remove-nodes"]);
+    assert_eq!(up.code, Some(1), "{}", up.stderr);
+    assert_eq!(up.json["outcome"]["failed"][0]["step"], "INSTALL svc on mixed-b-1", "{:#}", up.json);
+    assert_eq!(rig.machines_left().len(), 2, "mixed-a-1 and mixed-b-1");
+    // The new node is in the cluster while the scale-down is not done.
+    let status = rig.status("mixed");
+    let ids = providerids(&status);
+    assert!(ids.contains_key("mixed-b-1"), "{status:#}");
+
+    let down = rig.cluster(&["down", "mixed"]);
+    assert_eq!(down.code, Some(0), "{}", down.stderr);
+    assert!(rig.machines_left().is_empty(), "{:?}", rig.machines_left());
 }
 
 /// `loom-provisioner cluster <args>` as a client of a daemon (no journal or plugins of its

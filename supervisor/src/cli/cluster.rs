@@ -24,7 +24,7 @@ use crate::cluster::plan::{JobKind, Scope};
 use crate::cluster::preview;
 use crate::cluster::progress::{Bars, Lines, Progress, Silent};
 use crate::cluster::spec::ClusterSpec;
-use crate::cluster::store::{ClusterState, ClusterStore};
+use crate::cluster::store::{ClusterRecord, ClusterState, ClusterStore};
 use crate::cluster::view::ClusterView;
 use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
 use crate::journal::Journal;
@@ -85,13 +85,18 @@ struct Common {
     json: bool,
     /// Only these nodes (id or hostname), node groups or services (repeatable, or
     /// comma-separated). A service picks its steps on the nodes that have it; a node or
-    /// group picks every step of its nodes. Steps outside the limit are not run; one
-    /// the limit needs that is not done already is an error, and nothing is sent.
+    /// group picks every step of its nodes. `node:NAME`, `group:NAME`, `service:NAME`
+    /// say which a name is; a plain name that is several, picking different steps, is
+    /// refused. Steps outside the limit are not run; one the limit needs that is not
+    /// done already is an error, and nothing is sent.
     #[arg(long, value_name = "NODE|GROUP|SERVICE", value_delimiter = ',')]
     limit: Vec<String>,
     /// `restart-services --rolling`: nodes per batch (set from [`NamedArgs`]).
     #[arg(skip)]
     rolling: Option<usize>,
+    /// `--remove-nodes` of `up`, `reconfigure` and `plan` (set from their arguments).
+    #[arg(skip)]
+    remove_nodes: bool,
     /// Show the plan and run the checks (as `cluster plan`); send nothing.
     #[arg(long)]
     dry_run: bool,
@@ -124,6 +129,11 @@ struct UpArgs {
     /// The cluster's spec (JSON, or TOML by its extension).
     #[arg(value_name = "SPEC")]
     spec: PathBuf,
+    /// Let the spec drop nodes that have machines: they are stopped, removed and deleted
+    /// (scale-down). Without it such a spec is refused, so that renaming a node group
+    /// does not delete its machines.
+    #[arg(long)]
+    remove_nodes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -166,6 +176,11 @@ struct ReconfigureArgs {
     /// Stop the services before CONFIGURE and start them after.
     #[arg(long)]
     restart: bool,
+    /// Let the spec drop nodes that have machines: they are stopped, removed and deleted
+    /// (scale-down). Without it such a spec is refused, so that renaming a node group
+    /// does not delete its machines.
+    #[arg(long)]
+    remove_nodes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -212,6 +227,10 @@ struct PlanArgs {
     /// With `--op reconfigure`: stop the services before CONFIGURE and start them after.
     #[arg(long)]
     restart: bool,
+    /// With `--op up` or `reconfigure`: as their `--remove-nodes` (the plan shows the
+    /// nodes a spec drops either way; without it, the check fails).
+    #[arg(long)]
+    remove_nodes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -240,13 +259,47 @@ struct ForgetArgs {
     api: crate::cli::client::ApiArgs,
 }
 
+/// `--limit` names are not empty (`--limit ''`, `--limit a,,b`, `--limit group:`).
+///
+/// # Errors
+/// Says so.
+fn check_limit(command: &ClusterCommand) -> Result<(), String> {
+    let common = match command {
+        ClusterCommand::Up(a) => &a.common,
+        ClusterCommand::Down(a) => &a.common,
+        ClusterCommand::RestartServices(a) => &a.common,
+        ClusterCommand::Reconfigure(a) => &a.common,
+        ClusterCommand::Plan(a) => &a.common,
+        ClusterCommand::Status(_) | ClusterCommand::List(_) | ClusterCommand::Forget(_) => return Ok(()),
+    };
+    let name = |l: &str| {
+        l.split_once(':')
+            .filter(|(k, _)| ["node", "group", "service"].contains(k))
+            .map_or(l, |(_, n)| n)
+            .trim()
+            .to_owned()
+    };
+    match common.limit.iter().find(|l| name(l).is_empty()) {
+        Some(l) if l.is_empty() => Err("--limit: an empty name".into()),
+        Some(l) => Err(format!("--limit {l}: an empty name")),
+        None => Ok(()),
+    }
+}
+
 /// Runs a `cluster` command.
 pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
+    if let Err(e) = check_limit(&args.command) {
+        eprintln!("loom-provisioner: {e}");
+        return Exit::Usage;
+    }
     if let Some(exit) = api::dispatch(&args.command).await {
         return exit;
     }
     let result = match args.command {
-        ClusterCommand::Up(a) => up(a, plugin_level).await,
+        ClusterCommand::Up(mut a) => {
+            a.common.remove_nodes = a.remove_nodes;
+            up(a, plugin_level).await
+        }
         ClusterCommand::Down(a) => {
             named(&a.cluster, JobKind::Down { force: a.force }, a.common, false, plugin_level).await
         }
@@ -254,7 +307,8 @@ pub async fn main(args: ClusterArgs, plugin_level: LogLevel) -> Exit {
             a.common.rolling = a.rolling.then(|| usize::try_from(a.batch).unwrap_or(1));
             named(&a.cluster, JobKind::RestartServices, a.common, false, plugin_level).await
         }
-        ClusterCommand::Reconfigure(a) => {
+        ClusterCommand::Reconfigure(mut a) => {
+            a.common.remove_nodes = a.remove_nodes;
             named(&a.cluster, JobKind::Reconfigure { restart: a.restart }, a.common, true, plugin_level).await
         }
         ClusterCommand::Status(a) => status(a).await,
@@ -366,20 +420,31 @@ async fn operate(
     }
     let registry = crate::cli::plugins::load_registry(&spec.plugin_dirs, &common.run_as)
         .ok_or("cannot read the plugins folders")?;
+    let scope = Scope {
+        limit: common.limit.clone(),
+        rolling: common.rolling,
+        remove_nodes: common.remove_nodes,
+        ..Scope::default()
+    };
     if common.dry_run {
-        let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
         return show_preview(store, &spec, kind, &scope, &registry, common.json).await;
     }
     let supervisor = Supervisor::new(registry, SupervisorOptions { eager: false, log_level: plugin_level });
-    let scope = Scope { limit: common.limit.clone(), rolling: common.rolling, previous: None };
     let options = Options::resolve(&spec, common.parallel.and_then(|p| usize::try_from(p).ok()), common.attempts)
         .with_scope(scope);
     let progress = make_progress(common.progress);
     let engine = Engine { supervisor: &supervisor, store, locks: locks.clone() };
     let signal = crate::cli::signals::interrupt();
     tokio::pin!(signal);
+    // The job's id once it is recorded: Ctrl-C after that leaves it incomplete.
+    let started: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = async {
+        let prepared = job::prepare(&engine, spec.clone(), kind, options).await?;
+        let _ = started.set(prepared.job_id().to_owned());
+        prepared.execute(progress.as_ref()).await
+    };
     let result = tokio::select! {
-        r = job::run(&engine, &spec, kind, options, progress.as_ref()) => Ok(r),
+        r = run => Ok(r),
         name = &mut signal => Err(name),
     };
     drop(progress);
@@ -391,7 +456,10 @@ async fn operate(
             return Ok(Exit::Failed);
         }
         Ok(Err(e)) => return Err(format!("cluster {}: nothing was done:\n{e}", spec.name)),
-        Err(signal) => return interrupted(store, &locks, &spec.name, kind, signal, common.json).await,
+        Err(signal) => {
+            let job = started.get().map(String::as_str);
+            return interrupted(store, &locks, &spec.name, kind, job, signal, common.json).await;
+        }
     };
     let view = ClusterView::load(store, &locks, &spec.name, false).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
@@ -404,17 +472,26 @@ async fn operate(
     Ok(Exit::ok_if(outcome.ok()))
 }
 
-/// After Ctrl-C: the cluster is left incomplete, with how to resume.
+/// Whether `record` is left by job `job` (`None`: none was recorded) cut short: the
+/// cluster is in a transient state (`creating`, `deleting`, or `updating`, which is how
+/// limited, rolling and scaling operations of any kind run) and its last job is `job`.
+fn left_running_by(record: &ClusterRecord, job: Option<&str>) -> bool {
+    record.state.is_transient() && job.is_some() && record.last_job.as_deref() == job
+}
+
+/// After Ctrl-C: the cluster is left incomplete (when `job`, the operation's job, had
+/// started), with how to resume.
 async fn interrupted(
     store: &ClusterStore,
     locks: &Locks,
     name: &str,
     kind: JobKind,
+    job: Option<&str>,
     signal: &str,
     as_json: bool,
 ) -> Result<Exit, String> {
     let record = store.get(name).await.map_err(|e| e.to_string())?;
-    if let Some(r) = record.filter(|r| r.state == ClusterState::during(kind)) {
+    if let Some(r) = record.filter(|r| left_running_by(r, job)) {
         let report = json!({
             "job": r.last_job, "operation": kind.as_str(), "failed": [], "interrupted": signal,
             "next": next_steps(name, kind.as_str(), None),
@@ -434,11 +511,12 @@ async fn interrupted(
 
 /// `cluster plan`: the operation's own command with `--dry-run`.
 async fn plan(args: PlanArgs, plugin_level: LogLevel) -> Result<Exit, String> {
-    let PlanArgs { cluster, op, force, restart, mut common } = args;
+    let PlanArgs { cluster, op, force, restart, remove_nodes, mut common } = args;
     common.dry_run = true;
+    common.remove_nodes = remove_nodes;
     match op {
         PlanOp::Up => match spec_file(&cluster) {
-            Some(file) => up(UpArgs { spec: file.to_path_buf(), common }, plugin_level).await,
+            Some(file) => up(UpArgs { spec: file.to_path_buf(), remove_nodes, common }, plugin_level).await,
             None => named(&cluster, JobKind::Up, common, false, plugin_level).await,
         },
         PlanOp::Down => named(&cluster, JobKind::Down { force }, common, false, plugin_level).await,
@@ -559,5 +637,32 @@ async fn forget(args: ForgetArgs) -> Result<Exit, String> {
             println!("cluster {} forgotten", args.cluster);
             Ok(Exit::Success)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn ctrl_c_leaves_incomplete_any_transient_state_of_this_job_only() {
+        let record = |state, last: &str| ClusterRecord {
+            name: "c".into(),
+            spec: Value::Null,
+            state,
+            jobs: 2,
+            last_job: Some(last.into()),
+            report: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        // A limited `up` or `down` runs as `updating`, not `creating` / `deleting`.
+        for state in [ClusterState::Updating, ClusterState::Creating, ClusterState::Deleting] {
+            assert!(left_running_by(&record(state, "c.j2"), Some("c.j2")), "{state:?}");
+        }
+        assert!(!left_running_by(&record(ClusterState::Updating, "c.j3"), Some("c.j2")), "another job's");
+        assert!(!left_running_by(&record(ClusterState::Active, "c.j2"), Some("c.j2")), "it had ended");
+        assert!(!left_running_by(&record(ClusterState::Updating, "c.j2"), None), "nothing was recorded");
     }
 }

@@ -14,7 +14,7 @@
 //! is left `incomplete` with a report of what failed and what to do ([`Outcome`]).
 //!
 //! # Cancellation
-//! Dropping [`run`]'s future cancels the tasks in flight (each gets a `cancel`). Their
+//! Dropping [`Prepared::execute`]'s future cancels the tasks in flight (each gets a `cancel`). Their
 //! journal entries stay `running`: the next operation sends them again.
 
 use std::collections::{BTreeSet, HashMap};
@@ -125,22 +125,6 @@ pub enum JobError {
     Journal(#[from] JournalError),
 }
 
-/// Runs `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
-/// the others, usually the stored one, which [`stored_spec`] reads): [`prepare`], then
-/// [`Prepared::execute`].
-///
-/// # Errors
-/// [`JobError`]: nothing was sent.
-pub async fn run(
-    engine: &Engine<'_>,
-    spec: &ClusterSpec,
-    kind: JobKind,
-    options: Options,
-    progress: &dyn Progress,
-) -> Result<Outcome, JobError> {
-    prepare(engine, spec.clone(), kind, options).await?.execute(progress).await
-}
-
 /// An operation that has started (its job is recorded and the cluster locked) and has
 /// not sent anything yet.
 pub struct Prepared<'a> {
@@ -163,6 +147,10 @@ pub struct Prepared<'a> {
     _lock: ClusterLock,
 }
 
+/// Starts `kind` on the cluster described by `spec` (for `up`, the spec to bring up; for
+/// the others, usually the stored one, which [`stored_spec`] reads); then
+/// [`Prepared::execute`] runs it.
+///
 /// Locks the cluster, plans the operation and checks that it can run (the spec's nodes,
 /// the plugins), then records its start. Fails at once if another operation holds the
 /// cluster.
@@ -199,12 +187,13 @@ pub async fn prepare<'a>(
     let elsewhere = engine.fleet_plugins().await?;
     check_plugins(&spec, previous, &plan, &engine.supervisor.table(), &elsewhere)?;
 
-    // A scale-down keeps the spec that still has the nodes it takes away until it has
-    // succeeded: an operation after a failure finds them there. Like a limited one, it
-    // runs as an update: a daemon restart does not resume it as a plain `up`.
+    // A scale-down keeps a spec that still has the nodes it takes away until it has
+    // succeeded: an operation after a failure finds them there, and the nodes it adds
+    // too (a `down` then deletes every machine). Like a limited one, it runs as an
+    // update: a daemon restart does not resume it as a plain `up`.
     let partial = shrinking || !options.scope.limit.is_empty() || options.scope.rolling.is_some();
     let recorded = match (&stored, shrinking) {
-        (Some(v), true) => v.clone(),
+        (Some(v), true) => union_spec(v, &spec),
         _ => spec.to_value(),
     };
     let during = if partial { ClusterState::Updating } else { ClusterState::during(kind) };
@@ -308,6 +297,45 @@ impl Prepared<'_> {
         engine.store.end(&spec.name, state, report.as_ref()).await?;
         progress.event(&Event::Finished { outcome: &outcome });
         Ok(outcome)
+    }
+}
+
+/// The stored spec `stored` with the node groups and services of `spec` it lacks, and
+/// each shared group's count raised to `spec`'s where that is higher: every node of both
+/// (an extra node of a shared group as `stored` describes the group). What a scale-down
+/// records while it runs. `stored` itself when the union is not a valid spec (e.g. too
+/// many nodes).
+fn union_spec(stored: &Value, spec: &ClusterSpec) -> Value {
+    let new = spec.to_value();
+    let mut out = stored.clone();
+    if let (Some(groups), Some(new_groups)) =
+        (out.get_mut("nodeGroups").and_then(Value::as_array_mut), new.get("nodeGroups").and_then(Value::as_array))
+    {
+        for g in new_groups {
+            let name = g.get("name");
+            match groups.iter_mut().find(|o| o.get("name") == name) {
+                Some(old) => {
+                    let count = |v: &Value| v.get("count").and_then(Value::as_u64).unwrap_or(1);
+                    if count(g) > count(old)
+                        && let Some(o) = old.as_object_mut()
+                    {
+                        o.insert("count".into(), count(g).into());
+                    }
+                }
+                None => groups.push(g.clone()),
+            }
+        }
+    }
+    if let (Some(services), Some(new_services)) =
+        (out.get_mut("services").and_then(Value::as_object_mut), new.get("services").and_then(Value::as_object))
+    {
+        for (name, s) in new_services {
+            services.entry(name.clone()).or_insert_with(|| s.clone());
+        }
+    }
+    match ClusterSpec::from_value(&out, "the union of the stored spec and the new one", Path::new("/")) {
+        Ok(_) => out,
+        Err(_) => stored.clone(),
     }
 }
 
@@ -785,6 +813,33 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_scale_down_records_every_node_of_the_old_and_the_new_spec() {
+        let spec = |groups: Value| {
+            json!({"name": "c", "provider": {"name": "local"}, "nodeGroups": groups,
+                   "services": {"s": {"actions": {"start": {"type": "shell", "script": "s"}}}}})
+        };
+        let old = spec(json!([{"name": "a", "count": 2, "services": ["s"]}]));
+        let new = ClusterSpec::from_value(
+            &json!({"name": "c", "provider": {"name": "local"},
+                    "nodeGroups": [{"name": "a", "count": 1, "services": ["s"]}, {"name": "b", "count": 3, "services": ["t"]}],
+                    "services": {"s": {"actions": {"start": {"type": "shell", "script": "s"}}}, "t": {"actions": {"start": {"type": "shell", "script": "s"}}}}}),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        let union = ClusterSpec::from_value(&union_spec(&old, &new), "t", Path::new("/")).unwrap();
+        let ids: Vec<String> = union.nodes().into_iter().map(|n| n.id).collect();
+        assert_eq!(ids, ["c-a-1", "c-a-2", "c-b-1", "c-b-2", "c-b-3"]);
+        assert!(union.services.contains_key("t"));
+        // A shared group grows to the larger count.
+        let grown =
+            ClusterSpec::from_value(&spec(json!([{"name": "a", "count": 3, "services": ["s"]}])), "t", Path::new("/"))
+                .unwrap();
+        let union = ClusterSpec::from_value(&union_spec(&old, &grown), "t", Path::new("/")).unwrap();
+        assert_eq!(union.nodes().len(), 3);
+    }
 
     #[test]
     fn a_spec_may_drop_nodes_its_stored_spec_has_but_not_machines_no_spec_has() {

@@ -21,10 +21,12 @@
 //! - **rolling restart** ([`rolling_restart`]): the restart node batch by node batch.
 //! - **limit** ([`Selection`], [`limit`]): only the picked steps, in the same order; a step
 //!   left out that a kept one needs must be done already (else the plan is refused), but
-//!   a STOP, REMOVE or DELETE left out only ordered a teardown and is not needed.
+//!   a STOP, REMOVE or DELETE left out only ordered a teardown and is not needed. A
+//!   `reconfigure` keeps the BOOTSTRAP of the nodes whose service steps it picks.
+//!   A plain name with meanings that pick different steps is refused.
 //! - **scale-down** ([`removal`]): an `up` or `reconfigure` whose spec drops nodes that
 //!   have anything recorded first takes them away (STOP, REMOVE, DELETE, from the stored
-//!   spec); then the operation; then (for `up`) BOOTSTRAP and CONFIGURE of the remaining
+//!   spec; only with [`Scope::remove_nodes`] when any has a machine); then the operation; then (for `up`) BOOTSTRAP and CONFIGURE of the remaining
 //!   nodes, so that their `config.nodes` no longer lists them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -655,60 +657,143 @@ pub fn rolling_restart(spec: &ClusterSpec, marks: &Marks, batch: usize) -> Plan 
 /// it, as before.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    /// `--limit` names: node ids, hostnames, node group names, service names (see
-    /// [`Selection`]); empty: every node and service.
+    /// `--limit` names: node ids, hostnames, node group names, service names, each
+    /// maybe prefixed `node:`, `group:`, `service:` (see [`Selection`]); empty: every
+    /// node and service.
     pub limit: Vec<String>,
     /// `restart-services --rolling`: nodes per batch ([`rolling_restart`]).
     pub rolling: Option<usize>,
     /// For `up` and `reconfigure`: the spec the cluster last ran with. Its nodes that the
     /// new spec drops, and that have anything recorded, are taken away first
-    /// ([`scale_down`]).
+    /// ([`removal`]).
     pub previous: Option<ClusterSpec>,
+    /// `--remove-nodes` (`removeNodes=true`): a spec may drop nodes that have machines
+    /// (a `providerid`); without it [`build`] refuses ([`removal_refused`]), so that a
+    /// renamed node group does not delete the old group's machines.
+    pub remove_nodes: bool,
 }
 
 /// The nodes and services `--limit` names pick. A node id, a hostname or a node group
 /// name picks whole nodes: every step of theirs. A service name picks that service's
 /// steps on the nodes that have it, and no node step (CREATE, CONFIRM, BOOTSTRAP,
-/// DELETE).
+/// DELETE). A name may say what it is: `node:NAME` (id or hostname), `group:NAME`,
+/// `service:NAME`; a plain name that is more than one of these picks what each picks,
+/// as long as they pick the same steps of the plan ([`build`] refuses it otherwise).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     /// Whole nodes, by id.
     pub nodes: BTreeSet<String>,
     /// Services, on every node that has them.
     pub services: BTreeSet<String>,
+    /// Single steps besides: for `reconfigure`, the BOOTSTRAP of each node a service
+    /// limit touches ([`build`]), so that its changed scripts are there for CONFIGURE.
+    pub steps: BTreeSet<StepKey>,
+}
+
+/// The kinds of thing a `--limit` name may name, with their prefixes.
+const LIMIT_KINDS: [&str; 3] = ["node", "group", "service"];
+
+/// What one `--limit` name picks: per kind it names (`node`, `group`, `service`), that
+/// kind's selection.
+#[derive(Debug, Clone)]
+pub struct Named {
+    /// The name as given.
+    pub name: String,
+    /// One selection per kind it names, in the order node, group, service.
+    pub meanings: Vec<(&'static str, Selection)>,
 }
 
 impl Selection {
-    /// What `names` pick in `spec` (a name may be given as `a,b`).
+    /// What `names` pick in `spec` (a name may be given as `a,b`): the union of what each
+    /// name picks, every meaning of a plain name included.
     ///
     /// # Errors
-    /// One problem per name that is no node id, hostname, node group or service.
+    /// One problem per name that is empty or is no node id, hostname, node group or
+    /// service (of the kind its prefix says).
     pub fn resolve(spec: &ClusterSpec, names: &[String]) -> Result<Selection, Vec<String>> {
-        let nodes = spec.nodes();
         let mut sel = Selection::default();
-        let mut problems = Vec::new();
-        for name in names.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
-            let group = spec.node_groups.iter().position(|g| g.name == name);
-            let picked: Vec<&NodeSpec> =
-                nodes.iter().filter(|n| n.id == name || n.hostname == name || Some(n.group) == group).collect();
-            let service = spec.services.contains_key(name);
-            if picked.is_empty() && !service && group.is_none() {
-                problems.push(format!(
-                    "--limit {name}: cluster {} has no node, hostname, node group or service named {name:?}",
-                    spec.name
-                ));
-            }
-            sel.nodes.extend(picked.into_iter().map(|n| n.id.clone()));
-            if service {
-                sel.services.insert(name.to_owned());
+        for named in Selection::resolve_each(spec, names)? {
+            for (_, s) in named.meanings {
+                sel.nodes.extend(s.nodes);
+                sel.services.extend(s.services);
             }
         }
-        if problems.is_empty() { Ok(sel) } else { Err(problems) }
+        Ok(sel)
+    }
+
+    /// What each of `names` picks in `spec`, per kind of thing it names.
+    ///
+    /// # Errors
+    /// As [`Selection::resolve`].
+    pub fn resolve_each(spec: &ClusterSpec, names: &[String]) -> Result<Vec<Named>, Vec<String>> {
+        let nodes = spec.nodes();
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for given in names.iter().flat_map(|n| n.split(',')).map(str::trim) {
+            let (kind, name) = match given.split_once(':') {
+                Some((k, n)) if LIMIT_KINDS.contains(&k) => (Some(k), n.trim()),
+                _ => (None, given),
+            };
+            if name.is_empty() {
+                problems
+                    .push(format!("--limit: an empty name{}", if given.is_empty() { "" } else { " after the prefix" }));
+                continue;
+            }
+            let mut meanings = Vec::new();
+            let by_node: BTreeSet<String> =
+                nodes.iter().filter(|n| n.id == name || n.hostname == name).map(|n| n.id.clone()).collect();
+            if !by_node.is_empty() {
+                meanings.push(("node", Selection { nodes: by_node, ..Selection::default() }));
+            }
+            if let Some(group) = spec.node_groups.iter().position(|g| g.name == name) {
+                let ids = nodes.iter().filter(|n| n.group == group).map(|n| n.id.clone()).collect();
+                meanings.push(("group", Selection { nodes: ids, ..Selection::default() }));
+            }
+            if spec.services.contains_key(name) {
+                let services = BTreeSet::from([name.to_owned()]);
+                meanings.push(("service", Selection { services, ..Selection::default() }));
+            }
+            if let Some(kind) = kind {
+                meanings.retain(|(k, _)| *k == kind);
+            }
+            if meanings.is_empty() {
+                let what = match kind {
+                    Some("node") => "node id or hostname",
+                    Some("group") => "node group",
+                    Some(_) => "service",
+                    None => "node, hostname, node group or service",
+                };
+                problems.push(format!("--limit {given}: cluster {} has no {what} named {name:?}", spec.name));
+                continue;
+            }
+            out.push(Named { name: given.to_owned(), meanings });
+        }
+        if problems.is_empty() { Ok(out) } else { Err(problems) }
     }
 
     /// Whether the step is picked.
     pub fn covers(&self, key: &StepKey) -> bool {
-        self.nodes.contains(&key.node) || key.service.as_ref().is_some_and(|s| self.services.contains(s))
+        self.nodes.contains(&key.node)
+            || key.service.as_ref().is_some_and(|s| self.services.contains(s))
+            || self.steps.contains(key)
+    }
+
+    /// For `reconfigure`: also the BOOTSTRAP (in `plan`) of every node whose service
+    /// steps it picks. A BOOTSTRAP done before counts as satisfying the CONFIGURE after
+    /// it, so without this a changed script would not be uploaded before it runs.
+    #[must_use]
+    pub fn widened(mut self, kind: JobKind, plan: &Plan) -> Selection {
+        if matches!(kind, JobKind::Reconfigure { .. }) {
+            let bootstraps: Vec<StepKey> = plan
+                .steps
+                .iter()
+                .filter(|s| s.key.service.is_some() && self.covers(&s.key))
+                .map(|s| StepKey::node(TaskName::Bootstrap, &s.key.node))
+                .filter(|k| plan.find(k).is_some())
+                .collect();
+            self.steps.extend(bootstraps);
+        }
+        self
     }
 }
 
@@ -780,12 +865,66 @@ pub fn removal(
     retain(down(previous, marks, learned, false), &|k| removed.contains(&k.node))
 }
 
+/// Why dropping `removed` nodes (of `previous`) is refused: some have machines (a
+/// `providerid`, and no DELETE done since) and `remove_nodes` (`--remove-nodes`, `removeNodes=true`) was not
+/// given. Names those nodes, how to opt in, and, when a dropped node's group is gone
+/// from `spec` altogether, that the group looks renamed.
+pub fn removal_refused(
+    spec: &ClusterSpec,
+    previous: &ClusterSpec,
+    removed: &[String],
+    marks: &Marks,
+    learned: &HashMap<String, Map<String, Value>>,
+    remove_nodes: bool,
+) -> Option<String> {
+    if remove_nodes {
+        return None;
+    }
+    // A machine whose DELETE succeeded (a scale-down that failed later) is gone, unless a
+    // CREATE was recorded since (a DELETE undoes every mark of its node).
+    let gone = |id: &str| {
+        marks.get(&StepKey::node(TaskName::Delete, id)) == Some(&Mark::Done)
+            && !marks.contains_key(&StepKey::node(TaskName::Create, id))
+    };
+    let machines: Vec<&String> = removed
+        .iter()
+        .filter(|id| learned.get(*id).is_some_and(|l| l.contains_key("providerid")))
+        .filter(|id| !gone(id))
+        .collect();
+    if machines.is_empty() {
+        return None;
+    }
+    let gone: BTreeSet<&str> = previous
+        .nodes()
+        .iter()
+        .filter(|n| machines.contains(&&n.id))
+        .filter_map(|n| previous.node_groups.get(n.group))
+        .map(|g| g.name.as_str())
+        .filter(|name| !spec.node_groups.iter().any(|g| g.name == *name))
+        .collect();
+    let ids: Vec<&str> = machines.iter().map(|s| s.as_str()).collect();
+    let mut why = format!(
+        "nodeGroups: this spec of cluster {} drops nodes that have machines ({}): they would be stopped, removed and deleted; to take them away, give --remove-nodes (API: removeNodes=true)",
+        spec.name,
+        ids.join(", ")
+    );
+    if !gone.is_empty() {
+        let groups: Vec<&str> = gone.into_iter().collect();
+        why.push_str(&format!(
+            "; node group {} is no longer in the spec at all: it looks renamed (node ids are <cluster>-<group>-<n>, so a renamed group's machines would be replaced by new ones): keep its old name to keep them",
+            groups.join(", ")
+        ));
+    }
+    Some(why)
+}
+
 /// The plan for `kind` within `scope`.
 ///
 /// # Errors
 /// The problems, one per line, when `scope` cannot be planned: an unknown `--limit`
-/// name, a step outside the limit that one inside needs and that is not done, or a limit
-/// given while the spec drops nodes. Nothing is planned then.
+/// name, a step outside the limit that one inside needs and that is not done, a limit
+/// given while the spec drops nodes, or dropped nodes with machines without
+/// `remove_nodes`. Nothing is planned then.
 pub fn build(
     kind: JobKind,
     spec: &ClusterSpec,
@@ -805,6 +944,9 @@ pub fn build(
         _ => Vec::new(),
     };
     if let (Some(previous), false) = (&scope.previous, removed.is_empty()) {
+        if let Some(problem) = removal_refused(spec, previous, &removed, marks, learned, scope.remove_nodes) {
+            return Err(vec![problem]);
+        }
         if !scope.limit.is_empty() {
             return Err(vec![format!(
                 "--limit cannot be used while the spec drops nodes ({}): run without --limit to take them away first",
@@ -820,8 +962,35 @@ pub fn build(
     if scope.limit.is_empty() {
         return Ok(plan);
     }
-    let sel = Selection::resolve(spec, &scope.limit)?;
+    let named = Selection::resolve_each(spec, &scope.limit)?;
+    let ambiguous: Vec<String> = named.iter().filter_map(|n| ambiguity(kind, spec, &plan, n)).collect();
+    if !ambiguous.is_empty() {
+        return Err(ambiguous);
+    }
+    let sel = Selection::resolve(spec, &scope.limit)?.widened(kind, &plan);
     limit(plan, &sel, marks)
+}
+
+/// Why a plain `--limit` name that names more than one kind of thing (a node group and a
+/// service, say) is refused: its meanings pick different steps of `plan`.
+fn ambiguity(kind: JobKind, spec: &ClusterSpec, plan: &Plan, named: &Named) -> Option<String> {
+    let picks = |s: &Selection| -> BTreeSet<&StepKey> {
+        let s = s.clone().widened(kind, plan);
+        plan.steps.iter().map(|st| &st.key).filter(|k| s.covers(k)).collect()
+    };
+    let first = named.meanings.first().map(|(_, s)| picks(s))?;
+    if named.meanings.iter().all(|(_, s)| picks(s) == first) {
+        return None;
+    }
+    let kinds: Vec<&str> = named.meanings.iter().map(|(k, _)| *k).collect();
+    let prefixed: Vec<String> = kinds.iter().map(|k| format!("{k}:{}", named.name)).collect();
+    Some(format!(
+        "--limit {0}: cluster {1} has a {2} named {0:?}, which pick different steps: say which, with {3}",
+        named.name,
+        spec.name,
+        kinds.join(" and a "),
+        prefixed.join(" or ")
+    ))
 }
 
 /// What a successful step undoes: keys whose marks go (a STOP un-starts, a REMOVE
@@ -1136,7 +1305,7 @@ mod tests {
         let data = spec_of(json!([{"name": "data", "services": ["db", "app"]}]));
         let marks_data = all_done(&up(&data, &Marks::new()));
         let plan = build(JobKind::Reconfigure { restart: false }, &data, &marks_data, &none, &scoped(&["db"])).unwrap();
-        assert_eq!(keys(&plan), ["CONFIGURE c-data-1 db"]);
+        assert_eq!(keys(&plan), ["BOOTSTRAP c-data-1", "CONFIGURE c-data-1 db"]);
         // A rolling restart within a limit keeps only the batches it touches.
         let scope = Scope { rolling: Some(1), ..scoped(&["app"]) };
         let plan = build(JobKind::RestartServices, &spec(), &marks, &none, &scope).unwrap();
@@ -1152,6 +1321,69 @@ mod tests {
         let plan = build(JobKind::Up, &spec(), &marks, &none, &scoped(&["c-app-2"])).unwrap();
         assert!(plan.steps.iter().all(|s| s.key.node == "c-app-2"), "{:?}", keys(&plan));
         assert!(plan.find(&k("CREATE c-app-2")).is_some());
+    }
+
+    #[test]
+    fn a_name_that_is_a_group_and_a_service_must_say_which_when_they_differ() {
+        // Group db (node c-db-1) runs service db, and so does group app's nodes.
+        let shared = spec_of(json!([
+            {"name": "db", "services": ["db"]},
+            {"name": "app", "count": 1, "services": ["db", "app"]}
+        ]));
+        let marks = all_done(&up(&shared, &Marks::new()));
+        let learned = made(&["c-db-1", "c-app-1"]);
+        let down = |limit: &[&str]| build(JobKind::Down { force: false }, &shared, &marks, &learned, &scoped(limit));
+        let e = down(&["db"]).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("--limit db: cluster c has a group and a service named \"db\""), "{e:?}");
+        assert!(e[0].contains("group:db or service:db"), "{e:?}");
+        // With a prefix: the group is its node, whole; the service is its steps everywhere.
+        let plan = down(&["group:db"]).unwrap();
+        assert_eq!(keys(&plan), ["STOP c-db-1 db", "REMOVE c-db-1 db", "DELETE c-db-1"]);
+        let plan = down(&["service:db"]).unwrap();
+        assert!(plan.find(&k("STOP c-app-1 db")).is_some() && plan.find(&k("DELETE c-db-1")).is_none());
+        let plan = down(&["node:c-app-1"]).unwrap();
+        assert!(plan.steps.iter().all(|s| s.key.node == "c-app-1") && plan.find(&k("DELETE c-app-1")).is_some());
+        // A prefix names only that kind.
+        let e = down(&["group:c-app-1", "service:nosuch", "node:app"]).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].contains("no node group named \"c-app-1\""), "{e:?}");
+        assert!(e[2].contains("no node id or hostname named \"app\""), "{e:?}");
+        // Empty names.
+        for limit in ["", "a,,b", "group:"] {
+            let e = down(&[limit]).unwrap_err();
+            assert!(e.iter().any(|p| p.starts_with("--limit: an empty name")), "{limit:?}: {e:?}");
+        }
+        // Where the meanings coincide (group db runs exactly service db on spec()), a
+        // plain name still works: a restart, a reconfigure.
+        let marks = all_done(&up(&spec(), &Marks::new()));
+        let none = HashMap::new();
+        let plan = build(JobKind::RestartServices, &spec(), &marks, &none, &scoped(&["db"])).unwrap();
+        assert_eq!(keys(&plan), ["STOP c-db-1 db", "START c-db-1 db"]);
+        let plan = build(JobKind::Reconfigure { restart: false }, &spec(), &marks, &none, &scoped(&["db"])).unwrap();
+        assert_eq!(keys(&plan), ["BOOTSTRAP c-db-1", "CONFIGURE c-db-1 db"]);
+        // app has no CONFIGURE: its group's BOOTSTRAPs are not its service's nothing.
+        let e = build(JobKind::Reconfigure { restart: false }, &spec(), &marks, &none, &scoped(&["app"]));
+        assert!(e.unwrap_err()[0].contains("group:app or service:app"));
+    }
+
+    #[test]
+    fn reconfigure_of_a_service_bootstraps_the_nodes_it_runs_on() {
+        let data = spec_of(json!([
+            {"name": "one", "services": ["db"]},
+            {"name": "two", "count": 2, "services": ["app"]}
+        ]));
+        let marks = all_done(&up(&data, &Marks::new()));
+        let none = HashMap::new();
+        let scope = scoped(&["service:db"]);
+        let plan = build(JobKind::Reconfigure { restart: false }, &data, &marks, &none, &scope).unwrap();
+        assert_eq!(keys(&plan), ["BOOTSTRAP c-one-1", "CONFIGURE c-one-1 db"]);
+        assert!(waits(&plan, "CONFIGURE c-one-1 db", "BOOTSTRAP c-one-1"));
+        let plan = build(JobKind::Reconfigure { restart: true }, &data, &marks, &none, &scope).unwrap();
+        assert_eq!(keys(&plan), ["BOOTSTRAP c-one-1", "STOP c-one-1 db", "CONFIGURE c-one-1 db", "START c-one-1 db"]);
+        // Other operations keep no node step for a service.
+        let e = build(JobKind::Up, &data, &Marks::new(), &none, &scoped(&["service:db"])).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("needs BOOTSTRAP c-one-1, which is outside the limit")), "{e:?}");
     }
 
     #[test]
@@ -1174,7 +1406,7 @@ mod tests {
             {"name": "db", "services": ["db"]},
             {"name": "app", "count": 1, "services": ["app"]}
         ]));
-        let scope = Scope { previous: Some(old.clone()), ..Scope::default() };
+        let scope = Scope { previous: Some(old.clone()), remove_nodes: true, ..Scope::default() };
         let plan = build(JobKind::Up, &smaller, &marks, &learned, &scope).unwrap();
         assert_eq!(
             keys(&plan),
@@ -1191,8 +1423,51 @@ mod tests {
         let plan = build(JobKind::Up, &smaller, &clean, &made(&["c-db-1", "c-app-1"]), &scope).unwrap();
         assert!(plan.steps.is_empty(), "{:?}", keys(&plan));
         // With a limit: refused.
-        let e = build(JobKind::Up, &smaller, &marks, &learned, &Scope { previous: Some(old), ..scoped(&["db"]) });
+        let e = build(
+            JobKind::Up,
+            &smaller,
+            &marks,
+            &learned,
+            &Scope { previous: Some(old), remove_nodes: true, ..scoped(&["db"]) },
+        );
         assert!(e.unwrap_err()[0].contains("drops nodes (c-app-2)"));
+    }
+
+    #[test]
+    fn dropping_nodes_that_have_machines_needs_remove_nodes() {
+        let old = spec();
+        let marks = all_done(&up(&old, &Marks::new()));
+        let learned = made(&["c-db-1", "c-app-1", "c-app-2"]);
+        let smaller = spec_of(json!([
+            {"name": "db", "services": ["db"]},
+            {"name": "app", "count": 1, "services": ["app"]}
+        ]));
+        let scope = Scope { previous: Some(old.clone()), ..Scope::default() };
+        for kind in [JobKind::Up, JobKind::Reconfigure { restart: false }] {
+            let e = build(kind, &smaller, &marks, &learned, &scope).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].contains("drops nodes that have machines (c-app-2)"), "{e:?}");
+            assert!(e[0].contains("--remove-nodes") && e[0].contains("removeNodes=true"), "{e:?}");
+            assert!(!e[0].contains("renamed"), "app is still there: {e:?}");
+        }
+        // A renamed group: every node of the old one would go; the problem says so.
+        let renamed = spec_of(json!([
+            {"name": "db", "services": ["db"]},
+            {"name": "application", "count": 2, "services": ["app"]}
+        ]));
+        let e = build(JobKind::Up, &renamed, &marks, &learned, &scope).unwrap_err();
+        assert!(e[0].contains("(c-app-1, c-app-2)"), "{e:?}");
+        assert!(e[0].contains("node group app is no longer in the spec") && e[0].contains("renamed"), "{e:?}");
+        // Dropped nodes without a machine (nothing made yet, or deleted) need no flag.
+        let plan = build(JobKind::Up, &smaller, &marks, &made(&["c-db-1", "c-app-1"]), &scope).unwrap();
+        assert!(plan.find(&k("STOP c-app-2 app")).is_some(), "{:?}", keys(&plan));
+        let mut deleted = marks.clone();
+        deleted.retain(|k, _| k.node != "c-app-2");
+        deleted.insert(k("DELETE c-app-2"), Mark::Done);
+        assert!(build(JobKind::Up, &smaller, &deleted, &learned, &scope).is_ok());
+        // Made again since (`down --limit`, then `up`): a machine again.
+        deleted.insert(k("CREATE c-app-2"), Mark::Done);
+        assert!(build(JobKind::Up, &smaller, &deleted, &learned, &scope).is_err());
     }
 
     #[test]
@@ -1205,7 +1480,7 @@ mod tests {
             {"name": "app", "count": 1, "services": ["app"]},
             {"name": "web", "count": 1, "services": ["app"]}
         ]));
-        let scope = Scope { previous: Some(old), ..Scope::default() };
+        let scope = Scope { previous: Some(old), remove_nodes: true, ..Scope::default() };
         let plan = build(JobKind::Up, &changed, &marks, &learned, &scope).unwrap();
         assert!(waits(&plan, "CREATE c-web-1", "DELETE c-app-2"));
         assert!(waits(&plan, "START c-web-1 app", "BOOTSTRAP c-web-1"));

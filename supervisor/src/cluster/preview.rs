@@ -10,7 +10,9 @@
 //! The checks, each `ok`, `failed` or `skipped` with a message naming the plugin, service,
 //! file or field (never a credential's value):
 //!
-//! - **nodes**: the spec does not drop machines that exist ([`job::check_nodes`]);
+//! - **nodes**: the spec does not drop machines that exist ([`job::check_nodes`]), nor
+//!   nodes with machines without `--remove-nodes` ([`plan::removal_refused`]; the plan
+//!   shows their removal either way);
 //! - **plugins**: every plugin the steps go to is registered and runnable (as
 //!   [`job::prepare`] checks it);
 //! - **scripts**: each action's script is in the folder the automator uploads
@@ -92,7 +94,7 @@ pub struct Preview {
     pub steps: Vec<PreviewStep>,
     /// How many waves: the steps of one wave may run at once.
     pub waves: usize,
-    /// Every node of the spec, with its steps.
+    /// Every node of the spec, then the nodes it drops (`removed`), with their steps.
     pub nodes: Vec<NodePreview>,
     /// What changed since the spec of the cluster's last operation.
     pub changes: Changes,
@@ -130,7 +132,8 @@ pub struct PreviewStep {
 pub struct NodePreview {
     /// Its id.
     pub id: String,
-    /// `new` (no machine made yet) or `existing`.
+    /// `new` (no machine made yet), `existing`, or `removed` (a node the spec drops,
+    /// which a scale-down takes away).
     pub status: &'static str,
     /// Indexes of its steps in [`Preview::steps`].
     pub steps: Vec<usize>,
@@ -251,7 +254,16 @@ pub fn build(
     };
     let previous = scope.previous.as_ref();
     let mut checks = Vec::new();
-    let plan = plan::build(kind, spec, marks, learned, &scope).unwrap_or_else(|problems| {
+    // The nodes a spec drops are shown (and their steps) with or without
+    // `--remove-nodes`; without it, when they have machines, the `nodes` check fails.
+    let dropped = previous.map(|p| plan::dropped_nodes(spec, p, marks, learned)).unwrap_or_default();
+    if let Some(why) =
+        previous.and_then(|p| plan::removal_refused(spec, p, &dropped, marks, learned, scope.remove_nodes))
+    {
+        checks.push(Check::failed("nodes", &why));
+    }
+    let shown = plan::Scope { remove_nodes: true, ..scope.clone() };
+    let plan = plan::build(kind, spec, marks, learned, &shown).unwrap_or_else(|problems| {
         checks.extend(problems.iter().map(|p| Check::failed("limit", p)));
         Plan::default()
     });
@@ -266,13 +278,16 @@ pub fn build(
     checks.extend(placeholder_checks(spec, &plan, &nodes, learned));
     let stored = known.and_then(|s| ClusterSpec::from_value(&s.cluster.spec, "stored", Path::new("/")).ok());
     let since = known.and_then(|s| s.cluster.last_job.clone());
+    let steps_of_node =
+        |id: &str| steps.iter().enumerate().filter(|(_, s)| s.node == id).map(|(i, _)| i).collect::<Vec<_>>();
     let node_previews = nodes
         .iter()
         .map(|n| NodePreview {
             id: n.id.clone(),
             status: if exists(&n.id, learned, marks) { "existing" } else { "new" },
-            steps: steps.iter().enumerate().filter(|(_, s)| s.node == n.id).map(|(i, _)| i).collect(),
+            steps: steps_of_node(&n.id),
         })
+        .chain(dropped.iter().map(|id| NodePreview { id: id.clone(), status: "removed", steps: steps_of_node(id) }))
         .collect();
     let (force, restart) = match kind {
         JobKind::Down { force } => (force, false),
@@ -1066,10 +1081,28 @@ mod tests {
         // A spec with one app node fewer: its removal, then the rest reconfigured.
         let mut smaller = spec_value(dir.path());
         smaller["nodeGroups"][1]["count"] = json!(1);
-        let p = build(&spec(&smaller), JobKind::Up, Some(&snap), &plan::Scope::default(), &view(&reg));
+        let removing = plan::Scope { remove_nodes: true, ..plan::Scope::default() };
+        let p = build(&spec(&smaller), JobKind::Up, Some(&snap), &removing, &view(&reg));
         assert!(p.steps.iter().any(|st| st.step == "DELETE c-app-2"), "{:#?}", p.steps);
         assert!(p.steps.iter().any(|st| st.step == "BOOTSTRAP c-app-1"), "{:#?}", p.steps);
         assert!(!failed(&p).iter().any(|m| m.starts_with("nodes:")), "{:#?}", failed(&p));
+        // The dropped node is listed, marked removed, with its steps, in text and JSON.
+        let removed = p.nodes.iter().find(|n| n.id == "c-app-2").expect("c-app-2 is listed");
+        assert_eq!(removed.status, "removed");
+        let of_removed: Vec<&str> = removed.steps.iter().map(|&i| p.steps[i].step.as_str()).collect();
+        assert_eq!(of_removed, ["DELETE c-app-2"]);
+        let text = p.text(false);
+        assert!(text.contains("node c-app-2 (removed)\n  DELETE["), "{text}");
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(json["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "c-app-2" && n["status"] == "removed"));
+        // Without --remove-nodes: the same plan shown, and the nodes check fails saying how.
+        let p = build(&spec(&smaller), JobKind::Up, Some(&snap), &plan::Scope::default(), &view(&reg));
+        assert!(p.steps.iter().any(|st| st.step == "DELETE c-app-2") && !p.ok, "{:#?}", p.steps);
+        let f = failed(&p);
+        assert!(
+            f.iter().any(|m| m.starts_with("nodes: ") && m.contains("(c-app-2)") && m.contains("--remove-nodes")),
+            "{f:#?}"
+        );
     }
 
     #[test]

@@ -101,7 +101,8 @@ fn request(command: &ClusterCommand) -> Result<(Request, Shown), String> {
     match command {
         ClusterCommand::Up(a) => {
             let (name, body) = spec_body(&a.spec)?;
-            operation(&name, JobKind::Up, &a.common, Some(body))
+            let common = Common { remove_nodes: a.remove_nodes, ..a.common.clone() };
+            operation(&name, JobKind::Up, &common, Some(body))
         }
         ClusterCommand::Down(a) => {
             operation(&cluster_name(&a.cluster)?, JobKind::Down { force: a.force }, &a.common, None)
@@ -113,12 +114,13 @@ fn request(command: &ClusterCommand) -> Result<(Request, Shown), String> {
         }
         ClusterCommand::Reconfigure(a) => {
             let kind = JobKind::Reconfigure { restart: a.restart };
+            let common = Common { remove_nodes: a.remove_nodes, ..a.common.clone() };
             match spec_file(&a.cluster) {
                 Some(file) => {
                     let (name, body) = spec_body(file)?;
-                    operation(&name, kind, &a.common, Some(body))
+                    operation(&name, kind, &common, Some(body))
                 }
-                None => operation(&a.cluster, kind, &a.common, None),
+                None => operation(&a.cluster, kind, &common, None),
             }
         }
         ClusterCommand::Plan(a) => {
@@ -129,12 +131,13 @@ fn request(command: &ClusterCommand) -> Result<(Request, Shown), String> {
                 PlanOp::Reconfigure => JobKind::Reconfigure { restart: a.restart },
             };
             let sends_spec = matches!(kind, JobKind::Up | JobKind::Reconfigure { .. });
+            let common = Common { remove_nodes: a.remove_nodes, ..a.common.clone() };
             match spec_file(&a.cluster) {
                 Some(file) if sends_spec => {
                     let (name, body) = spec_body(file)?;
-                    plan(&name, kind, &a.common, Some(body))
+                    plan(&name, kind, &common, Some(body))
                 }
-                _ => plan(&cluster_name(&a.cluster)?, kind, &a.common, None),
+                _ => plan(&cluster_name(&a.cluster)?, kind, &common, None),
             }
         }
         ClusterCommand::Status(a) => {
@@ -208,6 +211,9 @@ fn scope_query(common: &Common) -> Vec<String> {
     if let Some(batch) = common.rolling {
         query.push("rolling=true".to_owned());
         query.push(format!("batch={batch}"));
+    }
+    if common.remove_nodes {
+        query.push("removeNodes=true".to_owned());
     }
     query
 }
@@ -505,6 +511,31 @@ mod tests {
             Ok((Method::POST, "/v1/clusters/c1/plan?op=reconfigure&restart=true".into(), false))
         );
         assert!(built(&with(&["forget", "c1"])).is_err_and(|e| e.contains("not available over the API")));
+        assert_eq!(
+            built(&with(&["reconfigure", "c1", "--remove-nodes", "--no-wait"])),
+            Ok((Method::POST, "/v1/clusters/c1/reconfigure?removeNodes=true".into(), false))
+        );
+        assert_eq!(
+            built(&with(&["plan", "c1", "--op", "reconfigure", "--remove-nodes"])),
+            Ok((Method::POST, "/v1/clusters/c1/plan?op=reconfigure&removeNodes=true".into(), false))
+        );
+    }
+
+    #[test]
+    fn an_empty_limit_name_is_a_usage_error() {
+        let check = |args: &[&str]| {
+            let cli =
+                <Cli as clap::Parser>::try_parse_from([&["cluster"], args].concat()).map_err(|e| e.to_string())?;
+            super::super::check_limit(&cli.command)
+        };
+        assert_eq!(check(&["down", "c1", "--limit", ""]), Err("--limit: an empty name".to_owned()));
+        assert_eq!(check(&["down", "c1", "--limit", "a,,b"]), Err("--limit: an empty name".to_owned()));
+        assert_eq!(
+            check(&["restart-services", "c1", "--limit", "group:"]),
+            Err("--limit group:: an empty name".to_owned())
+        );
+        assert_eq!(check(&["down", "c1", "--limit", "group:db,service:web,c1-db-1"]), Ok(()));
+        assert_eq!(check(&["status", "c1"]), Ok(()));
     }
 
     #[test]

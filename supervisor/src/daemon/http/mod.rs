@@ -6,19 +6,21 @@
 //! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
 //! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error) |
 //! | `POST /v1/plugins/{name}/restart` | 202, 404 |
-//! | `POST /v1/clusters[?wait=true][&limit=L]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec, a missing plugin or a bad limit (with `problems`), 409 busy. A spec that drops nodes of a live cluster takes them away (scale-down) |
+//! | `POST /v1/clusters[?wait=true][&limit=L][&removeNodes=true]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec, a missing plugin, a bad limit, or dropped nodes with machines without `removeNodes=true` (with `problems`), 409 busy. A spec that drops nodes of a live cluster takes them away (scale-down) |
 //! | `GET /v1/clusters` | 200 `{"clusters": [...]}` |
 //! | `GET /v1/clusters/{name}[?tasks=true]` | 200 the cluster (as `cluster status --json`), 404 |
 //! | `DELETE /v1/clusters/{name}[?force=true][&wait=true][&limit=L]` | 202 `down` started (as POST), 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/restart-services[?wait=true][&limit=L][&rolling=true[&batch=N]]` | 202, 400, 404, 409 |
-//! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true][&limit=L]` (body: optionally the changed spec) | 202, 400, 404, 409 |
-//! | `POST /v1/clusters/{name}/plan[?op=up\|down\|restart-services\|reconfigure][&force=true][&restart=true][&limit=L][&rolling=true[&batch=N]]` (body: for `up` and `reconfigure`, optionally the spec; else the stored one) | 200 what the operation would do, sending nothing (as `cluster plan --json`; `ok` false when a check failed), 400, 404 |
+//! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true][&limit=L][&removeNodes=true]` (body: optionally the changed spec) | 202, 400, 404, 409 |
+//! | `POST /v1/clusters/{name}/plan[?op=up\|down\|restart-services\|reconfigure][&force=true][&restart=true][&limit=L][&rolling=true[&batch=N]][&removeNodes=true]` (body: for `up` and `reconfigure`, optionally the spec; else the stored one) | 200 what the operation would do, sending nothing (as `cluster plan --json`; `ok` false when a check failed), 400, 404 |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
 //! `limit` (repeatable, or comma-separated; percent-encoded) is the commands' `--limit`:
-//! node ids, hostnames, node groups or services; `rolling` and `batch` (nodes per batch,
-//! default 1) are `restart-services --rolling --batch N`. A `batch` that is not a number
+//! node ids, hostnames, node groups or services (`node:`, `group:`, `service:` prefixes);
+//! `rolling` and `batch` (nodes per batch, default 1) are `restart-services --rolling
+//! --batch N`; `removeNodes=true` is `--remove-nodes` (a spec may drop nodes that have
+//! machines). A `batch` that is not a number
 //! from 1 gets 400.
 //!
 //! With a token configured every path but `/healthz` needs `Authorization: Bearer <token>`
@@ -171,6 +173,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Err(why) if operates => return error(StatusCode::BAD_REQUEST, &why),
         Err(_) => Scope::default(),
     };
+    let scope = with_remove_nodes(scope, &req);
     match endpoint {
         Endpoint::Health => health(daemon),
         Endpoint::Metrics => metrics(daemon).await,
@@ -304,7 +307,13 @@ fn scope(req: &Request<Body>, rolls: bool) -> Result<Scope, String> {
         },
         None => 1,
     };
-    Ok(Scope { limit, rolling: rolling.then_some(batch), previous: None })
+    Ok(Scope { limit, rolling: rolling.then_some(batch), ..Scope::default() })
+}
+
+/// `scope` with the query's `removeNodes=true` (`--remove-nodes`): a spec may drop
+/// nodes that have machines, which are then stopped, removed and deleted.
+fn with_remove_nodes(scope: Scope, req: &Request<Body>) -> Scope {
+    Scope { remove_nodes: flag(req, "removeNodes"), ..scope }
 }
 
 /// Cluster specs are small; this keeps a spec's tree small too.
