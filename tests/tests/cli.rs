@@ -173,13 +173,7 @@ fn bad_input_in_a_file_is_a_usage_error_that_names_the_line_and_runs_nothing() {
 fn run_streams_results_while_stdin_stays_open() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "a1", json!({}));
-    let mut child = Command::new(provisioner())
-        .args(["run", "--plugins-dir", plugins.path().to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&plugins);
     let mut stdin = child.stdin.take().unwrap();
     let lines = result_lines(child.stdout.take().unwrap());
     let next = || -> Value {
@@ -210,13 +204,7 @@ fn run_streams_results_while_stdin_stays_open() {
 fn run_stops_reading_when_its_stdout_is_closed() {
     let plugins = Plugins::new();
     plugins.add_test_plugin("automator", "a1", json!({}));
-    let mut child = Command::new(provisioner())
-        .args(["run", "--plugins-dir", plugins.path().to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&plugins);
     let mut stdin = child.stdin.take().unwrap();
     // Nobody reads the results any more.
     drop(child.stdout.take());
@@ -231,6 +219,17 @@ fn run_stops_reading_when_its_stdout_is_closed() {
     assert!(stderr.contains("stdout was closed: no more of <stdin> is read"), "{stderr}");
     drop(stdin);
     plugins.assert_no_leftovers();
+}
+
+/// `run` on `plugins`, with stdin, stdout and stderr piped.
+fn spawn_run(plugins: &Plugins) -> std::process::Child {
+    Command::new(provisioner())
+        .args(["run", "--plugins-dir", plugins.path().to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// The lines a reader yields, on a channel, read by a thread of their own.

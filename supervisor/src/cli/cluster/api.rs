@@ -9,6 +9,7 @@
 //! for the plan (`POST /v1/clusters/{name}/plan`), shown as the daemon's JSON; exit 1 when
 //! one of its checks failed.
 
+use crate::daemon::http::path::encode;
 use std::io::Write;
 
 use hyper::Method;
@@ -254,19 +255,6 @@ fn cluster_name(arg: &str) -> Result<String, String> {
 /// `/v1/clusters/{name}{rest}`, the name percent-encoded.
 fn cluster_path(name: &str, rest: &str) -> String {
     format!("/v1/clusters/{}{rest}", encode(name))
-}
-
-/// `text` percent-encoded: every byte but letters, digits and `-_.~`.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Sends `request` and shows the answer; see [`dispatch`].

@@ -45,7 +45,7 @@ use crate::daemon::config::Listen;
 use crate::daemon::service::{ClusterOpError, Daemon, SubmitError, Submitted};
 
 mod body;
-mod path;
+pub(crate) mod path;
 mod routes;
 mod server;
 

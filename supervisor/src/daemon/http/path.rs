@@ -31,8 +31,9 @@ pub(super) fn decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `name` with every byte but RFC 3986's unreserved characters percent-encoded.
-pub(super) fn encode(name: &str) -> String {
+/// `name` with every byte but RFC 3986's unreserved characters percent-encoded (also
+/// what the `--api` client sends: names and query values).
+pub(crate) fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
