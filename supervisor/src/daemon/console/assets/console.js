@@ -1,0 +1,2 @@
+"use strict";
+// The console is written in console.js; this file is replaced by it.
