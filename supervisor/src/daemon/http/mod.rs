@@ -3,7 +3,7 @@
 //! | method and path ([`routes`]) | answer |
 //! |---|---|
 //! | `POST /v1/tasks[?wait=true]` | 202 `{"taskId","state":"queued"}`, or with `wait` 200 and the finished task; a known id: 200 and that task, never a second run |
-//! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
+//! | `GET /v1/tasks/{taskId}[?masked=true]` | 200 the task (`state`: queued, running, done; `result` when done; credentials masked by key with `masked` and always for the console's session), 404 |
 //! | `GET /v1/tasks[?state=&plugin=&name=&cluster=&limit=&before=]` | 200 `{"tasks","next"}`: the task API's tasks newest first, no bodies ([`tasks`]) |
 //! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error and stderr) |
 //! | `POST /v1/plugins/{name}/restart` | 202, 404 |
@@ -207,6 +207,13 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Endpoint::Metrics => metrics(daemon).await,
         Endpoint::SubmitTask => submit(daemon, req, wait).await,
         Endpoint::GetTask => match daemon.get(arg).await {
+            // The console never shows a credential, even one a provider legitimately
+            // returns in `result`: for its session (or `masked=true`) they are masked by key.
+            Ok(Some(r)) if matches!(caller, Some(guard::Caller::Session(_))) || flag(&req, "masked") => {
+                let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+                crate::wire::redact::mask_credentials(&mut v);
+                json_response(StatusCode::OK, &v)
+            }
             Ok(Some(r)) => json_response(StatusCode::OK, &r),
             Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {arg}")),
             Err(e) => journal_error(daemon, &e.to_string()),
