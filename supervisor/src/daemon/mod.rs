@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod budget;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod memory;
 pub mod metrics;
