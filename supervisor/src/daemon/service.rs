@@ -50,6 +50,8 @@ pub struct Daemon {
     pub journal: Journal,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// What `GET /v1/events` streams.
+    pub events: Arc<crate::daemon::events::Bus>,
     /// systemd.
     pub notifier: Notifier,
     /// Room for tasks in memory (`max_pending_task_bytes`).
@@ -179,6 +181,7 @@ impl Daemon {
             supervisor,
             journal,
             metrics: Metrics::default(),
+            events: Arc::new(crate::daemon::events::Bus::new()),
             notifier: Notifier::from_env(),
             inflight: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
@@ -864,7 +867,8 @@ impl Daemon {
     /// the journal cannot take (it cannot write) are not waited for: they are spilled to a
     /// file the next start applies (see [`Daemon::spill_unwritten`]). Cluster operations
     /// are cut short first: they resume at the next start. Last, the journal is
-    /// checkpointed, so that the finished tasks' bodies are in none of its files.
+    /// checkpointed, so that the finished tasks' bodies are in none of its files, and the
+    /// event bus closed (`GET /v1/events` streams end).
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         self.cluster_stop.cancel();
@@ -893,6 +897,9 @@ impl Daemon {
         if let Err(e) = self.journal.checkpoint().await {
             tracing::warn!("cannot checkpoint the journal: {e}");
         }
+        // Last: the event streams end once they have sent what the drain published (the
+        // tasks that finished meanwhile, the plugins stopping).
+        self.events.close();
     }
 
     /// Waits (at most `limit`) until every task is done, or, while the journal cannot

@@ -13,6 +13,7 @@
 //! | `POST /v1/clusters/{name}/restart-services[?wait=true][&limit=L][&rolling=true[&batch=N]]` | 202, 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true][&limit=L][&removeNodes=true]` (body: optionally the changed spec) | 202, 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/plan[?op=up\|down\|restart-services\|reconfigure][&force=true][&restart=true][&limit=L][&rolling=true[&batch=N]][&removeNodes=true]` (body: for `up` and `reconfigure`, optionally the spec; else the stored one) | 200 what the operation would do, sending nothing (as `cluster plan --json`; `ok` false when a check failed), 400, 404 |
+//! | `GET /v1/events[?since=ID]` (or `Last-Event-ID: ID`) | 200 `text/event-stream`: the daemon's events as they happen (tasks, cluster operations and their steps, output, plugin phases; see [`sse`] and README.md), resumable; 503 past 64 streams |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
@@ -32,7 +33,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -48,6 +50,7 @@ mod body;
 pub(crate) mod path;
 mod routes;
 mod server;
+mod sse;
 
 use routes::{Endpoint, Found};
 use server::Body;
@@ -124,13 +127,21 @@ pub enum BindError {
     },
 }
 
-pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
+/// A response's body: whole (JSON, text), or streamed (`GET /v1/events`).
+pub(super) type ApiBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A body of `bytes`, whole.
+fn full(bytes: impl Into<Bytes>) -> ApiBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<ApiBody> {
     let response = route(daemon, req).await;
     daemon.metrics.http(response.status().as_u16());
     response
 }
 
-async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
+async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<ApiBody> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let Some(decoded) = path::segments(&path) else {
         return error(StatusCode::BAD_REQUEST, "the path is not valid percent-encoded UTF-8");
@@ -215,6 +226,7 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
             }
         }
         Endpoint::ClusterPlan => cluster_plan(daemon, req, arg, scope).await,
+        Endpoint::Events => sse::events(daemon, &req),
     }
 }
 
@@ -236,7 +248,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
+fn health(daemon: &Daemon) -> Response<ApiBody> {
     if daemon.draining() {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
     }
@@ -250,7 +262,7 @@ fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({"status": "ok", "summary": daemon.status_line()}))
 }
 
-async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
+async fn metrics(daemon: &Daemon) -> Response<ApiBody> {
     let table = daemon.supervisor.table();
     let readings = crate::daemon::metrics::Readings {
         table: &table,
@@ -263,7 +275,7 @@ async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
     if let Ok(queued) = daemon.journal.queued_by_needs().await {
         crate::daemon::metrics::render_fleet_queue(&mut text, &queued);
     }
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(full(text));
     r.headers_mut()
         .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
@@ -321,7 +333,7 @@ const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 /// The body, within `limit` bytes, `http.body_read_timeout_secs` and the task budget;
 /// else the answer to give (see [`body::receive`]).
-async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<body::Received, Response<Full<Bytes>>> {
+async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<body::Received, Response<ApiBody>> {
     let config = daemon.config();
     let limits = body::BodyLimits { max_bytes: limit, timeout: config.http.body_read_timeout, budget: &daemon.budget };
     body::receive(req, limits).await.map_err(|mut r| {
@@ -333,7 +345,7 @@ async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<
     })
 }
 
-async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<Full<Bytes>> {
+async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<ApiBody> {
     let received = match read_body(daemon, req, daemon.config().max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -362,7 +374,7 @@ async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Respons
     }
 }
 
-async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
+async fn finished(daemon: &Daemon, id: &str) -> Response<ApiBody> {
     match daemon.wait(id).await {
         Ok(Some(r)) if r.state == crate::journal::State::Done => json_response(StatusCode::OK, &r),
         // Waiting for a daemon that runs its plugin: said at once, not after a timeout.
@@ -378,7 +390,7 @@ async fn read_spec(
     daemon: &Daemon,
     req: Request<Body>,
     default: Option<ClusterSpec>,
-) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+) -> Result<ClusterSpec, Response<ApiBody>> {
     let body = read_body(daemon, req, MAX_SPEC_BYTES.min(daemon.config().max_body_bytes)).await?.bytes;
     let mut spec = match (body.iter().all(u8::is_ascii_whitespace), default) {
         (true, Some(spec)) => spec,
@@ -399,11 +411,11 @@ async fn read_spec(
 }
 
 /// The spec cluster `name` last ran with.
-async fn stored(daemon: &Daemon, name: &str) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+async fn stored(daemon: &Daemon, name: &str) -> Result<ClusterSpec, Response<ApiBody>> {
     crate::cluster::job::stored_spec(&daemon.clusters, name).await.map_err(|e| job_error(&e))
 }
 
-fn job_error(e: &JobError) -> Response<Full<Bytes>> {
+fn job_error(e: &JobError) -> Response<ApiBody> {
     match e {
         JobError::Unknown(_) => error(StatusCode::NOT_FOUND, &e.to_string()),
         JobError::Busy(_) => error(StatusCode::CONFLICT, &e.to_string()),
@@ -421,7 +433,7 @@ async fn cluster_op(
     kind: JobKind,
     scope: Scope,
     wait: bool,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let name = spec.name.clone();
     let job = match daemon.start_cluster_op_within(spec, kind, scope).await {
         Ok(job) => job,
@@ -466,7 +478,7 @@ fn query_value<'r>(req: &'r Request<Body>, name: &str) -> Option<&'r str> {
 
 /// `POST /v1/clusters/{name}/plan`: what `op` would do on cluster `name`, from the body's
 /// spec (`up`, `reconfigure`) or the stored one; sends nothing, records nothing.
-async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Scope) -> Response<Full<Bytes>> {
+async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Scope) -> Response<ApiBody> {
     let kind = match query_value(&req, "op").unwrap_or("up") {
         "up" => JobKind::Up,
         "down" => JobKind::Down { force: flag(&req, "force") },
@@ -515,7 +527,7 @@ async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Sc
     }
 }
 
-async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
+async fn cluster_list(daemon: &Daemon) -> Response<ApiBody> {
     let records = match daemon.clusters.list().await {
         Ok(r) => r,
         Err(e) => return journal_error(daemon, &e.to_string()),
@@ -531,7 +543,7 @@ async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({"clusters": views}))
 }
 
-async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<Bytes>> {
+async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<ApiBody> {
     match ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), name, tasks).await {
         Ok(Some(v)) => json_response(StatusCode::OK, &v),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
@@ -596,7 +608,7 @@ fn phase_name(p: &crate::core::pool::Phase) -> &'static str {
     }
 }
 
-fn restart(daemon: &Daemon, name: &str) -> Response<Full<Bytes>> {
+fn restart(daemon: &Daemon, name: &str) -> Response<ApiBody> {
     let table = daemon.supervisor.table();
     let matching: Vec<_> = table.plugins().filter(|p| p.name() == name).collect();
     if matching.is_empty() {
@@ -610,22 +622,22 @@ fn restart(daemon: &Daemon, name: &str) -> Response<Full<Bytes>> {
     json_response(StatusCode::ACCEPTED, &json!({"restarting": which}))
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<ApiBody> {
     let mut text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     text.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<ApiBody> {
     json_response(status, &json!({"error": message}))
 }
 
 /// The journal failed: 503 with `Retry-After` while a shared journal's server is out of
 /// reach (the daemon connects again by itself; nothing is accepted meanwhile), else 500.
-fn journal_error(daemon: &Daemon, message: &str) -> Response<Full<Bytes>> {
+fn journal_error(daemon: &Daemon, message: &str) -> Response<ApiBody> {
     if daemon.shared() && daemon.journal.health().problem().is_some() {
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
         r.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("2"));
@@ -672,6 +684,54 @@ mod tests {
         let junk = exchange(&daemon, b"\x00\xff garbage\r\n\r\n").await;
         assert!(junk.is_empty() || junk.starts_with("HTTP/1.1 400"), "{junk}");
         daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn paths_are_routed_and_authorized_by_their_decoded_segments() {
+        let dir = crate::core::trust::test_dir();
+        let daemon = daemon(dir.path());
+        let ok = exchange(&daemon, b"GET /%68ealthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let wrong = exchange(&daemon, b"POST /v1/%65vents HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(wrong.starts_with("HTTP/1.1 405") && wrong.contains("allow: GET"), "{wrong}");
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    /// Reads from `client` until `want` has arrived; what arrived.
+    async fn read_until(client: &mut tokio::io::DuplexStream, seen: &mut String, want: &str) {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(60), client.read(&mut buf))
+                .await
+                .expect("in time")
+                .unwrap();
+            assert!(n > 0, "the stream ended before {want:?}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_stays_open_past_the_idle_timeout_and_ends_at_the_drain() {
+        let dir = crate::core::trust::test_dir();
+        let daemon = daemon(dir.path());
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(serve_stream(server, Arc::clone(&daemon)));
+        client.write_all(b"GET /v1/%65vents HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut seen = String::new();
+        read_until(&mut client, &mut seen, ": events of run").await;
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+        assert!(seen.contains("cache-control: no-store") && seen.contains("x-accel-buffering: no"), "{seen}");
+        // The idle timeout is 1 s here: an open stream is a request in hand.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        daemon.events.publish("test.event", &json!({"a": 1}));
+        let id = daemon.events.id(1);
+        read_until(&mut client, &mut seen, &format!("id: {id}\nevent: test.event\ndata: {{\"a\":1}}\n\n")).await;
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.read_to_end(&mut rest)).await.unwrap().unwrap();
+        drop(client);
+        serving.await.unwrap();
     }
 
     #[tokio::test]
