@@ -13,5 +13,6 @@ pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod published;
 pub mod serve;
 pub mod service;
