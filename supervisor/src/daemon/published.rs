@@ -271,12 +271,19 @@ pub struct Published<'a, P> {
     pub inner: P,
     /// The operation, once planned: cluster, job id.
     op: Mutex<Option<(String, String)>>,
+    /// The attempt of each step's task in flight, for its `step.finished` (the progress
+    /// event of its end does not say).
+    attempts: Mutex<HashMap<String, u32>>,
 }
 
 impl<'a, P> Published<'a, P> {
     /// `inner`, its events also published by `publisher`.
     pub fn new(publisher: &'a Publisher, inner: P) -> Published<'a, P> {
-        Published { publisher, inner, op: Mutex::new(None) }
+        Published { publisher, inner, op: Mutex::new(None), attempts: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock_attempts(&self) -> MutexGuard<'_, HashMap<String, u32>> {
+        self.attempts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn op(&self) -> (String, String) {
@@ -307,6 +314,7 @@ impl<P> Published<'_, P> {
             Progressed::TaskStarted { key, task_id, task, attempt } => {
                 let (cluster, job) = self.op();
                 self.publisher.follow(task_id, Some(&cluster), Some(&job));
+                self.lock_attempts().insert((*task_id).to_owned(), *attempt);
                 let data = json!({"cluster": cluster, "jobId": job, "step": key.encode(), "node": key.node,
                                   "service": key.service, "action": task.as_str(), "taskId": task_id,
                                   "attempt": attempt});
@@ -314,6 +322,7 @@ impl<P> Published<'_, P> {
             }
             Progressed::TaskFinished { key, task_id, task, plugin, status, elapsed, retrying, .. } => {
                 self.publisher.unfollow(task_id);
+                let attempt = self.lock_attempts().remove(*task_id);
                 let (cluster, job) = self.op();
                 let outcome = match (status, retrying) {
                     (0, _) => "ok",
@@ -322,7 +331,7 @@ impl<P> Published<'_, P> {
                 };
                 let data = json!({"cluster": cluster, "jobId": job, "step": key.encode(), "node": key.node,
                                   "service": key.service, "action": task.as_str(), "taskId": task_id,
-                                  "plugin": plugin, "status": status, "durationMs": millis(*elapsed),
+                                  "attempt": attempt, "plugin": plugin, "status": status, "durationMs": millis(*elapsed),
                                   "outcome": outcome});
                 bus.publish("step.finished", &data);
             }
