@@ -1,7 +1,8 @@
 //! The daemon (`loom-provisioner serve`): its configuration ([`config`]), the service
 //! that journals and runs submitted tasks and cluster operations ([`service`]), the HTTP
-//! API ([`http`]), systemd ([`notify`], [`activation`]), metrics ([`metrics`]), and bounds on what it
-//! holds ([`budget`], [`memory`]); [`serve`] puts them together.
+//! API ([`http`]) and its live events ([`events`], the bus; [`published`], what goes on
+//! it), systemd ([`notify`], [`activation`]), metrics ([`metrics`]), and bounds on what
+//! it holds ([`budget`], [`memory`]); [`serve`] puts them together.
 //!
 //! Uses the clusters, the journal, the core, the wire and the log; nothing above.
 
