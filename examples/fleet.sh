@@ -61,7 +61,7 @@ echo "== two daemons, one fleet:"
 curl -s $api2/v1/plugins | python3 -c 'import json,sys; [print("  ", d["name"], "pid", d["pid"], "alive" if d["alive"] else "dead") for d in json.load(sys.stdin)["daemons"]]'
 
 echo "== cluster up through d1"
-curl -s -X POST $api1/v1/clusters --data-binary @examples/local-cluster.json; echo
+curl -s -X POST $api1/v1/clusters -H "Content-Type: application/json" --data-binary @examples/local-cluster.json; echo
 bootstrapping='import json,sys; t=json.load(sys.stdin).get("tasks") or []; sys.exit(0 if any(x["taskName"]=="BOOTSTRAP" for x in t) else 1)'
 until curl -s "$api2/v1/clusters/local-demo?tasks=true" | python3 -c "$bootstrapping"; do sleep 0.1; done
 echo "== kill -9 d1 halfway (the machines are made, the services not yet);"

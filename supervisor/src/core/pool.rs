@@ -132,6 +132,8 @@ struct Observed {
     observer: Arc<dyn PhaseObserver>,
     plugin: String,
     kind: PluginKind,
+    /// Held while a change is told ([`Pool::report`]).
+    reporting: Mutex<()>,
 }
 
 /// A snapshot of one instance, for `plugins` listings and the API.
@@ -219,13 +221,16 @@ impl Pool {
     /// Tells `observer` of every phase change from now on, as of plugin `plugin` of
     /// `kind`. A second call changes nothing.
     pub(crate) fn observe(&self, observer: Arc<dyn PhaseObserver>, plugin: &str, kind: PluginKind) {
-        let _ = self.observer.set(Observed { observer, plugin: plugin.to_owned(), kind });
+        let _ = self.observer.set(Observed { observer, plugin: plugin.to_owned(), kind, reporting: Mutex::new(()) });
     }
 
     /// Tells the observer, if any, of instance `slot` as it is now; outside the pool's
     /// lock, since the observer may take locks of its own.
     fn report(&self, slot: usize) {
         let Some(o) = self.observer.get() else { return };
+        // One report at a time, snapshot and telling together: two changes made at once
+        // are told in the order of their snapshots, so the last told is the phase now.
+        let _in_order = o.reporting.lock().unwrap_or_else(PoisonError::into_inner);
         let snapshot = self.lock().slots.get(slot).map(|s| (s.phase.clone(), s.pid, s.restarts));
         if let Some((phase, pid, restarts)) = snapshot {
             let change = PhaseChange { plugin: &o.plugin, kind: o.kind, instance: slot, phase: &phase, pid, restarts };

@@ -45,6 +45,10 @@ const ALL_RATE: (f64, f64) = (512.0 * 1024.0, 1024.0 * 1024.0);
 /// Tasks whose output is followed at once; beyond, a task's output is not published.
 const MAX_TRACKED: usize = 16 * 1024;
 
+/// A task's `task.finished`, made when its answer came ([`Publisher::task_finished`]), published
+/// when its result is journaled ([`Publisher::publish_finished`]).
+pub struct Finished(Value);
+
 /// Publishes the daemon's events.
 pub struct Publisher {
     bus: Arc<Bus>,
@@ -131,18 +135,23 @@ impl Publisher {
         self.bus.publish("task.started", &data);
     }
 
-    /// API task `task` ended with `result` after `elapsed`: its last output, then
-    /// `task.finished`.
-    pub fn task_finished(&self, task: &TaskEnvelope, plugin: &str, result: &TaskResult, elapsed: Duration) {
+    /// API task `task` ended with `result` after `elapsed`: its last output is published,
+    /// and its `task.finished` made, to publish once the result is journaled.
+    pub fn task_finished(&self, task: &TaskEnvelope, plugin: &str, result: &TaskResult, elapsed: Duration) -> Finished {
         self.unfollow(&task.task_id);
         let outcome = match result.status {
             0 => "ok",
             _ if crate::wire::answer::is_cancelled(result) => "cancelled",
             _ => "failed",
         };
-        let data = json!({"taskId": task.task_id, "name": task.task_name.as_str(), "plugin": plugin,
-                          "status": result.status, "outcome": outcome, "durationMs": millis(elapsed)});
-        self.bus.publish("task.finished", &data);
+        Finished(json!({"taskId": task.task_id, "name": task.task_name.as_str(), "plugin": plugin,
+                        "status": result.status, "outcome": outcome, "durationMs": millis(elapsed)}))
+    }
+
+    /// Publishes a task's `task.finished`, once its result is in the journal (a client that
+    /// reads the task on this event finds it done).
+    pub fn publish_finished(&self, finished: Finished) {
+        self.bus.publish("task.finished", &finished.0);
     }
 
     /// A cluster operation was cut short (the daemon drains, or lost its lease): its
@@ -288,6 +297,17 @@ impl<'a, P> Published<'a, P> {
 
     fn op(&self) -> (String, String) {
         self.op.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default()
+    }
+}
+
+/// An operation cut short (a drain, a lost lease) never tells of its tasks' ends: their
+/// output is no longer followed when it is dropped.
+impl<P> Drop for Published<'_, P> {
+    fn drop(&mut self) {
+        let in_flight: Vec<String> = self.lock_attempts().keys().cloned().collect();
+        for task_id in in_flight {
+            self.publisher.unfollow(&task_id);
+        }
     }
 }
 

@@ -445,8 +445,9 @@ impl Daemon {
             }
         };
         self.metrics.task(&route, task.task_name.as_str(), result.status, began.elapsed());
-        self.publisher.task_finished(task, &route, &result, sent.elapsed());
+        let finished = self.publisher.task_finished(task, &route, &result, sent.elapsed());
         self.finish(task, result, &me).await;
+        self.publisher.publish_finished(finished);
     }
 
     /// A task that never reached a plugin because the daemon is stopping stays queued in
@@ -1014,6 +1015,11 @@ impl Daemon {
         self.refresh_can();
         self.wake.notify_one();
         Ok(report)
+    }
+
+    /// Where the API is served: as recorded by [`Daemon::serving_on`], else `listen`.
+    pub fn listening_on(&self) -> Listen {
+        self.serving.get().cloned().unwrap_or_else(|| self.config().listen)
     }
 
     /// Records where the API is served (the socket systemd passed, or `listen`); called

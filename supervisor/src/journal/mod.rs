@@ -654,7 +654,7 @@ pub const MAX_LISTING: usize = 500;
 
 fn list(c: &mut dyn Db, l: &Listing) -> Result<(Vec<Summary>, Option<String>), SqlError> {
     let limit = l.limit.clamp(1, MAX_LISTING);
-    let before = l.before.as_deref().and_then(parse_cursor);
+    let before = l.before.as_deref().and_then(cursor);
     let mut filters = Vec::new();
     let mut args: Vec<Arg<'_>> = Vec::new();
     for (column, value) in [("state", &l.state), ("plugin", &l.plugin), ("task_name", &l.name), ("cluster", &l.cluster)]
@@ -671,9 +671,17 @@ fn list(c: &mut dyn Db, l: &Listing) -> Result<(Vec<Summary>, Option<String>), S
         filters.push(format!("(submitted_at < ${m} OR (submitted_at = ${m} AND task_id < ${i}))"));
     }
     let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+    // The status is read by the database: a result can be megabytes, a page has hundreds.
+    let status = match c.dialect() {
+        Dialect::Sqlite => "CASE WHEN json_valid(result) THEN json_extract(result, '$.status') END",
+        Dialect::Postgres => {
+            "CASE WHEN jsonb_typeof(result::jsonb -> 'status') = 'number' \
+             THEN (result::jsonb ->> 'status')::numeric::bigint END"
+        }
+    };
     let rows = c.rows(
         &format!(
-            "SELECT task_id, task_name, state, plugin, cluster, submitted_at, started_at, finished_at, attempts, result
+            "SELECT task_id, task_name, state, plugin, cluster, submitted_at, started_at, finished_at, attempts, {status}
              FROM tasks {filter} ORDER BY submitted_at DESC, task_id DESC LIMIT {}",
             limit + 1
         ),
@@ -695,27 +703,17 @@ fn list(c: &mut dyn Db, l: &Listing) -> Result<(Vec<Summary>, Option<String>), S
             started_at: r.opt_int(6)?.map(rfc3339),
             finished_at: r.opt_int(7)?.map(rfc3339),
             attempts: r.count(8)?,
-            status: r.opt_text(9)?.as_deref().and_then(status_of),
+            status: r.opt_int(9).ok().flatten(),
         });
     }
     let next = if rows.len() > limit { last } else { None };
     Ok((out, next))
 }
 
-/// A cursor `<submitted ms>_<task id>`; `None` when it is not one (then the listing starts
-/// at the newest).
-fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+/// A cursor `<submitted ms>_<task id>` (a listing's `next`); `None` when it is not one.
+pub fn cursor(cursor: &str) -> Option<(i64, String)> {
     let (ms, id) = cursor.split_once('_')?;
     Some((ms.parse().ok()?, id.to_owned()))
-}
-
-/// A result's `status`, read without building the rest of it.
-fn status_of(result: &str) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Status {
-        status: Option<i64>,
-    }
-    serde_json::from_str::<Status>(result).ok()?.status
 }
 
 /// A task's `clusterId` (a string or a number, as Loom sent either), if it has one.

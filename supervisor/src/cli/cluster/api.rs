@@ -275,16 +275,16 @@ async fn send(api: &Api, request: Request, shown: Shown) -> Exit {
         format!("{}?{}", request.path, request.query.join("&"))
     };
     let waits = request.query.iter().any(|q| q == "wait=true");
-    let progress: Box<dyn Progress> = match shown {
-        Shown::Operation { progress, .. } if waits && !matches!(progress, ProgressMode::None) => {
-            eprintln!("loom-provisioner: sent to the daemon at {}; waiting for the operation to end", api.target());
-            Box::new(Lines::stderr())
-        }
-        _ => Box::new(Silent),
+    let shows = waits && matches!(shown, Shown::Operation { progress, .. } if !matches!(progress, ProgressMode::None));
+    let progress: Box<dyn Progress> = if shows {
+        eprintln!("loom-provisioner: sent to the daemon at {}; waiting for the operation to end", api.target());
+        Box::new(Lines::stderr())
+    } else {
+        Box::new(Silent)
     };
     // Subscribed before the operation is sent, so that none of its steps is missed. A
     // daemon without the events endpoint still runs the operation; only progress is lost.
-    let events = match (&request.cluster, waits) {
+    let events = match (&request.cluster, shows) {
         (Some(_), true) => EventStream::open(api)
             .await
             .inspect_err(|e| eprintln!("loom-provisioner: progress cannot be shown: {e}"))

@@ -16,7 +16,7 @@
 //! or `localhost`): a page of another site whose name was pointed at 127.0.0.1 (DNS
 //! rebinding) gets nothing.
 
-use hyper::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use hyper::{Method, Request};
 
 use crate::daemon::service::Daemon;
@@ -62,12 +62,15 @@ pub(super) fn identify<B>(daemon: &Daemon, req: &Request<B>) -> Option<Caller> {
 
 /// Why the request must be refused (403) though its caller may use the API: it changes
 /// something and a browser may have been made to send it, or it reaches a token-less
-/// daemon under a name that is not loopback's.
-pub(super) fn refusal<B>(req: &Request<B>, caller: Option<&Caller>, login: bool) -> Option<&'static str> {
+/// daemon on TCP under a domain name (DNS rebinding). `login` marks `/v1/session`, which
+/// needs the CSRF header like a session's requests; `tcp`, a daemon served on TCP.
+pub(super) fn refusal<B>(req: &Request<B>, caller: Option<&Caller>, login: bool, tcp: bool) -> Option<&'static str> {
     let headers = req.headers();
-    let browser = headers.contains_key(ORIGIN) || headers.contains_key("sec-fetch-mode");
-    if browser && caller == Some(&Caller::Open) && !loopback_host(host(req)) {
-        return Some("this daemon has no token and answers browsers only at a loopback address or localhost");
+    let open = caller == Some(&Caller::Open);
+    if open && tcp && !loopback_host(host(req)) {
+        return Some(
+            "this daemon has no token and answers only at a loopback address, localhost or a name without dots",
+        );
     }
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         return None;
@@ -82,11 +85,30 @@ pub(super) fn refusal<B>(req: &Request<B>, caller: Option<&Caller>, login: bool)
             return Some("a request from another origin cannot change anything");
         }
     }
-    let with_cookie = matches!(caller, Some(Caller::Session(_)));
-    if (with_cookie || login) && !headers.contains_key(CSRF_HEADER) {
+    let csrf = headers.contains_key(CSRF_HEADER);
+    if (matches!(caller, Some(Caller::Session(_))) || login) && !csrf {
         return Some("a request from the console must carry the X-Loom-CSRF header");
     }
+    // A web form can post to a daemon that needs no token, from any site, in a browser
+    // too old to say where it came from; it can only send these content types.
+    if open && !csrf && form_content_type(headers) {
+        return Some(
+            "without a token, a request that changes something must not have a Content-Type a web form \
+             can send (text/plain, application/x-www-form-urlencoded, multipart/form-data): \
+             send Content-Type: application/json",
+        );
+    }
     None
+}
+
+/// Whether the request's `Content-Type` is one an HTML form can send.
+fn form_content_type(headers: &hyper::HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
+        let essence = t.split(';').next().unwrap_or_default().trim();
+        ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+            .iter()
+            .any(|f| essence.eq_ignore_ascii_case(f))
+    })
 }
 
 /// The `Host` asked for (the authority of an absolute-form request).
@@ -98,14 +120,16 @@ fn host<B>(req: &Request<B>) -> &str {
         .unwrap_or("")
 }
 
-/// Whether `host` (with or without a port) is `localhost` or a loopback IP address.
+/// Whether `host` (with or without a port) is an IP address, `localhost`, or a name without
+/// dots. DNS rebinding needs a domain the attacker's name server answers for, and such a
+/// name has dots; the daemon's own clients send an address (or no dotted name).
 fn loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split_once(']').map_or(rest, |(ip, _)| ip)
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") || !name.contains('.')
 }
 
 /// Compares without leaking where the first difference is.
@@ -129,39 +153,67 @@ mod tests {
     fn cross_site_requests_that_change_something_are_refused() {
         let open = Some(&Caller::Open);
         let host = ("host", "127.0.0.1:55056");
-        assert_eq!(refusal(&request(Method::POST, &[host]), open, false), None, "curl");
+        assert_eq!(refusal(&request(Method::POST, &[host]), open, false, true), None, "curl");
         let cross = request(Method::POST, &[host, ("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "no-cors")]);
-        assert!(refusal(&cross, open, false).is_some());
+        assert!(refusal(&cross, open, false, true).is_some());
         let other_origin = request(Method::POST, &[host, ("origin", "http://evil.example")]);
-        assert!(refusal(&other_origin, open, false).is_some());
+        assert!(refusal(&other_origin, open, false, true).is_some());
         let same =
             request(Method::POST, &[host, ("origin", "http://127.0.0.1:55056"), ("sec-fetch-site", "same-origin")]);
-        assert_eq!(refusal(&same, open, false), None);
+        assert_eq!(refusal(&same, open, false, true), None);
         // Reading is not refused: the answer goes to the page's own origin only.
-        assert_eq!(refusal(&request(Method::GET, &[host, ("sec-fetch-site", "cross-site")]), open, false), None);
+        assert_eq!(refusal(&request(Method::GET, &[host, ("sec-fetch-site", "cross-site")]), open, false, true), None);
     }
 
     #[test]
     fn a_cookie_needs_the_csrf_header_to_change_something() {
         let session = Caller::Session("id".into());
         let host = ("host", "daemon.example:55056");
-        assert!(refusal(&request(Method::POST, &[host]), Some(&session), false).is_some());
-        assert_eq!(refusal(&request(Method::POST, &[host, ("x-loom-csrf", "1")]), Some(&session), false), None);
-        assert_eq!(refusal(&request(Method::GET, &[host]), Some(&session), false), None);
-        assert_eq!(refusal(&request(Method::POST, &[host]), Some(&Caller::Bearer), false), None);
-        assert!(refusal(&request(Method::POST, &[host]), None, true).is_some(), "logging in needs it too");
+        assert!(refusal(&request(Method::POST, &[host]), Some(&session), false, true).is_some());
+        assert_eq!(refusal(&request(Method::POST, &[host, ("x-loom-csrf", "1")]), Some(&session), false, true), None);
+        assert_eq!(refusal(&request(Method::GET, &[host]), Some(&session), false, true), None);
+        assert_eq!(refusal(&request(Method::POST, &[host]), Some(&Caller::Bearer), false, true), None);
+        assert!(refusal(&request(Method::POST, &[host]), None, true, true).is_some(), "logging in needs it too");
     }
 
     #[test]
-    fn a_tokenless_daemon_answers_browsers_at_loopback_names_only() {
+    fn a_tokenless_daemon_on_tcp_answers_no_domain_name() {
         let open = Some(&Caller::Open);
-        let rebound = request(Method::GET, &[("host", "evil.example:55056"), ("sec-fetch-mode", "cors")]);
-        assert!(refusal(&rebound, open, false).is_some());
-        for host in ["127.0.0.1:55056", "localhost:55056", "[::1]:55056", "LOCALHOST"] {
-            let r = request(Method::GET, &[("host", host), ("sec-fetch-mode", "navigate")]);
-            assert_eq!(refusal(&r, open, false), None, "{host}");
+        // Whether or not the client says it is a browser.
+        for headers in [&[("host", "evil.example:55056"), ("sec-fetch-mode", "cors")][..], &[("host", "evil.example")]]
+        {
+            assert!(refusal(&request(Method::GET, headers), open, false, true).is_some(), "{headers:?}");
+            assert_eq!(refusal(&request(Method::GET, headers), open, false, false), None, "a Unix socket: {headers:?}");
         }
-        assert_eq!(refusal(&request(Method::GET, &[("host", "evil.example")]), open, false), None, "not a browser");
+        for host in
+            ["127.0.0.1:55056", "localhost:55056", "[::1]:55056", "LOCALHOST", "loom-provisioner", "10.1.2.3:80"]
+        {
+            let r = request(Method::GET, &[("host", host), ("sec-fetch-mode", "navigate")]);
+            assert_eq!(refusal(&r, open, false, true), None, "{host}");
+        }
+        let named = request(Method::GET, &[("host", "daemon.example")]);
+        assert_eq!(refusal(&named, Some(&Caller::Bearer), false, true), None, "with the token, any name");
+    }
+
+    #[test]
+    fn without_a_token_what_a_web_form_can_post_is_refused() {
+        let open = Some(&Caller::Open);
+        let host = ("host", "127.0.0.1:55056");
+        for kind in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "TEXT/PLAIN;charset=utf-8",
+        ] {
+            let form = request(Method::POST, &[host, ("content-type", kind)]);
+            assert!(refusal(&form, open, false, true).is_some_and(|w| w.contains("application/json")), "{kind}");
+            let console = request(Method::POST, &[host, ("content-type", kind), ("x-loom-csrf", "1")]);
+            assert_eq!(refusal(&console, open, false, true), None, "{kind} with the header");
+            let bearer = request(Method::POST, &[host, ("content-type", kind)]);
+            assert_eq!(refusal(&bearer, Some(&Caller::Bearer), false, true), None, "{kind} with the token");
+        }
+        let json = request(Method::POST, &[host, ("content-type", "application/json")]);
+        assert_eq!(refusal(&json, open, false, true), None);
     }
 
     #[test]

@@ -172,7 +172,8 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<ApiBody> {
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let caller = guard::identify(daemon, &req);
     let public = matches!(segments.as_slice(), [] | ["healthz" | "console.js" | "console.css"] | ["v1", "session"]);
-    if let Some(why) = guard::refusal(&req, caller.as_ref(), segments.as_slice() == ["v1", "session"]) {
+    let tcp = matches!(daemon.listening_on(), Listen::Tcp(_));
+    if let Some(why) = guard::refusal(&req, caller.as_ref(), segments.as_slice() == ["v1", "session"], tcp) {
         return error(StatusCode::FORBIDDEN, why);
     }
     if !public && caller.is_none() {

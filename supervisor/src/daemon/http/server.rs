@@ -232,6 +232,15 @@ enum Phase {
     /// A request is being handled and its body is still arriving (the handler reads it
     /// within `body_read_timeout`).
     Receiving = 3,
+    /// The answer is being sent (an event stream for as long as it is open): closed when
+    /// nothing could be written for [`stall_timeout`], a client that stopped reading.
+    Answering = 4,
+}
+
+/// How long an answer may make no progress: the idle timeout, but at least a minute, so
+/// that an event stream (a keepalive every 15 s) is never cut while its client reads.
+fn stall_timeout(limits: &Limits) -> Duration {
+    limits.idle_timeout.max(Duration::from_secs(60))
 }
 
 /// One connection's state, shared by its stream, its service and its watcher.
@@ -267,7 +276,8 @@ impl Activity {
             0 => Phase::Idle,
             1 => Phase::Reading,
             2 => Phase::Busy,
-            _ => Phase::Receiving,
+            3 => Phase::Receiving,
+            _ => Phase::Answering,
         }
     }
 
@@ -288,6 +298,24 @@ impl Activity {
         }
     }
 
+    /// Part of the answer was written: its stall clock starts again.
+    fn wrote_some(&self) {
+        if self.phase() == Phase::Answering {
+            self.since.store(millis(self.epoch, Instant::now()), Ordering::Release);
+        }
+    }
+
+    /// The answer's body is being sent (first polled).
+    fn answering(&self) {
+        if self
+            .phase
+            .compare_exchange(Phase::Busy as u8, Phase::Answering as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.since.store(millis(self.epoch, Instant::now()), Ordering::Release);
+        }
+    }
+
     fn since(&self) -> Instant {
         self.epoch + Duration::from_millis(self.since.load(Ordering::Acquire))
     }
@@ -299,12 +327,19 @@ impl Activity {
         match self.phase() {
             Phase::Idle => self.since() + limits.idle_timeout,
             Phase::Reading => self.since() + limits.header_read_timeout,
+            // Looked at again at least every idle timeout: the answer may end meanwhile,
+            // and the connection then be idle.
+            Phase::Answering => (self.since() + stall_timeout(limits)).min(Instant::now() + limits.idle_timeout),
             Phase::Busy | Phase::Receiving => Instant::now() + limits.idle_timeout,
         }
     }
 
     fn expired(&self, limits: &Limits, now: Instant) -> bool {
-        matches!(self.phase(), Phase::Idle | Phase::Reading) && now >= self.deadline(limits)
+        match self.phase() {
+            Phase::Idle | Phase::Reading => now >= self.deadline(limits),
+            Phase::Answering => now >= self.since() + stall_timeout(limits),
+            Phase::Busy | Phase::Receiving => false,
+        }
     }
 
     /// Whether eviction may close it: a connection without a request in hand (idle, or
@@ -379,6 +414,9 @@ impl hyper::body::Body for BusyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(busy) = &self.busy {
+            busy.0.answering();
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) {
             self.busy = None;
@@ -526,7 +564,11 @@ impl AsyncRead for Tracked {
 
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_some();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -542,7 +584,11 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_some();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -655,6 +701,22 @@ mod tests {
         let _c_busy = Busy::enter(Arc::clone(&c), false);
         table.room(2).await;
         assert!(table.admit(2).is_none());
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_written_times_out_one_being_written_does_not() {
+        let l = Limits { idle_timeout: Duration::from_secs(1), ..limits() };
+        let start = Instant::now();
+        let a = Activity::new(1, start);
+        a.enter(Phase::Busy);
+        assert!(!a.expired(&l, start + Duration::from_secs(3600)), "a handler may take its time");
+        a.answering();
+        assert_eq!(a.phase(), Phase::Answering);
+        let stall = stall_timeout(&l);
+        assert_eq!(stall, Duration::from_secs(60), "never shorter than a minute: keepalives come every 15 s");
+        assert!(!a.expired(&l, a.since() + stall - Duration::from_secs(1)));
+        assert!(a.expired(&l, a.since() + stall), "a client that stopped reading");
+        assert!(!a.evictable(), "it got past the token");
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The most bytes of backlog put in one frame.
 const FRAME_BYTES: usize = 64 * 1024;
 
+/// The keepalive's timer: a stream that could not be written for a while sends one
+/// keepalive when it can, not one for each period it missed.
+fn keepalive_timer() -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 /// Answers `GET /v1/events`: 200 and the stream, or 503 when [`MAX_STREAMS`] are open.
 pub(super) fn events(daemon: &Daemon, req: &Request<Body>) -> Response<ApiBody> {
     let Some(place) = daemon.events.open_stream(MAX_STREAMS) else {
@@ -57,7 +65,7 @@ pub(super) fn events(daemon: &Daemon, req: &Request<Body>) -> Response<ApiBody> 
         cursor: sub.cursor,
         backlog: sub.backlog.into(),
         first: Some(first),
-        keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
+        keepalive: keepalive_timer(),
         _place: place,
     };
     let frames = futures_util::stream::unfold(stream, |mut s| async move {

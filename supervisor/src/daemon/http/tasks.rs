@@ -9,7 +9,7 @@ use crate::journal::{Listing, MAX_LISTING};
 
 /// A page of tasks: `?state=&plugin=&name=&cluster=&limit=&before=` (each filter an exact
 /// match; `limit` 1 to 500, 50 by default; `before` the `next` of the previous page).
-/// 400 for a bad `state` or `limit`, naming the parameter.
+/// 400 for a bad `state`, `limit` or `before`, naming the parameter.
 pub(super) async fn list<B>(daemon: &Daemon, req: &Request<B>) -> Response<ApiBody> {
     let listing = match listing(req.uri().query().unwrap_or_default()) {
         Ok(l) => l,
@@ -37,7 +37,12 @@ fn listing(query: &str) -> Result<Listing, String> {
             "plugin" => l.plugin = v,
             "name" => l.name = v,
             "cluster" => l.cluster = v,
-            "before" => l.before = v,
+            "before" => {
+                if v.as_deref().is_some_and(|c| crate::journal::cursor(c).is_none()) {
+                    return Err("before: give the `next` of the previous page".to_owned());
+                }
+                l.before = v;
+            }
             "limit" => {
                 l.limit = match v.as_deref().map(str::parse::<usize>) {
                     Some(Ok(n)) if (1..=MAX_LISTING).contains(&n) => n,
@@ -67,5 +72,6 @@ mod tests {
         assert!(listing("limit=0").unwrap_err().starts_with("limit:"));
         assert!(listing("limit=501").unwrap_err().starts_with("limit:"));
         assert!(listing("plugin=%zz").unwrap_err().starts_with("plugin:"));
+        assert!(listing("before=yesterday").unwrap_err().starts_with("before:"), "a pager must not loop");
     }
 }

@@ -1,5 +1,5 @@
 //! The last hour, minute by minute: tasks finished, of which failed, and the most tasks
-//! waiting at once. The console's health charts; bounded at 60 minutes whatever the load.
+//! in flight (accepted, not finished) at once. The console's health charts; bounded at 60 minutes whatever the load.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -38,7 +38,7 @@ impl Recent {
         });
     }
 
-    /// `queued` tasks wait at `now_ms`.
+    /// `queued` tasks are in flight (accepted, not finished) at `now_ms`.
     pub fn sample(&self, now_ms: i64, queued: u64) {
         self.at(now_ms, |m| m.queued = m.queued.max(queued));
     }
