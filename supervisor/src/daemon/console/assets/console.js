@@ -964,6 +964,9 @@
         this.timeline.replaceChildren(header, message('No step has run yet.'));
         return;
       }
+      const last = this.cluster.lastJob;
+      const idle = last && last !== this.job && !jobs.includes(last) && jobNumber(last) > jobNumber(this.job)
+        ? message(`The last operation, ${last}, had no step to run; this is ${this.job}.`) : null;
       const now = Date.now();
       const end = (t) => (t.finishedMs !== undefined && t.finishedMs !== null ? t.finishedMs : Math.max(now, t.startedMs));
       const t0 = Math.min(...rows.map((t) => t.startedMs));
@@ -1023,7 +1026,7 @@
         const scroller = this.timeline.querySelector('.gantt-scroll');
         const scroll = scroller ? scroller.scrollTop : 0;
         const box = h('div', { class: 'gantt-scroll' }, grid);
-        this.timeline.replaceChildren(header,
+        this.timeline.replaceChildren(header, idle,
           h('p', { class: 'legend' }, `${rows.length} attempt(s) over ${fmtDuration(span)}: `,
             badge(`${count('ok')} done`, 'ok'), ' ', badge(`${count('running')} running`, 'running'), ' ', badge(`${count('failed')} failed`, 'failed'),
             retried.size ? [' ', badge(`${retried.size} retried`, 'retried')] : null),

@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""The console in a real browser (headless Chromium through chromedriver).
+
+Run by tests/tests/console.rs against a daemon it started (with a token, the `local`
+provider and the `shell` automator):
+
+    console_test.py --url http://127.0.0.1:PORT --token-file FILE \
+        --good-spec good.json --bad-spec bad.json --screenshots DIR
+
+Signs in with the token and checks that no later request carries it (Chrome's
+performance log) and that the session cookie is HttpOnly; brings a cluster up from the
+console (spec pasted, plan shown, applied), watches its timeline grow and a step's
+output stream; opens a node and a step; brings up a cluster whose script fails with
+HTML in its output and a hostname with HTML in it, and checks both are shown as text and
+nothing was injected; restarts a plugin; looks at tasks and health; takes the first
+cluster down; takes a screenshot of each page, and one at phone width.
+
+Waits are for conditions, each with a generous bound that only a failure reaches.
+Exit status 0 when every check passed; 1 with the failed check, a screenshot
+(failure.png) and the browser's console log otherwise; 2 when Chromium or chromedriver
+is missing.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from webdriver import Driver, Timeout, find_binary  # noqa: E402
+
+MINUTE = 60
+
+
+class Check(AssertionError):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Check(what)
+    print(f"  ok: {what}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--token-file", required=True)
+    ap.add_argument("--good-spec", required=True)
+    ap.add_argument("--bad-spec", required=True)
+    ap.add_argument("--screenshots", required=True)
+    ap.add_argument("--chromium")
+    ap.add_argument("--chromedriver")
+    args = ap.parse_args()
+
+    chromium = args.chromium or find_binary(["chromium", "chromium-browser", "google-chrome"], ["/usr/lib/chromium/chromium"])
+    chromedriver = args.chromedriver or find_binary(["chromedriver"], ["/usr/lib/chromium/chromedriver"])
+    if not chromium or not chromedriver:
+        print(
+            "console_test: Chromium and chromedriver are needed: apt-get install chromium chromium-driver "
+            f"(found chromium: {chromium}, chromedriver: {chromedriver})",
+            file=sys.stderr,
+        )
+        return 2
+    os.makedirs(args.screenshots, exist_ok=True)
+    token = open(args.token_file).read().strip()
+    good = json.load(open(args.good_spec))
+    bad = json.load(open(args.bad_spec))
+
+    driver = Driver(chromedriver, os.path.join(args.screenshots, "chromedriver.log"))
+    session = None
+    started = time.monotonic()
+    try:
+        session = driver.session(chromium, 1280, 900)
+        Scenario(session, args.url.rstrip("/"), token, good, bad, args.screenshots).run()
+        print(f"console_test: passed in {time.monotonic() - started:.1f} s", flush=True)
+        return 0
+    except Exception as e:  # noqa: BLE001 - report any failure with its evidence
+        print(f"console_test: FAILED after {time.monotonic() - started:.1f} s: {e}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        if session is not None:
+            try:
+                session.screenshot(os.path.join(args.screenshots, "failure.png"))
+                print("  url:", session.url, file=sys.stderr)
+                main_text = session.js("return document.querySelector('main') ? document.querySelector('main').innerText : ''")
+                print("  page text:\n" + str(main_text)[:4000], file=sys.stderr)
+                for entry in session.log("browser"):
+                    print("  browser:", entry.get("level"), entry.get("message"), file=sys.stderr)
+            except Exception as e2:  # noqa: BLE001
+                print("  (no evidence: %s)" % e2, file=sys.stderr)
+        return 1
+    finally:
+        if session is not None:
+            session.quit()
+        driver.quit()
+
+
+class Scenario:
+    def __init__(self, s, url, token, good, bad, shots):
+        self.s = s
+        self.url = url
+        self.token = token
+        self.good = good
+        self.bad = bad
+        self.shots = shots
+        self.csp_violations = []
+
+    def shot(self, name):
+        size = self.s.screenshot(os.path.join(self.shots, name))
+        print(f"  screenshot {name} ({size} bytes)", flush=True)
+
+    def go(self, hash_route):
+        self.s.js("location.hash = arguments[0]", hash_route)
+
+    def run(self):
+        self.sign_in()
+        scripts = self.s.js("return document.scripts.length")
+        self.bring_up(self.good, "02-plan.png")
+        self.watch_cluster(self.good["name"])
+        self.open_node_and_step()
+        self.bring_up(self.bad, None)
+        self.failed_step_and_planted_text(self.bad["name"], scripts)
+        self.go("#/clusters")
+        self.s.wait_for(f'tr[data-cluster="{self.bad["name"]}"]', MINUTE)
+        self.s.wait_text("table.clusters", "failed", MINUTE)
+        self.shot("03-clusters.png")
+        self.tasks()
+        self.plugins()
+        self.health()
+        self.phone(self.good["name"])
+        self.take_down(self.good["name"])
+        self.no_token_after_sign_in()
+        self.no_csp_violations()
+
+    # -- steps
+
+    def sign_in(self):
+        print("sign in", flush=True)
+        self.s.get(self.url + "/")
+        field = self.s.wait_for("#token", MINUTE, "the login form")
+        check(self.s.js("return document.cookie") == "", "no cookie before signing in")
+        self.shot("01-login.png")
+        # The log up to now is dropped: from here on, requests are checked.
+        self.s.log("performance")
+        field.send_keys(self.token)
+        self.s.find("#login").click()
+        self.s.wait_for("details#up", MINUTE, "the clusters page after signing in")
+        check(self.s.find("#logout").displayed(), "a Log out button is shown (the daemon has a token)")
+        cookies = self.s.cookies()
+        check(cookies and all(c.get("httpOnly") for c in cookies), f"every cookie is HttpOnly ({[c.get('name') for c in cookies]})")
+        check(all(str(c.get("sameSite", "")).lower() == "strict" for c in cookies), "every cookie is SameSite=Strict")
+        check(self.s.js("return document.cookie") == "", "the page's script cannot read the session cookie")
+        stored = self.s.js(
+            "const all = []; for (const st of [localStorage, sessionStorage]) for (let i = 0; i < st.length; i++)"
+            " all.push(st.key(i) + '=' + st.getItem(st.key(i))); return all.join('\\n')"
+        )
+        check(self.token not in stored, "the token is not in localStorage or sessionStorage")
+        self.requests = self.performance_requests()
+
+    def performance_requests(self):
+        """Requests the page sent since the last read of the log: (url, headers, body)."""
+        out = []
+        for entry in self.s.log("performance"):
+            msg = json.loads(entry["message"])["message"]
+            method = msg.get("method")
+            params = msg.get("params", {})
+            if method == "Network.requestWillBeSent":
+                req = params.get("request", {})
+                out.append((req.get("url", ""), req.get("headers", {}), req.get("postData", "") or "", req.get("method")))
+            elif method == "Network.requestWillBeSentExtraInfo":
+                # The headers as sent on the wire, cookies included.
+                out.append(("(extra info)", params.get("headers", {}), "", None))
+            elif method == "Log.entryAdded" and "Content Security Policy" in str(params):
+                self.csp_violations.append(params)
+        return out
+
+    def no_token_after_sign_in(self):
+        print("no request carries the token", flush=True)
+        self.requests += self.performance_requests()
+        exchange = [r for r in self.requests if r[0].endswith("/v1/session") and r[3] == "POST"]
+        check(len(exchange) == 1, "the token was sent once, in the body of POST /v1/session")
+        api = [r for r in self.requests if "/v1/" in r[0]]
+        check(len(api) > 20, f"the log holds the page's API requests ({len(api)})")
+        for url, headers, body, method in self.requests:
+            names = {k.lower() for k in headers}
+            check_quiet("authorization" not in names, f"no Authorization header: {url}")
+            check_quiet(self.token not in url, f"the token is not in a URL: {url}")
+            check_quiet(all(self.token not in str(v) for v in headers.values()), f"the token is not in a header of {url}")
+            if not (url.endswith("/v1/session") and method == "POST"):
+                check_quiet(self.token not in body, f"the token is not in the body of {method} {url}")
+            if "/v1/" in url and method and method != "GET":
+                check_quiet(headers.get("X-Loom-CSRF") == "1", f"{method} {url} sends X-Loom-CSRF: 1")
+        with_cookie = [r for r in self.requests if r[0] == "(extra info)" and any(k.lower() == "cookie" for k in r[1])]
+        check(len(with_cookie) > 10, f"requests after signing in carry the session cookie ({len(with_cookie)})")
+        check(True, f"none of {len(self.requests)} logged requests carries the token after the sign-in exchange")
+
+    def bring_up(self, spec, screenshot):
+        name = spec["name"]
+        print(f"bring up {name} from the console", flush=True)
+        self.go("#/clusters?up=1")
+        area = self.s.wait_for("details#up[open] #spec", MINUTE, "the spec form")
+        self.s.js("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))", area, json.dumps(spec, indent=2))
+        self.s.find("#show-plan").click()
+        plan = self.s.wait_for(".plan-out .plan", MINUTE, "the plan")
+        check("checks passed" in plan.text, f"the plan of {name} passes its checks")
+        check(f"on {name}" in plan.text, "the plan names the cluster")
+        apply = self.s.wait(f"Apply enabled for {name}", lambda: self.s.find("#apply").enabled() and self.s.find("#apply"), MINUTE)
+        if screenshot:
+            self.shot(screenshot)
+        apply.click()
+        self.s.wait(f"the page of cluster {name}", lambda: self.s.url.endswith("#/clusters/" + name), MINUTE)
+
+    def watch_cluster(self, name):
+        print(f"watch {name}'s timeline", flush=True)
+        self.s.wait_for(".gantt .bar", 2 * MINUTE, "a first bar on the timeline")
+        first = len(self.s.find_all(".gantt .bar"))
+        more = self.s.wait("the timeline to advance", lambda: len(self.s.find_all(".gantt .bar")) > first and len(self.s.find_all(".gantt .bar")), 2 * MINUTE)
+        check(more > first, f"the timeline advanced from {first} to {more} bars")
+        # The ticker step prints a line every 0.3 s for 6 s: it streams while it runs.
+        live = self.s.wait_text(".running pre.live-output", "tick 3 of 20", 2 * MINUTE)
+        text1 = live.text
+        check("tick 3 of 20" in text1, "the running step's output streams into its live box")
+        self.s.wait("more output", lambda: len(self.s.find(".running pre.live-output").text) > len(text1), MINUTE)
+        check(True, "the live box keeps growing")
+        self.s.wait_for(".gantt .bar-running", MINUTE, "a running bar")
+        self.s.wait_text(".cluster-head .badge", "active", 3 * MINUTE)
+        check(not self.s.find_all(".gantt .bar-running"), "no bar runs once the cluster is active")
+        nodes = sum(g["count"] for g in self.good["nodeGroups"])
+        check(len(self.s.find_all(".gantt-row")) == nodes, f"one timeline row per node ({nodes})")
+        self.shot("04-cluster.png")
+
+    def open_node_and_step(self):
+        print("open a node and a step", flush=True)
+        link = self.s.find(".node-link")
+        hostname = link.text
+        link.click()
+        self.s.wait_text("#detail h2", f"Node {hostname}", MINUTE)
+        check(len(self.s.find_all("#detail table tbody tr")) >= 4, "the node shows its steps")
+        self.s.find('.gantt .bar[data-status="ok"]').click()
+        self.s.wait_text("#detail h2", "Step ", MINUTE)
+        check(self.s.find_all("#detail .attempt"), "the step shows its attempt")
+        ticker = [b for b in self.s.find_all(".gantt .bar") if "ticker" in b.text]
+        check(ticker, "the ticker step has a bar")
+        ticker[0].click()
+        out = self.s.wait_text("#detail pre.output", "tick 20 of 20", MINUTE)
+        check(out.displayed(), "its stdout tail is shown")
+
+    def failed_step_and_planted_text(self, name, scripts):
+        print(f"{name}: a failed step, HTML shown as text", flush=True)
+        self.s.wait_text(".cluster-head", "failed", 3 * MINUTE)
+        bars = self.s.find_all(".gantt .bar-failed")
+        check(bars, "the failed step has a red bar")
+        check(self.s.find_all(".gantt .bar-retried"), "its earlier attempts are marked retried")
+        bars[0].click()
+        stderr = self.s.wait_text("#detail pre.stderr", "planted error", MINUTE)
+        check("planted error: <img id=pwn2 src=x><b>not bold</b>" in stderr.text, "the failed step's stderr tail is shown, HTML as text")
+        stdout = self.s.wait_text("#detail pre.stdout", "planted output", MINUTE)
+        check("<script>window.pwned = 1</script><img id=pwn src=x>" in stdout.text, "its stdout tail, HTML as text")
+        host = self.bad["nodeGroups"][0]["hostname"].replace("{n}", "1")
+        self.s.wait_text(".node-link", host, MINUTE)
+        check(any(host == e.text for e in self.s.find_all(".gantt-label")), "the planted hostname is shown as text on the timeline")
+        self.s.find(".node-link").click()
+        self.s.wait_text("#detail h2", f"Node {host}", MINUTE)
+        self.shot("05-failed-step.png")
+        self.s.find('.gantt .bar-failed').click()
+        self.s.wait_text("#detail pre.stderr", "planted error", MINUTE)
+        injected = self.s.js(
+            "return {scripts: document.scripts.length, pwn: !!document.getElementById('pwn'),"
+            " pwn2: !!document.getElementById('pwn2'), imgs: document.querySelectorAll('img').length,"
+            " bold: document.querySelectorAll('main b').length, pwned: typeof window.pwned}"
+        )
+        check(injected["scripts"] == scripts, f"no script element was added ({injected['scripts']})")
+        check(not injected["pwn"] and not injected["pwn2"] and injected["imgs"] == 0, "no planted <img> is in the DOM")
+        check(injected["bold"] == 0 and injected["pwned"] == "undefined", "no planted markup ran or rendered")
+
+    def tasks(self):
+        print("tasks", flush=True)
+        self.go("#/tasks")
+        self.s.wait("the task list", lambda: self.s.find_all("table.tasks tbody tr") or self.s.find_all("main .error"), MINUTE)
+        check(self.s.find_all("table.tasks tbody tr"), "the task list shows tasks")
+        first = self.s.find("table.tasks tbody tr th a")
+        task_id = first.text
+        self.shot("06-tasks.png")
+        first.click()
+        self.s.wait_text("main h1", f"Task {task_id}", MINUTE)
+        self.s.wait_for("main dl.facts", MINUTE, "the task's facts")
+        check("Submitted" in self.s.find("main dl.facts").text, "the task page shows its timings")
+
+    def plugins(self):
+        print("plugins", flush=True)
+        self.go("#/plugins")
+        card = 'section.plugin[data-plugin="shell"]'
+        self.s.wait_for(card + " table", MINUTE, "the shell plugin's card")
+        before = self.plugin_state("shell")
+        self.shot("07-plugins.png")
+        self.s.find(f'{card} button.restart').click()
+        ok = self.s.wait("the restart dialog", lambda: self.s.find("#dialog-ok").enabled() and self.s.find("#dialog-ok"), MINUTE)
+        ok.click()
+        after = self.s.wait(
+            "the shell plugin's restart count to change",
+            lambda: (lambda now: now if now["restarts"] != before["restarts"] else None)(self.plugin_state("shell")),
+            2 * MINUTE,
+        )
+        check(after["restarts"] != before["restarts"], f"restarts went from {before['restarts']} to {after['restarts']}")
+        self.s.wait("a new shell process", lambda: self.plugin_state("shell")["pids"] not in ([], before["pids"]), 2 * MINUTE)
+        check(True, "the shell plugin runs again with a new process")
+
+    def plugin_state(self, name):
+        return self.s.js(
+            "const c = document.querySelector(`section.plugin[data-plugin=\"${arguments[0]}\"]`);"
+            " if (!c) return null;"
+            " return {restarts: c.querySelector('.restarts').textContent,"
+            " pids: [...c.querySelectorAll('tbody tr td:nth-child(2)')].map((td) => td.textContent).filter((p) => p !== '—')}",
+            name,
+        )
+
+    def health(self):
+        print("health", flush=True)
+        self.go("#/health")
+        self.s.wait("the health page", lambda: len(self.s.find_all("svg.chart")) == 3 or self.s.find_all("main .error"), MINUTE)
+        check(len(self.s.find_all("svg.chart")) == 3, "three charts")
+        check(len(self.s.find_all("svg.chart rect")) > 0, "the charts have bars (tasks ran in the last hour)")
+        facts = self.s.find("main dl.facts").text
+        check("Version" in facts and "Uptime" in facts and "Journal" in facts, "version, uptime and journal are shown")
+        self.shot("08-health.png")
+
+    def phone(self, name):
+        print("phone width", flush=True)
+        self.s.set_window(390, 844)
+        self.go("#/clusters/" + name)
+        self.s.wait_for(".gantt .bar", MINUTE)
+        width = self.s.js("return document.documentElement.scrollWidth")
+        check(width <= 400, f"the page does not scroll sideways at phone width ({width} px)")
+        self.shot("09-phone.png")
+        self.s.set_window(1280, 900)
+
+    def take_down(self, name):
+        print(f"take {name} down", flush=True)
+        self.go("#/clusters/" + name)
+        button = self.s.wait("the Take down button", lambda: self.s.find("#take-down").enabled() and self.s.find("#take-down"), MINUTE)
+        button.click()
+        ok = self.s.wait("the plan of down", lambda: self.s.find("#dialog-ok").enabled() and self.s.find("#dialog-ok"), MINUTE)
+        check("checks passed" in self.s.find("#dialog-body").text, "the confirmation shows the plan of down")
+        ok.click()
+        self.s.wait_text(".cluster-head .badge", "terminated", 3 * MINUTE)
+        check(True, f"{name} is terminated")
+
+    def no_csp_violations(self):
+        logs = [e for e in self.s.log("browser") if "Content Security Policy" in str(e.get("message"))]
+        check(not logs and not self.csp_violations, f"no Content-Security-Policy violation ({logs or self.csp_violations})")
+
+
+def check_quiet(cond, what):
+    if not cond:
+        raise Check(what)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
