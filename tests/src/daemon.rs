@@ -281,6 +281,35 @@ impl Serve {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// A request exactly as given: no token is added. The status, the answer's headers
+    /// (names lowercase) and its body as text.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Raw {
+        let mut request = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        // A connection of its own: the daemon closes one after refusing a request whose
+        // body it did not read, and a pooled connection could be that one.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let result = match method {
+            "GET" | "HEAD" => request.body(()).map(|r| agent.run(r)),
+            _ => request.body(body).map(|r| agent.run(r)),
+        };
+        let mut resp = result
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        Raw { status: resp.status().as_u16(), headers, body: resp.body_mut().read_to_string().unwrap_or_default() }
+    }
+
     /// POST /v1/tasks, `None` when no answer came (the daemon is gone).
     pub fn try_submit(&self, task: &Value, wait: bool) -> Option<(u16, Value)> {
         let path = if wait { "/v1/tasks?wait=true" } else { "/v1/tasks" };
@@ -320,6 +349,29 @@ impl Serve {
         let status = wait_or_kill(child.id() as i32, limit, move || child.wait())
             .unwrap_or_else(|| panic!("the daemon did not exit within {limit:?}; log:\n{}", self.log_text()));
         status.ok().and_then(|s| s.code())
+    }
+}
+
+/// An answer of [`Serve::raw`].
+#[derive(Debug)]
+pub struct Raw {
+    /// Its status.
+    pub status: u16,
+    /// Its headers, names lowercase, in order.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: String,
+}
+
+impl Raw {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 

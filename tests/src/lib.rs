@@ -47,7 +47,7 @@ mod tasks;
 pub use build::{bin_dir, checkout_commit, chmod, provisioner, tempdir, test_plugin, workspace};
 pub use cgroups::{cgroups_unavailable, controller_unavailable, plugin_cgroups, skip, v2_folder};
 pub use cluster::{ClusterRig, ClusterRun};
-pub use daemon::{Serve, on_postgres, socket_activated};
+pub use daemon::{Raw, Serve, on_postgres, socket_activated};
 pub use machines::{add_local_and_shell, machine_processes, webapp};
 pub use moto::Moto;
 pub use net::http_get;

@@ -93,6 +93,12 @@ impl Token {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A token with this text, for tests.
+    #[cfg(test)]
+    pub fn for_tests(text: &str) -> Token {
+        Token(text.to_owned())
+    }
 }
 
 impl std::fmt::Debug for Token {

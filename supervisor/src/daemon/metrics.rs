@@ -7,6 +7,7 @@
 //! one function ([`esc`]); `promtool check metrics` reads it in the tests.
 
 mod process;
+pub mod recent;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -30,6 +31,8 @@ const BUCKETS: [f64; 12] = [0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 6
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The last hour by minute, for the console.
+    pub recent: recent::Recent,
 }
 
 #[derive(Default)]
@@ -68,6 +71,7 @@ struct Histogram {
 impl Metrics {
     /// Records a finished task.
     pub fn task(&self, plugin: &str, task: &str, status: i64, took: Duration) {
+        self.recent.finished(crate::journal::now_ms(), status);
         let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let outcome = if status == 0 { "success" } else { "failure" };
         *m.tasks.entry((plugin.to_owned(), task.to_owned(), outcome)).or_default() += 1;

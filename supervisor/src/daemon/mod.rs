@@ -1,6 +1,6 @@
 //! The daemon (`loom-provisioner serve`): its configuration ([`config`]), the service
 //! that journals and runs submitted tasks and cluster operations ([`service`]), the HTTP
-//! API ([`http`]), systemd ([`notify`], [`activation`]), metrics ([`metrics`]), and bounds on what it
+//! API ([`http`]) and the web console it serves ([`console`], [`session`]), systemd ([`notify`], [`activation`]), metrics ([`metrics`]), and bounds on what it
 //! holds ([`budget`], [`memory`]); [`serve`] puts them together.
 //!
 //! Uses the clusters, the journal, the core, the wire and the log; nothing above.
@@ -8,9 +8,11 @@
 pub mod activation;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod serve;
 pub mod service;
+pub mod session;

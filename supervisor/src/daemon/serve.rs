@@ -207,6 +207,8 @@ async fn housekeeping(daemon: Arc<Daemon>, stop: CancellationToken) {
             _ = dog => daemon.notifier.watchdog(),
             _ = status_tick.tick() => {
                 trimmer.check();
+                let waiting = u64::try_from(daemon.in_flight()).unwrap_or(u64::MAX);
+                daemon.metrics.recent.sample(crate::journal::now_ms(), waiting);
                 let status = daemon.status_line();
                 if status != last_status {
                     daemon.notifier.status(&status);

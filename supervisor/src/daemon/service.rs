@@ -50,6 +50,10 @@ pub struct Daemon {
     pub journal: Journal,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// The web console's sessions.
+    pub sessions: crate::daemon::session::Sessions,
+    /// When it started, in milliseconds since the epoch.
+    pub started_ms: i64,
     /// systemd.
     pub notifier: Notifier,
     /// Room for tasks in memory (`max_pending_task_bytes`).
@@ -179,6 +183,8 @@ impl Daemon {
             supervisor,
             journal,
             metrics: Metrics::default(),
+            sessions: crate::daemon::session::Sessions::default(),
+            started_ms: crate::journal::now_ms(),
             notifier: Notifier::from_env(),
             inflight: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),

@@ -51,7 +51,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use fleet::{Fate, Member, Orphan, RESTARTED, Settings};
 pub use health::Health;
-use sql::{Db, Dialect, Row, SqlError};
+use sql::{Arg, Db, Dialect, Row, SqlError};
 
 use writer::{Done, Job, Op};
 
@@ -335,14 +335,15 @@ impl Journal {
         let (id, name, needs) = (task_id.to_owned(), task_name.to_owned(), needs.to_owned());
         let owner = owner.map(|m| Arc::clone(&m.id));
         let unowned = owner.is_none();
+        let cluster = cluster_of(raw.get());
         let accepted = self
             .run(move |c| {
                 if let Some(existing) = get(c, &id)? {
                     return Ok(Some(existing));
                 }
                 c.exec(
-                    "INSERT INTO tasks (task_id, task_name, state, task, submitted_at, needs, owner)
-                     VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
+                    "INSERT INTO tasks (task_id, task_name, state, task, submitted_at, needs, owner, cluster)
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
                     &[
                         (&id).into(),
                         (&name).into(),
@@ -350,6 +351,7 @@ impl Journal {
                         now_ms().into(),
                         (&needs).into(),
                         owner.as_deref().into(),
+                        cluster.as_deref().into(),
                     ],
                 )?;
                 if owner.is_none() {
@@ -485,6 +487,15 @@ impl Journal {
         self.run(move |c| get(c, &id)).await
     }
 
+    /// Tasks newest first, as [`Listing`] asks: at most `limit` (1 to 500), and the
+    /// cursor of the next page when there may be more.
+    ///
+    /// # Errors
+    /// When the journal fails ([`Journal`]).
+    pub async fn list(&self, listing: Listing) -> Result<(Vec<Summary>, Option<String>), JournalError> {
+        self.run(move |c| list(c, &listing)).await
+    }
+
     /// Every task not done, oldest first.
     ///
     /// # Errors
@@ -593,6 +604,132 @@ fn get(c: &mut dyn Db, id: &str) -> Result<Option<Record>, SqlError> {
         &[id.into()],
     )?;
     row.map(|r| read_record(&r)).transpose()
+}
+
+/// Which tasks [`Journal::list`] returns: each given field must match exactly.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// `queued`, `running` or `done`.
+    pub state: Option<String>,
+    /// The plugin it was sent to.
+    pub plugin: Option<String>,
+    /// The task's name (`CREATE` ...).
+    pub name: Option<String>,
+    /// Its `clusterId`.
+    pub cluster: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Older than this cursor (from the previous page).
+    pub before: Option<String>,
+}
+
+/// A task in a listing: no body, no result (those are `GET /v1/tasks/{id}`'s).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Its id.
+    pub task_id: String,
+    /// Its name.
+    pub task_name: String,
+    /// Where it is.
+    pub state: State,
+    /// The plugin it was sent to, once started.
+    pub plugin: Option<String>,
+    /// Its `clusterId`, if it had one.
+    pub cluster_id: Option<String>,
+    /// When it was accepted.
+    pub submitted_at: String,
+    /// When it was (last) started.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// How many times it was started.
+    pub attempts: u32,
+    /// Its result's `status`, once done.
+    pub status: Option<i64>,
+}
+
+/// Most tasks one listing returns.
+pub const MAX_LISTING: usize = 500;
+
+fn list(c: &mut dyn Db, l: &Listing) -> Result<(Vec<Summary>, Option<String>), SqlError> {
+    let limit = l.limit.clamp(1, MAX_LISTING);
+    let before = l.before.as_deref().and_then(parse_cursor);
+    let mut filters = Vec::new();
+    let mut args: Vec<Arg<'_>> = Vec::new();
+    for (column, value) in [("state", &l.state), ("plugin", &l.plugin), ("task_name", &l.name), ("cluster", &l.cluster)]
+    {
+        if let Some(v) = value {
+            args.push(v.as_str().into());
+            filters.push(format!("{column} = ${}", args.len()));
+        }
+    }
+    if let Some((ms, id)) = &before {
+        args.push((*ms).into());
+        args.push(id.as_str().into());
+        let (m, i) = (args.len() - 1, args.len());
+        filters.push(format!("(submitted_at < ${m} OR (submitted_at = ${m} AND task_id < ${i}))"));
+    }
+    let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+    let rows = c.rows(
+        &format!(
+            "SELECT task_id, task_name, state, plugin, cluster, submitted_at, started_at, finished_at, attempts, result
+             FROM tasks {filter} ORDER BY submitted_at DESC, task_id DESC LIMIT {}",
+            limit + 1
+        ),
+        &args,
+    )?;
+    let mut out = Vec::with_capacity(limit);
+    let mut last = None;
+    for r in rows.iter().take(limit) {
+        let submitted = r.int(5)?;
+        let task_id = r.text(0)?;
+        last = Some(format!("{submitted}_{task_id}"));
+        out.push(Summary {
+            task_id,
+            task_name: r.text(1)?,
+            state: State::parse(&r.text(2)?),
+            plugin: r.opt_text(3)?,
+            cluster_id: r.opt_text(4)?,
+            submitted_at: rfc3339(submitted),
+            started_at: r.opt_int(6)?.map(rfc3339),
+            finished_at: r.opt_int(7)?.map(rfc3339),
+            attempts: r.count(8)?,
+            status: r.opt_text(9)?.as_deref().and_then(status_of),
+        });
+    }
+    let next = if rows.len() > limit { last } else { None };
+    Ok((out, next))
+}
+
+/// A cursor `<submitted ms>_<task id>`; `None` when it is not one (then the listing starts
+/// at the newest).
+fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+    let (ms, id) = cursor.split_once('_')?;
+    Some((ms.parse().ok()?, id.to_owned()))
+}
+
+/// A result's `status`, read without building the rest of it.
+fn status_of(result: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: Option<i64>,
+    }
+    serde_json::from_str::<Status>(result).ok()?.status
+}
+
+/// A task's `clusterId` (a string or a number, as Loom sent either), if it has one.
+fn cluster_of(task: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Task {
+        #[serde(rename = "clusterId")]
+        cluster_id: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<Task>(task).ok()?.cluster_id? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn read_record(r: &Row) -> Result<Record, SqlError> {

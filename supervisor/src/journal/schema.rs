@@ -39,8 +39,15 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, finished_at);
 ///   task safe to run twice (1) or not (0), decided when it started, so that another
 ///   daemon can take it over without having the plugin.
 /// - `waiting`: why no daemon takes it, while none can.
-const TASK_COLUMNS: [(&str, &str); 5] =
-    [("needs", "TEXT"), ("owner", "TEXT"), ("plugin", "TEXT"), ("idempotent", "INTEGER"), ("waiting", "TEXT")];
+/// - `cluster`: the task's `clusterId`, kept after its body is forgotten, for listings.
+const TASK_COLUMNS: [(&str, &str); 6] = [
+    ("needs", "TEXT"),
+    ("owner", "TEXT"),
+    ("plugin", "TEXT"),
+    ("idempotent", "INTEGER"),
+    ("waiting", "TEXT"),
+    ("cluster", "TEXT"),
+];
 
 /// The daemons using the journal: each start of one is a row, alive while its lease (a
 /// time in milliseconds, renewed by its heartbeat) lies ahead.
@@ -127,6 +134,8 @@ pub(crate) fn create(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))?;
         }
     }
+    // Listings are newest first.
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS tasks_by_submitted ON tasks (submitted_at)")?;
     conn.execute_batch(DAEMONS)?;
     conn.execute_batch(CLUSTERS)
 }
@@ -134,9 +143,10 @@ pub(crate) fn create(conn: &Connection) -> rusqlite::Result<()> {
 /// PostgreSQL's migrations, in order: (version, statements). Tables as SQLite's, in
 /// schema `loom` (the connection's search path), integers as `bigint`, and a `seq` where
 /// SQLite's `rowid` gives the order rows were made in.
-pub(crate) const POSTGRES: &[(i32, &str)] = &[(
-    1,
-    "
+pub(crate) const POSTGRES: &[(i32, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE loom.tasks (
     task_id      text PRIMARY KEY,
     task_name    text NOT NULL,
@@ -215,4 +225,12 @@ CREATE TABLE loom.cluster_owners (
     since       bigint NOT NULL
 );
 ",
-)];
+    ),
+    (
+        2,
+        "
+ALTER TABLE loom.tasks ADD COLUMN cluster text;
+CREATE INDEX tasks_by_submitted ON loom.tasks (submitted_at);
+",
+    ),
+];

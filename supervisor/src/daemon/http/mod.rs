@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `POST /v1/tasks[?wait=true]` | 202 `{"taskId","state":"queued"}`, or with `wait` 200 and the finished task; a known id: 200 and that task, never a second run |
 //! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
-//! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error) |
+//! | `GET /v1/tasks[?state=&plugin=&name=&cluster=&limit=&before=]` | 200 `{"tasks","next"}`: the task API's tasks newest first, no bodies ([`tasks`]) |
+//! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error and stderr) |
 //! | `POST /v1/plugins/{name}/restart` | 202, 404 |
 //! | `POST /v1/clusters[?wait=true][&limit=L][&removeNodes=true]` (body: a cluster spec) | 202 `{"cluster","jobId","operation","state"}` once `up` is recorded; with `wait` 200 `{"outcome","cluster"}` when it ends; 400 a bad spec, a missing plugin, a bad limit, or dropped nodes with machines without `removeNodes=true` (with `problems`), 409 busy. A spec that drops nodes of a live cluster takes them away (scale-down) |
 //! | `GET /v1/clusters` | 200 `{"clusters": [...]}` |
@@ -13,6 +14,8 @@
 //! | `POST /v1/clusters/{name}/restart-services[?wait=true][&limit=L][&rolling=true[&batch=N]]` | 202, 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/reconfigure[?restart=true][&wait=true][&limit=L][&removeNodes=true]` (body: optionally the changed spec) | 202, 400, 404, 409 |
 //! | `POST /v1/clusters/{name}/plan[?op=up\|down\|restart-services\|reconfigure][&force=true][&restart=true][&limit=L][&rolling=true[&batch=N]][&removeNodes=true]` (body: for `up` and `reconfigure`, optionally the spec; else the stored one) | 200 what the operation would do, sending nothing (as `cluster plan --json`; `ok` false when a check failed), 400, 404 |
+//! | `GET /v1/stats` | 200 version, uptime, journal, queue, the last hour by minute ([`stats`]) |
+//! | `GET /`, `/console.js`, `/console.css`, `/v1/session` | the web console and its login ([`console`]; no token needed) |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
@@ -23,8 +26,9 @@
 //! machines). A `batch` that is not a number
 //! from 1 gets 400.
 //!
-//! With a token configured every path but `/healthz` needs `Authorization: Bearer <token>`
-//! (401 without). Bodies over `max_body_bytes` get 413, bodies slower than
+//! With a token configured every path but `/healthz` and the console's needs
+//! `Authorization: Bearer <token>` or the console's session cookie (401 without); what a
+//! browser may have been made to send is refused (403, [`guard`]). Bodies over `max_body_bytes` get 413, bodies slower than
 //! `http.body_read_timeout_secs` 408; JSON that does not parse gets 400 with the parser's
 //! position; a task that is not valid gets 400 saying why. Connections are accepted and
 //! kept within limits by [`server`].
@@ -33,7 +37,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -45,9 +49,13 @@ use crate::daemon::config::Listen;
 use crate::daemon::service::{ClusterOpError, Daemon, SubmitError, Submitted};
 
 mod body;
+mod console;
+mod guard;
 pub(crate) mod path;
 mod routes;
 mod server;
+mod stats;
+mod tasks;
 
 use routes::{Endpoint, Found};
 use server::Body;
@@ -125,9 +133,24 @@ pub enum BindError {
 }
 
 pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
-    let response = route(daemon, req).await;
+    let mut response = route(daemon, req).await;
     daemon.metrics.http(response.status().as_u16());
+    secure(response.headers_mut());
     response
+}
+
+/// Headers on every answer: nothing is sniffed into another type, framed, or told where the
+/// browser came from; an answer that is not the console's page may run nothing at all.
+fn secure(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{
+        CONTENT_SECURITY_POLICY, HeaderValue, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !headers.contains_key(CONTENT_SECURITY_POLICY) {
+        headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    }
 }
 
 async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
@@ -136,7 +159,12 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         return error(StatusCode::BAD_REQUEST, "the path is not valid percent-encoded UTF-8");
     };
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    if segments.as_slice() != ["healthz"] && !authorized(daemon, &req) {
+    let caller = guard::identify(daemon, &req);
+    let public = matches!(segments.as_slice(), [] | ["healthz" | "console.js" | "console.css"] | ["v1", "session"]);
+    if let Some(why) = guard::refusal(&req, caller.as_ref(), segments.as_slice() == ["v1", "session"]) {
+        return error(StatusCode::FORBIDDEN, why);
+    }
+    if !public && caller.is_none() {
         let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required: Authorization: Bearer <token>");
         r.headers_mut()
             .insert(WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer realm=\"loom-provisioner\""));
@@ -215,25 +243,11 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
             }
         }
         Endpoint::ClusterPlan => cluster_plan(daemon, req, arg, scope).await,
+        Endpoint::Console => console::asset(&req, segments.first().copied().unwrap_or_default()),
+        Endpoint::Session => console::session(daemon, req, caller).await,
+        Endpoint::ListTasks => tasks::list(daemon, &req).await,
+        Endpoint::Stats => stats::stats(daemon).await,
     }
-}
-
-fn authorized(daemon: &Daemon, req: &Request<Body>) -> bool {
-    let Some(token) = daemon.config().token else { return true };
-    // RFC 9110: the scheme is case-insensitive; one or more spaces follow it.
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_str().as_bytes()))
-}
-
-/// Compares without leaking where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
@@ -559,14 +573,7 @@ async fn plugins(daemon: &Daemon) -> Value {
                     v["runnable"] = json!(true);
                     v["executable"] = json!(spec.executable);
                     v["queued"] = json!(p.queued());
-                    v["instances"] = p
-                        .status()
-                        .into_iter()
-                        .map(|s| {
-                            json!({"phase": phase_name(&s.phase), "pid": s.pid, "restarts": s.restarts,
-                                   "inFlight": s.in_flight, "lastError": s.last_error})
-                        })
-                        .collect();
+                    v["instances"] = p.status().into_iter().map(|s| instance(&s)).collect();
                 }
                 (Availability::NotRunnable(why), _) => {
                     v["runnable"] = json!(false);
@@ -581,6 +588,33 @@ async fn plugins(daemon: &Daemon) -> Value {
         })
         .collect();
     json!({"daemon": {"id": &*me.id, "name": me.name, "host": me.host}, "plugins": list, "daemons": daemons})
+}
+
+/// One instance as the API shows it: `phase` also tells `busy` (ready, with tasks in
+/// flight) and `backing off` (crashed, waiting to start again); `retryAt` when a failed
+/// plugin will be tried again; the crash's message apart from the plugin's last stderr
+/// lines (`lastStderr`).
+fn instance(s: &crate::core::pool::InstanceStatus) -> Value {
+    use crate::core::pool::Phase;
+    let phase = match &s.phase {
+        Phase::Ready if s.in_flight > 0 => "busy",
+        Phase::Restarting => "backing off",
+        p => phase_name(p),
+    };
+    let (error, stderr) = match s.last_error.as_deref().map(|e| e.split_once("; its last stderr lines:\n")) {
+        Some(Some((error, lines))) => (Some(error), lines.lines().collect::<Vec<_>>()),
+        Some(None) => (s.last_error.as_deref(), Vec::new()),
+        None => (None, Vec::new()),
+    };
+    let mut v = json!({"phase": phase, "pid": s.pid, "restarts": s.restarts, "inFlight": s.in_flight,
+                       "lastError": error, "lastStderr": stderr});
+    if let Phase::Failed { until, reason } = &s.phase {
+        let wait = until.saturating_duration_since(std::time::Instant::now());
+        let at = crate::journal::now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        v["retryAt"] = json!(crate::journal::rfc3339(at));
+        v["reason"] = json!(reason);
+    }
+    v
 }
 
 fn phase_name(p: &crate::core::pool::Phase) -> &'static str {
@@ -725,12 +759,5 @@ mod tests {
         assert!(loopback.reload().is_ok());
         open.drain(std::time::Duration::from_secs(1)).await;
         loopback.drain(std::time::Duration::from_secs(1)).await;
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

@@ -19,6 +19,10 @@ pub(super) enum Endpoint {
     RestartServices,
     Reconfigure,
     ClusterPlan,
+    ListTasks,
+    Stats,
+    Console,
+    Session,
 }
 
 /// Every endpoint: its method, its path (`*` stands for one segment, passed on), and what
@@ -26,6 +30,14 @@ pub(super) enum Endpoint {
 pub(super) const ROUTES: &[(Method, &[&str], Endpoint)] = &[
     (Method::GET, &["healthz"], Endpoint::Health),
     (Method::GET, &["metrics"], Endpoint::Metrics),
+    (Method::GET, &[], Endpoint::Console),
+    (Method::GET, &["console.js"], Endpoint::Console),
+    (Method::GET, &["console.css"], Endpoint::Console),
+    (Method::GET, &["v1", "session"], Endpoint::Session),
+    (Method::POST, &["v1", "session"], Endpoint::Session),
+    (Method::DELETE, &["v1", "session"], Endpoint::Session),
+    (Method::GET, &["v1", "stats"], Endpoint::Stats),
+    (Method::GET, &["v1", "tasks"], Endpoint::ListTasks),
     (Method::POST, &["v1", "tasks"], Endpoint::SubmitTask),
     (Method::GET, &["v1", "tasks", "*"], Endpoint::GetTask),
     (Method::GET, &["v1", "plugins"], Endpoint::ListPlugins),
@@ -95,7 +107,7 @@ mod tests {
     #[test]
     fn a_known_path_with_another_method_lists_the_allowed_ones() {
         assert_eq!(find(&Method::PUT, &["v1", "clusters", "c"]), Found::WrongMethod(vec!["GET", "DELETE"]));
-        assert_eq!(find(&Method::GET, &["v1", "tasks"]), Found::WrongMethod(vec!["POST"]));
+        assert_eq!(find(&Method::PUT, &["v1", "tasks"]), Found::WrongMethod(vec!["GET", "POST"]));
         assert_eq!(find(&Method::DELETE, &["v1", "clusters", "c", "reconfigure"]), Found::WrongMethod(vec!["POST"]));
     }
 
@@ -103,6 +115,6 @@ mod tests {
     fn an_unknown_path_is_not_found() {
         assert_eq!(find(&Method::GET, &["v1", "tasks", "a", "b"]), Found::NoPath);
         assert_eq!(find(&Method::GET, &["v2", "tasks"]), Found::NoPath);
-        assert_eq!(find(&Method::GET, &[]), Found::NoPath);
+        assert_eq!(find(&Method::GET, &["console.html"]), Found::NoPath);
     }
 }
