@@ -24,6 +24,7 @@ is missing.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -294,25 +295,38 @@ class Scenario:
         card = 'section.plugin[data-plugin="shell"]'
         self.s.wait_for(card + " table", MINUTE, "the shell plugin's card")
         before = self.plugin_state("shell")
-        self.shot("07-plugins.png")
         self.s.find(f'{card} button.restart').click()
         ok = self.s.wait("the restart dialog", lambda: self.s.find("#dialog-ok").enabled() and self.s.find("#dialog-ok"), MINUTE)
         ok.click()
-        after = self.s.wait(
-            "the shell plugin's restart count to change",
-            lambda: (lambda now: now if now["restarts"] != before["restarts"] else None)(self.plugin_state("shell")),
+        # A restart asked for starts a new process; the restart count counts crashes.
+        restarted = self.s.wait(
+            "a new shell process after the restart",
+            lambda: (lambda now: now if now["pids"] and now["pids"] != before["pids"] and now["phases"] == ["ready"] else None)(
+                self.plugin_state("shell")
+            ),
             2 * MINUTE,
         )
-        check(after["restarts"] != before["restarts"], f"restarts went from {before['restarts']} to {after['restarts']}")
-        self.s.wait("a new shell process", lambda: self.plugin_state("shell")["pids"] not in ([], before["pids"]), 2 * MINUTE)
-        check(True, "the shell plugin runs again with a new process")
+        check(True, f"the shell plugin was restarted: pid {before['pids']} -> {restarted['pids']}")
+        # A crash (the test kills the process) is restarted by the supervisor and counted.
+        os.kill(int(restarted["pids"][0]), signal.SIGKILL)
+        after = self.s.wait(
+            "the shell plugin's restart count to change after a crash",
+            lambda: (lambda now: now if now["restarts"] != restarted["restarts"] else None)(self.plugin_state("shell")),
+            2 * MINUTE,
+        )
+        check(int(after["restarts"]) == int(restarted["restarts"]) + 1, f"restarts went from {restarted['restarts']} to {after['restarts']}")
+        self.s.wait_text(f"{card} td.wrap", "pid", MINUTE)
+        check(True, "the crash's last error is shown")
+        self.s.wait("the shell plugin ready again", lambda: self.plugin_state("shell")["phases"] == ["ready"], 2 * MINUTE)
+        self.shot("07-plugins.png")
 
     def plugin_state(self, name):
         return self.s.js(
             "const c = document.querySelector(`section.plugin[data-plugin=\"${arguments[0]}\"]`);"
             " if (!c) return null;"
             " return {restarts: c.querySelector('.restarts').textContent,"
-            " pids: [...c.querySelectorAll('tbody tr td:nth-child(2)')].map((td) => td.textContent).filter((p) => p !== '—')}",
+            " pids: [...c.querySelectorAll('tbody tr td:nth-child(2)')].map((td) => td.textContent).filter((p) => p !== '—'),"
+            " phases: [...c.querySelectorAll('tbody tr td:nth-child(3)')].map((td) => td.textContent)}",
             name,
         )
 

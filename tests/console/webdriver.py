@@ -133,6 +133,9 @@ class Element:
         return f"/element/{self.ref}{tail}"
 
     def click(self):
+        # Into the middle of the view first: clicked at the top, it could be under the
+        # page's sticky header, which would take the click.
+        self.s.js("arguments[0].scrollIntoView({block: 'center', inline: 'nearest'})", self)
         self.s.call("POST", self._path("/click"), {})
 
     def send_keys(self, text):

@@ -51,6 +51,12 @@
     }
   }
 
+  /** Replaces the children of `el` with `kids` (as for h(): nulls skipped, arrays flattened). */
+  function fill(el, ...kids) {
+    el.textContent = '';
+    return append(el, kids);
+  }
+
   /** An element: h('a', {href: '#/x', class: 'y'}, 'text', child, [more]). */
   function h(tag, props, ...kids) {
     const el = document.createElement(tag);
@@ -443,11 +449,11 @@
   // ---------------------------------------------------------------- dialogs
 
   /**
-   * A modal confirmation. `body` is filled by `fill(bodyEl, setReady)`, which may load
+   * A modal confirmation. `body` is filled by `prepare(bodyEl, setReady)`, which may load
    * things (a plan) and enables the confirm button with setReady(true). `action()` runs
    * on confirm; an error it throws is shown in the dialog, which stays open.
    */
-  function confirmDialog({ title, okText, danger, fill, action }) {
+  function confirmDialog({ title, okText, danger, prepare, action }) {
     const dialog = $('#dialog');
     const ok = $('#dialog-ok');
     const cancel = $('#dialog-cancel');
@@ -457,7 +463,7 @@
     ok.className = danger ? 'danger' : 'primary';
     err.hidden = true;
     const body = $('#dialog-body');
-    body.replaceChildren();
+    fill(body);
     const setReady = (ready) => { ok.disabled = !ready; };
     setReady(false);
     const controller = new AbortController();
@@ -482,13 +488,13 @@
     cancel.addEventListener('click', close, { signal: controller.signal });
     dialog.addEventListener('close', () => controller.abort(), { signal: controller.signal });
     dialog.showModal();
-    Promise.resolve(fill(body, setReady)).catch((e) => body.append(errorBox(e)));
+    Promise.resolve(prepare(body, setReady)).catch((e) => body.append(errorBox(e)));
     cancel.focus();
   }
 
   function notice(text, kind) {
     const box = $('#notices');
-    const p = h('p', { class: ['notice', kind] }, text);
+    const p = h('p', { class: ['notice', kind], data: { at: Date.now() } }, text);
     box.append(p);
     setTimeout(() => p.remove(), 8000);
   }
@@ -690,10 +696,10 @@
       file.addEventListener('change', async () => {
         const f = file.files && file.files[0];
         if (!f) return;
-        if (f.size > 1024 * 1024) { planOut.replaceChildren(message('That file is larger than 1 MiB: not a cluster spec.', 'error')); return; }
+        if (f.size > 1024 * 1024) { fill(planOut, message('That file is larger than 1 MiB: not a cluster spec.', 'error')); return; }
         spec.value = await f.text();
         invalidate();
-        planOut.replaceChildren(message(`Read ${f.name}. Show the plan next.`));
+        fill(planOut, message(`Read ${f.name}. Show the plan next.`));
       });
       const parse = () => {
         let value;
@@ -707,14 +713,14 @@
         ev.preventDefault();
         invalidate();
         planBtn.disabled = true;
-        planOut.replaceChildren(message('Planning…'));
+        fill(planOut, message('Planning…'));
         try {
           const value = parse();
           const plan = await api('POST', `/v1/clusters/${encodeURIComponent(value.name)}/plan?op=up`, spec.value);
-          planOut.replaceChildren(planView(plan));
+          fill(planOut, planView(plan));
           if (plan.ok) { planned = { name: value.name, text: spec.value }; applyBtn.disabled = false; }
         } catch (e) {
-          planOut.replaceChildren(errorBox(e, 'No plan'));
+          fill(planOut, errorBox(e, 'No plan'));
         } finally {
           planBtn.disabled = false;
         }
@@ -746,10 +752,10 @@
         this.clusters = Array.isArray(data.clusters) ? data.clusters : [];
         const states = [...new Set(this.clusters.map((c) => c.state))].sort();
         const chosen = this.stateFilter.value;
-        this.stateFilter.replaceChildren(h('option', { value: '' }, 'any state'), states.map((s) => h('option', { value: s, selected: s === chosen }, s)));
+        fill(this.stateFilter, h('option', { value: '' }, 'any state'), states.map((s) => h('option', { value: s, selected: s === chosen }, s)));
         this.renderList();
       } catch (e) {
-        if (this.alive) this.list.replaceChildren(errorBox(e, 'Cannot list clusters'));
+        if (this.alive) fill(this.list, errorBox(e, 'Cannot list clusters'));
       }
     }
 
@@ -760,7 +766,7 @@
       const shown = this.clusters.filter((c) => (!st || c.state === st) &&
         (!q || [c.name, c.state, ...(c.nodes || []).map((n) => n.hostname)].some((t) => String(t).toLowerCase().includes(q))));
       if (!this.clusters.length) {
-        this.list.replaceChildren(message('No clusters yet. Bring one up from a spec above.'));
+        fill(this.list, message('No clusters yet. Bring one up from a spec above.'));
         return;
       }
       const rows = shown.map((c) => {
@@ -776,7 +782,7 @@
           h('td', null, badge(outcome, kind)),
           h('td', null, when(c.updatedAt)));
       });
-      this.list.replaceChildren(
+      fill(this.list, 
         table(['Cluster', 'State', 'Nodes', 'Services', 'Last operation', 'Outcome', 'Changed'], rows, { class: 'clusters' }),
         shown.length < this.clusters.length ? message(`${this.clusters.length - shown.length} hidden by the filter.`) : null);
     }
@@ -822,10 +828,10 @@
       } catch (e) {
         if (!this.alive) return;
         if (e.status === 404) {
-          this.head.replaceChildren(h('h1', null, this.name), message(`There is no cluster named "${this.name}" (any more).`, 'error'));
-          for (const s of [this.report, this.nodesBox, this.timeline, this.detail, this.running]) s.replaceChildren();
+          fill(this.head, h('h1', null, this.name), message(`There is no cluster named "${this.name}" (any more).`, 'error'));
+          for (const s of [this.report, this.nodesBox, this.timeline, this.detail, this.running]) fill(s);
         } else {
-          this.head.replaceChildren(h('h1', null, this.name), errorBox(e, 'Cannot load the cluster'));
+          fill(this.head, h('h1', null, this.name), errorBox(e, 'Cannot load the cluster'));
         }
         return;
       }
@@ -875,7 +881,7 @@
       const [outcome, kind] = outcomeOf(c);
       const busy = c.busy;
       const action = (id, label, fn, danger) => h('button', { type: 'button', id, class: danger ? 'danger' : null, disabled: busy, title: busy ? 'an operation is running' : null, events: { click: fn } }, label);
-      this.head.replaceChildren(
+      fill(this.head, 
         h('div', { class: 'title-row' }, h('h1', null, c.name), badge(c.state), busy ? badge('busy') : null),
         facts([
           ['Last operation', c.lastJob ? [c.lastJob, ' ', badge(outcome, kind)] : '—'],
@@ -892,9 +898,9 @@
 
     renderReport() {
       const r = this.cluster.report;
-      if (!r) { this.report.replaceChildren(); return; }
+      if (!r) { fill(this.report); return; }
       const failed = Array.isArray(r.failed) ? r.failed : [];
-      this.report.replaceChildren(h('div', { class: 'error' },
+      fill(this.report, h('div', { class: 'error' },
         h('h2', null, `${r.operation || 'The operation'} ${r.job || ''} did not finish`),
         h('ul', null, failed.map((f) => h('li', null,
           h('button', { type: 'button', class: 'link', data: { taskId: f.taskId }, events: { click: () => this.select({ task: f.taskId }) } }, String(f.step || f.taskId)),
@@ -943,7 +949,7 @@
           const [text, kind] = state(n.id, s);
           return h('li', null, s, ' ', badge(text, kind));
         })))));
-      this.nodesBox.replaceChildren(h('h2', { id: 'nodes-h' }, `Nodes (${nodes.length})`),
+      fill(this.nodesBox, h('h2', { id: 'nodes-h' }, `Nodes (${nodes.length})`),
         nodes.length ? table(['Hostname', 'Node', 'Address', 'Provider id', 'Services'], rows, { class: 'node-table' }) : message('No node has been touched yet.'));
     }
 
@@ -961,7 +967,7 @@
       const header = h('div', { class: 'title-row' }, h('h2', { id: 'timeline-h' }, 'Timeline'),
         jobs.length ? h('span', { class: 'field' }, h('label', { for: 'job' }, 'Operation'), select) : null);
       if (!rows.length) {
-        this.timeline.replaceChildren(header, message('No step has run yet.'));
+        fill(this.timeline, header, message('No step has run yet.'));
         return;
       }
       const last = this.cluster.lastJob;
@@ -1026,7 +1032,7 @@
         const scroller = this.timeline.querySelector('.gantt-scroll');
         const scroll = scroller ? scroller.scrollTop : 0;
         const box = h('div', { class: 'gantt-scroll' }, grid);
-        this.timeline.replaceChildren(header, idle,
+        fill(this.timeline, header, idle,
           h('p', { class: 'legend' }, `${rows.length} attempt(s) over ${fmtDuration(span)}: `,
             badge(`${count('ok')} done`, 'ok'), ' ', badge(`${count('running')} running`, 'running'), ' ', badge(`${count('failed')} failed`, 'failed'),
             retried.size ? [' ', badge(`${retried.size} retried`, 'retried')] : null),
@@ -1040,8 +1046,8 @@
       const running = this.tasks.filter((t) => t.state === 'running');
       const shown = new Set([...this.running.querySelectorAll('pre.live-output')].map((p) => p.dataset.liveTask));
       if (running.length === shown.size && running.every((t) => shown.has(t.taskId))) return;
-      if (!running.length) { this.running.replaceChildren(); return; }
-      this.running.replaceChildren(h('h2', { id: 'running-h' }, `Running now (${running.length})`),
+      if (!running.length) { fill(this.running); return; }
+      fill(this.running, h('h2', { id: 'running-h' }, `Running now (${running.length})`),
         h('div', { class: 'live-grid' }, running.map((t) => h('div', { class: 'live-box', data: { taskId: t.taskId } },
           h('h3', null, h('button', { type: 'button', class: 'link', events: { click: () => this.select({ task: t.taskId }) } }, stepText(t.step)),
             ' ', h('span', { class: 'muted' }, `on ${this.hostname(parseStep(t.step).node)}, attempt ${t.attempt}`)),
@@ -1063,13 +1069,13 @@
 
     renderDetail() {
       const sel = this.selected;
-      if (!sel || !this.cluster) { this.detail.replaceChildren(); return; }
+      if (!sel || !this.cluster) { fill(this.detail); return; }
       const close = h('button', { type: 'button', class: 'quiet close', events: { click: () => { this.selected = null; this.renderDetail(); this.renderTimeline(); this.renderNodes(); } } }, 'Close');
       if (sel.node) {
         const n = (this.cluster.nodes || []).find((x) => x.id === sel.node) || { id: sel.node, hostname: sel.node, services: [], endpoints: [] };
         const state = this.serviceStates();
         const steps = this.tasks.filter((t) => parseStep(t.step).node === n.id).sort((a, b) => b.startedMs - a.startedMs);
-        this.detail.replaceChildren(h('div', { class: 'card' },
+        fill(this.detail, h('div', { class: 'card' },
           h('div', { class: 'title-row' }, h('h2', null, `Node ${n.hostname}`), close),
           facts([
             ['Node', n.id], ['Group', n.group], ['Hostname', n.hostname], ['Address', n.address], ['Provider id', n.providerid],
@@ -1087,12 +1093,12 @@
       }
       const t = this.tasks.find((x) => x.taskId === sel.task);
       if (!t) {
-        this.detail.replaceChildren(h('div', { class: 'card' }, h('div', { class: 'title-row' }, h('h2', null, 'Step'), close), message(`Task ${sel.task} is not part of this cluster's record.`)));
+        fill(this.detail, h('div', { class: 'card' }, h('div', { class: 'title-row' }, h('h2', null, 'Step'), close), message(`Task ${sel.task} is not part of this cluster's record.`)));
         return;
       }
       const attempts = this.tasks.filter((x) => x.step === t.step && x.jobId === t.jobId).sort((a, b) => a.attempt - b.attempt);
       const p = parseStep(t.step);
-      this.detail.replaceChildren(h('div', { class: 'card step-detail', data: { step: t.step } },
+      fill(this.detail, h('div', { class: 'card step-detail', data: { step: t.step } },
         h('div', { class: 'title-row' }, h('h2', null, `Step ${stepText(t.step)}`), close),
         facts([['Node', h('button', { type: 'button', class: 'link', events: { click: () => this.select({ node: p.node }) } }, this.hostname(p.node))],
           ['Service', p.service], ['Operation', t.jobId], ['Attempts', String(attempts.length)]]),
@@ -1129,17 +1135,17 @@
         title: titles[op],
         okText: oks[op],
         danger: op !== 'reconfigure',
-        fill: (body, setReady) => {
+        prepare: (body, setReady) => {
           const out = h('div', { class: 'plan-out', 'aria-live': 'polite' });
           const plan = async () => {
             setReady(false);
-            out.replaceChildren(message('Planning…'));
+            fill(out, message('Planning…'));
             try {
               const p = await api('POST', `/v1/clusters/${encodeURIComponent(name)}/plan?${planQuery(op, opts)}`, op === 'reconfigure' && specText.trim() ? specText : undefined);
-              out.replaceChildren(planView(p));
+              fill(out, planView(p));
               setReady(!!p.ok);
             } catch (e) {
-              out.replaceChildren(errorBox(e, 'No plan'));
+              fill(out, errorBox(e, 'No plan'));
             }
           };
           if (op === 'reconfigure') {
@@ -1250,8 +1256,8 @@
         this.render();
       } catch (e) {
         if (!this.alive) return;
-        if (missing(e)) this.body.replaceChildren(message('This daemon cannot list tasks yet (GET /v1/tasks is missing). Open one by its id:', 'error'), openById());
-        else this.body.replaceChildren(errorBox(e, 'Cannot list tasks'));
+        if (missing(e)) fill(this.body, message('This daemon cannot list tasks yet (GET /v1/tasks is missing). Open one by its id:', 'error'), openById());
+        else fill(this.body, errorBox(e, 'Cannot list tasks'));
       }
     }
 
@@ -1282,7 +1288,7 @@
           h('td', { class: 'num' }, String(t.attempts !== undefined ? t.attempts : '')),
           h('td', null, t.status === undefined || t.status === null ? '—' : badge(String(t.status), t.status === 0 ? 'ok' : 'failed')));
       });
-      this.body.replaceChildren(
+      fill(this.body, 
         this.rows.length ? table(['Task', 'Name', 'State', 'Plugin', 'Cluster', 'Submitted', 'Duration', 'Attempts', 'Status'], rows, { class: 'tasks' }) : message('No tasks match.'),
         this.next ? h('div', { class: 'buttons' }, h('button', { type: 'button', id: 'older', events: { click: () => this.more() } }, 'Older tasks')) : null,
         h('details', null, h('summary', null, 'Open a task by its id'), openById()));
@@ -1314,7 +1320,7 @@
       try {
         t = await api('GET', `/v1/tasks/${encodeURIComponent(this.id)}`);
       } catch (e) {
-        if (this.alive) this.body.replaceChildren(e.status === 404 ? message(`There is no task "${this.id}".`, 'error') : errorBox(e, 'Cannot load the task'));
+        if (this.alive) fill(this.body, e.status === 404 ? message(`There is no task "${this.id}".`, 'error') : errorBox(e, 'Cannot load the task'));
         return;
       }
       if (!this.alive) return;
@@ -1323,7 +1329,7 @@
       const finished = parseTime(t.finishedAt);
       const res = t.result && typeof t.result === 'object' ? t.result : null;
       const rest = res ? Object.fromEntries(Object.entries(res).filter(([k]) => !['stdout', 'stderr'].includes(k))) : null;
-      this.body.replaceChildren(
+      fill(this.body, 
         facts([
           ['Name', t.taskName], ['State', badge(t.state)], ['Status', res && res.status !== undefined ? badge(String(res.status), res.status === 0 ? 'ok' : 'failed') : null],
           ['Plugin', t.plugin], ['Cluster', t.clusterId ? h('a', { href: route('clusters', t.clusterId) }, t.clusterId) : null],
@@ -1366,14 +1372,14 @@
       try {
         data = await api('GET', '/v1/plugins');
       } catch (e) {
-        if (this.alive) this.body.replaceChildren(errorBox(e, 'Cannot list plugins'));
+        if (this.alive) fill(this.body, errorBox(e, 'Cannot list plugins'));
         return;
       }
       if (!this.alive) return;
       const plugins = Array.isArray(data.plugins) ? data.plugins : [];
       const d = data.daemon || {};
       const daemons = Array.isArray(data.daemons) ? data.daemons.filter((x) => x && x.alive && !x.stopped) : [];
-      keepFocus(this.body, 'plugin', () => this.body.replaceChildren(
+      keepFocus(this.body, 'plugin', () => fill(this.body, 
         h('p', { class: 'muted' }, `Daemon ${d.name || '?'} on ${d.host || '?'}`, daemons.length > 1 ? `, one of ${daemons.length} in the fleet` : ''),
         plugins.length ? h('div', { class: 'plugin-grid' }, plugins.map((p) => this.plugin(p))) : message('No plugins are registered.')));
     }
@@ -1406,7 +1412,7 @@
         title: `Restart ${p.kind} ${p.name}`,
         okText: 'Restart',
         danger: true,
-        fill: (body, setReady) => {
+        prepare: (body, setReady) => {
           const inFlight = (p.instances || []).reduce((a, i) => a + (Number(i.inFlight) || 0), 0);
           body.append(h('p', null, `Its processes are stopped and started again.${inFlight ? ` ${inFlight} task(s) in flight are retried or fail.` : ''} A failed plugin is tried again at once.`));
           setReady(true);
@@ -1454,7 +1460,7 @@
         hz && hz.summary ? ` ${hz.summary}` : '', hz && hz.journal ? ` ${hz.journal}` : ''));
       if (stats instanceof ApiError) {
         parts.push(missing(stats) ? message('This daemon has no statistics yet (GET /v1/stats is missing): update it for charts.', 'error') : errorBox(stats, 'Cannot load statistics'));
-        this.body.replaceChildren(...parts);
+        fill(this.body, ...parts);
         return;
       }
       const s = stats || {};
@@ -1479,7 +1485,7 @@
         h('figure', { class: 'card' }, barChart(finished.map((n) => n / 60), 'Tasks per second, per minute', 'c-rate'),
           h('figcaption', null, `Tasks per second (${lastHour(finished)} finished in the last hour)`)),
         h('figure', { class: 'card' }, barChart(failed, 'Failed tasks per minute', 'c-fail'), h('figcaption', null, `Failures (${lastHour(failed)} in the last hour)`))));
-      this.body.replaceChildren(...parts);
+      fill(this.body, ...parts);
     }
 
     onEvent(type) {
@@ -1518,6 +1524,9 @@
 
     render() {
       if (current) current.destroy();
+      // Notices stay across the page they lead to (an operation started, then its page),
+      // not further.
+      for (const n of document.querySelectorAll('#notices .notice')) if (Date.now() - Number(n.dataset.at) > 1500) n.remove();
       const main = $('#main');
       if (!session.authenticated) {
         current = new LoginView(() => { live.start(); this.render(); });
@@ -1531,7 +1540,7 @@
         this.mark(this.parse().parts[0] || 'clusters');
       }
       document.title = `${current.title} · Loom`;
-      main.replaceChildren(current.el);
+      fill(main, current.el);
       current.load();
     },
 
@@ -1558,7 +1567,7 @@
     try {
       await session.check();
     } catch (e) {
-      $('#main').replaceChildren(h('h1', null, 'Loom'), errorBox(e, 'The daemon does not answer'));
+      fill($('#main'), h('h1', null, 'Loom'), errorBox(e, 'The daemon does not answer'));
       return;
     }
     if (session.authenticated) live.start();
