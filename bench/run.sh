@@ -11,7 +11,9 @@
 #   bench/run.sh --only latency,flood    some sections only; writes nothing
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p loom-bench -p loom-supervisor -p loom-plugin-local -p loom-plugin-shell
+# The same selection as dist/deb/build.sh: one set of features, so that the package
+# build after this one (in .ci/run) finds everything built.
+cargo build --release --quiet --workspace --bins
 if [ $# -gt 0 ]; then
   exec target/release/loom-bench "$@"
 fi

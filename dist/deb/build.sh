@@ -13,7 +13,8 @@ command -v cargo-deb >/dev/null || {
   echo "dist/deb/build.sh: cargo-deb is required: cargo install cargo-deb --version 3.8.0 --locked" >&2
   exit 1
 }
-cargo build --release --quiet -p loom-supervisor -p loom-plugin-shell -p loom-plugin-local -p loom-plugin-fixed -p loom-plugin-ec2
+# The whole workspace, as bench/run.sh builds it: the same features, nothing built twice.
+cargo build --release --quiet --workspace --bins
 
 gen=target/deb-generated
 rm -rf "$gen"

@@ -90,6 +90,20 @@ fn the_token_is_traded_once_for_a_session_cookie_that_needs_the_csrf_header_to_c
     assert_eq!(r.status, 202, "{r:?}");
     // The bearer token still works alone, as for every client but a browser.
     assert_eq!(serve.request("GET", "/v1/tasks/c1", None).0, 200);
+    // A provider's result legitimately returns credentials; the console is never shown them.
+    let returns =
+        action("c2", "INSTALL", "a1", json!({"result": {"ssh-auth": {"user": "root", "password": "pw-back-4321"}}}));
+    assert_eq!(serve.submit(&returns, true).0, 200);
+    let (_, raw) = serve.request("GET", "/v1/tasks/c2", None);
+    assert_eq!(
+        raw["result"]["result"]["ssh-auth"]["password"], "pw-back-4321",
+        "API clients get the result whole: {raw}"
+    );
+    let shown = serve.raw("GET", "/v1/tasks/c2", &with(&[]), "");
+    assert!(!shown.body.contains("pw-back-4321"), "{shown:?}");
+    assert_eq!(shown.json()["result"]["result"]["ssh-auth"]["user"], "root");
+    let (_, masked) = serve.request("GET", "/v1/tasks/c2?masked=true", None);
+    assert_eq!(masked["result"]["result"]["ssh-auth"]["password"], "[redacted]");
 
     let out = serve.raw("DELETE", "/v1/session", &with(&[csrf()]), "");
     assert_eq!(out.status, 204);

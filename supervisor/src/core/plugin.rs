@@ -69,6 +69,12 @@ impl Plugin {
         })
     }
 
+    /// Tells `observer` of every phase change of this plugin's instances from now on
+    /// (call before [`Plugin::start`] to see the first `starting`).
+    pub fn observe(&self, observer: &Arc<dyn crate::core::pool::PhaseObserver>) {
+        self.pool.observe(Arc::clone(observer), self.name(), self.kind());
+    }
+
     /// The manifest this plugin runs from.
     pub fn spec(&self) -> &Arc<PluginSpec> {
         &self.spec

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use loom_protocol::TaskName;
+use loom_protocol::{PluginKind, TaskName};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::log::secs;
@@ -28,6 +28,8 @@ pub struct Pool {
     queue_timeout: Option<Duration>,
     /// Bumped on every phase change, for [`Pool::wait_for`].
     changes: watch::Sender<u64>,
+    /// Told of every phase change, once set ([`Pool::observe`]).
+    observer: std::sync::OnceLock<Observed>,
 }
 
 struct PoolState {
@@ -98,6 +100,38 @@ pub enum Phase {
     Stopping,
     /// Stopped for good.
     Stopped,
+}
+
+/// An instance's phase changed: what a [`PhaseObserver`] is told.
+#[derive(Debug)]
+pub struct PhaseChange<'a> {
+    /// The plugin.
+    pub plugin: &'a str,
+    /// Its kind.
+    pub kind: PluginKind,
+    /// The instance's index.
+    pub instance: usize,
+    /// Its new phase.
+    pub phase: &'a Phase,
+    /// Its process, when one runs (ready).
+    pub pid: Option<u32>,
+    /// Its restarts after crashes so far.
+    pub restarts: u64,
+}
+
+/// Told of every phase change of every instance, after the pool's state has changed
+/// (the layers above watch the plugins through it without the core knowing them). Called
+/// from the instance loops: keep it quick, never block.
+pub trait PhaseObserver: Send + Sync {
+    /// One change.
+    fn changed(&self, change: &PhaseChange<'_>);
+}
+
+/// The observer of one pool, and the plugin it tells about.
+struct Observed {
+    observer: Arc<dyn PhaseObserver>,
+    plugin: String,
+    kind: PluginKind,
 }
 
 /// A snapshot of one instance, for `plugins` listings and the API.
@@ -178,7 +212,25 @@ impl Pool {
             queue_room: Semaphore::new(queue_capacity),
             queue_timeout,
             changes: watch::Sender::new(0),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every phase change from now on, as of plugin `plugin` of
+    /// `kind`. A second call changes nothing.
+    pub(crate) fn observe(&self, observer: Arc<dyn PhaseObserver>, plugin: &str, kind: PluginKind) {
+        let _ = self.observer.set(Observed { observer, plugin: plugin.to_owned(), kind });
+    }
+
+    /// Tells the observer, if any, of instance `slot` as it is now; outside the pool's
+    /// lock, since the observer may take locks of its own.
+    fn report(&self, slot: usize) {
+        let Some(o) = self.observer.get() else { return };
+        let snapshot = self.lock().slots.get(slot).map(|s| (s.phase.clone(), s.pid, s.restarts));
+        if let Some((phase, pid, restarts)) = snapshot {
+            let change = PhaseChange { plugin: &o.plugin, kind: o.kind, instance: slot, phase: &phase, pid, restarts };
+            o.observer.changed(&change);
+        }
     }
 
     /// Takes a slot, waiting in the queue if none is free.
@@ -343,6 +395,7 @@ impl Pool {
         }
         drop(st);
         self.changed();
+        self.report(slot);
     }
 
     /// The instance finished its handshake: its slots are free. Returns the generation
@@ -364,6 +417,7 @@ impl Pool {
         self.hand_out(&mut st);
         drop(st);
         self.changed();
+        self.report(slot);
         generation
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use loom_protocol::{LogLevel, PluginKind, TaskName, TaskResult};
 
 use crate::core::plugin::Plugin;
+use crate::core::pool::PhaseObserver;
 use crate::core::registry::{Availability, Registry};
 use crate::wire::envelope::TaskEnvelope;
 
@@ -27,13 +28,17 @@ pub struct Table {
 
 impl Table {
     /// A table with a plugin (not started) for every runnable plugin of `registry`.
-    pub(crate) fn new(registry: Registry, log_level: LogLevel) -> Table {
+    pub(crate) fn new(registry: Registry, log_level: LogLevel, observer: Option<&Arc<dyn PhaseObserver>>) -> Table {
         let plugins = registry
             .plugins
             .iter()
             .filter_map(|r| match &r.availability {
                 Availability::Runnable(spec) => {
-                    Some(((r.kind, r.name.clone()), Plugin::new(Arc::clone(spec), log_level)))
+                    let plugin = Plugin::new(Arc::clone(spec), log_level);
+                    if let Some(o) = observer {
+                        plugin.observe(o);
+                    }
+                    Some(((r.kind, r.name.clone()), plugin))
                 }
                 Availability::NotRunnable(_) => None,
             })
@@ -267,7 +272,7 @@ mod tests {
     }
 
     fn table(plugins: &Plugins) -> Table {
-        Table::new(plugins.registry(), LogLevel::Info)
+        Table::new(plugins.registry(), LogLevel::Info, None)
     }
 
     /// Where a route goes: `kind name`, each BOOTSTRAP target as `name` or `name: why`, or
@@ -335,7 +340,7 @@ mod tests {
         assert!(bad.starts_with("refused: task t5 (STOP): automator \"bad\" is registered but cannot run: "), "{bad}");
         assert!(bad.contains("\"instances\""), "the reason names the key: {bad}");
 
-        let empty = Table::new(Registry::default(), LogLevel::Info);
+        let empty = Table::new(Registry::default(), LogLevel::Info, None);
         let none = goes(&route(&empty, &action("t6", "INSTALL", "a1", json!({}))));
         assert_eq!(
             none,

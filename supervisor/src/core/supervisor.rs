@@ -21,7 +21,7 @@ use loom_protocol::{LogLevel, PluginKind, TaskResult};
 use serde::Serialize;
 
 use crate::core::plugin::{Busy, Plugin};
-use crate::core::pool::Lease;
+use crate::core::pool::{Lease, PhaseObserver};
 use crate::core::registry::{Availability, Registry};
 use crate::core::router::{self, Merged, Route, Table, Target};
 use crate::wire::envelope::TaskEnvelope;
@@ -46,6 +46,8 @@ impl Default for Options {
 pub struct Supervisor {
     table: RwLock<Arc<Table>>,
     options: Options,
+    /// Told of every plugin's phase changes, also of plugins a reload adds.
+    observer: Option<Arc<dyn PhaseObserver>>,
 }
 
 /// What a reload changed.
@@ -191,11 +193,17 @@ impl Supervisor {
     /// A supervisor for every runnable plugin in `registry`. With `options.eager`, starts
     /// them all now (needs a tokio runtime); otherwise each starts on its first task.
     pub fn new(registry: Registry, options: Options) -> Supervisor {
-        let table = Table::new(registry, options.log_level);
+        Supervisor::observed(registry, options, None)
+    }
+
+    /// [`Supervisor::new`], telling `observer` of every phase change of every plugin's
+    /// instances (from the first `starting`; plugins a reload adds included).
+    pub fn observed(registry: Registry, options: Options, observer: Option<Arc<dyn PhaseObserver>>) -> Supervisor {
+        let table = Table::new(registry, options.log_level, observer.as_ref());
         if options.eager {
             table.plugins().for_each(|p| p.start());
         }
-        Supervisor { table: RwLock::new(Arc::new(table)), options }
+        Supervisor { table: RwLock::new(Arc::new(table)), options, observer }
     }
 
     /// The current plugins.
@@ -291,6 +299,9 @@ impl Supervisor {
                         report.added.push(label);
                     }
                     let p = Plugin::new(Arc::clone(spec), self.options.log_level);
+                    if let Some(o) = &self.observer {
+                        p.observe(o);
+                    }
                     p.start();
                     p
                 }

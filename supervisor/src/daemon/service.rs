@@ -33,6 +33,7 @@ use crate::daemon::budget::{Budget, Reservation};
 use crate::daemon::config::{Config, ConfigError, Listen};
 use crate::daemon::metrics::{Counted, Metrics};
 use crate::daemon::notify::Notifier;
+use crate::daemon::published::{PluginStates, Published, Publisher};
 use crate::journal::{Event, Fate, Journal, JournalError, Member, Orphan, Record, Settings};
 use crate::wire::envelope::TaskEnvelope;
 
@@ -54,6 +55,10 @@ pub struct Daemon {
     pub sessions: crate::daemon::session::Sessions,
     /// When it started, in milliseconds since the epoch.
     pub started_ms: i64,
+    /// What `GET /v1/events` streams.
+    pub events: Arc<crate::daemon::events::Bus>,
+    /// Publishes the tasks', operations' and plugins' events on `events`.
+    pub publisher: Arc<Publisher>,
     /// systemd.
     pub notifier: Notifier,
     /// Room for tasks in memory (`max_pending_task_bytes`).
@@ -173,7 +178,10 @@ impl Daemon {
         let journal = Journal::open_with(&config.journal, &config.data_dir)?;
         let clusters = ClusterStore::new(journal.clone());
         let registry = Registry::load_logged(&config.plugin_dirs, &config.defaults)?;
-        let supervisor = Supervisor::new(registry, Options { eager: true, log_level: plugin_level });
+        let events = Arc::new(crate::daemon::events::Bus::new());
+        let states: Arc<dyn crate::core::pool::PhaseObserver> = Arc::new(PluginStates(Arc::clone(&events)));
+        let options = Options { eager: true, log_level: plugin_level };
+        let supervisor = Supervisor::observed(registry, options, Some(states));
         let budget = Budget::new(config.max_pending_task_bytes);
         let config_journal = config.journal.clone();
         Ok(Arc::new(Daemon {
@@ -185,6 +193,8 @@ impl Daemon {
             metrics: Metrics::default(),
             sessions: crate::daemon::session::Sessions::default(),
             started_ms: crate::journal::now_ms(),
+            publisher: Publisher::start(Arc::clone(&events)),
+            events,
             notifier: Notifier::from_env(),
             inflight: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
@@ -396,16 +406,26 @@ impl Daemon {
         let began = Instant::now();
         let mut wait = Duration::from_millis(100);
         let me = self.me();
+        // From when it was sent (or refused), for `task.finished`.
+        let sent;
         let (route, result) = loop {
             let permit = match self.supervisor.reserve(task).await {
                 Ok(permit) => permit,
                 Err(_) if self.draining() => return self.left_queued(task),
-                Err(refused) => break (refused.route().to_owned(), refused.into_result()),
+                Err(refused) => {
+                    sent = Instant::now();
+                    self.publisher.task_started(task, refused.route());
+                    break (refused.route().to_owned(), refused.into_result());
+                }
             };
             // Recorded with the task, so that whichever daemon takes it over after a
             // crash knows whether running it again is safe.
             match self.journal.start(&task.task_id, &me, permit.route(), permit.is_idempotent()).await {
-                Ok(Some(_attempt)) => break (permit.route().to_owned(), permit.send().await),
+                Ok(Some(_attempt)) => {
+                    self.publisher.task_started(task, permit.route());
+                    sent = Instant::now();
+                    break (permit.route().to_owned(), permit.send().await);
+                }
                 Ok(None) => {
                     tracing::warn!(task_id = %task.task_id, "not sent: this daemon's lease ran out and another daemon took the task over");
                     return;
@@ -425,6 +445,7 @@ impl Daemon {
             }
         };
         self.metrics.task(&route, task.task_name.as_str(), result.status, began.elapsed());
+        self.publisher.task_finished(task, &route, &result, sent.elapsed());
         self.finish(task, result, &me).await;
     }
 
@@ -782,7 +803,8 @@ impl Daemon {
             let (done_tx, done_rx) = watch::channel(None);
             daemon.lock_cluster_runs().insert(name.clone(), done_rx);
             let _ = ready_tx.send(Ok(prepared.job_id().to_owned()));
-            let progress = Counted { metrics: &daemon.metrics, inner: Log };
+            let job_id = prepared.job_id().to_owned();
+            let progress = Counted { metrics: &daemon.metrics, inner: Published::new(&daemon.publisher, Log) };
             let outcome = tokio::select! {
                 r = prepared.execute(&progress) => Some(r.map_err(Arc::new)),
                 // Shutting down: the tasks in flight are cancelled and stay recorded as
@@ -791,8 +813,11 @@ impl Daemon {
                 // This daemon's lease ran out: another daemon may hold the cluster now.
                 () = lease_lost.cancelled() => None,
             };
-            if let Some(outcome) = outcome {
-                let _ = done_tx.send(Some(outcome));
+            match outcome {
+                Some(outcome) => {
+                    let _ = done_tx.send(Some(outcome));
+                }
+                None => daemon.publisher.op_interrupted(&name, &job_id, kind.as_str()),
             }
             daemon.lock_cluster_runs().remove(&name);
         });
@@ -870,7 +895,8 @@ impl Daemon {
     /// the journal cannot take (it cannot write) are not waited for: they are spilled to a
     /// file the next start applies (see [`Daemon::spill_unwritten`]). Cluster operations
     /// are cut short first: they resume at the next start. Last, the journal is
-    /// checkpointed, so that the finished tasks' bodies are in none of its files.
+    /// checkpointed, so that the finished tasks' bodies are in none of its files, and the
+    /// event bus closed (`GET /v1/events` streams end).
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         self.cluster_stop.cancel();
@@ -899,6 +925,9 @@ impl Daemon {
         if let Err(e) = self.journal.checkpoint().await {
             tracing::warn!("cannot checkpoint the journal: {e}");
         }
+        // Last: the event streams end once they have sent what the drain published (the
+        // tasks that finished meanwhile, the plugins stopping).
+        self.events.close();
     }
 
     /// Waits (at most `limit`) until every task is done, or, while the journal cannot

@@ -102,6 +102,8 @@ pub struct Connection {
 pub struct OutputLine {
     /// The task.
     pub task_id: String,
+    /// Which of its streams.
+    pub stream: OutputStream,
     /// The text, as the plugin sent it (usually whole lines).
     pub data: String,
 }
@@ -683,7 +685,7 @@ impl Connection {
         if let Some(tx) = OUTPUT_WATCHERS.get()
             && tx.receiver_count() > 0
         {
-            let _ = tx.send(Arc::new(OutputLine { task_id: task_id.to_owned(), data }));
+            let _ = tx.send(Arc::new(OutputLine { task_id: task_id.to_owned(), stream, data }));
         }
     }
 

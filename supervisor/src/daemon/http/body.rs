@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use super::{Body, error};
+use super::{ApiBody, Body, error};
 use crate::daemon::budget::{Budget, BudgetError, Reservation};
 use crate::wire::json::describe_json_error;
 
@@ -35,7 +34,7 @@ pub(super) struct BodyLimits<'a> {
 /// The answer to give: 413 (too large), 503 (the budget stayed full), 408 (too slow),
 /// 400 (the connection failed mid-body). After 408 and 503 the connection is closed, as
 /// the rest of the body may still be on its way.
-pub(super) async fn receive(req: Request<Body>, limits: BodyLimits<'_>) -> Result<Received, Response<Full<Bytes>>> {
+pub(super) async fn receive(req: Request<Body>, limits: BodyLimits<'_>) -> Result<Received, Response<ApiBody>> {
     let max = limits.max_bytes;
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than the limit of {max} bytes"));
@@ -70,7 +69,7 @@ pub(super) async fn receive(req: Request<Body>, limits: BodyLimits<'_>) -> Resul
     Ok(Received { bytes, reservation })
 }
 
-fn closing(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+fn closing(mut r: Response<ApiBody>) -> Response<ApiBody> {
     r.headers_mut().insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
     r
 }

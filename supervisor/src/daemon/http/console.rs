@@ -9,14 +9,13 @@
 //! | `DELETE /v1/session` | 204, the session ended and the cookie cleared |
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use super::guard::{Caller, constant_time_eq};
 use super::server::Body;
-use super::{error, json_response, read_body};
+use super::{ApiBody, error, full, json_response, read_body};
 use crate::daemon::console;
 use crate::daemon::service::Daemon;
 use crate::daemon::session;
@@ -26,16 +25,16 @@ const MAX_LOGIN_BYTES: usize = 8 * 1024;
 
 /// The console file at `path` (`""` for the page), with its CSP; 304 when the browser's
 /// copy is current.
-pub(super) fn asset<B>(req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
+pub(super) fn asset<B>(req: &Request<B>, path: &str) -> Response<ApiBody> {
     let Some(asset) = console::find(path) else { return error(StatusCode::NOT_FOUND, "no such file") };
     let etag = console::etag(asset);
     let fresh = req.headers().get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
     let mut r = if fresh {
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        Response::new(Full::new(Bytes::from_static(asset.bytes)))
+        Response::new(full(Bytes::from_static(asset.bytes)))
     };
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
@@ -49,7 +48,7 @@ pub(super) fn asset<B>(req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// `/v1/session`: what the caller's session is, a login, or a logout.
-pub(super) async fn session(daemon: &Daemon, req: Request<Body>, caller: Option<Caller>) -> Response<Full<Bytes>> {
+pub(super) async fn session(daemon: &Daemon, req: Request<Body>, caller: Option<Caller>) -> Response<ApiBody> {
     let token = daemon.config().token;
     match *req.method() {
         Method::POST => login(daemon, req).await,
@@ -65,7 +64,7 @@ pub(super) async fn session(daemon: &Daemon, req: Request<Body>, caller: Option<
     }
 }
 
-async fn login(daemon: &Daemon, req: Request<Body>) -> Response<Full<Bytes>> {
+async fn login(daemon: &Daemon, req: Request<Body>) -> Response<ApiBody> {
     let Some(token) = daemon.config().token else {
         return json_response(StatusCode::OK, &json!({"authenticated": true, "tokenRequired": false}));
     };
@@ -96,13 +95,13 @@ async fn login(daemon: &Daemon, req: Request<Body>) -> Response<Full<Bytes>> {
     }
 }
 
-fn no_content() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+fn no_content() -> Response<ApiBody> {
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
 
-fn with_cookie(mut r: Response<Full<Bytes>>, cookie: &str) -> Response<Full<Bytes>> {
+fn with_cookie(mut r: Response<ApiBody>, cookie: &str) -> Response<ApiBody> {
     if let Ok(v) = HeaderValue::from_str(cookie) {
         r.headers_mut().insert(SET_COOKIE, v);
     }

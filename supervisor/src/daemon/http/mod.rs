@@ -3,7 +3,7 @@
 //! | method and path ([`routes`]) | answer |
 //! |---|---|
 //! | `POST /v1/tasks[?wait=true]` | 202 `{"taskId","state":"queued"}`, or with `wait` 200 and the finished task; a known id: 200 and that task, never a second run |
-//! | `GET /v1/tasks/{taskId}` | 200 the task (`state`: queued, running, done; `result` when done), 404 |
+//! | `GET /v1/tasks/{taskId}[?masked=true]` | 200 the task (`state`: queued, running, done; `result` when done; credentials masked by key with `masked` and always for the console's session), 404 |
 //! | `GET /v1/tasks[?state=&plugin=&name=&cluster=&limit=&before=]` | 200 `{"tasks","next"}`: the task API's tasks newest first, no bodies ([`tasks`]) |
 //! | `GET /v1/plugins` | 200 every plugin with its instances (phase, pid, restarts, in-flight, last error and stderr) |
 //! | `POST /v1/plugins/{name}/restart` | 202, 404 |
@@ -16,6 +16,7 @@
 //! | `POST /v1/clusters/{name}/plan[?op=up\|down\|restart-services\|reconfigure][&force=true][&restart=true][&limit=L][&rolling=true[&batch=N]][&removeNodes=true]` (body: for `up` and `reconfigure`, optionally the spec; else the stored one) | 200 what the operation would do, sending nothing (as `cluster plan --json`; `ok` false when a check failed), 400, 404 |
 //! | `GET /v1/stats` | 200 version, uptime, journal, queue, the last hour by minute ([`stats`]) |
 //! | `GET /`, `/console.js`, `/console.css`, `/v1/session` | the web console and its login ([`console`]; no token needed) |
+//! | `GET /v1/events[?since=ID]` (or `Last-Event-ID: ID`) | 200 `text/event-stream`: the daemon's events as they happen (tasks, cluster operations and their steps, output, plugin phases; see [`sse`] and README.md), resumable; 503 past 64 streams |
 //! | `GET /healthz` | 200, or 503 while draining (no token needed) |
 //! | `GET /metrics` | 200 Prometheus text |
 //!
@@ -36,7 +37,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{ALLOW, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -54,6 +56,7 @@ mod guard;
 pub(crate) mod path;
 mod routes;
 mod server;
+mod sse;
 mod stats;
 mod tasks;
 
@@ -132,7 +135,15 @@ pub enum BindError {
     },
 }
 
-pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
+/// A response's body: whole (JSON, text), or streamed (`GET /v1/events`).
+pub(super) type ApiBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A body of `bytes`, whole.
+fn full(bytes: impl Into<Bytes>) -> ApiBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub(super) async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<ApiBody> {
     let mut response = route(daemon, req).await;
     daemon.metrics.http(response.status().as_u16());
     secure(response.headers_mut());
@@ -153,7 +164,7 @@ fn secure(headers: &mut hyper::HeaderMap) {
     }
 }
 
-async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>> {
+async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<ApiBody> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let Some(decoded) = path::segments(&path) else {
         return error(StatusCode::BAD_REQUEST, "the path is not valid percent-encoded UTF-8");
@@ -207,6 +218,13 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Endpoint::Metrics => metrics(daemon).await,
         Endpoint::SubmitTask => submit(daemon, req, wait).await,
         Endpoint::GetTask => match daemon.get(arg).await {
+            // The console never shows a credential, even one a provider legitimately
+            // returns in `result`: for its session (or `masked=true`) they are masked by key.
+            Ok(Some(r)) if matches!(caller, Some(guard::Caller::Session(_))) || flag(&req, "masked") => {
+                let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+                crate::wire::redact::mask_credentials(&mut v);
+                json_response(StatusCode::OK, &v)
+            }
             Ok(Some(r)) => json_response(StatusCode::OK, &r),
             Ok(None) => error(StatusCode::NOT_FOUND, &format!("no task {arg}")),
             Err(e) => journal_error(daemon, &e.to_string()),
@@ -247,10 +265,11 @@ async fn route(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Full<Bytes>
         Endpoint::Session => console::session(daemon, req, caller).await,
         Endpoint::ListTasks => tasks::list(daemon, &req).await,
         Endpoint::Stats => stats::stats(daemon).await,
+        Endpoint::Events => sse::events(daemon, &req),
     }
 }
 
-fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
+fn health(daemon: &Daemon) -> Response<ApiBody> {
     if daemon.draining() {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
     }
@@ -264,7 +283,7 @@ fn health(daemon: &Daemon) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({"status": "ok", "summary": daemon.status_line()}))
 }
 
-async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
+async fn metrics(daemon: &Daemon) -> Response<ApiBody> {
     let table = daemon.supervisor.table();
     let readings = crate::daemon::metrics::Readings {
         table: &table,
@@ -277,7 +296,7 @@ async fn metrics(daemon: &Daemon) -> Response<Full<Bytes>> {
     if let Ok(queued) = daemon.journal.queued_by_needs().await {
         crate::daemon::metrics::render_fleet_queue(&mut text, &queued);
     }
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(full(text));
     r.headers_mut()
         .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
@@ -335,7 +354,7 @@ const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 /// The body, within `limit` bytes, `http.body_read_timeout_secs` and the task budget;
 /// else the answer to give (see [`body::receive`]).
-async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<body::Received, Response<Full<Bytes>>> {
+async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<body::Received, Response<ApiBody>> {
     let config = daemon.config();
     let limits = body::BodyLimits { max_bytes: limit, timeout: config.http.body_read_timeout, budget: &daemon.budget };
     body::receive(req, limits).await.map_err(|mut r| {
@@ -347,7 +366,7 @@ async fn read_body(daemon: &Daemon, req: Request<Body>, limit: usize) -> Result<
     })
 }
 
-async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<Full<Bytes>> {
+async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Response<ApiBody> {
     let received = match read_body(daemon, req, daemon.config().max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -376,7 +395,7 @@ async fn submit(daemon: &Arc<Daemon>, req: Request<Body>, wait: bool) -> Respons
     }
 }
 
-async fn finished(daemon: &Daemon, id: &str) -> Response<Full<Bytes>> {
+async fn finished(daemon: &Daemon, id: &str) -> Response<ApiBody> {
     match daemon.wait(id).await {
         Ok(Some(r)) if r.state == crate::journal::State::Done => json_response(StatusCode::OK, &r),
         // Waiting for a daemon that runs its plugin: said at once, not after a timeout.
@@ -392,7 +411,7 @@ async fn read_spec(
     daemon: &Daemon,
     req: Request<Body>,
     default: Option<ClusterSpec>,
-) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+) -> Result<ClusterSpec, Response<ApiBody>> {
     let body = read_body(daemon, req, MAX_SPEC_BYTES.min(daemon.config().max_body_bytes)).await?.bytes;
     let mut spec = match (body.iter().all(u8::is_ascii_whitespace), default) {
         (true, Some(spec)) => spec,
@@ -413,11 +432,11 @@ async fn read_spec(
 }
 
 /// The spec cluster `name` last ran with.
-async fn stored(daemon: &Daemon, name: &str) -> Result<ClusterSpec, Response<Full<Bytes>>> {
+async fn stored(daemon: &Daemon, name: &str) -> Result<ClusterSpec, Response<ApiBody>> {
     crate::cluster::job::stored_spec(&daemon.clusters, name).await.map_err(|e| job_error(&e))
 }
 
-fn job_error(e: &JobError) -> Response<Full<Bytes>> {
+fn job_error(e: &JobError) -> Response<ApiBody> {
     match e {
         JobError::Unknown(_) => error(StatusCode::NOT_FOUND, &e.to_string()),
         JobError::Busy(_) => error(StatusCode::CONFLICT, &e.to_string()),
@@ -435,7 +454,7 @@ async fn cluster_op(
     kind: JobKind,
     scope: Scope,
     wait: bool,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let name = spec.name.clone();
     let job = match daemon.start_cluster_op_within(spec, kind, scope).await {
         Ok(job) => job,
@@ -480,7 +499,7 @@ fn query_value<'r>(req: &'r Request<Body>, name: &str) -> Option<&'r str> {
 
 /// `POST /v1/clusters/{name}/plan`: what `op` would do on cluster `name`, from the body's
 /// spec (`up`, `reconfigure`) or the stored one; sends nothing, records nothing.
-async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Scope) -> Response<Full<Bytes>> {
+async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Scope) -> Response<ApiBody> {
     let kind = match query_value(&req, "op").unwrap_or("up") {
         "up" => JobKind::Up,
         "down" => JobKind::Down { force: flag(&req, "force") },
@@ -529,7 +548,7 @@ async fn cluster_plan(daemon: &Daemon, req: Request<Body>, name: &str, scope: Sc
     }
 }
 
-async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
+async fn cluster_list(daemon: &Daemon) -> Response<ApiBody> {
     let records = match daemon.clusters.list().await {
         Ok(r) => r,
         Err(e) => return journal_error(daemon, &e.to_string()),
@@ -545,7 +564,7 @@ async fn cluster_list(daemon: &Daemon) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({"clusters": views}))
 }
 
-async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<Full<Bytes>> {
+async fn cluster_get(daemon: &Daemon, name: &str, tasks: bool) -> Response<ApiBody> {
     match ClusterView::load(&daemon.clusters, &daemon.cluster_locks(), name, tasks).await {
         Ok(Some(v)) => json_response(StatusCode::OK, &v),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}")),
@@ -630,7 +649,7 @@ fn phase_name(p: &crate::core::pool::Phase) -> &'static str {
     }
 }
 
-fn restart(daemon: &Daemon, name: &str) -> Response<Full<Bytes>> {
+fn restart(daemon: &Daemon, name: &str) -> Response<ApiBody> {
     let table = daemon.supervisor.table();
     let matching: Vec<_> = table.plugins().filter(|p| p.name() == name).collect();
     if matching.is_empty() {
@@ -644,22 +663,22 @@ fn restart(daemon: &Daemon, name: &str) -> Response<Full<Bytes>> {
     json_response(StatusCode::ACCEPTED, &json!({"restarting": which}))
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<ApiBody> {
     let mut text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     text.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<ApiBody> {
     json_response(status, &json!({"error": message}))
 }
 
 /// The journal failed: 503 with `Retry-After` while a shared journal's server is out of
 /// reach (the daemon connects again by itself; nothing is accepted meanwhile), else 500.
-fn journal_error(daemon: &Daemon, message: &str) -> Response<Full<Bytes>> {
+fn journal_error(daemon: &Daemon, message: &str) -> Response<ApiBody> {
     if daemon.shared() && daemon.journal.health().problem().is_some() {
         let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
         r.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("2"));
@@ -706,6 +725,54 @@ mod tests {
         let junk = exchange(&daemon, b"\x00\xff garbage\r\n\r\n").await;
         assert!(junk.is_empty() || junk.starts_with("HTTP/1.1 400"), "{junk}");
         daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn paths_are_routed_and_authorized_by_their_decoded_segments() {
+        let dir = crate::core::trust::test_dir();
+        let daemon = daemon(dir.path());
+        let ok = exchange(&daemon, b"GET /%68ealthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let wrong = exchange(&daemon, b"POST /v1/%65vents HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(wrong.starts_with("HTTP/1.1 405") && wrong.contains("allow: GET"), "{wrong}");
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+    }
+
+    /// Reads from `client` until `want` has arrived; what arrived.
+    async fn read_until(client: &mut tokio::io::DuplexStream, seen: &mut String, want: &str) {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(60), client.read(&mut buf))
+                .await
+                .expect("in time")
+                .unwrap();
+            assert!(n > 0, "the stream ended before {want:?}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_stays_open_past_the_idle_timeout_and_ends_at_the_drain() {
+        let dir = crate::core::trust::test_dir();
+        let daemon = daemon(dir.path());
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(serve_stream(server, Arc::clone(&daemon)));
+        client.write_all(b"GET /v1/%65vents HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut seen = String::new();
+        read_until(&mut client, &mut seen, ": events of run").await;
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+        assert!(seen.contains("cache-control: no-store") && seen.contains("x-accel-buffering: no"), "{seen}");
+        // The idle timeout is 1 s here: an open stream is a request in hand.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        daemon.events.publish("test.event", &json!({"a": 1}));
+        let id = daemon.events.id(1);
+        read_until(&mut client, &mut seen, &format!("id: {id}\nevent: test.event\ndata: {{\"a\":1}}\n\n")).await;
+        daemon.drain(std::time::Duration::from_secs(1)).await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.read_to_end(&mut rest)).await.unwrap().unwrap();
+        drop(client);
+        serving.await.unwrap();
     }
 
     #[tokio::test]

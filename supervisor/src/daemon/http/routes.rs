@@ -23,6 +23,7 @@ pub(super) enum Endpoint {
     Stats,
     Console,
     Session,
+    Events,
 }
 
 /// Every endpoint: its method, its path (`*` stands for one segment, passed on), and what
@@ -49,6 +50,7 @@ pub(super) const ROUTES: &[(Method, &[&str], Endpoint)] = &[
     (Method::POST, &["v1", "clusters", "*", "restart-services"], Endpoint::RestartServices),
     (Method::POST, &["v1", "clusters", "*", "reconfigure"], Endpoint::Reconfigure),
     (Method::POST, &["v1", "clusters", "*", "plan"], Endpoint::ClusterPlan),
+    (Method::GET, &["v1", "events"], Endpoint::Events),
 ];
 
 /// Where a request goes.

@@ -15,6 +15,9 @@
 //!   begins waiting for a request, so it cannot tell the two apart; this module keeps
 //!   its own clock per connection.) The body has its own limit in the handlers
 //!   ([`Limits::body_read_timeout`]).
+//! - **Streams**: a request counts as being handled until its answer's body has been
+//!   sent (or dropped), so an open `GET /v1/events` stream is never timed out as idle nor
+//!   evicted; it ends when the daemon drains, which lets the graceful shutdown finish.
 //! - **Accept errors** (the open-files limit reached: `EMFILE`) back off instead of
 //!   spinning, free an idle connection, and are logged once per interval with a count.
 
@@ -26,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -155,9 +158,11 @@ async fn keep(
         let body_activity = receiving.then(|| Arc::clone(&in_service));
         let req = req.map(|inner| Body { inner, receiving: body_activity });
         async move {
-            let response: Response<_> = super::handle(&daemon, req).await;
-            drop(busy);
-            Ok::<_, std::convert::Infallible>(response)
+            let response = super::handle(&daemon, req).await;
+            // Busy until the body is sent or dropped, not only until the handler
+            // returns: an event stream is a request in hand for as long as it is open
+            // (no idle timeout, no eviction), and a drain waits for it to end.
+            Ok::<_, std::convert::Infallible>(response.map(|inner| BusyBody { inner, busy: Some(busy) }))
         }
     });
     // A client may shut its side down once its request is sent (`nc -N`, scripts): it
@@ -346,6 +351,37 @@ impl hyper::body::Body for Body {
             && let Some(activity) = self.receiving.take()
         {
             activity.enter(Phase::Busy);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response's body, keeping its connection busy until it has all been sent (or is
+/// dropped: the client went away, or the connection was closed).
+struct BusyBody {
+    inner: super::ApiBody,
+    busy: Option<Busy>,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.busy = None;
         }
         polled
     }

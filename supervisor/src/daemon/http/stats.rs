@@ -1,16 +1,14 @@
 //! `GET /v1/stats`: what the console's health page shows, in one answer.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use super::json_response;
+use super::{ApiBody, json_response};
 use crate::daemon::service::Daemon;
 
 /// Version, uptime, the journal's state, tasks waiting and running, and the last hour by
 /// minute ([`crate::daemon::metrics::recent`]).
-pub(super) async fn stats(daemon: &Daemon) -> Response<Full<Bytes>> {
+pub(super) async fn stats(daemon: &Daemon) -> Response<ApiBody> {
     let now = crate::journal::now_ms();
     let problem = daemon.journal.health().problem();
     let counts = daemon.journal.counts().await.ok();

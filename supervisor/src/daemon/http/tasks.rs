@@ -1,18 +1,16 @@
 //! `GET /v1/tasks`: the task API's tasks, newest first, filtered and paged.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::{error, journal_error, json_response, path};
+use super::{ApiBody, error, journal_error, json_response, path};
 use crate::daemon::service::Daemon;
 use crate::journal::{Listing, MAX_LISTING};
 
 /// A page of tasks: `?state=&plugin=&name=&cluster=&limit=&before=` (each filter an exact
 /// match; `limit` 1 to 500, 50 by default; `before` the `next` of the previous page).
 /// 400 for a bad `state` or `limit`, naming the parameter.
-pub(super) async fn list<B>(daemon: &Daemon, req: &Request<B>) -> Response<Full<Bytes>> {
+pub(super) async fn list<B>(daemon: &Daemon, req: &Request<B>) -> Response<ApiBody> {
     let listing = match listing(req.uri().query().unwrap_or_default()) {
         Ok(l) => l,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
