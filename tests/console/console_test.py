@@ -225,6 +225,7 @@ class Scenario:
         check("tick 3 of 20" in text1, "the running step's output streams into its live box")
         self.s.wait("more output", lambda: len(self.s.find(".running pre.live-output").text) > len(text1), MINUTE)
         check(True, "the live box keeps growing")
+        self.shot("04-cluster-live.png")
         self.s.wait_for(".gantt .bar-running", MINUTE, "a running bar")
         self.s.wait_text(".cluster-head .badge", "active", 3 * MINUTE)
         check(not self.s.find_all(".gantt .bar-running"), "no bar runs once the cluster is active")

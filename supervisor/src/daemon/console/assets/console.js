@@ -496,7 +496,7 @@
     const box = $('#notices');
     const p = h('p', { class: ['notice', kind], data: { at: Date.now() } }, text);
     box.append(p);
-    setTimeout(() => p.remove(), 8000);
+    setTimeout(() => p.remove(), 6000);
   }
 
   // ---------------------------------------------------------------- plans
@@ -816,7 +816,7 @@
       this.detail = h('section', { class: 'detail', id: 'detail', 'aria-live': 'polite' });
       this.running = h('section', { class: 'running', 'aria-labelledby': 'running-h' });
       this.el.append(h('p', { class: 'crumbs' }, h('a', { href: route('clusters') }, 'Clusters'), ' / ', name),
-        this.head, this.report, this.running, this.timeline, this.detail, this.nodesBox);
+        this.head, this.report, this.timeline, this.running, this.detail, this.nodesBox);
       // Running bars grow with the clock.
       this.every(1000, () => { if (this.tasks.some((t) => t.state === 'running' && t.jobId === this.job)) this.renderTimeline(); });
     }
@@ -979,8 +979,9 @@
       const t1 = Math.max(...rows.map(end));
       const span = Math.max(t1 - t0, 1000);
       // A failed attempt that a later attempt of its step replaced.
-      const retried = new Set();
-      for (const t of rows) if (rows.some((o) => o.step === t.step && o.attempt > t.attempt)) retried.add(t.taskId);
+      const lastAttempt = new Map();
+      for (const t of rows) lastAttempt.set(t.step, Math.max(lastAttempt.get(t.step) || 0, t.attempt));
+      const retried = new Set(rows.filter((t) => t.attempt < lastAttempt.get(t.step)).map((t) => t.taskId));
       // One row per node, in the cluster's order; lanes inside for steps that overlap.
       const order = (this.cluster.nodes || []).map((n) => n.id);
       const byNode = new Map();
