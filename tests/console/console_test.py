@@ -22,10 +22,12 @@ is missing.
 """
 
 import argparse
+import http.server
 import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -54,6 +56,7 @@ def main():
     ap.add_argument("--screenshots", required=True)
     ap.add_argument("--chromium")
     ap.add_argument("--chromedriver")
+    ap.add_argument("--assets", default=ASSETS, help="the console's files, for the layout check's fake daemon")
     args = ap.parse_args()
 
     chromium = args.chromium or find_binary(["chromium", "chromium-browser", "google-chrome"], ["/usr/lib/chromium/chromium"])
@@ -75,7 +78,7 @@ def main():
     started = time.monotonic()
     try:
         session = driver.session(chromium, 1280, 900)
-        Scenario(session, args.url.rstrip("/"), token, good, bad, args.screenshots).run()
+        Scenario(session, args.url.rstrip("/"), token, good, bad, args.screenshots, args.assets).run()
         print(f"console_test: passed in {time.monotonic() - started:.1f} s", flush=True)
         return 0
     except Exception as e:  # noqa: BLE001 - report any failure with its evidence
@@ -99,8 +102,9 @@ def main():
 
 
 class Scenario:
-    def __init__(self, s, url, token, good, bad, shots):
+    def __init__(self, s, url, token, good, bad, shots, assets):
         self.s = s
+        self.assets = assets
         self.url = url
         self.token = token
         self.good = good
@@ -134,6 +138,7 @@ class Scenario:
         self.take_down(self.good["name"])
         self.no_token_after_sign_in()
         self.no_csp_violations()
+        self.large_cluster_layout()
 
     # -- steps
 
@@ -362,9 +367,122 @@ class Scenario:
         self.s.wait_text(".cluster-head .badge", "terminated", 3 * MINUTE)
         check(True, f"{name} is terminated")
 
+    def large_cluster_layout(self):
+        """200 nodes and a 64 KiB output tail (from a fake daemon serving the same files)
+        neither widen the page nor make it endless: boxes scroll inside."""
+        print("200 nodes and a 64 KiB output tail", flush=True)
+        fake = FakeDaemon(self.assets)
+        try:
+            for width, height in [(1280, 900), (390, 844)]:
+                self.s.set_window(width, height)
+                self.s.get(fake.url + "/#/clusters/big")
+                self.s.wait("200 timeline rows", lambda: len(self.s.find_all(".gantt-row")) == 200, MINUTE)
+                check(len(self.s.find_all(".node-table tbody tr")) == 200, f"200 node rows at {width} px")
+                self.s.find('.gantt .bar[data-task-id="big-node-7.INSTALL.app.j1a1"]').click()
+                pre = self.s.wait_text("#detail pre.stdout", "line 399", MINUTE)
+                box = self.s.js(
+                    "const p = arguments[0], g = document.querySelector('.gantt-scroll');"
+                    " return {page: document.documentElement.scrollWidth, view: window.innerWidth,"
+                    " text: p.textContent.length, h: p.clientHeight, sh: p.scrollHeight, pw: p.getBoundingClientRect().width,"
+                    " gantt: g.clientHeight, vh: window.innerHeight}",
+                    pre,
+                )
+                check(box["page"] <= box["view"], f"no sideways scroll at {width} px ({box['page']} <= {box['view']})")
+                check(box["text"] >= 64 * 1024 - 16, f"the whole 64 KiB tail is there ({box['text']} characters)")
+                check(box["h"] < 450 and box["sh"] > 10 * box["h"], f"the tail scrolls inside its box ({box['h']} of {box['sh']} px)")
+                check(box["pw"] <= box["view"], "the output box fits the width")
+                check(box["gantt"] <= 0.75 * box["vh"], f"the timeline scrolls inside its box ({box['gantt']} px)")
+                self.shot(f"10-200-nodes-{width}.png")
+            check(not self.s.find_all("#pwn"), "nothing injected")
+        finally:
+            self.s.set_window(1280, 900)
+            fake.stop()
+
     def no_csp_violations(self):
         logs = [e for e in self.s.log("browser") if "Content Security Policy" in str(e.get("message"))]
         check(not logs and not self.csp_violations, f"no Content-Security-Policy violation ({logs or self.csp_violations})")
+
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "supervisor", "src", "daemon", "console", "assets")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def big_cluster():
+    """A cluster of 200 nodes, each with six steps, one of them with a 64 KiB stdout tail
+    of long unbroken lines, and hostnames longer than the page is wide on a phone."""
+    nodes, tasks = [], []
+    t0 = 1_700_000_000_000
+    long_line = "x" * 300
+    tail = "".join(f"line {i} {long_line}\n" for i in range(400))[-64 * 1024 :]
+    for n in range(200):
+        node = f"big-node-{n}"
+        nodes.append(
+            {"id": node, "group": "app", "hostname": f"{node}.a-rather-long-domain-name-for-a-host.example.internal",
+             "address": f"10.0.{n // 250}.{n % 250}", "providerid": f"i-{n:017x}", "services": ["app"], "endpoints": []}
+        )
+        start = t0 + n * 50
+        for k, (name, service) in enumerate(
+            [("CREATE", None), ("CONFIRM", None), ("BOOTSTRAP", None), ("INSTALL", "app"), ("CONFIGURE", "app"), ("START", "app")]
+        ):
+            step = f"{name} {node}" + (f" {service}" if service else "")
+            task_id = f"{node}.{name}" + (f".{service}" if service else "") + ".j1a1"
+            tasks.append(
+                {"taskId": task_id, "jobId": "big.j1", "step": step, "taskName": name, "attempt": 1, "state": "done",
+                 "status": 1 if (n % 37 == 5 and name == "START") else 0,
+                 "stdout": tail if (node == "big-node-7" and name == "INSTALL") else "ok\n", "stderr": "", "sends": 1,
+                 "startedAt": "2023-11-14T22:13:20Z", "finishedAt": "2023-11-14T22:13:21Z",
+                 "startedMs": start + k * 1000, "finishedMs": start + k * 1000 + 900}
+            )
+    return {"name": "big", "state": "active", "interrupted": False, "busy": False, "createdAt": "2023-11-14T22:13:20Z",
+            "updatedAt": "2023-11-14T22:20:00Z", "lastJob": "big.j1", "nodes": nodes, "stepsDone": 1200,
+            "stepsFailed": 0, "tasks": tasks}
+
+
+class FakeDaemon:
+    """The console's files from the checkout and just enough of the API (no token) to
+    show one big cluster."""
+
+    def __init__(self, assets):
+        cluster = json.dumps(big_cluster()).encode()
+        files = {"/": ("index.html", "text/html"), "/console.css": ("console.css", "text/css"), "/console.js": ("console.js", "text/javascript")}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path in files:
+                    name, ctype = files[path]
+                    with open(os.path.join(assets, name), "rb") as f:
+                        self.answer(200, f.read(), ctype)
+                elif path == "/v1/session":
+                    self.answer(200, b'{"authenticated": true, "tokenRequired": false}')
+                elif path == "/v1/clusters/big":
+                    self.answer(200, cluster)
+                elif path == "/v1/clusters":
+                    self.answer(200, b'{"clusters": []}')
+                else:
+                    self.answer(404, b'{"error": "not in the fake daemon"}')
+
+            def answer(self, code, body, ctype="application/json"):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Security-Policy", CSP)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def check_quiet(cond, what):
