@@ -113,7 +113,10 @@ class Scenario:
         self.csp_violations = []
 
     def shot(self, name):
+        # Without the passing notices ("up started ..."), which would cover a corner.
+        self.s.js("const n = document.getElementById('notices'); if (n) n.hidden = true")
         size = self.s.screenshot(os.path.join(self.shots, name))
+        self.s.js("const n = document.getElementById('notices'); if (n) n.hidden = false")
         print(f"  screenshot {name} ({size} bytes)", flush=True)
 
     def go(self, hash_route):
@@ -240,17 +243,22 @@ class Scenario:
 
     def open_node_and_step(self):
         print("open a node and a step", flush=True)
-        link = self.s.find(".node-link")
-        hostname = link.text
-        link.click()
+        hostname = self.s.find(".node-link").text
+        self.s.click(".node-link")
         self.s.wait_text("#detail h2", f"Node {hostname}", MINUTE)
         check(len(self.s.find_all("#detail table tbody tr")) >= 4, "the node shows its steps")
-        self.s.find('.gantt .bar[data-status="ok"]').click()
+        # The widest bar: a step of a few milliseconds is a sliver the next one may cover.
+        self.s.click(
+            '.gantt .bar[data-status="ok"]',
+            pick=lambda bars: self.s.js(
+                "return [...document.querySelectorAll('.gantt .bar[data-status=\"ok\"]')]"
+                ".sort((a, b) => b.getBoundingClientRect().width - a.getBoundingClientRect().width)[0]"
+            ),
+        )
         self.s.wait_text("#detail h2", "Step ", MINUTE)
         check(self.s.find_all("#detail .attempt"), "the step shows its attempt")
-        ticker = [b for b in self.s.find_all(".gantt .bar") if "ticker" in b.text]
-        check(ticker, "the ticker step has a bar")
-        ticker[0].click()
+        check([b for b in self.s.find_all(".gantt .bar") if "ticker" in b.text], "the ticker step has a bar")
+        self.s.click(".gantt .bar", pick=lambda bars: next((b for b in bars if "ticker" in b.text), None))
         out = self.s.wait_text("#detail pre.output", "tick 20 of 20", MINUTE)
         check(out.displayed(), "its stdout tail is shown")
 
@@ -260,7 +268,7 @@ class Scenario:
         bars = self.s.find_all(".gantt .bar-failed")
         check(bars, "the failed step has a red bar")
         check(self.s.find_all(".gantt .bar-retried"), "its earlier attempts are marked retried")
-        bars[0].click()
+        self.s.click(".gantt .bar-failed")
         stderr = self.s.wait_text("#detail pre.stderr", "planted error", MINUTE)
         check("planted error: <img id=pwn2 src=x><b>not bold</b>" in stderr.text, "the failed step's stderr tail is shown, HTML as text")
         stdout = self.s.wait_text("#detail pre.stdout", "planted output", MINUTE)
@@ -268,11 +276,12 @@ class Scenario:
         host = self.bad["nodeGroups"][0]["hostname"].replace("{n}", "1")
         self.s.wait_text(".node-link", host, MINUTE)
         check(any(host == e.text for e in self.s.find_all(".gantt-label")), "the planted hostname is shown as text on the timeline")
-        self.s.find(".node-link").click()
+        self.s.click(".node-link")
         self.s.wait_text("#detail h2", f"Node {host}", MINUTE)
-        self.shot("05-failed-step.png")
-        self.s.find('.gantt .bar-failed').click()
+        self.s.click(".gantt .bar-failed")
         self.s.wait_text("#detail pre.stderr", "planted error", MINUTE)
+        self.s.js("document.querySelector('.timeline-box').scrollIntoView({block: 'start'})")
+        self.shot("05-failed-step.png")
         injected = self.s.js(
             "return {scripts: document.scripts.length, pwn: !!document.getElementById('pwn'),"
             " pwn2: !!document.getElementById('pwn2'), imgs: document.querySelectorAll('img').length,"
@@ -287,10 +296,9 @@ class Scenario:
         self.go("#/tasks")
         self.s.wait("the task list", lambda: self.s.find_all("table.tasks tbody tr") or self.s.find_all("main .error"), MINUTE)
         check(self.s.find_all("table.tasks tbody tr"), "the task list shows tasks")
-        first = self.s.find("table.tasks tbody tr th a")
-        task_id = first.text
+        task_id = self.s.find("table.tasks tbody tr th a").text
         self.shot("06-tasks.png")
-        first.click()
+        self.s.click("table.tasks tbody tr th a", pick=lambda links: next((a for a in links if a.text == task_id), None))
         self.s.wait_text("main h1", f"Task {task_id}", MINUTE)
         self.s.wait_for("main dl.facts", MINUTE, "the task's facts")
         check("Submitted" in self.s.find("main dl.facts").text, "the task page shows its timings")
@@ -301,7 +309,7 @@ class Scenario:
         card = 'section.plugin[data-plugin="shell"]'
         self.s.wait_for(card + " table", MINUTE, "the shell plugin's card")
         before = self.plugin_state("shell")
-        self.s.find(f'{card} button.restart').click()
+        self.s.click(f"{card} button.restart")
         ok = self.s.wait("the restart dialog", lambda: self.s.find("#dialog-ok").enabled() and self.s.find("#dialog-ok"), MINUTE)
         ok.click()
         # A restart asked for starts a new process; the restart count counts crashes.
@@ -359,8 +367,7 @@ class Scenario:
     def take_down(self, name):
         print(f"take {name} down", flush=True)
         self.go("#/clusters/" + name)
-        button = self.s.wait("the Take down button", lambda: self.s.find("#take-down").enabled() and self.s.find("#take-down"), MINUTE)
-        button.click()
+        self.s.click("#take-down", pick=lambda found: found[0] if found[0].enabled() else None)
         ok = self.s.wait("the plan of down", lambda: self.s.find("#dialog-ok").enabled() and self.s.find("#dialog-ok"), MINUTE)
         check("checks passed" in self.s.find("#dialog-body").text, "the confirmation shows the plan of down")
         ok.click()
@@ -378,7 +385,7 @@ class Scenario:
                 self.s.get(fake.url + "/#/clusters/big")
                 self.s.wait("200 timeline rows", lambda: len(self.s.find_all(".gantt-row")) == 200, MINUTE)
                 check(len(self.s.find_all(".node-table tbody tr")) == 200, f"200 node rows at {width} px")
-                self.s.find('.gantt .bar[data-task-id="big-node-7.INSTALL.app.j1a1"]').click()
+                self.s.click('.gantt .bar[data-task-id="big-node-7.INSTALL.app.j1a1"]')
                 pre = self.s.wait_text("#detail pre.stdout", "line 399", MINUTE)
                 box = self.s.js(
                     "const p = arguments[0], g = document.querySelector('.gantt-scroll');"

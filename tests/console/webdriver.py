@@ -241,6 +241,23 @@ class Session:
                 raise Timeout(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last})" if last else ""))
             time.sleep(interval)
 
+    def click(self, css, timeout=60, pick=None):
+        """Clicks the first element matching `css` (or the one `pick(elements)` returns),
+        again while the click fails because the page re-rendered it (a stale element) or
+        something covers it for now."""
+
+        def attempt():
+            found = self.find_all(css)
+            if not found:
+                return None
+            target = pick(found) if pick else found[0]
+            if target is None:
+                return None
+            target.click()
+            return True
+
+        return self.wait(f"a click on {css!r}", attempt, timeout)
+
     def wait_for(self, css, timeout=60, what=None):
         """The first element matching `css` once there is one."""
         return self.wait(what or f"an element {css!r}", lambda: (self.find_all(css) or [None])[0], timeout)

@@ -644,6 +644,8 @@
         ? h('p', null, 'This daemon needs its API token (the file named by token_file in its configuration). ' +
           'It is exchanged once for a session cookie the page cannot read; it is not stored in the browser.')
         : h('p', { class: 'error' }, 'This daemon needs a token but does not offer console sign-in (POST /v1/session is missing): update it.'),
+      // For password managers: which "account" the token belongs to.
+      h('input', { type: 'text', name: 'username', autocomplete: 'username', value: 'loom-provisioner', hidden: true, tabIndex: -1, 'aria-hidden': 'true' }),
       h('label', { for: 'token' }, 'Token'), input, button, err);
       this.el.append(form);
       this.focus = input;
@@ -854,7 +856,7 @@
       if (this.changed('head', [c.name, c.state, c.busy, c.interrupted, c.lastJob, c.stepsDone, c.stepsFailed, c.createdAt, c.updatedAt])) this.renderHead();
       if (this.changed('report', c.report || null)) this.renderReport();
       this.renderRunning();
-      this.renderTimeline();
+      if (this.changed('timeline', [sel, this.job, c.lastJob, (c.nodes || []).map((n) => [n.id, n.hostname]), this.tasks.map((t) => [t.taskId, t.state, t.status, t.startedMs, t.finishedMs])])) this.renderTimeline();
       if (this.changed('detail', [sel, this.detailData()])) this.renderDetail();
       if (this.changed('nodes', [sel, c.nodes, this.tasks.map((t) => [t.taskId, t.state, t.status])])) this.renderNodes();
     }
