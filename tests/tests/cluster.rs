@@ -1167,6 +1167,10 @@ fn cluster_commands_with_api_run_on_the_daemon() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("cluster viaapi: active\n"), "{out}");
     assert!(err.contains("restart-services") && err.contains(", 0 failed, 0 not run"), "{err}");
+    // Its steps as they ran on the daemon, from the daemon's events, as the local command shows them.
+    for step in ["STOP", "START"] {
+        assert!(err.contains(&format!("viaapi-n-1: {step} ")) && err.contains(" ok in "), "{step}: {err}");
+    }
     let runs: Vec<String> = rig.runlog().iter().filter_map(|l| l.split(' ').nth(1).map(str::to_owned)).collect();
     assert_eq!(runs, ["install", "start", "stop", "start"], "{:?}", rig.runlog());
 

@@ -124,6 +124,32 @@ impl Api {
     /// # Cancellation
     /// Dropping the future closes the connection; the daemon may have received the request.
     pub async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Vec<u8>), CallError> {
+        let resp = self.open(method, path, body).await?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await;
+        let body = match body {
+            Ok(b) => b.to_bytes(),
+            Err(e) => match e.downcast::<hyper::Error>() {
+                Ok(e) => return Err(self.failed(*e)),
+                Err(_) => return Err(CallError::TooLarge { target: self.target.clone() }),
+            },
+        };
+        Ok((status, body.to_vec()))
+    }
+
+    /// Sends one request; returns the answer with its body not yet read (an event stream).
+    ///
+    /// # Errors
+    /// As [`Api::call`].
+    ///
+    /// # Cancellation
+    /// As [`Api::call`]; dropping the answer closes the connection.
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CallError> {
         let io: Box<dyn crate::daemon::http::AsyncIo> = match &self.target {
             Listen::Tcp(addr) => Box::new(tokio::net::TcpStream::connect(addr).await.map_err(|e| self.unreachable(e))?),
             Listen::Unix(path) => {
@@ -141,17 +167,7 @@ impl Api {
             req = req.header(CONTENT_TYPE, "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender.send_request(req).await.map_err(|e| self.failed(e))?;
-        let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await;
-        let body = match body {
-            Ok(b) => b.to_bytes(),
-            Err(e) => match e.downcast::<hyper::Error>() {
-                Ok(e) => return Err(self.failed(*e)),
-                Err(_) => return Err(CallError::TooLarge { target: self.target.clone() }),
-            },
-        };
-        Ok((status, body.to_vec()))
+        sender.send_request(req).await.map_err(|e| self.failed(e))
     }
 
     /// Where the daemon is, as `--api` takes it.

@@ -30,6 +30,7 @@ use crate::core::supervisor::{Options as SupervisorOptions, Supervisor};
 use crate::journal::Journal;
 
 mod api;
+mod follow;
 
 /// `loom-provisioner cluster ...`.
 #[derive(Args, Debug)]

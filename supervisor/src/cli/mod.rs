@@ -19,6 +19,7 @@ mod check;
 mod client;
 mod cluster;
 mod docs;
+mod events;
 mod exit;
 mod input;
 mod journal;

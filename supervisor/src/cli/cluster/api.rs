@@ -15,9 +15,11 @@ use std::io::Write;
 use hyper::Method;
 use serde_json::Value;
 
-use super::{ClusterCommand, Common, JobKind, PlanOp, ProgressMode, spec_file};
+use super::{ClusterCommand, Common, JobKind, PlanOp, ProgressMode, follow, spec_file};
 use crate::cli::client::{Api, ApiArgs};
+use crate::cli::events::EventStream;
 use crate::cli::exit::Exit;
+use crate::cluster::progress::{Lines, Progress, Silent};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::view::ClusterView;
 
@@ -45,6 +47,8 @@ struct Request {
     /// `name=value` pairs.
     query: Vec<String>,
     body: Option<Vec<u8>>,
+    /// The cluster an operation runs on, whose progress is shown while waiting.
+    cluster: Option<String>,
 }
 
 /// What was asked, to show the answer as the local command would.
@@ -145,12 +149,18 @@ fn request(command: &ClusterCommand) -> Result<(Request, Shown), String> {
             let query = if a.tasks { vec!["tasks=true".to_owned()] } else { Vec::new() };
             let path = cluster_path(&cluster_name(&a.cluster)?, "");
             Ok((
-                Request { method: Method::GET, path, query, body: None },
+                Request { method: Method::GET, path, query, body: None, cluster: None },
                 Shown::Status { json: a.json, tasks: a.tasks },
             ))
         }
         ClusterCommand::List(a) => {
-            let request = Request { method: Method::GET, path: "/v1/clusters".into(), query: Vec::new(), body: None };
+            let request = Request {
+                method: Method::GET,
+                path: "/v1/clusters".into(),
+                query: Vec::new(),
+                body: None,
+                cluster: None,
+            };
             Ok((request, Shown::List { json: a.json }))
         }
         ClusterCommand::Forget(_) => Err("cluster forget is not available over the API: run it where the daemon's \
@@ -179,7 +189,7 @@ fn operation(name: &str, kind: JobKind, common: &Common, body: Option<Vec<u8>>) 
         JobKind::RestartServices => (Method::POST, cluster_path(name, "/restart-services")),
         JobKind::Reconfigure { .. } => (Method::POST, cluster_path(name, "/reconfigure")),
     };
-    let request = Request { method, path, query: operation_query(kind, common), body };
+    let request = Request { method, path, query: operation_query(kind, common), body, cluster: Some(name.to_owned()) };
     Ok((request, Shown::Operation { json: common.json, progress: common.progress }))
 }
 
@@ -189,7 +199,7 @@ fn plan(name: &str, kind: JobKind, common: &Common, body: Option<Vec<u8>>) -> Re
     let mut query = vec![format!("op={}", kind.as_str())];
     query.extend(kind_query(kind));
     query.extend(scope_query(common));
-    let request = Request { method: Method::POST, path: cluster_path(name, "/plan"), query, body };
+    let request = Request { method: Method::POST, path: cluster_path(name, "/plan"), query, body, cluster: None };
     Ok((request, Shown::Plan { json: common.json }))
 }
 
@@ -264,16 +274,35 @@ async fn send(api: &Api, request: Request, shown: Shown) -> Exit {
     } else {
         format!("{}?{}", request.path, request.query.join("&"))
     };
-    if let Shown::Operation { progress, .. } = shown
-        && !matches!(progress, ProgressMode::None)
-        && request.query.iter().any(|q| q == "wait=true")
-    {
-        eprintln!("loom-provisioner: sent to the daemon at {}; waiting for the operation to end", api.target());
-    }
+    let waits = request.query.iter().any(|q| q == "wait=true");
+    let progress: Box<dyn Progress> = match shown {
+        Shown::Operation { progress, .. } if waits && !matches!(progress, ProgressMode::None) => {
+            eprintln!("loom-provisioner: sent to the daemon at {}; waiting for the operation to end", api.target());
+            Box::new(Lines::stderr())
+        }
+        _ => Box::new(Silent),
+    };
+    // Subscribed before the operation is sent, so that none of its steps is missed. A
+    // daemon without the events endpoint still runs the operation; only progress is lost.
+    let events = match (&request.cluster, waits) {
+        (Some(_), true) => EventStream::open(api)
+            .await
+            .inspect_err(|e| eprintln!("loom-provisioner: progress cannot be shown: {e}"))
+            .ok(),
+        _ => None,
+    };
+    let cluster = request.cluster.clone().unwrap_or_default();
+    let watching = async {
+        if let Some(events) = events {
+            follow::follow(events, &cluster, progress.as_ref()).await;
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
     let signal = crate::cli::signals::interrupt();
     tokio::pin!(signal);
     let answer = tokio::select! {
         a = api.call(request.method, &path, request.body) => a,
+        never = watching => match never {},
         name = &mut signal => {
             eprintln!(
                 "loom-provisioner: {name}: stopped waiting; an operation the daemon accepted goes on there \
