@@ -136,6 +136,21 @@ struct Observed {
     reporting: Mutex<()>,
 }
 
+impl Phase {
+    /// Its name, as the API, the events and `plugins` listings give it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::NotStarted => "not started",
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Restarting => "restarting",
+            Phase::Failed { .. } => "failed",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
 /// A snapshot of one instance, for `plugins` listings and the API.
 #[derive(Debug, Clone)]
 pub struct InstanceStatus {

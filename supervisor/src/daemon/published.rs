@@ -379,15 +379,7 @@ pub struct PluginStates(pub Arc<Bus>);
 
 impl PhaseObserver for PluginStates {
     fn changed(&self, c: &PhaseChange<'_>) {
-        let phase = match c.phase {
-            Phase::NotStarted => "not started",
-            Phase::Starting => "starting",
-            Phase::Ready => "ready",
-            Phase::Restarting => "restarting",
-            Phase::Failed { .. } => "failed",
-            Phase::Stopping => "stopping",
-            Phase::Stopped => "stopped",
-        };
+        let phase = c.phase.as_str();
         let mut data = json!({"plugin": c.plugin, "kind": c.kind.as_str(), "instance": c.instance, "phase": phase,
                               "pid": c.pid, "restarts": c.restarts});
         if let Phase::Failed { until, reason } = c.phase {

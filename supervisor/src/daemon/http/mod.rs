@@ -619,7 +619,7 @@ fn instance(s: &crate::core::pool::InstanceStatus) -> Value {
     let phase = match &s.phase {
         Phase::Ready if s.in_flight > 0 => "busy",
         Phase::Restarting => "backing off",
-        p => phase_name(p),
+        p => p.as_str(),
     };
     let (error, stderr) = match s.last_error.as_deref().map(|e| e.split_once("; its last stderr lines:\n")) {
         Some(Some((error, lines))) => (Some(error), lines.lines().collect::<Vec<_>>()),
@@ -635,19 +635,6 @@ fn instance(s: &crate::core::pool::InstanceStatus) -> Value {
         v["reason"] = json!(reason);
     }
     v
-}
-
-fn phase_name(p: &crate::core::pool::Phase) -> &'static str {
-    use crate::core::pool::Phase;
-    match p {
-        Phase::NotStarted => "not started",
-        Phase::Starting => "starting",
-        Phase::Ready => "ready",
-        Phase::Restarting => "restarting",
-        Phase::Failed { .. } => "failed",
-        Phase::Stopping => "stopping",
-        Phase::Stopped => "stopped",
-    }
 }
 
 fn restart(daemon: &Daemon, name: &str) -> Response<ApiBody> {
