@@ -326,7 +326,7 @@ class Scenario:
         self.s.click(f"{card} button.restart")
         ok = self.s.wait("the restart dialog", lambda: self.s.find("#dialog-ok").enabled() and self.s.find("#dialog-ok"), MINUTE)
         ok.click()
-        # A restart asked for starts a new process; the restart count counts crashes.
+        # A restart asked for starts a new process and is counted apart from crashes.
         restarted = self.s.wait(
             "a new shell process after the restart",
             lambda: (lambda now: now if now["pids"] and now["pids"] != before["pids"] and now["phases"] == ["ready"] else None)(
@@ -335,6 +335,12 @@ class Scenario:
             2 * MINUTE,
         )
         check(True, f"the shell plugin was restarted: pid {before['pids']} -> {restarted['pids']}")
+        counted = self.s.wait(
+            "the shell plugin's count of restarts asked for to change",
+            lambda: (lambda now: now if now["requested"] != before["requested"] else None)(self.plugin_state("shell")),
+            2 * MINUTE,
+        )
+        check(int(counted["requested"]) == int(before["requested"]) + 1, f"restarts asked for went from {before['requested']} to {counted['requested']}")
         # A crash (the test kills the process) is restarted by the supervisor and counted.
         os.kill(int(restarted["pids"][0]), signal.SIGKILL)
         after = self.s.wait(
@@ -353,6 +359,7 @@ class Scenario:
             "const c = document.querySelector(`section.plugin[data-plugin=\"${arguments[0]}\"]`);"
             " if (!c) return null;"
             " return {restarts: c.querySelector('.restarts').textContent,"
+            " requested: c.querySelector('.requested-restarts').textContent,"
             " pids: [...c.querySelectorAll('tbody tr td:nth-child(2)')].map((td) => td.textContent).filter((p) => p !== '—'),"
             " phases: [...c.querySelectorAll('tbody tr td:nth-child(3)')].map((td) => td.textContent)}",
             name,

@@ -207,4 +207,10 @@ fn plugin_instances_say_busy_and_backing_off_with_the_crash_and_its_stderr() {
     let stderr: Vec<&str> = crashed["lastStderr"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(stderr.iter().any(|l| l.contains("about to crash: boom")), "{crashed}");
     assert!(!crashed["lastError"].as_str().unwrap_or_default().contains("boom"), "stderr apart: {crashed}");
+    // A restart asked for is counted apart from the crashes.
+    let crashes = crashed["restarts"].clone();
+    assert_eq!(crashed["requestedRestarts"], 0);
+    assert_eq!(serve.request("POST", "/v1/plugins/a1/restart", None).0, 202);
+    assert!(wait_until(Duration::from_secs(60), || instance(&serve)["requestedRestarts"] == 1), "{}", instance(&serve));
+    assert_eq!(instance(&serve)["restarts"], crashes);
 }

@@ -34,6 +34,7 @@ pub(crate) async fn supervise(
             Served::Stopped => break,
             Served::Restarted => {
                 restarts.reset();
+                pool.restarted_on_request(slot);
                 continue;
             }
             Served::Crashed(crash) => crash,

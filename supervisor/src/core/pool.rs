@@ -51,6 +51,7 @@ struct Slot {
     capacity: usize,
     pid: Option<u32>,
     restarts: u64,
+    requested_restarts: u64,
     last_error: Option<String>,
 }
 
@@ -160,6 +161,8 @@ pub struct InstanceStatus {
     pub pid: Option<u32>,
     /// Restarts after crashes so far.
     pub restarts: u64,
+    /// Restarts asked for ([`crate::core::plugin::Plugin::restart`]) so far.
+    pub requested_restarts: u64,
     /// Calls in flight.
     pub in_flight: usize,
     /// The last crash or start failure.
@@ -221,6 +224,7 @@ impl Pool {
                 capacity: 0,
                 pid: None,
                 restarts: 0,
+                requested_restarts: 0,
                 last_error: None,
             })
             .collect();
@@ -327,6 +331,7 @@ impl Pool {
                 phase: s.phase.clone(),
                 pid: s.pid,
                 restarts: s.restarts,
+                requested_restarts: s.requested_restarts,
                 in_flight: if s.phase == Phase::Ready { s.capacity.saturating_sub(s.free) } else { 0 },
                 last_error: s.last_error.clone(),
             })
@@ -452,6 +457,14 @@ impl Pool {
         }
         drop(st);
         self.set_phase(slot, Phase::Restarting);
+    }
+
+    /// The instance was restarted because it was asked to be (not a crash).
+    pub(crate) fn restarted_on_request(&self, slot: usize) {
+        if let Some(s) = self.lock().slots.get_mut(slot) {
+            s.requested_restarts += 1;
+        }
+        self.changed();
     }
 
     /// The instance crashed too often and stays failed until `until`.

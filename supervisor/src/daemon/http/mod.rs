@@ -626,7 +626,8 @@ fn instance(s: &crate::core::pool::InstanceStatus) -> Value {
         Some(None) => (s.last_error.as_deref(), Vec::new()),
         None => (None, Vec::new()),
     };
-    let mut v = json!({"phase": phase, "pid": s.pid, "restarts": s.restarts, "inFlight": s.in_flight,
+    let mut v = json!({"phase": phase, "pid": s.pid, "restarts": s.restarts,
+                       "requestedRestarts": s.requested_restarts, "inFlight": s.in_flight,
                        "lastError": error, "lastStderr": stderr});
     if let Phase::Failed { until, reason } = &s.phase {
         let wait = until.saturating_duration_since(std::time::Instant::now());

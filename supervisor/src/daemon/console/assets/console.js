@@ -1395,7 +1395,7 @@
         h('td', { class: 'num' }, String(n + 1)),
         h('td', { class: 'num' }, i.pid !== null && i.pid !== undefined ? String(i.pid) : '—'),
         h('td', null, badge(i.phase || '?')),
-        h('td', { class: 'num' }, String(i.restarts || 0)),
+        h('td', { class: 'num' }, String(i.restarts || 0), i.requestedRestarts ? ` + ${i.requestedRestarts} asked` : ''),
         h('td', { class: 'num' }, String(i.inFlight || 0)),
         h('td', null, i.retryAt ? h('span', { data: { retryAt: i.retryAt }, title: i.retryAt }, parseTime(i.retryAt) !== null ? relative(parseTime(i.retryAt)) : i.retryAt) : '—'),
         h('td', { class: 'wrap' }, i.lastError || '—')));
@@ -1404,7 +1404,7 @@
         h('div', { class: 'title-row' }, h('h2', null, p.name), badge(p.kind, 'kind'), p.runnable ? null : badge('not runnable', 'failed'),
           h('button', { type: 'button', class: 'restart', data: { plugin: key }, disabled: !p.runnable, events: { click: () => this.restart(p) } }, 'Restart…')),
         p.reason ? h('p', { class: 'error' }, p.reason) : null,
-        facts([['Queued', String(p.queued || 0)], ['In flight', String(sum('inFlight'))], ['Restarts', h('span', { class: 'restarts' }, String(sum('restarts')))],
+        facts([['Queued', String(p.queued || 0)], ['In flight', String(sum('inFlight'))], ['Restarts', h('span', null, h('span', { class: 'restarts' }, String(sum('restarts'))), ' after crashes, ', h('span', { class: 'requested-restarts' }, String(sum('requestedRestarts'))), ' asked for')],
           ['Executable', p.executable], ['Manifest', p.manifest]]),
         instances.length ? table(['#', 'pid', 'Phase', 'Restarts', 'In flight', 'Retry', 'Last error'], rows, { class: 'compact' }) : null,
         stderr.map((i) => [h('h3', null, `Last stderr of instance ${instances.indexOf(i) + 1} before its crash`), output(i.lastStderr.join('\n'), 'Last stderr', 'stderr')]));
