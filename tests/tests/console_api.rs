@@ -128,7 +128,14 @@ fn a_daemon_without_a_token_refuses_cross_site_changes_and_rebound_names() {
     let rebound = serve.raw("GET", "/v1/plugins", &[("host", "evil.example"), ("sec-fetch-mode", "cors")], "");
     assert_eq!(rebound.status, 403, "{rebound:?}");
     assert_eq!(serve.request("GET", "/v1/tasks/o1", None).0, 404, "nothing was accepted");
-    let r = serve.raw("POST", "/v1/tasks", &[], &task);
+    // What a cross-site form could post, in a browser too old to say where it came from.
+    for form in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = serve.raw("POST", "/v1/tasks", &[("content-type", form)], &task);
+        assert_eq!(r.status, 403, "{form}: {r:?}");
+        assert!(r.body.contains("Content-Type: application/json"), "{r:?}");
+    }
+    assert_eq!(serve.request("GET", "/v1/tasks/o1", None).0, 404, "nothing was accepted");
+    let r = serve.raw("POST", "/v1/tasks", &[("content-type", "application/json")], &task);
     assert_eq!(r.status, 202, "a client that is no browser: {r:?}");
 }
 
