@@ -178,6 +178,8 @@ fn tasks_are_listed_newest_first_filtered_and_paged_and_the_hour_counts_them() {
         (Some("a2"), Some(3), Some("c-8"))
     );
     assert!(first.get("result").is_none() && first.get("config").is_none(), "a listing holds no bodies: {first}");
+    let (_, one) = serve.request("GET", "/v1/tasks/l5", None);
+    assert_eq!((one["plugin"].as_str(), one["clusterId"].as_str()), (Some("a2"), Some("c-8")), "{one}");
     let (code, v) = serve.request("GET", "/v1/tasks?state=finished", None);
     assert_eq!(code, 400);
     assert!(v["error"].as_str().unwrap().starts_with("state:"), "{v}");

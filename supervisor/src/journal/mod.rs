@@ -146,6 +146,12 @@ pub struct Record {
     pub finished_at: Option<String>,
     /// How many times it was started (more than 1 after a re-run on recovery).
     pub attempts: u32,
+    /// The plugin it was sent to, once started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Its `clusterId`, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// Why it waits, while no daemon of the fleet can run it (`no live daemon runs
     /// automator:chef`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -599,7 +605,7 @@ impl Journal {
 
 fn get(c: &mut dyn Db, id: &str) -> Result<Option<Record>, SqlError> {
     let row = c.row(
-        "SELECT task_id, task_name, state, submitted_at, started_at, finished_at, attempts, result, waiting
+        "SELECT task_id, task_name, state, submitted_at, started_at, finished_at, attempts, result, waiting, plugin, cluster
          FROM tasks WHERE task_id = $1",
         &[id.into()],
     )?;
@@ -741,6 +747,8 @@ fn read_record(r: &Row) -> Result<Record, SqlError> {
         attempts: r.count(6)?,
         result: r.opt_text(7)?.and_then(|t| RawValue::from_string(t).ok()),
         waiting: r.opt_text(8)?,
+        plugin: r.opt_text(9)?,
+        cluster_id: r.opt_text(10)?,
     })
 }
 
