@@ -78,7 +78,8 @@ def main():
     started = time.monotonic()
     try:
         session = driver.session(chromium, 1280, 900)
-        Scenario(session, args.url.rstrip("/"), token, good, bad, args.screenshots, args.assets).run()
+        scenario = Scenario(session, args.url.rstrip("/"), token, good, bad, args.screenshots, args.assets)
+        scenario.run()
         print(f"console_test: passed in {time.monotonic() - started:.1f} s", flush=True)
         return 0
     except Exception as e:  # noqa: BLE001 - report any failure with its evidence
@@ -96,9 +97,23 @@ def main():
                 print("  (no evidence: %s)" % e2, file=sys.stderr)
         return 1
     finally:
+        # The ticker waits for its release file: never longer than the test.
+        release_ticker(good)
         if session is not None:
             session.quit()
         driver.quit()
+
+
+def ticker_release_path(good):
+    """The file the good spec's ticker script waits for (its action's data)."""
+    return good["services"]["ticker"]["actions"]["install"]["data"]
+
+
+def release_ticker(good):
+    path = ticker_release_path(good)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("go\n")
 
 
 class Scenario:
@@ -111,6 +126,8 @@ class Scenario:
         self.bad = bad
         self.shots = shots
         self.csp_violations = []
+        # <html data-csp-violations> of each page the test left (the console counts them).
+        self.csp_counts = {}
 
     def shot(self, name):
         # Without the passing notices ("up started ..."), which would cover a corner.
@@ -140,8 +157,11 @@ class Scenario:
         self.phone(self.good["name"])
         self.take_down(self.good["name"])
         self.no_token_after_sign_in()
-        self.no_csp_violations()
+        self.log_out()
+        self.csp_counts["the daemon's console"] = self.csp_count()
         self.large_cluster_layout()
+        # Last: every page above, the daemon's and the fake daemon's.
+        self.no_csp_violations()
 
     # -- steps
 
@@ -177,10 +197,10 @@ class Scenario:
             params = msg.get("params", {})
             if method == "Network.requestWillBeSent":
                 req = params.get("request", {})
-                out.append((req.get("url", ""), req.get("headers", {}), req.get("postData", "") or "", req.get("method")))
+                out.append((req.get("url", ""), req.get("headers", {}), req.get("postData", "") or "", req.get("method"), params.get("type")))
             elif method == "Network.requestWillBeSentExtraInfo":
                 # The headers as sent on the wire, cookies included.
-                out.append(("(extra info)", params.get("headers", {}), "", None))
+                out.append(("(extra info)", params.get("headers", {}), "", None, None))
             elif method == "Log.entryAdded" and "Content Security Policy" in str(params):
                 self.csp_violations.append(params)
         return out
@@ -192,15 +212,20 @@ class Scenario:
         check(len(exchange) == 1, "the token was sent once, in the body of POST /v1/session")
         api = [r for r in self.requests if "/v1/" in r[0]]
         check(len(api) > 20, f"the log holds the page's API requests ({len(api)})")
-        for url, headers, body, method in self.requests:
+        fetches = 0
+        for url, headers, body, method, kind in self.requests:
             names = {k.lower() for k in headers}
             check_quiet("authorization" not in names, f"no Authorization header: {url}")
             check_quiet(self.token not in url, f"the token is not in a URL: {url}")
             check_quiet(all(self.token not in str(v) for v in headers.values()), f"the token is not in a header of {url}")
             if not (url.endswith("/v1/session") and method == "POST"):
                 check_quiet(self.token not in body, f"the token is not in the body of {method} {url}")
-            if "/v1/" in url and method and method != "GET":
-                check_quiet(headers.get("X-Loom-CSRF") == "1", f"{method} {url} sends X-Loom-CSRF: 1")
+            # Every request of the page's script (fetch), GET too; not the EventSource, which
+            # cannot send headers.
+            if kind in ("Fetch", "XHR"):
+                fetches += 1
+                check_quiet(headers.get("X-Loom-CSRF") == "1", f"{method} {url} ({kind}) sends X-Loom-CSRF: 1")
+        check(fetches > 20, f"each of the page's {fetches} fetch requests, GET or not, sends X-Loom-CSRF: 1")
         with_cookie = [r for r in self.requests if r[0] == "(extra info)" and any(k.lower() == "cookie" for k in r[1])]
         check(len(with_cookie) > 10, f"requests after signing in carry the session cookie ({len(with_cookie)})")
         check(True, f"none of {len(self.requests)} logged requests carries the token after the sign-in exchange")
@@ -212,7 +237,10 @@ class Scenario:
         area = self.s.wait_for("details#up[open] #spec", MINUTE, "the spec form")
         self.s.js("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))", area, json.dumps(spec, indent=2))
         self.s.find("#show-plan").click()
-        plan = self.s.wait_for(".plan-out .plan", MINUTE, "the plan")
+        answer = self.s.wait_for(".plan-out .plan, .plan-out .error", MINUTE, "the plan (or an error)")
+        if "error" in (answer.attribute("class") or "").split():
+            raise Check(f"the plan of {name} could not be made: {answer.text}")
+        plan = answer
         check("checks passed" in plan.text, f"the plan of {name} passes its checks")
         check(f"on {name}" in plan.text, "the plan names the cluster")
         apply = self.s.wait(f"Apply enabled for {name}", lambda: self.s.find("#apply").enabled() and self.s.find("#apply"), MINUTE)
@@ -232,18 +260,34 @@ class Scenario:
             2 * MINUTE,
         )
         check(True, f"the timeline advanced from {len(first)} bars ({self.done(first)} done) to {len(later)} ({self.done(later)} done)")
-        # The ticker step prints a line every 0.3 s for 9 s: it streams while it runs.
-        self.s.wait_text(".running pre.live-output", "tick 3 of 30", 2 * MINUTE)
+        # The ticker step prints a line every 0.3 s and waits after the 6th for the test's
+        # release: it streams while it runs. The live text and the running bar are read
+        # in one snapshot of the page.
+        snap = self.s.wait(
+            "tick 3 of 30 in the live box",
+            lambda: (lambda v: v if "tick 3 of 30" in v["text"] else None)(self.live_snapshot()),
+            2 * MINUTE,
+        )
         check(True, "the running step's output streams into its live box")
-        check(self.s.find_all(".gantt .bar-running"), "its bar on the timeline is running")
+        check(snap["running"] > 0, f"its bar on the timeline is running ({snap['running']} running bar(s))")
+        check("<img id=pwn3 src=x>" in snap["text"] and not snap["pwn3"], "markup in the live stream is shown as text (no #pwn3)")
         self.s.wait_text(".running pre.live-output", "tick 6 of 30", MINUTE)
         check(True, "the live box keeps growing")
         self.shot("04-cluster-live.png")
+        release_ticker(self.good)
         self.s.wait_text(".cluster-head .badge", "active", 3 * MINUTE)
         check(not self.s.find_all(".gantt .bar-running"), "no bar runs once the cluster is active")
         nodes = sum(g["count"] for g in self.good["nodeGroups"])
         check(len(self.s.find_all(".gantt-row")) == nodes, f"one timeline row per node ({nodes})")
         self.shot("04-cluster.png")
+
+    def live_snapshot(self):
+        return self.s.js(
+            "const p = [...document.querySelectorAll('.running pre.live-output')];"
+            " return {text: p.map((x) => x.textContent).join('\\n'),"
+            " running: document.querySelectorAll('.gantt .bar-running').length,"
+            " pwn3: !!document.getElementById('pwn3')}"
+        )
 
     def bars(self):
         """The timeline's bars: task id -> status."""
@@ -342,7 +386,11 @@ class Scenario:
         )
         check(int(counted["requested"]) == int(before["requested"]) + 1, f"restarts asked for went from {before['requested']} to {counted['requested']}")
         # A crash (the test kills the process) is restarted by the supervisor and counted.
-        os.kill(int(restarted["pids"][0]), signal.SIGKILL)
+        pid = int(restarted["pids"][0])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0")[0].decode(errors="replace")
+        check(os.path.basename(argv0) == "loom-plugin-shell", f"pid {pid} is the shell plugin ({argv0})")
+        os.kill(pid, signal.SIGKILL)
         after = self.s.wait(
             "the shell plugin's restart count to change after a crash",
             lambda: (lambda now: now if now["restarts"] != restarted["restarts"] else None)(self.plugin_state("shell")),
@@ -421,14 +469,55 @@ class Scenario:
                 check(box["pw"] <= box["view"], "the output box fits the width")
                 check(box["gantt"] <= 0.75 * box["vh"], f"the timeline scrolls inside its box ({box['gantt']} px)")
                 self.shot(f"10-200-nodes-{width}.png")
+                self.csp_counts[f"the 200-node page at {width} px"] = self.csp_count()
             check(not self.s.find_all("#pwn"), "nothing injected")
+            self.live_box_stays_bounded(fake)
         finally:
             self.s.set_window(1280, 900)
             fake.stop()
 
+    def log_out(self):
+        print("log out", flush=True)
+        self.s.click("#logout")
+        self.s.wait_for("#token", MINUTE, "the login form after logging out")
+        check(not self.s.find("#logout").displayed(), "the login form is back, without a Log out button")
+        check(not self.s.js("return document.getElementById('dialog').open"), "no dialog is left open")
+
+    def csp_count(self):
+        """The page's count of Content-Security-Policy violations (console.js keeps it)."""
+        count = self.s.js("return document.documentElement.dataset.cspViolations")
+        if count is None:
+            raise Check("the page does not count CSP violations (no <html data-csp-violations>): console.js did not run")
+        return int(count), self.s.js("return document.documentElement.dataset.cspLast || ''")
+
+    def live_box_stays_bounded(self, fake):
+        """A running step that writes only stdout, far more than 64 KiB of it: its live box
+        keeps the last 64 KiB (and says what the daemon dropped)."""
+        print("a live box under 160 KiB of output", flush=True)
+        self.s.get(fake.url + "/#/clusters/live")
+        self.s.wait_for(".running pre.live-output", MINUTE, "the running step's live box")
+        self.s.wait("the live events", lambda: self.s.js("return document.getElementById('live').textContent") == "live", MINUTE)
+        fake.send_output.set()
+        done = self.s.wait_text(".running pre.live-output", "the last piece", MINUTE)
+        box = self.s.js(
+            "const p = arguments[0]; return {text: p.textContent.length, spans: p.childNodes.length,"
+            " head: p.textContent.slice(0, 40), tail: p.textContent.slice(-200)}",
+            done,
+        )
+        total = fake.live_output_chars
+        check(total > 2 * 64 * 1024, f"the fake daemon sent {total} characters of stdout")
+        check(box["text"] <= 64 * 1024, f"the live box holds at most 64 KiB ({box['text']} characters in {box['spans']} spans)")
+        check(box["text"] >= 60 * 1024, f"and close to all of the last 64 KiB ({box['text']})")
+        check("5000 bytes dropped" in box["tail"], "what the daemon dropped is marked in the box")
+        self.csp_counts["the fake live page"] = self.csp_count()
+
     def no_csp_violations(self):
+        print("no Content-Security-Policy violation", flush=True)
+        self.performance_requests()  # the rest of Chrome's log, for its CSP entries
         logs = [e for e in self.s.log("browser") if "Content Security Policy" in str(e.get("message"))]
-        check(not logs and not self.csp_violations, f"no Content-Security-Policy violation ({logs or self.csp_violations})")
+        check(not logs and not self.csp_violations, f"no Content-Security-Policy violation in Chrome's logs ({logs or self.csp_violations})")
+        for page, (count, last) in self.csp_counts.items():
+            check(count == 0, f"no securitypolicyviolation event on {page} ({count}{': ' + last if last else ''})")
 
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "supervisor", "src", "daemon", "console", "assets")
@@ -469,12 +558,39 @@ def big_cluster():
             "stepsFailed": 0, "tasks": tasks}
 
 
+LIVE_TASK = "live-node-1.INSTALL.app.j1a1"
+
+
+def live_cluster():
+    """One node whose INSTALL runs (its output comes from the fake /v1/events)."""
+    now = int(time.time() * 1000)
+    return {"name": "live", "state": "creating", "interrupted": False, "busy": True, "createdAt": "2023-11-14T22:13:20Z",
+            "updatedAt": "2023-11-14T22:20:00Z", "lastJob": "live.j1", "stepsDone": 0, "stepsFailed": 0,
+            "nodes": [{"id": "live-node-1", "group": "app", "hostname": "live-node-1.example.internal", "address": "10.1.0.1",
+                       "providerid": "i-1", "services": ["app"], "endpoints": []}],
+            "tasks": [{"taskId": LIVE_TASK, "jobId": "live.j1", "step": "INSTALL live-node-1 app", "taskName": "INSTALL",
+                       "attempt": 1, "state": "running", "sends": 1, "startedAt": "2023-11-14T22:13:20Z", "startedMs": now - 5000}]}
+
+
 class FakeDaemon:
     """The console's files from the checkout and just enough of the API (no token) to
     show one big cluster."""
 
     def __init__(self, assets):
         cluster = json.dumps(big_cluster()).encode()
+        live = json.dumps(live_cluster()).encode()
+        # The events /v1/events sends once the test sets send_output: 160 pieces of 1 KiB
+        # of stdout for the running step, then one after dropped pieces.
+        self.send_output = send = threading.Event()
+        self.stopping = stopping = threading.Event()
+        pieces = [("stdout", f"piece {i:03d} " + "y" * 1000 + "\n", {}) for i in range(160)]
+        pieces.append(("stdout", "the last piece\n", {"dropped": 3, "droppedBytes": 5000}))
+        self.live_output_chars = sum(len(d) for _, d, _ in pieces)
+        events = b"".join(
+            b"id: fake-%d\nevent: step.output\ndata: %s\n\n"
+            % (n + 1, json.dumps({"cluster": "live", "jobId": "live.j1", "taskId": LIVE_TASK, "stream": st, "data": d, **extra}).encode())
+            for n, (st, d, extra) in enumerate(pieces)
+        )
         files = {"/": ("index.html", "text/html"), "/console.css": ("console.css", "text/css"), "/console.js": ("console.js", "text/javascript")}
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -488,10 +604,34 @@ class FakeDaemon:
                     self.answer(200, b'{"authenticated": true, "tokenRequired": false}')
                 elif path == "/v1/clusters/big":
                     self.answer(200, cluster)
+                elif path == "/v1/clusters/live":
+                    self.answer(200, live)
+                elif path == "/v1/events":
+                    self.events()
                 elif path == "/v1/clusters":
                     self.answer(200, b'{"clusters": []}')
                 else:
                     self.answer(404, b'{"error": "not in the fake daemon"}')
+
+            def events(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                sent = False
+                try:
+                    self.wfile.write(b": hello\n\n")
+                    self.wfile.flush()
+                    while not stopping.is_set():
+                        if send.is_set() and not sent:
+                            self.wfile.write(events)
+                            sent = True
+                        else:
+                            self.wfile.write(b": keepalive\n\n")
+                        self.wfile.flush()
+                        stopping.wait(0.3)
+                except OSError:
+                    pass
 
             def answer(self, code, body, ctype="application/json"):
                 self.send_response(code)
@@ -509,6 +649,7 @@ class FakeDaemon:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -60,7 +60,8 @@ class Driver:
             stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
+        # A loaded machine (a CI run alongside) can take long to start it.
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if self.request("GET", "/status").get("ready"):

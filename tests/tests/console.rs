@@ -28,13 +28,15 @@ fn find_program(names: &[&str], fallbacks: &[&str]) -> Option<PathBuf> {
 }
 
 /// The example cluster with a `ticker` service on its store node, whose INSTALL prints a
-/// line every 0.3 s for 6 s (the live output the browser watches).
-fn good_spec() -> Value {
+/// line every 0.3 s, 30 in all (about 9 s), and after the 6th waits until the file
+/// `release` exists (at most 5 min): the browser test creates it once it has seen that
+/// line in the live box, so the step is still running however slow the machine is.
+fn good_spec(release: &Path) -> Value {
     let mut spec = ClusterRig::example(18800, 2);
     spec["name"] = json!("console-demo");
     spec["nodeGroups"][0]["services"] = json!(["store", "ticker"]);
-    spec["services"]["ticker"] =
-        json!({"actions": {"install": {"type": "shell", "script": "ticker.sh", "data": "install"}}});
+    spec["services"]["ticker"] = json!({"actions": {"install": {"type": "shell", "script": "ticker.sh",
+                                                                "data": release.display().to_string()}}});
     spec
 }
 
@@ -83,7 +85,8 @@ fn the_console_works_in_a_browser() {
     }
 
     let specs = rig.plugins.path();
-    let good = rig.write_spec("console-good.json", &good_spec());
+    // The ticker's release file: in the machines' shared folder, created by the test.
+    let good = rig.write_spec("console-good.json", &good_spec(&rig.work.join("ticker-release")));
     let bad = rig.write_spec("console-bad.json", &bad_spec());
     let shots = screenshots_dir();
     let mut cmd = Command::new("python3");

@@ -13,6 +13,15 @@
 'use strict';
 
 (() => {
+  // Content-Security-Policy violations are counted where a test (or a person in the
+  // developer tools) can read them: <html data-csp-violations="N">.
+  document.documentElement.dataset.cspViolations = '0';
+  document.addEventListener('securitypolicyviolation', (ev) => {
+    const root = document.documentElement;
+    root.dataset.cspViolations = String(Number(root.dataset.cspViolations || 0) + 1);
+    root.dataset.cspLast = `${ev.violatedDirective} ${ev.blockedURI}`.slice(0, 200);
+  });
+
   // ---------------------------------------------------------------- DOM helpers
 
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -141,7 +150,7 @@
       clearTimeout(timer);
       timer = setTimeout(() => { timer = null; fn(...args); }, ms);
     };
-    d.cancel = () => clearTimeout(timer);
+    d.cancel = () => { clearTimeout(timer); timer = null; };
     return d;
   }
 
@@ -306,6 +315,8 @@
       this.authenticated = false;
       $('#logout').hidden = true;
       live.stop();
+      output_buffers.clear();
+      closeDialog();
       router.render();
     },
   };
@@ -386,6 +397,7 @@
 
   function dispatch(type, data) {
     if (type === 'step.output') output_buffers.add(data);
+    else if ((type === 'step.finished' || type === 'task.finished') && typeof data.taskId === 'string') output_buffers.drop(data.taskId);
     if (!current || !current.onEvent) return;
     if (type === 'reset') {
       current.load();
@@ -394,30 +406,65 @@
     current.onEvent(type, data);
   }
 
+  /** What a step.output event says was left out before or of its piece. */
+  function droppedMarker(ev) {
+    const parts = [];
+    if (Number(ev.droppedBytes) > 0 || Number(ev.dropped) > 0) {
+      parts.push(Number(ev.droppedBytes) > 0 ? `${ev.droppedBytes} bytes dropped` : `${ev.dropped} piece(s) dropped`);
+    }
+    if (ev.truncated) parts.push('this piece was cut to 8 KiB');
+    return parts.join('; ');
+  }
+
+  const MAX_BUFFERED_TASKS = 50;
+  const MAX_BUFFERED_BYTES = 4 * 1024 * 1024;
+
   /**
-   * The streamed output of running tasks, by task id (kept while the page is open, each
-   * to its last 64 KiB), so that a step opened after its output started shows all of it.
+   * The streamed output of running tasks, by task id (each to its last 64 KiB; at most
+   * 50 tasks and 4 MiB in all, the oldest dropped first), so that a step opened after its
+   * output started shows all of it. A task's buffer goes when it finishes (its record
+   * has the output then), all of them when the session is lost.
    */
   const output_buffers = {
     byTask: new Map(),
+    total: 0,
     add(ev) {
       if (typeof ev.taskId !== 'string' || typeof ev.data !== 'string') return;
       let chunks = this.byTask.get(ev.taskId);
       if (!chunks) {
         chunks = { parts: [], size: 0 };
         this.byTask.set(ev.taskId, chunks);
-        if (this.byTask.size > 500) this.byTask.delete(this.byTask.keys().next().value);
       }
       const stream = ev.stream === 'stderr' ? 'stderr' : 'stdout';
-      chunks.parts.push([stream, ev.data]);
-      chunks.size += ev.data.length;
-      while (chunks.size > MAX_OUTPUT && chunks.parts.length > 1) chunks.size -= chunks.parts.shift()[1].length;
+      const marker = droppedMarker(ev);
+      chunks.parts.push([stream, ev.data, marker]);
+      const added = ev.data.length + marker.length;
+      chunks.size += added;
+      this.total += added;
+      while (chunks.size > MAX_OUTPUT && chunks.parts.length > 1) {
+        const [, d, m] = chunks.parts.shift();
+        chunks.size -= d.length + m.length;
+        this.total -= d.length + m.length;
+      }
+      while (this.byTask.size > 1 && (this.byTask.size > MAX_BUFFERED_TASKS || this.total > MAX_BUFFERED_BYTES)) {
+        this.drop(this.byTask.keys().next().value);
+      }
       for (const pre of document.querySelectorAll('pre.live-output')) {
-        if (pre.dataset.liveTask === ev.taskId) appendLive(pre, stream, ev.data);
+        if (pre.dataset.liveTask === ev.taskId) appendLive(pre, stream, ev.data, marker);
       }
     },
     get(taskId) {
       return this.byTask.get(taskId);
+    },
+    drop(taskId) {
+      const chunks = this.byTask.get(taskId);
+      if (!chunks) return;
+      this.total -= chunks.size;
+      this.byTask.delete(taskId);
+    },
+    clear() {
+      this.byTask.clear();
+      this.total = 0;
     },
   };
 
@@ -425,24 +472,52 @@
   function liveOutput(taskId, label) {
     const pre = h('pre', { class: 'output live-output', tabindex: 0, 'aria-label': label, 'aria-live': 'off', data: { liveTask: taskId } });
     const chunks = output_buffers.get(taskId);
-    if (chunks) for (const [stream, data] of chunks.parts) appendLive(pre, stream, data);
+    if (chunks) for (const [stream, data, marker] of chunks.parts) appendLive(pre, stream, data, marker);
     else pre.append(h('span', { class: 'muted waiting' }, 'waiting for output…'));
     return pre;
   }
 
-  function appendLive(pre, stream, data) {
+  /** Characters shown in each live box (its spans' text), kept as they change. */
+  const liveSizes = new WeakMap();
+
+  /**
+   * Appends a piece of output to a live box: each span holds one Text node (pieces of
+   * the same stream go into the last span while it is small); past 64 KiB whole spans
+   * are dropped from the start, then the start of the first one is cut.
+   */
+  function appendLive(pre, stream, data, marker) {
     const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
-    const waiting = pre.querySelector('.waiting');
-    if (waiting) waiting.remove();
-    const last = pre.lastChild;
-    if (last && last.dataset && last.dataset.stream === stream) last.textContent += data;
-    else pre.append(h('span', { class: stream === 'stderr' ? 'stderr' : null, data: { stream } }, data));
+    const first = pre.firstChild;
+    if (first && first.classList && first.classList.contains('waiting')) { first.remove(); liveSizes.set(pre, 0); }
+    let size = liveSizes.get(pre) || 0;
+    const add = (kind, text) => {
+      if (!text) return;
+      const last = pre.lastChild;
+      if (last && last.dataset && last.dataset.stream === kind && last.firstChild && last.firstChild.length < 4096) {
+        last.firstChild.appendData(text);
+      } else {
+        const span = h('span', { class: kind === 'stdout' ? null : kind, data: { stream: kind } });
+        span.appendChild(document.createTextNode(text));
+        pre.appendChild(span);
+      }
+      size += text.length;
+    };
+    if (marker) add('marker', `\n… ${marker}\n`);
+    add(stream === 'stderr' ? 'stderr' : 'stdout', data);
     // Only the last 64 KiB stay.
-    let size = pre.textContent.length;
-    while (size > MAX_OUTPUT && pre.firstChild && pre.firstChild !== pre.lastChild) {
-      size -= pre.firstChild.textContent.length;
-      pre.firstChild.remove();
+    while (size > MAX_OUTPUT && pre.firstChild) {
+      const span = pre.firstChild;
+      const text = span.firstChild;
+      const n = text ? text.length : 0;
+      if (!text || size - n >= MAX_OUTPUT) {
+        span.remove();
+        size -= n;
+      } else {
+        text.deleteData(0, size - MAX_OUTPUT);
+        size = MAX_OUTPUT;
+      }
     }
+    liveSizes.set(pre, size);
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
 
@@ -490,6 +565,12 @@
     dialog.showModal();
     Promise.resolve(prepare(body, setReady)).catch((e) => body.append(errorBox(e)));
     cancel.focus();
+  }
+
+  /** Closes the confirmation dialog if it is open (its listeners go with it). */
+  function closeDialog() {
+    const dialog = $('#dialog');
+    if (dialog && dialog.open) dialog.close();
   }
 
   function notice(text, kind) {
@@ -609,6 +690,7 @@
     destroy() {
       this.alive = false;
       for (const t of this.timers) clearInterval(t);
+      if (this.reload && this.reload.cancel) this.reload.cancel();
     }
     load() {}
   }
@@ -619,10 +701,11 @@
     constructor(afterLogin) {
       super('Sign in');
       this.isLogin = true;
-      const input = h('input', { id: 'token', name: 'token', type: 'password', autocomplete: 'current-password', required: true, spellcheck: 'false' });
+      // No name and no autocomplete: the token is not kept in the browser.
+      const input = h('input', { id: 'token', type: 'password', autocomplete: 'off', required: true, spellcheck: 'false' });
       const err = h('p', { class: 'error', role: 'alert', hidden: true });
       const button = h('button', { type: 'submit', class: 'primary', id: 'login' }, 'Sign in');
-      const form = h('form', { class: 'login', action: '#', events: { submit: async (ev) => {
+      const form = h('form', { class: 'login', method: 'post', action: '#', events: { submit: async (ev) => {
         ev.preventDefault();
         err.hidden = true;
         button.disabled = true;
@@ -644,8 +727,6 @@
         ? h('p', null, 'This daemon needs its API token (the file named by token_file in its configuration). ' +
           'It is exchanged once for a session cookie the page cannot read; it is not stored in the browser.')
         : h('p', { class: 'error' }, 'This daemon needs a token but does not offer console sign-in (POST /v1/session is missing): update it.'),
-      // For password managers: which "account" the token belongs to.
-      h('input', { type: 'text', name: 'username', autocomplete: 'username', value: 'loom-provisioner', hidden: true, tabIndex: -1, 'aria-hidden': 'true' }),
       h('label', { for: 'token' }, 'Token'), input, button, err);
       this.el.append(form);
       this.focus = input;
@@ -703,9 +784,9 @@
         invalidate();
         fill(planOut, message(`Read ${f.name}. Show the plan next.`));
       });
-      const parse = () => {
+      const parse = (text) => {
         let value;
-        try { value = JSON.parse(spec.value); } catch (e) { throw new ApiError(0, `The spec is not JSON: ${e.message}`); }
+        try { value = JSON.parse(text); } catch (e) { throw new ApiError(0, `The spec is not JSON: ${e.message}`); }
         if (!value || typeof value !== 'object' || Array.isArray(value) || typeof value.name !== 'string' || !value.name) {
           throw new ApiError(0, 'The spec must be a JSON object with a "name".');
         }
@@ -716,11 +797,14 @@
         invalidate();
         planBtn.disabled = true;
         fill(planOut, message('Planning…'));
+        // The text planned is the text applied: taken now, and Apply only while the
+        // form still holds it.
+        const text = spec.value;
         try {
-          const value = parse();
-          const plan = await api('POST', `/v1/clusters/${encodeURIComponent(value.name)}/plan?op=up`, spec.value);
+          const value = parse(text);
+          const plan = await api('POST', `/v1/clusters/${encodeURIComponent(value.name)}/plan?op=up`, text);
           fill(planOut, planView(plan));
-          if (plan.ok) { planned = { name: value.name, text: spec.value }; applyBtn.disabled = false; }
+          if (plan.ok && spec.value === text) { planned = { name: value.name, text }; applyBtn.disabled = false; }
         } catch (e) {
           fill(planOut, errorBox(e, 'No plan'));
         } finally {
@@ -732,7 +816,7 @@
       h('div', { class: 'buttons' }, planBtn, applyBtn),
       planOut);
       applyBtn.addEventListener('click', async () => {
-        if (!planned) return;
+        if (!planned || planned.text !== spec.value) { invalidate(); return; }
         const { name, text } = planned;
         applyBtn.disabled = true;
         try {
@@ -800,6 +884,20 @@
   const jobNumber = (job) => { const m = /\.j(\d+)$/.exec(job || ''); return m ? Number(m[1]) : 0; };
   const failedRow = (t) => t.state !== 'running' && typeof t.status === 'number' && t.status !== 0;
 
+  /** Where a timeline of `rows` starts, how long it is (running rows end now). */
+  function timelineSpan(rows) {
+    const now = Date.now();
+    const end = (t) => (t.finishedMs !== undefined && t.finishedMs !== null ? t.finishedMs : Math.max(now, t.startedMs));
+    const t0 = Math.min(...rows.map((t) => t.startedMs));
+    const t1 = Math.max(...rows.map(end));
+    return { end, t0, span: Math.max(t1 - t0, 1000) };
+  }
+
+  /** A bar's title: the step, its attempt, how it went and for how long. */
+  function barText(t, status, dur) {
+    return `${stepText(t.step)}, attempt ${t.attempt}: ${status === 'running' ? 'running for' : status === 'ok' ? 'done in' : `failed (status ${t.status}) after`} ${fmtDuration(dur)}`;
+  }
+
   class ClusterPage extends View {
     constructor(name) {
       super(name);
@@ -819,8 +917,9 @@
       this.running = h('section', { class: 'running', 'aria-labelledby': 'running-h' });
       this.el.append(h('p', { class: 'crumbs' }, h('a', { href: route('clusters') }, 'Clusters'), ' / ', name),
         this.head, this.report, this.timeline, this.running, this.detail, this.nodesBox);
-      // Running bars grow with the clock.
-      this.every(1000, () => { if (this.tasks.some((t) => t.state === 'running' && t.jobId === this.job)) this.renderTimeline(); });
+      // Running bars grow with the clock: their sizes and titles change, nothing is rebuilt
+      // (an open <select>, the focus and the scroll position stay).
+      this.every(1000, () => { if (this.tasks.some((t) => t.state === 'running' && t.jobId === this.job)) this.tickTimeline(); });
     }
 
     async load() {
@@ -975,11 +1074,7 @@
       const last = this.cluster.lastJob;
       const idle = last && last !== this.job && !jobs.includes(last) && jobNumber(last) > jobNumber(this.job)
         ? message(`The last operation, ${last}, had no step to run; this is ${this.job}.`) : null;
-      const now = Date.now();
-      const end = (t) => (t.finishedMs !== undefined && t.finishedMs !== null ? t.finishedMs : Math.max(now, t.startedMs));
-      const t0 = Math.min(...rows.map((t) => t.startedMs));
-      const t1 = Math.max(...rows.map(end));
-      const span = Math.max(t1 - t0, 1000);
+      const { end, t0, span } = timelineSpan(rows);
       // A failed attempt that a later attempt of its step replaced.
       const lastAttempt = new Map();
       for (const t of rows) lastAttempt.set(t.step, Math.max(lastAttempt.get(t.step) || 0, t.attempt));
@@ -994,11 +1089,13 @@
       }
       const nodes = [...byNode.keys()].sort((a, b) => (order.indexOf(a) + 1 || 1e9) - (order.indexOf(b) + 1 || 1e9) || a.localeCompare(b));
       const pct = (ms) => `${((100 * ms) / span).toFixed(3)}%`;
+      const geo = { rows, t0, bars: [], ticks: [], total: null };
       const grid = h('div', { class: 'gantt', role: 'list', 'aria-label': `Steps of ${this.job} per node` });
       const ticks = h('div', { class: 'gantt-axis', 'aria-hidden': 'true' }, h('span', { class: 'gantt-label' }),
         h('div', { class: 'gantt-track' }, [0, 0.25, 0.5, 0.75, 1].map((f) => {
           const tick = h('span', { class: 'tick' }, `+${fmtDuration(f * span)}`);
           tick.style.left = `${f * 100}%`;
+          geo.ticks.push([tick, f]);
           return tick;
         })));
       grid.append(ticks);
@@ -1012,9 +1109,8 @@
           if (lane < 0) { lane = lanes.length; lanes.push(e); } else lanes[lane] = e;
           const p = parseStep(t.step);
           const status = t.state === 'running' ? 'running' : failedRow(t) ? (retried.has(t.taskId) ? 'retried' : 'failed') : 'ok';
-          const dur = end(t) - t.startedMs;
           const label = `${p.task}${p.service ? ' ' + p.service : ''}${t.attempt > 1 ? ` #${t.attempt}` : ''}`;
-          const desc = `${stepText(t.step)}, attempt ${t.attempt}: ${status === 'running' ? 'running for' : status === 'ok' ? 'done in' : `failed (status ${t.status}) after`} ${fmtDuration(dur)}`;
+          const desc = barText(t, status, end(t) - t.startedMs);
           const bar = h('button', {
             type: 'button', class: ['bar', `bar-${status}`, this.selected && this.selected.task === t.taskId && 'selected'],
             title: desc, 'aria-label': desc, data: { taskId: t.taskId, status },
@@ -1023,6 +1119,7 @@
           bar.style.left = pct(s);
           bar.style.width = `max(${pct(Math.max(e - s, 0))}, 4px)`;
           bar.style.top = `${lane * 1.75}rem`;
+          geo.bars.push([bar, t, status]);
           track.append(bar);
         }
         track.style.height = `${Math.max(lanes.length, 1) * 1.75}rem`;
@@ -1035,13 +1132,36 @@
         const scroller = this.timeline.querySelector('.gantt-scroll');
         const scroll = scroller ? scroller.scrollTop : 0;
         const box = h('div', { class: 'gantt-scroll' }, grid);
+        geo.total = h('span', null, fmtDuration(span));
         fill(this.timeline, header, idle,
-          h('p', { class: 'legend' }, `${rows.length} attempt(s) over ${fmtDuration(span)}: `,
+          h('p', { class: 'legend' }, `${rows.length} attempt(s) over `, geo.total, ': ',
             badge(`${count('ok')} done`, 'ok'), ' ', badge(`${count('running')} running`, 'running'), ' ', badge(`${count('failed')} failed`, 'failed'),
             retried.size ? [' ', badge(`${retried.size} retried`, 'retried')] : null),
           box);
         box.scrollTop = scroll;
       });
+      this.geo = geo;
+    }
+
+    /** The clock moved: bars placed and sized again, running ones' titles, the axis. */
+    tickTimeline() {
+      const geo = this.geo;
+      if (!geo || !geo.rows.length || !this.timeline.contains(geo.total)) return;
+      const { end, t0, span } = timelineSpan(geo.rows);
+      const pct = (ms) => `${((100 * ms) / span).toFixed(3)}%`;
+      for (const [bar, t, status] of geo.bars) {
+        const s = t.startedMs - t0;
+        const e = end(t) - t0;
+        bar.style.left = pct(s);
+        bar.style.width = `max(${pct(Math.max(e - s, 0))}, 4px)`;
+        if (status === 'running') {
+          const desc = barText(t, status, end(t) - t.startedMs);
+          bar.title = desc;
+          bar.setAttribute('aria-label', desc);
+        }
+      }
+      for (const [tick, f] of geo.ticks) tick.textContent = `+${fmtDuration(f * span)}`;
+      geo.total.textContent = fmtDuration(span);
     }
 
     /** The output of the steps running now, as it streams. */
@@ -1134,6 +1254,10 @@
       const oks = { reconfigure: 'Reconfigure', 'restart-services': 'Restart services', down: 'Take down' };
       const opts = { restart: false, force: false };
       let specText = '';
+      // Plan requests are numbered: only the answer to the latest counts, and what is
+      // confirmed is what that plan was made for.
+      let seq = 0;
+      let planned = null;
       confirmDialog({
         title: titles[op],
         okText: oks[op],
@@ -1141,18 +1265,23 @@
         prepare: (body, setReady) => {
           const out = h('div', { class: 'plan-out', 'aria-live': 'polite' });
           const plan = async () => {
+            const n = ++seq;
+            planned = null;
             setReady(false);
             fill(out, message('Planning…'));
+            const want = { text: specText, restart: opts.restart, force: opts.force };
             try {
-              const p = await api('POST', `/v1/clusters/${encodeURIComponent(name)}/plan?${planQuery(op, opts)}`, op === 'reconfigure' && specText.trim() ? specText : undefined);
+              const p = await api('POST', `/v1/clusters/${encodeURIComponent(name)}/plan?${planQuery(op, { restart: want.restart, force: want.force })}`, op === 'reconfigure' && want.text.trim() ? want.text : undefined);
+              if (n !== seq) return;
               fill(out, planView(p));
+              if (p.ok) planned = want;
               setReady(!!p.ok);
             } catch (e) {
-              fill(out, errorBox(e, 'No plan'));
+              if (n === seq) fill(out, errorBox(e, 'No plan'));
             }
           };
           if (op === 'reconfigure') {
-            const ta = h('textarea', { id: 'reconfigure-spec', rows: 8, spellcheck: 'false', placeholder: 'empty: the spec it last ran with', events: { input: () => { specText = ta.value; setReady(false); } } });
+            const ta = h('textarea', { id: 'reconfigure-spec', rows: 8, spellcheck: 'false', placeholder: 'empty: the spec it last ran with', events: { input: () => { specText = ta.value; seq += 1; planned = null; setReady(false); fill(out, message('Changed: plan again.')); } } });
             const restart = h('input', { type: 'checkbox', id: 'reconfigure-restart', events: { change: () => { opts.restart = restart.checked; plan(); } } });
             body.append(h('p', null, 'Sends CONFIGURE to every service again (only to what changed, with a changed spec).'),
               h('label', { for: 'reconfigure-spec' }, 'Changed spec (optional, JSON)'), ta,
@@ -1169,9 +1298,11 @@
           return plan();
         },
         action: async () => {
+          const want = planned;
+          if (!want) throw new ApiError(0, 'plan first');
           let r;
-          if (op === 'down') r = await api('DELETE', `/v1/clusters/${encodeURIComponent(name)}${opts.force ? '?force=true' : ''}`);
-          else if (op === 'reconfigure') r = await api('POST', `/v1/clusters/${encodeURIComponent(name)}/reconfigure${opts.restart ? '?restart=true' : ''}`, specText.trim() ? specText : undefined);
+          if (op === 'down') r = await api('DELETE', `/v1/clusters/${encodeURIComponent(name)}${want.force ? '?force=true' : ''}`);
+          else if (op === 'reconfigure') r = await api('POST', `/v1/clusters/${encodeURIComponent(name)}/reconfigure${want.restart ? '?restart=true' : ''}`, want.text.trim() ? want.text : undefined);
           else r = await api('POST', `/v1/clusters/${encodeURIComponent(name)}/restart-services`);
           this.follow = true;
           notice(`${r && r.operation ? r.operation : op} started on ${name}${r && r.jobId ? ` (${r.jobId})` : ''}`, 'ok');
@@ -1394,7 +1525,7 @@
       const rows = instances.map((i, n) => h('tr', null,
         h('td', { class: 'num' }, String(n + 1)),
         h('td', { class: 'num' }, i.pid !== null && i.pid !== undefined ? String(i.pid) : '—'),
-        h('td', null, badge(i.phase || '?')),
+        h('td', null, badge(i.phase || '?'), i.reason ? h('span', { class: 'reason' }, `: ${i.reason}`) : null),
         h('td', { class: 'num' }, String(i.restarts || 0), i.requestedRestarts ? ` + ${i.requestedRestarts} asked` : ''),
         h('td', { class: 'num' }, String(i.inFlight || 0)),
         h('td', null, i.retryAt ? h('span', { data: { retryAt: i.retryAt }, title: i.retryAt }, parseTime(i.retryAt) !== null ? relative(parseTime(i.retryAt)) : i.retryAt) : '—'),
@@ -1476,7 +1607,8 @@
         ['Started', when(s.startedAt)],
         ['Uptime', h('span', { class: 'uptime' }, this.started !== null ? fmtDuration(Date.now() - this.started) : '?')],
         ['Journal', [j.place || '?', ' ', j.ok === false ? badge('cannot write', 'failed') : badge('ok'), j.problem ? ` ${j.problem}` : '']],
-        ['Queue', `${q.queued || 0} queued, ${q.running || 0} running`],
+        ['Queue', `${q.queued || 0} queued, ${q.running || 0} running, ${q.inFlight || 0} in flight`],
+        ['Draining', s.draining ? badge('draining', 'failed') : null],
       ]));
       const minutes = Array.isArray(s.minutes) ? s.minutes : [];
       const col = (k) => minutes.map((m) => Number(m[k]) || 0);
@@ -1484,7 +1616,8 @@
       const failed = col('failed');
       const lastHour = (xs) => xs.reduce((a, b) => a + b, 0);
       parts.push(h('div', { class: 'charts' },
-        h('figure', { class: 'card' }, barChart(col('queued'), 'Queue depth per minute', 'c-queue'), h('figcaption', null, `Queue depth (now ${q.queued || 0})`)),
+        // A minute's `queued` is the most tasks in flight sampled in it.
+        h('figure', { class: 'card' }, barChart(col('queued'), 'Tasks in flight (max per minute)', 'c-queue'), h('figcaption', null, `Tasks in flight (max per minute; now ${q.inFlight || 0})`)),
         h('figure', { class: 'card' }, barChart(finished.map((n) => n / 60), 'Tasks per second, per minute', 'c-rate'),
           h('figcaption', null, `Tasks per second (${lastHour(finished)} finished in the last hour)`)),
         h('figure', { class: 'card' }, barChart(failed, 'Failed tasks per minute', 'c-fail'), h('figcaption', null, `Failures (${lastHour(failed)} in the last hour)`))));
@@ -1527,6 +1660,7 @@
 
     render() {
       if (current) current.destroy();
+      closeDialog();
       // Notices stay across the page they lead to (an operation started, then its page),
       // not further.
       for (const n of document.querySelectorAll('#notices .notice')) if (Date.now() - Number(n.dataset.at) > 1500) n.remove();
