@@ -247,4 +247,42 @@ class ServerTest < Minitest::Test
       assert_equal(-32_002, answer_for(3)['error']['code'], 'an automator does not run CREATE')
     end
   end
+  def test_a_cancel_for_a_task_still_queued_is_kept_and_the_task_never_runs
+    Dir.mktmpdir do |dir|
+      gate = File.join(dir, 'gate')
+      File.write(File.join(dir, 'a.rb'), <<~RUBY)
+        class A < Automator
+          def install(_auth, _script, data)
+            log.info "running \#{data}"
+            sleep 0.05 until File.exist?(#{gate.inspect})
+            @result['status'] = 0
+          end
+        end
+      RUBY
+      start(dir, 'A')
+      assert_equal 1, handshake['result']['protocolVersion']
+      task = ->(id, task_id) { { 'jsonrpc' => '2.0', 'id' => id, 'method' => 'task',
+                                 'params' => { 'taskId' => task_id, 'taskName' => 'INSTALL',
+                                               'config' => { 'service' => { 'action' => { 'data' => task_id } } } } } }
+      # One worker: the first task holds it, the second waits in the queue when cancelled.
+      send_line(task.call(2, 'first'))
+      msg = nil
+      msg = answer until msg && msg['method'] == 'log'
+      send_line(task.call(3, 'second'))
+      send_line({ 'jsonrpc' => '2.0', 'method' => 'cancel', 'params' => { 'taskId' => 'second' } })
+      send_line({ 'jsonrpc' => '2.0', 'id' => 4, 'method' => 'ping' })
+      answer_for(4) # the cancel was read before the ping
+      File.write(gate, '')
+      seen = []
+      results = {}
+      until results.size == 2
+        m = answer
+        seen << m['params']['message'] if m['method'] == 'log'
+        results[m['id']] = m['result'] if [2, 3].include?(m['id'])
+      end
+      assert_equal 0, results[2]['status'], results[2].inspect
+      assert_equal [1, true], [results[3]['status'], results[3]['cancelled']], results[3].inspect
+      refute seen.any? { |l| l.include?('running second') }, seen.inspect
+    end
+  end
 end

@@ -11,6 +11,9 @@ module LoomHost
       @concurrency = [concurrency, 1].max
       @queue = Queue.new
       @running = {}
+      # Tasks taken but not yet running, and those of them cancelled meanwhile: a cancel
+      # that arrives before a worker thread picks its task up is kept, not lost.
+      @waiting = {}
       @lock = Mutex.new
       @ready = false
       @shutting_down = false
@@ -146,21 +149,33 @@ module LoomHost
         return LoomHost.error(id, -32_002, "a #{@kind} does not run #{task['taskName'].to_s[0, 40].inspect} tasks")
       end
 
+      @lock.synchronize { @waiting[task['taskId']] = :queued }
       @queue << [id, task]
     end
 
     # Raised in the task's thread while the task runs, and only then: under the lock that
     # the thread takes to say it is done, so it cannot land in the next task.
     def cancel(task_id)
-      @lock.synchronize { @running[task_id]&.raise(Cancelled, 'cancelled by the supervisor') }
+      @lock.synchronize do
+        if @running.key?(task_id)
+          @running[task_id].raise(Cancelled, 'cancelled by the supervisor')
+        elsif @waiting.key?(task_id)
+          @waiting[task_id] = :cancelled
+        end
+      end
     end
 
     # One task. A cancel is taken only while the task's code runs; its bookkeeping and
     # its answer are never cut short by one.
     def run_task(id, task)
       Thread.handle_interrupt(Cancelled => :never) do
-        @lock.synchronize { @running[task['taskId']] = Thread.current }
+        cancelled = @lock.synchronize do
+          @running[task['taskId']] = Thread.current
+          @waiting.delete(task['taskId']) == :cancelled
+        end
         result = begin
+          raise Cancelled, 'cancelled by the supervisor' if cancelled
+
           Thread.handle_interrupt(Cancelled => :immediate) { compute(task) }
         rescue Cancelled => e
           { 'status' => 1, 'result' => {}, 'stdout' => '', 'stderr' => "#{e.message}\n", 'cancelled' => true }
